@@ -1,0 +1,60 @@
+# OpsConductor build. `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+# Tools are pinned here and installed into .bin by `go install`.
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_CONNECT_GO_VERSION := v1.19.1
+GOOGLEAPIS_MODULE := github.com/grpc-ecosystem/grpc-gateway@v1.16.0
+
+BIN := $(CURDIR)/.bin
+export PATH := $(BIN):$(PATH)
+GO_TEST_FLAGS ?=
+PROTO_FILES := $(shell find proto/opsconductor -name '*.proto' | sort)
+
+.PHONY: help
+help: ## Show this help.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/protoc-gen-go:
+	GOBIN=$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+
+$(BIN)/protoc-gen-connect-go:
+	GOBIN=$(BIN) go install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(PROTOC_GEN_CONNECT_GO_VERSION)
+
+.PHONY: generate
+generate: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go ## Regenerate proto/gen from proto/ (needs protoc: apt-get install protobuf-compiler).
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler" >&2; exit 1; }
+	googleapis="$$(go mod download -json $(GOOGLEAPIS_MODULE) | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/third_party/googleapis"; \
+	rm -rf proto/gen && mkdir -p proto/gen && \
+	protoc -I proto -I "$$googleapis" \
+		--go_out=proto/gen --go_opt=paths=source_relative \
+		--connect-go_out=proto/gen --connect-go_opt=paths=source_relative \
+		$(PROTO_FILES)
+
+.PHONY: check-generate
+check-generate: generate ## Fail when `make generate` changes the committed code.
+	@git add -N proto/gen >/dev/null 2>&1 || true
+	@git diff --exit-code --stat -- proto/gen || { echo "generated code is stale: run make generate and commit" >&2; exit 1; }
+
+.PHONY: build
+build: ## Build opsconductor and opsconductor-agent into bin/.
+	go build -o bin/opsconductor ./controlplane/cmd/opsconductor
+	go build -o bin/opsconductor-agent ./agent/cmd/opsconductor-agent
+
+.PHONY: lint
+lint: ## gofmt, go vet and the import boundaries.
+	@out="$$(gofmt -l $$(git ls-files '*.go' | grep -v '^proto/gen/'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+	@./.ci/check-imports
+
+.PHONY: test
+test: lint check-generate ## Run every test (needs PostgreSQL and Redis; see README).
+	go test $(GO_TEST_FLAGS) -count=1 -timeout 15m ./...
+	go test -race -count=1 -timeout 15m ./controlplane/dispatch/... ./controlplane/notify/... ./agent/...
+
+.PHONY: demo
+demo: build ## Start `opsconductor dev`, run the example job with --follow, stop.
+	./docs/examples/demo.sh

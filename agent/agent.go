@@ -1,0 +1,205 @@
+// Package agent is the OpsConductor agent: it enrolls once with a join
+// token, then long-polls the control plane for tasks and runs them on its
+// host through an executor, up to its capacity at once. It always dials
+// out; the control plane never connects to it.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"runtime"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/opsconductor/opsconductor/agent/executor"
+	"github.com/opsconductor/opsconductor/agent/runner"
+	"github.com/opsconductor/opsconductor/agent/state"
+	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
+	"github.com/opsconductor/opsconductor/proto/protocol"
+)
+
+// Config configures an agent.
+type Config struct {
+	// ServerURL is the control plane's base URL, e.g. http://cp:8080.
+	ServerURL string
+	// JoinToken enrolls the agent the first time; ignored once enrolled.
+	JoinToken string
+	// Name shown to operators (default: the hostname).
+	Name string
+	// Labels that job targets select on, e.g. role=web.
+	Labels map[string]string
+	// Capacity is how many tasks run at once (default 4).
+	Capacity int
+	// PollWait is how long one long-poll may wait for work (default 30s).
+	PollWait time.Duration
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg      Config
+	state    state.Store
+	executor executor.Executor
+	logger   *zap.Logger
+	http     *http.Client
+}
+
+// New builds an agent. st keeps its identity; exec runs its actions.
+func New(cfg Config, st state.Store, exec executor.Executor, logger *zap.Logger) (*Agent, error) {
+	if cfg.ServerURL == "" {
+		return nil, errors.New("server url is required")
+	}
+	if cfg.Name == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return nil, fmt.Errorf("no agent name given and hostname unknown: %w", err)
+		}
+		cfg.Name = host
+	}
+	if cfg.Capacity <= 0 {
+		cfg.Capacity = 4
+	}
+	if cfg.PollWait <= 0 {
+		cfg.PollWait = 30 * time.Second
+	}
+	return &Agent{cfg: cfg, state: st, executor: exec, logger: logger.Named("agent"), http: &http.Client{}}, nil
+}
+
+// bearer adds the agent credential to every call.
+type bearer string
+
+func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", "Bearer "+string(b))
+		return next(ctx, req)
+	}
+}
+func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return next
+}
+func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
+
+func (a *Agent) facts() *agentv1.Facts {
+	host, _ := os.Hostname()
+	return &agentv1.Facts{Hostname: host, Os: runtime.GOOS, Arch: runtime.GOARCH, AgentVersion: protocol.Version}
+}
+
+// enroll returns the saved identity, or enrolls with the join token.
+func (a *Agent) enroll(ctx context.Context) (state.Identity, error) {
+	id, err := a.state.Load()
+	if err == nil {
+		return id, nil
+	}
+	if !errors.Is(err, state.ErrNoIdentity) {
+		return state.Identity{}, err
+	}
+	if a.cfg.JoinToken == "" {
+		return state.Identity{}, errors.New("this agent has not enrolled yet: give it a join token (create one with `opsconductor agent token create`)")
+	}
+	client := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL)
+	resp, err := client.Enroll(ctx, connect.NewRequest(&agentv1.EnrollRequest{
+		JoinToken: a.cfg.JoinToken, Name: a.cfg.Name, Labels: a.cfg.Labels, Facts: a.facts(), ProtocolVersion: protocol.AgentProtocolVersion,
+	}))
+	if err != nil {
+		return state.Identity{}, fmt.Errorf("enroll with %s: %w", a.cfg.ServerURL, err)
+	}
+	id = state.Identity{AgentID: resp.Msg.GetAgentId(), Credential: resp.Msg.GetCredential(), ServerURL: a.cfg.ServerURL}
+	if err := a.state.Save(id); err != nil {
+		return state.Identity{}, err
+	}
+	a.logger.Info("enrolled", zap.String("agent_id", id.AgentID), zap.String("server_version", resp.Msg.GetServerVersion()))
+	return id, nil
+}
+
+// Run enrolls if needed, then polls for and runs tasks until ctx ends.
+// Running tasks are cancelled on the way out and reported as such.
+func (a *Agent) Run(ctx context.Context) error {
+	id, err := a.enroll(ctx)
+	if err != nil {
+		return err
+	}
+	client := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL, connect.WithInterceptors(bearer(id.Credential)))
+	hello, err := client.Hello(ctx, connect.NewRequest(&agentv1.HelloRequest{Labels: a.cfg.Labels, Facts: a.facts(), ProtocolVersion: protocol.AgentProtocolVersion}))
+	if err != nil {
+		return fmt.Errorf("connect to control plane %s: %w", a.cfg.ServerURL, err)
+	}
+	a.logger.Info("connected", zap.String("agent_id", id.AgentID), zap.String("agent_name", a.cfg.Name),
+		zap.String("server_version", hello.Msg.GetServerVersion()), zap.Int("capacity", a.cfg.Capacity))
+	run := runner.New(client, a.executor, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration()})
+
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		running  int
+		slotFree = make(chan struct{}, 1)
+	)
+	defer wg.Wait()
+	backoff := time.Second
+	for ctx.Err() == nil {
+		mu.Lock()
+		free := a.cfg.Capacity - running
+		mu.Unlock()
+
+		// A poll at full capacity asks only for control messages; when a
+		// slot frees, it is cut short so new work is asked for at once.
+		pollCtx, cancelPoll := context.WithCancel(ctx)
+		if free == 0 {
+			go func() {
+				select {
+				case <-slotFree:
+					cancelPoll()
+				case <-pollCtx.Done():
+				}
+			}()
+		}
+		resp, err := client.Poll(pollCtx, connect.NewRequest(&agentv1.PollRequest{FreeSlots: int32(free), Wait: durationpb.New(a.cfg.PollWait)}))
+		cutShort := pollCtx.Err() != nil && ctx.Err() == nil
+		cancelPoll()
+		if err != nil {
+			if ctx.Err() != nil || cutShort {
+				continue
+			}
+			code := connect.CodeOf(err)
+			if code == connect.CodeUnauthenticated || code == connect.CodePermissionDenied || code == connect.CodeFailedPrecondition {
+				return fmt.Errorf("control plane refused this agent: %w", err)
+			}
+			wait := backoff/2 + rand.N(backoff)
+			a.logger.Warn("poll failed; retrying", zap.Error(err), zap.Duration("retry_in", wait))
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		backoff = time.Second
+		for _, t := range resp.Msg.GetTasks() {
+			mu.Lock()
+			running++
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				run.Run(ctx, t)
+				mu.Lock()
+				running--
+				mu.Unlock()
+				select {
+				case slotFree <- struct{}{}:
+				default:
+				}
+			}()
+		}
+	}
+	return nil
+}

@@ -1,0 +1,134 @@
+// Command opsconductor-agent runs the OpsConductor agent on a host: it
+// enrolls with a join token once, then long-polls the control plane for
+// tasks and runs them locally.
+//
+//	opsconductor-agent --server http://cp:8080 --join-token ocj_... --labels role=web,env=prod
+//
+// Every flag can also be set through the environment (OPSCONDUCTOR_SERVER,
+// OPSCONDUCTOR_JOIN_TOKEN or OPSCONDUCTOR_JOIN_TOKEN_FILE, OPSCONDUCTOR_STATE_DIR,
+// OPSCONDUCTOR_AGENT_NAME, OPSCONDUCTOR_LABELS, OPSCONDUCTOR_CAPACITY,
+// OPSCONDUCTOR_POLL_WAIT, OPSCONDUCTOR_LOG_FORMAT, OPSCONDUCTOR_LOG_LEVEL).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/opsconductor/opsconductor/agent"
+	"github.com/opsconductor/opsconductor/agent/executor"
+	"github.com/opsconductor/opsconductor/agent/logging"
+	"github.com/opsconductor/opsconductor/agent/state"
+	"github.com/opsconductor/opsconductor/proto/protocol"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "opsconductor-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+func run(args []string) error {
+	fs := pflag.NewFlagSet("opsconductor-agent", pflag.ContinueOnError)
+	server := fs.String("server", env("OPSCONDUCTOR_SERVER", "http://127.0.0.1:8080"), "control plane URL (env OPSCONDUCTOR_SERVER)")
+	joinToken := fs.String("join-token", env("OPSCONDUCTOR_JOIN_TOKEN", ""), "join token for the first start (env OPSCONDUCTOR_JOIN_TOKEN, or a file in OPSCONDUCTOR_JOIN_TOKEN_FILE)")
+	stateDir := fs.String("state-dir", env("OPSCONDUCTOR_STATE_DIR", "/var/lib/opsconductor-agent"), "where the agent keeps its identity (env OPSCONDUCTOR_STATE_DIR)")
+	name := fs.String("name", env("OPSCONDUCTOR_AGENT_NAME", ""), "name shown to operators; default the hostname (env OPSCONDUCTOR_AGENT_NAME)")
+	labels := fs.String("labels", env("OPSCONDUCTOR_LABELS", ""), "labels jobs select on, e.g. role=web,env=prod (env OPSCONDUCTOR_LABELS)")
+	capacity := fs.Int("capacity", envInt("OPSCONDUCTOR_CAPACITY", 4), "tasks run at once (env OPSCONDUCTOR_CAPACITY)")
+	pollWait := fs.Duration("poll-wait", envDuration("OPSCONDUCTOR_POLL_WAIT", 30*time.Second), "longest wait of one long-poll (env OPSCONDUCTOR_POLL_WAIT)")
+	logFormat := fs.String("log-format", env("OPSCONDUCTOR_LOG_FORMAT", "json"), "json or console (env OPSCONDUCTOR_LOG_FORMAT)")
+	logLevel := fs.String("log-level", env("OPSCONDUCTOR_LOG_LEVEL", "info"), "debug, info, warn or error (env OPSCONDUCTOR_LOG_LEVEL)")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if *version {
+		fmt.Printf("opsconductor-agent %s (agent protocol %d)\n", protocol.Version, protocol.AgentProtocolVersion)
+		return nil
+	}
+	if *joinToken == "" {
+		if path := os.Getenv("OPSCONDUCTOR_JOIN_TOKEN_FILE"); path != "" {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return fmt.Errorf("OPSCONDUCTOR_JOIN_TOKEN_FILE: %w", err)
+			}
+			*joinToken = strings.TrimSpace(string(b))
+		}
+	}
+	labelMap, err := ParseLabels(*labels)
+	if err != nil {
+		return fmt.Errorf("--labels: %w", err)
+	}
+	logger, err := logging.New(*logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logger.Sync() }()
+
+	a, err := agent.New(agent.Config{
+		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
+		Capacity: *capacity, PollWait: *pollWait,
+	}, state.FileStore{Dir: *stateDir}, &executor.Shell{}, logger)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return a.Run(ctx)
+}
+
+// ParseLabels parses "k=v,k2=v2" (the control plane checks each key and value).
+func ParseLabels(s string) (map[string]string, error) {
+	out := map[string]string{}
+	if strings.TrimSpace(s) == "" {
+		return out, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return nil, fmt.Errorf("%q is not key=value", part)
+		}
+		out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	return out, nil
+}
+
+func envInt(name string, def int) int {
+	if v, ok := os.LookupEnv(name); ok {
+		if n, err := strconv.Atoi(v); err == nil {
+			return n
+		}
+		fmt.Fprintf(os.Stderr, "opsconductor-agent: ignoring %s=%q: not a number\n", name, v)
+	}
+	return def
+}
+
+func envDuration(name string, def time.Duration) time.Duration {
+	if v, ok := os.LookupEnv(name); ok {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
+		fmt.Fprintf(os.Stderr, "opsconductor-agent: ignoring %s=%q: not a duration\n", name, v)
+	}
+	return def
+}

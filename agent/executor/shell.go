@@ -1,0 +1,142 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Shell runs actions on the local host with /bin/sh, each in its own
+// process group so a timeout or cancel stops everything the action started.
+type Shell struct {
+	// ExtraEnv is added to every action's environment (after the agent's
+	// own, before the action's).
+	ExtraEnv map[string]string
+	// KillGrace is how long a stopped action gets between SIGTERM and
+	// SIGKILL (default 3s).
+	KillGrace time.Duration
+}
+
+var _ Executor = (*Shell)(nil)
+
+// Execute implements Executor.
+func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Result {
+	runCtx := ctx
+	if a.Timeout > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, a.Timeout)
+		defer cancel()
+	}
+	name, args, cleanup, err := s.command(a)
+	if err != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
+	}
+	defer cleanup()
+
+	cmd := exec.Command(name, args...)
+	cmd.Dir = a.WorkingDir
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.Env = os.Environ()
+	for k, v := range s.ExtraEnv {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	for k, v := range a.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A background child that keeps stdout open must not hold the action
+	// forever once the shell itself has exited.
+	cmd.WaitDelay = 2 * time.Second
+	if err := cmd.Start(); err != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("start: %v", err)}
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		// The action's leftovers (background children) go with it.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		return exitResult(err)
+	case <-runCtx.Done():
+	}
+	s.stopGroup(cmd.Process.Pid, done)
+	if ctx.Err() != nil {
+		return Result{Status: StatusCancelled, ExitCode: -1, Error: "cancelled"}
+	}
+	return Result{Status: StatusTimedOut, ExitCode: -1, Error: fmt.Sprintf("timed out after %s; its process group was killed", a.Timeout)}
+}
+
+// stopGroup sends SIGTERM to the process group, then SIGKILL after the
+// grace period, and waits for the process to be reaped.
+func (s *Shell) stopGroup(pid int, done <-chan error) {
+	grace := s.KillGrace
+	if grace <= 0 {
+		grace = 3 * time.Second
+	}
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	select {
+	case <-done:
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		return
+	case <-time.After(grace):
+	}
+	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	<-done
+}
+
+func exitResult(err error) Result {
+	if err == nil {
+		return Result{Status: StatusSucceeded, ExitCode: 0}
+	}
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		code := exitErr.ExitCode()
+		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("killed by signal %s", ws.Signal())}
+		}
+		return Result{Status: StatusFailed, ExitCode: code, Error: fmt.Sprintf("exited with code %d", code)}
+	}
+	return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
+}
+
+// command returns how to run the action: `sh -c COMMAND`, `sh -c SCRIPT`,
+// or a script with its own #! line run from a temporary file.
+func (s *Shell) command(a Action) (string, []string, func(), error) {
+	noop := func() {}
+	switch {
+	case a.Command != "":
+		return "/bin/sh", []string{"-c", a.Command}, noop, nil
+	case strings.HasPrefix(a.Script, "#!"):
+		f, err := os.CreateTemp("", "opsconductor-script-*")
+		if err != nil {
+			return "", nil, noop, fmt.Errorf("write script: %w", err)
+		}
+		cleanup := func() { _ = os.Remove(f.Name()) }
+		if _, err := f.WriteString(a.Script); err != nil {
+			f.Close()
+			cleanup()
+			return "", nil, noop, fmt.Errorf("write script: %w", err)
+		}
+		if err := f.Chmod(0o700); err != nil {
+			f.Close()
+			cleanup()
+			return "", nil, noop, err
+		}
+		if err := f.Close(); err != nil {
+			cleanup()
+			return "", nil, noop, err
+		}
+		return f.Name(), nil, cleanup, nil
+	case a.Script != "":
+		return "/bin/sh", []string{"-c", a.Script}, noop, nil
+	default:
+		return "", nil, noop, errors.New("action has neither command nor script")
+	}
+}

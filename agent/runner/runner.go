@@ -1,0 +1,241 @@
+// Package runner runs one task leased to the agent: its actions in order
+// through an executor, its output shipped in batches while it runs, its
+// lease extended while it works, and its results reported at the end. A
+// report the control plane refuses because the lease moved on stops the
+// task: it is no longer this agent's.
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/opsconductor/opsconductor/agent/executor"
+	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
+)
+
+// Client is the part of the agent API the runner uses; the generated
+// agentv1connect client (with the agent's credential) implements it.
+type Client interface {
+	ExtendLease(context.Context, *connect.Request[agentv1.ExtendLeaseRequest]) (*connect.Response[agentv1.ExtendLeaseResponse], error)
+	ReportOutput(context.Context, *connect.Request[agentv1.ReportOutputRequest]) (*connect.Response[agentv1.ReportOutputResponse], error)
+	CompleteTask(context.Context, *connect.Request[agentv1.CompleteTaskRequest]) (*connect.Response[agentv1.CompleteTaskResponse], error)
+}
+
+// Config tunes the runner.
+type Config struct {
+	// LeaseDuration is the control plane's lease; the runner extends at a
+	// third of it.
+	LeaseDuration time.Duration
+	// FlushInterval is how often output is shipped while an action runs
+	// (default 250ms); a large burst ships sooner.
+	FlushInterval time.Duration
+}
+
+// Runner runs tasks. It is safe for concurrent use.
+type Runner struct {
+	client   Client
+	executor executor.Executor
+	cfg      Config
+	logger   *zap.Logger
+}
+
+// New builds a runner.
+func New(client Client, exec executor.Executor, logger *zap.Logger, cfg Config) *Runner {
+	if cfg.LeaseDuration <= 0 {
+		cfg.LeaseDuration = 30 * time.Second
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = 250 * time.Millisecond
+	}
+	return &Runner{client: client, executor: exec, cfg: cfg, logger: logger}
+}
+
+// errLeaseLost ends a task the control plane no longer gives this agent.
+var errLeaseLost = errors.New("lease lost")
+
+// Run runs the task to the end and reports it. ctx ending (agent shutdown)
+// cancels the running action and reports the task cancelled.
+func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
+	log := r.logger.With(zap.String("task_id", t.GetTaskId()), zap.String("execution_id", t.GetExecutionId()),
+		zap.String("job_name", t.GetJobName()), zap.String("correlation_id", t.GetCorrelationId()))
+	log.Info("task started", zap.Int("actions", len(t.GetActions())))
+
+	taskCtx, cancelTask := context.WithCancelCause(ctx)
+	defer cancelTask(nil)
+
+	buf := newOutputBuffer(t.GetOutputLimitBytes())
+	shipDone := make(chan struct{})
+	stopShipping := make(chan struct{})
+	go func() {
+		defer close(shipDone)
+		r.shipOutput(taskCtx, t, buf, stopShipping, cancelTask, log)
+	}()
+	extendDone := make(chan struct{})
+	stopExtending := make(chan struct{})
+	go func() {
+		defer close(extendDone)
+		r.extendLease(taskCtx, t, stopExtending, cancelTask, log)
+	}()
+
+	status, errMsg, outcomes := r.runActions(taskCtx, t, buf, log)
+
+	close(stopExtending)
+	<-extendDone
+	close(stopShipping)
+	<-shipDone
+
+	if errors.Is(context.Cause(taskCtx), errLeaseLost) {
+		log.Warn("task abandoned: its lease was lost")
+		return
+	}
+	// Report even when the agent is shutting down: the result is known.
+	reportCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+	defer cancel()
+	req := &agentv1.CompleteTaskRequest{TaskId: t.GetTaskId(), LeaseGeneration: t.GetLeaseGeneration(), Status: status, Error: errMsg, Actions: outcomes}
+	err := retry(reportCtx, func() error {
+		_, err := r.client.CompleteTask(reportCtx, connect.NewRequest(req))
+		return err
+	})
+	if err != nil {
+		log.Error("report task result failed", zap.Error(err))
+		return
+	}
+	log.Info("task finished", zap.String("status", status))
+}
+
+func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf *outputBuffer, log *zap.Logger) (status, errMsg string, outcomes []*agentv1.ActionOutcome) {
+	status = executor.StatusSucceeded
+	stopped := false
+	for i, a := range t.GetActions() {
+		out := &agentv1.ActionOutcome{Index: int32(i), Name: a.GetName()}
+		outcomes = append(outcomes, out)
+		if stopped || ctx.Err() != nil {
+			out.Status, out.ExitCode = "skipped", -1
+			continue
+		}
+		act := executor.Action{
+			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: a.GetCommand(), Script: a.GetScript(),
+			Env: a.GetEnv(), WorkingDir: a.GetWorkingDir(), Timeout: a.GetTimeout().AsDuration(),
+		}
+		start := time.Now()
+		res := r.executor.Execute(ctx, act, streamWriter{buf, i, "stdout"}, streamWriter{buf, i, "stderr"})
+		out.StartTime, out.EndTime = timestamppb.New(start), timestamppb.New(time.Now())
+		out.Status, out.ExitCode, out.Error = res.Status, int32(res.ExitCode), res.Error
+		log.Info("action finished", zap.Int("action_index", i), zap.String("action", a.GetName()),
+			zap.String("status", res.Status), zap.Int("exit_code", res.ExitCode), zap.Duration("duration", time.Since(start)))
+		if res.Status == executor.StatusSucceeded {
+			continue
+		}
+		if res.Status == executor.StatusCancelled {
+			status, errMsg, stopped = executor.StatusCancelled, fmt.Sprintf("action %d (%s) cancelled", i+1, a.GetName()), true
+			continue
+		}
+		if a.GetContinueOnError() {
+			continue
+		}
+		stopped = true
+		status = res.Status
+		errMsg = fmt.Sprintf("action %d (%s) %s", i+1, a.GetName(), res.Error)
+		if res.Status == executor.StatusFailed {
+			status = executor.StatusFailed
+		}
+	}
+	return status, errMsg, outcomes
+}
+
+// shipOutput sends buffered output every FlushInterval (or sooner after a
+// burst) until stop is closed, then sends the rest.
+func (r *Runner) shipOutput(ctx context.Context, t *agentv1.TaskAssignment, buf *outputBuffer, stop <-chan struct{}, cancelTask context.CancelCauseFunc, log *zap.Logger) {
+	tick := time.NewTicker(r.cfg.FlushInterval)
+	defer tick.Stop()
+	send := func(sendCtx context.Context) {
+		chunks := buf.take()
+		if len(chunks) == 0 {
+			return
+		}
+		req := &agentv1.ReportOutputRequest{TaskId: t.GetTaskId(), LeaseGeneration: t.GetLeaseGeneration()}
+		for _, c := range chunks {
+			req.Chunks = append(req.Chunks, &agentv1.OutputChunk{ActionIndex: int32(c.action), Stream: c.stream, Data: c.data})
+		}
+		err := retry(sendCtx, func() error {
+			_, err := r.client.ReportOutput(sendCtx, connect.NewRequest(req))
+			return err
+		})
+		if connect.CodeOf(err) == connect.CodeFailedPrecondition {
+			cancelTask(errLeaseLost)
+		} else if err != nil {
+			log.Warn("ship output failed; this part of the output is lost", zap.Error(err))
+		}
+	}
+	for {
+		select {
+		case <-stop:
+			finalCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			send(finalCtx)
+			cancel()
+			return
+		case <-tick.C:
+		case <-buf.notify:
+		}
+		send(ctx)
+	}
+}
+
+// extendLease renews the lease at a third of its length until stop is
+// closed. A refusal means the task is no longer ours: cancel it.
+func (r *Runner) extendLease(ctx context.Context, t *agentv1.TaskAssignment, stop <-chan struct{}, cancelTask context.CancelCauseFunc, log *zap.Logger) {
+	tick := time.NewTicker(r.cfg.LeaseDuration / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		_, err := r.client.ExtendLease(ctx, connect.NewRequest(&agentv1.ExtendLeaseRequest{TaskId: t.GetTaskId(), LeaseGeneration: t.GetLeaseGeneration()}))
+		switch {
+		case err == nil:
+		case connect.CodeOf(err) == connect.CodeFailedPrecondition:
+			log.Warn("lease refused; stopping the task", zap.Error(err))
+			cancelTask(errLeaseLost)
+			return
+		default:
+			log.Warn("extend lease failed; will retry", zap.Error(err))
+		}
+	}
+}
+
+// retry calls fn until it succeeds, fails with an error a retry cannot fix,
+// or ctx ends, backing off from 200ms to 10s with jitter.
+func retry(ctx context.Context, fn func() error) error {
+	delay := 200 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil || !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay/2 + rand.N(delay)):
+		}
+		delay = min(delay*2, 10*time.Second)
+	}
+}
+
+func retryable(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeDeadlineExceeded, connect.CodeAborted, connect.CodeInternal:
+		return true
+	}
+	return false
+}

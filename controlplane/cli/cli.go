@@ -1,0 +1,138 @@
+// Package cli holds the subcommands of the opsconductor binary: the server,
+// the dev playground and the operator commands that wrap the API. It builds
+// each command's configuration and wires its dependencies explicitly.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
+	"github.com/opsconductor/opsconductor/proto/protocol"
+)
+
+// exitError carries a specific exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+
+// Main runs the CLI and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil && ee.err.Error() != "" {
+			fmt.Fprintln(stderr, "error:", ee.err)
+		}
+		return ee.code
+	}
+	fmt.Fprintln(stderr, "error:", describe(err))
+	return 1
+}
+
+// describe turns a Connect error into something an operator can act on.
+func describe(err error) string {
+	var cerr *connect.Error
+	if !errors.As(err, &cerr) {
+		return err.Error()
+	}
+	msg := cerr.Message()
+	switch cerr.Code() {
+	case connect.CodeUnavailable:
+		return "cannot reach the control plane (" + msg + "); is it running, and is --server right?"
+	case connect.CodeInvalidArgument:
+		return "refused: " + strings.ReplaceAll(msg, "; ", "\n  ")
+	}
+	return fmt.Sprintf("%s (%s)", msg, cerr.Code())
+}
+
+// globals are the flags every operator command shares.
+type globals struct {
+	server string
+	output string
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func (g *globals) jobs() opsconductorv1connect.JobServiceClient {
+	return opsconductorv1connect.NewJobServiceClient(http.DefaultClient, g.server)
+}
+
+func (g *globals) executions() opsconductorv1connect.ExecutionServiceClient {
+	return opsconductorv1connect.NewExecutionServiceClient(http.DefaultClient, g.server)
+}
+
+func (g *globals) agents() opsconductorv1connect.AgentRegistryServiceClient {
+	return opsconductorv1connect.NewAgentRegistryServiceClient(http.DefaultClient, g.server)
+}
+
+// printJSON writes m as indented protobuf JSON.
+func (g *globals) printJSON(m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(g.stdout, string(b))
+	return err
+}
+
+func (g *globals) validate() error {
+	if g.output != "table" && g.output != "json" {
+		return fmt.Errorf("--output must be table or json, not %q", g.output)
+	}
+	g.server = strings.TrimRight(g.server, "/")
+	return nil
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	def := os.Getenv("OPSCONDUCTOR_SERVER")
+	if def == "" {
+		def = "http://127.0.0.1:8080"
+	}
+	root := &cobra.Command{
+		Use:   "opsconductor",
+		Short: "Define operational jobs and run them on fleets of hosts",
+		Long: `OpsConductor runs operational jobs (ordered shell actions) on fleets of hosts
+through agents that poll a control plane.
+
+Start a playground with one local agent:    opsconductor dev
+Define a job from YAML:                     opsconductor job apply -f docs/examples/hello.yaml
+Run it and watch every target live:         opsconductor run hello --follow
+See what it did:                            opsconductor execution results EXECUTION_ID`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       fmt.Sprintf("%s (agent protocol %d)", protocol.Version, protocol.AgentProtocolVersion),
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			return g.validate()
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().StringVar(&g.server, "server", def, "control plane URL (env OPSCONDUCTOR_SERVER)")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
+	root.AddCommand(newServerCmd(), newDevCmd(g), newJobCmd(g), newRunCmd(g), newExecutionCmd(g), newAgentCmd(g))
+	return root
+}

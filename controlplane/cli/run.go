@@ -1,0 +1,316 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+)
+
+func newRunCmd(g *globals) *cobra.Command {
+	var follow bool
+	var version int64
+	cmd := &cobra.Command{
+		Use:   "run JOB",
+		Short: "Run a job (by id or name) now",
+		Long: `Run a job now on every agent its targets resolve to.
+
+With --follow, print each target's status changes and output as they happen,
+then a summary; the exit code is 0 only when every target succeeded (2 when
+the execution failed).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			j, err := resolveJob(ctx, g, args[0])
+			if err != nil {
+				return err
+			}
+			resp, err := g.executions().CreateExecution(ctx, connect.NewRequest(&opsconductorv1.CreateExecutionRequest{JobId: j.GetId(), JobVersion: version}))
+			if err != nil {
+				return err
+			}
+			e := resp.Msg.GetExecution()
+			if !follow {
+				if g.output == "json" {
+					return g.printJSON(e)
+				}
+				fmt.Fprintf(g.stdout, "execution %s of %s (version %d) %s on %d targets\n", e.GetId(), e.GetJobName(), e.GetJobVersion(), e.GetStatus(), len(e.GetTasks()))
+				fmt.Fprintf(g.stdout, "follow it: opsconductor execution results %s\n", e.GetId())
+				return nil
+			}
+			fmt.Fprintf(g.stdout, "execution %s of %s (version %d) on %d targets\n", e.GetId(), e.GetJobName(), e.GetJobVersion(), len(e.GetTasks()))
+			return followExecution(ctx, g, e.GetId())
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream status and output until the execution ends")
+	cmd.Flags().Int64Var(&version, "version", 0, "run an older version of the job")
+	return cmd
+}
+
+// followExecution streams an execution's events, resuming after a broken
+// stream, prints them line by line, then the summary.
+func followExecution(ctx context.Context, g *globals, id string) error {
+	start := time.Now()
+	p := newEventPrinter(g.stdout)
+	var last int64
+	for attempt := 0; ; attempt++ {
+		stream, err := g.executions().WatchExecution(ctx, connect.NewRequest(&opsconductorv1.WatchExecutionRequest{Id: id, AfterSequence: last}))
+		if err != nil {
+			return err
+		}
+		for stream.Receive() {
+			ev := stream.Msg().GetEvent()
+			last = ev.GetSequence()
+			p.print(ev)
+		}
+		err = stream.Err()
+		stream.Close()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil {
+			break // the server ends the stream after the final event
+		}
+		if attempt >= 10 || connect.CodeOf(err) != connect.CodeUnavailable {
+			return fmt.Errorf("watch execution %s: %w", id, err)
+		}
+		time.Sleep(time.Second)
+	}
+	p.flush()
+	resp, err := g.executions().GetExecution(ctx, connect.NewRequest(&opsconductorv1.GetExecutionRequest{Id: id}))
+	if err != nil {
+		return err
+	}
+	e := resp.Msg.GetExecution()
+	fmt.Fprintf(g.stdout, "\nexecution %s %s in %s: %s\n", e.GetId(), e.GetStatus(), time.Since(start).Round(10*time.Millisecond), counts(e.GetTaskCounts()))
+	for _, t := range e.GetTasks() {
+		if t.GetError() != "" {
+			fmt.Fprintf(g.stdout, "  %s: %s: %s\n", t.GetAgentName(), t.GetStatus(), t.GetError())
+		}
+	}
+	if e.GetStatus() != "succeeded" {
+		return &exitError{code: 2, err: fmt.Errorf("execution %s %s", e.GetId(), e.GetStatus())}
+	}
+	return nil
+}
+
+func counts(m map[string]int32) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%d %s", m[k], k)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// eventPrinter prints events as "[target] ..." lines, holding back partial
+// output lines until they end so targets never interleave mid-line.
+type eventPrinter struct {
+	w       io.Writer
+	partial map[string]*bytes.Buffer
+	order   []string
+}
+
+func newEventPrinter(w io.Writer) *eventPrinter {
+	return &eventPrinter{w: w, partial: map[string]*bytes.Buffer{}}
+}
+
+func (p *eventPrinter) print(ev *opsconductorv1.ExecutionEvent) {
+	switch ev.GetType() {
+	case "task.status":
+		p.flushTask(ev.GetAgentName())
+		line := fmt.Sprintf("[%s] %s", ev.GetAgentName(), ev.GetStatus())
+		if ev.GetError() != "" {
+			line += ": " + ev.GetError()
+		}
+		fmt.Fprintln(p.w, line)
+	case "task.output":
+		prefix := fmt.Sprintf("[%s] #%d %s| ", ev.GetAgentName(), ev.GetActionIndex()+1, streamTag(ev.GetStream()))
+		key := prefix
+		buf := p.partial[key]
+		if buf == nil {
+			buf = &bytes.Buffer{}
+			p.partial[key] = buf
+			p.order = append(p.order, key)
+		}
+		buf.Write(ev.GetData())
+		for {
+			line, err := buf.ReadString('\n')
+			if err != nil {
+				buf.Reset()
+				buf.WriteString(line)
+				break
+			}
+			fmt.Fprint(p.w, prefix+line)
+		}
+	}
+}
+
+func streamTag(s string) string {
+	if s == "stderr" {
+		return "err"
+	}
+	return "out"
+}
+
+func (p *eventPrinter) flushTask(agent string) {
+	for _, key := range p.order {
+		if strings.HasPrefix(key, "["+agent+"] ") {
+			if buf := p.partial[key]; buf.Len() > 0 {
+				fmt.Fprintln(p.w, key+buf.String())
+				buf.Reset()
+			}
+		}
+	}
+}
+
+func (p *eventPrinter) flush() {
+	for _, key := range p.order {
+		if buf := p.partial[key]; buf.Len() > 0 {
+			fmt.Fprintln(p.w, key+buf.String())
+			buf.Reset()
+		}
+	}
+}
+
+func newExecutionCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "execution", Aliases: []string{"exec"}, Short: "Inspect executions"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "get ID",
+		Short: "Show an execution's status and its tasks",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := g.executions().GetExecution(cmd.Context(), connect.NewRequest(&opsconductorv1.GetExecutionRequest{Id: args[0]}))
+			if err != nil {
+				return err
+			}
+			e := resp.Msg.GetExecution()
+			if g.output == "json" {
+				return g.printJSON(e)
+			}
+			fmt.Fprintf(g.stdout, "execution %s of %s (version %d): %s (%s)\n", e.GetId(), e.GetJobName(), e.GetJobVersion(), e.GetStatus(), counts(e.GetTaskCounts()))
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "TARGET\tSTATUS\tERROR")
+			for _, t := range e.GetTasks() {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", t.GetAgentName(), t.GetStatus(), t.GetError())
+			}
+			return tw.Flush()
+		},
+	}, &cobra.Command{
+		Use:   "results ID",
+		Short: "Show per-target, per-action results and output",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := g.executions().GetExecutionResults(cmd.Context(), connect.NewRequest(&opsconductorv1.GetExecutionResultsRequest{Id: args[0]}))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg)
+			}
+			e := resp.Msg.GetExecution()
+			fmt.Fprintf(g.stdout, "execution %s of %s (version %d): %s\n", e.GetId(), e.GetJobName(), e.GetJobVersion(), e.GetStatus())
+			for _, r := range resp.Msg.GetResults() {
+				t := r.GetTask()
+				fmt.Fprintf(g.stdout, "\n== %s: %s %s\n", t.GetAgentName(), t.GetStatus(), t.GetError())
+				for _, a := range r.GetActions() {
+					fmt.Fprintf(g.stdout, "-- #%d %s: %s (exit %d) %s\n", a.GetIndex()+1, a.GetName(), a.GetStatus(), a.GetExitCode(), a.GetError())
+					printIndented(g.stdout, "   out| ", a.GetStdout())
+					printIndented(g.stdout, "   err| ", a.GetStderr())
+				}
+				if r.GetOutputTruncated() {
+					fmt.Fprintf(g.stdout, "   (output was cut at the per-task limit of %d bytes)\n", r.GetOutputLimitBytes())
+				}
+			}
+			return nil
+		},
+	})
+	return cmd
+}
+
+func printIndented(w io.Writer, prefix, text string) {
+	if text == "" {
+		return
+	}
+	for _, line := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
+		fmt.Fprintln(w, prefix+line)
+	}
+}
+
+func newAgentCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "agent", Short: "List agents and create join tokens"}
+	var selector string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List enrolled agents with their labels and status",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := g.agents().ListAgents(cmd.Context(), connect.NewRequest(&opsconductorv1.ListAgentsRequest{LabelSelector: selector}))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg)
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATUS\tLABELS\tHOST\tOS/ARCH\tVERSION\tLAST SEEN\tID")
+			for _, a := range resp.Msg.GetAgents() {
+				seen := time.Since(a.GetLastSeenTime().AsTime()).Round(time.Second).String() + " ago"
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\n", a.GetName(), a.GetStatus(), labels(a.GetLabels()), a.GetHostname(),
+					a.GetOs(), a.GetArch(), a.GetAgentVersion(), seen, a.GetId())
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().StringVarP(&selector, "selector", "l", "", "only agents with these labels, e.g. role=web")
+
+	var ttl time.Duration
+	var maxUses int32
+	var description string
+	token := &cobra.Command{Use: "token", Short: "Manage join tokens"}
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create a join token that lets agents enroll",
+		Long: `Create a join token. Give it to an agent's first start:
+
+  opsconductor-agent --server URL --join-token TOKEN --labels role=web
+
+The token is shown once; only its hash is stored.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &opsconductorv1.CreateJoinTokenRequest{MaxUses: maxUses, Description: description}
+			if ttl > 0 {
+				req.Ttl = durationpbNew(ttl)
+			}
+			resp, err := g.agents().CreateJoinToken(cmd.Context(), connect.NewRequest(req))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg)
+			}
+			fmt.Fprintln(g.stdout, resp.Msg.GetToken())
+			fmt.Fprintf(g.stderr, "join token %s expires %s; it is shown only now\n", resp.Msg.GetTokenId(), resp.Msg.GetExpireTime().AsTime().Format(time.RFC3339))
+			return nil
+		},
+	}
+	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token can be used")
+	create.Flags().Int32Var(&maxUses, "max-uses", 0, "how many agents may enroll with it (0: unlimited)")
+	create.Flags().StringVar(&description, "description", "", "what the token is for")
+	token.AddCommand(create)
+	cmd.AddCommand(list, token)
+	return cmd
+}

@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/opsconductor/opsconductor/agent"
+	"github.com/opsconductor/opsconductor/agent/executor"
+	"github.com/opsconductor/opsconductor/agent/logging"
+	"github.com/opsconductor/opsconductor/agent/state"
+	"github.com/opsconductor/opsconductor/controlplane/config"
+	"github.com/opsconductor/opsconductor/controlplane/server"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
+)
+
+func newServerCmd() *cobra.Command {
+	cfg := config.Default()
+	envErr := cfg.ApplyEnv(os.LookupEnv)
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run the control plane (every service in one process)",
+		Long: `Run the control plane: jobs, executions, the agent gateway and registry.
+
+Settings come from defaults, then the environment, then flags. With no
+database configured it keeps its state in SQLite under ./opsconductor-data;
+set DATABASE_URL=postgres://... for production and REDIS_URL when several
+replicas share the database.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if envErr != nil {
+				return fmt.Errorf("environment: %w", envErr)
+			}
+			logger, err := logging.New(cfg.LogFormat, cfg.LogLevel)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = logger.Sync() }()
+			return serve(cmd.Context(), cfg, logger, nil)
+		},
+	}
+	cfg.BindFlags(cmd.Flags())
+	return cmd
+}
+
+// serve runs the control plane until ctx ends. ready, when not nil, is
+// called with the bound address once it listens.
+func serve(ctx context.Context, cfg config.Config, logger *zap.Logger, ready func(addr string)) error {
+	app, err := server.New(ctx, cfg, logger)
+	if err != nil {
+		return err
+	}
+	defer app.Close()
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
+	return app.Run(ctx, ln)
+}
+
+func newDevCmd(g *globals) *cobra.Command {
+	var dataDir, addr, logLevel string
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Start a control plane on the embedded store plus one local agent",
+		Long: `Start a playground: a control plane on the embedded SQLite store and one
+agent on this host (name "local", labels env=dev,role=local), ready in
+seconds. Nothing else needs to run. Stop it with Ctrl-C.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := logging.New("console", logLevel)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = logger.Sync() }()
+			return runDev(cmd.Context(), g, dataDir, addr, logger)
+		},
+	}
+	cmd.Flags().StringVar(&dataDir, "data-dir", ".opsconductor/dev", "where the playground keeps its database and agent identity")
+	cmd.Flags().StringVar(&addr, "addr", "127.0.0.1:8080", "listen address")
+	cmd.Flags().StringVar(&logLevel, "log-level", "warn", "debug, info, warn or error")
+	return cmd
+}
+
+func runDev(ctx context.Context, g *globals, dataDir, addr string, logger *zap.Logger) error {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return err
+	}
+	cfg := config.Default()
+	cfg.Addr = addr
+	cfg.DatabaseURL = "sqlite:" + filepath.Join(abs, "db")
+	cfg.LogFormat, cfg.LogLevel = "console", "warn"
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make(chan string, 1)
+	serverErr := make(chan error, 1)
+	go func() { serverErr <- serve(ctx, cfg, logger, func(a string) { ready <- a }) }()
+	var url string
+	select {
+	case err := <-serverErr:
+		return err
+	case a := <-ready:
+		url = "http://" + a
+	}
+
+	st := state.FileStore{Dir: filepath.Join(abs, "agent")}
+	joinToken := ""
+	if _, err := st.Load(); err != nil {
+		reg := opsconductorv1connect.NewAgentRegistryServiceClient(httpClient(), url)
+		resp, err := reg.CreateJoinToken(ctx, connect.NewRequest(&opsconductorv1.CreateJoinTokenRequest{
+			Ttl: durationpb.New(time.Minute), MaxUses: 1, Description: "opsconductor dev local agent",
+		}))
+		if err != nil {
+			return fmt.Errorf("create join token for the local agent: %w", err)
+		}
+		joinToken = resp.Msg.GetToken()
+	}
+	ag, err := agent.New(agent.Config{ServerURL: url, JoinToken: joinToken, Name: "local", Labels: map[string]string{"env": "dev", "role": "local"}},
+		st, &executor.Shell{}, logger)
+	if err != nil {
+		return err
+	}
+	agentErr := make(chan error, 1)
+	go func() { agentErr <- ag.Run(ctx) }()
+
+	fmt.Fprintf(g.stdout, `OpsConductor dev is ready at %s (state in %s)
+
+Next, in another terminal:
+  export OPSCONDUCTOR_SERVER=%s
+  opsconductor agent list
+  opsconductor job apply -f docs/examples/hello.yaml
+  opsconductor run hello --follow
+
+Press Ctrl-C to stop.
+`, url, abs, url)
+	select {
+	case err := <-serverErr:
+		return err
+	case err := <-agentErr:
+		if err != nil {
+			return fmt.Errorf("local agent: %w", err)
+		}
+		cancel()
+		return <-serverErr
+	case <-ctx.Done():
+		<-agentErr
+		return <-serverErr
+	}
+}

@@ -1,0 +1,194 @@
+// Package config is the control plane's configuration: defaults, then
+// OPSCONDUCTOR_* environment variables (plus DATABASE_URL and REDIS_URL),
+// then command-line flags. Validate reports every problem at once.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// Config configures `opsconductor server`.
+type Config struct {
+	// Addr is the listen address of the API (Connect, gRPC, REST, health).
+	Addr string
+	// DatabaseURL is postgres://... or sqlite:DIR (the embedded default).
+	DatabaseURL string
+	// RedisURL enables cross-replica wake-ups; empty means in-process only.
+	RedisURL string
+	// LogFormat is json or console; LogLevel debug, info, warn or error.
+	LogFormat string
+	LogLevel  string
+	// LeaseDuration is how long a claimed task stays an agent's without news.
+	LeaseDuration time.Duration
+	// PollMaxWait caps an agent's long-poll.
+	PollMaxWait time.Duration
+	// ReapInterval is how often expired leases are looked for.
+	ReapInterval time.Duration
+	// OutputLimit caps the stored output of one task, in bytes.
+	OutputLimit int64
+	// AgentOnlineWindow: an agent seen within it is shown online.
+	AgentOnlineWindow time.Duration
+}
+
+// Default returns the configuration of a single node on the embedded store.
+func Default() Config {
+	return Config{
+		Addr:              "127.0.0.1:8080",
+		DatabaseURL:       "sqlite:./opsconductor-data",
+		LogFormat:         "json",
+		LogLevel:          "info",
+		LeaseDuration:     30 * time.Second,
+		PollMaxWait:       60 * time.Second,
+		ReapInterval:      5 * time.Second,
+		OutputLimit:       1 << 20,
+		AgentOnlineWindow: 90 * time.Second,
+	}
+}
+
+// setting ties one field to its environment variable and flag.
+type setting struct {
+	flag, env, help string
+	str             *string
+	dur             *time.Duration
+	i64             *int64
+}
+
+func (c *Config) settings() []setting {
+	return []setting{
+		{flag: "addr", env: "OPSCONDUCTOR_ADDR", help: "listen address of the API", str: &c.Addr},
+		{flag: "database-url", env: "DATABASE_URL", help: "postgres://user@host/db or sqlite:DIR (embedded)", str: &c.DatabaseURL},
+		{flag: "redis-url", env: "REDIS_URL", help: "redis://host:port; needed when several replicas share a database", str: &c.RedisURL},
+		{flag: "log-format", env: "OPSCONDUCTOR_LOG_FORMAT", help: "json or console", str: &c.LogFormat},
+		{flag: "log-level", env: "OPSCONDUCTOR_LOG_LEVEL", help: "debug, info, warn or error", str: &c.LogLevel},
+		{flag: "lease-duration", env: "OPSCONDUCTOR_LEASE_DURATION", help: "how long a task stays an agent's without news", dur: &c.LeaseDuration},
+		{flag: "poll-max-wait", env: "OPSCONDUCTOR_POLL_MAX_WAIT", help: "longest agent long-poll", dur: &c.PollMaxWait},
+		{flag: "reap-interval", env: "OPSCONDUCTOR_REAP_INTERVAL", help: "how often expired task leases are looked for", dur: &c.ReapInterval},
+		{flag: "output-limit", env: "OPSCONDUCTOR_OUTPUT_LIMIT", help: "bytes of output kept per task; more is cut with a visible marker", i64: &c.OutputLimit},
+		{flag: "agent-online-window", env: "OPSCONDUCTOR_AGENT_ONLINE_WINDOW", help: "an agent seen within it is online", dur: &c.AgentOnlineWindow},
+	}
+}
+
+// ApplyEnv overrides fields from the environment. lookup is os.LookupEnv in
+// production. OPSCONDUCTOR_DATABASE_URL and OPSCONDUCTOR_REDIS_URL are
+// accepted as well as the bare names, and DATABASE_URL_FILE reads the URL
+// (a secret) from a file.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+	var errs []error
+	for _, s := range c.settings() {
+		v, ok := lookup(s.env)
+		if alt := "OPSCONDUCTOR_" + s.env; !ok && !strings.HasPrefix(s.env, "OPSCONDUCTOR_") {
+			v, ok = lookup(alt)
+		}
+		if !ok {
+			if path, fok := lookup(s.env + "_FILE"); fok {
+				b, err := os.ReadFile(path)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s_FILE: %w", s.env, err))
+					continue
+				}
+				v, ok = strings.TrimSpace(string(b)), true
+			}
+		}
+		if !ok {
+			continue
+		}
+		if err := s.set(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s.env, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s setting) set(v string) error {
+	switch {
+	case s.str != nil:
+		*s.str = v
+	case s.dur != nil:
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("%q is not a duration such as 30s or 5m", v)
+		}
+		*s.dur = d
+	case s.i64 != nil:
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return fmt.Errorf("%q is not a whole number", v)
+		}
+		*s.i64 = n
+	}
+	return nil
+}
+
+// BindFlags registers one flag per setting on fs, defaulting to the current
+// values (so call it after ApplyEnv).
+func (c *Config) BindFlags(fs *pflag.FlagSet) {
+	for _, s := range c.settings() {
+		help := s.help + " (env " + s.env + ")"
+		switch {
+		case s.str != nil:
+			fs.StringVar(s.str, s.flag, *s.str, help)
+		case s.dur != nil:
+			fs.DurationVar(s.dur, s.flag, *s.dur, help)
+		case s.i64 != nil:
+			fs.Int64Var(s.i64, s.flag, *s.i64, help)
+		}
+	}
+}
+
+// Validate reports every problem of the configuration.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	if c.Addr == "" {
+		bad("addr", "must not be empty")
+	}
+	if !strings.HasPrefix(c.DatabaseURL, "postgres://") && !strings.HasPrefix(c.DatabaseURL, "postgresql://") && !strings.HasPrefix(c.DatabaseURL, "sqlite:") {
+		bad("database-url", "must start with postgres://, postgresql:// or sqlite:")
+	}
+	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
+		bad("redis-url", "must start with redis:// or rediss://")
+	}
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		bad("log-format", "must be json or console, not %q", c.LogFormat)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", "must be debug, info, warn or error, not %q", c.LogLevel)
+	}
+	if c.LeaseDuration < time.Second {
+		bad("lease-duration", "must be at least 1s")
+	}
+	if c.PollMaxWait < time.Second {
+		bad("poll-max-wait", "must be at least 1s")
+	}
+	if c.ReapInterval <= 0 {
+		bad("reap-interval", "must be positive")
+	}
+	if c.OutputLimit < 1024 {
+		bad("output-limit", "must be at least 1024 bytes")
+	}
+	if c.AgentOnlineWindow <= 0 {
+		bad("agent-online-window", "must be positive")
+	}
+	return errors.Join(errs...)
+}
+
+// Reference lists every setting as "flag, env, help" rows, for docs.
+func Reference() [][3]string {
+	c := Default()
+	var rows [][3]string
+	for _, s := range c.settings() {
+		rows = append(rows, [3]string{"--" + s.flag, s.env, s.help})
+	}
+	return rows
+}

@@ -1,0 +1,337 @@
+// Package dispatch is the agent gateway of the executions service: it
+// implements AgentService (enroll, hello, long-poll and claim, lease
+// extension, output, completion) and the reaper that ends tasks whose agent
+// stopped reporting. A waiting poll holds no database connection: it waits
+// on a notify.Hub wake-up, with a periodic re-check as a safety net.
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/execution"
+	"github.com/opsconductor/opsconductor/controlplane/notify"
+	"github.com/opsconductor/opsconductor/controlplane/registry"
+	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+	"github.com/opsconductor/opsconductor/proto/protocol"
+)
+
+// Config tunes the gateway. Zero values take the defaults.
+type Config struct {
+	// LeaseDuration is how long a claimed task is the agent's without a
+	// report (default 30s). Agents extend it at a third of this.
+	LeaseDuration time.Duration
+	// DefaultPollWait applies when an agent asks for none (default 30s).
+	DefaultPollWait time.Duration
+	// MaxPollWait caps what an agent may ask for (default 60s). The HTTP
+	// server's write timeout must exceed it.
+	MaxPollWait time.Duration
+	// Recheck is how often a waiting poll looks at the database without a
+	// wake-up (default 5s).
+	Recheck time.Duration
+	// ReapInterval is how often expired leases are looked for (default 5s).
+	ReapInterval time.Duration
+	// MaxClaim caps the tasks one poll hands out (default 16).
+	MaxClaim int
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.LeaseDuration, 30*time.Second)
+	def(&c.DefaultPollWait, 30*time.Second)
+	def(&c.MaxPollWait, 60*time.Second)
+	def(&c.Recheck, 5*time.Second)
+	def(&c.ReapInterval, 5*time.Second)
+	if c.MaxClaim <= 0 {
+		c.MaxClaim = 16
+	}
+	return c
+}
+
+// Gateway implements agentv1connect.AgentServiceHandler.
+type Gateway struct {
+	registry *registry.Registry
+	store    *execution.Store
+	hub      *notify.Hub
+	cfg      Config
+	logger   *zap.Logger
+}
+
+var _ agentv1connect.AgentServiceHandler = (*Gateway)(nil)
+
+// New builds the gateway.
+func New(reg *registry.Registry, st *execution.Store, hub *notify.Hub, logger *zap.Logger, cfg Config) *Gateway {
+	return &Gateway{registry: reg, store: st, hub: hub, cfg: cfg.withDefaults(), logger: logger.Named("dispatch")}
+}
+
+func checkProtocol(v int32) error {
+	if v < protocol.MinAgentProtocolVersion || v > protocol.AgentProtocolVersion {
+		if v > protocol.AgentProtocolVersion {
+			return apperr.FailedPrecondition("agent speaks protocol %d but this server (%s) speaks %d to %d: upgrade the control plane, or install an agent of the server's release",
+				v, protocol.Version, protocol.MinAgentProtocolVersion, protocol.AgentProtocolVersion)
+		}
+		return apperr.FailedPrecondition("agent speaks protocol %d but this server (%s) needs %d to %d: upgrade the agent to %s",
+			v, protocol.Version, protocol.MinAgentProtocolVersion, protocol.AgentProtocolVersion, protocol.Version)
+	}
+	return nil
+}
+
+func facts(f *agentv1.Facts) registry.Facts {
+	return registry.Facts{Hostname: f.GetHostname(), OS: f.GetOs(), Arch: f.GetArch(), AgentVersion: f.GetAgentVersion()}
+}
+
+func (g *Gateway) Enroll(ctx context.Context, req *connect.Request[agentv1.EnrollRequest]) (*connect.Response[agentv1.EnrollResponse], error) {
+	if err := checkProtocol(req.Msg.GetProtocolVersion()); err != nil {
+		return nil, err
+	}
+	id, cred, err := g.registry.Enroll(ctx, req.Msg.GetJoinToken(), req.Msg.GetName(), req.Msg.GetLabels(), facts(req.Msg.GetFacts()))
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&agentv1.EnrollResponse{AgentId: id, Credential: cred, ServerVersion: protocol.Version}), nil
+}
+
+// authenticate checks the agent credential in the Authorization header.
+func (g *Gateway) authenticate(ctx context.Context, h interface{ Get(string) string }) (registry.AgentRecord, error) {
+	cred, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	if !ok {
+		return registry.AgentRecord{}, apperr.Unauthenticated("agent credential missing: send Authorization: Bearer AGENT_ID.SECRET")
+	}
+	return g.registry.Authenticate(ctx, cred)
+}
+
+func (g *Gateway) Hello(ctx context.Context, req *connect.Request[agentv1.HelloRequest]) (*connect.Response[agentv1.HelloResponse], error) {
+	a, err := g.authenticate(ctx, req.Header())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkProtocol(req.Msg.GetProtocolVersion()); err != nil {
+		return nil, err
+	}
+	if err := g.registry.UpdateFacts(ctx, a, req.Msg.GetLabels(), facts(req.Msg.GetFacts())); err != nil {
+		return nil, err
+	}
+	g.logger.Info("agent connected", zap.String("agent_id", a.ID), zap.String("agent_name", a.Name), zap.String("agent_version", req.Msg.GetFacts().GetAgentVersion()))
+	return connect.NewResponse(&agentv1.HelloResponse{ServerVersion: protocol.Version, LeaseDuration: durationpb.New(g.cfg.LeaseDuration)}), nil
+}
+
+func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollRequest]) (*connect.Response[agentv1.PollResponse], error) {
+	a, err := g.authenticate(ctx, req.Header())
+	if err != nil {
+		return nil, err
+	}
+	if err := g.registry.Touch(ctx, a.ID); err != nil {
+		g.logger.Warn("record agent poll", zap.String("agent_id", a.ID), zap.Error(err))
+	}
+	wait := g.cfg.DefaultPollWait
+	if w := req.Msg.GetWait(); w != nil && w.AsDuration() > 0 {
+		wait = min(w.AsDuration(), g.cfg.MaxPollWait)
+	}
+	slots := min(int(req.Msg.GetFreeSlots()), g.cfg.MaxClaim)
+
+	// Subscribe before the first look so a wake-up between the look and
+	// the wait is not lost.
+	wake, cancel := g.hub.Subscribe(notify.AgentKey(a.ID))
+	defer cancel()
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	for {
+		if slots > 0 {
+			tasks, err := g.claim(ctx, a, slots)
+			if err != nil || len(tasks) > 0 {
+				return connect.NewResponse(&agentv1.PollResponse{Tasks: tasks}), err
+			}
+		}
+		// Jitter keeps the re-checks of many agents from lining up.
+		recheck := time.NewTimer(g.cfg.Recheck + rand.N(g.cfg.Recheck/5+1))
+		select {
+		case <-ctx.Done():
+			recheck.Stop()
+			return connect.NewResponse(&agentv1.PollResponse{}), nil
+		case <-deadline.C:
+			recheck.Stop()
+			return connect.NewResponse(&agentv1.PollResponse{}), nil
+		case <-wake:
+		case <-recheck.C:
+		}
+		recheck.Stop()
+	}
+}
+
+func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots int) ([]*agentv1.TaskAssignment, error) {
+	claims, err := g.store.TaskClaimNext(ctx, a.ID, slots, g.cfg.LeaseDuration)
+	var out []*agentv1.TaskAssignment
+	for _, c := range claims {
+		g.hub.Publish(context.WithoutCancel(ctx), notify.ExecutionKey(c.Task.ExecutionID))
+		ta, cerr := toAssignment(c)
+		if cerr != nil {
+			return out, cerr
+		}
+		g.logger.Info("task leased", zap.String("task_id", c.Task.ID), zap.String("execution_id", c.Task.ExecutionID),
+			zap.String("agent_id", a.ID), zap.Int64("lease_generation", c.Task.LeaseGeneration), zap.String("correlation_id", c.CorrelationID))
+		out = append(out, ta)
+	}
+	if err != nil {
+		return out, fmt.Errorf("claim tasks for agent %s: %w", a.ID, err)
+	}
+	return out, nil
+}
+
+func toAssignment(c execution.Claim) (*agentv1.TaskAssignment, error) {
+	job := &opsconductorv1.Job{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(c.Snapshot, job); err != nil {
+		return nil, fmt.Errorf("decode snapshot of execution %s: %w", c.Task.ExecutionID, err)
+	}
+	ta := &agentv1.TaskAssignment{
+		TaskId: c.Task.ID, ExecutionId: c.Task.ExecutionID, JobName: c.JobName, LeaseGeneration: c.Task.LeaseGeneration,
+		CorrelationId: c.CorrelationID, OutputLimitBytes: c.Task.OutputLimit,
+	}
+	if c.Task.LeaseExpiresAt != nil {
+		ta.LeaseExpireTime = timestamppb.New(*c.Task.LeaseExpiresAt)
+	}
+	for i, a := range job.GetActions() {
+		a = proto.Clone(a).(*opsconductorv1.Action)
+		if a.GetName() == "" {
+			a.Name = fmt.Sprintf("action-%d", i+1)
+		}
+		if a.GetPlugin() == "" {
+			a.Plugin = "shell"
+		}
+		if a.GetTimeout() == nil || a.GetTimeout().AsDuration() == 0 {
+			a.Timeout = durationpb.New(time.Hour)
+		}
+		ta.Actions = append(ta.Actions, a)
+	}
+	return ta, nil
+}
+
+func leaseErr(err error) error {
+	if errors.Is(err, execution.ErrLeaseLost) {
+		return apperr.FailedPrecondition("%v: the task is no longer this agent's (it ended, or its lease expired); stop working on it", err)
+	}
+	return err
+}
+
+func (g *Gateway) ExtendLease(ctx context.Context, req *connect.Request[agentv1.ExtendLeaseRequest]) (*connect.Response[agentv1.ExtendLeaseResponse], error) {
+	a, err := g.authenticate(ctx, req.Header())
+	if err != nil {
+		return nil, err
+	}
+	until, err := g.store.TaskExtendLease(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), g.cfg.LeaseDuration)
+	if err != nil {
+		return nil, leaseErr(err)
+	}
+	return connect.NewResponse(&agentv1.ExtendLeaseResponse{LeaseExpireTime: timestamppb.New(until)}), nil
+}
+
+func (g *Gateway) ReportOutput(ctx context.Context, req *connect.Request[agentv1.ReportOutputRequest]) (*connect.Response[agentv1.ReportOutputResponse], error) {
+	a, err := g.authenticate(ctx, req.Header())
+	if err != nil {
+		return nil, err
+	}
+	chunks := make([]execution.OutputChunk, 0, len(req.Msg.GetChunks()))
+	for i, c := range req.Msg.GetChunks() {
+		if c.GetStream() != "stdout" && c.GetStream() != "stderr" {
+			return nil, apperr.InvalidField(fmt.Sprintf("chunks[%d].stream", i), "must be stdout or stderr")
+		}
+		chunks = append(chunks, execution.OutputChunk{ActionIndex: int(c.GetActionIndex()), Stream: c.GetStream(), Data: c.GetData()})
+	}
+	truncated, err := g.store.TaskAppendOutput(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), chunks, g.wakeWatchers(ctx, req.Msg.GetTaskId()))
+	if err != nil {
+		return nil, leaseErr(err)
+	}
+	return connect.NewResponse(&agentv1.ReportOutputResponse{Truncated: truncated}), nil
+}
+
+// wakeWatchers returns a post-commit hook waking the watchers of the task's
+// execution.
+func (g *Gateway) wakeWatchers(ctx context.Context, taskID string) func() {
+	return func() {
+		t, err := g.store.TaskGet(context.WithoutCancel(ctx), taskID)
+		if err == nil {
+			g.hub.Publish(context.WithoutCancel(ctx), notify.ExecutionKey(t.ExecutionID))
+		}
+	}
+}
+
+var finalTaskStatus = map[string]bool{
+	execution.TaskSucceeded: true, execution.TaskFailed: true, execution.TaskTimedOut: true, execution.TaskCancelled: true,
+}
+
+var actionStatus = map[string]bool{
+	execution.TaskSucceeded: true, execution.TaskFailed: true, execution.TaskTimedOut: true, execution.TaskCancelled: true, execution.TaskSkipped: true,
+}
+
+func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1.CompleteTaskRequest]) (*connect.Response[agentv1.CompleteTaskResponse], error) {
+	a, err := g.authenticate(ctx, req.Header())
+	if err != nil {
+		return nil, err
+	}
+	if !finalTaskStatus[req.Msg.GetStatus()] {
+		return nil, apperr.InvalidField("status", "must be succeeded, failed, timed_out or cancelled, not %q", req.Msg.GetStatus())
+	}
+	results := make([]execution.ActionResult, 0, len(req.Msg.GetActions()))
+	for i, r := range req.Msg.GetActions() {
+		if !actionStatus[r.GetStatus()] {
+			return nil, apperr.InvalidField(fmt.Sprintf("actions[%d].status", i), "must be succeeded, failed, timed_out, cancelled or skipped, not %q", r.GetStatus())
+		}
+		results = append(results, execution.ActionResult{
+			Index: int(r.GetIndex()), Name: r.GetName(), Status: r.GetStatus(), ExitCode: int(r.GetExitCode()), Error: r.GetError(),
+			StartedAt: timePtr(r.GetStartTime()), FinishedAt: timePtr(r.GetEndTime()),
+		})
+	}
+	err = g.store.TaskComplete(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), req.Msg.GetStatus(), req.Msg.GetError(), results,
+		g.wakeWatchers(ctx, req.Msg.GetTaskId()))
+	if err != nil {
+		return nil, leaseErr(err)
+	}
+	g.logger.Info("task completed", zap.String("task_id", req.Msg.GetTaskId()), zap.String("agent_id", a.ID), zap.String("status", req.Msg.GetStatus()))
+	return connect.NewResponse(&agentv1.CompleteTaskResponse{}), nil
+}
+
+func timePtr(t *timestamppb.Timestamp) *time.Time {
+	if t == nil {
+		return nil
+	}
+	v := t.AsTime()
+	return &v
+}
+
+// RunReaper marks tasks whose lease expired as lost, every ReapInterval,
+// until ctx ends. Every replica may run it: each expiry is a guarded update.
+func (g *Gateway) RunReaper(ctx context.Context) error {
+	tick := time.NewTicker(g.cfg.ReapInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		n, err := g.store.TaskExpireLeases(ctx, time.Now(), nil)
+		if err != nil && ctx.Err() == nil {
+			g.logger.Error("expire task leases", zap.Error(err))
+		}
+		if n > 0 {
+			g.logger.Warn("tasks lost: their agents stopped reporting", zap.Int("tasks", n))
+		}
+	}
+}

@@ -1,0 +1,300 @@
+// Package execution is the Job Execution service: it freezes a snapshot of
+// a job, resolves its targets to one task per agent, and tracks the tasks
+// and the execution through their states, with per-action results and
+// output. Its state lives in the "executions" schema; the agent gateway
+// (package dispatch) drives tasks through the Store.
+package execution
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/correlation"
+	"github.com/opsconductor/opsconductor/controlplane/notify"
+	"github.com/opsconductor/opsconductor/controlplane/store"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
+)
+
+// JobReader returns a job at a version (0: current). The jobs service
+// implements it.
+type JobReader interface {
+	Get(ctx context.Context, id string, version int64) (*opsconductorv1.Job, error)
+}
+
+// TargetResolver maps targets to agents; the agent registry implements it.
+type TargetResolver interface {
+	ResolveTargets(ctx context.Context, targets []*opsconductorv1.Target) ([]*opsconductorv1.ResolvedAgent, []int, error)
+}
+
+// Config tunes the service.
+type Config struct {
+	// OutputLimit caps the stdout+stderr stored per task (default 1 MiB).
+	OutputLimit int64
+}
+
+// DefaultOutputLimit is the per-task output cap when none is configured.
+const DefaultOutputLimit = 1 << 20
+
+// Service implements opsconductorv1connect.ExecutionServiceHandler.
+type Service struct {
+	store    *Store
+	jobs     JobReader
+	resolver TargetResolver
+	hub      *notify.Hub
+	cfg      Config
+	logger   *zap.Logger
+}
+
+var _ opsconductorv1connect.ExecutionServiceHandler = (*Service)(nil)
+
+// NewService builds the executions service.
+func NewService(st *Store, jobs JobReader, resolver TargetResolver, hub *notify.Hub, logger *zap.Logger, cfg Config) *Service {
+	if cfg.OutputLimit <= 0 {
+		cfg.OutputLimit = DefaultOutputLimit
+	}
+	return &Service{store: st, jobs: jobs, resolver: resolver, hub: hub, cfg: cfg, logger: logger.Named("execution")}
+}
+
+func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconductorv1.ExecuteJobRequest]) (*connect.Response[opsconductorv1.ExecuteJobResponse], error) {
+	e, err := s.create(ctx, req.Msg.GetId(), 0, "id")
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.ExecuteJobResponse{Execution: e}), nil
+}
+
+func (s *Service) CreateExecution(ctx context.Context, req *connect.Request[opsconductorv1.CreateExecutionRequest]) (*connect.Response[opsconductorv1.CreateExecutionResponse], error) {
+	e, err := s.create(ctx, req.Msg.GetJobId(), req.Msg.GetJobVersion(), "job_id")
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.CreateExecutionResponse{Execution: e}), nil
+}
+
+func (s *Service) create(ctx context.Context, jobID string, version int64, idField string) (*opsconductorv1.Execution, error) {
+	if jobID == "" {
+		return nil, apperr.InvalidField(idField, "must not be empty")
+	}
+	job, err := s.jobs.Get(ctx, jobID, version)
+	if err != nil {
+		return nil, err
+	}
+	agents, unmatched, err := s.resolver.ResolveTargets(ctx, job.GetTargets())
+	if err != nil {
+		return nil, fmt.Errorf("resolve targets: %w", err)
+	}
+	if len(unmatched) > 0 {
+		var vs []apperr.Violation
+		for _, i := range unmatched {
+			t := job.GetTargets()[i]
+			what := "selector " + t.GetSelector()
+			if t.GetAgentId() != "" {
+				what = "agent_id " + t.GetAgentId()
+			}
+			vs = append(vs, apperr.Violation{Field: fmt.Sprintf("job.targets[%d]", i), Description: what + " matches no enrolled agent"})
+		}
+		return nil, &apperr.Error{Kind: apperr.KindFailedPrecondition, Message: "job " + job.GetName() + " cannot run: " + apperr.Invalid("targets", vs).Error(), Violations: vs}
+	}
+	snapshot, err := protojson.Marshal(job)
+	if err != nil {
+		return nil, fmt.Errorf("encode job snapshot: %w", err)
+	}
+	rec := ExecutionRecord{
+		ID:            uuid.Must(uuid.NewV7()).String(),
+		JobID:         job.GetId(),
+		JobName:       job.GetName(),
+		JobVersion:    job.GetVersion(),
+		Snapshot:      snapshot,
+		Status:        ExecQueued,
+		CorrelationID: correlation.ID(ctx),
+		CreatedAt:     time.Now().UTC().Truncate(time.Microsecond),
+	}
+	tasks := make([]TaskRecord, len(agents))
+	keys := make([]string, len(agents))
+	for i, a := range agents {
+		tasks[i] = TaskRecord{ID: uuid.Must(uuid.NewV7()).String(), AgentID: a.GetAgentId(), AgentName: a.GetName(), OutputLimit: s.cfg.OutputLimit}
+		keys[i] = notify.AgentKey(a.GetAgentId())
+	}
+	err = s.store.ExecutionCreate(ctx, rec, tasks, func() { s.hub.Publish(context.WithoutCancel(ctx), keys...) })
+	if err != nil {
+		return nil, err
+	}
+	s.logger.Info("execution created", zap.String("execution_id", rec.ID), zap.String("job_id", rec.JobID),
+		zap.Int64("job_version", rec.JobVersion), zap.Int("tasks", len(tasks)), zap.String("correlation_id", rec.CorrelationID))
+	return s.get(ctx, rec.ID)
+}
+
+func (s *Service) GetExecution(ctx context.Context, req *connect.Request[opsconductorv1.GetExecutionRequest]) (*connect.Response[opsconductorv1.GetExecutionResponse], error) {
+	e, err := s.get(ctx, req.Msg.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.GetExecutionResponse{Execution: e}), nil
+}
+
+func (s *Service) load(ctx context.Context, id string) (ExecutionRecord, []TaskRecord, error) {
+	if id == "" {
+		return ExecutionRecord{}, nil, apperr.InvalidField("id", "must not be empty")
+	}
+	rec, err := s.store.ExecutionGet(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return ExecutionRecord{}, nil, apperr.NotFound("execution %s not found", id)
+	}
+	if err != nil {
+		return ExecutionRecord{}, nil, err
+	}
+	tasks, err := s.store.TaskListByExecution(ctx, id)
+	if err != nil {
+		return ExecutionRecord{}, nil, err
+	}
+	return rec, tasks, nil
+}
+
+func (s *Service) get(ctx context.Context, id string) (*opsconductorv1.Execution, error) {
+	rec, tasks, err := s.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return toExecution(rec, tasks)
+}
+
+func toExecution(rec ExecutionRecord, tasks []TaskRecord) (*opsconductorv1.Execution, error) {
+	job := &opsconductorv1.Job{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(rec.Snapshot, job); err != nil {
+		return nil, fmt.Errorf("decode snapshot of execution %s: %w", rec.ID, err)
+	}
+	e := &opsconductorv1.Execution{
+		Id: rec.ID, JobId: rec.JobID, JobName: rec.JobName, JobVersion: rec.JobVersion, Status: rec.Status,
+		CorrelationId: rec.CorrelationID, CreateTime: timestamppb.New(rec.CreatedAt),
+		StartTime: ts(rec.StartedAt), EndTime: ts(rec.FinishedAt), JobSnapshot: job,
+		TaskCounts: map[string]int32{},
+	}
+	for _, t := range tasks {
+		e.TaskCounts[t.Status]++
+		e.Tasks = append(e.Tasks, toTask(t))
+	}
+	return e, nil
+}
+
+func toTask(t TaskRecord) *opsconductorv1.Task {
+	return &opsconductorv1.Task{Id: t.ID, AgentId: t.AgentID, AgentName: t.AgentName, Status: t.Status, Error: t.Error,
+		StartTime: ts(t.StartedAt), EndTime: ts(t.FinishedAt)}
+}
+
+func ts(t *time.Time) *timestamppb.Timestamp {
+	if t == nil {
+		return nil
+	}
+	return timestamppb.New(*t)
+}
+
+func (s *Service) GetExecutionResults(ctx context.Context, req *connect.Request[opsconductorv1.GetExecutionResultsRequest]) (*connect.Response[opsconductorv1.GetExecutionResultsResponse], error) {
+	rec, tasks, err := s.load(ctx, req.Msg.GetId())
+	if err != nil {
+		return nil, err
+	}
+	e, err := toExecution(rec, tasks)
+	if err != nil {
+		return nil, err
+	}
+	results, err := s.store.ActionResultsByExecution(ctx, rec.ID)
+	if err != nil {
+		return nil, err
+	}
+	output, err := s.store.OutputByExecution(ctx, rec.ID)
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.GetExecutionResultsResponse{Execution: e}
+	for _, t := range tasks {
+		tr := &opsconductorv1.TaskResult{Task: toTask(t), OutputTruncated: t.OutputTruncated, OutputLimitBytes: t.OutputLimit}
+		byIndex := map[int]*opsconductorv1.ActionResult{}
+		for _, r := range results[t.ID] {
+			ar := &opsconductorv1.ActionResult{Index: int32(r.Index), Name: r.Name, Status: r.Status, ExitCode: int32(r.ExitCode),
+				Error: r.Error, StartTime: ts(r.StartedAt), EndTime: ts(r.FinishedAt)}
+			byIndex[r.Index] = ar
+			tr.Actions = append(tr.Actions, ar)
+		}
+		for _, c := range output[t.ID] {
+			ar := byIndex[c.ActionIndex]
+			if ar == nil { // output of a task still running, before its results
+				ar = &opsconductorv1.ActionResult{Index: int32(c.ActionIndex), Status: TaskRunning}
+				byIndex[c.ActionIndex] = ar
+				tr.Actions = append(tr.Actions, ar)
+			}
+			if c.Stream == "stderr" {
+				ar.Stderr += string(c.Data)
+			} else {
+				ar.Stdout += string(c.Data)
+			}
+		}
+		resp.Results = append(resp.Results, tr)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// watchRecheck bounds how long a watcher waits without a wake-up before it
+// looks at the database again (a wake-up from another replica may be lost).
+const watchRecheck = 2 * time.Second
+
+func (s *Service) WatchExecution(ctx context.Context, req *connect.Request[opsconductorv1.WatchExecutionRequest], stream *connect.ServerStream[opsconductorv1.WatchExecutionResponse]) error {
+	if _, _, err := s.load(ctx, req.Msg.GetId()); err != nil {
+		return err
+	}
+	id := req.Msg.GetId()
+	wake, cancel := s.hub.Subscribe(notify.ExecutionKey(id))
+	defer cancel()
+	last := req.Msg.GetAfterSequence()
+	const page = 500
+	for {
+		events, err := s.store.EventsAfter(ctx, id, last, page)
+		if err != nil {
+			return err
+		}
+		finished := false
+		for _, ev := range events {
+			if err := stream.Send(&opsconductorv1.WatchExecutionResponse{Event: ev}); err != nil {
+				return err
+			}
+			last = ev.GetSequence()
+			if ev.GetType() == "execution.status" && isFinal(ev.GetStatus()) {
+				finished = true
+			}
+		}
+		if len(events) == page {
+			continue
+		}
+		if finished {
+			return nil
+		}
+		if len(events) == 0 {
+			rec, err := s.store.ExecutionGet(ctx, id)
+			if err != nil {
+				return err
+			}
+			if isFinal(rec.Status) {
+				return nil // the caller resumed after the final event
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		case <-time.After(watchRecheck):
+		}
+	}
+}
+
+func isFinal(execStatus string) bool {
+	return execStatus == ExecSucceeded || execStatus == ExecFailed || execStatus == ExecCancelled
+}

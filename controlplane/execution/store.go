@@ -1,0 +1,601 @@
+package execution
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/opsconductor/opsconductor/controlplane/outbox"
+	"github.com/opsconductor/opsconductor/controlplane/store"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+)
+
+//go:embed migrations
+var migrationsDir embed.FS
+
+// Migrations returns the executions schema migrations for store.DB.Migrate.
+func Migrations() fs.FS {
+	sub, err := fs.Sub(migrationsDir, "migrations")
+	if err != nil {
+		panic(err) // the embedded directory is always there
+	}
+	return sub
+}
+
+// Schema is the name of the executions service's schema.
+const Schema = "executions"
+
+// Execution statuses.
+const (
+	ExecQueued    = "queued"
+	ExecRunning   = "running"
+	ExecSucceeded = "succeeded"
+	ExecFailed    = "failed"
+	ExecCancelled = "cancelled"
+)
+
+// Task statuses (ARCHITECTURE.md, "Words with one meaning").
+const (
+	TaskQueued    = "queued"
+	TaskRunning   = "running"
+	TaskSucceeded = "succeeded"
+	TaskFailed    = "failed"
+	TaskTimedOut  = "timed_out"
+	TaskCancelled = "cancelled"
+	TaskLost      = "lost"
+	TaskExpired   = "expired"
+	TaskSkipped   = "skipped"
+	TaskUnknown   = "unknown"
+)
+
+// ErrLeaseLost means a report named a task the agent no longer holds: the
+// lease generation moved on, the task ended, or it is not the agent's.
+var ErrLeaseLost = errors.New("task lease lost")
+
+// ExecutionRecord is a stored execution.
+type ExecutionRecord struct {
+	ID            string
+	JobID         string
+	JobName       string
+	JobVersion    int64
+	Snapshot      []byte // the job as protobuf JSON
+	Status        string
+	CorrelationID string
+	CreatedAt     time.Time
+	StartedAt     *time.Time
+	FinishedAt    *time.Time
+}
+
+// TaskRecord is a stored task.
+type TaskRecord struct {
+	ID              string
+	ExecutionID     string
+	AgentID         string
+	AgentName       string
+	Status          string
+	Error           string
+	LeaseGeneration int64
+	LeaseExpiresAt  *time.Time
+	OutputLimit     int64
+	OutputBytes     int64
+	OutputTruncated bool
+	CreatedAt       time.Time
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
+}
+
+// ActionResult is the outcome of one action of a task.
+type ActionResult struct {
+	Index      int
+	Name       string
+	Status     string
+	ExitCode   int
+	Error      string
+	StartedAt  *time.Time
+	FinishedAt *time.Time
+}
+
+// OutputChunk is a piece of an action's stdout or stderr.
+type OutputChunk struct {
+	ActionIndex int
+	Stream      string // "stdout" or "stderr"
+	Data        []byte
+}
+
+// Claim is a task leased to an agent, with what it needs to run it.
+type Claim struct {
+	Task          TaskRecord
+	JobName       string
+	Snapshot      []byte
+	CorrelationID string
+}
+
+// Store keeps executions, tasks, results and output in the executions schema.
+type Store struct {
+	db *store.DB
+}
+
+// NewStore wraps a migrated executions database.
+func NewStore(db *store.DB) *Store { return &Store{db: db} }
+
+// Ping checks the database.
+func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
+
+func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
+
+// ExecutionCreate stores an execution and its tasks, all queued, with the
+// execution.created event, in one transaction. afterCommit (may be nil) runs
+// once it committed.
+func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []TaskRecord, afterCommit func()) error {
+	return s.db.InTx(ctx, func(tx *store.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)`,
+			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC()); err != nil {
+			return fmt.Errorf("insert execution: %w", store.Translate(err))
+		}
+		for _, t := range tasks {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC()); err != nil {
+				return fmt.Errorf("insert task for agent %s: %w", t.AgentName, store.Translate(err))
+			}
+		}
+		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+			Type: "execution.created", ExecutionId: e.ID, Status: ExecQueued, Time: timestamppb.New(e.CreatedAt),
+		}); err != nil {
+			return err
+		}
+		if afterCommit != nil {
+			tx.AfterCommit(afterCommit)
+		}
+		return nil
+	})
+}
+
+// appendEvent bumps the execution's event counter (which locks its row, so
+// one execution's events commit in counter order) and writes the event.
+func appendEvent(ctx context.Context, tx *store.Tx, ev *opsconductorv1.ExecutionEvent) error {
+	var seq int64
+	if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq`, ev.GetExecutionId()).Scan(&seq); err != nil {
+		return fmt.Errorf("number event of execution %s: %w", ev.GetExecutionId(), store.Translate(err))
+	}
+	body, err := protojson.Marshal(ev)
+	if err != nil {
+		return fmt.Errorf("encode %s event: %w", ev.GetType(), err)
+	}
+	_, err = outbox.Append(ctx, tx, ev.GetType(), ev.GetExecutionId(), seq, json.RawMessage(body))
+	return err
+}
+
+// ExecutionGet returns one execution.
+func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, error) {
+	var e ExecutionRecord
+	var snapshot string
+	var started, finished sql.NullTime
+	err := s.db.QueryRowContext(ctx, `SELECT id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at
+		FROM executions WHERE id = $1`, id).Scan(&e.ID, &e.JobID, &e.JobName, &e.JobVersion, &snapshot, &e.Status, &e.CorrelationID, &e.CreatedAt, &started, &finished)
+	if err != nil {
+		return ExecutionRecord{}, fmt.Errorf("get execution %s: %w", id, store.Translate(err))
+	}
+	e.Snapshot = []byte(snapshot)
+	e.CreatedAt = e.CreatedAt.UTC()
+	e.StartedAt, e.FinishedAt = timePtr(started), timePtr(finished)
+	return e, nil
+}
+
+const taskColumns = `SELECT id, execution_id, agent_id, agent_name, status, error, lease_generation, lease_expires_at,
+	output_limit, output_bytes, output_truncated, created_at, started_at, finished_at FROM tasks`
+
+func scanTask(row interface{ Scan(...any) error }) (TaskRecord, error) {
+	var t TaskRecord
+	var lease, started, finished sql.NullTime
+	if err := row.Scan(&t.ID, &t.ExecutionID, &t.AgentID, &t.AgentName, &t.Status, &t.Error, &t.LeaseGeneration, &lease,
+		&t.OutputLimit, &t.OutputBytes, &t.OutputTruncated, &t.CreatedAt, &started, &finished); err != nil {
+		return TaskRecord{}, store.Translate(err)
+	}
+	t.CreatedAt = t.CreatedAt.UTC()
+	t.LeaseExpiresAt, t.StartedAt, t.FinishedAt = timePtr(lease), timePtr(started), timePtr(finished)
+	return t, nil
+}
+
+// TaskGet returns one task.
+func (s *Store) TaskGet(ctx context.Context, id string) (TaskRecord, error) {
+	t, err := scanTask(s.db.QueryRowContext(ctx, taskColumns+` WHERE id = $1`, id))
+	if err != nil {
+		return TaskRecord{}, fmt.Errorf("get task %s: %w", id, err)
+	}
+	return t, nil
+}
+
+// TaskListByExecution returns an execution's tasks by agent name.
+func (s *Store) TaskListByExecution(ctx context.Context, executionID string) ([]TaskRecord, error) {
+	rows, err := s.db.QueryContext(ctx, taskColumns+` WHERE execution_id = $1 ORDER BY agent_name, id`, executionID)
+	if err != nil {
+		return nil, fmt.Errorf("list tasks of execution %s: %w", executionID, err)
+	}
+	defer rows.Close()
+	var out []TaskRecord
+	for rows.Next() {
+		t, err := scanTask(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// ActionResultsByExecution returns the action results of an execution's
+// tasks, keyed by task id, in action order.
+func (s *Store) ActionResultsByExecution(ctx context.Context, executionID string) (map[string][]ActionResult, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT r.task_id, r.idx, r.name, r.status, r.exit_code, r.error, r.started_at, r.finished_at
+		FROM action_results r JOIN tasks t ON t.id = r.task_id WHERE t.execution_id = $1 ORDER BY r.task_id, r.idx`, executionID)
+	if err != nil {
+		return nil, fmt.Errorf("list results of execution %s: %w", executionID, err)
+	}
+	defer rows.Close()
+	out := map[string][]ActionResult{}
+	for rows.Next() {
+		var taskID string
+		var r ActionResult
+		var started, finished sql.NullTime
+		if err := rows.Scan(&taskID, &r.Index, &r.Name, &r.Status, &r.ExitCode, &r.Error, &started, &finished); err != nil {
+			return nil, fmt.Errorf("scan action result: %w", err)
+		}
+		r.StartedAt, r.FinishedAt = timePtr(started), timePtr(finished)
+		out[taskID] = append(out[taskID], r)
+	}
+	return out, rows.Err()
+}
+
+// OutputByExecution returns the stored output of an execution's tasks, keyed
+// by task id, in arrival order.
+func (s *Store) OutputByExecution(ctx context.Context, executionID string) (map[string][]OutputChunk, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT o.task_id, o.action_index, o.stream, o.data
+		FROM task_output o JOIN tasks t ON t.id = o.task_id WHERE t.execution_id = $1 ORDER BY o.task_id, o.chunk`, executionID)
+	if err != nil {
+		return nil, fmt.Errorf("read output of execution %s: %w", executionID, err)
+	}
+	defer rows.Close()
+	out := map[string][]OutputChunk{}
+	for rows.Next() {
+		var taskID string
+		var c OutputChunk
+		if err := rows.Scan(&taskID, &c.ActionIndex, &c.Stream, &c.Data); err != nil {
+			return nil, fmt.Errorf("scan output: %w", err)
+		}
+		out[taskID] = append(out[taskID], c)
+	}
+	return out, rows.Err()
+}
+
+// TaskClaimNext leases up to max queued tasks of the agent, oldest first,
+// each in its own short transaction (with SKIP LOCKED on Postgres, so
+// concurrent claimers never take the same task and never wait on each
+// other). The lease runs until now+lease.
+func (s *Store) TaskClaimNext(ctx context.Context, agentID string, max int, lease time.Duration) ([]Claim, error) {
+	var claims []Claim
+	for len(claims) < max {
+		c, ok, err := s.claimOne(ctx, agentID, lease)
+		if err != nil {
+			return claims, err
+		}
+		if !ok {
+			break
+		}
+		claims = append(claims, c)
+	}
+	return claims, nil
+}
+
+func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duration) (Claim, bool, error) {
+	var c Claim
+	found := false
+	err := s.db.InTx(ctx, func(tx *store.Tx) error {
+		t := now()
+		until := t.Add(lease)
+		var taskID string
+		err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, lease_generation = lease_generation + 1, lease_expires_at = $2, started_at = $3
+			WHERE id = (SELECT id FROM tasks WHERE agent_id = $4 AND status = $5 ORDER BY created_at, id LIMIT 1`+store.SkipLocked(tx)+`)
+			RETURNING id`, TaskRunning, until, t, agentID, TaskQueued).Scan(&taskID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("claim task for agent %s: %w", agentID, err)
+		}
+		task, err := scanTask(tx.QueryRowContext(ctx, taskColumns+` WHERE id = $1`, taskID))
+		if err != nil {
+			return fmt.Errorf("read claimed task %s: %w", taskID, err)
+		}
+		var snapshot string
+		var execStatus string
+		if err := tx.QueryRowContext(ctx, `SELECT job_name, snapshot, correlation_id, status FROM executions WHERE id = $1`, task.ExecutionID).
+			Scan(&c.JobName, &snapshot, &c.CorrelationID, &execStatus); err != nil {
+			return fmt.Errorf("read execution %s: %w", task.ExecutionID, store.Translate(err))
+		}
+		c.Task, c.Snapshot, found = task, []byte(snapshot), true
+		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+			Type: "task.status", ExecutionId: task.ExecutionID, TaskId: task.ID, AgentName: task.AgentName, Status: TaskRunning, Time: timestamppb.New(t),
+		}); err != nil {
+			return err
+		}
+		if execStatus == ExecQueued {
+			if _, err := tx.ExecContext(ctx, `UPDATE executions SET status = $1, started_at = $2 WHERE id = $3 AND status = $4`,
+				ExecRunning, t, task.ExecutionID, ExecQueued); err != nil {
+				return fmt.Errorf("start execution %s: %w", task.ExecutionID, err)
+			}
+			return appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+				Type: "execution.status", ExecutionId: task.ExecutionID, Status: ExecRunning, Time: timestamppb.New(t),
+			})
+		}
+		return nil
+	})
+	return c, found, err
+}
+
+// holdTask locks a task the agent holds at generation gen and returns it,
+// or ErrLeaseLost.
+func holdTask(ctx context.Context, tx *store.Tx, agentID, taskID string, gen int64) (TaskRecord, error) {
+	// A no-op update takes the row lock on Postgres; SQLite's transaction
+	// already holds the write lock.
+	res, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_generation = lease_generation
+		WHERE id = $1 AND agent_id = $2 AND lease_generation = $3 AND status = $4`, taskID, agentID, gen, TaskRunning)
+	if err != nil {
+		return TaskRecord{}, fmt.Errorf("lock task %s: %w", taskID, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return TaskRecord{}, fmt.Errorf("task %s generation %d: %w", taskID, gen, ErrLeaseLost)
+	}
+	t, err := scanTask(tx.QueryRowContext(ctx, taskColumns+` WHERE id = $1`, taskID))
+	if err != nil {
+		return TaskRecord{}, fmt.Errorf("read task %s: %w", taskID, err)
+	}
+	return t, nil
+}
+
+// TaskExtendLease moves the lease of a task the agent holds to now+lease.
+func (s *Store) TaskExtendLease(ctx context.Context, agentID, taskID string, gen int64, lease time.Duration) (time.Time, error) {
+	until := now().Add(lease)
+	res, err := s.db.ExecContext(ctx, `UPDATE tasks SET lease_expires_at = $1
+		WHERE id = $2 AND agent_id = $3 AND lease_generation = $4 AND status = $5`, until, taskID, agentID, gen, TaskRunning)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("extend lease of task %s: %w", taskID, err)
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return time.Time{}, fmt.Errorf("task %s generation %d: %w", taskID, gen, ErrLeaseLost)
+	}
+	return until, nil
+}
+
+// TruncationMarker is appended to a task's output when its cap is reached.
+func TruncationMarker(limit int64) string {
+	return fmt.Sprintf("\n[opsconductor: output truncated: the per-task limit of %d bytes was reached]\n", limit)
+}
+
+// TaskAppendOutput stores output of a task the agent holds, up to the
+// task's output limit; the chunk that crosses it is cut and followed by the
+// truncation marker, later chunks are dropped. It reports whether the task's
+// output is now truncated. afterCommit (may be nil) runs once it committed.
+func (s *Store) TaskAppendOutput(ctx context.Context, agentID, taskID string, gen int64, chunks []OutputChunk, afterCommit func()) (bool, error) {
+	truncated := false
+	err := s.db.InTx(ctx, func(tx *store.Tx) error {
+		t, err := holdTask(ctx, tx, agentID, taskID, gen)
+		if err != nil {
+			return err
+		}
+		truncated = t.OutputTruncated
+		if truncated {
+			return nil
+		}
+		var chunkNo int64
+		if err := tx.QueryRowContext(ctx, `SELECT output_chunks FROM tasks WHERE id = $1`, taskID).Scan(&chunkNo); err != nil {
+			return fmt.Errorf("read output position of task %s: %w", taskID, err)
+		}
+		used := t.OutputBytes
+		for _, c := range chunks {
+			if len(c.Data) == 0 {
+				continue
+			}
+			data := c.Data
+			if room := t.OutputLimit - used; int64(len(data)) > room {
+				data = append(append([]byte(nil), data[:max(room, 0)]...), TruncationMarker(t.OutputLimit)...)
+				truncated = true
+			}
+			chunkNo++
+			if _, err := tx.ExecContext(ctx, `INSERT INTO task_output (task_id, chunk, action_index, stream, data) VALUES ($1, $2, $3, $4, $5)`,
+				taskID, chunkNo, c.ActionIndex, c.Stream, data); err != nil {
+				return fmt.Errorf("store output of task %s: %w", taskID, err)
+			}
+			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+				Type: "task.output", ExecutionId: t.ExecutionID, TaskId: taskID, AgentName: t.AgentName,
+				ActionIndex: int32(c.ActionIndex), Stream: c.Stream, Data: data, Time: timestamppb.New(now()),
+			}); err != nil {
+				return err
+			}
+			used += int64(len(c.Data))
+			if truncated {
+				used = t.OutputLimit
+				break
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE tasks SET output_bytes = $1, output_chunks = $2, output_truncated = $3 WHERE id = $4`,
+			used, chunkNo, truncated, taskID); err != nil {
+			return fmt.Errorf("update output of task %s: %w", taskID, err)
+		}
+		if afterCommit != nil {
+			tx.AfterCommit(afterCommit)
+		}
+		return nil
+	})
+	return truncated, err
+}
+
+// TaskComplete ends a task the agent holds with a final status and its
+// action results, and ends the execution when it was the last task.
+// afterCommit (may be nil) runs once it committed.
+func (s *Store) TaskComplete(ctx context.Context, agentID, taskID string, gen int64, status, errMsg string, results []ActionResult, afterCommit func()) error {
+	return s.db.InTx(ctx, func(tx *store.Tx) error {
+		t, err := holdTask(ctx, tx, agentID, taskID, gen)
+		if err != nil {
+			return err
+		}
+		end := now()
+		if _, err := tx.ExecContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3, lease_expires_at = NULL WHERE id = $4`,
+			status, errMsg, end, taskID); err != nil {
+			return fmt.Errorf("complete task %s: %w", taskID, err)
+		}
+		for _, r := range results {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO action_results (task_id, idx, name, status, exit_code, error, started_at, finished_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, taskID, r.Index, r.Name, r.Status, r.ExitCode, r.Error, nullTime(r.StartedAt), nullTime(r.FinishedAt)); err != nil {
+				return fmt.Errorf("store result of action %d of task %s: %w", r.Index, taskID, store.Translate(err))
+			}
+		}
+		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+			Type: "task.status", ExecutionId: t.ExecutionID, TaskId: taskID, AgentName: t.AgentName, Status: status, Error: errMsg, Time: timestamppb.New(end),
+		}); err != nil {
+			return err
+		}
+		if err := finishIfDone(ctx, tx, t.ExecutionID, end); err != nil {
+			return err
+		}
+		if afterCommit != nil {
+			tx.AfterCommit(afterCommit)
+		}
+		return nil
+	})
+}
+
+// TaskExpireLeases marks running tasks whose lease ran out before now as
+// lost and returns how many. Later issues re-queue some of them.
+func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit func()) (int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, lease_generation FROM tasks WHERE status = $1 AND lease_expires_at < $2 ORDER BY lease_expires_at LIMIT 500`, TaskRunning, at.UTC())
+	if err != nil {
+		return 0, fmt.Errorf("find expired leases: %w", err)
+	}
+	type lease struct {
+		id  string
+		gen int64
+	}
+	var expired []lease
+	for rows.Next() {
+		var l lease
+		if err := rows.Scan(&l.id, &l.gen); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		expired = append(expired, l)
+	}
+	rows.Close()
+	n := 0
+	for _, l := range expired {
+		err := s.db.InTx(ctx, func(tx *store.Tx) error {
+			var execID, agentName string
+			err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3, lease_expires_at = NULL
+				WHERE id = $4 AND lease_generation = $5 AND status = $6 AND lease_expires_at < $7 RETURNING execution_id, agent_name`,
+				TaskLost, "lease expired: the agent stopped reporting on this task", now(), l.id, l.gen, TaskRunning, at.UTC()).Scan(&execID, &agentName)
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil // completed or extended meanwhile
+			}
+			if err != nil {
+				return fmt.Errorf("expire task %s: %w", l.id, err)
+			}
+			n++
+			end := now()
+			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+				Type: "task.status", ExecutionId: execID, TaskId: l.id, AgentName: agentName, Status: TaskLost,
+				Error: "lease expired: the agent stopped reporting on this task", Time: timestamppb.New(end),
+			}); err != nil {
+				return err
+			}
+			if afterCommit != nil {
+				tx.AfterCommit(afterCommit)
+			}
+			return finishIfDone(ctx, tx, execID, end)
+		})
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// finishIfDone ends the execution when none of its tasks is queued or
+// running: succeeded when every task succeeded, failed otherwise.
+func finishIfDone(ctx context.Context, tx *store.Tx, executionID string, end time.Time) error {
+	rows, err := tx.QueryContext(ctx, `SELECT status, COUNT(*) FROM tasks WHERE execution_id = $1 GROUP BY status`, executionID)
+	if err != nil {
+		return fmt.Errorf("count tasks of execution %s: %w", executionID, err)
+	}
+	counts := map[string]int{}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			rows.Close()
+			return err
+		}
+		counts[st] = n
+	}
+	rows.Close()
+	if counts[TaskQueued] > 0 || counts[TaskRunning] > 0 {
+		return nil
+	}
+	final := ExecSucceeded
+	for st, n := range counts {
+		if st != TaskSucceeded && n > 0 {
+			final = ExecFailed
+		}
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE executions SET status = $1, finished_at = $2 WHERE id = $3 AND status IN ($4, $5)`,
+		final, end, executionID, ExecQueued, ExecRunning)
+	if err != nil {
+		return fmt.Errorf("finish execution %s: %w", executionID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return nil
+	}
+	return appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.status", ExecutionId: executionID, Status: final, Time: timestamppb.New(end)})
+}
+
+// EventsAfter returns up to limit events of an execution after sequence
+// after, in order, with Sequence set.
+func (s *Store) EventsAfter(ctx context.Context, executionID string, after int64, limit int) ([]*opsconductorv1.ExecutionEvent, error) {
+	raw, err := outbox.ListAggregateAfter(ctx, s.db, executionID, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*opsconductorv1.ExecutionEvent, 0, len(raw))
+	for _, r := range raw {
+		ev := &opsconductorv1.ExecutionEvent{}
+		if err := protojson.Unmarshal(r.Payload, ev); err != nil {
+			return nil, fmt.Errorf("decode event %d: %w", r.Seq, err)
+		}
+		ev.Sequence = r.AggregateSeq
+		out = append(out, ev)
+	}
+	return out, nil
+}
+
+func timePtr(t sql.NullTime) *time.Time {
+	if !t.Valid {
+		return nil
+	}
+	u := t.Time.UTC()
+	return &u
+}
+
+func nullTime(t *time.Time) sql.NullTime {
+	if t == nil {
+		return sql.NullTime{}
+	}
+	return sql.NullTime{Time: t.UTC(), Valid: true}
+}

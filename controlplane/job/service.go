@@ -1,0 +1,257 @@
+// Package job is the Job Management service: job definitions (ordered
+// actions and their targets), validated on every write, versioned with
+// optimistic concurrency, every version kept. Its state lives in the "jobs"
+// schema; it reaches agents only through a TargetResolver.
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/label"
+	"github.com/opsconductor/opsconductor/controlplane/store"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
+)
+
+// TargetResolver tells which agents a job's targets match right now. The
+// agent registry (part of the executions service) implements it.
+type TargetResolver interface {
+	// ResolveTargets returns the matched agents (each once) and the indexes
+	// of targets that matched none.
+	ResolveTargets(ctx context.Context, targets []*opsconductorv1.Target) ([]*opsconductorv1.ResolvedAgent, []int, error)
+}
+
+// Service implements opsconductorv1connect.JobServiceHandler.
+type Service struct {
+	store    *Store
+	resolver TargetResolver
+	logger   *zap.Logger
+}
+
+var _ opsconductorv1connect.JobServiceHandler = (*Service)(nil)
+
+// NewService builds the jobs service.
+func NewService(st *Store, resolver TargetResolver, logger *zap.Logger) *Service {
+	return &Service{store: st, resolver: resolver, logger: logger.Named("job")}
+}
+
+const (
+	defaultPageSize = 50
+	maxPageSize     = 500
+)
+
+func (s *Service) CreateJob(ctx context.Context, req *connect.Request[opsconductorv1.CreateJobRequest]) (*connect.Response[opsconductorv1.CreateJobResponse], error) {
+	j := req.Msg.GetJob()
+	if vs := Validate("job", j); len(vs) > 0 {
+		return nil, apperr.Invalid("job", vs)
+	}
+	rec, err := toRecord(uuid.Must(uuid.NewV7()).String(), j)
+	if err != nil {
+		return nil, err
+	}
+	rec, err = s.store.JobCreate(ctx, rec)
+	if errors.Is(err, store.ErrConflict) {
+		return nil, apperr.AlreadyExists("a job named %q already exists", j.GetName())
+	}
+	if err != nil {
+		return nil, err
+	}
+	out, err := fromRecord(rec)
+	if err != nil {
+		return nil, err
+	}
+	s.logger.Info("job created", zap.String("job_id", rec.ID), zap.String("job_name", rec.Name))
+	return connect.NewResponse(&opsconductorv1.CreateJobResponse{Job: out}), nil
+}
+
+func (s *Service) ListJobs(ctx context.Context, req *connect.Request[opsconductorv1.ListJobsRequest]) (*connect.Response[opsconductorv1.ListJobsResponse], error) {
+	sel, err := label.ParseSelector(req.Msg.GetLabelSelector())
+	if err != nil {
+		return nil, apperr.InvalidField("label_selector", "malformed label selector: %v", err)
+	}
+	size := int(req.Msg.GetPageSize())
+	switch {
+	case size == 0:
+		size = defaultPageSize
+	case size < 0 || size > maxPageSize:
+		return nil, apperr.InvalidField("page_size", "must be between 1 and %d", maxPageSize)
+	}
+	recs, next, err := s.store.JobList(ctx, ListParams{Selector: sel, NamePrefix: req.Msg.GetNamePrefix(), Limit: size, PageToken: req.Msg.GetPageToken()})
+	if errors.Is(err, ErrBadPageToken) {
+		return nil, apperr.InvalidField("page_token", "is not a token from a previous page")
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ListJobsResponse{NextPageToken: next}
+	for _, rec := range recs {
+		j, err := fromRecord(rec)
+		if err != nil {
+			return nil, err
+		}
+		resp.Jobs = append(resp.Jobs, j)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *Service) GetJob(ctx context.Context, req *connect.Request[opsconductorv1.GetJobRequest]) (*connect.Response[opsconductorv1.GetJobResponse], error) {
+	j, err := s.Get(ctx, req.Msg.GetId(), req.Msg.GetVersion())
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.GetJobResponse{Job: j}), nil
+}
+
+// Get returns a job at version (0: the current one). The executions service
+// uses it to snapshot a job.
+func (s *Service) Get(ctx context.Context, id string, version int64) (*opsconductorv1.Job, error) {
+	if id == "" {
+		return nil, apperr.InvalidField("id", "must not be empty")
+	}
+	if version < 0 {
+		return nil, apperr.InvalidField("version", "must not be negative")
+	}
+	var rec Record
+	var err error
+	if version == 0 {
+		rec, err = s.store.JobGetByID(ctx, id)
+	} else {
+		rec, err = s.store.JobGetVersion(ctx, id, version)
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		if version == 0 {
+			return nil, apperr.NotFound("job %s not found", id)
+		}
+		return nil, apperr.NotFound("job %s version %d not found", id, version)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return fromRecord(rec)
+}
+
+func (s *Service) UpdateJob(ctx context.Context, req *connect.Request[opsconductorv1.UpdateJobRequest]) (*connect.Response[opsconductorv1.UpdateJobResponse], error) {
+	j := req.Msg.GetJob()
+	vs := Validate("job", j)
+	if j != nil && j.GetId() == "" {
+		vs = append(vs, apperr.Violation{Field: "job.id", Description: "must not be empty"})
+	}
+	if j != nil && j.GetVersion() <= 0 {
+		vs = append(vs, apperr.Violation{Field: "job.version", Description: "must be the version being replaced (read it with GetJob)"})
+	}
+	if len(vs) > 0 {
+		return nil, apperr.Invalid("job", vs)
+	}
+	rec, err := toRecord(j.GetId(), j)
+	if err != nil {
+		return nil, err
+	}
+	rec, err = s.store.JobUpdate(ctx, rec, j.GetVersion())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, apperr.NotFound("job %s not found", j.GetId())
+	case errors.Is(err, ErrStale):
+		return nil, apperr.Stale("%v; read the job again and reapply your change", err)
+	case errors.Is(err, store.ErrConflict):
+		return nil, apperr.AlreadyExists("a job named %q already exists", j.GetName())
+	case err != nil:
+		return nil, err
+	}
+	out, err := fromRecord(rec)
+	if err != nil {
+		return nil, err
+	}
+	s.logger.Info("job updated", zap.String("job_id", rec.ID), zap.Int64("version", rec.Version))
+	return connect.NewResponse(&opsconductorv1.UpdateJobResponse{Job: out}), nil
+}
+
+func (s *Service) DeleteJob(ctx context.Context, req *connect.Request[opsconductorv1.DeleteJobRequest]) (*connect.Response[opsconductorv1.DeleteJobResponse], error) {
+	if req.Msg.GetId() == "" {
+		return nil, apperr.InvalidField("id", "must not be empty")
+	}
+	err := s.store.JobDelete(ctx, req.Msg.GetId())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, apperr.NotFound("job %s not found", req.Msg.GetId())
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.logger.Info("job deleted", zap.String("job_id", req.Msg.GetId()))
+	return connect.NewResponse(&opsconductorv1.DeleteJobResponse{}), nil
+}
+
+func (s *Service) ListJobVersions(ctx context.Context, req *connect.Request[opsconductorv1.ListJobVersionsRequest]) (*connect.Response[opsconductorv1.ListJobVersionsResponse], error) {
+	recs, err := s.store.JobListVersions(ctx, req.Msg.GetId())
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, apperr.NotFound("job %s not found", req.Msg.GetId())
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ListJobVersionsResponse{}
+	for _, rec := range recs {
+		j, err := fromRecord(rec)
+		if err != nil {
+			return nil, err
+		}
+		resp.Versions = append(resp.Versions, j)
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *Service) ValidateJob(ctx context.Context, req *connect.Request[opsconductorv1.ValidateJobRequest]) (*connect.Response[opsconductorv1.ValidateJobResponse], error) {
+	j, err := s.Get(ctx, req.Msg.GetId(), 0)
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ValidateJobResponse{}
+	for _, v := range Validate("job", j) {
+		resp.Violations = append(resp.Violations, &opsconductorv1.FieldViolation{Field: v.Field, Description: v.Description})
+	}
+	if len(resp.Violations) == 0 {
+		agents, unmatched, err := s.resolver.ResolveTargets(ctx, j.GetTargets())
+		if err != nil {
+			return nil, fmt.Errorf("resolve targets of job %s: %w", j.GetId(), err)
+		}
+		resp.Agents = agents
+		for _, i := range unmatched {
+			resp.UnmatchedTargets = append(resp.UnmatchedTargets, &opsconductorv1.FieldViolation{
+				Field:       fmt.Sprintf("job.targets[%d]", i),
+				Description: "matches no enrolled agent",
+			})
+		}
+	}
+	resp.Valid = len(resp.Violations) == 0 && len(resp.UnmatchedTargets) == 0
+	return connect.NewResponse(resp), nil
+}
+
+// toRecord encodes the definition part of j (not id, version or times).
+func toRecord(id string, j *opsconductorv1.Job) (Record, error) {
+	def := proto.Clone(j).(*opsconductorv1.Job)
+	def.Id, def.Version, def.CreateTime, def.UpdateTime = "", 0, nil, nil
+	spec, err := protojson.Marshal(def)
+	if err != nil {
+		return Record{}, fmt.Errorf("encode job: %w", err)
+	}
+	return Record{ID: id, Name: j.GetName(), Labels: j.GetLabels(), Spec: spec}, nil
+}
+
+func fromRecord(rec Record) (*opsconductorv1.Job, error) {
+	j := &opsconductorv1.Job{}
+	if err := protojson.Unmarshal(rec.Spec, j); err != nil {
+		return nil, fmt.Errorf("decode job %s version %d: %w", rec.ID, rec.Version, err)
+	}
+	j.Id, j.Version = rec.ID, rec.Version
+	j.CreateTime, j.UpdateTime = timestamppb.New(rec.CreatedAt), timestamppb.New(rec.UpdatedAt)
+	return j, nil
+}

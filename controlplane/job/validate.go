@@ -1,0 +1,136 @@
+package job
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/label"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+)
+
+// Limits of a job definition.
+const (
+	MaxNameLength        = 128
+	MaxDescriptionLength = 4096
+	MaxActions           = 100
+	MaxTargets           = 100
+	MaxCommandLength     = 64 << 10
+	MaxActionTimeout     = 24 * time.Hour
+	// DefaultActionTimeout applies when an action sets none.
+	DefaultActionTimeout = time.Hour
+)
+
+// KnownPlugins are the executors an action may name. "" means "shell".
+var KnownPlugins = []string{"shell"}
+
+var (
+	namePattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	envKeyPattern = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+// Validate returns every problem of a job definition, each with the path of
+// the field under prefix (e.g. "job"). No problems means the job is valid.
+func Validate(prefix string, j *opsconductorv1.Job) []apperr.Violation {
+	var vs []apperr.Violation
+	add := func(field, format string, args ...any) {
+		vs = append(vs, apperr.Violation{Field: prefix + field, Description: fmt.Sprintf(format, args...)})
+	}
+	if j == nil {
+		add("", "is required")
+		return vs
+	}
+	switch {
+	case j.GetName() == "":
+		add(".name", "must not be empty")
+	case len(j.GetName()) > MaxNameLength:
+		add(".name", "must be at most %d characters", MaxNameLength)
+	case !namePattern.MatchString(j.GetName()):
+		add(".name", "must start with a letter or digit and hold only letters, digits, '.', '_' and '-'")
+	}
+	if len(j.GetDescription()) > MaxDescriptionLength {
+		add(".description", "must be at most %d characters", MaxDescriptionLength)
+	}
+	for k, v := range j.GetLabels() {
+		if err := label.ValidateKey(k); err != nil {
+			add(".labels["+k+"]", "%v", err)
+		} else if err := label.ValidateValue(v); err != nil {
+			add(".labels["+k+"]", "%v", err)
+		}
+	}
+	switch n := len(j.GetActions()); {
+	case n == 0:
+		add(".actions", "must have at least one action")
+	case n > MaxActions:
+		add(".actions", "must have at most %d actions", MaxActions)
+	}
+	for i, a := range j.GetActions() {
+		p := fmt.Sprintf(".actions[%d]", i)
+		validateAction(a, func(field, format string, args ...any) { add(p+field, format, args...) })
+	}
+	switch n := len(j.GetTargets()); {
+	case n == 0:
+		add(".targets", "must have at least one target (an agent_id or a selector such as role=web)")
+	case n > MaxTargets:
+		add(".targets", "must have at most %d targets", MaxTargets)
+	}
+	for i, t := range j.GetTargets() {
+		p := fmt.Sprintf(".targets[%d]", i)
+		switch {
+		case t.GetAgentId() == "" && t.GetSelector() == "":
+			add(p, "set agent_id or selector")
+		case t.GetAgentId() != "" && t.GetSelector() != "":
+			add(p, "set only one of agent_id and selector")
+		case t.GetSelector() != "":
+			if _, err := label.ParseSelector(t.GetSelector()); err != nil {
+				add(p+".selector", "malformed label selector: %v", err)
+			}
+		}
+	}
+	return vs
+}
+
+func validateAction(a *opsconductorv1.Action, add func(field, format string, args ...any)) {
+	if len(a.GetName()) > MaxNameLength {
+		add(".name", "must be at most %d characters", MaxNameLength)
+	}
+	if !isKnownPlugin(a.GetPlugin()) {
+		add(".plugin", "unknown plugin %q (known: %v)", a.GetPlugin(), KnownPlugins)
+	}
+	switch {
+	case a.GetCommand() == "" && a.GetScript() == "":
+		add(".command", "must not be empty (set command or script)")
+	case a.GetCommand() != "" && a.GetScript() != "":
+		add(".command", "set only one of command and script")
+	case len(a.GetCommand())+len(a.GetScript()) > MaxCommandLength:
+		add(".command", "must be at most %d bytes", MaxCommandLength)
+	}
+	for k := range a.GetEnv() {
+		if !envKeyPattern.MatchString(k) {
+			add(".env["+k+"]", "is not a valid environment variable name")
+		}
+	}
+	if t := a.GetTimeout(); t != nil {
+		switch d := t.AsDuration(); {
+		case !t.IsValid():
+			add(".timeout", "is not a valid duration")
+		case d < 0:
+			add(".timeout", "must not be negative")
+		case d > MaxActionTimeout:
+			add(".timeout", "must be at most %s", MaxActionTimeout)
+		}
+	}
+}
+
+func isKnownPlugin(name string) bool {
+	if name == "" {
+		return true
+	}
+	for _, p := range KnownPlugins {
+		if p == name {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,259 @@
+// Package server assembles the control plane: it opens each service's
+// store, wires the services together explicitly, mounts their Connect
+// handlers behind the REST transcoder (connectrpc.com/vanguard), adds
+// /health, /version and /metrics, and runs the HTTP server and background
+// loops until its context ends.
+//
+// A hand-written Connect JSON call (curl -H 'Content-Type: application/json'
+// to /opsconductor.v1.JobService/GetJob) must send the header
+// "Connect-Protocol-Version: 1": the transcoder needs it to tell Connect
+// from REST. REST calls at /api/v1/... need nothing special.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/vanguard"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/opsconductor/opsconductor/controlplane/config"
+	"github.com/opsconductor/opsconductor/controlplane/correlation"
+	"github.com/opsconductor/opsconductor/controlplane/dispatch"
+	"github.com/opsconductor/opsconductor/controlplane/execution"
+	"github.com/opsconductor/opsconductor/controlplane/interceptor"
+	"github.com/opsconductor/opsconductor/controlplane/job"
+	"github.com/opsconductor/opsconductor/controlplane/notify"
+	"github.com/opsconductor/opsconductor/controlplane/registry"
+	"github.com/opsconductor/opsconductor/controlplane/store"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
+	"github.com/opsconductor/opsconductor/proto/protocol"
+)
+
+// App is a running control plane: every service in one process.
+type App struct {
+	cfg     config.Config
+	logger  *zap.Logger
+	dbs     []*store.DB
+	redis   *redis.Client
+	hub     *notify.Hub
+	gateway *dispatch.Gateway
+	handler http.Handler
+}
+
+// New opens and migrates the stores and builds the services. Close
+// releases what New opened; Run serves.
+func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration:\n%w", err)
+	}
+	a := &App{cfg: cfg, logger: logger}
+	ok := false
+	defer func() {
+		if !ok {
+			a.Close()
+		}
+	}()
+
+	jobsDB, err := a.openStore(ctx, job.Schema, job.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	execDB, err := a.openStore(ctx, execution.Schema, execution.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	agentsDB, err := a.openStore(ctx, registry.Schema, registry.Migrations())
+	if err != nil {
+		return nil, err
+	}
+
+	if cfg.RedisURL != "" {
+		opts, err := redis.ParseURL(cfg.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("parse redis url: %w", err)
+		}
+		a.redis = redis.NewClient(opts)
+		if err := a.redis.Ping(ctx).Err(); err != nil {
+			return nil, fmt.Errorf("connect to redis: %w", err)
+		}
+	}
+	a.hub = notify.New(a.redis, logger)
+
+	reg := registry.New(registry.NewStore(agentsDB), logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow})
+	jobs := job.NewService(job.NewStore(jobsDB), reg, logger)
+	execStore := execution.NewStore(execDB)
+	execs := execution.NewService(execStore, jobs, reg, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit})
+	a.gateway = dispatch.New(reg, execStore, a.hub, logger, dispatch.Config{
+		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, ReapInterval: cfg.ReapInterval,
+	})
+
+	metricsReg := prometheus.NewRegistry()
+	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts := connect.WithHandlerOptions(
+		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg))),
+		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
+			logger.Error("handler panic", zap.String("procedure", spec.Procedure), zap.Any("panic", p),
+				zap.String("correlation_id", correlation.ID(ctx)), zap.Stack("stack"))
+			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
+		}),
+	)
+	var services []*vanguard.Service
+	for _, mount := range []func() (string, http.Handler){
+		func() (string, http.Handler) { return opsconductorv1connect.NewJobServiceHandler(jobs, opts) },
+		func() (string, http.Handler) { return opsconductorv1connect.NewExecutionServiceHandler(execs, opts) },
+		func() (string, http.Handler) { return opsconductorv1connect.NewAgentRegistryServiceHandler(reg, opts) },
+		func() (string, http.Handler) { return agentv1connect.NewAgentServiceHandler(a.gateway, opts) },
+	} {
+		path, h := mount()
+		services = append(services, vanguard.NewService(path, h))
+	}
+	transcoder, err := vanguard.NewTranscoder(services, vanguard.WithCodec(newJSONCodec))
+	if err != nil {
+		return nil, fmt.Errorf("build REST transcoder: %w", err)
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("/", transcoder)
+	mux.HandleFunc("GET /health", a.health)
+	mux.HandleFunc("GET /version", version)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(metricsReg, promhttp.HandlerOpts{}))
+	a.handler = correlation.Middleware(mux)
+	ok = true
+	return a, nil
+}
+
+func (a *App) openStore(ctx context.Context, schema string, migrations fs.FS) (*store.DB, error) {
+	db, err := store.Open(ctx, a.cfg.DatabaseURL, schema, store.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("open %s store: %w", schema, err)
+	}
+	a.dbs = append(a.dbs, db)
+	if err := db.Migrate(ctx, migrations); err != nil {
+		return nil, fmt.Errorf("migrate %s store: %w", schema, err)
+	}
+	return db, nil
+}
+
+// Handler is the whole HTTP surface, for tests that serve it themselves.
+func (a *App) Handler() http.Handler { return a.handler }
+
+// Run serves on ln and runs the background loops until ctx ends, then
+// shuts down gracefully (in-flight calls get 10s).
+func (a *App) Run(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           a.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		Protocols:         new(http.Protocols),
+	}
+	// HTTP/1.1 for REST and Connect, cleartext HTTP/2 for gRPC clients;
+	// TLS arrives with the security issue.
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	background := func(name string, run func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := run(ctx); err != nil {
+				a.logger.Error("background loop stopped", zap.String("loop", name), zap.Error(err))
+			}
+		}()
+	}
+	background("notify", a.hub.Run)
+	background("reaper", a.gateway.RunReaper)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	a.logger.Info("control plane listening", zap.String("addr", ln.Addr().String()), zap.String("version", protocol.Version),
+		zap.String("database", string(a.dbs[0].Dialect())), zap.Bool("redis", a.redis != nil))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer stop()
+	// Long-polls end with an empty answer when their context is cancelled.
+	cancel()
+	if serr := srv.Shutdown(shutdownCtx); serr != nil && err == nil {
+		err = serr
+	}
+	wg.Wait()
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close releases the stores and the Redis client.
+func (a *App) Close() {
+	for _, db := range a.dbs {
+		_ = db.Close()
+	}
+	if a.redis != nil {
+		_ = a.redis.Close()
+	}
+}
+
+func (a *App) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	checks := map[string]string{}
+	healthy := true
+	for _, db := range a.dbs {
+		if err := db.Ping(ctx); err != nil {
+			checks["store."+db.Schema()] = err.Error()
+			healthy = false
+		} else {
+			checks["store."+db.Schema()] = "ok"
+		}
+	}
+	if a.redis != nil {
+		if err := a.redis.Ping(ctx).Err(); err != nil {
+			// Redis only speeds things up; report it, stay serving.
+			checks["redis"] = err.Error()
+		} else {
+			checks["redis"] = "ok"
+		}
+	}
+	status, code := "ok", http.StatusOK
+	if !healthy {
+		status, code = "unavailable", http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, map[string]any{"status": status, "checks": checks})
+}
+
+func version(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"version":                 protocol.Version,
+		"agentProtocolVersion":    protocol.AgentProtocolVersion,
+		"minAgentProtocolVersion": protocol.MinAgentProtocolVersion,
+		"go":                      runtime.Version(),
+	})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
