@@ -135,7 +135,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.logger.Info("connected", zap.String("agent_id", id.AgentID), zap.String("agent_name", a.cfg.Name),
 		zap.String("server_version", hello.Msg.GetServerVersion()), zap.Int("capacity", a.cfg.Capacity))
-	run := runner.New(client, a.executor, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration()})
+	run := runner.New(client, a.executor, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration(), AgentName: a.cfg.Name})
 
 	var (
 		wg       sync.WaitGroup

@@ -36,6 +36,8 @@ type Config struct {
 	// FlushInterval is how often output is shipped while an action runs
 	// (default 250ms); a large burst ships sooner.
 	FlushInterval time.Duration
+	// AgentName is given to actions as OPSCONDUCTOR_AGENT_NAME.
+	AgentName string
 }
 
 // Runner runs tasks. It is safe for concurrent use.
@@ -120,9 +122,20 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			out.Status, out.ExitCode = "skipped", -1
 			continue
 		}
+		env := map[string]string{
+			"OPSCONDUCTOR_AGENT_NAME":     r.cfg.AgentName,
+			"OPSCONDUCTOR_JOB_NAME":       t.GetJobName(),
+			"OPSCONDUCTOR_EXECUTION_ID":   t.GetExecutionId(),
+			"OPSCONDUCTOR_TASK_ID":        t.GetTaskId(),
+			"OPSCONDUCTOR_ACTION_NAME":    a.GetName(),
+			"OPSCONDUCTOR_CORRELATION_ID": t.GetCorrelationId(),
+		}
+		for k, v := range a.GetEnv() {
+			env[k] = v
+		}
 		act := executor.Action{
 			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: a.GetCommand(), Script: a.GetScript(),
-			Env: a.GetEnv(), WorkingDir: a.GetWorkingDir(), Timeout: a.GetTimeout().AsDuration(),
+			Env: env, WorkingDir: a.GetWorkingDir(), Timeout: a.GetTimeout().AsDuration(),
 		}
 		start := time.Now()
 		res := r.executor.Execute(ctx, act, streamWriter{buf, i, "stdout"}, streamWriter{buf, i, "stderr"})

@@ -99,7 +99,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	execStore := execution.NewStore(execDB)
 	execs := execution.NewService(execStore, jobs, reg, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit})
 	a.gateway = dispatch.New(reg, execStore, a.hub, logger, dispatch.Config{
-		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, ReapInterval: cfg.ReapInterval,
+		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
 	})
 
 	metricsReg := prometheus.NewRegistry()
