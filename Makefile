@@ -51,9 +51,15 @@ lint: ## gofmt, go vet and the import boundaries.
 	@./.ci/check-imports
 
 .PHONY: test
-test: lint check-generate ## Run every test (needs PostgreSQL and Redis; see README).
+test: lint check-generate test-go test-race demo ## Run every test (needs PostgreSQL and Redis; see README).
+
+.PHONY: test-go
+test-go: ## go test ./... (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379).
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 15m ./...
-	go test -race -count=1 -timeout 15m ./controlplane/dispatch/... ./controlplane/notify/... ./agent/...
+
+.PHONY: test-race
+test-race: ## The race detector on the concurrent packages.
+	go test -race -count=1 -timeout 15m ./controlplane/dispatch/... ./controlplane/notify/... ./controlplane/execution/... ./controlplane/server/... ./agent/...
 
 .PHONY: demo
 demo: build ## Start `opsconductor dev`, run the example job with --follow, stop.

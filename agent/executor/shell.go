@@ -63,6 +63,15 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	case err := <-done:
 		// The action's leftovers (background children) go with it.
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState != nil {
+			// The shell exited; a child it left behind kept the output
+			// open and was stopped. The shell's own exit status counts.
+			if cmd.ProcessState.Success() {
+				err = nil
+			} else {
+				err = &exec.ExitError{ProcessState: cmd.ProcessState}
+			}
+		}
 		return exitResult(err)
 	case <-runCtx.Done():
 	}

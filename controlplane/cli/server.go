@@ -25,8 +25,8 @@ import (
 
 func newServerCmd() *cobra.Command {
 	cfg := config.Default()
-	envErr := cfg.ApplyEnv(os.LookupEnv)
-	cmd := &cobra.Command{
+	var cmd *cobra.Command
+	cmd = &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane (every service in one process)",
 		Long: `Run the control plane: jobs, executions, the agent gateway and registry.
@@ -37,8 +37,8 @@ set DATABASE_URL=postgres://... for production and REDIS_URL when several
 replicas share the database.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if envErr != nil {
-				return fmt.Errorf("environment: %w", envErr)
+			if err := cfg.ApplyEnv(os.LookupEnv, cmd.Flags().Changed); err != nil {
+				return fmt.Errorf("environment: %w", err)
 			}
 			logger, err := logging.New(cfg.LogFormat, cfg.LogLevel)
 			if err != nil {

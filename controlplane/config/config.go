@@ -80,13 +80,17 @@ func (c *Config) settings() []setting {
 	}
 }
 
-// ApplyEnv overrides fields from the environment. lookup is os.LookupEnv in
-// production. OPSCONDUCTOR_DATABASE_URL and OPSCONDUCTOR_REDIS_URL are
-// accepted as well as the bare names, and DATABASE_URL_FILE reads the URL
-// (a secret) from a file.
-func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
+// ApplyEnv overrides fields from the environment, except those whose flag
+// was set (flagSet reports that; nil means none was). lookup is
+// os.LookupEnv in production. OPSCONDUCTOR_DATABASE_URL and
+// OPSCONDUCTOR_REDIS_URL are accepted as well as the bare names, and any
+// variable NAME_FILE reads the value (a secret, say) from a file.
+func (c *Config) ApplyEnv(lookup func(string) (string, bool), flagSet func(flag string) bool) error {
 	var errs []error
 	for _, s := range c.settings() {
+		if flagSet != nil && flagSet(s.flag) {
+			continue
+		}
 		v, ok := lookup(s.env)
 		if alt := "OPSCONDUCTOR_" + s.env; !ok && !strings.HasPrefix(s.env, "OPSCONDUCTOR_") {
 			v, ok = lookup(alt)
@@ -132,7 +136,8 @@ func (s setting) set(v string) error {
 }
 
 // BindFlags registers one flag per setting on fs, defaulting to the current
-// values (so call it after ApplyEnv).
+// values. Call ApplyEnv after parsing, with fs.Changed, so that flags win
+// over the environment and --help never shows a secret from it.
 func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	for _, s := range c.settings() {
 		help := s.help + " (env " + s.env + ")"

@@ -236,6 +236,12 @@ func (s *Server) WaitAgents(t testing.TB, n int) {
 // (may be nil). It returns the HTTP status code.
 func DoJSON(t testing.TB, method, url string, body, out any) int {
 	t.Helper()
+	return DoJSONHeader(t, method, url, nil, body, out)
+}
+
+// DoJSONHeader is DoJSON with extra request headers.
+func DoJSONHeader(t testing.TB, method, url string, header http.Header, body, out any) int {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -256,6 +262,11 @@ func DoJSON(t testing.TB, method, url string, body, out any) int {
 	}
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, vs := range header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -73,13 +74,29 @@ type Gateway struct {
 	hub      *notify.Hub
 	cfg      Config
 	logger   *zap.Logger
+
+	pollsWaiting prometheus.Gauge
+	tasksLeased  prometheus.Counter
+	tasksLost    prometheus.Counter
 }
 
 var _ agentv1connect.AgentServiceHandler = (*Gateway)(nil)
 
-// New builds the gateway.
-func New(reg *registry.Registry, st *execution.Store, hub *notify.Hub, logger *zap.Logger, cfg Config) *Gateway {
-	return &Gateway{registry: reg, store: st, hub: hub, cfg: cfg.withDefaults(), logger: logger.Named("dispatch")}
+// New builds the gateway and registers its metrics on metrics.
+func New(reg *registry.Registry, st *execution.Store, hub *notify.Hub, metrics prometheus.Registerer, logger *zap.Logger, cfg Config) *Gateway {
+	g := &Gateway{registry: reg, store: st, hub: hub, cfg: cfg.withDefaults(), logger: logger.Named("dispatch"),
+		pollsWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "opsconductor_agent_polls_waiting", Help: "Agent long-polls waiting for work on this replica.",
+		}),
+		tasksLeased: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "opsconductor_tasks_leased_total", Help: "Tasks handed to agents by this replica.",
+		}),
+		tasksLost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "opsconductor_tasks_lost_total", Help: "Tasks whose lease expired, found by this replica's reaper.",
+		}),
+	}
+	metrics.MustRegister(g.pollsWaiting, g.tasksLeased, g.tasksLost)
+	return g
 }
 
 func checkProtocol(v int32) error {
@@ -153,6 +170,8 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 	defer cancel()
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	g.pollsWaiting.Inc()
+	defer g.pollsWaiting.Dec()
 	for {
 		if slots > 0 {
 			tasks, err := g.claim(ctx, a, slots)
@@ -188,6 +207,7 @@ func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots int) 
 		g.logger.Info("task leased", zap.String("task_id", c.Task.ID), zap.String("execution_id", c.Task.ExecutionID),
 			zap.String("agent_id", a.ID), zap.Int64("lease_generation", c.Task.LeaseGeneration), zap.String("correlation_id", c.CorrelationID))
 		out = append(out, ta)
+		g.tasksLeased.Inc()
 	}
 	if err != nil {
 		return out, fmt.Errorf("claim tasks for agent %s: %w", a.ID, err)
@@ -331,6 +351,7 @@ func (g *Gateway) RunReaper(ctx context.Context) error {
 			g.logger.Error("expire task leases", zap.Error(err))
 		}
 		if n > 0 {
+			g.tasksLost.Add(float64(n))
 			g.logger.Warn("tasks lost: their agents stopped reporting", zap.Int("tasks", n))
 		}
 	}

@@ -211,6 +211,27 @@ func TestFailureTimeoutAndSkip(t *testing.T) {
 		}
 	})
 
+	t.Run("correlation id reaches the agent", func(t *testing.T) {
+		j := createJob(t, s, map[string]any{"name": "correlated", "targets": target, "actions": []map[string]any{
+			{"command": "echo $OPSCONDUCTOR_CORRELATION_ID"},
+		}})
+		var out struct {
+			Execution struct {
+				ID            string `json:"id"`
+				CorrelationID string `json:"correlationId"`
+			} `json:"execution"`
+		}
+		hdr := http.Header{"X-Request-Id": {"corr-e2e-42"}}
+		cptest.Must(t, http.StatusOK)(cptest.DoJSONHeader(t, "POST", s.URL+"/api/v1/jobs/"+j.ID+"/execute", hdr, map[string]any{}, &out))
+		if out.Execution.CorrelationID != "corr-e2e-42" {
+			t.Fatalf("execution correlation id = %q", out.Execution.CorrelationID)
+		}
+		r := waitFinished(t, s, out.Execution.ID, 60*time.Second)
+		if got := r.Results[0].Actions[0].Stdout; got != "corr-e2e-42\n" {
+			t.Fatalf("the action saw correlation id %q", got)
+		}
+	})
+
 	t.Run("timeout kills the process group", func(t *testing.T) {
 		pidFile := filepath.Join(t.TempDir(), "child.pid")
 		j := createJob(t, s, map[string]any{"name": "hangs", "targets": target, "actions": []map[string]any{

@@ -94,16 +94,16 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	}
 	a.hub = notify.New(a.redis, logger)
 
+	metricsReg := prometheus.NewRegistry()
+	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	reg := registry.New(registry.NewStore(agentsDB), logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow})
 	jobs := job.NewService(job.NewStore(jobsDB), reg, logger)
 	execStore := execution.NewStore(execDB)
 	execs := execution.NewService(execStore, jobs, reg, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit})
-	a.gateway = dispatch.New(reg, execStore, a.hub, logger, dispatch.Config{
+	a.gateway = dispatch.New(reg, execStore, a.hub, metricsReg, logger, dispatch.Config{
 		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
 	})
 
-	metricsReg := prometheus.NewRegistry()
-	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts := connect.WithHandlerOptions(
 		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg))),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {

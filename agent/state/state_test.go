@@ -1,0 +1,37 @@
+package state
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func TestFileStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	fs := FileStore{Dir: dir}
+	if _, err := fs.Load(); !errors.Is(err, ErrNoIdentity) {
+		t.Fatalf("load before save: %v, want ErrNoIdentity", err)
+	}
+	want := Identity{AgentID: "a1", Credential: "a1.secret", ServerURL: "http://cp"}
+	if err := fs.Save(want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fs.Load()
+	if err != nil || got != want {
+		t.Fatalf("load = %+v, %v", got, err)
+	}
+	info, err := os.Stat(filepath.Join(dir, "identity.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Mode().Perm() != 0o600 {
+		t.Fatalf("identity file mode %v, want 0600", info.Mode().Perm())
+	}
+	if err := os.WriteFile(filepath.Join(dir, "identity.json"), []byte(`{"agent_id":""}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fs.Load(); err == nil {
+		t.Fatal("incomplete identity accepted")
+	}
+}

@@ -1,0 +1,304 @@
+package execution
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opsconductor/opsconductor/controlplane/store"
+	"github.com/opsconductor/opsconductor/controlplane/storetest"
+)
+
+type testBundle struct {
+	st  *Store
+	ctx context.Context
+}
+
+func setup(t *testing.T, d store.Dialect) testBundle {
+	t.Helper()
+	return testBundle{st: NewStore(storetest.Open(t, d, Schema, Migrations())), ctx: context.Background()}
+}
+
+// makeExecution stores an execution with one queued task per agent.
+func (b testBundle) makeExecution(t *testing.T, id string, agents ...string) []TaskRecord {
+	t.Helper()
+	var tasks []TaskRecord
+	for i, a := range agents {
+		tasks = append(tasks, TaskRecord{ID: fmt.Sprintf("%s-t%03d", id, i), AgentID: a, AgentName: "name-" + a, OutputLimit: 64})
+	}
+	woke := false
+	err := b.st.ExecutionCreate(b.ctx, ExecutionRecord{
+		ID: id, JobID: "job-1", JobName: "job", JobVersion: 3, Snapshot: []byte(`{"name":"job"}`), CorrelationID: "corr-1",
+		CreatedAt: time.Now().UTC(),
+	}, tasks, func() { woke = true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !woke {
+		t.Fatal("after-commit hook did not run")
+	}
+	return tasks
+}
+
+func TestStoreContract(t *testing.T) {
+	for _, d := range storetest.Dialects() {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+
+			t.Run("create, get and list", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeExecution(t, "e1", "a1", "a2")
+				e, err := b.st.ExecutionGet(b.ctx, "e1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if e.Status != ExecQueued || e.JobVersion != 3 || e.CorrelationID != "corr-1" || string(e.Snapshot) != `{"name":"job"}` || e.StartedAt != nil {
+					t.Fatalf("execution = %+v", e)
+				}
+				tasks, err := b.st.TaskListByExecution(b.ctx, "e1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(tasks) != 2 || tasks[0].Status != TaskQueued || tasks[0].AgentName != "name-a1" || tasks[0].OutputLimit != 64 {
+					t.Fatalf("tasks = %+v", tasks)
+				}
+				if _, err := b.st.ExecutionGet(b.ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("unknown execution: %v", err)
+				}
+				if _, err := b.st.TaskGet(b.ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("unknown task: %v", err)
+				}
+				if err := b.st.Ping(b.ctx); err != nil {
+					t.Fatal(err)
+				}
+			})
+
+			t.Run("claim, extend, output, complete", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeExecution(t, "e1", "a1", "a2")
+				if claims, err := b.st.TaskClaimNext(b.ctx, "nobody", 5, time.Minute); err != nil || len(claims) != 0 {
+					t.Fatalf("claim for an agent without tasks = %v, %v", claims, err)
+				}
+				claims, err := b.st.TaskClaimNext(b.ctx, "a1", 5, time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(claims) != 1 {
+					t.Fatalf("claimed %d tasks, want 1", len(claims))
+				}
+				c := claims[0]
+				if c.Task.LeaseGeneration != 1 || c.Task.Status != TaskRunning || c.CorrelationID != "corr-1" || c.JobName != "job" || c.Task.LeaseExpiresAt == nil {
+					t.Fatalf("claim = %+v", c)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecRunning || e.StartedAt == nil {
+					t.Fatalf("execution after first claim = %+v", e)
+				}
+				// Another agent cannot touch it; a stale generation is refused.
+				if _, err := b.st.TaskExtendLease(b.ctx, "a2", c.Task.ID, 1, time.Minute); !errors.Is(err, ErrLeaseLost) {
+					t.Fatalf("extend by another agent: %v", err)
+				}
+				if _, err := b.st.TaskExtendLease(b.ctx, "a1", c.Task.ID, 0, time.Minute); !errors.Is(err, ErrLeaseLost) {
+					t.Fatalf("extend with a stale generation: %v", err)
+				}
+				until, err := b.st.TaskExtendLease(b.ctx, "a1", c.Task.ID, 1, time.Hour)
+				if err != nil || until.Before(time.Now().Add(59*time.Minute)) {
+					t.Fatalf("extend = %v, %v", until, err)
+				}
+				// Output: 64-byte cap; the crossing chunk is cut and marked.
+				trunc, err := b.st.TaskAppendOutput(b.ctx, "a1", c.Task.ID, 1, []OutputChunk{
+					{ActionIndex: 0, Stream: "stdout", Data: []byte("hello\n")},
+					{ActionIndex: 0, Stream: "stderr", Data: []byte("oops\n")},
+				}, nil)
+				if err != nil || trunc {
+					t.Fatalf("append = %v, %v", trunc, err)
+				}
+				trunc, err = b.st.TaskAppendOutput(b.ctx, "a1", c.Task.ID, 1, []OutputChunk{
+					{ActionIndex: 1, Stream: "stdout", Data: []byte(strings.Repeat("x", 100))},
+					{ActionIndex: 1, Stream: "stdout", Data: []byte("dropped")},
+				}, nil)
+				if err != nil || !trunc {
+					t.Fatalf("append past the cap = %v, %v", trunc, err)
+				}
+				trunc, err = b.st.TaskAppendOutput(b.ctx, "a1", c.Task.ID, 1, []OutputChunk{{ActionIndex: 1, Stream: "stdout", Data: []byte("later")}}, nil)
+				if err != nil || !trunc {
+					t.Fatalf("append after the cap = %v, %v", trunc, err)
+				}
+				if _, err := b.st.TaskAppendOutput(b.ctx, "a2", c.Task.ID, 1, nil, nil); !errors.Is(err, ErrLeaseLost) {
+					t.Fatalf("append by another agent: %v", err)
+				}
+				out, err := b.st.OutputByExecution(b.ctx, "e1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var stdout1 string
+				for _, ch := range out[c.Task.ID] {
+					if ch.ActionIndex == 1 {
+						stdout1 += string(ch.Data)
+					}
+				}
+				want := strings.Repeat("x", 64-11) + TruncationMarker(64)
+				if stdout1 != want {
+					t.Fatalf("action 1 output = %q, want %q", stdout1, want)
+				}
+				start := time.Now().UTC().Truncate(time.Millisecond)
+				err = b.st.TaskComplete(b.ctx, "a1", c.Task.ID, 1, TaskFailed, "action 2 failed", []ActionResult{
+					{Index: 0, Name: "one", Status: TaskSucceeded, ExitCode: 0, StartedAt: &start, FinishedAt: &start},
+					{Index: 1, Name: "two", Status: TaskFailed, ExitCode: 2, Error: "exited with code 2"},
+				}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := b.st.TaskComplete(b.ctx, "a1", c.Task.ID, 1, TaskSucceeded, "", nil, nil); !errors.Is(err, ErrLeaseLost) {
+					t.Fatalf("second completion: %v", err)
+				}
+				res, err := b.st.ActionResultsByExecution(b.ctx, "e1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				rs := res[c.Task.ID]
+				if len(rs) != 2 || rs[1].ExitCode != 2 || rs[1].Status != TaskFailed || rs[0].StartedAt == nil || !rs[0].StartedAt.Equal(start) || rs[1].StartedAt != nil {
+					t.Fatalf("results = %+v", rs)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecRunning {
+					t.Fatalf("execution with a queued task = %s, want running", e.Status)
+				}
+				c2, _ := b.st.TaskClaimNext(b.ctx, "a2", 1, time.Minute)
+				if err := b.st.TaskComplete(b.ctx, "a2", c2[0].Task.ID, 1, TaskSucceeded, "", nil, nil); err != nil {
+					t.Fatal(err)
+				}
+				e, _ := b.st.ExecutionGet(b.ctx, "e1")
+				if e.Status != ExecFailed || e.FinishedAt == nil {
+					t.Fatalf("execution after all tasks = %+v, want failed", e)
+				}
+			})
+
+			t.Run("all succeeded", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeExecution(t, "e1", "a1")
+				c, _ := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Minute)
+				if err := b.st.TaskComplete(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, nil); err != nil {
+					t.Fatal(err)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecSucceeded {
+					t.Fatalf("status = %s", e.Status)
+				}
+			})
+
+			t.Run("expired lease makes the task lost", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeExecution(t, "e1", "a1")
+				c, _ := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Second)
+				n, err := b.st.TaskExpireLeases(b.ctx, time.Now(), nil)
+				if err != nil || n != 0 {
+					t.Fatalf("expire before the lease ends = %d, %v", n, err)
+				}
+				n, err = b.st.TaskExpireLeases(b.ctx, time.Now().Add(2*time.Second), nil)
+				if err != nil || n != 1 {
+					t.Fatalf("expire after the lease ends = %d, %v", n, err)
+				}
+				task, _ := b.st.TaskGet(b.ctx, c[0].Task.ID)
+				if task.Status != TaskLost || task.Error == "" {
+					t.Fatalf("task = %+v", task)
+				}
+				if err := b.st.TaskComplete(b.ctx, "a1", task.ID, 1, TaskSucceeded, "", nil, nil); !errors.Is(err, ErrLeaseLost) {
+					t.Fatalf("late completion: %v", err)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecFailed {
+					t.Fatalf("execution = %s, want failed", e.Status)
+				}
+			})
+
+			t.Run("events are numbered per execution", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeExecution(t, "e1", "a1")
+				b.makeExecution(t, "e2", "a1")
+				c, _ := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Minute)
+				if _, err := b.st.TaskAppendOutput(b.ctx, "a1", c[0].Task.ID, 1, []OutputChunk{{Stream: "stdout", Data: []byte("hi")}}, nil); err != nil {
+					t.Fatal(err)
+				}
+				if err := b.st.TaskComplete(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, nil); err != nil {
+					t.Fatal(err)
+				}
+				evs, err := b.st.EventsAfter(b.ctx, "e1", 0, 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for i, ev := range evs {
+					if ev.GetSequence() != int64(i+1) {
+						t.Fatalf("event %d has sequence %d", i, ev.GetSequence())
+					}
+					got = append(got, ev.GetType()+":"+ev.GetStatus())
+				}
+				want := "execution.created:queued task.status:running execution.status:running task.output: task.status:succeeded execution.status:succeeded"
+				if strings.Join(got, " ") != want {
+					t.Fatalf("events = %v, want %s", got, want)
+				}
+				if evs[3].GetData() == nil || string(evs[3].GetData()) != "hi" {
+					t.Fatalf("output event data = %q", evs[3].GetData())
+				}
+				rest, _ := b.st.EventsAfter(b.ctx, "e1", 4, 100)
+				if len(rest) != 2 {
+					t.Fatalf("events after 4 = %d, want 2", len(rest))
+				}
+				other, _ := b.st.EventsAfter(b.ctx, "e2", 0, 100)
+				if len(other) != 1 {
+					t.Fatalf("e2 events = %d, want 1", len(other))
+				}
+			})
+
+			t.Run("1000 tasks, 20 claimers, each task claimed once", func(t *testing.T) {
+				b := setup(t, d)
+				for e := 0; e < 50; e++ {
+					agents := make([]string, 20)
+					for i := range agents {
+						agents[i] = "shared-agent"
+					}
+					b.makeExecution(t, fmt.Sprintf("e%02d", e), agents...)
+				}
+				var mu sync.Mutex
+				seen := map[string]int{}
+				var wg sync.WaitGroup
+				errs := make(chan error, 20)
+				for w := 0; w < 20; w++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for {
+							claims, err := b.st.TaskClaimNext(b.ctx, "shared-agent", 3, time.Minute)
+							if err != nil {
+								errs <- err
+								return
+							}
+							if len(claims) == 0 {
+								return
+							}
+							mu.Lock()
+							for _, c := range claims {
+								seen[c.Task.ID]++
+							}
+							mu.Unlock()
+						}
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				for err := range errs {
+					t.Fatal(err)
+				}
+				if len(seen) != 1000 {
+					t.Fatalf("claimed %d distinct tasks, want 1000", len(seen))
+				}
+				for id, n := range seen {
+					if n != 1 {
+						t.Fatalf("task %s claimed %d times", id, n)
+					}
+				}
+			})
+		})
+	}
+}
