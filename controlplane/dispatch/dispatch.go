@@ -72,6 +72,7 @@ type Gateway struct {
 	registry *registry.Registry
 	store    *execution.Store
 	hub      *notify.Hub
+	nudge    func()
 	cfg      Config
 	logger   *zap.Logger
 
@@ -82,9 +83,11 @@ type Gateway struct {
 
 var _ agentv1connect.AgentServiceHandler = (*Gateway)(nil)
 
-// New builds the gateway and registers its metrics on metrics.
-func New(reg *registry.Registry, st *execution.Store, hub *notify.Hub, metrics prometheus.Registerer, logger *zap.Logger, cfg Config) *Gateway {
-	g := &Gateway{registry: reg, store: st, hub: hub, cfg: cfg.withDefaults(), logger: logger.Named("dispatch"),
+// New builds the gateway and registers its metrics on metrics. nudge is
+// called after every commit that wrote execution events (the outbox
+// relay's Nudge), so watchers hear of them at once.
+func New(reg *registry.Registry, st *execution.Store, hub *notify.Hub, nudge func(), metrics prometheus.Registerer, logger *zap.Logger, cfg Config) *Gateway {
+	g := &Gateway{registry: reg, store: st, hub: hub, nudge: nudge, cfg: cfg.withDefaults(), logger: logger.Named("dispatch"),
 		pollsWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "opsconductor_agent_polls_waiting", Help: "Agent long-polls waiting for work on this replica.",
 		}),
@@ -198,8 +201,10 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots int) ([]*agentv1.TaskAssignment, error) {
 	claims, err := g.store.TaskClaimNext(ctx, a.ID, slots, g.cfg.LeaseDuration)
 	var out []*agentv1.TaskAssignment
+	if len(claims) > 0 {
+		g.nudge()
+	}
 	for _, c := range claims {
-		g.hub.Publish(context.WithoutCancel(ctx), notify.ExecutionKey(c.Task.ExecutionID))
 		ta, cerr := toAssignment(c)
 		if cerr != nil {
 			return out, cerr
@@ -274,22 +279,11 @@ func (g *Gateway) ReportOutput(ctx context.Context, req *connect.Request[agentv1
 		}
 		chunks = append(chunks, execution.OutputChunk{ActionIndex: int(c.GetActionIndex()), Stream: c.GetStream(), Data: c.GetData()})
 	}
-	truncated, err := g.store.TaskAppendOutput(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), chunks, g.wakeWatchers(ctx, req.Msg.GetTaskId()))
+	truncated, err := g.store.TaskAppendOutput(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), chunks, g.nudge)
 	if err != nil {
 		return nil, leaseErr(err)
 	}
 	return connect.NewResponse(&agentv1.ReportOutputResponse{Truncated: truncated}), nil
-}
-
-// wakeWatchers returns a post-commit hook waking the watchers of the task's
-// execution.
-func (g *Gateway) wakeWatchers(ctx context.Context, taskID string) func() {
-	return func() {
-		t, err := g.store.TaskGet(context.WithoutCancel(ctx), taskID)
-		if err == nil {
-			g.hub.Publish(context.WithoutCancel(ctx), notify.ExecutionKey(t.ExecutionID))
-		}
-	}
 }
 
 var finalTaskStatus = map[string]bool{
@@ -319,7 +313,7 @@ func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1
 		})
 	}
 	err = g.store.TaskComplete(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), req.Msg.GetStatus(), req.Msg.GetError(), results,
-		g.wakeWatchers(ctx, req.Msg.GetTaskId()))
+		g.nudge)
 	if err != nil {
 		return nil, leaseErr(err)
 	}
@@ -346,7 +340,7 @@ func (g *Gateway) RunReaper(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		n, err := g.store.TaskExpireLeases(ctx, time.Now(), nil)
+		n, err := g.store.TaskExpireLeases(ctx, time.Now(), g.nudge)
 		if err != nil && ctx.Err() == nil {
 			g.logger.Error("expire task leases", zap.Error(err))
 		}

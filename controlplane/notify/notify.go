@@ -79,6 +79,10 @@ func (h *Hub) Publish(ctx context.Context, keys ...string) {
 	}
 }
 
+// PublishLocal wakes the subscribers of keys in this process only; for
+// wake-ups every replica derives by itself (from the shared outbox).
+func (h *Hub) PublishLocal(keys ...string) { h.deliver(keys) }
+
 func (h *Hub) deliver(keys []string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -37,6 +37,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/interceptor"
 	"github.com/opsconductor/opsconductor/controlplane/job"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
+	"github.com/opsconductor/opsconductor/controlplane/outbox"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
@@ -51,6 +52,7 @@ type App struct {
 	dbs     []*store.DB
 	redis   *redis.Client
 	hub     *notify.Hub
+	relays  []*outbox.Relay
 	gateway *dispatch.Gateway
 	handler http.Handler
 }
@@ -100,7 +102,25 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	jobs := job.NewService(job.NewStore(jobsDB), reg, logger)
 	execStore := execution.NewStore(execDB)
 	execs := execution.NewService(execStore, jobs, reg, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit})
-	a.gateway = dispatch.New(reg, execStore, a.hub, metricsReg, logger, dispatch.Config{
+	// Each service's outbox relay hands its committed events to in-process
+	// subscribers: a wake-up for an execution's watchers on this replica,
+	// and a counter. Audit and notifications subscribe here later.
+	relayed := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "opsconductor_events_relayed_total", Help: "Outbox events relayed to this replica's subscribers, by schema and topic.",
+	}, []string{"schema", "topic"})
+	metricsReg.MustRegister(relayed)
+	var execRelay *outbox.Relay
+	for _, db := range a.dbs {
+		r := outbox.NewRelay(db, logger, outbox.RelayConfig{})
+		schema := db.Schema()
+		r.Subscribe(func(e outbox.Event) { relayed.WithLabelValues(schema, e.Topic).Inc() })
+		if schema == execution.Schema {
+			r.Subscribe(func(e outbox.Event) { a.hub.PublishLocal(notify.ExecutionKey(e.AggregateID)) })
+			execRelay = r
+		}
+		a.relays = append(a.relays, r)
+	}
+	a.gateway = dispatch.New(reg, execStore, a.hub, execRelay.Nudge, metricsReg, logger, dispatch.Config{
 		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
 	})
 
@@ -180,6 +200,9 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	}
 	background("notify", a.hub.Run)
 	background("reaper", a.gateway.RunReaper)
+	for _, r := range a.relays {
+		background("outbox", r.Run)
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
