@@ -4,7 +4,9 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -88,13 +90,21 @@ func (g *globals) agents() opsconductorv1connect.AgentRegistryServiceClient {
 	return opsconductorv1connect.NewAgentRegistryServiceClient(http.DefaultClient, g.server)
 }
 
-// printJSON writes m as indented protobuf JSON.
+// printJSON writes m as indented protobuf JSON. protojson varies its
+// whitespace on purpose; re-indenting gives scripts a stable layout.
 func (g *globals) printJSON(m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	b, err := protojson.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintln(g.stdout, string(b))
+	var compact, out bytes.Buffer
+	if err := json.Compact(&compact, b); err != nil {
+		return err
+	}
+	if err := json.Indent(&out, compact.Bytes(), "", "  "); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(g.stdout, out.String())
 	return err
 }
 

@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/opsconductor/opsconductor/controlplane/cptest"
+	"github.com/opsconductor/opsconductor/controlplane/store"
+	"github.com/opsconductor/opsconductor/controlplane/storetest"
+)
+
+// cli runs the opsconductor binary against s and returns its stdout,
+// stderr and exit code.
+func cli(t *testing.T, s *cptest.Server, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(cptest.Binaries(t), "opsconductor"), append([]string{"--server", s.URL}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		code = exitErr.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// TestCLI drives the operator commands the way a person would.
+func TestCLI(t *testing.T) {
+	t.Parallel()
+	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite)})
+	s.StartAgent(t, "cli-agent", "role=cli")
+	s.WaitAgents(t, 1)
+	dir := t.TempDir()
+	jobFile := filepath.Join(dir, "job.yaml")
+	write := func(body string) {
+		if err := os.WriteFile(jobFile, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`
+name: cli-job
+labels: {team: ops}
+actions:
+  - name: first
+    command: printf 'line one\nline two\n'
+  - name: second
+    command: echo "to stderr" >&2; exit 5
+targets:
+  - selector: role=cli
+`)
+	out, errOut, code := cli(t, s, "job", "apply", "-f", jobFile)
+	if code != 0 || !strings.Contains(out, "job cli-job created") || !strings.Contains(out, "version 1") {
+		t.Fatalf("apply: code %d\n%s%s", code, out, errOut)
+	}
+	out, _, _ = cli(t, s, "job", "apply", "-f", jobFile)
+	if !strings.Contains(out, "unchanged") {
+		t.Fatalf("re-apply of the same file: %s", out)
+	}
+
+	out, errOut, code = cli(t, s, "run", "cli-job", "--follow")
+	if code != 2 {
+		t.Fatalf("run --follow of a failing job exited %d, want 2\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{
+		"[cli-agent] running",
+		"[cli-agent] #1 out| line one\n[cli-agent] #1 out| line two\n",
+		"[cli-agent] #2 err| to stderr",
+		"[cli-agent] failed: action 2 (second) exited with code 5",
+		"failed in",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("follow output lacks %q:\n%s", want, out)
+		}
+	}
+	execID := regexp.MustCompile(`execution ([0-9a-f-]{36}) of cli-job`).FindStringSubmatch(out)
+	if execID == nil {
+		t.Fatalf("no execution id in:\n%s", out)
+	}
+
+	out, _, code = cli(t, s, "execution", "results", execID[1])
+	if code != 0 || !strings.Contains(out, "#2 second: failed (exit 5)") || !strings.Contains(out, "out| line two") {
+		t.Fatalf("results:\n%s", out)
+	}
+	out, _, _ = cli(t, s, "execution", "get", execID[1])
+	if !strings.Contains(out, "cli-agent") || !strings.Contains(out, "failed") {
+		t.Fatalf("execution get:\n%s", out)
+	}
+	out, _, _ = cli(t, s, "-o", "json", "execution", "get", execID[1])
+	if !strings.Contains(out, `"status": "failed"`) {
+		t.Fatalf("execution get -o json:\n%s", out)
+	}
+
+	write(`
+name: cli-job
+actions:
+  - command: echo fixed
+targets:
+  - selector: role=cli
+`)
+	out, _, _ = cli(t, s, "job", "apply", "-f", jobFile)
+	if !strings.Contains(out, "updated") || !strings.Contains(out, "version 2") {
+		t.Fatalf("apply of a changed file: %s", out)
+	}
+	out, errOut, code = cli(t, s, "run", "cli-job", "-f")
+	if code != 0 || !strings.Contains(out, "#1 out| fixed") || !strings.Contains(out, "succeeded in") {
+		t.Fatalf("run of the fixed job: code %d\n%s%s", code, out, errOut)
+	}
+
+	out, _, _ = cli(t, s, "job", "list")
+	if !strings.Contains(out, "cli-job") || !strings.Contains(out, "role=cli") {
+		t.Fatalf("job list:\n%s", out)
+	}
+	out, _, _ = cli(t, s, "agent", "list", "-l", "role=cli")
+	if !strings.Contains(out, "cli-agent") || !strings.Contains(out, "online") || !strings.Contains(out, "linux/") {
+		t.Fatalf("agent list:\n%s", out)
+	}
+	out, _, code = cli(t, s, "job", "validate", "cli-job")
+	if code != 0 || !strings.Contains(out, "runs on: cli-agent") {
+		t.Fatalf("validate:\n%s", out)
+	}
+	out, _, code = cli(t, s, "agent", "token", "create", "--max-uses", "1")
+	if code != 0 || !strings.HasPrefix(out, "ocj_") {
+		t.Fatalf("token create: %q", out)
+	}
+
+	write("name: [unclosed")
+	_, errOut, code = cli(t, s, "job", "apply", "-f", jobFile)
+	if code == 0 || !strings.Contains(errOut, "not valid YAML") {
+		t.Fatalf("apply of bad YAML: code %d, %s", code, errOut)
+	}
+	write("name: ''\nactions: [{command: ''}]\ntargets: [{selector: role=cli}]\n")
+	_, errOut, code = cli(t, s, "job", "apply", "-f", jobFile)
+	if code == 0 || !strings.Contains(errOut, "job.name") || !strings.Contains(errOut, "job.actions[0].command") {
+		t.Fatalf("apply of an invalid job: code %d, %s", code, errOut)
+	}
+	_, errOut, code = cli(t, s, "run", "no-such-job")
+	if code == 0 || !strings.Contains(errOut, "no job with id or name") {
+		t.Fatalf("run of an unknown job: code %d, %s", code, errOut)
+	}
+	out, _, _ = cli(t, s, "job", "delete", "cli-job")
+	if !strings.Contains(out, "deleted") {
+		t.Fatalf("delete: %s", out)
+	}
+}
