@@ -152,7 +152,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 		// A poll at full capacity asks only for control messages; when a
 		// slot frees, it is cut short so new work is asked for at once.
-		pollCtx, cancelPoll := context.WithCancel(ctx)
+		// The deadline guards against a connection that silently died: the
+		// server answers well within the wait it was asked for.
+		pollCtx, cancelPoll := context.WithTimeout(ctx, a.cfg.PollWait+30*time.Second)
 		if free == 0 {
 			go func() {
 				select {
@@ -163,7 +165,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}()
 		}
 		resp, err := client.Poll(pollCtx, connect.NewRequest(&agentv1.PollRequest{FreeSlots: int32(free), Wait: durationpb.New(a.cfg.PollWait)}))
-		cutShort := pollCtx.Err() != nil && ctx.Err() == nil
+		cutShort := errors.Is(pollCtx.Err(), context.Canceled) && ctx.Err() == nil
 		cancelPoll()
 		if err != nil {
 			if ctx.Err() != nil || cutShort {

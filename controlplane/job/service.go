@@ -248,7 +248,8 @@ func toRecord(id string, j *opsconductorv1.Job) (Record, error) {
 
 func fromRecord(rec Record) (*opsconductorv1.Job, error) {
 	j := &opsconductorv1.Job{}
-	if err := protojson.Unmarshal(rec.Spec, j); err != nil {
+	// Unknown fields come from a newer release sharing the database.
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(rec.Spec, j); err != nil {
 		return nil, fmt.Errorf("decode job %s version %d: %w", rec.ID, rec.Version, err)
 	}
 	j.Id, j.Version = rec.ID, rec.Version

@@ -1,0 +1,115 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/opsconductor/opsconductor/agent/executor"
+	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestOutputBufferKeepsLimitPlusOne(t *testing.T) {
+	b := newOutputBuffer(10)
+	b.add(0, "stdout", []byte("hello "))
+	b.add(0, "stdout", []byte("world"))
+	b.add(0, "stderr", []byte("more"))
+	b.add(1, "stdout", []byte("later"))
+	got := b.take()
+	if len(got) != 1 || string(got[0].data) != "hello world" {
+		t.Fatalf("pending = %+v, want one merged chunk of 11 bytes", got)
+	}
+	if len(b.take()) != 0 {
+		t.Fatal("take did not clear")
+	}
+}
+
+// fakeClient is the control plane as the runner sees it, for unit tests.
+type fakeClient struct {
+	mu        sync.Mutex
+	output    strings.Builder
+	complete  *agentv1.CompleteTaskRequest
+	loseLease bool
+}
+
+func (f *fakeClient) ExtendLease(context.Context, *connect.Request[agentv1.ExtendLeaseRequest]) (*connect.Response[agentv1.ExtendLeaseResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.loseLease {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("lease lost"))
+	}
+	return connect.NewResponse(&agentv1.ExtendLeaseResponse{}), nil
+}
+
+func (f *fakeClient) ReportOutput(_ context.Context, req *connect.Request[agentv1.ReportOutputRequest]) (*connect.Response[agentv1.ReportOutputResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range req.Msg.GetChunks() {
+		f.output.Write(c.GetData())
+	}
+	return connect.NewResponse(&agentv1.ReportOutputResponse{}), nil
+}
+
+func (f *fakeClient) CompleteTask(_ context.Context, req *connect.Request[agentv1.CompleteTaskRequest]) (*connect.Response[agentv1.CompleteTaskResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.complete = req.Msg
+	return connect.NewResponse(&agentv1.CompleteTaskResponse{}), nil
+}
+
+func task(actions ...*opsconductorv1.Action) *agentv1.TaskAssignment {
+	return &agentv1.TaskAssignment{TaskId: "t1", ExecutionId: "e1", LeaseGeneration: 1, OutputLimitBytes: 1 << 20, Actions: actions}
+}
+
+func TestRunReportsActionsInOrder(t *testing.T) {
+	c := &fakeClient{}
+	r := New(c, &executor.Shell{}, zaptest.NewLogger(t), Config{LeaseDuration: time.Minute, AgentName: "a1"})
+	r.Run(context.Background(), task(
+		&opsconductorv1.Action{Name: "one", Command: "echo $OPSCONDUCTOR_AGENT_NAME"},
+		&opsconductorv1.Action{Name: "two", Command: "exit 3", ContinueOnError: true},
+		&opsconductorv1.Action{Name: "three", Command: "exit 4"},
+		&opsconductorv1.Action{Name: "four", Command: "echo never"},
+	))
+	got := c.complete
+	if got == nil {
+		t.Fatal("task not completed")
+	}
+	if got.GetStatus() != "failed" || !strings.Contains(got.GetError(), "action 3 (three)") {
+		t.Fatalf("status %s error %q", got.GetStatus(), got.GetError())
+	}
+	want := []string{"succeeded", "failed", "failed", "skipped"}
+	for i, a := range got.GetActions() {
+		if a.GetStatus() != want[i] {
+			t.Fatalf("action %d status %s, want %s", i, a.GetStatus(), want[i])
+		}
+	}
+	if c.output.String() != "a1\n" {
+		t.Fatalf("output = %q", c.output.String())
+	}
+}
+
+// TestLostLeaseAbandonsTask: when the control plane refuses the lease, the
+// runner stops the action and reports nothing more.
+func TestLostLeaseAbandonsTask(t *testing.T) {
+	c := &fakeClient{loseLease: true}
+	r := New(c, &executor.Shell{KillGrace: 100 * time.Millisecond}, zaptest.NewLogger(t), Config{LeaseDuration: 300 * time.Millisecond})
+	start := time.Now()
+	r.Run(context.Background(), task(&opsconductorv1.Action{Command: "sleep 30", Timeout: durationpb.New(time.Minute)}))
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("a task with a lost lease ran for %s", took)
+	}
+	if c.complete != nil {
+		t.Fatalf("a task with a lost lease was reported: %+v", c.complete)
+	}
+}
