@@ -21,13 +21,7 @@ import (
 var migrationsDir embed.FS
 
 // Migrations returns the jobs schema migrations for store.DB.Migrate.
-func Migrations() fs.FS {
-	sub, err := fs.Sub(migrationsDir, "migrations")
-	if err != nil {
-		panic(err) // the embedded directory is always there
-	}
-	return sub
-}
+func Migrations() fs.FS { return store.MustSub(migrationsDir, "migrations") }
 
 // Schema is the name of the jobs service's schema.
 const Schema = "jobs"

@@ -89,4 +89,17 @@ func (db *DB) Migrate(ctx context.Context, migrations fs.FS) error {
 	})
 }
 
+// MustSub returns the subdirectory dir of an embedded file system. It
+// panics when dir is missing: that is a build mistake, not a runtime one.
+func MustSub(fsys fs.FS, dir string) fs.FS {
+	sub, err := fs.Sub(fsys, dir)
+	if err != nil {
+		panic(fmt.Sprintf("embedded %s: %v", dir, err))
+	}
+	if _, err := fs.ReadDir(sub, "."); err != nil {
+		panic(fmt.Sprintf("embedded %s: %v", dir, err))
+	}
+	return sub
+}
+
 func quoteIdent(s string) string { return `"` + strings.ReplaceAll(s, `"`, `""`) + `"` }
