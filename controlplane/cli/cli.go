@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -66,6 +65,10 @@ func describe(err error) string {
 		return "cannot reach the control plane (" + msg + "); is it running, and is --server right?"
 	case connect.CodeInvalidArgument:
 		return "refused: " + strings.ReplaceAll(msg, "; ", "\n  ")
+	case connect.CodeUnauthenticated:
+		return msg + " (set --token or OPSCONDUCTOR_TOKEN; `opsconductor dev` prints one)"
+	case connect.CodePermissionDenied:
+		return "permission denied: " + msg
 	}
 	return fmt.Sprintf("%s (%s)", msg, cerr.Code())
 }
@@ -73,21 +76,31 @@ func describe(err error) string {
 // globals are the flags every operator command shares.
 type globals struct {
 	server string
+	token  string
 	output string
 	stdout io.Writer
 	stderr io.Writer
 }
 
+// withToken sends the operator's token with every call.
+func (g *globals) withToken() connect.ClientOption {
+	return connect.WithInterceptors(bearerToken(g.token))
+}
+
 func (g *globals) jobs() opsconductorv1connect.JobServiceClient {
-	return opsconductorv1connect.NewJobServiceClient(http.DefaultClient, g.server)
+	return opsconductorv1connect.NewJobServiceClient(httpClient(), g.server, g.withToken())
 }
 
 func (g *globals) executions() opsconductorv1connect.ExecutionServiceClient {
-	return opsconductorv1connect.NewExecutionServiceClient(http.DefaultClient, g.server)
+	return opsconductorv1connect.NewExecutionServiceClient(httpClient(), g.server, g.withToken())
 }
 
 func (g *globals) agents() opsconductorv1connect.AgentRegistryServiceClient {
-	return opsconductorv1connect.NewAgentRegistryServiceClient(http.DefaultClient, g.server)
+	return opsconductorv1connect.NewAgentRegistryServiceClient(httpClient(), g.server, g.withToken())
+}
+
+func (g *globals) auth() opsconductorv1connect.AuthServiceClient {
+	return opsconductorv1connect.NewAuthServiceClient(httpClient(), g.server, g.withToken())
 }
 
 // printJSON writes m as indented protobuf JSON. protojson varies its
@@ -113,6 +126,9 @@ func (g *globals) validate() error {
 		return fmt.Errorf("--output must be table or json, not %q", g.output)
 	}
 	g.server = strings.TrimRight(g.server, "/")
+	if g.token == "" {
+		g.token = os.Getenv("OPSCONDUCTOR_TOKEN")
+	}
 	return nil
 }
 
@@ -142,7 +158,8 @@ See what it did:                            opsconductor execution results EXECU
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.server, "server", def, "control plane URL (env OPSCONDUCTOR_SERVER)")
+	root.PersistentFlags().StringVar(&g.token, "token", "", "API token or JWT (env OPSCONDUCTOR_TOKEN)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(newServerCmd(), newDevCmd(g), newJobCmd(g), newRunCmd(g), newExecutionCmd(g), newAgentCmd(g))
+	root.AddCommand(newServerCmd(), newDevCmd(g), newJobCmd(g), newRunCmd(g), newExecutionCmd(g), newAgentCmd(g), newTokenCmd(g), newWhoAmICmd(g))
 	return root
 }

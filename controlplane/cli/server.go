@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -103,6 +104,8 @@ func runDev(ctx context.Context, g *globals, dataDir, addr string, logger *zap.L
 	cfg.Addr = addr
 	cfg.DatabaseURL = "sqlite:" + filepath.Join(abs, "db")
 	cfg.LogFormat, cfg.LogLevel = "console", "warn"
+	tokenFile := filepath.Join(abs, "admin-token")
+	cfg.BootstrapTokenFile = tokenFile
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -117,10 +120,16 @@ func runDev(ctx context.Context, g *globals, dataDir, addr string, logger *zap.L
 		url = "http://" + a
 	}
 
+	raw, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return fmt.Errorf("read the admin token %s (remove %s to start afresh): %w", tokenFile, abs, err)
+	}
+	adminToken := strings.TrimSpace(string(raw))
+
 	st := state.FileStore{Dir: filepath.Join(abs, "agent")}
 	joinToken := ""
 	if _, err := st.Load(); err != nil {
-		reg := opsconductorv1connect.NewAgentRegistryServiceClient(httpClient(), url)
+		reg := opsconductorv1connect.NewAgentRegistryServiceClient(httpClient(), url, connect.WithInterceptors(bearerToken(adminToken)))
 		resp, err := reg.CreateJoinToken(ctx, connect.NewRequest(&opsconductorv1.CreateJoinTokenRequest{
 			Ttl: durationpb.New(time.Minute), MaxUses: 1, Description: "opsconductor dev local agent",
 		}))
@@ -138,15 +147,17 @@ func runDev(ctx context.Context, g *globals, dataDir, addr string, logger *zap.L
 	go func() { agentErr <- ag.Run(ctx) }()
 
 	fmt.Fprintf(g.stdout, `OpsConductor dev is ready at %s (state in %s)
+Plain HTTP on loopback: dev mode only. The admin token is in %s.
 
 Next, in another terminal:
   export OPSCONDUCTOR_SERVER=%s
+  export OPSCONDUCTOR_TOKEN=$(cat %s)
   opsconductor agent list
   opsconductor job apply -f docs/examples/hello.yaml
   opsconductor run hello --follow
 
 Press Ctrl-C to stop.
-`, url, abs, url)
+`, url, abs, tokenFile, url, tokenFile)
 	select {
 	case err := <-serverErr:
 		return err

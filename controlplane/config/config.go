@@ -38,6 +38,14 @@ type Config struct {
 	OutputLimit int64
 	// AgentOnlineWindow: an agent seen within it is shown online.
 	AgentOnlineWindow time.Duration
+	// JWTSecret enables HS256 JWTs signed with it; JWTIssuer and
+	// JWTAudience, when set, must match the tokens' iss and aud.
+	JWTSecret   string
+	JWTIssuer   string
+	JWTAudience string
+	// BootstrapTokenFile receives the first admin token (mode 0600) when
+	// the server makes it, besides the log.
+	BootstrapTokenFile string
 }
 
 // Default returns the configuration of a single node on the embedded store.
@@ -62,6 +70,7 @@ type setting struct {
 	str             *string
 	dur             *time.Duration
 	i64             *int64
+	secret          bool // never shown as a flag default
 }
 
 func (c *Config) settings() []setting {
@@ -77,6 +86,10 @@ func (c *Config) settings() []setting {
 		{flag: "reap-interval", env: "OPSCONDUCTOR_REAP_INTERVAL", help: "how often expired task leases are looked for", dur: &c.ReapInterval},
 		{flag: "output-limit", env: "OPSCONDUCTOR_OUTPUT_LIMIT", help: "bytes of output kept per task; more is cut with a visible marker", i64: &c.OutputLimit},
 		{flag: "agent-online-window", env: "OPSCONDUCTOR_AGENT_ONLINE_WINDOW", help: "an agent seen within it is online", dur: &c.AgentOnlineWindow},
+		{flag: "jwt-secret", env: "OPSCONDUCTOR_JWT_SECRET", help: "accept HS256 JWTs signed with this secret (use the _FILE variant)", str: &c.JWTSecret, secret: true},
+		{flag: "jwt-issuer", env: "OPSCONDUCTOR_JWT_ISSUER", help: "required iss of JWTs", str: &c.JWTIssuer},
+		{flag: "jwt-audience", env: "OPSCONDUCTOR_JWT_AUDIENCE", help: "required aud of JWTs", str: &c.JWTAudience},
+		{flag: "bootstrap-token-file", env: "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE", help: "also write the first admin token to this file (0600)", str: &c.BootstrapTokenFile},
 	}
 }
 
@@ -142,6 +155,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 	for _, s := range c.settings() {
 		help := s.help + " (env " + s.env + ")"
 		switch {
+		case s.str != nil && s.secret:
+			fs.StringVar(s.str, s.flag, "", help)
 		case s.str != nil:
 			fs.StringVar(s.str, s.flag, *s.str, help)
 		case s.dur != nil:
@@ -189,6 +204,9 @@ func (c Config) Validate() error {
 	}
 	if c.OutputLimit < 1024 {
 		bad("output-limit", "must be at least 1024 bytes")
+	}
+	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
+		bad("jwt-secret", "must be at least 32 bytes")
 	}
 	if c.AgentOnlineWindow <= 0 {
 		bad("agent-online-window", "must be positive")

@@ -159,6 +159,8 @@ func (p *Process) Stop(t testing.TB) {
 type Server struct {
 	*Process
 	URL string
+	// Token is the bootstrap admin API token.
+	Token string
 }
 
 // StartServer runs `opsconductor server` on a free port with env (at least
@@ -166,7 +168,8 @@ type Server struct {
 func StartServer(t testing.TB, name string, env map[string]string) *Server {
 	t.Helper()
 	addr := FreeAddr(t)
-	full := map[string]string{"OPSCONDUCTOR_ADDR": addr, "OPSCONDUCTOR_LOG_LEVEL": "debug"}
+	tokenFile := filepath.Join(t.TempDir(), "admin-token")
+	full := map[string]string{"OPSCONDUCTOR_ADDR": addr, "OPSCONDUCTOR_LOG_LEVEL": "debug", "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE": tokenFile}
 	for k, v := range env {
 		full[k] = v
 	}
@@ -186,7 +189,18 @@ func StartServer(t testing.TB, name string, env map[string]string) *Server {
 		}
 		return nil
 	})
+	// A server sharing a database with an earlier one finds the bootstrap
+	// done and writes no file; SetToken then gives it the first one's.
+	if raw, err := os.ReadFile(tokenFile); err == nil {
+		s.Token = strings.TrimSpace(string(raw))
+	}
 	return s
+}
+
+// Do is DoJSON against this server's path, as its admin.
+func (s *Server) Do(t testing.TB, method, path string, body, out any) int {
+	t.Helper()
+	return DoJSONHeader(t, method, s.URL+path, http.Header{"Authorization": {"Bearer " + s.Token}}, body, out)
 }
 
 // JoinToken creates a join token through the REST API.
@@ -195,7 +209,7 @@ func (s *Server) JoinToken(t testing.TB) string {
 	var out struct {
 		Token string `json:"token"`
 	}
-	Must(t, http.StatusOK)(DoJSON(t, "POST", s.URL+"/api/v1/agents/tokens", map[string]any{"description": "test"}, &out))
+	Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/agents/tokens", map[string]any{"description": "test"}, &out))
 	return out.Token
 }
 
@@ -216,7 +230,7 @@ func (s *Server) WaitAgents(t testing.TB, n int) {
 				Status string `json:"status"`
 			} `json:"agents"`
 		}
-		if code := DoJSON(t, "GET", s.URL+"/api/v1/agents", nil, &out); code != http.StatusOK {
+		if code := s.Do(t, "GET", "/api/v1/agents", nil, &out); code != http.StatusOK {
 			return fmt.Errorf("list agents: HTTP %d", code)
 		}
 		online := 0

@@ -19,7 +19,7 @@ import (
 // stderr and exit code.
 func cli(t *testing.T, s *cptest.Server, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(cptest.Binaries(t), "opsconductor"), append([]string{"--server", s.URL}, args...)...)
+	cmd := exec.Command(filepath.Join(cptest.Binaries(t), "opsconductor"), append([]string{"--server", s.URL, "--token", s.Token}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -146,6 +146,40 @@ targets:
 	if code == 0 || !strings.Contains(errOut, "no job with id or name") {
 		t.Fatalf("run of an unknown job: code %d, %s", code, errOut)
 	}
+	// A viewer token may look but not run; a revoked token is refused.
+	viewer, errOut, code := cli(t, s, "token", "create", "looker", "--role", "viewer")
+	viewer = strings.TrimSpace(viewer)
+	if code != 0 || !strings.HasPrefix(viewer, "oct_") {
+		t.Fatalf("token create: code %d %q %s", code, viewer, errOut)
+	}
+	asViewer := func(args ...string) (string, string, int) {
+		return cli(t, s, append([]string{"--token", viewer}, args...)...)
+	}
+	out, _, code = asViewer("whoami")
+	if code != 0 || !strings.Contains(out, "looker (api_token)") || !strings.Contains(out, "roles: viewer") {
+		t.Fatalf("whoami: %d %s", code, out)
+	}
+	_, errOut, code = asViewer("run", "cli-job")
+	if code == 0 || !strings.Contains(errOut, "permission denied") || !strings.Contains(errOut, "executions:run") {
+		t.Fatalf("viewer run: code %d, %s", code, errOut)
+	}
+	out, _, _ = cli(t, s, "token", "list")
+	id := regexp.MustCompile(`looker\s+viewer\s+active\s+\S+\s+\S+\s+(\S+)`).FindStringSubmatch(out)
+	if id == nil {
+		t.Fatalf("token list:\n%s", out)
+	}
+	if out, _, code := cli(t, s, "token", "revoke", id[1]); code != 0 {
+		t.Fatalf("revoke: %s", out)
+	}
+	_, errOut, code = asViewer("whoami")
+	if code == 0 || !strings.Contains(errOut, "revoked") {
+		t.Fatalf("revoked token: code %d, %s", code, errOut)
+	}
+	_, errOut, code = cli(t, s, "--token", "", "job", "list")
+	if code == 0 || !strings.Contains(errOut, "authentication required") {
+		t.Fatalf("no token: code %d, %s", code, errOut)
+	}
+
 	out, _, _ = cli(t, s, "job", "delete", "cli-job")
 	if !strings.Contains(out, "deleted") {
 		t.Fatalf("delete: %s", out)

@@ -63,7 +63,7 @@ func createJob(t *testing.T, s *cptest.Server, body map[string]any) job {
 	var out struct {
 		Job job `json:"job"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "POST", s.URL+"/api/v1/jobs", body, &out))
+	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/jobs", body, &out))
 	return out.Job
 }
 
@@ -72,7 +72,7 @@ func execute(t *testing.T, s *cptest.Server, jobID string) execution {
 	var out struct {
 		Execution execution `json:"execution"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "POST", s.URL+"/api/v1/jobs/"+jobID+"/execute", map[string]any{}, &out))
+	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/jobs/"+jobID+"/execute", map[string]any{}, &out))
 	return out.Execution
 }
 
@@ -83,7 +83,7 @@ func waitFinished(t *testing.T, s *cptest.Server, id string, timeout time.Durati
 		var out struct {
 			Execution execution `json:"execution"`
 		}
-		if code := cptest.DoJSON(t, "GET", s.URL+"/api/v1/executions/"+id, nil, &out); code != http.StatusOK {
+		if code := s.Do(t, "GET", "/api/v1/executions/"+id, nil, &out); code != http.StatusOK {
 			return fmt.Errorf("get execution: HTTP %d", code)
 		}
 		switch out.Execution.Status {
@@ -93,7 +93,7 @@ func waitFinished(t *testing.T, s *cptest.Server, id string, timeout time.Durati
 		return fmt.Errorf("execution is %s", out.Execution.Status)
 	})
 	var res results
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "GET", s.URL+"/api/v1/executions/"+id+"/results", nil, &res))
+	cptest.Must(t, http.StatusOK)(s.Do(t, "GET", "/api/v1/executions/"+id+"/results", nil, &res))
 	return res
 }
 
@@ -221,7 +221,7 @@ func TestFailureTimeoutAndSkip(t *testing.T) {
 				CorrelationID string `json:"correlationId"`
 			} `json:"execution"`
 		}
-		hdr := http.Header{"X-Request-Id": {"corr-e2e-42"}}
+		hdr := http.Header{"X-Request-Id": {"corr-e2e-42"}, "Authorization": {"Bearer " + s.Token}}
 		cptest.Must(t, http.StatusOK)(cptest.DoJSONHeader(t, "POST", s.URL+"/api/v1/jobs/"+j.ID+"/execute", hdr, map[string]any{}, &out))
 		if out.Execution.CorrelationID != "corr-e2e-42" {
 			t.Fatalf("execution correlation id = %q", out.Execution.CorrelationID)

@@ -49,6 +49,7 @@ func TestReplicasShareWork(t *testing.T) {
 	}
 	a := cptest.StartServer(t, "server-a", env)
 	b := cptest.StartServer(t, "server-b", env)
+	b.Token = a.Token // one bootstrap for the shared database
 	a.StartAgent(t, "edge", "role=edge", "--poll-wait", "60s")
 	a.WaitAgents(t, 1)
 	// The agent's long-poll is now waiting on server A.

@@ -29,7 +29,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/opsconductor/opsconductor/controlplane/auth"
 	"github.com/opsconductor/opsconductor/controlplane/config"
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
 	"github.com/opsconductor/opsconductor/controlplane/dispatch"
@@ -40,7 +42,9 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/outbox"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
 	"github.com/opsconductor/opsconductor/controlplane/store"
+	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
 	"github.com/opsconductor/opsconductor/proto/protocol"
 )
@@ -83,6 +87,15 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	if err != nil {
 		return nil, err
 	}
+	authDB, err := a.openStore(ctx, auth.Schema, auth.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	authStore := auth.NewStore(authDB)
+	if _, err := auth.Bootstrap(ctx, authStore, cfg.BootstrapTokenFile, logger); err != nil {
+		return nil, fmt.Errorf("bootstrap admin token: %w", err)
+	}
+	authn := auth.NewAuthenticator(authStore, auth.JWTConfig{Secret: []byte(cfg.JWTSecret), Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience}, logger)
 
 	if cfg.RedisURL != "" {
 		opts, err := redis.ParseURL(cfg.RedisURL)
@@ -125,7 +138,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	})
 
 	opts := connect.WithHandlerOptions(
-		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg))),
+		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), auth.NewInterceptor(authn, authStore, logger)),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.Error("handler panic", zap.String("procedure", spec.Procedure), zap.Any("panic", p),
 				zap.String("correlation_id", correlation.ID(ctx)), zap.Stack("stack"))
@@ -138,9 +151,15 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		func() (string, http.Handler) { return opsconductorv1connect.NewExecutionServiceHandler(execs, opts) },
 		func() (string, http.Handler) { return opsconductorv1connect.NewAgentRegistryServiceHandler(reg, opts) },
 		func() (string, http.Handler) { return agentv1connect.NewAgentServiceHandler(a.gateway, opts) },
+		func() (string, http.Handler) {
+			return opsconductorv1connect.NewAuthServiceHandler(auth.NewService(authStore, logger), opts)
+		},
 	} {
 		path, h := mount()
 		services = append(services, vanguard.NewService(path, h))
+	}
+	if err := auth.CheckServices(Services()...); err != nil {
+		return nil, err
 	}
 	transcoder, err := vanguard.NewTranscoder(services, vanguard.WithCodec(newJSONCodec))
 	if err != nil {
@@ -155,6 +174,18 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	a.handler = correlation.Middleware(mux)
 	ok = true
 	return a, nil
+}
+
+// Services are the API services the server mounts, for checks and tests
+// that walk every RPC.
+func Services() []protoreflect.ServiceDescriptor {
+	return []protoreflect.ServiceDescriptor{
+		opsconductorv1.File_opsconductor_v1_job_proto.Services().ByName("JobService"),
+		opsconductorv1.File_opsconductor_v1_execution_proto.Services().ByName("ExecutionService"),
+		opsconductorv1.File_opsconductor_v1_agent_registry_proto.Services().ByName("AgentRegistryService"),
+		opsconductorv1.File_opsconductor_v1_auth_proto.Services().ByName("AuthService"),
+		agentv1.File_opsconductor_agent_v1_agent_proto.Services().ByName("AgentService"),
+	}
 }
 
 func (a *App) openStore(ctx context.Context, schema string, migrations fs.FS) (*store.DB, error) {

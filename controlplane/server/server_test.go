@@ -2,9 +2,12 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -22,11 +25,24 @@ import (
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
 )
 
+// testServer is a whole control plane served in-process.
+type testServer struct {
+	url   string
+	token string // bootstrap admin
+}
+
+// do sends a REST call as the admin.
+func (s testServer) do(t *testing.T, method, path string, body, out any) int {
+	t.Helper()
+	return cptest.DoJSONHeader(t, method, s.url+path, http.Header{"Authorization": {"Bearer " + s.token}}, body, out)
+}
+
 // startApp serves a whole control plane in-process on a loopback port.
-func startApp(t *testing.T, d store.Dialect) string {
+func startApp(t *testing.T, d store.Dialect) testServer {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DatabaseURL = storetest.NewURL(t, d)
+	cfg.BootstrapTokenFile = filepath.Join(t.TempDir(), "admin-token")
 	ctx, cancel := context.WithCancel(context.Background())
 	app, err := New(ctx, cfg, zaptest.NewLogger(t))
 	if err != nil {
@@ -45,7 +61,11 @@ func startApp(t *testing.T, d store.Dialect) string {
 		}
 		app.Close()
 	})
-	return "http://" + ln.Addr().String()
+	raw, err := os.ReadFile(cfg.BootstrapTokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testServer{url: "http://" + ln.Addr().String(), token: strings.TrimSpace(string(raw))}
 }
 
 type rpcStatus struct {
@@ -80,19 +100,19 @@ func validJob(name string) map[string]any {
 // stale versions and duplicates 409, malformed JSON 400 - never 500.
 func TestRESTErrors(t *testing.T) {
 	t.Parallel()
-	url := startApp(t, store.SQLite)
+	srv := startApp(t, store.SQLite)
 	var created struct {
 		Job struct {
 			ID      string `json:"id"`
 			Version string `json:"version"`
 		} `json:"job"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "POST", url+"/api/v1/jobs", validJob("ok-job"), &created))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/jobs", validJob("ok-job"), &created))
 	id := created.Job.ID
 	// Version 2 exists after one update; version 1 is then stale.
 	upd := validJob("ok-job")
 	upd["version"] = 1
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "PUT", url+"/api/v1/jobs/"+id, upd, nil))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "PUT", "/api/v1/jobs/"+id, upd, nil))
 
 	badJob := func(mutate func(j map[string]any)) map[string]any {
 		j := validJob("bad-job")
@@ -143,7 +163,7 @@ func TestRESTErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var st rpcStatus
-			got := cptest.DoJSON(t, tt.method, url+tt.path, tt.body, &st)
+			got := srv.do(t, tt.method, tt.path, tt.body, &st)
 			if got != tt.wantStatus {
 				t.Fatalf("HTTP %d, want %d (%+v)", got, tt.wantStatus, st)
 			}
@@ -166,17 +186,17 @@ func TestRESTErrors(t *testing.T) {
 // validate reports unmatched targets.
 func TestJobVersionsAndValidateOverREST(t *testing.T) {
 	t.Parallel()
-	url := startApp(t, store.Postgres)
+	srv := startApp(t, store.Postgres)
 	var created struct {
 		Job struct {
 			ID string `json:"id"`
 		} `json:"job"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "POST", url+"/api/v1/jobs", validJob("v-job"), &created))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/jobs", validJob("v-job"), &created))
 	upd := validJob("v-job")
 	upd["version"] = 1
 	upd["description"] = "second"
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "PUT", url+"/api/v1/jobs/"+created.Job.ID, upd, nil))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "PUT", "/api/v1/jobs/"+created.Job.ID, upd, nil))
 
 	var v1 struct {
 		Job struct {
@@ -184,7 +204,7 @@ func TestJobVersionsAndValidateOverREST(t *testing.T) {
 			Description string `json:"description"`
 		} `json:"job"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "GET", url+"/api/v1/jobs/"+created.Job.ID+"?version=1", nil, &v1))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/jobs/"+created.Job.ID+"?version=1", nil, &v1))
 	if v1.Job.Version != "1" || v1.Job.Description != "" {
 		t.Fatalf("version 1 = %+v", v1.Job)
 	}
@@ -193,7 +213,7 @@ func TestJobVersionsAndValidateOverREST(t *testing.T) {
 			Version string `json:"version"`
 		} `json:"versions"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "GET", url+"/api/v1/jobs/"+created.Job.ID+"/versions", nil, &versions))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/jobs/"+created.Job.ID+"/versions", nil, &versions))
 	if len(versions.Versions) != 2 || versions.Versions[0].Version != "2" {
 		t.Fatalf("versions = %+v", versions)
 	}
@@ -203,25 +223,26 @@ func TestJobVersionsAndValidateOverREST(t *testing.T) {
 			Field string `json:"field"`
 		} `json:"unmatchedTargets"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "GET", url+"/api/v1/jobs/"+created.Job.ID+"/validate", nil, &val))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/jobs/"+created.Job.ID+"/validate", nil, &val))
 	if val.Valid || len(val.UnmatchedTargets) != 1 || val.UnmatchedTargets[0].Field != "job.targets[0]" {
 		t.Fatalf("validate = %+v, want invalid with job.targets[0] unmatched", val)
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "DELETE", url+"/api/v1/jobs/"+created.Job.ID, nil, nil))
-	cptest.Must(t, http.StatusNotFound)(cptest.DoJSON(t, "GET", url+"/api/v1/jobs/"+created.Job.ID, nil, nil))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "DELETE", "/api/v1/jobs/"+created.Job.ID, nil, nil))
+	cptest.Must(t, http.StatusNotFound)(srv.do(t, "GET", "/api/v1/jobs/"+created.Job.ID, nil, nil))
 }
 
 // TestConnectAndGRPCCodes: the same handlers speak Connect and gRPC with
 // the same error codes.
 func TestConnectAndGRPCCodes(t *testing.T) {
 	t.Parallel()
-	url := startApp(t, store.SQLite)
+	srv := startApp(t, store.SQLite)
 	h2c := &http.Client{Transport: &http.Transport{Protocols: new(http.Protocols)}}
 	h2c.Transport.(*http.Transport).Protocols.SetUnencryptedHTTP2(true)
+	auth := bearer(srv.token)
 	clients := map[string]opsconductorv1connect.JobServiceClient{
-		"connect": opsconductorv1connect.NewJobServiceClient(http.DefaultClient, url),
-		"grpc":    opsconductorv1connect.NewJobServiceClient(h2c, url, connect.WithGRPC()),
-		"grpcweb": opsconductorv1connect.NewJobServiceClient(http.DefaultClient, url, connect.WithGRPCWeb()),
+		"connect": opsconductorv1connect.NewJobServiceClient(http.DefaultClient, srv.url, auth),
+		"grpc":    opsconductorv1connect.NewJobServiceClient(h2c, srv.url, connect.WithGRPC(), auth),
+		"grpcweb": opsconductorv1connect.NewJobServiceClient(http.DefaultClient, srv.url, connect.WithGRPCWeb(), auth),
 	}
 	for proto, c := range clients {
 		t.Run(proto, func(t *testing.T) {
@@ -254,8 +275,8 @@ func TestConnectAndGRPCCodes(t *testing.T) {
 // what to upgrade.
 func TestIncompatibleAgentRefused(t *testing.T) {
 	t.Parallel()
-	url := startApp(t, store.SQLite)
-	c := agentv1connect.NewAgentServiceClient(http.DefaultClient, url)
+	srv := startApp(t, store.SQLite)
+	c := agentv1connect.NewAgentServiceClient(http.DefaultClient, srv.url)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, v := range []int32{0, 99} {
@@ -277,23 +298,23 @@ func TestIncompatibleAgentRefused(t *testing.T) {
 // TestHealthVersionMetrics: the open endpoints answer.
 func TestHealthVersionMetrics(t *testing.T) {
 	t.Parallel()
-	url := startApp(t, store.SQLite)
+	srv := startApp(t, store.SQLite)
 	var health struct {
 		Status string `json:"status"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "GET", url+"/health", nil, &health))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/health", nil, &health))
 	if health.Status != "ok" {
 		t.Fatalf("health = %+v", health)
 	}
 	var version struct {
 		AgentProtocolVersion int `json:"agentProtocolVersion"`
 	}
-	cptest.Must(t, http.StatusOK)(cptest.DoJSON(t, "GET", url+"/version", nil, &version))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/version", nil, &version))
 	if version.AgentProtocolVersion != 1 {
 		t.Fatalf("version = %+v", version)
 	}
-	cptest.Must(t, http.StatusNotFound)(cptest.DoJSON(t, "GET", url+"/api/v1/jobs/x", nil, nil))
-	resp, err := http.Get(url + "/metrics")
+	cptest.Must(t, http.StatusNotFound)(srv.do(t, "GET", "/api/v1/jobs/x", nil, nil))
+	resp, err := http.Get(srv.url + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,4 +329,29 @@ func TestHealthVersionMetrics(t *testing.T) {
 	if resp.Header.Get("X-Request-ID") == "" {
 		t.Fatal("no X-Request-ID in the response")
 	}
+
+	// A refused call becomes an audit record in the outbox.
+	cptest.Must(t, http.StatusUnauthorized)(cptest.DoJSON(t, "GET", srv.url+"/api/v1/jobs", nil, nil))
+	cptest.Eventually(t, 10*time.Second, func() error {
+		resp, err := http.Get(srv.url + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if !strings.Contains(string(body), `opsconductor_events_relayed_total{schema="auth",topic="audit.denied"}`) {
+			return fmt.Errorf("no audit.denied event relayed yet")
+		}
+		return nil
+	})
+}
+
+// bearer sends token with every unary call.
+func bearer(token string) connect.ClientOption {
+	return connect.WithInterceptors(connect.UnaryInterceptorFunc(func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			req.Header().Set("Authorization", "Bearer "+token)
+			return next(ctx, req)
+		}
+	}))
 }

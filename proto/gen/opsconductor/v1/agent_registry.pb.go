@@ -355,7 +355,7 @@ var File_opsconductor_v1_agent_registry_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_agent_registry_proto_rawDesc = "" +
 	"\n" +
-	"$opsconductor/v1/agent_registry.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x03\n" +
+	"$opsconductor/v1/agent_registry.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x03\n" +
 	"\x05Agent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12:\n" +
@@ -384,11 +384,13 @@ const file_opsconductor_v1_agent_registry_proto_rawDesc = "" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime2\x8e\x02\n" +
-	"\x14AgentRegistryService\x12m\n" +
+	"expireTime2\xb4\x02\n" +
+	"\x14AgentRegistryService\x12~\n" +
 	"\n" +
-	"ListAgents\x12\".opsconductor.v1.ListAgentsRequest\x1a#.opsconductor.v1.ListAgentsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/agents\x12\x86\x01\n" +
-	"\x0fCreateJoinToken\x12'.opsconductor.v1.CreateJoinTokenRequest\x1a(.opsconductor.v1.CreateJoinTokenResponse\" \x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/api/v1/agents/tokensBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
+	"ListAgents\x12\".opsconductor.v1.ListAgentsRequest\x1a#.opsconductor.v1.ListAgentsResponse\"'\x8a\xb5\x18\r\n" +
+	"\vagents:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/agents\x12\x9b\x01\n" +
+	"\x0fCreateJoinToken\x12'.opsconductor.v1.CreateJoinTokenRequest\x1a(.opsconductor.v1.CreateJoinTokenResponse\"5\x8a\xb5\x18\x11\n" +
+	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/api/v1/agents/tokensBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
 var (
 	file_opsconductor_v1_agent_registry_proto_rawDescOnce sync.Once
@@ -436,6 +438,7 @@ func file_opsconductor_v1_agent_registry_proto_init() {
 	if File_opsconductor_v1_agent_registry_proto != nil {
 		return
 	}
+	file_opsconductor_v1_access_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -1033,7 +1033,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xce\x04\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xce\x04\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1119,14 +1119,19 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x06stream\x18\t \x01(\tR\x06stream\x12\x12\n" +
 	"\x04data\x18\n" +
 	" \x01(\fR\x04data\x12.\n" +
-	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\x96\x05\n" +
-	"\x10ExecutionService\x12{\n" +
+	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\x83\x06\n" +
+	"\x10ExecutionService\x12\x91\x01\n" +
 	"\n" +
-	"ExecuteJob\x12\".opsconductor.v1.ExecuteJobRequest\x1a#.opsconductor.v1.ExecuteJobResponse\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/api/v1/jobs/{id}/execute\x12\x83\x01\n" +
-	"\x0fCreateExecution\x12'.opsconductor.v1.CreateExecutionRequest\x1a(.opsconductor.v1.CreateExecutionResponse\"\x1d\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/api/v1/executions\x12|\n" +
-	"\fGetExecution\x12$.opsconductor.v1.GetExecutionRequest\x1a%.opsconductor.v1.GetExecutionResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/executions/{id}\x12\x99\x01\n" +
-	"\x13GetExecutionResults\x12+.opsconductor.v1.GetExecutionResultsRequest\x1a,.opsconductor.v1.GetExecutionResultsResponse\"'\x82\xd3\xe4\x93\x02!\x12\x1f/api/v1/executions/{id}/results\x12e\n" +
-	"\x0eWatchExecution\x12&.opsconductor.v1.WatchExecutionRequest\x1a'.opsconductor.v1.WatchExecutionResponse\"\x000\x01BOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
+	"ExecuteJob\x12\".opsconductor.v1.ExecuteJobRequest\x1a#.opsconductor.v1.ExecuteJobResponse\":\x8a\xb5\x18\x12\n" +
+	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/api/v1/jobs/{id}/execute\x12\x99\x01\n" +
+	"\x0fCreateExecution\x12'.opsconductor.v1.CreateExecutionRequest\x1a(.opsconductor.v1.CreateExecutionResponse\"3\x8a\xb5\x18\x12\n" +
+	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/api/v1/executions\x12\x91\x01\n" +
+	"\fGetExecution\x12$.opsconductor.v1.GetExecutionRequest\x1a%.opsconductor.v1.GetExecutionResponse\"4\x8a\xb5\x18\x11\n" +
+	"\x0fexecutions:read\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/executions/{id}\x12\xae\x01\n" +
+	"\x13GetExecutionResults\x12+.opsconductor.v1.GetExecutionResultsRequest\x1a,.opsconductor.v1.GetExecutionResultsResponse\"<\x8a\xb5\x18\x11\n" +
+	"\x0fexecutions:read\x82\xd3\xe4\x93\x02!\x12\x1f/api/v1/executions/{id}/results\x12z\n" +
+	"\x0eWatchExecution\x12&.opsconductor.v1.WatchExecutionRequest\x1a'.opsconductor.v1.WatchExecutionResponse\"\x15\x8a\xb5\x18\x11\n" +
+	"\x0fexecutions:read0\x01BOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
 var (
 	file_opsconductor_v1_execution_proto_rawDescOnce sync.Once
@@ -1203,6 +1208,7 @@ func file_opsconductor_v1_execution_proto_init() {
 	if File_opsconductor_v1_execution_proto != nil {
 		return
 	}
+	file_opsconductor_v1_access_proto_init()
 	file_opsconductor_v1_job_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{

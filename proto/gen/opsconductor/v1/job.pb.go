@@ -1097,7 +1097,7 @@ var File_opsconductor_v1_job_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x19opsconductor/v1/job.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
+	"\x19opsconductor/v1/job.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x12\n" +
@@ -1174,16 +1174,26 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"violations\x18\x02 \x03(\v2\x1f.opsconductor.v1.FieldViolationR\n" +
 	"violations\x126\n" +
 	"\x06agents\x18\x03 \x03(\v2\x1e.opsconductor.v1.ResolvedAgentR\x06agents\x12L\n" +
-	"\x11unmatched_targets\x18\x04 \x03(\v2\x1f.opsconductor.v1.FieldViolationR\x10unmatchedTargets2\xb8\x06\n" +
+	"\x11unmatched_targets\x18\x04 \x03(\v2\x1f.opsconductor.v1.FieldViolationR\x10unmatchedTargets2\xac\a\n" +
 	"\n" +
-	"JobService\x12m\n" +
-	"\tCreateJob\x12!.opsconductor.v1.CreateJobRequest\x1a\".opsconductor.v1.CreateJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x03job\"\f/api/v1/jobs\x12e\n" +
-	"\bListJobs\x12 .opsconductor.v1.ListJobsRequest\x1a!.opsconductor.v1.ListJobsResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/api/v1/jobs\x12d\n" +
-	"\x06GetJob\x12\x1e.opsconductor.v1.GetJobRequest\x1a\x1f.opsconductor.v1.GetJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/jobs/{id}\x12v\n" +
-	"\tUpdateJob\x12!.opsconductor.v1.UpdateJobRequest\x1a\".opsconductor.v1.UpdateJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x03job\x1a\x15/api/v1/jobs/{job.id}\x12m\n" +
-	"\tDeleteJob\x12!.opsconductor.v1.DeleteJobRequest\x1a\".opsconductor.v1.DeleteJobResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/api/v1/jobs/{id}\x12\x88\x01\n" +
-	"\x0fListJobVersions\x12'.opsconductor.v1.ListJobVersionsRequest\x1a(.opsconductor.v1.ListJobVersionsResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/jobs/{id}/versions\x12|\n" +
-	"\vValidateJob\x12#.opsconductor.v1.ValidateJobRequest\x1a$.opsconductor.v1.ValidateJobResponse\"\"\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/jobs/{id}/validateBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
+	"JobService\x12\x7f\n" +
+	"\tCreateJob\x12!.opsconductor.v1.CreateJobRequest\x1a\".opsconductor.v1.CreateJobResponse\"+\x8a\xb5\x18\x0e\n" +
+	"\n" +
+	"jobs:write\x10\x01\x82\xd3\xe4\x93\x02\x13:\x03job\"\f/api/v1/jobs\x12t\n" +
+	"\bListJobs\x12 .opsconductor.v1.ListJobsRequest\x1a!.opsconductor.v1.ListJobsResponse\"#\x8a\xb5\x18\v\n" +
+	"\tjobs:read\x82\xd3\xe4\x93\x02\x0e\x12\f/api/v1/jobs\x12s\n" +
+	"\x06GetJob\x12\x1e.opsconductor.v1.GetJobRequest\x1a\x1f.opsconductor.v1.GetJobResponse\"(\x8a\xb5\x18\v\n" +
+	"\tjobs:read\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/jobs/{id}\x12\x88\x01\n" +
+	"\tUpdateJob\x12!.opsconductor.v1.UpdateJobRequest\x1a\".opsconductor.v1.UpdateJobResponse\"4\x8a\xb5\x18\x0e\n" +
+	"\n" +
+	"jobs:write\x10\x01\x82\xd3\xe4\x93\x02\x1c:\x03job\x1a\x15/api/v1/jobs/{job.id}\x12\x7f\n" +
+	"\tDeleteJob\x12!.opsconductor.v1.DeleteJobRequest\x1a\".opsconductor.v1.DeleteJobResponse\"+\x8a\xb5\x18\x0e\n" +
+	"\n" +
+	"jobs:write\x10\x01\x82\xd3\xe4\x93\x02\x13*\x11/api/v1/jobs/{id}\x12\x97\x01\n" +
+	"\x0fListJobVersions\x12'.opsconductor.v1.ListJobVersionsRequest\x1a(.opsconductor.v1.ListJobVersionsResponse\"1\x8a\xb5\x18\v\n" +
+	"\tjobs:read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/jobs/{id}/versions\x12\x8b\x01\n" +
+	"\vValidateJob\x12#.opsconductor.v1.ValidateJobRequest\x1a$.opsconductor.v1.ValidateJobResponse\"1\x8a\xb5\x18\v\n" +
+	"\tjobs:read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/jobs/{id}/validateBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
 var (
 	file_opsconductor_v1_job_proto_rawDescOnce sync.Once
@@ -1267,6 +1277,7 @@ func file_opsconductor_v1_job_proto_init() {
 	if File_opsconductor_v1_job_proto != nil {
 		return
 	}
+	file_opsconductor_v1_access_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

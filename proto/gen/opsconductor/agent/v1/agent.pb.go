@@ -1013,7 +1013,7 @@ var File_opsconductor_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"!opsconductor/agent/v1/agent.proto\x12\x15opsconductor.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"l\n" +
+	"!opsconductor/agent/v1/agent.proto\x12\x15opsconductor.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1copsconductor/v1/access.proto\x1a\x19opsconductor/v1/job.proto\"l\n" +
 	"\x05Facts\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
@@ -1090,14 +1090,14 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12>\n" +
 	"\aactions\x18\x05 \x03(\v2$.opsconductor.agent.v1.ActionOutcomeR\aactions\"\x16\n" +
-	"\x14CompleteTaskResponse2\xce\x04\n" +
-	"\fAgentService\x12W\n" +
-	"\x06Enroll\x12$.opsconductor.agent.v1.EnrollRequest\x1a%.opsconductor.agent.v1.EnrollResponse\"\x00\x12T\n" +
-	"\x05Hello\x12#.opsconductor.agent.v1.HelloRequest\x1a$.opsconductor.agent.v1.HelloResponse\"\x00\x12Q\n" +
-	"\x04Poll\x12\".opsconductor.agent.v1.PollRequest\x1a#.opsconductor.agent.v1.PollResponse\"\x00\x12f\n" +
-	"\vExtendLease\x12).opsconductor.agent.v1.ExtendLeaseRequest\x1a*.opsconductor.agent.v1.ExtendLeaseResponse\"\x00\x12i\n" +
-	"\fReportOutput\x12*.opsconductor.agent.v1.ReportOutputRequest\x1a+.opsconductor.agent.v1.ReportOutputResponse\"\x00\x12i\n" +
-	"\fCompleteTask\x12*.opsconductor.agent.v1.CompleteTaskRequest\x1a+.opsconductor.agent.v1.CompleteTaskResponse\"\x00BNZLgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1;agentv1b\x06proto3"
+	"\x14CompleteTaskResponse2\xfc\x04\n" +
+	"\fAgentService\x12_\n" +
+	"\x06Enroll\x12$.opsconductor.agent.v1.EnrollRequest\x1a%.opsconductor.agent.v1.EnrollResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x01\x12\\\n" +
+	"\x05Hello\x12#.opsconductor.agent.v1.HelloRequest\x1a$.opsconductor.agent.v1.HelloResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12W\n" +
+	"\x04Poll\x12\".opsconductor.agent.v1.PollRequest\x1a#.opsconductor.agent.v1.PollResponse\"\x06\x8a\xb5\x18\x02\x18\x02\x12n\n" +
+	"\vExtendLease\x12).opsconductor.agent.v1.ExtendLeaseRequest\x1a*.opsconductor.agent.v1.ExtendLeaseResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12q\n" +
+	"\fReportOutput\x12*.opsconductor.agent.v1.ReportOutputRequest\x1a+.opsconductor.agent.v1.ReportOutputResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12q\n" +
+	"\fCompleteTask\x12*.opsconductor.agent.v1.CompleteTaskRequest\x1a+.opsconductor.agent.v1.CompleteTaskResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02BNZLgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_opsconductor_agent_v1_agent_proto_rawDescOnce sync.Once

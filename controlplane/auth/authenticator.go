@@ -1,0 +1,167 @@
+package auth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+
+	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/store"
+)
+
+// TokenPrefix starts every API token secret, so a leaked one is easy to
+// recognise (and to scan for).
+const TokenPrefix = "oct_"
+
+// JWTConfig configures JWT verification. With an empty Secret JWTs are not
+// accepted (API tokens still are).
+type JWTConfig struct {
+	// Secret verifies HS256 signatures.
+	Secret []byte
+	// Issuer and Audience, when set, must match the token's iss and aud.
+	Issuer   string
+	Audience string
+	// Leeway absorbs clock skew on exp, nbf and iat (default 30s).
+	Leeway time.Duration
+	// RolesClaim names the claim holding the caller's roles (default "roles").
+	RolesClaim string
+}
+
+// Authenticator turns a bearer credential into a Principal.
+type Authenticator struct {
+	store  *Store
+	jwt    JWTConfig
+	logger *zap.Logger
+	now    func() time.Time
+}
+
+// NewAuthenticator builds an authenticator over the token store.
+func NewAuthenticator(st *Store, cfg JWTConfig, logger *zap.Logger) *Authenticator {
+	if cfg.Leeway <= 0 {
+		cfg.Leeway = 30 * time.Second
+	}
+	if cfg.RolesClaim == "" {
+		cfg.RolesClaim = "roles"
+	}
+	return &Authenticator{store: st, jwt: cfg, logger: logger.Named("auth"), now: time.Now}
+}
+
+// Authenticate checks a bearer credential: an API token (oct_...) or a JWT.
+// Failures are apperr Unauthenticated errors that say what was wrong,
+// never which part of a secret was.
+func (a *Authenticator) Authenticate(ctx context.Context, bearer string) (Principal, error) {
+	if bearer == "" {
+		return Principal{}, apperr.Unauthenticated("authentication required: send Authorization: Bearer TOKEN (an API token or a JWT)")
+	}
+	if strings.HasPrefix(bearer, TokenPrefix) {
+		return a.apiToken(ctx, bearer)
+	}
+	return a.jwtToken(bearer)
+}
+
+func (a *Authenticator) apiToken(ctx context.Context, secret string) (Principal, error) {
+	t, err := a.store.TokenGetByHash(ctx, hashSecret(secret))
+	if errors.Is(err, store.ErrNotFound) {
+		return Principal{}, apperr.Unauthenticated("API token not recognised")
+	}
+	if err != nil {
+		return Principal{}, err
+	}
+	now := a.now()
+	if t.RevokedAt != nil {
+		return Principal{}, apperr.Unauthenticated("API token %s was revoked", t.Name)
+	}
+	if t.ExpiresAt != nil && now.After(*t.ExpiresAt) {
+		return Principal{}, apperr.Unauthenticated("API token %s expired at %s", t.Name, t.ExpiresAt.Format(time.RFC3339))
+	}
+	if err := a.store.TokenTouch(ctx, t.ID, now); err != nil {
+		a.logger.Warn("record api token use", zap.String("token_id", t.ID), zap.Error(err))
+	}
+	return Principal{Name: t.Principal, Method: "api_token", TokenID: t.ID, Roles: t.Roles}, nil
+}
+
+func (a *Authenticator) jwtToken(raw string) (Principal, error) {
+	if len(a.jwt.Secret) == 0 {
+		return Principal{}, apperr.Unauthenticated("not an API token, and JWTs are not enabled on this server")
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}), // refuses alg "none" and algorithm swaps
+		jwt.WithLeeway(a.jwt.Leeway),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithTimeFunc(a.now),
+	}
+	if a.jwt.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(a.jwt.Issuer))
+	}
+	if a.jwt.Audience != "" {
+		opts = append(opts, jwt.WithAudience(a.jwt.Audience))
+	}
+	claims := jwt.MapClaims{}
+	_, err := jwt.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return a.jwt.Secret, nil }, opts...)
+	if err != nil {
+		return Principal{}, apperr.Unauthenticated("JWT refused: %v", jwtReason(err))
+	}
+	sub, _ := claims.GetSubject()
+	if sub == "" {
+		return Principal{}, apperr.Unauthenticated("JWT refused: no sub claim")
+	}
+	var roles []string
+	if list, ok := claims[a.jwt.RolesClaim].([]any); ok {
+		for _, r := range list {
+			if s, ok := r.(string); ok {
+				if _, known := builtinRoles[s]; known {
+					roles = append(roles, s)
+				}
+			}
+		}
+	}
+	return Principal{Name: sub, Method: "jwt", Roles: roles}, nil
+}
+
+// jwtReason names the failed check without echoing token contents.
+func jwtReason(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet):
+		return "not valid yet"
+	case errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "issued in the future"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "wrong audience"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "wrong issuer"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "bad signature or algorithm"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "a required claim (exp) is missing"
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "malformed"
+	}
+	return "invalid"
+}
+
+// NewSecret returns a fresh API token secret and its hash.
+func NewSecret() (secret, hash string) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand failed: %v", err))
+	}
+	secret = TokenPrefix + base64.RawURLEncoding.EncodeToString(b[:])
+	return secret, hashSecret(secret)
+}
+
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
