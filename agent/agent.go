@@ -6,6 +6,7 @@ package agent
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/opsconductor/opsconductor/agent/executor"
+	"github.com/opsconductor/opsconductor/agent/identity"
 	"github.com/opsconductor/opsconductor/agent/runner"
 	"github.com/opsconductor/opsconductor/agent/state"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
@@ -41,6 +43,8 @@ type Config struct {
 	Capacity int
 	// PollWait is how long one long-poll may wait for work (default 30s).
 	PollWait time.Duration
+	// KeyMaxAge: a key older than this is rotated at start (0: never).
+	KeyMaxAge time.Duration
 }
 
 // Agent is a running agent.
@@ -73,22 +77,6 @@ func New(cfg Config, st state.Store, exec executor.Executor, logger *zap.Logger)
 	return &Agent{cfg: cfg, state: st, executor: exec, logger: logger.Named("agent"), http: &http.Client{}}, nil
 }
 
-// bearer adds the agent credential to every call.
-type bearer string
-
-func (b bearer) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
-	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-		req.Header().Set("Authorization", "Bearer "+string(b))
-		return next(ctx, req)
-	}
-}
-func (b bearer) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
-	return next
-}
-func (b bearer) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
-	return next
-}
-
 func (a *Agent) facts() *agentv1.Facts {
 	host, _ := os.Hostname()
 	return &agentv1.Facts{Hostname: host, Os: runtime.GOOS, Arch: runtime.GOARCH, AgentVersion: protocol.Version}
@@ -106,14 +94,19 @@ func (a *Agent) enroll(ctx context.Context) (state.Identity, error) {
 	if a.cfg.JoinToken == "" {
 		return state.Identity{}, errors.New("this agent has not enrolled yet: give it a join token (create one with `opsconductor agent token create`)")
 	}
+	key, err := identity.NewKey()
+	if err != nil {
+		return state.Identity{}, err
+	}
 	client := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL)
 	resp, err := client.Enroll(ctx, connect.NewRequest(&agentv1.EnrollRequest{
 		JoinToken: a.cfg.JoinToken, Name: a.cfg.Name, Labels: a.cfg.Labels, Facts: a.facts(), ProtocolVersion: protocol.AgentProtocolVersion,
+		PublicKey: key.Public().(ed25519.PublicKey),
 	}))
 	if err != nil {
 		return state.Identity{}, fmt.Errorf("enroll with %s: %w", a.cfg.ServerURL, err)
 	}
-	id = state.Identity{AgentID: resp.Msg.GetAgentId(), Credential: resp.Msg.GetCredential(), ServerURL: a.cfg.ServerURL}
+	id = state.Identity{AgentID: resp.Msg.GetAgentId(), PrivateKey: key, KeyCreatedAt: time.Now().UTC(), ServerURL: a.cfg.ServerURL}
 	if err := a.state.Save(id); err != nil {
 		return state.Identity{}, err
 	}
@@ -128,7 +121,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	client := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL, connect.WithInterceptors(bearer(id.Credential)))
+	signer := identity.NewSigner(id.AgentID, id.PrivateKey)
+	client := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL, connect.WithInterceptors(signer.Interceptor()))
+	if a.cfg.KeyMaxAge > 0 && time.Since(id.KeyCreatedAt) > a.cfg.KeyMaxAge {
+		if err := a.rotateKey(ctx, client, signer, id); err != nil {
+			// The old key still works; try again at the next start.
+			a.logger.Warn("rotate agent key failed; keeping the current one", zap.Error(err))
+		}
+	}
 	hello, err := client.Hello(ctx, connect.NewRequest(&agentv1.HelloRequest{Labels: a.cfg.Labels, Facts: a.facts(), ProtocolVersion: protocol.AgentProtocolVersion}))
 	if err != nil {
 		return fmt.Errorf("connect to control plane %s: %w", a.cfg.ServerURL, err)
@@ -203,5 +203,25 @@ func (a *Agent) Run(ctx context.Context) error {
 			}()
 		}
 	}
+	return nil
+}
+
+// rotateKey makes a new key, registers it (signed with the old one), then
+// saves and uses it. The control plane accepts the old key for a grace
+// period, so calls in flight are not refused.
+func (a *Agent) rotateKey(ctx context.Context, client agentv1connect.AgentServiceClient, signer *identity.Signer, id state.Identity) error {
+	key, err := identity.NewKey()
+	if err != nil {
+		return err
+	}
+	if _, err := client.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: key.Public().(ed25519.PublicKey)})); err != nil {
+		return fmt.Errorf("register the new key: %w", err)
+	}
+	id.PrivateKey, id.KeyCreatedAt = key, time.Now().UTC()
+	if err := a.state.Save(id); err != nil {
+		return fmt.Errorf("save the new key (the control plane has it; the old one works for a while): %w", err)
+	}
+	signer.SetKey(key)
+	a.logger.Info("agent key rotated", zap.String("agent_id", id.AgentID))
 	return nil
 }

@@ -1,22 +1,26 @@
-// Package state keeps what an agent must remember across restarts: the
-// identity it got at enrollment. Today that is an agent id and a credential
-// in a file only the agent's user can read; the security issue replaces the
-// credential with an agent-held key pair behind the same Store interface.
+// Package state keeps what an agent must remember across restarts: its
+// identity, the agent id it got at enrollment and the private key it made
+// for itself, in a file only the agent's user can read. The control plane
+// holds only the public key.
 package state
 
 import (
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // Identity is who the agent is to one control plane.
 type Identity struct {
-	AgentID    string `json:"agent_id"`
-	Credential string `json:"credential"`
-	ServerURL  string `json:"server_url"`
+	AgentID string `json:"agent_id"`
+	// PrivateKey is the Ed25519 private key (seed and public half).
+	PrivateKey   []byte    `json:"private_key"`
+	KeyCreatedAt time.Time `json:"key_created_at"`
+	ServerURL    string    `json:"server_url"`
 }
 
 // ErrNoIdentity means the agent has not enrolled yet.
@@ -48,7 +52,7 @@ func (f FileStore) Load() (Identity, error) {
 	if err := json.Unmarshal(b, &id); err != nil {
 		return Identity{}, fmt.Errorf("decode agent identity %s: %w", f.path(), err)
 	}
-	if id.AgentID == "" || id.Credential == "" {
+	if id.AgentID == "" || len(id.PrivateKey) != ed25519.PrivateKeySize {
 		return Identity{}, fmt.Errorf("agent identity %s is incomplete; remove it to enroll again", f.path())
 	}
 	return id, nil

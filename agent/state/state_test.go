@@ -1,10 +1,13 @@
 package state
 
 import (
+	"bytes"
+	"crypto/ed25519"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestFileStore(t *testing.T) {
@@ -13,12 +16,16 @@ func TestFileStore(t *testing.T) {
 	if _, err := fs.Load(); !errors.Is(err, ErrNoIdentity) {
 		t.Fatalf("load before save: %v, want ErrNoIdentity", err)
 	}
-	want := Identity{AgentID: "a1", Credential: "a1.secret", ServerURL: "http://cp"}
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Identity{AgentID: "a1", PrivateKey: key, KeyCreatedAt: time.Now().UTC().Truncate(time.Second), ServerURL: "http://cp"}
 	if err := fs.Save(want); err != nil {
 		t.Fatal(err)
 	}
 	got, err := fs.Load()
-	if err != nil || got != want {
+	if err != nil || got.AgentID != want.AgentID || !bytes.Equal(got.PrivateKey, want.PrivateKey) || !got.KeyCreatedAt.Equal(want.KeyCreatedAt) {
 		t.Fatalf("load = %+v, %v", got, err)
 	}
 	info, err := os.Stat(filepath.Join(dir, "identity.json"))

@@ -277,9 +277,26 @@ func newAgentCmd(g *globals) *cobra.Command {
 	}
 	list.Flags().StringVarP(&selector, "selector", "l", "", "only agents with these labels, e.g. role=web")
 
+	var reason string
+	revoke := &cobra.Command{
+		Use:   "revoke AGENT_ID",
+		Short: "Revoke an agent: its next call fails, its queued and running tasks end as lost",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := g.agents().RevokeAgent(cmd.Context(), connect.NewRequest(&opsconductorv1.RevokeAgentRequest{Id: args[0], Reason: reason}))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "agent %s revoked; %d of its tasks ended as lost\n", args[0], resp.Msg.GetTasksLost())
+			return nil
+		},
+	}
+	revoke.Flags().StringVar(&reason, "reason", "", "why, for the audit trail")
+
 	var ttl time.Duration
 	var maxUses int32
 	var description string
+	var tokenLabels string
 	token := &cobra.Command{Use: "token", Short: "Manage join tokens"}
 	create := &cobra.Command{
 		Use:   "create",
@@ -292,6 +309,16 @@ The token is shown once; only its hash is stored.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			req := &opsconductorv1.CreateJoinTokenRequest{MaxUses: maxUses, Description: description}
+			if tokenLabels != "" {
+				req.Labels = map[string]string{}
+				for _, pair := range strings.Split(tokenLabels, ",") {
+					k, v, ok := strings.Cut(strings.TrimSpace(pair), "=")
+					if !ok {
+						return fmt.Errorf("--labels: %q is not key=value", pair)
+					}
+					req.Labels[k] = v
+				}
+			}
 			if ttl > 0 {
 				req.Ttl = durationpbNew(ttl)
 			}
@@ -310,7 +337,8 @@ The token is shown once; only its hash is stored.`,
 	create.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token can be used")
 	create.Flags().Int32Var(&maxUses, "max-uses", 0, "how many agents may enroll with it (0: unlimited)")
 	create.Flags().StringVar(&description, "description", "", "what the token is for")
+	create.Flags().StringVar(&tokenLabels, "labels", "", "labels every agent enrolled with it gets, over its own (e.g. env=prod)")
 	token.AddCommand(create)
-	cmd.AddCommand(list, token)
+	cmd.AddCommand(list, revoke, token)
 	return cmd
 }

@@ -122,20 +122,31 @@ func (g *Gateway) Enroll(ctx context.Context, req *connect.Request[agentv1.Enrol
 	if err := checkProtocol(req.Msg.GetProtocolVersion()); err != nil {
 		return nil, err
 	}
-	id, cred, err := g.registry.Enroll(ctx, req.Msg.GetJoinToken(), req.Msg.GetName(), req.Msg.GetLabels(), facts(req.Msg.GetFacts()))
+	a, err := g.registry.Enroll(ctx, req.Msg.GetJoinToken(), req.Msg.GetName(), req.Msg.GetLabels(), facts(req.Msg.GetFacts()), req.Msg.GetPublicKey())
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&agentv1.EnrollResponse{AgentId: id, Credential: cred, ServerVersion: protocol.Version}), nil
+	return connect.NewResponse(&agentv1.EnrollResponse{AgentId: a.ID, ServerVersion: protocol.Version, Labels: a.Labels}), nil
 }
 
-// authenticate checks the agent credential in the Authorization header.
+// authenticate checks the agent token in the Authorization header. Every
+// later check (the task is leased to this agent, at this generation) is
+// made against the agent it returns, so an agent can touch only its own
+// work.
 func (g *Gateway) authenticate(ctx context.Context, h interface{ Get(string) string }) (registry.AgentRecord, error) {
-	cred, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
-	if !ok {
-		return registry.AgentRecord{}, apperr.Unauthenticated("agent credential missing: send Authorization: Bearer AGENT_ID.SECRET")
+	token, _ := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
+	return g.registry.Authenticate(ctx, strings.TrimSpace(token))
+}
+
+func (g *Gateway) RotateKey(ctx context.Context, req *connect.Request[agentv1.RotateKeyRequest]) (*connect.Response[agentv1.RotateKeyResponse], error) {
+	a, err := g.authenticate(ctx, req.Header())
+	if err != nil {
+		return nil, err
 	}
-	return g.registry.Authenticate(ctx, cred)
+	if err := g.registry.RotateKey(ctx, a, req.Msg.GetPublicKey()); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&agentv1.RotateKeyResponse{}), nil
 }
 
 func (g *Gateway) Hello(ctx context.Context, req *connect.Request[agentv1.HelloRequest]) (*connect.Response[agentv1.HelloResponse], error) {

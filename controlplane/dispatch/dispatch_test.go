@@ -2,8 +2,10 @@ package dispatch
 
 import (
 	"context"
+	"crypto/ed25519"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/opsconductor/opsconductor/agent/identity"
 	"github.com/opsconductor/opsconductor/controlplane/execution"
 	"github.com/opsconductor/opsconductor/controlplane/interceptor"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
@@ -29,12 +32,16 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+
 type testBundle struct {
-	gateway *Gateway
-	execs   *execution.Store
-	hub     *notify.Hub
-	agent   agentv1connect.AgentServiceClient
-	agentID string
+	gateway  *Gateway
+	execs    *execution.Store
+	hub      *notify.Hub
+	registry opsconductorv1connect.AgentRegistryServiceClient
+	anon     agentv1connect.AgentServiceClient
+	agent    agentv1connect.AgentServiceClient
+	agentID  string
+	url      string
 }
 
 // setup serves a gateway whose polls re-check the database only every
@@ -43,8 +50,9 @@ func setup(t *testing.T) testBundle {
 	t.Helper()
 	logger := zaptest.NewLogger(t)
 	regStore := registry.NewStore(storetest.Open(t, store.SQLite, registry.Schema, registry.Migrations()))
-	reg := registry.New(regStore, logger, registry.Config{})
 	execs := execution.NewStore(storetest.Open(t, store.SQLite, execution.Schema, execution.Migrations()))
+	lose := func(ctx context.Context, agentID, reason string) (int, error) { return execs.TaskLoseByAgent(ctx, agentID, reason, nil) }
+	reg := registry.New(regStore, lose, logger, registry.Config{})
 	hub := notify.New(nil, logger)
 	g := New(reg, execs, hub, func() {}, prometheus.NewRegistry(), logger, Config{Recheck: time.Minute, LeaseDuration: time.Minute})
 	mux := http.NewServeMux()
@@ -54,35 +62,64 @@ func setup(t *testing.T) testBundle {
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 
-	ctx := context.Background()
-	tok, err := opsconductorv1connect.NewAgentRegistryServiceClient(srv.Client(), srv.URL).
-		CreateJoinToken(ctx, connect.NewRequest(&opsconductorv1.CreateJoinTokenRequest{}))
+	b := testBundle{gateway: g, execs: execs, hub: hub, url: srv.URL,
+		registry: opsconductorv1connect.NewAgentRegistryServiceClient(srv.Client(), srv.URL),
+		anon:     agentv1connect.NewAgentServiceClient(srv.Client(), srv.URL)}
+	b.agentID, b.agent = b.enroll(t, "a1", b.joinToken(t, 0))
+	return b
+}
+
+func (b testBundle) joinToken(t *testing.T, maxUses int32) string {
+	t.Helper()
+	tok, err := b.registry.CreateJoinToken(context.Background(), connect.NewRequest(&opsconductorv1.CreateJoinTokenRequest{MaxUses: maxUses}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	anon := agentv1connect.NewAgentServiceClient(srv.Client(), srv.URL)
-	enr, err := anon.Enroll(ctx, connect.NewRequest(&agentv1.EnrollRequest{JoinToken: tok.Msg.GetToken(), Name: "a1", ProtocolVersion: protocol.AgentProtocolVersion}))
+	return tok.Msg.GetToken()
+}
+
+// enroll makes a key pair, enrolls an agent with it and returns the agent
+// id and a client that signs its calls.
+func (b testBundle) enroll(t *testing.T, name, joinToken string) (string, agentv1connect.AgentServiceClient) {
+	t.Helper()
+	id, err := b.tryEnroll(name, joinToken)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cred := enr.Msg.GetCredential()
-	client := agentv1connect.NewAgentServiceClient(srv.Client(), srv.URL, connect.WithInterceptors(connect.UnaryInterceptorFunc(
-		func(next connect.UnaryFunc) connect.UnaryFunc {
-			return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
-				req.Header().Set("Authorization", "Bearer "+cred)
-				return next(ctx, req)
-			}
-		})))
-	return testBundle{gateway: g, execs: execs, hub: hub, agent: client, agentID: enr.Msg.GetAgentId()}
+	return id.id, id.client
+}
+
+type enrolled struct {
+	id     string
+	client agentv1connect.AgentServiceClient
+}
+
+func (b testBundle) tryEnroll(name, joinToken string) (enrolled, error) {
+	key, err := identity.NewKey()
+	if err != nil {
+		return enrolled{}, err
+	}
+	enr, err := b.anon.Enroll(context.Background(), connect.NewRequest(&agentv1.EnrollRequest{JoinToken: joinToken, Name: name,
+		ProtocolVersion: protocol.AgentProtocolVersion, PublicKey: key.Public().(ed25519.PublicKey)}))
+	if err != nil {
+		return enrolled{}, err
+	}
+	signer := identity.NewSigner(enr.Msg.GetAgentId(), key)
+	return enrolled{enr.Msg.GetAgentId(), agentv1connect.NewAgentServiceClient(http.DefaultClient, b.url, connect.WithInterceptors(signer.Interceptor()))}, nil
 }
 
 func (b testBundle) queueTask(t *testing.T, id string) {
 	t.Helper()
+	b.queueTaskFor(t, id, b.agentID)
+}
+
+func (b testBundle) queueTaskFor(t *testing.T, id, agentID string) {
+	t.Helper()
 	err := b.execs.ExecutionCreate(context.Background(), execution.ExecutionRecord{
 		ID: id, JobID: "j", JobName: "job", JobVersion: 1, CreatedAt: time.Now(),
 		Snapshot: []byte(`{"name":"job","actions":[{"command":"true"}]}`),
-	}, []execution.TaskRecord{{ID: id + "-task", AgentID: b.agentID, AgentName: "a1", OutputLimit: 1024}},
-		func() { b.hub.Publish(context.Background(), notify.AgentKey(b.agentID)) })
+	}, []execution.TaskRecord{{ID: id + "-task", AgentID: agentID, AgentName: "agent-" + agentID, OutputLimit: 1024}},
+		func() { b.hub.Publish(context.Background(), notify.AgentKey(agentID)) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,5 +237,115 @@ func TestStaleReportsRefused(t *testing.T) {
 	_, err = b.agent.CompleteTask(ctx, connect.NewRequest(&agentv1.CompleteTaskRequest{TaskId: id, LeaseGeneration: 1, Status: "succeeded"}))
 	if connect.CodeOf(err) != connect.CodeFailedPrecondition {
 		t.Fatalf("duplicate completion: %v", err)
+	}
+}
+
+// TestAgentsTouchOnlyTheirOwnTasks: agent A cannot take, extend, report on
+// or complete a task leased to agent B.
+func TestAgentsTouchOnlyTheirOwnTasks(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	bID, bClient := b.enroll(t, "b", b.joinToken(t, 0))
+	b.queueTaskFor(t, "eb", bID)
+	// A's poll does not see B's task.
+	resp, err := b.poll(ctx, 4, 100*time.Millisecond)
+	if err != nil || len(resp.GetTasks()) != 0 {
+		t.Fatalf("agent A got %v, %v", resp, err)
+	}
+	got, err := bClient.Poll(ctx, connect.NewRequest(&agentv1.PollRequest{FreeSlots: 1, Wait: durationpb.New(time.Second)}))
+	if err != nil || len(got.Msg.GetTasks()) != 1 {
+		t.Fatalf("agent B poll = %v, %v", got, err)
+	}
+	task := got.Msg.GetTasks()[0]
+	id, gen := task.GetTaskId(), task.GetLeaseGeneration()
+	_, err = b.agent.ExtendLease(ctx, connect.NewRequest(&agentv1.ExtendLeaseRequest{TaskId: id, LeaseGeneration: gen}))
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("A extending B's lease: %v", err)
+	}
+	_, err = b.agent.ReportOutput(ctx, connect.NewRequest(&agentv1.ReportOutputRequest{TaskId: id, LeaseGeneration: gen,
+		Chunks: []*agentv1.OutputChunk{{Stream: "stdout", Data: []byte("forged")}}}))
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("A reporting for B's task: %v", err)
+	}
+	_, err = b.agent.CompleteTask(ctx, connect.NewRequest(&agentv1.CompleteTaskRequest{TaskId: id, LeaseGeneration: gen, Status: "succeeded"}))
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Fatalf("A completing B's task: %v", err)
+	}
+	if _, err := bClient.CompleteTask(ctx, connect.NewRequest(&agentv1.CompleteTaskRequest{TaskId: id, LeaseGeneration: gen, Status: "succeeded"})); err != nil {
+		t.Fatalf("B completing its own task: %v", err)
+	}
+	out, _ := b.execs.OutputByExecution(ctx, "eb")
+	if len(out) != 0 {
+		t.Fatalf("forged output was stored: %v", out)
+	}
+}
+
+// TestRevokedAgent: a revoked agent's next call fails and its running task
+// ends as lost.
+func TestRevokedAgent(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	b.queueTask(t, "e1")
+	resp, err := b.poll(ctx, 1, time.Second)
+	if err != nil || len(resp.GetTasks()) != 1 {
+		t.Fatalf("poll = %v, %v", resp, err)
+	}
+	rev, err := b.registry.RevokeAgent(ctx, connect.NewRequest(&opsconductorv1.RevokeAgentRequest{Id: b.agentID, Reason: "host decommissioned"}))
+	if err != nil || rev.Msg.GetTasksLost() != 1 {
+		t.Fatalf("revoke = %v, %v", rev, err)
+	}
+	if _, err := b.poll(ctx, 1, time.Second); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("poll after revoke: %v, want PermissionDenied", err)
+	}
+	task, _ := b.execs.TaskGet(ctx, resp.GetTasks()[0].GetTaskId())
+	if task.Status != execution.TaskLost || !strings.Contains(task.Error, "host decommissioned") {
+		t.Fatalf("task after revoke = %+v", task)
+	}
+	if e, _ := b.execs.ExecutionGet(ctx, "e1"); e.Status != execution.ExecFailed {
+		t.Fatalf("execution after revoke = %s, want failed", e.Status)
+	}
+	_, err = b.registry.RevokeAgent(ctx, connect.NewRequest(&opsconductorv1.RevokeAgentRequest{Id: "nope"}))
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("revoke unknown: %v", err)
+	}
+}
+
+// TestSingleUseJoinToken: a used single-use join token cannot enrol a
+// second agent; the token's labels become the agent's.
+func TestSingleUseJoinToken(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	tok, err := b.registry.CreateJoinToken(ctx, connect.NewRequest(&opsconductorv1.CreateJoinTokenRequest{MaxUses: 1, Labels: map[string]string{"env": "prod"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := identity.NewKey()
+	enr, err := b.anon.Enroll(ctx, connect.NewRequest(&agentv1.EnrollRequest{JoinToken: tok.Msg.GetToken(), Name: "first",
+		Labels: map[string]string{"env": "dev", "role": "web"}, ProtocolVersion: protocol.AgentProtocolVersion, PublicKey: key.Public().(ed25519.PublicKey)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := enr.Msg.GetLabels(); l["env"] != "prod" || l["role"] != "web" {
+		t.Fatalf("labels = %v, want the token's env=prod over the agent's env=dev", l)
+	}
+	if _, err := b.tryEnroll("second", tok.Msg.GetToken()); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("second enrolment with a single-use token: %v", err)
+	}
+}
+
+// TestRotateKeyOverTheWire: after RotateKey the agent signs with its new key.
+func TestRotateKeyOverTheWire(t *testing.T) {
+	b := setup(t)
+	ctx := context.Background()
+	newKey, _ := identity.NewKey()
+	if _, err := b.agent.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: newKey.Public().(ed25519.PublicKey)})); err != nil {
+		t.Fatal(err)
+	}
+	c := agentv1connect.NewAgentServiceClient(http.DefaultClient, b.url, connect.WithInterceptors(identity.NewSigner(b.agentID, newKey).Interceptor()))
+	if _, err := c.Poll(ctx, connect.NewRequest(&agentv1.PollRequest{Wait: durationpb.New(10 * time.Millisecond)})); err != nil {
+		t.Fatalf("poll with the new key: %v", err)
+	}
+	if _, err := b.agent.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: []byte("short")})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("malformed key: %v", err)
 	}
 }

@@ -180,6 +180,20 @@ targets:
 		t.Fatalf("no token: code %d, %s", code, errOut)
 	}
 
+	out, _, _ = cli(t, s, "-o", "json", "agent", "list")
+	agentID := regexp.MustCompile(`"id": "([0-9a-f-]{36})"`).FindStringSubmatch(out)
+	if agentID == nil {
+		t.Fatalf("agent list -o json:\n%s", out)
+	}
+	out, errOut, code = cli(t, s, "agent", "revoke", agentID[1], "--reason", "test")
+	if code != 0 || !strings.Contains(out, "revoked") {
+		t.Fatalf("agent revoke: %d %s %s", code, out, errOut)
+	}
+	out, _, _ = cli(t, s, "agent", "list")
+	if strings.Contains(out, "cli-agent") {
+		t.Fatalf("a revoked agent is still listed:\n%s", out)
+	}
+
 	out, _, _ = cli(t, s, "job", "delete", "cli-job")
 	if !strings.Contains(out, "deleted") {
 		t.Fatalf("delete: %s", out)

@@ -283,7 +283,17 @@ func (s *Service) WatchExecution(ctx context.Context, req *connect.Request[opsco
 				return err
 			}
 			if isFinal(rec.Status) {
-				return nil // the caller resumed after the final event
+				// The final status commits with its events: they may have
+				// landed since the read above, so look once more. Nothing
+				// left means the caller resumed after the final event.
+				more, err := s.store.EventsAfter(ctx, id, last, page)
+				if err != nil {
+					return err
+				}
+				if len(more) == 0 {
+					return nil
+				}
+				continue
 			}
 		}
 		select {

@@ -522,6 +522,56 @@ func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit 
 	return n, nil
 }
 
+// TaskLoseByAgent ends every queued and running task of the agent as lost
+// with reason (the agent was revoked) and returns how many. afterCommit
+// (may be nil) runs after each task's transaction.
+func (s *Store) TaskLoseByAgent(ctx context.Context, agentID, reason string, afterCommit func()) (int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tasks WHERE agent_id = $1 AND status IN ($2, $3)`, agentID, TaskQueued, TaskRunning)
+	if err != nil {
+		return 0, fmt.Errorf("find tasks of agent %s: %w", agentID, err)
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	n := 0
+	for _, id := range ids {
+		err := s.db.InTx(ctx, func(tx *store.Tx) error {
+			end := now()
+			var execID, agentName string
+			err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3, lease_expires_at = NULL
+				WHERE id = $4 AND status IN ($5, $6) RETURNING execution_id, agent_name`,
+				TaskLost, reason, end, id, TaskQueued, TaskRunning).Scan(&execID, &agentName)
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil // ended meanwhile
+			}
+			if err != nil {
+				return fmt.Errorf("lose task %s: %w", id, err)
+			}
+			n++
+			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+				Type: "task.status", ExecutionId: execID, TaskId: id, AgentName: agentName, Status: TaskLost, Error: reason, Time: timestamppb.New(end),
+			}); err != nil {
+				return err
+			}
+			if afterCommit != nil {
+				tx.AfterCommit(afterCommit)
+			}
+			return finishIfDone(ctx, tx, execID, end)
+		})
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // finishIfDone ends the execution when none of its tasks is queued or
 // running: succeeded when every task succeeded, failed otherwise.
 func finishIfDone(ctx context.Context, tx *store.Tx, executionID string, end time.Time) error {

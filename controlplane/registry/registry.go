@@ -3,17 +3,19 @@
 // the resolution of job targets to agents. Its state lives in the "agents"
 // schema.
 //
-// An agent's identity is a credential "AGENT_ID.SECRET" issued at
-// enrollment; the registry stores only a SHA-256 hash of the secret. The
-// security issue replaces this with an agent-held key pair behind the same
-// Enroll/Authenticate seam.
+// An agent's identity is a key pair it makes itself: it registers the
+// public half at enrollment and then signs short-lived tokens (EdDSA JWTs)
+// with the private half, so the control plane stores no agent secret and
+// the credential survives TLS-terminating proxies. Keys rotate without
+// downtime (the old key verifies for a grace period); revoked agents are
+// refused from their next call.
 package registry
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/ed25519"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -23,6 +25,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -42,28 +45,42 @@ type Config struct {
 	// DefaultTokenTTL applies when a join token is created without a TTL
 	// (default 24h).
 	DefaultTokenTTL time.Duration
+	// KeyGrace is how long an agent's old key still verifies after a
+	// rotation (default 10m, twice the longest agent token).
+	KeyGrace time.Duration
 }
+
+// TaskLoser ends the queued and running tasks of a revoked agent as lost
+// and returns how many; the executions store implements it.
+type TaskLoser func(ctx context.Context, agentID, reason string) (int, error)
 
 // Registry implements opsconductorv1connect.AgentRegistryService and the
 // identity calls the agent gateway needs.
 type Registry struct {
-	store  *Store
-	cfg    Config
-	logger *zap.Logger
-	now    func() time.Time
+	store     *Store
+	loseTasks TaskLoser
+	cfg       Config
+	logger    *zap.Logger
+	now       func() time.Time
 }
 
 var _ opsconductorv1connect.AgentRegistryServiceHandler = (*Registry)(nil)
 
-// New builds the registry.
-func New(st *Store, logger *zap.Logger, cfg Config) *Registry {
+// New builds the registry. loseTasks may be nil (no tasks to end).
+func New(st *Store, loseTasks TaskLoser, logger *zap.Logger, cfg Config) *Registry {
 	if cfg.OnlineWindow <= 0 {
 		cfg.OnlineWindow = 90 * time.Second
 	}
 	if cfg.DefaultTokenTTL <= 0 {
 		cfg.DefaultTokenTTL = 24 * time.Hour
 	}
-	return &Registry{store: st, cfg: cfg, logger: logger.Named("registry"), now: time.Now}
+	if cfg.KeyGrace <= 0 {
+		cfg.KeyGrace = 10 * time.Minute
+	}
+	if loseTasks == nil {
+		loseTasks = func(context.Context, string, string) (int, error) { return 0, nil }
+	}
+	return &Registry{store: st, loseTasks: loseTasks, cfg: cfg, logger: logger.Named("registry"), now: time.Now}
 }
 
 func (r *Registry) CreateJoinToken(ctx context.Context, req *connect.Request[opsconductorv1.CreateJoinTokenRequest]) (*connect.Response[opsconductorv1.CreateJoinTokenResponse], error) {
@@ -77,6 +94,9 @@ func (r *Registry) CreateJoinToken(ctx context.Context, req *connect.Request[ops
 	if req.Msg.GetMaxUses() < 0 {
 		return nil, apperr.InvalidField("max_uses", "must not be negative (0 means unlimited)")
 	}
+	if vs := validateLabels(req.Msg.GetLabels()); len(vs) > 0 {
+		return nil, apperr.Invalid("join token", vs)
+	}
 	secret := randomSecret()
 	now := r.now().UTC()
 	rec := TokenRecord{
@@ -86,6 +106,7 @@ func (r *Registry) CreateJoinToken(ctx context.Context, req *connect.Request[ops
 		MaxUses:     int(req.Msg.GetMaxUses()),
 		CreatedAt:   now,
 		ExpiresAt:   now.Add(ttl),
+		Labels:      req.Msg.GetLabels(),
 	}
 	if err := r.store.TokenCreate(ctx, rec); err != nil {
 		return nil, err
@@ -143,40 +164,39 @@ type Facts struct {
 	Hostname, OS, Arch, AgentVersion string
 }
 
-// Enroll spends the join token and registers a new agent. It returns the
-// agent id and the credential the agent must present from now on.
-func (r *Registry) Enroll(ctx context.Context, joinToken, name string, labels map[string]string, f Facts) (id, credential string, err error) {
+// Enroll spends the join token and registers a new agent with its public
+// key. It returns the stored agent (with the labels in force).
+func (r *Registry) Enroll(ctx context.Context, joinToken, name string, labels map[string]string, f Facts, publicKey []byte) (AgentRecord, error) {
 	var vs []apperr.Violation
 	if name == "" {
 		vs = append(vs, apperr.Violation{Field: "name", Description: "must not be empty"})
 	}
+	if len(publicKey) != ed25519.PublicKeySize {
+		vs = append(vs, apperr.Violation{Field: "public_key", Description: fmt.Sprintf("must be an Ed25519 public key (%d bytes)", ed25519.PublicKeySize)})
+	}
 	vs = append(vs, validateLabels(labels)...)
 	if len(vs) > 0 {
-		return "", "", apperr.Invalid("enrollment", vs)
+		return AgentRecord{}, apperr.Invalid("enrollment", vs)
 	}
 	secret := strings.TrimPrefix(joinToken, "ocj_")
 	if secret == "" {
-		return "", "", apperr.Unauthenticated("a join token is required: create one with `opsconductor agent token create`")
+		return AgentRecord{}, apperr.Unauthenticated("a join token is required: create one with `opsconductor agent token create`")
 	}
-	agentSecret := randomSecret()
 	now := r.now().UTC()
 	rec := AgentRecord{
 		ID: uuid.Must(uuid.NewV7()).String(), Name: name, Labels: labels,
 		Hostname: f.Hostname, OS: f.OS, Arch: f.Arch, AgentVersion: f.AgentVersion,
-		CredentialHash: hashSecret(agentSecret), EnrolledAt: now, LastSeenAt: now,
+		PublicKey: publicKey, EnrolledAt: now, LastSeenAt: now,
 	}
-	if rec.Labels == nil {
-		rec.Labels = map[string]string{}
-	}
-	err = r.store.AgentEnroll(ctx, hashSecret(secret), rec, now)
+	rec, err := r.store.AgentEnroll(ctx, hashSecret(secret), rec, now)
 	if errors.Is(err, ErrTokenUnusable) {
-		return "", "", apperr.Unauthenticated("join token refused: it is unknown, expired or used up")
+		return AgentRecord{}, apperr.Unauthenticated("join token refused: it is unknown, expired or used up")
 	}
 	if err != nil {
-		return "", "", err
+		return AgentRecord{}, err
 	}
-	r.logger.Info("agent enrolled", zap.String("agent_id", rec.ID), zap.String("agent_name", name), zap.Any("labels", labels))
-	return rec.ID, rec.ID + "." + agentSecret, nil
+	r.logger.Info("agent enrolled", zap.String("agent_id", rec.ID), zap.String("agent_name", name), zap.Any("labels", rec.Labels))
+	return rec, nil
 }
 
 func validateLabels(labels map[string]string) []apperr.Violation {
@@ -191,26 +211,102 @@ func validateLabels(labels map[string]string) []apperr.Violation {
 	return vs
 }
 
-// Authenticate checks an agent credential and returns the agent.
-func (r *Registry) Authenticate(ctx context.Context, credential string) (AgentRecord, error) {
-	id, secret, ok := strings.Cut(credential, ".")
-	if !ok || id == "" || secret == "" {
-		return AgentRecord{}, apperr.Unauthenticated("agent credential missing or malformed")
+// AgentTokenAudience is the aud of every agent token.
+const AgentTokenAudience = "opsconductor-agent"
+
+// MaxAgentTokenLifetime bounds exp - iat of an agent token, so a stolen
+// token is worth little.
+const MaxAgentTokenLifetime = 10 * time.Minute
+
+// Authenticate checks an agent token (an EdDSA JWT signed by the agent's
+// key) and returns the agent.
+func (r *Registry) Authenticate(ctx context.Context, token string) (AgentRecord, error) {
+	if token == "" {
+		return AgentRecord{}, apperr.Unauthenticated("agent token missing: send Authorization: Bearer TOKEN signed with the agent key")
 	}
-	a, err := r.store.AgentGet(ctx, id)
+	var agent AgentRecord
+	var lookupErr error
+	claims := &jwt.RegisteredClaims{}
+	_, err := jwt.ParseWithClaims(token, claims, func(t *jwt.Token) (any, error) {
+		id, _ := t.Claims.GetSubject()
+		a, err := r.store.AgentGet(ctx, id)
+		if err != nil {
+			lookupErr = err
+			return nil, err
+		}
+		agent = a
+		keys := []jwt.VerificationKey{ed25519.PublicKey(a.PublicKey)}
+		if a.PreviousKeyExpiresAt != nil && r.now().Before(*a.PreviousKeyExpiresAt) && len(a.PreviousPublicKey) == ed25519.PublicKeySize {
+			keys = append(keys, ed25519.PublicKey(a.PreviousPublicKey))
+		}
+		return jwt.VerificationKeySet{Keys: keys}, nil
+	}, jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}), jwt.WithAudience(AgentTokenAudience),
+		jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithLeeway(30*time.Second), jwt.WithTimeFunc(r.now))
+	switch {
+	case errors.Is(lookupErr, store.ErrNotFound):
+		return AgentRecord{}, apperr.Unauthenticated("unknown agent: enroll it again")
+	case lookupErr != nil:
+		return AgentRecord{}, lookupErr
+	case err != nil:
+		return AgentRecord{}, apperr.Unauthenticated("agent token refused: %v", agentTokenReason(err))
+	}
+	if claims.ExpiresAt == nil || claims.IssuedAt == nil || claims.ExpiresAt.Sub(claims.IssuedAt.Time) > MaxAgentTokenLifetime {
+		return AgentRecord{}, apperr.Unauthenticated("agent token refused: it must have iat and live at most %s", MaxAgentTokenLifetime)
+	}
+	if agent.Revoked {
+		return AgentRecord{}, apperr.PermissionDenied("agent %s (%s) is revoked", agent.Name, agent.ID)
+	}
+	return agent, nil
+}
+
+func agentTokenReason(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "not valid yet (check the agent's clock)"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "wrong audience"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "bad signature or algorithm"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "a required claim is missing"
+	}
+	return "malformed"
+}
+
+// RotateKey replaces the agent's public key; the old one verifies for the
+// grace period.
+func (r *Registry) RotateKey(ctx context.Context, a AgentRecord, key []byte) error {
+	if len(key) != ed25519.PublicKeySize {
+		return apperr.InvalidField("public_key", "must be an Ed25519 public key (%d bytes)", ed25519.PublicKeySize)
+	}
+	if err := r.store.AgentRotateKey(ctx, a.ID, key, r.now().Add(r.cfg.KeyGrace)); err != nil {
+		return err
+	}
+	r.logger.Info("agent key rotated", zap.String("agent_id", a.ID), zap.String("agent_name", a.Name))
+	return nil
+}
+
+func (r *Registry) RevokeAgent(ctx context.Context, req *connect.Request[opsconductorv1.RevokeAgentRequest]) (*connect.Response[opsconductorv1.RevokeAgentResponse], error) {
+	id := req.Msg.GetId()
+	err := r.store.AgentRevoke(ctx, id, req.Msg.GetReason(), r.now())
 	if errors.Is(err, store.ErrNotFound) {
-		return AgentRecord{}, apperr.Unauthenticated("unknown agent %s: enroll it again", id)
+		return nil, apperr.NotFound("agent %s not found", id)
 	}
 	if err != nil {
-		return AgentRecord{}, err
+		return nil, err
 	}
-	if subtle.ConstantTimeCompare([]byte(hashSecret(secret)), []byte(a.CredentialHash)) != 1 {
-		return AgentRecord{}, apperr.Unauthenticated("agent credential refused")
+	reason := "agent revoked"
+	if req.Msg.GetReason() != "" {
+		reason += ": " + req.Msg.GetReason()
 	}
-	if a.Revoked {
-		return AgentRecord{}, apperr.PermissionDenied("agent %s is revoked", id)
+	n, err := r.loseTasks(ctx, id, reason)
+	if err != nil {
+		return nil, fmt.Errorf("end the tasks of revoked agent %s: %w", id, err)
 	}
-	return a, nil
+	r.logger.Warn("agent revoked", zap.String("agent_id", id), zap.String("reason", req.Msg.GetReason()), zap.Int("tasks_lost", n))
+	return connect.NewResponse(&opsconductorv1.RevokeAgentResponse{TasksLost: int32(n)}), nil
 }
 
 // UpdateFacts stores the labels and facts an agent reports at start.

@@ -2,13 +2,16 @@ package registry
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/opsconductor/opsconductor/agent/identity"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	"github.com/opsconductor/opsconductor/controlplane/storetest"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
@@ -23,10 +26,10 @@ func TestStoreContract(t *testing.T) {
 			now := time.Now().UTC().Truncate(time.Microsecond)
 			agent := func(id, name string, labels map[string]string) AgentRecord {
 				return AgentRecord{ID: id, Name: name, Labels: labels, Hostname: "h-" + name, OS: "linux", Arch: "amd64",
-					AgentVersion: "v1", CredentialHash: "hash-" + id, EnrolledAt: now, LastSeenAt: now}
+					AgentVersion: "v1", PublicKey: []byte("key-" + id), EnrolledAt: now, LastSeenAt: now}
 			}
 
-			if err := st.TokenCreate(ctx, TokenRecord{ID: "t1", TokenHash: "th1", MaxUses: 2, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+			if err := st.TokenCreate(ctx, TokenRecord{ID: "t1", TokenHash: "th1", MaxUses: 2, CreatedAt: now, ExpiresAt: now.Add(time.Hour), Labels: map[string]string{"zone": "a"}}); err != nil {
 				t.Fatal(err)
 			}
 			if err := st.TokenCreate(ctx, TokenRecord{ID: "t2", TokenHash: "th1", CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); !errors.Is(err, store.ErrConflict) {
@@ -37,19 +40,23 @@ func TestStoreContract(t *testing.T) {
 			}
 
 			t.Run("enroll spends token uses", func(t *testing.T) {
-				if err := st.AgentEnroll(ctx, "th1", agent("a1", "web-1", map[string]string{"role": "web"}), now); err != nil {
+				got, err := st.AgentEnroll(ctx, "th1", agent("a1", "web-1", map[string]string{"role": "web", "zone": "mine"}), now)
+				if err != nil {
 					t.Fatal(err)
 				}
-				if err := st.AgentEnroll(ctx, "th1", agent("a2", "db-1", map[string]string{"role": "db"}), now); err != nil {
+				if got.Labels["zone"] != "a" || got.Labels["role"] != "web" || got.TokenLabels["zone"] != "a" {
+					t.Fatalf("labels = %v (token %v), want the token's zone=a over the agent's own", got.Labels, got.TokenLabels)
+				}
+				if _, err := st.AgentEnroll(ctx, "th1", agent("a2", "db-1", map[string]string{"role": "db"}), now); err != nil {
 					t.Fatal(err)
 				}
-				if err := st.AgentEnroll(ctx, "th1", agent("a3", "x", nil), now); !errors.Is(err, ErrTokenUnusable) {
+				if _, err := st.AgentEnroll(ctx, "th1", agent("a3", "x", nil), now); !errors.Is(err, ErrTokenUnusable) {
 					t.Fatalf("third use of a 2-use token: %v", err)
 				}
-				if err := st.AgentEnroll(ctx, "expired", agent("a4", "x", nil), now); !errors.Is(err, ErrTokenUnusable) {
+				if _, err := st.AgentEnroll(ctx, "expired", agent("a4", "x", nil), now); !errors.Is(err, ErrTokenUnusable) {
 					t.Fatalf("expired token: %v", err)
 				}
-				if err := st.AgentEnroll(ctx, "unknown", agent("a5", "x", nil), now); !errors.Is(err, ErrTokenUnusable) {
+				if _, err := st.AgentEnroll(ctx, "unknown", agent("a5", "x", nil), now); !errors.Is(err, ErrTokenUnusable) {
 					t.Fatalf("unknown token: %v", err)
 				}
 			})
@@ -58,7 +65,7 @@ func TestStoreContract(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if a.Name != "web-1" || a.Labels["role"] != "web" || a.CredentialHash != "hash-a1" || !a.EnrolledAt.Equal(now) || a.Revoked {
+				if a.Name != "web-1" || a.Labels["role"] != "web" || string(a.PublicKey) != "key-a1" || !a.EnrolledAt.Equal(now) || a.Revoked {
 					t.Fatalf("agent = %+v", a)
 				}
 				if _, err := st.AgentGet(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
@@ -69,8 +76,44 @@ func TestStoreContract(t *testing.T) {
 					t.Fatalf("list = %+v, %v", all, err)
 				}
 			})
+			t.Run("rotate and revoke", func(t *testing.T) {
+				grace := now.Add(time.Minute)
+				if err := st.AgentRotateKey(ctx, "a2", []byte("key-a2-new"), grace); err != nil {
+					t.Fatal(err)
+				}
+				got, _ := st.AgentGet(ctx, "a2")
+				if string(got.PublicKey) != "key-a2-new" || string(got.PreviousPublicKey) != "key-a2" || got.PreviousKeyExpiresAt == nil || !got.PreviousKeyExpiresAt.Equal(grace) {
+					t.Fatalf("after rotation = %+v", got)
+				}
+				if err := st.AgentRotateKey(ctx, "nope", []byte("k"), grace); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("rotate unknown: %v", err)
+				}
+				if err := st.AgentRevoke(ctx, "a2", "test", now); err != nil {
+					t.Fatal(err)
+				}
+				if err := st.AgentRevoke(ctx, "a2", "again", now); err != nil {
+					t.Fatalf("second revoke: %v", err)
+				}
+				got, _ = st.AgentGet(ctx, "a2")
+				if !got.Revoked || got.RevokedAt == nil {
+					t.Fatalf("after revoke = %+v", got)
+				}
+				if err := st.AgentRotateKey(ctx, "a2", []byte("k"), grace); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("a revoked agent rotated its key: %v", err)
+				}
+				all, _ := st.AgentList(ctx)
+				for _, a := range all {
+					if a.ID == "a2" {
+						t.Fatal("a revoked agent is still listed")
+					}
+				}
+				if err := st.AgentRevoke(ctx, "nope", "", now); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("revoke unknown: %v", err)
+				}
+			})
 			t.Run("update facts and touch", func(t *testing.T) {
-				a := agent("a1", "web-1b", map[string]string{"role": "web", "zone": "b"})
+				a := agent("a1", "web-1b", map[string]string{"role": "web", "zone": "b", "new": "yes"})
+				a.TokenLabels = map[string]string{"zone": "a"}
 				a.LastSeenAt = now.Add(time.Minute)
 				if err := st.AgentUpdateFacts(ctx, a); err != nil {
 					t.Fatal(err)
@@ -79,7 +122,7 @@ func TestStoreContract(t *testing.T) {
 					t.Fatalf("update unknown: %v", err)
 				}
 				got, _ := st.AgentGet(ctx, "a1")
-				if got.Name != "web-1b" || got.Labels["zone"] != "b" || !got.LastSeenAt.Equal(now.Add(time.Minute)) {
+				if got.Name != "web-1b" || got.Labels["zone"] != "a" || got.Labels["new"] != "yes" || !got.LastSeenAt.Equal(now.Add(time.Minute)) {
 					t.Fatalf("after update = %+v", got)
 				}
 				// Within the granularity nothing is written; past it, it is.
@@ -123,7 +166,7 @@ func TestJoinTokenConcurrentUse(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					id := "agent-" + string(rune('a'+i))
-					err := st.AgentEnroll(ctx, "h", AgentRecord{ID: id, Name: id, Labels: map[string]string{}, CredentialHash: "c", EnrolledAt: now, LastSeenAt: now}, now)
+					_, err := st.AgentEnroll(ctx, "h", AgentRecord{ID: id, Name: id, Labels: map[string]string{}, PublicKey: []byte("k"), EnrolledAt: now, LastSeenAt: now}, now)
 					if err == nil {
 						mu.Lock()
 						ok++
@@ -141,41 +184,83 @@ func TestJoinTokenConcurrentUse(t *testing.T) {
 	}
 }
 
-// TestRegistry covers enrollment, authentication and target resolution.
+// TestRegistry covers enrollment, agent tokens and target resolution.
 func TestRegistry(t *testing.T) {
 	st := NewStore(storetest.Open(t, store.SQLite, Schema, Migrations()))
-	reg := New(st, zaptest.NewLogger(t), Config{})
+	reg := New(st, nil, zaptest.NewLogger(t), Config{})
 	ctx := context.Background()
 	now := time.Now().UTC()
 	if err := st.TokenCreate(ctx, TokenRecord{ID: "t", TokenHash: hashSecret("secret"), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
-	enroll := func(name string, labels map[string]string) (string, string) {
-		id, cred, err := reg.Enroll(ctx, "ocj_secret", name, labels, Facts{Hostname: name})
+	enroll := func(name string, labels map[string]string) (string, ed25519.PrivateKey) {
+		key, err := identity.NewKey()
 		if err != nil {
 			t.Fatal(err)
 		}
-		return id, cred
+		a, err := reg.Enroll(ctx, "ocj_secret", name, labels, Facts{Hostname: name}, key.Public().(ed25519.PublicKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a.ID, key
 	}
-	web1, cred := enroll("web-1", map[string]string{"role": "web", "env": "prod"})
+	web1, key1 := enroll("web-1", map[string]string{"role": "web", "env": "prod"})
 	web2, _ := enroll("web-2", map[string]string{"role": "web", "env": "dev"})
 	db1, _ := enroll("db-1", map[string]string{"role": "db", "env": "prod"})
 
-	if _, _, err := reg.Enroll(ctx, "ocj_secret", "", nil, Facts{}); err == nil {
+	if _, err := reg.Enroll(ctx, "ocj_secret", "", nil, Facts{}, make([]byte, 32)); err == nil {
 		t.Fatal("enroll without a name succeeded")
 	}
-	if _, _, err := reg.Enroll(ctx, "ocj_secret", "x", map[string]string{"bad key": "v"}, Facts{}); err == nil {
+	if _, err := reg.Enroll(ctx, "ocj_secret", "x", map[string]string{"bad key": "v"}, Facts{}, make([]byte, 32)); err == nil {
 		t.Fatal("enroll with a bad label succeeded")
 	}
-	a, err := reg.Authenticate(ctx, cred)
+	if _, err := reg.Enroll(ctx, "ocj_secret", "x", nil, Facts{}, []byte("short")); err == nil {
+		t.Fatal("enroll with a malformed public key succeeded")
+	}
+
+	tok, err := identity.NewSigner(web1, key1).Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := reg.Authenticate(ctx, tok)
 	if err != nil || a.ID != web1 {
 		t.Fatalf("authenticate = %+v, %v", a, err)
 	}
-	for _, bad := range []string{"", "garbage", web1 + ".wrong", "nope.secret"} {
+	other, _ := identity.NewKey()
+	forged, _ := identity.NewSigner(web1, other).Token() // web-1's id, someone else's key
+	signAs := func(claims jwt.MapClaims) string {
+		s, err := jwt.NewWithClaims(jwt.SigningMethodEdDSA, claims).SignedString(key1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	long := signAs(jwt.MapClaims{"sub": web1, "aud": AgentTokenAudience, "iat": now.Unix(), "exp": now.Add(24 * time.Hour).Unix()})
+	expired := signAs(jwt.MapClaims{"sub": web1, "aud": AgentTokenAudience, "iat": now.Add(-time.Hour).Unix(), "exp": now.Add(-50 * time.Minute).Unix()})
+	wrongAud := signAs(jwt.MapClaims{"sub": web1, "aud": "someone", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()})
+	for name, bad := range map[string]string{"empty": "", "garbage": "garbage", "forged": forged, "long-lived": long, "expired": expired, "wrong audience": wrongAud} {
 		if _, err := reg.Authenticate(ctx, bad); err == nil {
-			t.Fatalf("credential %q accepted", bad)
+			t.Fatalf("%s agent token accepted", name)
 		}
 	}
+
+	// Rotation: the new key works at once, the old one for the grace period.
+	newKey, _ := identity.NewKey()
+	if err := reg.RotateKey(ctx, a, newKey.Public().(ed25519.PublicKey)); err != nil {
+		t.Fatal(err)
+	}
+	for name, k := range map[string]ed25519.PrivateKey{"new": newKey, "old (in grace)": key1} {
+		tok, _ := identity.NewSigner(web1, k).Token()
+		if _, err := reg.Authenticate(ctx, tok); err != nil {
+			t.Fatalf("%s key after rotation: %v", name, err)
+		}
+	}
+	reg.now = func() time.Time { return time.Now().Add(time.Hour) } // past the grace
+	oldTok := signAs(jwt.MapClaims{"sub": web1, "aud": AgentTokenAudience, "iat": time.Now().Add(time.Hour).Unix(), "exp": time.Now().Add(time.Hour + time.Minute).Unix()})
+	if _, err := reg.Authenticate(ctx, oldTok); err == nil {
+		t.Fatal("the old key still works after the grace period")
+	}
+	reg.now = time.Now
 
 	tests := []struct {
 		name      string

@@ -111,9 +111,13 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 
 	metricsReg := prometheus.NewRegistry()
 	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg := registry.New(registry.NewStore(agentsDB), logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow})
-	jobs := job.NewService(job.NewStore(jobsDB), reg, logger)
 	execStore := execution.NewStore(execDB)
+	var nudgeExecRelay func() // set below, once the relays exist
+	loseTasks := func(ctx context.Context, agentID, reason string) (int, error) {
+		return execStore.TaskLoseByAgent(ctx, agentID, reason, func() { nudgeExecRelay() })
+	}
+	reg := registry.New(registry.NewStore(agentsDB), loseTasks, logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow})
+	jobs := job.NewService(job.NewStore(jobsDB), reg, logger)
 	execs := execution.NewService(execStore, jobs, reg, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit})
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
@@ -133,6 +137,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		}
 		a.relays = append(a.relays, r)
 	}
+	nudgeExecRelay = execRelay.Nudge
 	a.gateway = dispatch.New(reg, execStore, a.hub, execRelay.Nudge, metricsReg, logger, dispatch.Config{
 		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
 	})

@@ -285,7 +285,7 @@ func TestIncompatibleAgentRefused(t *testing.T) {
 			t.Fatalf("protocol %d: %v, want FailedPrecondition saying what to upgrade", v, err)
 		}
 	}
-	_, err := c.Enroll(ctx, connect.NewRequest(&agentv1.EnrollRequest{JoinToken: "ocj_wrong", Name: "x", ProtocolVersion: 1}))
+	_, err := c.Enroll(ctx, connect.NewRequest(&agentv1.EnrollRequest{JoinToken: "ocj_wrong", Name: "x", ProtocolVersion: 1, PublicKey: make([]byte, 32)}))
 	if connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Fatalf("bad join token: %v, want Unauthenticated", err)
 	}

@@ -7,7 +7,7 @@
 // Every flag can also be set through the environment (OPSCONDUCTOR_SERVER,
 // OPSCONDUCTOR_JOIN_TOKEN or OPSCONDUCTOR_JOIN_TOKEN_FILE, OPSCONDUCTOR_STATE_DIR,
 // OPSCONDUCTOR_AGENT_NAME, OPSCONDUCTOR_LABELS, OPSCONDUCTOR_CAPACITY,
-// OPSCONDUCTOR_POLL_WAIT, OPSCONDUCTOR_LOG_FORMAT, OPSCONDUCTOR_LOG_LEVEL).
+// OPSCONDUCTOR_POLL_WAIT, OPSCONDUCTOR_KEY_MAX_AGE, OPSCONDUCTOR_LOG_FORMAT, OPSCONDUCTOR_LOG_LEVEL).
 package main
 
 import (
@@ -52,6 +52,7 @@ func run(args []string) error {
 	name := fs.String("name", env("OPSCONDUCTOR_AGENT_NAME", ""), "name shown to operators; default the hostname (env OPSCONDUCTOR_AGENT_NAME)")
 	labels := fs.String("labels", env("OPSCONDUCTOR_LABELS", ""), "labels jobs select on, e.g. role=web,env=prod (env OPSCONDUCTOR_LABELS)")
 	capacity := fs.Int("capacity", envInt("OPSCONDUCTOR_CAPACITY", 4), "tasks run at once (env OPSCONDUCTOR_CAPACITY)")
+	keyMaxAge := fs.Duration("key-max-age", envDuration("OPSCONDUCTOR_KEY_MAX_AGE", 30*24*time.Hour), "rotate the agent key at start when it is older (0: never) (env OPSCONDUCTOR_KEY_MAX_AGE)")
 	pollWait := fs.Duration("poll-wait", envDuration("OPSCONDUCTOR_POLL_WAIT", 30*time.Second), "longest wait of one long-poll (env OPSCONDUCTOR_POLL_WAIT)")
 	logFormat := fs.String("log-format", env("OPSCONDUCTOR_LOG_FORMAT", "json"), "json or console (env OPSCONDUCTOR_LOG_FORMAT)")
 	logLevel := fs.String("log-level", env("OPSCONDUCTOR_LOG_LEVEL", "info"), "debug, info, warn or error (env OPSCONDUCTOR_LOG_LEVEL)")
@@ -87,7 +88,7 @@ func run(args []string) error {
 
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
-		Capacity: *capacity, PollWait: *pollWait,
+		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge,
 	}, state.FileStore{Dir: *stateDir}, &executor.Shell{}, logger)
 	if err != nil {
 		return err

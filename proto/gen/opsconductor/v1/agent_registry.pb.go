@@ -234,8 +234,10 @@ type CreateJoinTokenRequest struct {
 	// How long the token can be used; default 24h.
 	Ttl *durationpb.Duration `protobuf:"bytes,1,opt,name=ttl,proto3" json:"ttl,omitempty"`
 	// How many agents may enroll with it; 0 means unlimited until it expires.
-	MaxUses       int32  `protobuf:"varint,2,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
-	Description   string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	MaxUses     int32  `protobuf:"varint,2,opt,name=max_uses,json=maxUses,proto3" json:"max_uses,omitempty"`
+	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// Labels every agent enrolled with this token gets (over its own).
+	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -291,6 +293,111 @@ func (x *CreateJoinTokenRequest) GetDescription() string {
 	return ""
 }
 
+func (x *CreateJoinTokenRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type RevokeAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Why, for the audit trail.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentRequest) Reset() {
+	*x = RevokeAgentRequest{}
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentRequest) ProtoMessage() {}
+
+func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RevokeAgentRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokeAgentRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tasks of the agent that ended as lost.
+	TasksLost     int32 `protobuf:"varint,1,opt,name=tasks_lost,json=tasksLost,proto3" json:"tasks_lost,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAgentResponse) Reset() {
+	*x = RevokeAgentResponse{}
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAgentResponse) ProtoMessage() {}
+
+func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
+func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RevokeAgentResponse) GetTasksLost() int32 {
+	if x != nil {
+		return x.TasksLost
+	}
+	return 0
+}
+
 type CreateJoinTokenResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TokenId       string                 `protobuf:"bytes,1,opt,name=token_id,json=tokenId,proto3" json:"token_id,omitempty"`
@@ -302,7 +409,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -314,7 +421,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -327,7 +434,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateJoinTokenResponse) GetTokenId() string {
@@ -375,20 +482,32 @@ const file_opsconductor_v1_agent_registry_proto_rawDesc = "" +
 	"\x11ListAgentsRequest\x12%\n" +
 	"\x0elabel_selector\x18\x01 \x01(\tR\rlabelSelector\"D\n" +
 	"\x12ListAgentsResponse\x12.\n" +
-	"\x06agents\x18\x01 \x03(\v2\x16.opsconductor.v1.AgentR\x06agents\"\x82\x01\n" +
+	"\x06agents\x18\x01 \x03(\v2\x16.opsconductor.v1.AgentR\x06agents\"\x8a\x02\n" +
 	"\x16CreateJoinTokenRequest\x12+\n" +
 	"\x03ttl\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x19\n" +
 	"\bmax_uses\x18\x02 \x01(\x05R\amaxUses\x12 \n" +
-	"\vdescription\x18\x03 \x01(\tR\vdescription\"\x87\x01\n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\x12K\n" +
+	"\x06labels\x18\x04 \x03(\v23.opsconductor.v1.CreateJoinTokenRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"<\n" +
+	"\x12RevokeAgentRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"4\n" +
+	"\x13RevokeAgentResponse\x12\x1d\n" +
+	"\n" +
+	"tasks_lost\x18\x01 \x01(\x05R\ttasksLost\"\x87\x01\n" +
 	"\x17CreateJoinTokenResponse\x12\x19\n" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime2\xb4\x02\n" +
+	"expireTime2\xcb\x03\n" +
 	"\x14AgentRegistryService\x12~\n" +
 	"\n" +
 	"ListAgents\x12\".opsconductor.v1.ListAgentsRequest\x1a#.opsconductor.v1.ListAgentsResponse\"'\x8a\xb5\x18\r\n" +
-	"\vagents:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/agents\x12\x9b\x01\n" +
+	"\vagents:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/agents\x12\x94\x01\n" +
+	"\vRevokeAgent\x12#.opsconductor.v1.RevokeAgentRequest\x1a$.opsconductor.v1.RevokeAgentResponse\":\x8a\xb5\x18\x11\n" +
+	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/api/v1/agents/{id}/revoke\x12\x9b\x01\n" +
 	"\x0fCreateJoinToken\x12'.opsconductor.v1.CreateJoinTokenRequest\x1a(.opsconductor.v1.CreateJoinTokenResponse\"5\x8a\xb5\x18\x11\n" +
 	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/api/v1/agents/tokensBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
@@ -404,33 +523,39 @@ func file_opsconductor_v1_agent_registry_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_agent_registry_proto_rawDescData
 }
 
-var file_opsconductor_v1_agent_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_opsconductor_v1_agent_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_opsconductor_v1_agent_registry_proto_goTypes = []any{
 	(*Agent)(nil),                   // 0: opsconductor.v1.Agent
 	(*ListAgentsRequest)(nil),       // 1: opsconductor.v1.ListAgentsRequest
 	(*ListAgentsResponse)(nil),      // 2: opsconductor.v1.ListAgentsResponse
 	(*CreateJoinTokenRequest)(nil),  // 3: opsconductor.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil), // 4: opsconductor.v1.CreateJoinTokenResponse
-	nil,                             // 5: opsconductor.v1.Agent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 6: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 7: google.protobuf.Duration
+	(*RevokeAgentRequest)(nil),      // 4: opsconductor.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),     // 5: opsconductor.v1.RevokeAgentResponse
+	(*CreateJoinTokenResponse)(nil), // 6: opsconductor.v1.CreateJoinTokenResponse
+	nil,                             // 7: opsconductor.v1.Agent.LabelsEntry
+	nil,                             // 8: opsconductor.v1.CreateJoinTokenRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 9: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 10: google.protobuf.Duration
 }
 var file_opsconductor_v1_agent_registry_proto_depIdxs = []int32{
-	5, // 0: opsconductor.v1.Agent.labels:type_name -> opsconductor.v1.Agent.LabelsEntry
-	6, // 1: opsconductor.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
-	6, // 2: opsconductor.v1.Agent.enroll_time:type_name -> google.protobuf.Timestamp
-	0, // 3: opsconductor.v1.ListAgentsResponse.agents:type_name -> opsconductor.v1.Agent
-	7, // 4: opsconductor.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	6, // 5: opsconductor.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	1, // 6: opsconductor.v1.AgentRegistryService.ListAgents:input_type -> opsconductor.v1.ListAgentsRequest
-	3, // 7: opsconductor.v1.AgentRegistryService.CreateJoinToken:input_type -> opsconductor.v1.CreateJoinTokenRequest
-	2, // 8: opsconductor.v1.AgentRegistryService.ListAgents:output_type -> opsconductor.v1.ListAgentsResponse
-	4, // 9: opsconductor.v1.AgentRegistryService.CreateJoinToken:output_type -> opsconductor.v1.CreateJoinTokenResponse
-	8, // [8:10] is the sub-list for method output_type
-	6, // [6:8] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	7,  // 0: opsconductor.v1.Agent.labels:type_name -> opsconductor.v1.Agent.LabelsEntry
+	9,  // 1: opsconductor.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	9,  // 2: opsconductor.v1.Agent.enroll_time:type_name -> google.protobuf.Timestamp
+	0,  // 3: opsconductor.v1.ListAgentsResponse.agents:type_name -> opsconductor.v1.Agent
+	10, // 4: opsconductor.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	8,  // 5: opsconductor.v1.CreateJoinTokenRequest.labels:type_name -> opsconductor.v1.CreateJoinTokenRequest.LabelsEntry
+	9,  // 6: opsconductor.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	1,  // 7: opsconductor.v1.AgentRegistryService.ListAgents:input_type -> opsconductor.v1.ListAgentsRequest
+	4,  // 8: opsconductor.v1.AgentRegistryService.RevokeAgent:input_type -> opsconductor.v1.RevokeAgentRequest
+	3,  // 9: opsconductor.v1.AgentRegistryService.CreateJoinToken:input_type -> opsconductor.v1.CreateJoinTokenRequest
+	2,  // 10: opsconductor.v1.AgentRegistryService.ListAgents:output_type -> opsconductor.v1.ListAgentsResponse
+	5,  // 11: opsconductor.v1.AgentRegistryService.RevokeAgent:output_type -> opsconductor.v1.RevokeAgentResponse
+	6,  // 12: opsconductor.v1.AgentRegistryService.CreateJoinToken:output_type -> opsconductor.v1.CreateJoinTokenResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_agent_registry_proto_init() }
@@ -445,7 +570,7 @@ func file_opsconductor_v1_agent_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_agent_registry_proto_rawDesc), len(file_opsconductor_v1_agent_registry_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -93,14 +93,18 @@ func (x *Facts) GetAgentVersion() string {
 }
 
 type EnrollRequest struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	JoinToken       string                 `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
-	Name            string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Labels          map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Facts           *Facts                 `protobuf:"bytes,4,opt,name=facts,proto3" json:"facts,omitempty"`
-	ProtocolVersion int32                  `protobuf:"varint,5,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	JoinToken string                 `protobuf:"bytes,1,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Labels the agent asks for; the join token's labels take precedence.
+	Labels          map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Facts           *Facts            `protobuf:"bytes,4,opt,name=facts,proto3" json:"facts,omitempty"`
+	ProtocolVersion int32             `protobuf:"varint,5,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// Ed25519 public key (32 bytes) of the key pair the agent signs its
+	// tokens with.
+	PublicKey     []byte `protobuf:"bytes,6,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EnrollRequest) Reset() {
@@ -168,12 +172,19 @@ func (x *EnrollRequest) GetProtocolVersion() int32 {
 	return 0
 }
 
+func (x *EnrollRequest) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
 type EnrollResponse struct {
-	state   protoimpl.MessageState `protogen:"open.v1"`
-	AgentId string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
-	// Secret the agent presents on every later call. Shown once.
-	Credential    string `protobuf:"bytes,2,opt,name=credential,proto3" json:"credential,omitempty"`
-	ServerVersion string `protobuf:"bytes,3,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AgentId       string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	ServerVersion string                 `protobuf:"bytes,3,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
+	// The labels the agent was given (join token's over the agent's own).
+	Labels        map[string]string `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -215,18 +226,99 @@ func (x *EnrollResponse) GetAgentId() string {
 	return ""
 }
 
-func (x *EnrollResponse) GetCredential() string {
-	if x != nil {
-		return x.Credential
-	}
-	return ""
-}
-
 func (x *EnrollResponse) GetServerVersion() string {
 	if x != nil {
 		return x.ServerVersion
 	}
 	return ""
+}
+
+func (x *EnrollResponse) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+type RotateKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new Ed25519 public key.
+	PublicKey     []byte `protobuf:"bytes,1,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyRequest) Reset() {
+	*x = RotateKeyRequest{}
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyRequest) ProtoMessage() {}
+
+func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RotateKeyRequest) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+type RotateKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateKeyResponse) Reset() {
+	*x = RotateKeyResponse{}
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyResponse) ProtoMessage() {}
+
+func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 type HelloRequest struct {
@@ -240,7 +332,7 @@ type HelloRequest struct {
 
 func (x *HelloRequest) Reset() {
 	*x = HelloRequest{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -252,7 +344,7 @@ func (x *HelloRequest) String() string {
 func (*HelloRequest) ProtoMessage() {}
 
 func (x *HelloRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -265,7 +357,7 @@ func (x *HelloRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloRequest.ProtoReflect.Descriptor instead.
 func (*HelloRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *HelloRequest) GetLabels() map[string]string {
@@ -299,7 +391,7 @@ type HelloResponse struct {
 
 func (x *HelloResponse) Reset() {
 	*x = HelloResponse{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -311,7 +403,7 @@ func (x *HelloResponse) String() string {
 func (*HelloResponse) ProtoMessage() {}
 
 func (x *HelloResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -324,7 +416,7 @@ func (x *HelloResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HelloResponse.ProtoReflect.Descriptor instead.
 func (*HelloResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *HelloResponse) GetServerVersion() string {
@@ -353,7 +445,7 @@ type PollRequest struct {
 
 func (x *PollRequest) Reset() {
 	*x = PollRequest{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +457,7 @@ func (x *PollRequest) String() string {
 func (*PollRequest) ProtoMessage() {}
 
 func (x *PollRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +470,7 @@ func (x *PollRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollRequest.ProtoReflect.Descriptor instead.
 func (*PollRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PollRequest) GetFreeSlots() int32 {
@@ -404,7 +496,7 @@ type PollResponse struct {
 
 func (x *PollResponse) Reset() {
 	*x = PollResponse{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +508,7 @@ func (x *PollResponse) String() string {
 func (*PollResponse) ProtoMessage() {}
 
 func (x *PollResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +521,7 @@ func (x *PollResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PollResponse.ProtoReflect.Descriptor instead.
 func (*PollResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PollResponse) GetTasks() []*TaskAssignment {
@@ -457,7 +549,7 @@ type TaskAssignment struct {
 
 func (x *TaskAssignment) Reset() {
 	*x = TaskAssignment{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +561,7 @@ func (x *TaskAssignment) String() string {
 func (*TaskAssignment) ProtoMessage() {}
 
 func (x *TaskAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +574,7 @@ func (x *TaskAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskAssignment.ProtoReflect.Descriptor instead.
 func (*TaskAssignment) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *TaskAssignment) GetTaskId() string {
@@ -551,7 +643,7 @@ type ExtendLeaseRequest struct {
 
 func (x *ExtendLeaseRequest) Reset() {
 	*x = ExtendLeaseRequest{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +655,7 @@ func (x *ExtendLeaseRequest) String() string {
 func (*ExtendLeaseRequest) ProtoMessage() {}
 
 func (x *ExtendLeaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +668,7 @@ func (x *ExtendLeaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeaseRequest.ProtoReflect.Descriptor instead.
 func (*ExtendLeaseRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ExtendLeaseRequest) GetTaskId() string {
@@ -602,7 +694,7 @@ type ExtendLeaseResponse struct {
 
 func (x *ExtendLeaseResponse) Reset() {
 	*x = ExtendLeaseResponse{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +706,7 @@ func (x *ExtendLeaseResponse) String() string {
 func (*ExtendLeaseResponse) ProtoMessage() {}
 
 func (x *ExtendLeaseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +719,7 @@ func (x *ExtendLeaseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendLeaseResponse.ProtoReflect.Descriptor instead.
 func (*ExtendLeaseResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExtendLeaseResponse) GetLeaseExpireTime() *timestamppb.Timestamp {
@@ -649,7 +741,7 @@ type OutputChunk struct {
 
 func (x *OutputChunk) Reset() {
 	*x = OutputChunk{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +753,7 @@ func (x *OutputChunk) String() string {
 func (*OutputChunk) ProtoMessage() {}
 
 func (x *OutputChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +766,7 @@ func (x *OutputChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutputChunk.ProtoReflect.Descriptor instead.
 func (*OutputChunk) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *OutputChunk) GetActionIndex() int32 {
@@ -709,7 +801,7 @@ type ReportOutputRequest struct {
 
 func (x *ReportOutputRequest) Reset() {
 	*x = ReportOutputRequest{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +813,7 @@ func (x *ReportOutputRequest) String() string {
 func (*ReportOutputRequest) ProtoMessage() {}
 
 func (x *ReportOutputRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +826,7 @@ func (x *ReportOutputRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportOutputRequest.ProtoReflect.Descriptor instead.
 func (*ReportOutputRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReportOutputRequest) GetTaskId() string {
@@ -768,7 +860,7 @@ type ReportOutputResponse struct {
 
 func (x *ReportOutputResponse) Reset() {
 	*x = ReportOutputResponse{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +872,7 @@ func (x *ReportOutputResponse) String() string {
 func (*ReportOutputResponse) ProtoMessage() {}
 
 func (x *ReportOutputResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +885,7 @@ func (x *ReportOutputResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportOutputResponse.ProtoReflect.Descriptor instead.
 func (*ReportOutputResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReportOutputResponse) GetTruncated() bool {
@@ -819,7 +911,7 @@ type ActionOutcome struct {
 
 func (x *ActionOutcome) Reset() {
 	*x = ActionOutcome{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +923,7 @@ func (x *ActionOutcome) String() string {
 func (*ActionOutcome) ProtoMessage() {}
 
 func (x *ActionOutcome) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +936,7 @@ func (x *ActionOutcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActionOutcome.ProtoReflect.Descriptor instead.
 func (*ActionOutcome) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ActionOutcome) GetIndex() int32 {
@@ -910,7 +1002,7 @@ type CompleteTaskRequest struct {
 
 func (x *CompleteTaskRequest) Reset() {
 	*x = CompleteTaskRequest{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +1014,7 @@ func (x *CompleteTaskRequest) String() string {
 func (*CompleteTaskRequest) ProtoMessage() {}
 
 func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1027,7 @@ func (x *CompleteTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskRequest.ProtoReflect.Descriptor instead.
 func (*CompleteTaskRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CompleteTaskRequest) GetTaskId() string {
@@ -981,7 +1073,7 @@ type CompleteTaskResponse struct {
 
 func (x *CompleteTaskResponse) Reset() {
 	*x = CompleteTaskResponse{}
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -993,7 +1085,7 @@ func (x *CompleteTaskResponse) String() string {
 func (*CompleteTaskResponse) ProtoMessage() {}
 
 func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_opsconductor_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1006,7 +1098,7 @@ func (x *CompleteTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CompleteTaskResponse.ProtoReflect.Descriptor instead.
 func (*CompleteTaskResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 var File_opsconductor_agent_v1_agent_proto protoreflect.FileDescriptor
@@ -1018,23 +1110,31 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
 	"\x04arch\x18\x03 \x01(\tR\x04arch\x12#\n" +
-	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"\xa6\x02\n" +
+	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"\xc5\x02\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12H\n" +
 	"\x06labels\x18\x03 \x03(\v20.opsconductor.agent.v1.EnrollRequest.LabelsEntryR\x06labels\x122\n" +
 	"\x05facts\x18\x04 \x01(\v2\x1c.opsconductor.agent.v1.FactsR\x05facts\x12)\n" +
-	"\x10protocol_version\x18\x05 \x01(\x05R\x0fprotocolVersion\x1a9\n" +
+	"\x10protocol_version\x18\x05 \x01(\x05R\x0fprotocolVersion\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x06 \x01(\fR\tpublicKey\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"r\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x01\n" +
 	"\x0eEnrollResponse\x12\x19\n" +
-	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1e\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12%\n" +
+	"\x0eserver_version\x18\x03 \x01(\tR\rserverVersion\x12I\n" +
+	"\x06labels\x18\x04 \x03(\v21.opsconductor.agent.v1.EnrollResponse.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x02\x10\x03R\n" +
+	"credential\"1\n" +
+	"\x10RotateKeyRequest\x12\x1d\n" +
 	"\n" +
-	"credential\x18\x02 \x01(\tR\n" +
-	"credential\x12%\n" +
-	"\x0eserver_version\x18\x03 \x01(\tR\rserverVersion\"\xf1\x01\n" +
+	"public_key\x18\x01 \x01(\fR\tpublicKey\"\x13\n" +
+	"\x11RotateKeyResponse\"\xf1\x01\n" +
 	"\fHelloRequest\x12G\n" +
 	"\x06labels\x18\x01 \x03(\v2/.opsconductor.agent.v1.HelloRequest.LabelsEntryR\x06labels\x122\n" +
 	"\x05facts\x18\x02 \x01(\v2\x1c.opsconductor.agent.v1.FactsR\x05facts\x12)\n" +
@@ -1090,13 +1190,14 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12>\n" +
 	"\aactions\x18\x05 \x03(\v2$.opsconductor.agent.v1.ActionOutcomeR\aactions\"\x16\n" +
-	"\x14CompleteTaskResponse2\xfc\x04\n" +
+	"\x14CompleteTaskResponse2\xe6\x05\n" +
 	"\fAgentService\x12_\n" +
 	"\x06Enroll\x12$.opsconductor.agent.v1.EnrollRequest\x1a%.opsconductor.agent.v1.EnrollResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x01\x12\\\n" +
 	"\x05Hello\x12#.opsconductor.agent.v1.HelloRequest\x1a$.opsconductor.agent.v1.HelloResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12W\n" +
 	"\x04Poll\x12\".opsconductor.agent.v1.PollRequest\x1a#.opsconductor.agent.v1.PollResponse\"\x06\x8a\xb5\x18\x02\x18\x02\x12n\n" +
 	"\vExtendLease\x12).opsconductor.agent.v1.ExtendLeaseRequest\x1a*.opsconductor.agent.v1.ExtendLeaseResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12q\n" +
-	"\fReportOutput\x12*.opsconductor.agent.v1.ReportOutputRequest\x1a+.opsconductor.agent.v1.ReportOutputResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12q\n" +
+	"\fReportOutput\x12*.opsconductor.agent.v1.ReportOutputRequest\x1a+.opsconductor.agent.v1.ReportOutputResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12h\n" +
+	"\tRotateKey\x12'.opsconductor.agent.v1.RotateKeyRequest\x1a(.opsconductor.agent.v1.RotateKeyResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12q\n" +
 	"\fCompleteTask\x12*.opsconductor.agent.v1.CompleteTaskRequest\x1a+.opsconductor.agent.v1.CompleteTaskResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02BNZLgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1;agentv1b\x06proto3"
 
 var (
@@ -1111,62 +1212,68 @@ func file_opsconductor_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_opsconductor_agent_v1_agent_proto_rawDescData
 }
 
-var file_opsconductor_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_opsconductor_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_opsconductor_agent_v1_agent_proto_goTypes = []any{
 	(*Facts)(nil),                 // 0: opsconductor.agent.v1.Facts
 	(*EnrollRequest)(nil),         // 1: opsconductor.agent.v1.EnrollRequest
 	(*EnrollResponse)(nil),        // 2: opsconductor.agent.v1.EnrollResponse
-	(*HelloRequest)(nil),          // 3: opsconductor.agent.v1.HelloRequest
-	(*HelloResponse)(nil),         // 4: opsconductor.agent.v1.HelloResponse
-	(*PollRequest)(nil),           // 5: opsconductor.agent.v1.PollRequest
-	(*PollResponse)(nil),          // 6: opsconductor.agent.v1.PollResponse
-	(*TaskAssignment)(nil),        // 7: opsconductor.agent.v1.TaskAssignment
-	(*ExtendLeaseRequest)(nil),    // 8: opsconductor.agent.v1.ExtendLeaseRequest
-	(*ExtendLeaseResponse)(nil),   // 9: opsconductor.agent.v1.ExtendLeaseResponse
-	(*OutputChunk)(nil),           // 10: opsconductor.agent.v1.OutputChunk
-	(*ReportOutputRequest)(nil),   // 11: opsconductor.agent.v1.ReportOutputRequest
-	(*ReportOutputResponse)(nil),  // 12: opsconductor.agent.v1.ReportOutputResponse
-	(*ActionOutcome)(nil),         // 13: opsconductor.agent.v1.ActionOutcome
-	(*CompleteTaskRequest)(nil),   // 14: opsconductor.agent.v1.CompleteTaskRequest
-	(*CompleteTaskResponse)(nil),  // 15: opsconductor.agent.v1.CompleteTaskResponse
-	nil,                           // 16: opsconductor.agent.v1.EnrollRequest.LabelsEntry
-	nil,                           // 17: opsconductor.agent.v1.HelloRequest.LabelsEntry
-	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 19: google.protobuf.Timestamp
-	(*v1.Action)(nil),             // 20: opsconductor.v1.Action
+	(*RotateKeyRequest)(nil),      // 3: opsconductor.agent.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),     // 4: opsconductor.agent.v1.RotateKeyResponse
+	(*HelloRequest)(nil),          // 5: opsconductor.agent.v1.HelloRequest
+	(*HelloResponse)(nil),         // 6: opsconductor.agent.v1.HelloResponse
+	(*PollRequest)(nil),           // 7: opsconductor.agent.v1.PollRequest
+	(*PollResponse)(nil),          // 8: opsconductor.agent.v1.PollResponse
+	(*TaskAssignment)(nil),        // 9: opsconductor.agent.v1.TaskAssignment
+	(*ExtendLeaseRequest)(nil),    // 10: opsconductor.agent.v1.ExtendLeaseRequest
+	(*ExtendLeaseResponse)(nil),   // 11: opsconductor.agent.v1.ExtendLeaseResponse
+	(*OutputChunk)(nil),           // 12: opsconductor.agent.v1.OutputChunk
+	(*ReportOutputRequest)(nil),   // 13: opsconductor.agent.v1.ReportOutputRequest
+	(*ReportOutputResponse)(nil),  // 14: opsconductor.agent.v1.ReportOutputResponse
+	(*ActionOutcome)(nil),         // 15: opsconductor.agent.v1.ActionOutcome
+	(*CompleteTaskRequest)(nil),   // 16: opsconductor.agent.v1.CompleteTaskRequest
+	(*CompleteTaskResponse)(nil),  // 17: opsconductor.agent.v1.CompleteTaskResponse
+	nil,                           // 18: opsconductor.agent.v1.EnrollRequest.LabelsEntry
+	nil,                           // 19: opsconductor.agent.v1.EnrollResponse.LabelsEntry
+	nil,                           // 20: opsconductor.agent.v1.HelloRequest.LabelsEntry
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*v1.Action)(nil),             // 23: opsconductor.v1.Action
 }
 var file_opsconductor_agent_v1_agent_proto_depIdxs = []int32{
-	16, // 0: opsconductor.agent.v1.EnrollRequest.labels:type_name -> opsconductor.agent.v1.EnrollRequest.LabelsEntry
+	18, // 0: opsconductor.agent.v1.EnrollRequest.labels:type_name -> opsconductor.agent.v1.EnrollRequest.LabelsEntry
 	0,  // 1: opsconductor.agent.v1.EnrollRequest.facts:type_name -> opsconductor.agent.v1.Facts
-	17, // 2: opsconductor.agent.v1.HelloRequest.labels:type_name -> opsconductor.agent.v1.HelloRequest.LabelsEntry
-	0,  // 3: opsconductor.agent.v1.HelloRequest.facts:type_name -> opsconductor.agent.v1.Facts
-	18, // 4: opsconductor.agent.v1.HelloResponse.lease_duration:type_name -> google.protobuf.Duration
-	18, // 5: opsconductor.agent.v1.PollRequest.wait:type_name -> google.protobuf.Duration
-	7,  // 6: opsconductor.agent.v1.PollResponse.tasks:type_name -> opsconductor.agent.v1.TaskAssignment
-	19, // 7: opsconductor.agent.v1.TaskAssignment.lease_expire_time:type_name -> google.protobuf.Timestamp
-	20, // 8: opsconductor.agent.v1.TaskAssignment.actions:type_name -> opsconductor.v1.Action
-	19, // 9: opsconductor.agent.v1.ExtendLeaseResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	10, // 10: opsconductor.agent.v1.ReportOutputRequest.chunks:type_name -> opsconductor.agent.v1.OutputChunk
-	19, // 11: opsconductor.agent.v1.ActionOutcome.start_time:type_name -> google.protobuf.Timestamp
-	19, // 12: opsconductor.agent.v1.ActionOutcome.end_time:type_name -> google.protobuf.Timestamp
-	13, // 13: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
-	1,  // 14: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
-	3,  // 15: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
-	5,  // 16: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
-	8,  // 17: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
-	11, // 18: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
-	14, // 19: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
-	2,  // 20: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
-	4,  // 21: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
-	6,  // 22: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
-	9,  // 23: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
-	12, // 24: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
-	15, // 25: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	19, // 2: opsconductor.agent.v1.EnrollResponse.labels:type_name -> opsconductor.agent.v1.EnrollResponse.LabelsEntry
+	20, // 3: opsconductor.agent.v1.HelloRequest.labels:type_name -> opsconductor.agent.v1.HelloRequest.LabelsEntry
+	0,  // 4: opsconductor.agent.v1.HelloRequest.facts:type_name -> opsconductor.agent.v1.Facts
+	21, // 5: opsconductor.agent.v1.HelloResponse.lease_duration:type_name -> google.protobuf.Duration
+	21, // 6: opsconductor.agent.v1.PollRequest.wait:type_name -> google.protobuf.Duration
+	9,  // 7: opsconductor.agent.v1.PollResponse.tasks:type_name -> opsconductor.agent.v1.TaskAssignment
+	22, // 8: opsconductor.agent.v1.TaskAssignment.lease_expire_time:type_name -> google.protobuf.Timestamp
+	23, // 9: opsconductor.agent.v1.TaskAssignment.actions:type_name -> opsconductor.v1.Action
+	22, // 10: opsconductor.agent.v1.ExtendLeaseResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	12, // 11: opsconductor.agent.v1.ReportOutputRequest.chunks:type_name -> opsconductor.agent.v1.OutputChunk
+	22, // 12: opsconductor.agent.v1.ActionOutcome.start_time:type_name -> google.protobuf.Timestamp
+	22, // 13: opsconductor.agent.v1.ActionOutcome.end_time:type_name -> google.protobuf.Timestamp
+	15, // 14: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
+	1,  // 15: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
+	5,  // 16: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
+	7,  // 17: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
+	10, // 18: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
+	13, // 19: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
+	3,  // 20: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
+	16, // 21: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
+	2,  // 22: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
+	6,  // 23: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
+	8,  // 24: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
+	11, // 25: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
+	14, // 26: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
+	4,  // 27: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
+	17, // 28: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_agent_v1_agent_proto_init() }
@@ -1180,7 +1287,7 @@ func file_opsconductor_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_agent_v1_agent_proto_rawDesc), len(file_opsconductor_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

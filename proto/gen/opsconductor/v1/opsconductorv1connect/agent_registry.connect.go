@@ -36,6 +36,9 @@ const (
 	// AgentRegistryServiceListAgentsProcedure is the fully-qualified name of the AgentRegistryService's
 	// ListAgents RPC.
 	AgentRegistryServiceListAgentsProcedure = "/opsconductor.v1.AgentRegistryService/ListAgents"
+	// AgentRegistryServiceRevokeAgentProcedure is the fully-qualified name of the
+	// AgentRegistryService's RevokeAgent RPC.
+	AgentRegistryServiceRevokeAgentProcedure = "/opsconductor.v1.AgentRegistryService/RevokeAgent"
 	// AgentRegistryServiceCreateJoinTokenProcedure is the fully-qualified name of the
 	// AgentRegistryService's CreateJoinToken RPC.
 	AgentRegistryServiceCreateJoinTokenProcedure = "/opsconductor.v1.AgentRegistryService/CreateJoinToken"
@@ -46,6 +49,9 @@ type AgentRegistryServiceClient interface {
 	ListAgents(context.Context, *connect.Request[v1.ListAgentsRequest]) (*connect.Response[v1.ListAgentsResponse], error)
 	// CreateJoinToken returns a secret that lets agents enroll. The secret is
 	// shown once; only its hash is stored.
+	// RevokeAgent refuses the agent from its next call on; its queued and
+	// running tasks end as lost.
+	RevokeAgent(context.Context, *connect.Request[v1.RevokeAgentRequest]) (*connect.Response[v1.RevokeAgentResponse], error)
 	CreateJoinToken(context.Context, *connect.Request[v1.CreateJoinTokenRequest]) (*connect.Response[v1.CreateJoinTokenResponse], error)
 }
 
@@ -66,6 +72,12 @@ func NewAgentRegistryServiceClient(httpClient connect.HTTPClient, baseURL string
 			connect.WithSchema(agentRegistryServiceMethods.ByName("ListAgents")),
 			connect.WithClientOptions(opts...),
 		),
+		revokeAgent: connect.NewClient[v1.RevokeAgentRequest, v1.RevokeAgentResponse](
+			httpClient,
+			baseURL+AgentRegistryServiceRevokeAgentProcedure,
+			connect.WithSchema(agentRegistryServiceMethods.ByName("RevokeAgent")),
+			connect.WithClientOptions(opts...),
+		),
 		createJoinToken: connect.NewClient[v1.CreateJoinTokenRequest, v1.CreateJoinTokenResponse](
 			httpClient,
 			baseURL+AgentRegistryServiceCreateJoinTokenProcedure,
@@ -78,12 +90,18 @@ func NewAgentRegistryServiceClient(httpClient connect.HTTPClient, baseURL string
 // agentRegistryServiceClient implements AgentRegistryServiceClient.
 type agentRegistryServiceClient struct {
 	listAgents      *connect.Client[v1.ListAgentsRequest, v1.ListAgentsResponse]
+	revokeAgent     *connect.Client[v1.RevokeAgentRequest, v1.RevokeAgentResponse]
 	createJoinToken *connect.Client[v1.CreateJoinTokenRequest, v1.CreateJoinTokenResponse]
 }
 
 // ListAgents calls opsconductor.v1.AgentRegistryService.ListAgents.
 func (c *agentRegistryServiceClient) ListAgents(ctx context.Context, req *connect.Request[v1.ListAgentsRequest]) (*connect.Response[v1.ListAgentsResponse], error) {
 	return c.listAgents.CallUnary(ctx, req)
+}
+
+// RevokeAgent calls opsconductor.v1.AgentRegistryService.RevokeAgent.
+func (c *agentRegistryServiceClient) RevokeAgent(ctx context.Context, req *connect.Request[v1.RevokeAgentRequest]) (*connect.Response[v1.RevokeAgentResponse], error) {
+	return c.revokeAgent.CallUnary(ctx, req)
 }
 
 // CreateJoinToken calls opsconductor.v1.AgentRegistryService.CreateJoinToken.
@@ -97,6 +115,9 @@ type AgentRegistryServiceHandler interface {
 	ListAgents(context.Context, *connect.Request[v1.ListAgentsRequest]) (*connect.Response[v1.ListAgentsResponse], error)
 	// CreateJoinToken returns a secret that lets agents enroll. The secret is
 	// shown once; only its hash is stored.
+	// RevokeAgent refuses the agent from its next call on; its queued and
+	// running tasks end as lost.
+	RevokeAgent(context.Context, *connect.Request[v1.RevokeAgentRequest]) (*connect.Response[v1.RevokeAgentResponse], error)
 	CreateJoinToken(context.Context, *connect.Request[v1.CreateJoinTokenRequest]) (*connect.Response[v1.CreateJoinTokenResponse], error)
 }
 
@@ -113,6 +134,12 @@ func NewAgentRegistryServiceHandler(svc AgentRegistryServiceHandler, opts ...con
 		connect.WithSchema(agentRegistryServiceMethods.ByName("ListAgents")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentRegistryServiceRevokeAgentHandler := connect.NewUnaryHandler(
+		AgentRegistryServiceRevokeAgentProcedure,
+		svc.RevokeAgent,
+		connect.WithSchema(agentRegistryServiceMethods.ByName("RevokeAgent")),
+		connect.WithHandlerOptions(opts...),
+	)
 	agentRegistryServiceCreateJoinTokenHandler := connect.NewUnaryHandler(
 		AgentRegistryServiceCreateJoinTokenProcedure,
 		svc.CreateJoinToken,
@@ -123,6 +150,8 @@ func NewAgentRegistryServiceHandler(svc AgentRegistryServiceHandler, opts ...con
 		switch r.URL.Path {
 		case AgentRegistryServiceListAgentsProcedure:
 			agentRegistryServiceListAgentsHandler.ServeHTTP(w, r)
+		case AgentRegistryServiceRevokeAgentProcedure:
+			agentRegistryServiceRevokeAgentHandler.ServeHTTP(w, r)
 		case AgentRegistryServiceCreateJoinTokenProcedure:
 			agentRegistryServiceCreateJoinTokenHandler.ServeHTTP(w, r)
 		default:
@@ -136,6 +165,10 @@ type UnimplementedAgentRegistryServiceHandler struct{}
 
 func (UnimplementedAgentRegistryServiceHandler) ListAgents(context.Context, *connect.Request[v1.ListAgentsRequest]) (*connect.Response[v1.ListAgentsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AgentRegistryService.ListAgents is not implemented"))
+}
+
+func (UnimplementedAgentRegistryServiceHandler) RevokeAgent(context.Context, *connect.Request[v1.RevokeAgentRequest]) (*connect.Response[v1.RevokeAgentResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AgentRegistryService.RevokeAgent is not implemented"))
 }
 
 func (UnimplementedAgentRegistryServiceHandler) CreateJoinToken(context.Context, *connect.Request[v1.CreateJoinTokenRequest]) (*connect.Response[v1.CreateJoinTokenResponse], error) {

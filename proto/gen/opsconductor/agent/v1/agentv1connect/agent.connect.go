@@ -45,6 +45,8 @@ const (
 	// AgentServiceReportOutputProcedure is the fully-qualified name of the AgentService's ReportOutput
 	// RPC.
 	AgentServiceReportOutputProcedure = "/opsconductor.agent.v1.AgentService/ReportOutput"
+	// AgentServiceRotateKeyProcedure is the fully-qualified name of the AgentService's RotateKey RPC.
+	AgentServiceRotateKeyProcedure = "/opsconductor.agent.v1.AgentService/RotateKey"
 	// AgentServiceCompleteTaskProcedure is the fully-qualified name of the AgentService's CompleteTask
 	// RPC.
 	AgentServiceCompleteTaskProcedure = "/opsconductor.agent.v1.AgentService/CompleteTask"
@@ -58,6 +60,9 @@ type AgentServiceClient interface {
 	Poll(context.Context, *connect.Request[v1.PollRequest]) (*connect.Response[v1.PollResponse], error)
 	ExtendLease(context.Context, *connect.Request[v1.ExtendLeaseRequest]) (*connect.Response[v1.ExtendLeaseResponse], error)
 	ReportOutput(context.Context, *connect.Request[v1.ReportOutputRequest]) (*connect.Response[v1.ReportOutputResponse], error)
+	// RotateKey replaces the agent's public key. The old key keeps working
+	// for a grace period so calls already signed with it still pass.
+	RotateKey(context.Context, *connect.Request[v1.RotateKeyRequest]) (*connect.Response[v1.RotateKeyResponse], error)
 	CompleteTask(context.Context, *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error)
 }
 
@@ -102,6 +107,12 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(agentServiceMethods.ByName("ReportOutput")),
 			connect.WithClientOptions(opts...),
 		),
+		rotateKey: connect.NewClient[v1.RotateKeyRequest, v1.RotateKeyResponse](
+			httpClient,
+			baseURL+AgentServiceRotateKeyProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("RotateKey")),
+			connect.WithClientOptions(opts...),
+		),
 		completeTask: connect.NewClient[v1.CompleteTaskRequest, v1.CompleteTaskResponse](
 			httpClient,
 			baseURL+AgentServiceCompleteTaskProcedure,
@@ -118,6 +129,7 @@ type agentServiceClient struct {
 	poll         *connect.Client[v1.PollRequest, v1.PollResponse]
 	extendLease  *connect.Client[v1.ExtendLeaseRequest, v1.ExtendLeaseResponse]
 	reportOutput *connect.Client[v1.ReportOutputRequest, v1.ReportOutputResponse]
+	rotateKey    *connect.Client[v1.RotateKeyRequest, v1.RotateKeyResponse]
 	completeTask *connect.Client[v1.CompleteTaskRequest, v1.CompleteTaskResponse]
 }
 
@@ -146,6 +158,11 @@ func (c *agentServiceClient) ReportOutput(ctx context.Context, req *connect.Requ
 	return c.reportOutput.CallUnary(ctx, req)
 }
 
+// RotateKey calls opsconductor.agent.v1.AgentService.RotateKey.
+func (c *agentServiceClient) RotateKey(ctx context.Context, req *connect.Request[v1.RotateKeyRequest]) (*connect.Response[v1.RotateKeyResponse], error) {
+	return c.rotateKey.CallUnary(ctx, req)
+}
+
 // CompleteTask calls opsconductor.agent.v1.AgentService.CompleteTask.
 func (c *agentServiceClient) CompleteTask(ctx context.Context, req *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error) {
 	return c.completeTask.CallUnary(ctx, req)
@@ -159,6 +176,9 @@ type AgentServiceHandler interface {
 	Poll(context.Context, *connect.Request[v1.PollRequest]) (*connect.Response[v1.PollResponse], error)
 	ExtendLease(context.Context, *connect.Request[v1.ExtendLeaseRequest]) (*connect.Response[v1.ExtendLeaseResponse], error)
 	ReportOutput(context.Context, *connect.Request[v1.ReportOutputRequest]) (*connect.Response[v1.ReportOutputResponse], error)
+	// RotateKey replaces the agent's public key. The old key keeps working
+	// for a grace period so calls already signed with it still pass.
+	RotateKey(context.Context, *connect.Request[v1.RotateKeyRequest]) (*connect.Response[v1.RotateKeyResponse], error)
 	CompleteTask(context.Context, *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error)
 }
 
@@ -199,6 +219,12 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(agentServiceMethods.ByName("ReportOutput")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceRotateKeyHandler := connect.NewUnaryHandler(
+		AgentServiceRotateKeyProcedure,
+		svc.RotateKey,
+		connect.WithSchema(agentServiceMethods.ByName("RotateKey")),
+		connect.WithHandlerOptions(opts...),
+	)
 	agentServiceCompleteTaskHandler := connect.NewUnaryHandler(
 		AgentServiceCompleteTaskProcedure,
 		svc.CompleteTask,
@@ -217,6 +243,8 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 			agentServiceExtendLeaseHandler.ServeHTTP(w, r)
 		case AgentServiceReportOutputProcedure:
 			agentServiceReportOutputHandler.ServeHTTP(w, r)
+		case AgentServiceRotateKeyProcedure:
+			agentServiceRotateKeyHandler.ServeHTTP(w, r)
 		case AgentServiceCompleteTaskProcedure:
 			agentServiceCompleteTaskHandler.ServeHTTP(w, r)
 		default:
@@ -246,6 +274,10 @@ func (UnimplementedAgentServiceHandler) ExtendLease(context.Context, *connect.Re
 
 func (UnimplementedAgentServiceHandler) ReportOutput(context.Context, *connect.Request[v1.ReportOutputRequest]) (*connect.Response[v1.ReportOutputResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.agent.v1.AgentService.ReportOutput is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) RotateKey(context.Context, *connect.Request[v1.RotateKeyRequest]) (*connect.Response[v1.RotateKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.agent.v1.AgentService.RotateKey is not implemented"))
 }
 
 func (UnimplementedAgentServiceHandler) CompleteTask(context.Context, *connect.Request[v1.CompleteTaskRequest]) (*connect.Response[v1.CompleteTaskResponse], error) {
