@@ -32,7 +32,6 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-
 type testBundle struct {
 	gateway  *Gateway
 	execs    *execution.Store
@@ -51,7 +50,9 @@ func setup(t *testing.T) testBundle {
 	logger := zaptest.NewLogger(t)
 	regStore := registry.NewStore(storetest.Open(t, store.SQLite, registry.Schema, registry.Migrations()))
 	execs := execution.NewStore(storetest.Open(t, store.SQLite, execution.Schema, execution.Migrations()))
-	lose := func(ctx context.Context, agentID, reason string) (int, error) { return execs.TaskLoseByAgent(ctx, agentID, reason, nil) }
+	lose := func(ctx context.Context, agentID, reason string) (int, error) {
+		return execs.TaskLoseByAgent(ctx, agentID, reason, nil)
+	}
 	reg := registry.New(regStore, lose, logger, registry.Config{})
 	hub := notify.New(nil, logger)
 	g := New(reg, execs, hub, func() {}, prometheus.NewRegistry(), logger, Config{Recheck: time.Minute, LeaseDuration: time.Minute})

@@ -3,8 +3,8 @@ package registry
 import (
 	"context"
 	"database/sql"
-	"encoding/base64"
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
