@@ -56,8 +56,10 @@ type Agent struct {
 	http     *http.Client
 }
 
-// New builds an agent. st keeps its identity; exec runs its actions.
-func New(cfg Config, st state.Store, exec executor.Executor, logger *zap.Logger) (*Agent, error) {
+// New builds an agent. st keeps its identity; exec runs its actions;
+// client talks to the control plane (transport.NewHTTPClient builds one
+// for HTTPS; nil means http.DefaultClient).
+func New(cfg Config, st state.Store, exec executor.Executor, client *http.Client, logger *zap.Logger) (*Agent, error) {
 	if cfg.ServerURL == "" {
 		return nil, errors.New("server url is required")
 	}
@@ -74,7 +76,10 @@ func New(cfg Config, st state.Store, exec executor.Executor, logger *zap.Logger)
 	if cfg.PollWait <= 0 {
 		cfg.PollWait = 30 * time.Second
 	}
-	return &Agent{cfg: cfg, state: st, executor: exec, logger: logger.Named("agent"), http: &http.Client{}}, nil
+	if client == nil {
+		client = http.DefaultClient
+	}
+	return &Agent{cfg: cfg, state: st, executor: exec, logger: logger.Named("agent"), http: client}, nil
 }
 
 func (a *Agent) facts() *agentv1.Facts {

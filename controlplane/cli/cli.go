@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/opsconductor/opsconductor/agent/transport"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
 	"github.com/opsconductor/opsconductor/proto/protocol"
 )
@@ -77,6 +79,9 @@ func describe(err error) string {
 type globals struct {
 	server string
 	token  string
+	caFile string
+	pin    string
+	client *http.Client
 	output string
 	stdout io.Writer
 	stderr io.Writer
@@ -88,19 +93,19 @@ func (g *globals) withToken() connect.ClientOption {
 }
 
 func (g *globals) jobs() opsconductorv1connect.JobServiceClient {
-	return opsconductorv1connect.NewJobServiceClient(httpClient(), g.server, g.withToken())
+	return opsconductorv1connect.NewJobServiceClient(g.client, g.server, g.withToken())
 }
 
 func (g *globals) executions() opsconductorv1connect.ExecutionServiceClient {
-	return opsconductorv1connect.NewExecutionServiceClient(httpClient(), g.server, g.withToken())
+	return opsconductorv1connect.NewExecutionServiceClient(g.client, g.server, g.withToken())
 }
 
 func (g *globals) agents() opsconductorv1connect.AgentRegistryServiceClient {
-	return opsconductorv1connect.NewAgentRegistryServiceClient(httpClient(), g.server, g.withToken())
+	return opsconductorv1connect.NewAgentRegistryServiceClient(g.client, g.server, g.withToken())
 }
 
 func (g *globals) auth() opsconductorv1connect.AuthServiceClient {
-	return opsconductorv1connect.NewAuthServiceClient(httpClient(), g.server, g.withToken())
+	return opsconductorv1connect.NewAuthServiceClient(g.client, g.server, g.withToken())
 }
 
 // printJSON writes m as indented protobuf JSON. protojson varies its
@@ -129,6 +134,11 @@ func (g *globals) validate() error {
 	if g.token == "" {
 		g.token = os.Getenv("OPSCONDUCTOR_TOKEN")
 	}
+	client, err := transport.NewHTTPClient(transport.Options{CAFile: g.caFile, PinSHA256: g.pin})
+	if err != nil {
+		return err
+	}
+	g.client = client
 	return nil
 }
 
@@ -159,6 +169,8 @@ See what it did:                            opsconductor execution results EXECU
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.server, "server", def, "control plane URL (env OPSCONDUCTOR_SERVER)")
 	root.PersistentFlags().StringVar(&g.token, "token", "", "API token or JWT (env OPSCONDUCTOR_TOKEN)")
+	root.PersistentFlags().StringVar(&g.caFile, "ca-file", os.Getenv("OPSCONDUCTOR_CA_FILE"), "PEM CA bundle for an HTTPS server (env OPSCONDUCTOR_CA_FILE)")
+	root.PersistentFlags().StringVar(&g.pin, "server-fingerprint", os.Getenv("OPSCONDUCTOR_SERVER_FINGERPRINT"), "hex SHA-256 of the server certificate to pin (env OPSCONDUCTOR_SERVER_FINGERPRINT)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.AddCommand(newServerCmd(), newDevCmd(g), newJobCmd(g), newRunCmd(g), newExecutionCmd(g), newAgentCmd(g), newTokenCmd(g), newWhoAmICmd(g))
 	return root

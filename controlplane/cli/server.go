@@ -104,6 +104,7 @@ func runDev(ctx context.Context, g *globals, dataDir, addr string, logger *zap.L
 	cfg.Addr = addr
 	cfg.DatabaseURL = "sqlite:" + filepath.Join(abs, "db")
 	cfg.LogFormat, cfg.LogLevel = "console", "warn"
+	cfg.InsecureHTTP = true // loopback playground; said so below
 	tokenFile := filepath.Join(abs, "admin-token")
 	cfg.BootstrapTokenFile = tokenFile
 
@@ -139,7 +140,7 @@ func runDev(ctx context.Context, g *globals, dataDir, addr string, logger *zap.L
 		joinToken = resp.Msg.GetToken()
 	}
 	ag, err := agent.New(agent.Config{ServerURL: url, JoinToken: joinToken, Name: "local", Labels: map[string]string{"env": "dev", "role": "local"}},
-		st, &executor.Shell{}, logger)
+		st, &executor.Shell{}, nil, logger)
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,15 @@ type Config struct {
 	// BootstrapTokenFile receives the first admin token (mode 0600) when
 	// the server makes it, besides the log.
 	BootstrapTokenFile string
+	// TLSCert and TLSKey are PEM files; with them the server speaks HTTPS
+	// (HTTP/1.1 and HTTP/2). TLSClientCA, when set, makes it verify client
+	// certificates that callers present (agents with mutual TLS).
+	TLSCert     string
+	TLSKey      string
+	TLSClientCA string
+	// InsecureHTTP allows plain HTTP when no certificate is configured.
+	// Without TLS and without it the server refuses to start.
+	InsecureHTTP bool
 }
 
 // Default returns the configuration of a single node on the embedded store.
@@ -70,6 +79,7 @@ type setting struct {
 	str             *string
 	dur             *time.Duration
 	i64             *int64
+	boolean         *bool
 	secret          bool // never shown as a flag default
 }
 
@@ -89,6 +99,10 @@ func (c *Config) settings() []setting {
 		{flag: "jwt-secret", env: "OPSCONDUCTOR_JWT_SECRET", help: "accept HS256 JWTs signed with this secret (use the _FILE variant)", str: &c.JWTSecret, secret: true},
 		{flag: "jwt-issuer", env: "OPSCONDUCTOR_JWT_ISSUER", help: "required iss of JWTs", str: &c.JWTIssuer},
 		{flag: "jwt-audience", env: "OPSCONDUCTOR_JWT_AUDIENCE", help: "required aud of JWTs", str: &c.JWTAudience},
+		{flag: "tls-cert", env: "OPSCONDUCTOR_TLS_CERT", help: "PEM certificate (chain) to serve HTTPS with", str: &c.TLSCert},
+		{flag: "tls-key", env: "OPSCONDUCTOR_TLS_KEY", help: "PEM private key of --tls-cert", str: &c.TLSKey},
+		{flag: "tls-client-ca", env: "OPSCONDUCTOR_TLS_CLIENT_CA", help: "PEM CA bundle that client certificates (agents' mutual TLS) must chain to", str: &c.TLSClientCA},
+		{flag: "insecure-http", env: "OPSCONDUCTOR_INSECURE_HTTP", help: "allow plain HTTP when no certificate is set (tokens then cross the network in clear)", boolean: &c.InsecureHTTP},
 		{flag: "bootstrap-token-file", env: "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE", help: "also write the first admin token to this file (0600)", str: &c.BootstrapTokenFile},
 	}
 }
@@ -144,6 +158,12 @@ func (s setting) set(v string) error {
 			return fmt.Errorf("%q is not a whole number", v)
 		}
 		*s.i64 = n
+	case s.boolean != nil:
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return fmt.Errorf("%q is not true or false", v)
+		}
+		*s.boolean = b
 	}
 	return nil
 }
@@ -163,6 +183,8 @@ func (c *Config) BindFlags(fs *pflag.FlagSet) {
 			fs.DurationVar(s.dur, s.flag, *s.dur, help)
 		case s.i64 != nil:
 			fs.Int64Var(s.i64, s.flag, *s.i64, help)
+		case s.boolean != nil:
+			fs.BoolVar(s.boolean, s.flag, *s.boolean, help)
 		}
 	}
 }
@@ -204,6 +226,15 @@ func (c Config) Validate() error {
 	}
 	if c.OutputLimit < 1024 {
 		bad("output-limit", "must be at least 1024 bytes")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("tls-cert", "--tls-cert and --tls-key go together")
+	}
+	if c.TLSClientCA != "" && c.TLSCert == "" {
+		bad("tls-client-ca", "needs --tls-cert and --tls-key")
+	}
+	if c.TLSCert == "" && !c.InsecureHTTP {
+		bad("tls-cert", "set --tls-cert and --tls-key to serve HTTPS, or --insecure-http to allow plain HTTP (never on an untrusted network)")
 	}
 	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
 		bad("jwt-secret", "must be at least 32 bytes")

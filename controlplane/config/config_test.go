@@ -20,6 +20,7 @@ func TestPrecedence(t *testing.T) {
 		"OPSCONDUCTOR_REDIS_URL":      "redis://r:6379",
 		"OPSCONDUCTOR_LEASE_DURATION": "45s",
 		"OPSCONDUCTOR_OUTPUT_LIMIT":   "2048",
+		"OPSCONDUCTOR_INSECURE_HTTP":  "true",
 	}
 	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
 	cfg := Default()
@@ -31,7 +32,7 @@ func TestPrecedence(t *testing.T) {
 	if err := cfg.ApplyEnv(lookup, fs.Changed); err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Addr != "0.0.0.0:9000" || cfg.DatabaseURL != "postgres://u:pw@db/x" || cfg.RedisURL != "redis://r:6379" || cfg.OutputLimit != 2048 {
+	if !cfg.InsecureHTTP || cfg.Addr != "0.0.0.0:9000" || cfg.DatabaseURL != "postgres://u:pw@db/x" || cfg.RedisURL != "redis://r:6379" || cfg.OutputLimit != 2048 {
 		t.Fatalf("env not applied: %+v", cfg)
 	}
 	if cfg.LeaseDuration.String() != "1m0s" {
@@ -52,7 +53,7 @@ func TestValidateReportsEverything(t *testing.T) {
 	if err == nil {
 		t.Fatal("invalid config accepted")
 	}
-	for _, field := range []string{"database-url", "log-format", "lease-duration", "output-limit"} {
+	for _, field := range []string{"database-url", "log-format", "lease-duration", "output-limit", "tls-cert"} {
 		if !strings.Contains(err.Error(), field) {
 			t.Errorf("error does not name %s: %v", field, err)
 		}

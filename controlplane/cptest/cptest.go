@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/opsconductor/opsconductor/agent/transport"
 )
 
 var (
@@ -161,25 +163,56 @@ type Server struct {
 	URL string
 	// Token is the bootstrap admin API token.
 	Token string
+	// Client trusts the server's certificate when it serves HTTPS.
+	Client *http.Client
 }
 
-// StartServer runs `opsconductor server` on a free port with env (at least
-// DATABASE_URL) and waits until /health answers 200.
+// StartServer runs `opsconductor server` over plain HTTP on a free port
+// with env (at least DATABASE_URL) and waits until /health answers 200.
 func StartServer(t testing.TB, name string, env map[string]string) *Server {
+	t.Helper()
+	return startServer(t, name, env, nil)
+}
+
+// StartServerTLS is StartServer over HTTPS with f's server certificate;
+// with clientCA it also verifies client certificates against f's CA.
+func StartServerTLS(t testing.TB, name string, env map[string]string, f TLSFiles, clientCA bool) *Server {
+	t.Helper()
+	full := map[string]string{"OPSCONDUCTOR_TLS_CERT": f.Cert, "OPSCONDUCTOR_TLS_KEY": f.Key}
+	if clientCA {
+		full["OPSCONDUCTOR_TLS_CLIENT_CA"] = f.CA
+	}
+	for k, v := range env {
+		full[k] = v
+	}
+	return startServer(t, name, full, &f)
+}
+
+func startServer(t testing.TB, name string, env map[string]string, tlsFiles *TLSFiles) *Server {
 	t.Helper()
 	addr := FreeAddr(t)
 	tokenFile := filepath.Join(t.TempDir(), "admin-token")
 	full := map[string]string{"OPSCONDUCTOR_ADDR": addr, "OPSCONDUCTOR_LOG_LEVEL": "debug", "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE": tokenFile}
+	s := &Server{URL: "http://" + addr, Client: http.DefaultClient}
+	if tlsFiles == nil {
+		full["OPSCONDUCTOR_INSECURE_HTTP"] = "true"
+	} else {
+		client, err := transport.NewHTTPClient(transport.Options{CAFile: tlsFiles.CA})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.URL, s.Client = "https://"+addr, client
+	}
 	for k, v := range env {
 		full[k] = v
 	}
 	p := Start(t, name, filepath.Join(Binaries(t), "opsconductor"), []string{"server"}, full)
-	s := &Server{Process: p, URL: "http://" + addr}
+	s.Process = p
 	Eventually(t, 30*time.Second, func() error {
 		if p.Exited() {
 			t.Fatalf("%s exited during start:\n%s", name, p.Output())
 		}
-		resp, err := http.Get(s.URL + "/health")
+		resp, err := s.Client.Get(s.URL + "/health")
 		if err != nil {
 			return err
 		}
@@ -200,7 +233,7 @@ func StartServer(t testing.TB, name string, env map[string]string) *Server {
 // Do is DoJSON against this server's path, as its admin.
 func (s *Server) Do(t testing.TB, method, path string, body, out any) int {
 	t.Helper()
-	return DoJSONHeader(t, method, s.URL+path, http.Header{"Authorization": {"Bearer " + s.Token}}, body, out)
+	return doJSON(t, s.Client, method, s.URL+path, http.Header{"Authorization": {"Bearer " + s.Token}}, body, out)
 }
 
 // JoinToken creates a join token through the REST API.
@@ -256,6 +289,11 @@ func DoJSON(t testing.TB, method, url string, body, out any) int {
 // DoJSONHeader is DoJSON with extra request headers.
 func DoJSONHeader(t testing.TB, method, url string, header http.Header, body, out any) int {
 	t.Helper()
+	return doJSON(t, http.DefaultClient, method, url, header, body, out)
+}
+
+func doJSON(t testing.TB, client *http.Client, method, url string, header http.Header, body, out any) int {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -282,7 +320,7 @@ func DoJSONHeader(t testing.TB, method, url string, header http.Header, body, ou
 			req.Header.Add(k, v)
 		}
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}

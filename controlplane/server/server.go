@@ -12,12 +12,15 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net"
 	"net/http"
+	"os"
 	"runtime"
 	"sync"
 	"time"
@@ -52,6 +55,7 @@ import (
 // App is a running control plane: every service in one process.
 type App struct {
 	cfg     config.Config
+	tls     *tls.Config
 	logger  *zap.Logger
 	dbs     []*store.DB
 	redis   *redis.Client
@@ -68,6 +72,13 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		return nil, fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	a := &App{cfg: cfg, logger: logger}
+	if cfg.TLSCert != "" {
+		tlsCfg, err := serverTLS(cfg)
+		if err != nil {
+			return nil, err
+		}
+		a.tls = tlsCfg
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -217,10 +228,16 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		IdleTimeout:       2 * time.Minute,
 		Protocols:         new(http.Protocols),
 	}
-	// HTTP/1.1 for REST and Connect, cleartext HTTP/2 for gRPC clients;
-	// TLS arrives with the security issue.
+	// HTTP/1.1 for REST and Connect, HTTP/2 for gRPC: over TLS, or in
+	// clear (h2c) only when plain HTTP was allowed.
 	srv.Protocols.SetHTTP1(true)
-	srv.Protocols.SetUnencryptedHTTP2(true)
+	if a.tls != nil {
+		srv.Protocols.SetHTTP2(true)
+		srv.TLSConfig = a.tls
+	} else {
+		srv.Protocols.SetUnencryptedHTTP2(true)
+		a.logger.Warn("serving plain HTTP (--insecure-http): tokens cross the network in clear")
+	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -241,9 +258,15 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	}
 
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if a.tls != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
 	a.logger.Info("control plane listening", zap.String("addr", ln.Addr().String()), zap.String("version", protocol.Version),
-		zap.String("database", string(a.dbs[0].Dialect())), zap.Bool("redis", a.redis != nil))
+		zap.String("database", string(a.dbs[0].Dialect())), zap.Bool("redis", a.redis != nil), zap.Bool("tls", a.tls != nil))
 
 	var err error
 	select {
@@ -262,6 +285,29 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+// serverTLS loads the certificate and, for mutual TLS, the client CA.
+func serverTLS(cfg config.Config) (*tls.Config, error) {
+	pair, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("load TLS certificate: %w", err)
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+	if cfg.TLSClientCA != "" {
+		pem, err := os.ReadFile(cfg.TLSClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("read client CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("client CA %s holds no PEM certificate", cfg.TLSClientCA)
+		}
+		// Operators and REST callers come without certificates; those
+		// that present one (agents) must present a valid one.
+		tc.ClientCAs, tc.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	}
+	return tc, nil
 }
 
 // Close releases the stores and the Redis client.

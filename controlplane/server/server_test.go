@@ -43,6 +43,7 @@ func startApp(t *testing.T, d store.Dialect) testServer {
 	cfg := config.Default()
 	cfg.DatabaseURL = storetest.NewURL(t, d)
 	cfg.BootstrapTokenFile = filepath.Join(t.TempDir(), "admin-token")
+	cfg.InsecureHTTP = true
 	ctx, cancel := context.WithCancel(context.Background())
 	app, err := New(ctx, cfg, zaptest.NewLogger(t))
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"github.com/opsconductor/opsconductor/agent/executor"
 	"github.com/opsconductor/opsconductor/agent/logging"
 	"github.com/opsconductor/opsconductor/agent/state"
+	"github.com/opsconductor/opsconductor/agent/transport"
 	"github.com/opsconductor/opsconductor/proto/protocol"
 )
 
@@ -56,6 +57,10 @@ func run(args []string) error {
 	pollWait := fs.Duration("poll-wait", envDuration("OPSCONDUCTOR_POLL_WAIT", 30*time.Second), "longest wait of one long-poll (env OPSCONDUCTOR_POLL_WAIT)")
 	logFormat := fs.String("log-format", env("OPSCONDUCTOR_LOG_FORMAT", "json"), "json or console (env OPSCONDUCTOR_LOG_FORMAT)")
 	logLevel := fs.String("log-level", env("OPSCONDUCTOR_LOG_LEVEL", "info"), "debug, info, warn or error (env OPSCONDUCTOR_LOG_LEVEL)")
+	caFile := fs.String("ca-file", env("OPSCONDUCTOR_CA_FILE", ""), "PEM CA bundle the server certificate must chain to (env OPSCONDUCTOR_CA_FILE)")
+	pin := fs.String("server-fingerprint", env("OPSCONDUCTOR_SERVER_FINGERPRINT", ""), "hex SHA-256 of the server certificate to pin instead (env OPSCONDUCTOR_SERVER_FINGERPRINT)")
+	clientCert := fs.String("client-cert", env("OPSCONDUCTOR_CLIENT_CERT", ""), "PEM client certificate for mutual TLS (env OPSCONDUCTOR_CLIENT_CERT)")
+	clientKey := fs.String("client-key", env("OPSCONDUCTOR_CLIENT_KEY", ""), "PEM key of --client-cert (env OPSCONDUCTOR_CLIENT_KEY)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -86,10 +91,17 @@ func run(args []string) error {
 	}
 	defer func() { _ = logger.Sync() }()
 
+	client, err := transport.NewHTTPClient(transport.Options{CAFile: *caFile, PinSHA256: *pin, ClientCert: *clientCert, ClientKey: *clientKey})
+	if err != nil {
+		return err
+	}
+	if strings.HasPrefix(*server, "http://") {
+		logger.Warn("talking to the control plane over plain HTTP: use https:// outside a lab")
+	}
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
 		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge,
-	}, state.FileStore{Dir: *stateDir}, &executor.Shell{}, logger)
+	}, state.FileStore{Dir: *stateDir}, &executor.Shell{}, client, logger)
 	if err != nil {
 		return err
 	}
