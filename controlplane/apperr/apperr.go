@@ -7,8 +7,11 @@ package apperr
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -27,6 +30,7 @@ const (
 	KindFailedPrecondition                 // not allowed now: FailedPrecondition, 400
 	KindUnauthenticated                    // Unauthenticated, 401
 	KindPermissionDenied                   // PermissionDenied, 403
+	KindResourceExhausted                  // rate limited: ResourceExhausted, 429
 )
 
 var codes = map[Kind]connect.Code{
@@ -37,6 +41,7 @@ var codes = map[Kind]connect.Code{
 	KindFailedPrecondition: connect.CodeFailedPrecondition,
 	KindUnauthenticated:    connect.CodeUnauthenticated,
 	KindPermissionDenied:   connect.CodePermissionDenied,
+	KindResourceExhausted:  connect.CodeResourceExhausted,
 }
 
 // Error is a domain error with a kind and a message fit for the caller.
@@ -44,6 +49,8 @@ type Error struct {
 	Kind       Kind
 	Message    string
 	Violations []Violation
+	// RetryAfter, when set, is sent as a Retry-After header (seconds).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -69,6 +76,13 @@ func Unauthenticated(format string, args ...any) error {
 }
 func PermissionDenied(format string, args ...any) error {
 	return newf(KindPermissionDenied, format, args...)
+}
+
+// RateLimited says the caller must wait retryAfter before calling again.
+func RateLimited(retryAfter time.Duration, format string, args ...any) error {
+	e := newf(KindResourceExhausted, format, args...)
+	e.RetryAfter = retryAfter
+	return e
 }
 
 // Invalid is a bad-input error listing every bad field. Its message names
@@ -98,6 +112,9 @@ func ToConnect(err error) (cerr *connect.Error, known bool) {
 	var e *Error
 	if errors.As(err, &e) {
 		cerr = connect.NewError(codes[e.Kind], errors.New(e.Message))
+		if e.RetryAfter > 0 {
+			cerr.Meta().Set("Retry-After", strconv.Itoa(int(math.Ceil(e.RetryAfter.Seconds()))))
+		}
 		if len(e.Violations) > 0 {
 			br := &errdetails.BadRequest{}
 			for _, v := range e.Violations {

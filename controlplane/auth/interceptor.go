@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
+	"github.com/opsconductor/opsconductor/controlplane/ratelimit"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
 
@@ -51,16 +53,35 @@ func CheckServices(services ...protoreflect.ServiceDescriptor) error {
 // trail. Agent RPCs pass through to the agent gateway, which checks the
 // agent's own credential; public RPCs pass through.
 type Interceptor struct {
-	authn  *Authenticator
-	store  *Store
-	logger *zap.Logger
+	authn   *Authenticator
+	store   *Store
+	limiter ratelimit.Limiter
+	logger  *zap.Logger
 }
 
 var _ connect.Interceptor = (*Interceptor)(nil)
 
-// NewInterceptor builds the interceptor.
-func NewInterceptor(authn *Authenticator, st *Store, logger *zap.Logger) *Interceptor {
-	return &Interceptor{authn: authn, store: st, logger: logger.Named("authz")}
+// NewInterceptor builds the interceptor. limiter bounds each principal's
+// call rate, and the rate of failed authentications per peer address; nil
+// means no limit.
+func NewInterceptor(authn *Authenticator, st *Store, limiter ratelimit.Limiter, logger *zap.Logger) *Interceptor {
+	return &Interceptor{authn: authn, store: st, limiter: limiter, logger: logger.Named("authz")}
+}
+
+// limit applies the rate limit to key.
+func (i *Interceptor) limit(ctx context.Context, key, who string) error {
+	if i.limiter == nil {
+		return nil
+	}
+	ok, after, err := i.limiter.Allow(ctx, key)
+	if err != nil {
+		i.logger.Warn("rate limiter unavailable; allowing the call", zap.Error(err))
+		return nil
+	}
+	if !ok {
+		return apperr.RateLimited(after, "rate limit exceeded for %s; retry in %s", who, after.Round(time.Millisecond))
+	}
+	return nil
 }
 
 func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, header interface{ Get(string) string }, peer string) (context.Context, error) {
@@ -77,6 +98,13 @@ func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, header i
 	p, err := i.authn.Authenticate(ctx, strings.TrimSpace(bearer))
 	if err != nil {
 		i.deny(ctx, spec.Procedure, "", err, "unauthenticated", peer)
+		// Guessing tokens is slowed down per address.
+		if lerr := i.limit(ctx, "authfail:"+peerHost(peer), "failed authentications from "+peerHost(peer)); lerr != nil {
+			return ctx, lerr
+		}
+		return ctx, err
+	}
+	if err := i.limit(ctx, "principal:"+p.Name, p.Name); err != nil {
 		return ctx, err
 	}
 	if !p.Can(acc.GetPermission()) {
@@ -100,6 +128,13 @@ func (i *Interceptor) deny(ctx context.Context, procedure, principal string, rea
 	}
 	i.logger.Info("call denied", zap.String("procedure", procedure), zap.String("principal", principal),
 		zap.String("code", code), zap.String("peer", peer), zap.String("correlation_id", rec.CorrelationID))
+}
+
+func peerHost(addr string) string {
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		return host
+	}
+	return addr
 }
 
 func (i *Interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {

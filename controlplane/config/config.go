@@ -55,6 +55,15 @@ type Config struct {
 	// InsecureHTTP allows plain HTTP when no certificate is configured.
 	// Without TLS and without it the server refuses to start.
 	InsecureHTTP bool
+	// RateLimit is each principal's sustained calls per second (0: no
+	// limit); RateBurst how many may come at once.
+	RateLimit int64
+	RateBurst int64
+	// MaxRequestBytes caps a request body.
+	MaxRequestBytes int64
+	// CORSOrigins are the browser origins (the dashboard's) allowed to call
+	// the API, comma-separated; "*" allows any.
+	CORSOrigins string
 }
 
 // Default returns the configuration of a single node on the embedded store.
@@ -70,6 +79,9 @@ func Default() Config {
 		ReapInterval:      5 * time.Second,
 		OutputLimit:       1 << 20,
 		AgentOnlineWindow: 90 * time.Second,
+		RateLimit:         20,
+		RateBurst:         40,
+		MaxRequestBytes:   4 << 20,
 	}
 }
 
@@ -103,6 +115,10 @@ func (c *Config) settings() []setting {
 		{flag: "tls-key", env: "OPSCONDUCTOR_TLS_KEY", help: "PEM private key of --tls-cert", str: &c.TLSKey},
 		{flag: "tls-client-ca", env: "OPSCONDUCTOR_TLS_CLIENT_CA", help: "PEM CA bundle that client certificates (agents' mutual TLS) must chain to", str: &c.TLSClientCA},
 		{flag: "insecure-http", env: "OPSCONDUCTOR_INSECURE_HTTP", help: "allow plain HTTP when no certificate is set (tokens then cross the network in clear)", boolean: &c.InsecureHTTP},
+		{flag: "rate-limit", env: "OPSCONDUCTOR_RATE_LIMIT", help: "calls per second per principal (0: no limit); shared through Redis when set", i64: &c.RateLimit},
+		{flag: "rate-burst", env: "OPSCONDUCTOR_RATE_BURST", help: "calls a principal may make at once", i64: &c.RateBurst},
+		{flag: "max-request-bytes", env: "OPSCONDUCTOR_MAX_REQUEST_BYTES", help: "largest request body", i64: &c.MaxRequestBytes},
+		{flag: "cors-origins", env: "OPSCONDUCTOR_CORS_ORIGINS", help: "browser origins allowed to call the API, comma-separated", str: &c.CORSOrigins},
 		{flag: "bootstrap-token-file", env: "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE", help: "also write the first admin token to this file (0600)", str: &c.BootstrapTokenFile},
 	}
 }
@@ -238,6 +254,15 @@ func (c Config) Validate() error {
 	}
 	if c.JWTSecret != "" && len(c.JWTSecret) < 32 {
 		bad("jwt-secret", "must be at least 32 bytes")
+	}
+	if c.RateLimit < 0 {
+		bad("rate-limit", "must not be negative")
+	}
+	if c.RateLimit > 0 && c.RateBurst < 1 {
+		bad("rate-burst", "must be at least 1")
+	}
+	if c.MaxRequestBytes < 1024 {
+		bad("max-request-bytes", "must be at least 1024")
 	}
 	if c.AgentOnlineWindow <= 0 {
 		bad("agent-online-window", "must be positive")

@@ -192,7 +192,9 @@ func startServer(t testing.TB, name string, env map[string]string, tlsFiles *TLS
 	t.Helper()
 	addr := FreeAddr(t)
 	tokenFile := filepath.Join(t.TempDir(), "admin-token")
-	full := map[string]string{"OPSCONDUCTOR_ADDR": addr, "OPSCONDUCTOR_LOG_LEVEL": "debug", "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE": tokenFile}
+	full := map[string]string{"OPSCONDUCTOR_ADDR": addr, "OPSCONDUCTOR_LOG_LEVEL": "debug", "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE": tokenFile,
+		// Tests poll the API fast; the rate limit has tests of its own.
+		"OPSCONDUCTOR_RATE_LIMIT": "0"}
 	s := &Server{URL: "http://" + addr, Client: http.DefaultClient}
 	if tlsFiles == nil {
 		full["OPSCONDUCTOR_INSECURE_HTTP"] = "true"

@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +44,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/job"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
 	"github.com/opsconductor/opsconductor/controlplane/outbox"
+	"github.com/opsconductor/opsconductor/controlplane/ratelimit"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
@@ -154,7 +156,8 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	})
 
 	opts := connect.WithHandlerOptions(
-		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), auth.NewInterceptor(authn, authStore, logger)),
+		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), auth.NewInterceptor(authn, authStore, a.limiter(), logger)),
+		connect.WithReadMaxBytes(int(cfg.MaxRequestBytes)),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.Error("handler panic", zap.String("procedure", spec.Procedure), zap.Any("panic", p),
 				zap.String("correlation_id", correlation.ID(ctx)), zap.Stack("stack"))
@@ -187,7 +190,13 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /version", version)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(metricsReg, promhttp.HandlerOpts{}))
-	a.handler = correlation.Middleware(mux)
+	var origins []string
+	for _, o := range strings.Split(cfg.CORSOrigins, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			origins = append(origins, o)
+		}
+	}
+	a.handler = correlation.Middleware(securityHeaders(a.tls != nil, withCORS(origins, limitBody(cfg.MaxRequestBytes, mux))))
 	ok = true
 	return a, nil
 }
@@ -285,6 +294,19 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+// limiter is the per-principal rate limiter: shared through Redis when
+// configured, in memory otherwise, none when the limit is 0.
+func (a *App) limiter() ratelimit.Limiter {
+	switch {
+	case a.cfg.RateLimit == 0:
+		return nil
+	case a.redis != nil:
+		return ratelimit.NewRedis(a.redis, int(a.cfg.RateBurst))
+	default:
+		return ratelimit.NewLocal(float64(a.cfg.RateLimit), int(a.cfg.RateBurst))
+	}
 }
 
 // serverTLS loads the certificate and, for mutual TLS, the client CA.

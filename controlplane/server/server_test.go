@@ -38,10 +38,15 @@ func (s testServer) do(t *testing.T, method, path string, body, out any) int {
 }
 
 // startApp serves a whole control plane in-process on a loopback port.
-func startApp(t *testing.T, d store.Dialect) testServer {
+// Tests poll fast, so the rate limit is off unless tweak turns it on.
+func startApp(t *testing.T, d store.Dialect, tweak ...func(*config.Config)) testServer {
 	t.Helper()
 	cfg := config.Default()
 	cfg.DatabaseURL = storetest.NewURL(t, d)
+	cfg.RateLimit = 0
+	for _, f := range tweak {
+		f(&cfg)
+	}
 	cfg.BootstrapTokenFile = filepath.Join(t.TempDir(), "admin-token")
 	cfg.InsecureHTTP = true
 	ctx, cancel := context.WithCancel(context.Background())
