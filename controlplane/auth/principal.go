@@ -17,22 +17,25 @@ import (
 
 // Permissions name what a caller may do. Each RPC declares one.
 const (
-	PermSelfRead         = "self:read"
-	PermJobsRead         = "jobs:read"
-	PermJobsWrite        = "jobs:write"
-	PermExecutionsRead   = "executions:read"
-	PermExecutionsRun    = "executions:run"
-	PermExecutionsDanger = "executions:dangerous"
-	PermAgentsRead       = "agents:read"
-	PermAgentsManage     = "agents:manage"
-	PermTokensManage     = "tokens:manage"
-	PermAuditRead        = "audit:read"
+	PermSelfRead       = "self:read"
+	PermJobsRead       = "jobs:read"
+	PermJobsWrite      = "jobs:write"
+	PermExecutionsRead = "executions:read"
+	PermExecutionsRun  = "executions:run"
+	// PermExecutionsRunProtected runs jobs on agents with protected labels
+	// (production, by default env=prod); developers lack it.
+	PermExecutionsRunProtected = "executions:run-protected"
+	PermExecutionsDanger       = "executions:dangerous"
+	PermAgentsRead             = "agents:read"
+	PermAgentsManage           = "agents:manage"
+	PermTokensManage           = "tokens:manage"
+	PermAuditRead              = "audit:read"
 )
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
 	"admin":     {"*"},
-	"operator":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermAgentsRead},
+	"operator":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead},
 	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead},
 	"viewer":    {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead},
 	"auditor":   {PermSelfRead, PermAuditRead},

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/opsconductor/opsconductor/controlplane/label"
 )
 
 // Config configures `opsconductor server`.
@@ -61,6 +63,9 @@ type Config struct {
 	RateBurst int64
 	// MaxRequestBytes caps a request body.
 	MaxRequestBytes int64
+	// ProtectedLabels selects the agents (production) on which running a
+	// job needs permission executions:run-protected; empty: none.
+	ProtectedLabels string
 	// CORSOrigins are the browser origins (the dashboard's) allowed to call
 	// the API, comma-separated; "*" allows any.
 	CORSOrigins string
@@ -82,6 +87,7 @@ func Default() Config {
 		RateLimit:         20,
 		RateBurst:         40,
 		MaxRequestBytes:   4 << 20,
+		ProtectedLabels:   "env=prod",
 	}
 }
 
@@ -118,6 +124,7 @@ func (c *Config) settings() []setting {
 		{flag: "rate-limit", env: "OPSCONDUCTOR_RATE_LIMIT", help: "calls per second per principal (0: no limit); shared through Redis when set", i64: &c.RateLimit},
 		{flag: "rate-burst", env: "OPSCONDUCTOR_RATE_BURST", help: "calls a principal may make at once", i64: &c.RateBurst},
 		{flag: "max-request-bytes", env: "OPSCONDUCTOR_MAX_REQUEST_BYTES", help: "largest request body", i64: &c.MaxRequestBytes},
+		{flag: "protected-labels", env: "OPSCONDUCTOR_PROTECTED_LABELS", help: "label selector of agents where running needs executions:run-protected (developers lack it); empty: none", str: &c.ProtectedLabels},
 		{flag: "cors-origins", env: "OPSCONDUCTOR_CORS_ORIGINS", help: "browser origins allowed to call the API, comma-separated", str: &c.CORSOrigins},
 		{flag: "bootstrap-token-file", env: "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE", help: "also write the first admin token to this file (0600)", str: &c.BootstrapTokenFile},
 	}
@@ -263,6 +270,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRequestBytes < 1024 {
 		bad("max-request-bytes", "must be at least 1024")
+	}
+	if _, err := label.ParseSelector(c.ProtectedLabels); err != nil {
+		bad("protected-labels", "%v", err)
 	}
 	if c.AgentOnlineWindow <= 0 {
 		bad("agent-online-window", "must be positive")

@@ -238,7 +238,7 @@ func toAssignment(c execution.Claim) (*agentv1.TaskAssignment, error) {
 	}
 	ta := &agentv1.TaskAssignment{
 		TaskId: c.Task.ID, ExecutionId: c.Task.ExecutionID, JobName: c.JobName, LeaseGeneration: c.Task.LeaseGeneration,
-		CorrelationId: c.CorrelationID, OutputLimitBytes: c.Task.OutputLimit,
+		CorrelationId: c.CorrelationID, OutputLimitBytes: c.Task.OutputLimit, AllowDangerous: c.AllowDangerous,
 	}
 	if c.Task.LeaseExpiresAt != nil {
 		ta.LeaseExpireTime = timestamppb.New(*c.Task.LeaseExpiresAt)

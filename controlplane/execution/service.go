@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -18,7 +19,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/auth"
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
+	"github.com/opsconductor/opsconductor/controlplane/label"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
@@ -36,10 +39,20 @@ type TargetResolver interface {
 	ResolveTargets(ctx context.Context, targets []*opsconductorv1.Target) ([]*opsconductorv1.ResolvedAgent, []int, error)
 }
 
+// CommandChecker finds dangerous commands in a job; package safety's
+// checker implements it.
+type CommandChecker interface {
+	// CheckJob returns the findings that block the job (empty: it may run).
+	CheckJob(job *opsconductorv1.Job) []*opsconductorv1.SafetyFinding
+}
+
 // Config tunes the service.
 type Config struct {
 	// OutputLimit caps the stdout+stderr stored per task (default 1 MiB).
 	OutputLimit int64
+	// Protected selects agents (production, say) on which running a job
+	// needs the executions:run-protected permission. Empty: none.
+	Protected label.Selector
 }
 
 // DefaultOutputLimit is the per-task output cap when none is configured.
@@ -50,6 +63,7 @@ type Service struct {
 	store    *Store
 	jobs     JobReader
 	resolver TargetResolver
+	checker  CommandChecker
 	hub      *notify.Hub
 	cfg      Config
 	logger   *zap.Logger
@@ -57,16 +71,17 @@ type Service struct {
 
 var _ opsconductorv1connect.ExecutionServiceHandler = (*Service)(nil)
 
-// NewService builds the executions service.
-func NewService(st *Store, jobs JobReader, resolver TargetResolver, hub *notify.Hub, logger *zap.Logger, cfg Config) *Service {
+// NewService builds the executions service. checker may be nil (no
+// dangerous-command checks).
+func NewService(st *Store, jobs JobReader, resolver TargetResolver, checker CommandChecker, hub *notify.Hub, logger *zap.Logger, cfg Config) *Service {
 	if cfg.OutputLimit <= 0 {
 		cfg.OutputLimit = DefaultOutputLimit
 	}
-	return &Service{store: st, jobs: jobs, resolver: resolver, hub: hub, cfg: cfg, logger: logger.Named("execution")}
+	return &Service{store: st, jobs: jobs, resolver: resolver, checker: checker, hub: hub, cfg: cfg, logger: logger.Named("execution")}
 }
 
 func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconductorv1.ExecuteJobRequest]) (*connect.Response[opsconductorv1.ExecuteJobResponse], error) {
-	e, err := s.create(ctx, req.Msg.GetId(), 0, "id")
+	e, err := s.create(ctx, req.Msg.GetId(), 0, "id", req.Msg.GetDangerousOverride())
 	if err != nil {
 		return nil, err
 	}
@@ -74,20 +89,32 @@ func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconduc
 }
 
 func (s *Service) CreateExecution(ctx context.Context, req *connect.Request[opsconductorv1.CreateExecutionRequest]) (*connect.Response[opsconductorv1.CreateExecutionResponse], error) {
-	e, err := s.create(ctx, req.Msg.GetJobId(), req.Msg.GetJobVersion(), "job_id")
+	e, err := s.create(ctx, req.Msg.GetJobId(), req.Msg.GetJobVersion(), "job_id", req.Msg.GetDangerousOverride())
 	if err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&opsconductorv1.CreateExecutionResponse{Execution: e}), nil
 }
 
-func (s *Service) create(ctx context.Context, jobID string, version int64, idField string) (*opsconductorv1.Execution, error) {
+func (s *Service) create(ctx context.Context, jobID string, version int64, idField string, override *opsconductorv1.DangerousOverride) (*opsconductorv1.Execution, error) {
 	if jobID == "" {
 		return nil, apperr.InvalidField(idField, "must not be empty")
+	}
+	if override.GetAllow() && strings.TrimSpace(override.GetReason()) == "" {
+		return nil, apperr.InvalidField("dangerous_override.reason", "is required with allow: say why this is safe to run (it is audited)")
+	}
+	principal, _ := auth.PrincipalFrom(ctx)
+	if override.GetAllow() && !principal.Can(auth.PermExecutionsDanger) {
+		return nil, apperr.PermissionDenied("%s lacks permission %s to override the dangerous-command check", principal.Name, auth.PermExecutionsDanger)
 	}
 	job, err := s.jobs.Get(ctx, jobID, version)
 	if err != nil {
 		return nil, err
+	}
+	if s.checker != nil {
+		if findings := s.checker.CheckJob(job); len(findings) > 0 && !override.GetAllow() {
+			return nil, dangerousError(job.GetName(), findings)
+		}
 	}
 	agents, unmatched, err := s.resolver.ResolveTargets(ctx, job.GetTargets())
 	if err != nil {
@@ -105,6 +132,14 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 		}
 		return nil, &apperr.Error{Kind: apperr.KindFailedPrecondition, Message: "job " + job.GetName() + " cannot run: " + apperr.Invalid("targets", vs).Error(), Violations: vs}
 	}
+	if len(s.cfg.Protected) > 0 && !principal.Can(auth.PermExecutionsRunProtected) {
+		for _, a := range agents {
+			if s.cfg.Protected.Matches(a.GetLabels()) {
+				return nil, apperr.PermissionDenied("%s may not run jobs on protected agents (%s matches %s); ask for permission %s",
+					principal.Name, a.GetName(), s.cfg.Protected, auth.PermExecutionsRunProtected)
+			}
+		}
+	}
 	snapshot, err := protojson.Marshal(job)
 	if err != nil {
 		return nil, fmt.Errorf("encode job snapshot: %w", err)
@@ -117,7 +152,13 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 		Snapshot:      snapshot,
 		Status:        ExecQueued,
 		CorrelationID: correlation.ID(ctx),
+		CreatedBy:     principal.Name,
 		CreatedAt:     time.Now().UTC().Truncate(time.Microsecond),
+	}
+	if override.GetAllow() {
+		rec.AllowDangerous, rec.DangerousReason = true, override.GetReason()
+		s.logger.Warn("dangerous-command check overridden", zap.String("execution_id", rec.ID), zap.String("job_id", rec.JobID),
+			zap.String("principal", principal.Name), zap.String("reason", rec.DangerousReason), zap.String("correlation_id", rec.CorrelationID))
 	}
 	tasks := make([]TaskRecord, len(agents))
 	keys := make([]string, len(agents))
@@ -132,6 +173,20 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 	s.logger.Info("execution created", zap.String("execution_id", rec.ID), zap.String("job_id", rec.JobID),
 		zap.Int64("job_version", rec.JobVersion), zap.Int("tasks", len(tasks)), zap.String("correlation_id", rec.CorrelationID))
 	return s.get(ctx, rec.ID)
+}
+
+// dangerousError refuses a job the safety checker blocks, naming each
+// finding by its field.
+func dangerousError(job string, findings []*opsconductorv1.SafetyFinding) error {
+	vs := make([]apperr.Violation, len(findings))
+	for i, f := range findings {
+		vs[i] = apperr.Violation{Field: f.GetField(), Description: fmt.Sprintf("%s (%s, rule %s): %s", f.GetVerdict(), f.GetSeverity(), f.GetRule(), f.GetReason())}
+	}
+	e := apperr.Invalid("job", vs).(*apperr.Error)
+	e.Kind = apperr.KindFailedPrecondition
+	e.Message = "job " + job + " runs commands the safety checker blocks; fix them, or override with a reason (permission executions:dangerous): " +
+		strings.TrimPrefix(e.Message, "invalid job: ")
+	return e
 }
 
 func (s *Service) GetExecution(ctx context.Context, req *connect.Request[opsconductorv1.GetExecutionRequest]) (*connect.Response[opsconductorv1.GetExecutionResponse], error) {
@@ -175,9 +230,12 @@ func toExecution(rec ExecutionRecord, tasks []TaskRecord) (*opsconductorv1.Execu
 	}
 	e := &opsconductorv1.Execution{
 		Id: rec.ID, JobId: rec.JobID, JobName: rec.JobName, JobVersion: rec.JobVersion, Status: rec.Status,
-		CorrelationId: rec.CorrelationID, CreateTime: timestamppb.New(rec.CreatedAt),
+		CorrelationId: rec.CorrelationID, CreateTime: timestamppb.New(rec.CreatedAt), CreatedBy: rec.CreatedBy,
 		StartTime: ts(rec.StartedAt), EndTime: ts(rec.FinishedAt), JobSnapshot: job,
 		TaskCounts: map[string]int32{},
+	}
+	if rec.AllowDangerous {
+		e.DangerousOverride = &opsconductorv1.DangerousOverride{Allow: true, Reason: rec.DangerousReason}
 	}
 	for _, t := range tasks {
 		e.TaskCounts[t.Status]++

@@ -63,9 +63,13 @@ type ExecutionRecord struct {
 	Snapshot      []byte // the job as protobuf JSON
 	Status        string
 	CorrelationID string
-	CreatedAt     time.Time
-	StartedAt     *time.Time
-	FinishedAt    *time.Time
+	CreatedBy     string
+	// AllowDangerous marks an audited override of the safety checker.
+	AllowDangerous  bool
+	DangerousReason string
+	CreatedAt       time.Time
+	StartedAt       *time.Time
+	FinishedAt      *time.Time
 }
 
 // TaskRecord is a stored task.
@@ -106,10 +110,11 @@ type OutputChunk struct {
 
 // Claim is a task leased to an agent, with what it needs to run it.
 type Claim struct {
-	Task          TaskRecord
-	JobName       string
-	Snapshot      []byte
-	CorrelationID string
+	Task           TaskRecord
+	JobName        string
+	Snapshot       []byte
+	CorrelationID  string
+	AllowDangerous bool
 }
 
 // Store keeps executions, tasks, results and output in the executions schema.
@@ -130,9 +135,11 @@ func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 // once it committed.
 func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []TaskRecord, afterCommit func()) error {
 	return s.db.InTx(ctx, func(tx *store.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)`,
-			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
+			created_by, allow_dangerous, dangerous_reason)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11)`,
+			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
+			e.CreatedBy, e.AllowDangerous, e.DangerousReason); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
 		for _, t := range tasks {
@@ -146,6 +153,16 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 			Type: "execution.created", ExecutionId: e.ID, Status: ExecQueued, Time: timestamppb.New(e.CreatedAt),
 		}); err != nil {
 			return err
+		}
+		if e.AllowDangerous {
+			// The override is itself an audit record, committed with the
+			// execution it allows.
+			if _, err := outbox.Append(ctx, tx, "audit.dangerous_override", e.ID, 0, map[string]any{
+				"execution_id": e.ID, "job_id": e.JobID, "job_version": e.JobVersion, "principal": e.CreatedBy,
+				"reason": e.DangerousReason, "correlation_id": e.CorrelationID,
+			}); err != nil {
+				return err
+			}
 		}
 		if afterCommit != nil {
 			tx.AfterCommit(afterCommit)
@@ -174,8 +191,10 @@ func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, e
 	var e ExecutionRecord
 	var snapshot string
 	var started, finished sql.NullTime
-	err := s.db.QueryRowContext(ctx, `SELECT id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at
-		FROM executions WHERE id = $1`, id).Scan(&e.ID, &e.JobID, &e.JobName, &e.JobVersion, &snapshot, &e.Status, &e.CorrelationID, &e.CreatedAt, &started, &finished)
+	err := s.db.QueryRowContext(ctx, `SELECT id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at,
+		created_by, allow_dangerous, dangerous_reason
+		FROM executions WHERE id = $1`, id).Scan(&e.ID, &e.JobID, &e.JobName, &e.JobVersion, &snapshot, &e.Status, &e.CorrelationID, &e.CreatedAt, &started, &finished,
+		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason)
 	if err != nil {
 		return ExecutionRecord{}, fmt.Errorf("get execution %s: %w", id, store.Translate(err))
 	}
@@ -312,8 +331,8 @@ func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duratio
 		}
 		var snapshot string
 		var execStatus string
-		if err := tx.QueryRowContext(ctx, `SELECT job_name, snapshot, correlation_id, status FROM executions WHERE id = $1`, task.ExecutionID).
-			Scan(&c.JobName, &snapshot, &c.CorrelationID, &execStatus); err != nil {
+		if err := tx.QueryRowContext(ctx, `SELECT job_name, snapshot, correlation_id, status, allow_dangerous FROM executions WHERE id = $1`, task.ExecutionID).
+			Scan(&c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous); err != nil {
 			return fmt.Errorf("read execution %s: %w", task.ExecutionID, store.Translate(err))
 		}
 		c.Task, c.Snapshot, found = task, []byte(snapshot), true

@@ -374,7 +374,7 @@ func (r *Registry) ResolveTargets(ctx context.Context, targets []*opsconductorv1
 	}
 	out := make([]*opsconductorv1.ResolvedAgent, len(agents))
 	for i, a := range agents {
-		out[i] = &opsconductorv1.ResolvedAgent{AgentId: a.ID, Name: a.Name, Online: r.Online(a)}
+		out[i] = &opsconductorv1.ResolvedAgent{AgentId: a.ID, Name: a.Name, Online: r.Online(a), Labels: a.Labels}
 	}
 	return out, unmatched, nil
 }

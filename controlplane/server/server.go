@@ -42,6 +42,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/execution"
 	"github.com/opsconductor/opsconductor/controlplane/interceptor"
 	"github.com/opsconductor/opsconductor/controlplane/job"
+	"github.com/opsconductor/opsconductor/controlplane/label"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
 	"github.com/opsconductor/opsconductor/controlplane/outbox"
 	"github.com/opsconductor/opsconductor/controlplane/ratelimit"
@@ -131,7 +132,8 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	}
 	reg := registry.New(registry.NewStore(agentsDB), loseTasks, logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow})
 	jobs := job.NewService(job.NewStore(jobsDB), reg, logger)
-	execs := execution.NewService(execStore, jobs, reg, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit})
+	protected, _ := label.ParseSelector(cfg.ProtectedLabels) // checked by Validate
+	execs := execution.NewService(execStore, jobs, reg, nil, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected})
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
 	// and a counter. Audit and notifications subscribe here later.

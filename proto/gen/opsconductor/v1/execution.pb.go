@@ -40,7 +40,11 @@ type Execution struct {
 	StartTime     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime       *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// The job as it was when the execution was created.
-	JobSnapshot   *Job `protobuf:"bytes,12,opt,name=job_snapshot,json=jobSnapshot,proto3" json:"job_snapshot,omitempty"`
+	JobSnapshot *Job `protobuf:"bytes,12,opt,name=job_snapshot,json=jobSnapshot,proto3" json:"job_snapshot,omitempty"`
+	// Set when the execution runs blocked commands by override.
+	DangerousOverride *DangerousOverride `protobuf:"bytes,13,opt,name=dangerous_override,json=dangerousOverride,proto3" json:"dangerous_override,omitempty"`
+	// Who created the execution.
+	CreatedBy     string `protobuf:"bytes,14,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -159,6 +163,20 @@ func (x *Execution) GetJobSnapshot() *Job {
 	return nil
 }
 
+func (x *Execution) GetDangerousOverride() *DangerousOverride {
+	if x != nil {
+		return x.DangerousOverride
+	}
+	return nil
+}
+
+func (x *Execution) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
 // Task is the run of an execution on one target.
 type Task struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -256,10 +274,11 @@ func (x *Task) GetEndTime() *timestamppb.Timestamp {
 }
 
 type ExecuteJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Id                string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	DangerousOverride *DangerousOverride     `protobuf:"bytes,2,opt,name=dangerous_override,json=dangerousOverride,proto3" json:"dangerous_override,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ExecuteJobRequest) Reset() {
@@ -299,6 +318,68 @@ func (x *ExecuteJobRequest) GetId() string {
 	return ""
 }
 
+func (x *ExecuteJobRequest) GetDangerousOverride() *DangerousOverride {
+	if x != nil {
+		return x.DangerousOverride
+	}
+	return nil
+}
+
+// DangerousOverride runs a job whose commands the safety checker blocks.
+// It needs the executions:dangerous permission; the reason is audited.
+type DangerousOverride struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Allow bool                   `protobuf:"varint,1,opt,name=allow,proto3" json:"allow,omitempty"`
+	// Why this is safe to run, for the audit trail. Required with allow.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DangerousOverride) Reset() {
+	*x = DangerousOverride{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DangerousOverride) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DangerousOverride) ProtoMessage() {}
+
+func (x *DangerousOverride) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DangerousOverride.ProtoReflect.Descriptor instead.
+func (*DangerousOverride) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DangerousOverride) GetAllow() bool {
+	if x != nil {
+		return x.Allow
+	}
+	return false
+}
+
+func (x *DangerousOverride) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type ExecuteJobResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Execution     *Execution             `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
@@ -308,7 +389,7 @@ type ExecuteJobResponse struct {
 
 func (x *ExecuteJobResponse) Reset() {
 	*x = ExecuteJobResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -320,7 +401,7 @@ func (x *ExecuteJobResponse) String() string {
 func (*ExecuteJobResponse) ProtoMessage() {}
 
 func (x *ExecuteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -333,7 +414,7 @@ func (x *ExecuteJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteJobResponse.ProtoReflect.Descriptor instead.
 func (*ExecuteJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{3}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ExecuteJobResponse) GetExecution() *Execution {
@@ -347,14 +428,15 @@ type CreateExecutionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	// Zero means the current version.
-	JobVersion    int64 `protobuf:"varint,2,opt,name=job_version,json=jobVersion,proto3" json:"job_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	JobVersion        int64              `protobuf:"varint,2,opt,name=job_version,json=jobVersion,proto3" json:"job_version,omitempty"`
+	DangerousOverride *DangerousOverride `protobuf:"bytes,3,opt,name=dangerous_override,json=dangerousOverride,proto3" json:"dangerous_override,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreateExecutionRequest) Reset() {
 	*x = CreateExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -366,7 +448,7 @@ func (x *CreateExecutionRequest) String() string {
 func (*CreateExecutionRequest) ProtoMessage() {}
 
 func (x *CreateExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -379,7 +461,7 @@ func (x *CreateExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateExecutionRequest.ProtoReflect.Descriptor instead.
 func (*CreateExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateExecutionRequest) GetJobId() string {
@@ -396,6 +478,13 @@ func (x *CreateExecutionRequest) GetJobVersion() int64 {
 	return 0
 }
 
+func (x *CreateExecutionRequest) GetDangerousOverride() *DangerousOverride {
+	if x != nil {
+		return x.DangerousOverride
+	}
+	return nil
+}
+
 type CreateExecutionResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Execution     *Execution             `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
@@ -405,7 +494,7 @@ type CreateExecutionResponse struct {
 
 func (x *CreateExecutionResponse) Reset() {
 	*x = CreateExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +506,7 @@ func (x *CreateExecutionResponse) String() string {
 func (*CreateExecutionResponse) ProtoMessage() {}
 
 func (x *CreateExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +519,7 @@ func (x *CreateExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateExecutionResponse.ProtoReflect.Descriptor instead.
 func (*CreateExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateExecutionResponse) GetExecution() *Execution {
@@ -449,7 +538,7 @@ type GetExecutionRequest struct {
 
 func (x *GetExecutionRequest) Reset() {
 	*x = GetExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +550,7 @@ func (x *GetExecutionRequest) String() string {
 func (*GetExecutionRequest) ProtoMessage() {}
 
 func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +563,7 @@ func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetExecutionRequest) GetId() string {
@@ -493,7 +582,7 @@ type GetExecutionResponse struct {
 
 func (x *GetExecutionResponse) Reset() {
 	*x = GetExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +594,7 @@ func (x *GetExecutionResponse) String() string {
 func (*GetExecutionResponse) ProtoMessage() {}
 
 func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +607,7 @@ func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetExecutionResponse) GetExecution() *Execution {
@@ -537,7 +626,7 @@ type GetExecutionResultsRequest struct {
 
 func (x *GetExecutionResultsRequest) Reset() {
 	*x = GetExecutionResultsRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +638,7 @@ func (x *GetExecutionResultsRequest) String() string {
 func (*GetExecutionResultsRequest) ProtoMessage() {}
 
 func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +651,7 @@ func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetExecutionResultsRequest) GetId() string {
@@ -582,7 +671,7 @@ type GetExecutionResultsResponse struct {
 
 func (x *GetExecutionResultsResponse) Reset() {
 	*x = GetExecutionResultsResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +683,7 @@ func (x *GetExecutionResultsResponse) String() string {
 func (*GetExecutionResultsResponse) ProtoMessage() {}
 
 func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +696,7 @@ func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetExecutionResultsResponse) GetExecution() *Execution {
@@ -639,7 +728,7 @@ type TaskResult struct {
 
 func (x *TaskResult) Reset() {
 	*x = TaskResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +740,7 @@ func (x *TaskResult) String() string {
 func (*TaskResult) ProtoMessage() {}
 
 func (x *TaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +753,7 @@ func (x *TaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResult.ProtoReflect.Descriptor instead.
 func (*TaskResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *TaskResult) GetTask() *Task {
@@ -713,7 +802,7 @@ type ActionResult struct {
 
 func (x *ActionResult) Reset() {
 	*x = ActionResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +814,7 @@ func (x *ActionResult) String() string {
 func (*ActionResult) ProtoMessage() {}
 
 func (x *ActionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,7 +827,7 @@ func (x *ActionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActionResult.ProtoReflect.Descriptor instead.
 func (*ActionResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ActionResult) GetIndex() int32 {
@@ -814,7 +903,7 @@ type WatchExecutionRequest struct {
 
 func (x *WatchExecutionRequest) Reset() {
 	*x = WatchExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +915,7 @@ func (x *WatchExecutionRequest) String() string {
 func (*WatchExecutionRequest) ProtoMessage() {}
 
 func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +928,7 @@ func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionRequest.ProtoReflect.Descriptor instead.
 func (*WatchExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WatchExecutionRequest) GetId() string {
@@ -865,7 +954,7 @@ type WatchExecutionResponse struct {
 
 func (x *WatchExecutionResponse) Reset() {
 	*x = WatchExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +966,7 @@ func (x *WatchExecutionResponse) String() string {
 func (*WatchExecutionResponse) ProtoMessage() {}
 
 func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +979,7 @@ func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionResponse.ProtoReflect.Descriptor instead.
 func (*WatchExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchExecutionResponse) GetEvent() *ExecutionEvent {
@@ -924,7 +1013,7 @@ type ExecutionEvent struct {
 
 func (x *ExecutionEvent) Reset() {
 	*x = ExecutionEvent{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1025,7 @@ func (x *ExecutionEvent) String() string {
 func (*ExecutionEvent) ProtoMessage() {}
 
 func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1038,7 @@ func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutionEvent.ProtoReflect.Descriptor instead.
 func (*ExecutionEvent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ExecutionEvent) GetSequence() int64 {
@@ -1033,7 +1122,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xce\x04\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xc0\x05\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1051,7 +1140,10 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"start_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x127\n" +
-	"\fjob_snapshot\x18\f \x01(\v2\x14.opsconductor.v1.JobR\vjobSnapshot\x1a=\n" +
+	"\fjob_snapshot\x18\f \x01(\v2\x14.opsconductor.v1.JobR\vjobSnapshot\x12Q\n" +
+	"\x12dangerous_override\x18\r \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x0e \x01(\tR\tcreatedBy\x1a=\n" +
 	"\x0fTaskCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xf0\x01\n" +
@@ -1064,15 +1156,20 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x129\n" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"#\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"v\n" +
 	"\x11ExecuteJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"N\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12Q\n" +
+	"\x12dangerous_override\x18\x02 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\"A\n" +
+	"\x11DangerousOverride\x12\x14\n" +
+	"\x05allow\x18\x01 \x01(\bR\x05allow\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"N\n" +
 	"\x12ExecuteJobResponse\x128\n" +
-	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"P\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\xa3\x01\n" +
 	"\x16CreateExecutionRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1f\n" +
 	"\vjob_version\x18\x02 \x01(\x03R\n" +
-	"jobVersion\"S\n" +
+	"jobVersion\x12Q\n" +
+	"\x12dangerous_override\x18\x03 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\"S\n" +
 	"\x17CreateExecutionResponse\x128\n" +
 	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"%\n" +
 	"\x13GetExecutionRequest\x12\x0e\n" +
@@ -1145,62 +1242,66 @@ func file_opsconductor_v1_execution_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_execution_proto_rawDescData
 }
 
-var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*Execution)(nil),                   // 0: opsconductor.v1.Execution
 	(*Task)(nil),                        // 1: opsconductor.v1.Task
 	(*ExecuteJobRequest)(nil),           // 2: opsconductor.v1.ExecuteJobRequest
-	(*ExecuteJobResponse)(nil),          // 3: opsconductor.v1.ExecuteJobResponse
-	(*CreateExecutionRequest)(nil),      // 4: opsconductor.v1.CreateExecutionRequest
-	(*CreateExecutionResponse)(nil),     // 5: opsconductor.v1.CreateExecutionResponse
-	(*GetExecutionRequest)(nil),         // 6: opsconductor.v1.GetExecutionRequest
-	(*GetExecutionResponse)(nil),        // 7: opsconductor.v1.GetExecutionResponse
-	(*GetExecutionResultsRequest)(nil),  // 8: opsconductor.v1.GetExecutionResultsRequest
-	(*GetExecutionResultsResponse)(nil), // 9: opsconductor.v1.GetExecutionResultsResponse
-	(*TaskResult)(nil),                  // 10: opsconductor.v1.TaskResult
-	(*ActionResult)(nil),                // 11: opsconductor.v1.ActionResult
-	(*WatchExecutionRequest)(nil),       // 12: opsconductor.v1.WatchExecutionRequest
-	(*WatchExecutionResponse)(nil),      // 13: opsconductor.v1.WatchExecutionResponse
-	(*ExecutionEvent)(nil),              // 14: opsconductor.v1.ExecutionEvent
-	nil,                                 // 15: opsconductor.v1.Execution.TaskCountsEntry
-	(*timestamppb.Timestamp)(nil),       // 16: google.protobuf.Timestamp
-	(*Job)(nil),                         // 17: opsconductor.v1.Job
+	(*DangerousOverride)(nil),           // 3: opsconductor.v1.DangerousOverride
+	(*ExecuteJobResponse)(nil),          // 4: opsconductor.v1.ExecuteJobResponse
+	(*CreateExecutionRequest)(nil),      // 5: opsconductor.v1.CreateExecutionRequest
+	(*CreateExecutionResponse)(nil),     // 6: opsconductor.v1.CreateExecutionResponse
+	(*GetExecutionRequest)(nil),         // 7: opsconductor.v1.GetExecutionRequest
+	(*GetExecutionResponse)(nil),        // 8: opsconductor.v1.GetExecutionResponse
+	(*GetExecutionResultsRequest)(nil),  // 9: opsconductor.v1.GetExecutionResultsRequest
+	(*GetExecutionResultsResponse)(nil), // 10: opsconductor.v1.GetExecutionResultsResponse
+	(*TaskResult)(nil),                  // 11: opsconductor.v1.TaskResult
+	(*ActionResult)(nil),                // 12: opsconductor.v1.ActionResult
+	(*WatchExecutionRequest)(nil),       // 13: opsconductor.v1.WatchExecutionRequest
+	(*WatchExecutionResponse)(nil),      // 14: opsconductor.v1.WatchExecutionResponse
+	(*ExecutionEvent)(nil),              // 15: opsconductor.v1.ExecutionEvent
+	nil,                                 // 16: opsconductor.v1.Execution.TaskCountsEntry
+	(*timestamppb.Timestamp)(nil),       // 17: google.protobuf.Timestamp
+	(*Job)(nil),                         // 18: opsconductor.v1.Job
 }
 var file_opsconductor_v1_execution_proto_depIdxs = []int32{
-	15, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
+	16, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
 	1,  // 1: opsconductor.v1.Execution.tasks:type_name -> opsconductor.v1.Task
-	16, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
-	16, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	16, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
-	17, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
-	16, // 6: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	16, // 7: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
-	0,  // 8: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 9: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 10: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 11: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
-	10, // 12: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
-	1,  // 13: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
-	11, // 14: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
-	16, // 15: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
-	16, // 16: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
-	14, // 17: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
-	16, // 18: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 19: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
-	4,  // 20: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
-	6,  // 21: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
-	8,  // 22: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
-	12, // 23: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
-	3,  // 24: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
-	5,  // 25: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
-	7,  // 26: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
-	9,  // 27: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
-	13, // 28: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
-	24, // [24:29] is the sub-list for method output_type
-	19, // [19:24] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	17, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
+	17, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	17, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	18, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
+	3,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	17, // 7: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	17, // 8: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 9: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	0,  // 10: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
+	3,  // 11: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	0,  // 12: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 13: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 14: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
+	11, // 15: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
+	1,  // 16: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
+	12, // 17: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
+	17, // 18: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
+	17, // 19: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
+	15, // 20: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
+	17, // 21: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 22: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
+	5,  // 23: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
+	7,  // 24: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
+	9,  // 25: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
+	13, // 26: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
+	4,  // 27: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
+	6,  // 28: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
+	8,  // 29: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
+	10, // 30: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
+	14, // 31: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
+	27, // [27:32] is the sub-list for method output_type
+	22, // [22:27] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_execution_proto_init() }
@@ -1216,7 +1317,7 @@ func file_opsconductor_v1_execution_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_execution_proto_rawDesc), len(file_opsconductor_v1_execution_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

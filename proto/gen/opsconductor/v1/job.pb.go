@@ -347,10 +347,13 @@ func (x *CreateJobRequest) GetJob() *Job {
 }
 
 type CreateJobResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// Dangerous commands found in the job: a warning now; executing it will
+	// need an override (permission executions:dangerous and a reason).
+	SafetyWarnings []*SafetyFinding `protobuf:"bytes,2,rep,name=safety_warnings,json=safetyWarnings,proto3" json:"safety_warnings,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CreateJobResponse) Reset() {
@@ -386,6 +389,13 @@ func (*CreateJobResponse) Descriptor() ([]byte, []int) {
 func (x *CreateJobResponse) GetJob() *Job {
 	if x != nil {
 		return x.Job
+	}
+	return nil
+}
+
+func (x *CreateJobResponse) GetSafetyWarnings() []*SafetyFinding {
+	if x != nil {
+		return x.SafetyWarnings
 	}
 	return nil
 }
@@ -655,10 +665,11 @@ func (x *UpdateJobRequest) GetJob() *Job {
 }
 
 type UpdateJobResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Job            *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	SafetyWarnings []*SafetyFinding       `protobuf:"bytes,2,rep,name=safety_warnings,json=safetyWarnings,proto3" json:"safety_warnings,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *UpdateJobResponse) Reset() {
@@ -694,6 +705,13 @@ func (*UpdateJobResponse) Descriptor() ([]byte, []int) {
 func (x *UpdateJobResponse) GetJob() *Job {
 	if x != nil {
 		return x.Job
+	}
+	return nil
+}
+
+func (x *UpdateJobResponse) GetSafetyWarnings() []*SafetyFinding {
+	if x != nil {
+		return x.SafetyWarnings
 	}
 	return nil
 }
@@ -968,6 +986,7 @@ type ResolvedAgent struct {
 	AgentId       string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Online        bool                   `protobuf:"varint,3,opt,name=online,proto3" json:"online,omitempty"`
+	Labels        map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1021,6 +1040,13 @@ func (x *ResolvedAgent) GetOnline() bool {
 		return x.Online
 	}
 	return false
+}
+
+func (x *ResolvedAgent) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
 }
 
 type ValidateJobResponse struct {
@@ -1097,7 +1123,7 @@ var File_opsconductor_v1_job_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x19opsconductor/v1/job.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
+	"\x19opsconductor/v1/job.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1copsconductor/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x12\n" +
@@ -1130,9 +1156,10 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1a\n" +
 	"\bselector\x18\x02 \x01(\tR\bselector\":\n" +
 	"\x10CreateJobRequest\x12&\n" +
-	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\";\n" +
+	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\"\x84\x01\n" +
 	"\x11CreateJobResponse\x12&\n" +
-	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\"\x95\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\x12G\n" +
+	"\x0fsafety_warnings\x18\x02 \x03(\v2\x1e.opsconductor.v1.SafetyFindingR\x0esafetyWarnings\"\x95\x01\n" +
 	"\x0fListJobsRequest\x12%\n" +
 	"\x0elabel_selector\x18\x01 \x01(\tR\rlabelSelector\x12\x1f\n" +
 	"\vname_prefix\x18\x02 \x01(\tR\n" +
@@ -1149,9 +1176,10 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x0eGetJobResponse\x12&\n" +
 	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\":\n" +
 	"\x10UpdateJobRequest\x12&\n" +
-	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\";\n" +
+	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\"\x84\x01\n" +
 	"\x11UpdateJobResponse\x12&\n" +
-	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\"\"\n" +
+	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\x12G\n" +
+	"\x0fsafety_warnings\x18\x02 \x03(\v2\x1e.opsconductor.v1.SafetyFindingR\x0esafetyWarnings\"\"\n" +
 	"\x10DeleteJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x13\n" +
 	"\x11DeleteJobResponse\"(\n" +
@@ -1163,11 +1191,15 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
 	"\x0eFieldViolation\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
-	"\vdescription\x18\x02 \x01(\tR\vdescription\"V\n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xd5\x01\n" +
 	"\rResolvedAgent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
-	"\x06online\x18\x03 \x01(\bR\x06online\"\xf2\x01\n" +
+	"\x06online\x18\x03 \x01(\bR\x06online\x12B\n" +
+	"\x06labels\x18\x04 \x03(\v2*.opsconductor.v1.ResolvedAgent.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
 	"\x13ValidateJobResponse\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\x12?\n" +
 	"\n" +
@@ -1207,7 +1239,7 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
 	(*Action)(nil),                  // 1: opsconductor.v1.Action
@@ -1230,46 +1262,51 @@ var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*ValidateJobResponse)(nil),     // 18: opsconductor.v1.ValidateJobResponse
 	nil,                             // 19: opsconductor.v1.Job.LabelsEntry
 	nil,                             // 20: opsconductor.v1.Action.EnvEntry
-	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 22: google.protobuf.Duration
+	nil,                             // 21: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 24: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
 	19, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
 	1,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
 	2,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	21, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	21, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	22, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	22, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	20, // 5: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	22, // 6: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	23, // 6: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
 	0,  // 7: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
 	0,  // 8: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 9: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 10: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 11: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 12: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 13: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	16, // 14: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	17, // 15: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	16, // 16: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	3,  // 17: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	5,  // 18: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	7,  // 19: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	9,  // 20: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	11, // 21: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	13, // 22: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	15, // 23: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	4,  // 24: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	6,  // 25: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	8,  // 26: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	10, // 27: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	12, // 28: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	14, // 29: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	18, // 30: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	24, // 9: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 10: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 11: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 12: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 13: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	24, // 14: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 15: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	21, // 16: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	16, // 17: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	17, // 18: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	16, // 19: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	3,  // 20: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	5,  // 21: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	7,  // 22: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	9,  // 23: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	11, // 24: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	13, // 25: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	15, // 26: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	4,  // 27: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	6,  // 28: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	8,  // 29: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	10, // 30: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	12, // 31: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	14, // 32: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	18, // 33: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	27, // [27:34] is the sub-list for method output_type
+	20, // [20:27] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -1278,13 +1315,14 @@ func file_opsconductor_v1_job_proto_init() {
 		return
 	}
 	file_opsconductor_v1_access_proto_init()
+	file_opsconductor_v1_safety_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

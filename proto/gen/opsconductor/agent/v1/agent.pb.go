@@ -543,8 +543,11 @@ type TaskAssignment struct {
 	Actions         []*v1.Action           `protobuf:"bytes,7,rep,name=actions,proto3" json:"actions,omitempty"`
 	// Output beyond this many bytes (stdout and stderr of all actions) is cut.
 	OutputLimitBytes int64 `protobuf:"varint,8,opt,name=output_limit_bytes,json=outputLimitBytes,proto3" json:"output_limit_bytes,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The control plane allowed commands its safety checker blocks (an
+	// audited override). Without it the agent refuses such actions itself.
+	AllowDangerous bool `protobuf:"varint,9,opt,name=allow_dangerous,json=allowDangerous,proto3" json:"allow_dangerous,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TaskAssignment) Reset() {
@@ -631,6 +634,13 @@ func (x *TaskAssignment) GetOutputLimitBytes() int64 {
 		return x.OutputLimitBytes
 	}
 	return 0
+}
+
+func (x *TaskAssignment) GetAllowDangerous() bool {
+	if x != nil {
+		return x.AllowDangerous
+	}
+	return false
 }
 
 type ExtendLeaseRequest struct {
@@ -1150,7 +1160,7 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"free_slots\x18\x01 \x01(\x05R\tfreeSlots\x12-\n" +
 	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"K\n" +
 	"\fPollResponse\x12;\n" +
-	"\x05tasks\x18\x01 \x03(\v2%.opsconductor.agent.v1.TaskAssignmentR\x05tasks\"\xe2\x02\n" +
+	"\x05tasks\x18\x01 \x03(\v2%.opsconductor.agent.v1.TaskAssignmentR\x05tasks\"\x8b\x03\n" +
 	"\x0eTaskAssignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12!\n" +
 	"\fexecution_id\x18\x02 \x01(\tR\vexecutionId\x12\x19\n" +
@@ -1159,7 +1169,8 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x11lease_expire_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x12%\n" +
 	"\x0ecorrelation_id\x18\x06 \x01(\tR\rcorrelationId\x121\n" +
 	"\aactions\x18\a \x03(\v2\x17.opsconductor.v1.ActionR\aactions\x12,\n" +
-	"\x12output_limit_bytes\x18\b \x01(\x03R\x10outputLimitBytes\"X\n" +
+	"\x12output_limit_bytes\x18\b \x01(\x03R\x10outputLimitBytes\x12'\n" +
+	"\x0fallow_dangerous\x18\t \x01(\bR\x0eallowDangerous\"X\n" +
 	"\x12ExtendLeaseRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12)\n" +
 	"\x10lease_generation\x18\x02 \x01(\x03R\x0fleaseGeneration\"]\n" +
