@@ -22,11 +22,13 @@ import (
 // recognise (and to scan for).
 const TokenPrefix = "oct_"
 
-// JWTConfig configures JWT verification. With an empty Secret JWTs are not
-// accepted (API tokens still are).
+// JWTConfig configures JWT verification. With neither Secret nor JWKS,
+// JWTs are not accepted (API tokens still are).
 type JWTConfig struct {
 	// Secret verifies HS256 signatures.
 	Secret []byte
+	// JWKS verifies RS256 and ES256 signatures by the token's kid.
+	JWKS *JWKS
 	// Issuer and Audience, when set, must match the token's iss and aud.
 	Issuer   string
 	Audience string
@@ -65,7 +67,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, bearer string) (Princi
 	if strings.HasPrefix(bearer, TokenPrefix) {
 		return a.apiToken(ctx, bearer)
 	}
-	return a.jwtToken(bearer)
+	return a.jwtToken(ctx, bearer)
 }
 
 func (a *Authenticator) apiToken(ctx context.Context, secret string) (Principal, error) {
@@ -89,12 +91,31 @@ func (a *Authenticator) apiToken(ctx context.Context, secret string) (Principal,
 	return Principal{Name: t.Principal, Method: "api_token", TokenID: t.ID, Roles: t.Roles}, nil
 }
 
-func (a *Authenticator) jwtToken(raw string) (Principal, error) {
-	if len(a.jwt.Secret) == 0 {
+func (a *Authenticator) jwtToken(ctx context.Context, raw string) (Principal, error) {
+	if len(a.jwt.Secret) == 0 && a.jwt.JWKS == nil {
 		return Principal{}, apperr.Unauthenticated("not an API token, and JWTs are not enabled on this server")
 	}
+	var methods []string
+	if len(a.jwt.Secret) > 0 {
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
+	}
+	if a.jwt.JWKS != nil {
+		methods = append(methods, jwt.SigningMethodRS256.Alg(), jwt.SigningMethodES256.Alg())
+	}
+	// The key is chosen by the algorithm's family, so a token cannot make
+	// us verify an HMAC with a public key (the classic algorithm swap).
+	keyFunc := func(t *jwt.Token) (any, error) {
+		switch t.Method.(type) {
+		case *jwt.SigningMethodHMAC:
+			return a.jwt.Secret, nil
+		case *jwt.SigningMethodRSA, *jwt.SigningMethodECDSA:
+			kid, _ := t.Header["kid"].(string)
+			return a.jwt.JWKS.Key(ctx, kid)
+		}
+		return nil, fmt.Errorf("unexpected signing method %v", t.Header["alg"])
+	}
 	opts := []jwt.ParserOption{
-		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}), // refuses alg "none" and algorithm swaps
+		jwt.WithValidMethods(methods), // refuses alg "none" and anything unconfigured
 		jwt.WithLeeway(a.jwt.Leeway),
 		jwt.WithExpirationRequired(),
 		jwt.WithIssuedAt(),
@@ -107,7 +128,7 @@ func (a *Authenticator) jwtToken(raw string) (Principal, error) {
 		opts = append(opts, jwt.WithAudience(a.jwt.Audience))
 	}
 	claims := jwt.MapClaims{}
-	_, err := jwt.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return a.jwt.Secret, nil }, opts...)
+	_, err := jwt.ParseWithClaims(raw, claims, keyFunc, opts...)
 	if err != nil {
 		return Principal{}, apperr.Unauthenticated("JWT refused: %v", jwtReason(err))
 	}
@@ -131,6 +152,8 @@ func (a *Authenticator) jwtToken(raw string) (Principal, error) {
 // jwtReason names the failed check without echoing token contents.
 func jwtReason(err error) string {
 	switch {
+	case errors.Is(err, ErrUnknownKey):
+		return "signed with an unknown key (kid)"
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return "expired"
 	case errors.Is(err, jwt.ErrTokenNotValidYet):

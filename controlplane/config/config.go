@@ -45,6 +45,8 @@ type Config struct {
 	JWTSecret   string
 	JWTIssuer   string
 	JWTAudience string
+	// JWTJWKS is a JWKS file or URL whose keys verify RS256/ES256 JWTs.
+	JWTJWKS string
 	// BootstrapTokenFile receives the first admin token (mode 0600) when
 	// the server makes it, besides the log.
 	BootstrapTokenFile string
@@ -115,6 +117,7 @@ func (c *Config) settings() []setting {
 		{flag: "output-limit", env: "OPSCONDUCTOR_OUTPUT_LIMIT", help: "bytes of output kept per task; more is cut with a visible marker", i64: &c.OutputLimit},
 		{flag: "agent-online-window", env: "OPSCONDUCTOR_AGENT_ONLINE_WINDOW", help: "an agent seen within it is online", dur: &c.AgentOnlineWindow},
 		{flag: "jwt-secret", env: "OPSCONDUCTOR_JWT_SECRET", help: "accept HS256 JWTs signed with this secret (use the _FILE variant)", str: &c.JWTSecret, secret: true},
+		{flag: "jwt-jwks", env: "OPSCONDUCTOR_JWT_JWKS", help: "JWKS file or https URL of the identity provider: accept RS256/ES256 JWTs signed by its keys", str: &c.JWTJWKS},
 		{flag: "jwt-issuer", env: "OPSCONDUCTOR_JWT_ISSUER", help: "required iss of JWTs", str: &c.JWTIssuer},
 		{flag: "jwt-audience", env: "OPSCONDUCTOR_JWT_AUDIENCE", help: "required aud of JWTs", str: &c.JWTAudience},
 		{flag: "tls-cert", env: "OPSCONDUCTOR_TLS_CERT", help: "PEM certificate (chain) to serve HTTPS with", str: &c.TLSCert},

@@ -109,7 +109,13 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	if _, err := auth.Bootstrap(ctx, authStore, cfg.BootstrapTokenFile, logger); err != nil {
 		return nil, fmt.Errorf("bootstrap admin token: %w", err)
 	}
-	authn := auth.NewAuthenticator(authStore, auth.JWTConfig{Secret: []byte(cfg.JWTSecret), Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience}, logger)
+	jwtCfg := auth.JWTConfig{Secret: []byte(cfg.JWTSecret), Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience}
+	if cfg.JWTJWKS != "" {
+		if jwtCfg.JWKS, err = auth.NewJWKS(ctx, cfg.JWTJWKS, nil, logger); err != nil {
+			return nil, err
+		}
+	}
+	authn := auth.NewAuthenticator(authStore, jwtCfg, logger)
 
 	if cfg.RedisURL != "" {
 		opts, err := redis.ParseURL(cfg.RedisURL)
