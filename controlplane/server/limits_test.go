@@ -109,3 +109,18 @@ func TestCORSBodyLimitAndHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsToken: /metrics is open by default and can require a token.
+func TestMetricsToken(t *testing.T) {
+	t.Parallel()
+	srv := startApp(t, store.SQLite, func(c *config.Config) { c.MetricsToken = "scrape-secret" })
+	if r := request(t, "GET", srv.url+"/metrics", http.Header{}, ""); r.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("metrics without the token: HTTP %d", r.StatusCode)
+	}
+	if r := request(t, "GET", srv.url+"/metrics", http.Header{"Authorization": {"Bearer scrape-secret"}}, ""); r.StatusCode != http.StatusOK {
+		t.Fatalf("metrics with the token: HTTP %d", r.StatusCode)
+	}
+	if r := request(t, "GET", srv.url+"/health", http.Header{}, ""); r.StatusCode != http.StatusOK {
+		t.Fatalf("health stays open: HTTP %d", r.StatusCode)
+	}
+}

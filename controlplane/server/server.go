@@ -197,7 +197,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	mux.Handle("/", transcoder)
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /version", version)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(metricsReg, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", requireToken(cfg.MetricsToken, promhttp.HandlerFor(metricsReg, promhttp.HandlerOpts{})))
 	var origins []string
 	for _, o := range strings.Split(cfg.CORSOrigins, ",") {
 		if o = strings.TrimSpace(o); o != "" {
