@@ -12,6 +12,7 @@ GOOGLEAPIS_MODULE := github.com/grpc-ecosystem/grpc-gateway@v1.16.0
 BIN := $(CURDIR)/.bin
 export PATH := $(BIN):$(PATH)
 GO_TEST_FLAGS ?=
+FUZZTIME ?= 10s
 PROTO_FILES := $(shell find proto/opsconductor -name '*.proto' | sort)
 
 .PHONY: help
@@ -51,7 +52,7 @@ lint: ## gofmt, go vet and the import boundaries.
 	@./.ci/check-imports
 
 .PHONY: test
-test: lint check-generate test-go test-race demo ## Run every test (needs PostgreSQL and Redis; see README).
+test: lint check-generate test-go test-race fuzz demo ## Run every test (needs PostgreSQL and Redis; see README).
 
 .PHONY: test-go
 test-go: ## go test ./... (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379).
@@ -60,6 +61,11 @@ test-go: ## go test ./... (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379
 .PHONY: test-race
 test-race: ## The race detector on the concurrent packages.
 	go test -race -count=1 -timeout 15m ./controlplane/dispatch/... ./controlplane/notify/... ./controlplane/execution/... ./controlplane/server/... ./agent/...
+
+.PHONY: fuzz
+fuzz: ## Run the fuzz targets briefly (FUZZTIME, default 10s each).
+	go test -run='^$$' -fuzz=FuzzCheck -fuzztime=$(FUZZTIME) ./agent/safety/
+	go test -run='^$$' -fuzz=FuzzJobDecode -fuzztime=$(FUZZTIME) ./controlplane/cli/
 
 .PHONY: demo
 demo: build ## Start `opsconductor dev`, run the example job with --follow, stop.

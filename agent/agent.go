@@ -23,6 +23,7 @@ import (
 	"github.com/opsconductor/opsconductor/agent/executor"
 	"github.com/opsconductor/opsconductor/agent/identity"
 	"github.com/opsconductor/opsconductor/agent/runner"
+	"github.com/opsconductor/opsconductor/agent/safety"
 	"github.com/opsconductor/opsconductor/agent/state"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
@@ -45,6 +46,9 @@ type Config struct {
 	PollWait time.Duration
 	// KeyMaxAge: a key older than this is rotated at start (0: never).
 	KeyMaxAge time.Duration
+	// Safety refuses dangerous commands the control plane did not
+	// explicitly allow; nil means the built-in rules.
+	Safety *safety.Checker
 }
 
 // Agent is a running agent.
@@ -140,7 +144,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.logger.Info("connected", zap.String("agent_id", id.AgentID), zap.String("agent_name", a.cfg.Name),
 		zap.String("server_version", hello.Msg.GetServerVersion()), zap.Int("capacity", a.cfg.Capacity))
-	run := runner.New(client, a.executor, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration(), AgentName: a.cfg.Name})
+	run := runner.New(client, a.executor, a.cfg.Safety, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration(), AgentName: a.cfg.Name})
 
 	var (
 		wg       sync.WaitGroup

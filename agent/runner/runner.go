@@ -17,7 +17,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/opsconductor/opsconductor/agent/executor"
+	"github.com/opsconductor/opsconductor/agent/safety"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
 
 // Client is the part of the agent API the runner uses; the generated
@@ -44,19 +46,24 @@ type Config struct {
 type Runner struct {
 	client   Client
 	executor executor.Executor
+	checker  *safety.Checker
 	cfg      Config
 	logger   *zap.Logger
 }
 
-// New builds a runner.
-func New(client Client, exec executor.Executor, logger *zap.Logger, cfg Config) *Runner {
+// New builds a runner. checker refuses dangerous commands unless the
+// control plane sent an override; nil means the built-in rules.
+func New(client Client, exec executor.Executor, checker *safety.Checker, logger *zap.Logger, cfg Config) *Runner {
+	if checker == nil {
+		checker, _ = safety.New(safety.Config{}) // the built-in rules always compile
+	}
 	if cfg.LeaseDuration <= 0 {
 		cfg.LeaseDuration = 30 * time.Second
 	}
 	if cfg.FlushInterval <= 0 {
 		cfg.FlushInterval = 250 * time.Millisecond
 	}
-	return &Runner{client: client, executor: exec, cfg: cfg, logger: logger}
+	return &Runner{client: client, executor: exec, checker: checker, cfg: cfg, logger: logger}
 }
 
 // errLeaseLost ends a task the control plane no longer gives this agent.
@@ -137,6 +144,14 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: a.GetCommand(), Script: a.GetScript(),
 			Env: env, WorkingDir: a.GetWorkingDir(), Timeout: a.GetTimeout().AsDuration(),
 		}
+		if why := r.refuse(t, a); why != "" {
+			// The last line of defence: the control plane checks too, but
+			// the agent runs the command and has the final say.
+			out.Status, out.ExitCode, out.Error = executor.StatusFailed, -1, why
+			status, errMsg, stopped = executor.StatusFailed, fmt.Sprintf("action %d (%s) %s", i+1, a.GetName(), why), true
+			log.Warn("action refused by the safety check", zap.Int("action_index", i), zap.String("reason", why))
+			continue
+		}
 		start := time.Now()
 		res := r.executor.Execute(ctx, act, streamWriter{buf, i, "stdout"}, streamWriter{buf, i, "stderr"})
 		out.StartTime, out.EndTime = timestamppb.New(start), timestamppb.New(time.Now())
@@ -161,6 +176,30 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 		}
 	}
 	return status, errMsg, outcomes
+}
+
+// refuse returns why the agent will not run the action, or "".
+func (r *Runner) refuse(t *agentv1.TaskAssignment, a *opsconductorv1.Action) string {
+	if t.GetAllowDangerous() {
+		return ""
+	}
+	text := a.GetCommand()
+	if text == "" {
+		text = a.GetScript()
+	}
+	lang := safety.Shell
+	switch a.GetPlugin() {
+	case "powershell", "winrm":
+		lang = safety.PowerShell
+	case "cmd":
+		lang = safety.Cmd
+	}
+	rep := r.checker.Check(lang, text)
+	if !rep.Blocked() {
+		return ""
+	}
+	f := rep.Findings[0]
+	return fmt.Sprintf("refused by the agent's safety check: %s (rule %s, %s)", f.Reason, f.Rule, f.Verdict)
 }
 
 // shipOutput sends buffered output every FlushInterval (or sooner after a

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/opsconductor/opsconductor/agent/executor"
+	"github.com/opsconductor/opsconductor/agent/safety"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
@@ -74,7 +75,7 @@ func task(actions ...*opsconductorv1.Action) *agentv1.TaskAssignment {
 
 func TestRunReportsActionsInOrder(t *testing.T) {
 	c := &fakeClient{}
-	r := New(c, &executor.Shell{}, zaptest.NewLogger(t), Config{LeaseDuration: time.Minute, AgentName: "a1"})
+	r := New(c, &executor.Shell{}, nil, zaptest.NewLogger(t), Config{LeaseDuration: time.Minute, AgentName: "a1"})
 	r.Run(context.Background(), task(
 		&opsconductorv1.Action{Name: "one", Command: "echo $OPSCONDUCTOR_AGENT_NAME"},
 		&opsconductorv1.Action{Name: "two", Command: "exit 3", ContinueOnError: true},
@@ -103,7 +104,7 @@ func TestRunReportsActionsInOrder(t *testing.T) {
 // runner stops the action and reports nothing more.
 func TestLostLeaseAbandonsTask(t *testing.T) {
 	c := &fakeClient{loseLease: true}
-	r := New(c, &executor.Shell{KillGrace: 100 * time.Millisecond}, zaptest.NewLogger(t), Config{LeaseDuration: 300 * time.Millisecond})
+	r := New(c, &executor.Shell{KillGrace: 100 * time.Millisecond}, nil, zaptest.NewLogger(t), Config{LeaseDuration: 300 * time.Millisecond})
 	start := time.Now()
 	r.Run(context.Background(), task(&opsconductorv1.Action{Command: "sleep 30", Timeout: durationpb.New(time.Minute)}))
 	if took := time.Since(start); took > 10*time.Second {
@@ -111,5 +112,51 @@ func TestLostLeaseAbandonsTask(t *testing.T) {
 	}
 	if c.complete != nil {
 		t.Fatalf("a task with a lost lease was reported: %+v", c.complete)
+	}
+}
+
+// TestAgentRefusesDangerousCommands: without the control plane's override
+// the agent refuses a dangerous action itself; with it, it runs. Nothing
+// destructive is ever executed here: the refused command is a harmless
+// echo that an operator rule marks as dangerous, and the built-in rules
+// are checked by decision only.
+func TestAgentRefusesDangerousCommands(t *testing.T) {
+	checker, err := safety.New(safety.Config{ExtraRules: []safety.Rule{{
+		ID: "test.forbidden-marker", Severity: safety.Critical, Pattern: `^echo opsconductor-forbidden-marker$`,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked := &opsconductorv1.Action{Name: "marked", Command: "echo opsconductor-forbidden-marker"}
+	after := &opsconductorv1.Action{Name: "after", Command: "echo after"}
+
+	c := &fakeClient{}
+	New(c, &executor.Shell{}, checker, zaptest.NewLogger(t), Config{LeaseDuration: time.Minute}).Run(context.Background(), task(marked, after))
+	got := c.complete
+	if got.GetStatus() != "failed" || got.GetActions()[0].GetStatus() != "failed" || got.GetActions()[1].GetStatus() != "skipped" {
+		t.Fatalf("result = %+v", got)
+	}
+	if !strings.Contains(got.GetActions()[0].GetError(), "refused by the agent's safety check") {
+		t.Fatalf("error = %q", got.GetActions()[0].GetError())
+	}
+	if c.output.Len() != 0 {
+		t.Fatalf("a refused action produced output %q", c.output.String())
+	}
+
+	c2 := &fakeClient{}
+	over := task(marked)
+	over.AllowDangerous = true
+	New(c2, &executor.Shell{}, checker, zaptest.NewLogger(t), Config{LeaseDuration: time.Minute}).Run(context.Background(), over)
+	if c2.complete.GetStatus() != "succeeded" || c2.output.String() != "opsconductor-forbidden-marker\n" {
+		t.Fatalf("with the override: %+v, output %q", c2.complete, c2.output.String())
+	}
+
+	// The built-in rules, by decision only (never run).
+	r := New(&fakeClient{}, &executor.Shell{}, nil, zaptest.NewLogger(t), Config{})
+	if why := r.refuse(task(), &opsconductorv1.Action{Command: "sudo rm -rf /"}); why == "" {
+		t.Fatal("the agent would run rm -rf /")
+	}
+	if why := r.refuse(task(), &opsconductorv1.Action{Command: "rm -rf ./build"}); why != "" {
+		t.Fatalf("the agent refuses rm -rf ./build: %s", why)
 	}
 }

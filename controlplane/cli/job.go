@@ -88,6 +88,7 @@ func applyJob(ctx context.Context, g *globals, j *opsconductorv1.Job) error {
 		return err
 	}
 	var out *opsconductorv1.Job
+	var warnings []*opsconductorv1.SafetyFinding
 	verb := "created"
 	switch {
 	case existing == nil:
@@ -95,7 +96,7 @@ func applyJob(ctx context.Context, g *globals, j *opsconductorv1.Job) error {
 		if err != nil {
 			return err
 		}
-		out = resp.Msg.GetJob()
+		out, warnings = resp.Msg.GetJob(), resp.Msg.GetSafetyWarnings()
 	case sameDefinition(existing, j):
 		out, verb = existing, "unchanged"
 	default:
@@ -104,12 +105,15 @@ func applyJob(ctx context.Context, g *globals, j *opsconductorv1.Job) error {
 		if err != nil {
 			return err
 		}
-		out, verb = resp.Msg.GetJob(), "updated"
+		out, verb, warnings = resp.Msg.GetJob(), "updated", resp.Msg.GetSafetyWarnings()
 	}
 	if g.output == "json" {
 		return g.printJSON(out)
 	}
 	fmt.Fprintf(g.stdout, "job %s %s (id %s, version %d)\n", out.GetName(), verb, out.GetId(), out.GetVersion())
+	for _, w := range warnings {
+		fmt.Fprintf(g.stderr, "warning: %s: %s (rule %s); running it will need --allow-dangerous REASON\n", w.GetField(), w.GetReason(), w.GetRule())
+	}
 	return nil
 }
 

@@ -19,6 +19,7 @@ import (
 func newRunCmd(g *globals) *cobra.Command {
 	var follow bool
 	var version int64
+	var allowDangerous string
 	cmd := &cobra.Command{
 		Use:   "run JOB",
 		Short: "Run a job (by id or name) now",
@@ -34,7 +35,11 @@ the execution failed).`,
 			if err != nil {
 				return err
 			}
-			resp, err := g.executions().CreateExecution(ctx, connect.NewRequest(&opsconductorv1.CreateExecutionRequest{JobId: j.GetId(), JobVersion: version}))
+			req := &opsconductorv1.CreateExecutionRequest{JobId: j.GetId(), JobVersion: version}
+			if allowDangerous != "" {
+				req.DangerousOverride = &opsconductorv1.DangerousOverride{Allow: true, Reason: allowDangerous}
+			}
+			resp, err := g.executions().CreateExecution(ctx, connect.NewRequest(req))
 			if err != nil {
 				return err
 			}
@@ -53,6 +58,7 @@ the execution failed).`,
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream status and output until the execution ends")
 	cmd.Flags().Int64Var(&version, "version", 0, "run an older version of the job")
+	cmd.Flags().StringVar(&allowDangerous, "allow-dangerous", "", "run commands the safety checker blocks; the value is the reason, which is audited (needs executions:dangerous)")
 	return cmd
 }
 

@@ -71,6 +71,9 @@ type Config struct {
 	// MetricsToken, when set, must be sent as a bearer token to read
 	// /metrics; empty leaves /metrics open (the usual Prometheus setup).
 	MetricsToken string
+	// SafetyRules is a YAML/JSON file of extra dangerous-command rules and
+	// allow-lists (docs/safety.md).
+	SafetyRules string
 	// CORSOrigins are the browser origins (the dashboard's) allowed to call
 	// the API, comma-separated; "*" allows any.
 	CORSOrigins string
@@ -132,6 +135,7 @@ func (c *Config) settings() []setting {
 		{flag: "max-request-bytes", env: "OPSCONDUCTOR_MAX_REQUEST_BYTES", help: "largest request body", i64: &c.MaxRequestBytes},
 		{flag: "protected-labels", env: "OPSCONDUCTOR_PROTECTED_LABELS", help: "label selector of agents where running needs executions:run-protected (developers lack it); empty: none", str: &c.ProtectedLabels},
 		{flag: "metrics-token", env: "OPSCONDUCTOR_METRICS_TOKEN", help: "require this bearer token on /metrics (use the _FILE variant); empty: open", str: &c.MetricsToken, secret: true},
+		{flag: "safety-rules", env: "OPSCONDUCTOR_SAFETY_RULES", help: "YAML/JSON file of extra dangerous-command rules and allow-lists", str: &c.SafetyRules},
 		{flag: "cors-origins", env: "OPSCONDUCTOR_CORS_ORIGINS", help: "browser origins allowed to call the API, comma-separated", str: &c.CORSOrigins},
 		{flag: "bootstrap-token-file", env: "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE", help: "also write the first admin token to this file (0600)", str: &c.BootstrapTokenFile},
 	}

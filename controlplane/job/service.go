@@ -31,18 +31,32 @@ type TargetResolver interface {
 	ResolveTargets(ctx context.Context, targets []*opsconductorv1.Target) ([]*opsconductorv1.ResolvedAgent, []int, error)
 }
 
+// SafetyWarner finds dangerous commands in a job; saving such a job only
+// warns (running it is what the executions service refuses).
+type SafetyWarner interface {
+	CheckJob(job *opsconductorv1.Job) []*opsconductorv1.SafetyFinding
+}
+
 // Service implements opsconductorv1connect.JobServiceHandler.
 type Service struct {
 	store    *Store
 	resolver TargetResolver
+	warner   SafetyWarner
 	logger   *zap.Logger
 }
 
 var _ opsconductorv1connect.JobServiceHandler = (*Service)(nil)
 
-// NewService builds the jobs service.
-func NewService(st *Store, resolver TargetResolver, logger *zap.Logger) *Service {
-	return &Service{store: st, resolver: resolver, logger: logger.Named("job")}
+// NewService builds the jobs service. warner may be nil (no warnings).
+func NewService(st *Store, resolver TargetResolver, warner SafetyWarner, logger *zap.Logger) *Service {
+	return &Service{store: st, resolver: resolver, warner: warner, logger: logger.Named("job")}
+}
+
+func (s *Service) warnings(j *opsconductorv1.Job) []*opsconductorv1.SafetyFinding {
+	if s.warner == nil {
+		return nil
+	}
+	return s.warner.CheckJob(j)
 }
 
 const (
@@ -70,8 +84,9 @@ func (s *Service) CreateJob(ctx context.Context, req *connect.Request[opsconduct
 	if err != nil {
 		return nil, err
 	}
-	s.logger.Info("job created", zap.String("job_id", rec.ID), zap.String("job_name", rec.Name))
-	return connect.NewResponse(&opsconductorv1.CreateJobResponse{Job: out}), nil
+	warnings := s.warnings(out)
+	s.logger.Info("job created", zap.String("job_id", rec.ID), zap.String("job_name", rec.Name), zap.Int("safety_warnings", len(warnings)))
+	return connect.NewResponse(&opsconductorv1.CreateJobResponse{Job: out, SafetyWarnings: warnings}), nil
 }
 
 func (s *Service) ListJobs(ctx context.Context, req *connect.Request[opsconductorv1.ListJobsRequest]) (*connect.Response[opsconductorv1.ListJobsResponse], error) {
@@ -171,8 +186,9 @@ func (s *Service) UpdateJob(ctx context.Context, req *connect.Request[opsconduct
 	if err != nil {
 		return nil, err
 	}
-	s.logger.Info("job updated", zap.String("job_id", rec.ID), zap.Int64("version", rec.Version))
-	return connect.NewResponse(&opsconductorv1.UpdateJobResponse{Job: out}), nil
+	warnings := s.warnings(out)
+	s.logger.Info("job updated", zap.String("job_id", rec.ID), zap.Int64("version", rec.Version), zap.Int("safety_warnings", len(warnings)))
+	return connect.NewResponse(&opsconductorv1.UpdateJobResponse{Job: out, SafetyWarnings: warnings}), nil
 }
 
 func (s *Service) DeleteJob(ctx context.Context, req *connect.Request[opsconductorv1.DeleteJobRequest]) (*connect.Response[opsconductorv1.DeleteJobResponse], error) {

@@ -35,6 +35,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	agentsafety "github.com/opsconductor/opsconductor/agent/safety"
 	"github.com/opsconductor/opsconductor/controlplane/auth"
 	"github.com/opsconductor/opsconductor/controlplane/config"
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
@@ -47,6 +48,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/outbox"
 	"github.com/opsconductor/opsconductor/controlplane/ratelimit"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
+	"github.com/opsconductor/opsconductor/controlplane/safety"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
@@ -137,9 +139,18 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		return execStore.TaskLoseByAgent(ctx, agentID, reason, func() { nudgeExecRelay() })
 	}
 	reg := registry.New(registry.NewStore(agentsDB), loseTasks, logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow})
-	jobs := job.NewService(job.NewStore(jobsDB), reg, logger)
+	safetyCfg, err := safety.LoadConfig(cfg.SafetyRules)
+	if err != nil {
+		return nil, err
+	}
+	checker, err := agentsafety.New(safetyCfg)
+	if err != nil {
+		return nil, fmt.Errorf("safety rules: %w", err)
+	}
+	safetySvc := safety.NewService(checker)
+	jobs := job.NewService(job.NewStore(jobsDB), reg, safetySvc, logger)
 	protected, _ := label.ParseSelector(cfg.ProtectedLabels) // checked by Validate
-	execs := execution.NewService(execStore, jobs, reg, nil, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected})
+	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected})
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
 	// and a counter. Audit and notifications subscribe here later.
@@ -172,18 +183,21 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 		}),
 	)
+	type mount struct {
+		path    string
+		handler http.Handler
+	}
+	var mounts []mount
+	add := func(path string, h http.Handler) { mounts = append(mounts, mount{path, h}) }
+	add(opsconductorv1connect.NewJobServiceHandler(jobs, opts))
+	add(opsconductorv1connect.NewExecutionServiceHandler(execs, opts))
+	add(opsconductorv1connect.NewAgentRegistryServiceHandler(reg, opts))
+	add(agentv1connect.NewAgentServiceHandler(a.gateway, opts))
+	add(opsconductorv1connect.NewAuthServiceHandler(auth.NewService(authStore, logger), opts))
+	add(opsconductorv1connect.NewSafetyServiceHandler(safetySvc, opts))
 	var services []*vanguard.Service
-	for _, mount := range []func() (string, http.Handler){
-		func() (string, http.Handler) { return opsconductorv1connect.NewJobServiceHandler(jobs, opts) },
-		func() (string, http.Handler) { return opsconductorv1connect.NewExecutionServiceHandler(execs, opts) },
-		func() (string, http.Handler) { return opsconductorv1connect.NewAgentRegistryServiceHandler(reg, opts) },
-		func() (string, http.Handler) { return agentv1connect.NewAgentServiceHandler(a.gateway, opts) },
-		func() (string, http.Handler) {
-			return opsconductorv1connect.NewAuthServiceHandler(auth.NewService(authStore, logger), opts)
-		},
-	} {
-		path, h := mount()
-		services = append(services, vanguard.NewService(path, h))
+	for _, m := range mounts {
+		services = append(services, vanguard.NewService(m.path, m.handler))
 	}
 	if err := auth.CheckServices(Services()...); err != nil {
 		return nil, err
@@ -217,6 +231,7 @@ func Services() []protoreflect.ServiceDescriptor {
 		opsconductorv1.File_opsconductor_v1_execution_proto.Services().ByName("ExecutionService"),
 		opsconductorv1.File_opsconductor_v1_agent_registry_proto.Services().ByName("AgentRegistryService"),
 		opsconductorv1.File_opsconductor_v1_auth_proto.Services().ByName("AuthService"),
+		opsconductorv1.File_opsconductor_v1_safety_proto.Services().ByName("SafetyService"),
 		agentv1.File_opsconductor_agent_v1_agent_proto.Services().ByName("AgentService"),
 	}
 }

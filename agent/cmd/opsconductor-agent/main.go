@@ -7,7 +7,7 @@
 // Every flag can also be set through the environment (OPSCONDUCTOR_SERVER,
 // OPSCONDUCTOR_JOIN_TOKEN or OPSCONDUCTOR_JOIN_TOKEN_FILE, OPSCONDUCTOR_STATE_DIR,
 // OPSCONDUCTOR_AGENT_NAME, OPSCONDUCTOR_LABELS, OPSCONDUCTOR_CAPACITY,
-// OPSCONDUCTOR_POLL_WAIT, OPSCONDUCTOR_KEY_MAX_AGE, OPSCONDUCTOR_LOG_FORMAT, OPSCONDUCTOR_LOG_LEVEL).
+// OPSCONDUCTOR_POLL_WAIT, OPSCONDUCTOR_KEY_MAX_AGE, OPSCONDUCTOR_SAFETY_RULES, OPSCONDUCTOR_LOG_FORMAT, OPSCONDUCTOR_LOG_LEVEL).
 package main
 
 import (
@@ -22,10 +22,12 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
 
 	"github.com/opsconductor/opsconductor/agent"
 	"github.com/opsconductor/opsconductor/agent/executor"
 	"github.com/opsconductor/opsconductor/agent/logging"
+	"github.com/opsconductor/opsconductor/agent/safety"
 	"github.com/opsconductor/opsconductor/agent/state"
 	"github.com/opsconductor/opsconductor/agent/transport"
 	"github.com/opsconductor/opsconductor/proto/protocol"
@@ -61,6 +63,7 @@ func run(args []string) error {
 	pin := fs.String("server-fingerprint", env("OPSCONDUCTOR_SERVER_FINGERPRINT", ""), "hex SHA-256 of the server certificate to pin instead (env OPSCONDUCTOR_SERVER_FINGERPRINT)")
 	clientCert := fs.String("client-cert", env("OPSCONDUCTOR_CLIENT_CERT", ""), "PEM client certificate for mutual TLS (env OPSCONDUCTOR_CLIENT_CERT)")
 	clientKey := fs.String("client-key", env("OPSCONDUCTOR_CLIENT_KEY", ""), "PEM key of --client-cert (env OPSCONDUCTOR_CLIENT_KEY)")
+	safetyRules := fs.String("safety-rules", env("OPSCONDUCTOR_SAFETY_RULES", ""), "YAML/JSON file of extra dangerous-command rules and allow-lists (env OPSCONDUCTOR_SAFETY_RULES)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -91,6 +94,20 @@ func run(args []string) error {
 	}
 	defer func() { _ = logger.Sync() }()
 
+	var safetyCfg safety.Config
+	if *safetyRules != "" {
+		raw, err := os.ReadFile(*safetyRules)
+		if err != nil {
+			return fmt.Errorf("--safety-rules: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(raw, &safetyCfg); err != nil {
+			return fmt.Errorf("--safety-rules %s: %w", *safetyRules, err)
+		}
+	}
+	checker, err := safety.New(safetyCfg)
+	if err != nil {
+		return fmt.Errorf("--safety-rules: %w", err)
+	}
 	client, err := transport.NewHTTPClient(transport.Options{CAFile: *caFile, PinSHA256: *pin, ClientCert: *clientCert, ClientKey: *clientKey})
 	if err != nil {
 		return err
@@ -100,7 +117,7 @@ func run(args []string) error {
 	}
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
-		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge,
+		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker,
 	}, state.FileStore{Dir: *stateDir}, &executor.Shell{}, client, logger)
 	if err != nil {
 		return err

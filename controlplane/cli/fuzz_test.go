@@ -1,0 +1,41 @@
+package cli
+
+import (
+	"os"
+	"testing"
+
+	"github.com/opsconductor/opsconductor/controlplane/job"
+)
+
+// FuzzJobDecode feeds arbitrary bytes to the job file decoder and the
+// validator: neither may panic, and a job the decoder accepts gets a
+// verdict from the validator.
+func FuzzJobDecode(f *testing.F) {
+	if seed, err := os.ReadFile("../../docs/examples/hello.yaml"); err == nil {
+		f.Add(seed)
+	}
+	f.Add([]byte(`{"name":"x","actions":[{"command":"true","timeout":"-1s"}],"targets":[{"selector":"a=b,,c"}]}`))
+	f.Add([]byte("name: [unclosed"))
+	f.Add([]byte("actions:\n  - env: {\"1BAD\": x}\n    plugin: telnet\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		j, err := ParseJobFile(data)
+		if err != nil {
+			return
+		}
+		_ = job.Validate("job", j)
+	})
+}
+
+func TestParseJobFileExample(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/examples/hello.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := ParseJobFile(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vs := job.Validate("job", j); len(vs) != 0 {
+		t.Fatalf("the example job is invalid: %v", vs)
+	}
+}
