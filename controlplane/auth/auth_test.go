@@ -164,3 +164,25 @@ func TestBootstrapOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestJWTUser: a JWT whose sub names a user gets the user's roles; a
+// disabled user is refused.
+func TestJWTUser(t *testing.T) {
+	st := NewStore(storetest.Open(t, store.SQLite, Schema, Migrations()))
+	a := NewAuthenticator(st, JWTConfig{Secret: secret}, zaptest.NewLogger(t))
+	ctx := context.Background()
+	if err := st.UserPut(ctx, UserRecord{Name: "bob", Roles: []string{"operator"}, UpdatedAt: time.Now()}, true); err != nil {
+		t.Fatal(err)
+	}
+	tok := sign(t, jwt.SigningMethodHS256, secret, jwt.MapClaims{"sub": "bob", "exp": time.Now().Add(time.Hour).Unix(), "roles": []string{"viewer"}})
+	p, err := a.Authenticate(ctx, tok)
+	if err != nil || !p.Can(PermExecutionsRun) || !p.Can(PermJobsRead) {
+		t.Fatalf("bob = %+v, %v; want the user's operator role with the claim's viewer", p, err)
+	}
+	if err := st.UserPut(ctx, UserRecord{Name: "bob", Roles: []string{"operator"}, Disabled: true, UpdatedAt: time.Now()}, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Authenticate(ctx, tok); !isUnauthenticated(err) || !strings.Contains(err.Error(), "disabled") {
+		t.Fatalf("disabled user: %v", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/label"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 )
 
@@ -85,10 +87,51 @@ func (a *Authenticator) apiToken(ctx context.Context, secret string) (Principal,
 	if t.ExpiresAt != nil && now.After(*t.ExpiresAt) {
 		return Principal{}, apperr.Unauthenticated("API token %s expired at %s", t.Name, t.ExpiresAt.Format(time.RFC3339))
 	}
+	roles := t.Roles
+	if t.User != "" {
+		u, err := a.store.UserGet(ctx, t.User)
+		if errors.Is(err, store.ErrNotFound) {
+			return Principal{}, apperr.Unauthenticated("API token %s belongs to user %s, who no longer exists", t.Name, t.User)
+		}
+		if err != nil {
+			return Principal{}, err
+		}
+		if u.Disabled {
+			return Principal{}, apperr.Unauthenticated("user %s is disabled", u.Name)
+		}
+		roles = u.Roles
+	}
 	if err := a.store.TokenTouch(ctx, t.ID, now); err != nil {
 		a.logger.Warn("record api token use", zap.String("token_id", t.ID), zap.Error(err))
 	}
-	return Principal{Name: t.Principal, Method: "api_token", TokenID: t.ID, Roles: t.Roles}, nil
+	return a.principal(ctx, Principal{Name: t.Principal, Method: "api_token", TokenID: t.ID}, roles)
+}
+
+// principal fills in p's roles and grants: built-in roles from code,
+// custom ones from the store. A role that no longer exists grants nothing.
+func (a *Authenticator) principal(ctx context.Context, p Principal, roles []string) (Principal, error) {
+	for _, name := range roles {
+		if perms, ok := builtinRoles[name]; ok {
+			p.Roles = append(p.Roles, name)
+			p.Grants = append(p.Grants, Grant{Role: name, Permissions: perms})
+			continue
+		}
+		r, err := a.store.RoleGet(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			a.logger.Debug("unknown role ignored", zap.String("role", name), zap.String("principal", p.Name))
+			continue
+		}
+		if err != nil {
+			return Principal{}, err
+		}
+		g := Grant{Role: r.Name, Permissions: r.Permissions}
+		// Stored selectors were validated on write.
+		g.JobScope, _ = label.ParseSelector(r.JobSelector)
+		g.TargetScope, _ = label.ParseSelector(r.TargetSelector)
+		p.Roles = append(p.Roles, name)
+		p.Grants = append(p.Grants, g)
+	}
+	return p, nil
 }
 
 func (a *Authenticator) jwtToken(ctx context.Context, raw string) (Principal, error) {
@@ -140,13 +183,25 @@ func (a *Authenticator) jwtToken(ctx context.Context, raw string) (Principal, er
 	if list, ok := claims[a.jwt.RolesClaim].([]any); ok {
 		for _, r := range list {
 			if s, ok := r.(string); ok {
-				if _, known := builtinRoles[s]; known {
-					roles = append(roles, s)
-				}
+				roles = append(roles, s)
 			}
 		}
 	}
-	return Principal{Name: sub, Method: "jwt", Roles: roles}, nil
+	// A user of that name adds its roles, and a disabled one is refused.
+	u, err := a.store.UserGet(ctx, sub)
+	switch {
+	case err == nil && u.Disabled:
+		return Principal{}, apperr.Unauthenticated("user %s is disabled", sub)
+	case err == nil:
+		for _, r := range u.Roles {
+			if !slices.Contains(roles, r) {
+				roles = append(roles, r)
+			}
+		}
+	case !errors.Is(err, store.ErrNotFound):
+		return Principal{}, err
+	}
+	return a.principal(ctx, Principal{Name: sub, Method: "jwt"}, roles)
 }
 
 // jwtReason names the failed check without echoing token contents.

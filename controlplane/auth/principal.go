@@ -2,17 +2,24 @@
 // with a JWT from the organisation's identity provider or with a long-lived
 // API token (random, stored hashed, revocable); each RPC declares in its
 // protobuf options the permission it needs, and one Connect interceptor
-// enforces that for Connect, gRPC and REST alike. Agents are not users:
-// they authenticate with their own credential in the agent gateway.
+// enforces that for Connect, gRPC and REST alike. Roles are built in
+// (admin, operator, developer, viewer, auditor) or custom: a set of
+// permissions, optionally scoped to jobs and target agents by label
+// selectors, which the services check where they know the labels. Agents
+// are not users: they authenticate with their own credential in the agent
+// gateway.
 //
-// API tokens live in the "auth" schema, as does the outbox that records
-// denied calls for the audit trail.
+// API tokens, users and custom roles live in the "auth" schema, as does
+// the outbox that records denied calls for the audit trail.
 package auth
 
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
+
+	"github.com/opsconductor/opsconductor/controlplane/label"
 )
 
 // Permissions name what a caller may do. Each RPC declares one.
@@ -29,8 +36,15 @@ const (
 	PermAgentsRead             = "agents:read"
 	PermAgentsManage           = "agents:manage"
 	PermTokensManage           = "tokens:manage"
+	PermUsersManage            = "users:manage"
 	PermAuditRead              = "audit:read"
 )
+
+// Permissions lists every permission, for validating custom roles.
+var Permissions = []string{
+	PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected,
+	PermExecutionsDanger, PermAgentsRead, PermAgentsManage, PermTokensManage, PermUsersManage, PermAuditRead,
+}
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
@@ -41,8 +55,8 @@ var builtinRoles = map[string][]string{
 	"auditor":   {PermSelfRead, PermAuditRead},
 }
 
-// RoleNames lists the built-in roles.
-func RoleNames() []string {
+// BuiltinRoleNames lists the built-in roles.
+func BuiltinRoleNames() []string {
 	names := make([]string, 0, len(builtinRoles))
 	for n := range builtinRoles {
 		names = append(names, n)
@@ -51,44 +65,76 @@ func RoleNames() []string {
 	return names
 }
 
-// ValidateRoles checks that every role exists.
-func ValidateRoles(roles []string) error {
-	if len(roles) == 0 {
-		return fmt.Errorf("at least one role is needed (one of %v)", RoleNames())
-	}
-	for _, r := range roles {
-		if _, ok := builtinRoles[r]; !ok {
-			return fmt.Errorf("unknown role %q (known: %v)", r, RoleNames())
-		}
-	}
-	return nil
+// IsBuiltinRole reports whether name is a built-in role.
+func IsBuiltinRole(name string) bool {
+	_, ok := builtinRoles[name]
+	return ok
+}
+
+// Grant is what one role gives: permissions, limited to jobs whose labels
+// match JobScope and to agents whose labels match TargetScope (an empty
+// selector matches everything).
+type Grant struct {
+	Role        string
+	Permissions []string
+	JobScope    label.Selector
+	TargetScope label.Selector
+}
+
+func (g Grant) has(perm string) bool {
+	return slices.Contains(g.Permissions, "*") || slices.Contains(g.Permissions, perm)
 }
 
 // Principal is an authenticated caller.
 type Principal struct {
-	Name    string   // user or token name
-	Method  string   // "api_token" or "jwt"
-	TokenID string   // for API tokens
-	Roles   []string // as granted
+	Name    string // user or token name
+	Method  string // "api_token" or "jwt"
+	TokenID string // for API tokens
+	Roles   []string
+	Grants  []Grant // what the roles give, resolved at authentication
 }
 
-// Can reports whether the principal holds perm through any of its roles.
+// Can reports whether any grant holds perm, whatever its scope. The
+// interceptor uses it; services that know the labels involved call CanOn.
 func (p Principal) Can(perm string) bool {
-	for _, r := range p.Roles {
-		for _, granted := range builtinRoles[r] {
-			if granted == "*" || granted == perm {
-				return true
-			}
+	for _, g := range p.Grants {
+		if g.has(perm) {
+			return true
 		}
 	}
 	return false
 }
 
-// Permissions lists what the principal may do.
-func (p Principal) Permissions() []string {
+// CanOn reports whether one grant holds perm for a job with jobLabels on
+// every agent in agents (nil: no agents involved).
+func (p Principal) CanOn(perm string, jobLabels map[string]string, agents []map[string]string) bool {
+	for _, g := range p.Grants {
+		if !g.has(perm) || !g.JobScope.Matches(jobLabels) {
+			continue
+		}
+		ok := true
+		for _, a := range agents {
+			if !g.TargetScope.Matches(a) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// AllPermissions lists what the principal may do somewhere, with the
+// scope of scoped grants.
+func (p Principal) AllPermissions() []string {
 	set := map[string]bool{}
-	for _, r := range p.Roles {
-		for _, perm := range builtinRoles[r] {
+	for _, g := range p.Grants {
+		for _, perm := range g.Permissions {
+			if len(g.JobScope) > 0 || len(g.TargetScope) > 0 {
+				perm = fmt.Sprintf("%s (jobs %q, targets %q)", perm, g.JobScope.String(), g.TargetScope.String())
+			}
 			set[perm] = true
 		}
 	}

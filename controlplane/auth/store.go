@@ -25,9 +25,12 @@ const Schema = "auth"
 
 // TokenRecord is a stored API token; only the hash of its secret is kept.
 type TokenRecord struct {
-	ID         string
-	Name       string
-	Principal  string
+	ID        string
+	Name      string
+	Principal string
+	// User, when set, is the user the token acts as: its roles are the
+	// user's, whatever Roles says, and it dies with the user.
+	User       string
 	Roles      []string
 	TokenHash  string
 	CreatedAt  time.Time
@@ -56,8 +59,8 @@ func insertToken(ctx context.Context, tx *store.Tx, t TokenRecord) error {
 	if err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (id, name, principal, roles, token_hash, created_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`, t.ID, t.Name, t.Principal, string(roles), t.TokenHash, t.CreatedAt.UTC(), nullTime(t.ExpiresAt)); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO api_tokens (id, name, principal, user_name, roles, token_hash, created_at, expires_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, t.ID, t.Name, t.Principal, t.User, string(roles), t.TokenHash, t.CreatedAt.UTC(), nullTime(t.ExpiresAt)); err != nil {
 		return fmt.Errorf("insert api token %s: %w", t.Name, store.Translate(err))
 	}
 	_, err = outbox.Append(ctx, tx, "token.created", t.ID, 1, map[string]any{"token_id": t.ID, "name": t.Name, "roles": t.Roles})
@@ -83,13 +86,13 @@ func (s *Store) TokenBootstrap(ctx context.Context, t TokenRecord) (bool, error)
 	return created, err
 }
 
-const tokenColumns = `SELECT id, name, principal, roles, token_hash, created_at, expires_at, revoked_at, last_used_at FROM api_tokens`
+const tokenColumns = `SELECT id, name, principal, user_name, roles, token_hash, created_at, expires_at, revoked_at, last_used_at FROM api_tokens`
 
 func scanToken(row interface{ Scan(...any) error }) (TokenRecord, error) {
 	var t TokenRecord
 	var roles string
 	var expires, revoked, used sql.NullTime
-	if err := row.Scan(&t.ID, &t.Name, &t.Principal, &roles, &t.TokenHash, &t.CreatedAt, &expires, &revoked, &used); err != nil {
+	if err := row.Scan(&t.ID, &t.Name, &t.Principal, &t.User, &roles, &t.TokenHash, &t.CreatedAt, &expires, &revoked, &used); err != nil {
 		return TokenRecord{}, store.Translate(err)
 	}
 	if err := json.Unmarshal([]byte(roles), &t.Roles); err != nil {

@@ -15,6 +15,7 @@ import (
 func newTokenCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "token", Short: "Create, list and revoke API tokens"}
 	var roles []string
+	var user string
 	var ttl time.Duration
 	create := &cobra.Command{
 		Use:   "create NAME --role ROLE",
@@ -26,7 +27,7 @@ the secret now.
   opsconductor token create ci-runner --role operator --ttl 2160h`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &opsconductorv1.CreateApiTokenRequest{Name: args[0], Roles: roles}
+			req := &opsconductorv1.CreateApiTokenRequest{Name: args[0], Roles: roles, User: user}
 			if ttl > 0 {
 				req.Ttl = durationpbNew(ttl)
 			}
@@ -38,13 +39,18 @@ the secret now.
 				return g.printJSON(resp.Msg)
 			}
 			fmt.Fprintln(g.stdout, resp.Msg.GetSecret())
-			fmt.Fprintf(g.stderr, "token %s (%s) created with roles %s; the secret above is shown only now\n",
-				resp.Msg.GetToken().GetName(), resp.Msg.GetToken().GetId(), strings.Join(roles, ","))
+			who := "with roles " + strings.Join(roles, ",")
+			if user != "" {
+				who = "acting as user " + user
+			}
+			fmt.Fprintf(g.stderr, "token %s (%s) created %s; the secret above is shown only now\n",
+				resp.Msg.GetToken().GetName(), resp.Msg.GetToken().GetId(), who)
 			return nil
 		},
 	}
 	create.Flags().StringSliceVar(&roles, "role", nil, "role to grant (repeat or comma-separate)")
 	create.Flags().DurationVar(&ttl, "ttl", 0, "lifetime; 0 never expires")
+	create.Flags().StringVar(&user, "user", "", "act as this user: the token gets the user's roles (then no --role)")
 
 	list := &cobra.Command{
 		Use:   "list",

@@ -146,6 +146,30 @@ targets:
 	if code == 0 || !strings.Contains(errOut, "no job with id or name") {
 		t.Fatalf("run of an unknown job: code %d, %s", code, errOut)
 	}
+	// Custom role and user through the CLI.
+	if out, errOut, code := cli(t, s, "role", "create", "cli-readers", "--permission", "self:read,jobs:read", "--job-selector", "team=ops"); code != 0 {
+		t.Fatalf("role create: %d %s %s", code, out, errOut)
+	}
+	if out, errOut, code := cli(t, s, "user", "create", "carol", "--role", "cli-readers"); code != 0 {
+		t.Fatalf("user create: %d %s %s", code, out, errOut)
+	}
+	carolTok, errOut, code := cli(t, s, "token", "create", "carol-ci", "--user", "carol")
+	if code != 0 || !strings.Contains(errOut, "acting as user carol") {
+		t.Fatalf("token for carol: %d %s", code, errOut)
+	}
+	out, _, _ = cli(t, s, "--token", strings.TrimSpace(carolTok), "whoami")
+	if !strings.Contains(out, "carol (api_token)") || !strings.Contains(out, "cli-readers") {
+		t.Fatalf("carol whoami: %s", out)
+	}
+	out, _, _ = cli(t, s, "role", "list")
+	if !strings.Contains(out, "cli-readers") || !strings.Contains(out, "team=ops") || !strings.Contains(out, "built-in") {
+		t.Fatalf("role list:\n%s", out)
+	}
+	out, _, _ = cli(t, s, "user", "list")
+	if !strings.Contains(out, "carol") {
+		t.Fatalf("user list:\n%s", out)
+	}
+
 	// A viewer token may look but not run; a revoked token is refused.
 	viewer, errOut, code := cli(t, s, "token", "create", "looker", "--role", "viewer")
 	viewer = strings.TrimSpace(viewer)

@@ -132,6 +132,14 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 		}
 		return nil, &apperr.Error{Kind: apperr.KindFailedPrecondition, Message: "job " + job.GetName() + " cannot run: " + apperr.Invalid("targets", vs).Error(), Violations: vs}
 	}
+	agentLabels := make([]map[string]string, len(agents))
+	for i, a := range agents {
+		agentLabels[i] = a.GetLabels()
+	}
+	if !principal.CanOn(auth.PermExecutionsRun, job.GetLabels(), agentLabels) {
+		return nil, apperr.PermissionDenied("%s may not run job %s on its %d targets: no role grants %s for the job's labels and every target's",
+			principal.Name, job.GetName(), len(agents), auth.PermExecutionsRun)
+	}
 	if len(s.cfg.Protected) > 0 && !principal.Can(auth.PermExecutionsRunProtected) {
 		for _, a := range agents {
 			if s.cfg.Protected.Matches(a.GetLabels()) {

@@ -139,9 +139,11 @@ type ApiToken struct {
 	Roles      []string               `protobuf:"bytes,4,rep,name=roles,proto3" json:"roles,omitempty"`
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Unset: never expires.
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
-	RevokeTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
-	LastUsedTime  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_used_time,json=lastUsedTime,proto3" json:"last_used_time,omitempty"`
+	ExpireTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	RevokeTime   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	LastUsedTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_used_time,json=lastUsedTime,proto3" json:"last_used_time,omitempty"`
+	// The user the token acts as, if any.
+	User          string `protobuf:"bytes,9,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -232,6 +234,13 @@ func (x *ApiToken) GetLastUsedTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ApiToken) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
 type CreateApiTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1-64 letters, digits, '.', '_' and '-'; unique among live tokens.
@@ -239,7 +248,10 @@ type CreateApiTokenRequest struct {
 	// Built-in roles: admin, operator, developer, viewer, auditor.
 	Roles []string `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
 	// Zero: never expires.
-	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Make the token act as this user (its roles follow the user's); then
+	// roles must be empty.
+	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -293,6 +305,13 @@ func (x *CreateApiTokenRequest) GetTtl() *durationpb.Duration {
 		return x.Ttl
 	}
 	return nil
+}
+
+func (x *CreateApiTokenRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
 }
 
 type CreateApiTokenResponse struct {
@@ -508,6 +527,842 @@ func (*RevokeApiTokenResponse) Descriptor() ([]byte, []int) {
 	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{8}
 }
 
+// Role is a named set of permissions. A custom role may be scoped: its
+// permissions then apply only to jobs whose labels match job_selector and
+// to target agents whose labels match target_selector.
+type Role struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description    string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	Permissions    []string               `protobuf:"bytes,3,rep,name=permissions,proto3" json:"permissions,omitempty"`
+	JobSelector    string                 `protobuf:"bytes,4,opt,name=job_selector,json=jobSelector,proto3" json:"job_selector,omitempty"`
+	TargetSelector string                 `protobuf:"bytes,5,opt,name=target_selector,json=targetSelector,proto3" json:"target_selector,omitempty"`
+	// Output only: built-in roles cannot be changed.
+	Builtin       bool `protobuf:"varint,6,opt,name=builtin,proto3" json:"builtin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Role) Reset() {
+	*x = Role{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Role) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Role) ProtoMessage() {}
+
+func (x *Role) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Role.ProtoReflect.Descriptor instead.
+func (*Role) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Role) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Role) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Role) GetPermissions() []string {
+	if x != nil {
+		return x.Permissions
+	}
+	return nil
+}
+
+func (x *Role) GetJobSelector() string {
+	if x != nil {
+		return x.JobSelector
+	}
+	return ""
+}
+
+func (x *Role) GetTargetSelector() string {
+	if x != nil {
+		return x.TargetSelector
+	}
+	return ""
+}
+
+func (x *Role) GetBuiltin() bool {
+	if x != nil {
+		return x.Builtin
+	}
+	return false
+}
+
+type CreateRoleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          *Role                  `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateRoleRequest) Reset() {
+	*x = CreateRoleRequest{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateRoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateRoleRequest) ProtoMessage() {}
+
+func (x *CreateRoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateRoleRequest.ProtoReflect.Descriptor instead.
+func (*CreateRoleRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CreateRoleRequest) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
+type CreateRoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          *Role                  `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateRoleResponse) Reset() {
+	*x = CreateRoleResponse{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateRoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateRoleResponse) ProtoMessage() {}
+
+func (x *CreateRoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateRoleResponse.ProtoReflect.Descriptor instead.
+func (*CreateRoleResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CreateRoleResponse) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
+type ListRolesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolesRequest) Reset() {
+	*x = ListRolesRequest{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolesRequest) ProtoMessage() {}
+
+func (x *ListRolesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolesRequest.ProtoReflect.Descriptor instead.
+func (*ListRolesRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{12}
+}
+
+type ListRolesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Roles         []*Role                `protobuf:"bytes,1,rep,name=roles,proto3" json:"roles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRolesResponse) Reset() {
+	*x = ListRolesResponse{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRolesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRolesResponse) ProtoMessage() {}
+
+func (x *ListRolesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRolesResponse.ProtoReflect.Descriptor instead.
+func (*ListRolesResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListRolesResponse) GetRoles() []*Role {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+type UpdateRoleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          *Role                  `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRoleRequest) Reset() {
+	*x = UpdateRoleRequest{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRoleRequest) ProtoMessage() {}
+
+func (x *UpdateRoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRoleRequest.ProtoReflect.Descriptor instead.
+func (*UpdateRoleRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UpdateRoleRequest) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
+type UpdateRoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Role          *Role                  `protobuf:"bytes,1,opt,name=role,proto3" json:"role,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateRoleResponse) Reset() {
+	*x = UpdateRoleResponse{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateRoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateRoleResponse) ProtoMessage() {}
+
+func (x *UpdateRoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateRoleResponse.ProtoReflect.Descriptor instead.
+func (*UpdateRoleResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *UpdateRoleResponse) GetRole() *Role {
+	if x != nil {
+		return x.Role
+	}
+	return nil
+}
+
+type DeleteRoleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRoleRequest) Reset() {
+	*x = DeleteRoleRequest{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRoleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRoleRequest) ProtoMessage() {}
+
+func (x *DeleteRoleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRoleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteRoleRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DeleteRoleRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteRoleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRoleResponse) Reset() {
+	*x = DeleteRoleResponse{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRoleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRoleResponse) ProtoMessage() {}
+
+func (x *DeleteRoleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRoleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteRoleResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{17}
+}
+
+type User struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Roles         []string               `protobuf:"bytes,2,rep,name=roles,proto3" json:"roles,omitempty"`
+	Disabled      bool                   `protobuf:"varint,3,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *User) Reset() {
+	*x = User{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *User) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*User) ProtoMessage() {}
+
+func (x *User) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use User.ProtoReflect.Descriptor instead.
+func (*User) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *User) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *User) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *User) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *User) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *User) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+type CreateUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUserRequest) Reset() {
+	*x = CreateUserRequest{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUserRequest) ProtoMessage() {}
+
+func (x *CreateUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUserRequest.ProtoReflect.Descriptor instead.
+func (*CreateUserRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CreateUserRequest) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type CreateUserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateUserResponse) Reset() {
+	*x = CreateUserResponse{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateUserResponse) ProtoMessage() {}
+
+func (x *CreateUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateUserResponse.ProtoReflect.Descriptor instead.
+func (*CreateUserResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CreateUserResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type ListUsersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUsersRequest) Reset() {
+	*x = ListUsersRequest{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUsersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUsersRequest) ProtoMessage() {}
+
+func (x *ListUsersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUsersRequest.ProtoReflect.Descriptor instead.
+func (*ListUsersRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{21}
+}
+
+type ListUsersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Users         []*User                `protobuf:"bytes,1,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUsersResponse) Reset() {
+	*x = ListUsersResponse{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUsersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUsersResponse) ProtoMessage() {}
+
+func (x *ListUsersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUsersResponse.ProtoReflect.Descriptor instead.
+func (*ListUsersResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListUsersResponse) GetUsers() []*User {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+type UpdateUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateUserRequest) Reset() {
+	*x = UpdateUserRequest{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateUserRequest) ProtoMessage() {}
+
+func (x *UpdateUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateUserRequest.ProtoReflect.Descriptor instead.
+func (*UpdateUserRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *UpdateUserRequest) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type UpdateUserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	User          *User                  `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateUserResponse) Reset() {
+	*x = UpdateUserResponse{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateUserResponse) ProtoMessage() {}
+
+func (x *UpdateUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateUserResponse.ProtoReflect.Descriptor instead.
+func (*UpdateUserResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *UpdateUserResponse) GetUser() *User {
+	if x != nil {
+		return x.User
+	}
+	return nil
+}
+
+type DeleteUserRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUserRequest) Reset() {
+	*x = DeleteUserRequest{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserRequest) ProtoMessage() {}
+
+func (x *DeleteUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserRequest.ProtoReflect.Descriptor instead.
+func (*DeleteUserRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DeleteUserRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeleteUserResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteUserResponse) Reset() {
+	*x = DeleteUserResponse{}
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteUserResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteUserResponse) ProtoMessage() {}
+
+func (x *DeleteUserResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_auth_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteUserResponse.ProtoReflect.Descriptor instead.
+func (*DeleteUserResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_auth_proto_rawDescGZIP(), []int{26}
+}
+
 var File_opsconductor_v1_auth_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_auth_proto_rawDesc = "" +
@@ -518,7 +1373,7 @@ const file_opsconductor_v1_auth_proto_rawDesc = "" +
 	"\tprincipal\x18\x01 \x01(\tR\tprincipal\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x14\n" +
 	"\x05roles\x18\x03 \x03(\tR\x05roles\x12 \n" +
-	"\vpermissions\x18\x04 \x03(\tR\vpermissions\"\xdb\x02\n" +
+	"\vpermissions\x18\x04 \x03(\tR\vpermissions\"\xef\x02\n" +
 	"\bApiToken\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -530,11 +1385,13 @@ const file_opsconductor_v1_auth_proto_rawDesc = "" +
 	"expireTime\x12;\n" +
 	"\vrevoke_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"revokeTime\x12@\n" +
-	"\x0elast_used_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\flastUsedTime\"n\n" +
+	"\x0elast_used_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\flastUsedTime\x12\x12\n" +
+	"\x04user\x18\t \x01(\tR\x04user\"\x82\x01\n" +
 	"\x15CreateApiTokenRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05roles\x18\x02 \x03(\tR\x05roles\x12+\n" +
-	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"a\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\"a\n" +
 	"\x16CreateApiTokenResponse\x12/\n" +
 	"\x05token\x18\x01 \x01(\v2\x19.opsconductor.v1.ApiTokenR\x05token\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\"\x16\n" +
@@ -543,14 +1400,79 @@ const file_opsconductor_v1_auth_proto_rawDesc = "" +
 	"\x06tokens\x18\x01 \x03(\v2\x19.opsconductor.v1.ApiTokenR\x06tokens\"'\n" +
 	"\x15RevokeApiTokenRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x18\n" +
-	"\x16RevokeApiTokenResponse2\xb5\x04\n" +
+	"\x16RevokeApiTokenResponse\"\xc4\x01\n" +
+	"\x04Role\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12 \n" +
+	"\vpermissions\x18\x03 \x03(\tR\vpermissions\x12!\n" +
+	"\fjob_selector\x18\x04 \x01(\tR\vjobSelector\x12'\n" +
+	"\x0ftarget_selector\x18\x05 \x01(\tR\x0etargetSelector\x12\x18\n" +
+	"\abuiltin\x18\x06 \x01(\bR\abuiltin\">\n" +
+	"\x11CreateRoleRequest\x12)\n" +
+	"\x04role\x18\x01 \x01(\v2\x15.opsconductor.v1.RoleR\x04role\"?\n" +
+	"\x12CreateRoleResponse\x12)\n" +
+	"\x04role\x18\x01 \x01(\v2\x15.opsconductor.v1.RoleR\x04role\"\x12\n" +
+	"\x10ListRolesRequest\"@\n" +
+	"\x11ListRolesResponse\x12+\n" +
+	"\x05roles\x18\x01 \x03(\v2\x15.opsconductor.v1.RoleR\x05roles\">\n" +
+	"\x11UpdateRoleRequest\x12)\n" +
+	"\x04role\x18\x01 \x01(\v2\x15.opsconductor.v1.RoleR\x04role\"?\n" +
+	"\x12UpdateRoleResponse\x12)\n" +
+	"\x04role\x18\x01 \x01(\v2\x15.opsconductor.v1.RoleR\x04role\"'\n" +
+	"\x11DeleteRoleRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12DeleteRoleResponse\"\xc6\x01\n" +
+	"\x04User\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05roles\x18\x02 \x03(\tR\x05roles\x12\x1a\n" +
+	"\bdisabled\x18\x03 \x01(\bR\bdisabled\x12;\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\">\n" +
+	"\x11CreateUserRequest\x12)\n" +
+	"\x04user\x18\x01 \x01(\v2\x15.opsconductor.v1.UserR\x04user\"?\n" +
+	"\x12CreateUserResponse\x12)\n" +
+	"\x04user\x18\x01 \x01(\v2\x15.opsconductor.v1.UserR\x04user\"\x12\n" +
+	"\x10ListUsersRequest\"@\n" +
+	"\x11ListUsersResponse\x12+\n" +
+	"\x05users\x18\x01 \x03(\v2\x15.opsconductor.v1.UserR\x05users\">\n" +
+	"\x11UpdateUserRequest\x12)\n" +
+	"\x04user\x18\x01 \x01(\v2\x15.opsconductor.v1.UserR\x04user\"?\n" +
+	"\x12UpdateUserResponse\x12)\n" +
+	"\x04user\x18\x01 \x01(\v2\x15.opsconductor.v1.UserR\x04user\"'\n" +
+	"\x11DeleteUserRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"\x14\n" +
+	"\x12DeleteUserResponse2\xff\f\n" +
 	"\vAuthService\x12p\n" +
 	"\x06WhoAmI\x12\x1e.opsconductor.v1.WhoAmIRequest\x1a\x1f.opsconductor.v1.WhoAmIResponse\"%\x8a\xb5\x18\v\n" +
 	"\tself:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/whoami\x12\x91\x01\n" +
 	"\x0eCreateApiToken\x12&.opsconductor.v1.CreateApiTokenRequest\x1a'.opsconductor.v1.CreateApiTokenResponse\".\x8a\xb5\x18\x11\n" +
 	"\rtokens:manage\x10\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/api/v1/tokens\x12\x89\x01\n" +
 	"\rListApiTokens\x12%.opsconductor.v1.ListApiTokensRequest\x1a&.opsconductor.v1.ListApiTokensResponse\")\x8a\xb5\x18\x0f\n" +
-	"\rtokens:manage\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/tokens\x12\x93\x01\n" +
+	"\rtokens:manage\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/tokens\x12\x86\x01\n" +
+	"\n" +
+	"CreateRole\x12\".opsconductor.v1.CreateRoleRequest\x1a#.opsconductor.v1.CreateRoleResponse\"/\x8a\xb5\x18\x10\n" +
+	"\fusers:manage\x10\x01\x82\xd3\xe4\x93\x02\x15:\x04role\"\r/api/v1/roles\x12{\n" +
+	"\tListRoles\x12!.opsconductor.v1.ListRolesRequest\x1a\".opsconductor.v1.ListRolesResponse\"'\x8a\xb5\x18\x0e\n" +
+	"\fusers:manage\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/roles\x12\x92\x01\n" +
+	"\n" +
+	"UpdateRole\x12\".opsconductor.v1.UpdateRoleRequest\x1a#.opsconductor.v1.UpdateRoleResponse\";\x8a\xb5\x18\x10\n" +
+	"\fusers:manage\x10\x01\x82\xd3\xe4\x93\x02!:\x04role\x1a\x19/api/v1/roles/{role.name}\x12\x87\x01\n" +
+	"\n" +
+	"DeleteRole\x12\".opsconductor.v1.DeleteRoleRequest\x1a#.opsconductor.v1.DeleteRoleResponse\"0\x8a\xb5\x18\x10\n" +
+	"\fusers:manage\x10\x01\x82\xd3\xe4\x93\x02\x16*\x14/api/v1/roles/{name}\x12\x86\x01\n" +
+	"\n" +
+	"CreateUser\x12\".opsconductor.v1.CreateUserRequest\x1a#.opsconductor.v1.CreateUserResponse\"/\x8a\xb5\x18\x10\n" +
+	"\fusers:manage\x10\x01\x82\xd3\xe4\x93\x02\x15:\x04user\"\r/api/v1/users\x12{\n" +
+	"\tListUsers\x12!.opsconductor.v1.ListUsersRequest\x1a\".opsconductor.v1.ListUsersResponse\"'\x8a\xb5\x18\x0e\n" +
+	"\fusers:manage\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/users\x12\x92\x01\n" +
+	"\n" +
+	"UpdateUser\x12\".opsconductor.v1.UpdateUserRequest\x1a#.opsconductor.v1.UpdateUserResponse\";\x8a\xb5\x18\x10\n" +
+	"\fusers:manage\x10\x01\x82\xd3\xe4\x93\x02!:\x04user\x1a\x19/api/v1/users/{user.name}\x12\x87\x01\n" +
+	"\n" +
+	"DeleteUser\x12\".opsconductor.v1.DeleteUserRequest\x1a#.opsconductor.v1.DeleteUserResponse\"0\x8a\xb5\x18\x10\n" +
+	"\fusers:manage\x10\x01\x82\xd3\xe4\x93\x02\x16*\x14/api/v1/users/{name}\x12\x93\x01\n" +
 	"\x0eRevokeApiToken\x12&.opsconductor.v1.RevokeApiTokenRequest\x1a'.opsconductor.v1.RevokeApiTokenResponse\"0\x8a\xb5\x18\x11\n" +
 	"\rtokens:manage\x10\x01\x82\xd3\xe4\x93\x02\x15*\x13/api/v1/tokens/{id}BOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
@@ -566,7 +1488,7 @@ func file_opsconductor_v1_auth_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_auth_proto_rawDescData
 }
 
-var file_opsconductor_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_opsconductor_v1_auth_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_opsconductor_v1_auth_proto_goTypes = []any{
 	(*WhoAmIRequest)(nil),          // 0: opsconductor.v1.WhoAmIRequest
 	(*WhoAmIResponse)(nil),         // 1: opsconductor.v1.WhoAmIResponse
@@ -577,30 +1499,76 @@ var file_opsconductor_v1_auth_proto_goTypes = []any{
 	(*ListApiTokensResponse)(nil),  // 6: opsconductor.v1.ListApiTokensResponse
 	(*RevokeApiTokenRequest)(nil),  // 7: opsconductor.v1.RevokeApiTokenRequest
 	(*RevokeApiTokenResponse)(nil), // 8: opsconductor.v1.RevokeApiTokenResponse
-	(*timestamppb.Timestamp)(nil),  // 9: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),    // 10: google.protobuf.Duration
+	(*Role)(nil),                   // 9: opsconductor.v1.Role
+	(*CreateRoleRequest)(nil),      // 10: opsconductor.v1.CreateRoleRequest
+	(*CreateRoleResponse)(nil),     // 11: opsconductor.v1.CreateRoleResponse
+	(*ListRolesRequest)(nil),       // 12: opsconductor.v1.ListRolesRequest
+	(*ListRolesResponse)(nil),      // 13: opsconductor.v1.ListRolesResponse
+	(*UpdateRoleRequest)(nil),      // 14: opsconductor.v1.UpdateRoleRequest
+	(*UpdateRoleResponse)(nil),     // 15: opsconductor.v1.UpdateRoleResponse
+	(*DeleteRoleRequest)(nil),      // 16: opsconductor.v1.DeleteRoleRequest
+	(*DeleteRoleResponse)(nil),     // 17: opsconductor.v1.DeleteRoleResponse
+	(*User)(nil),                   // 18: opsconductor.v1.User
+	(*CreateUserRequest)(nil),      // 19: opsconductor.v1.CreateUserRequest
+	(*CreateUserResponse)(nil),     // 20: opsconductor.v1.CreateUserResponse
+	(*ListUsersRequest)(nil),       // 21: opsconductor.v1.ListUsersRequest
+	(*ListUsersResponse)(nil),      // 22: opsconductor.v1.ListUsersResponse
+	(*UpdateUserRequest)(nil),      // 23: opsconductor.v1.UpdateUserRequest
+	(*UpdateUserResponse)(nil),     // 24: opsconductor.v1.UpdateUserResponse
+	(*DeleteUserRequest)(nil),      // 25: opsconductor.v1.DeleteUserRequest
+	(*DeleteUserResponse)(nil),     // 26: opsconductor.v1.DeleteUserResponse
+	(*timestamppb.Timestamp)(nil),  // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),    // 28: google.protobuf.Duration
 }
 var file_opsconductor_v1_auth_proto_depIdxs = []int32{
-	9,  // 0: opsconductor.v1.ApiToken.create_time:type_name -> google.protobuf.Timestamp
-	9,  // 1: opsconductor.v1.ApiToken.expire_time:type_name -> google.protobuf.Timestamp
-	9,  // 2: opsconductor.v1.ApiToken.revoke_time:type_name -> google.protobuf.Timestamp
-	9,  // 3: opsconductor.v1.ApiToken.last_used_time:type_name -> google.protobuf.Timestamp
-	10, // 4: opsconductor.v1.CreateApiTokenRequest.ttl:type_name -> google.protobuf.Duration
+	27, // 0: opsconductor.v1.ApiToken.create_time:type_name -> google.protobuf.Timestamp
+	27, // 1: opsconductor.v1.ApiToken.expire_time:type_name -> google.protobuf.Timestamp
+	27, // 2: opsconductor.v1.ApiToken.revoke_time:type_name -> google.protobuf.Timestamp
+	27, // 3: opsconductor.v1.ApiToken.last_used_time:type_name -> google.protobuf.Timestamp
+	28, // 4: opsconductor.v1.CreateApiTokenRequest.ttl:type_name -> google.protobuf.Duration
 	2,  // 5: opsconductor.v1.CreateApiTokenResponse.token:type_name -> opsconductor.v1.ApiToken
 	2,  // 6: opsconductor.v1.ListApiTokensResponse.tokens:type_name -> opsconductor.v1.ApiToken
-	0,  // 7: opsconductor.v1.AuthService.WhoAmI:input_type -> opsconductor.v1.WhoAmIRequest
-	3,  // 8: opsconductor.v1.AuthService.CreateApiToken:input_type -> opsconductor.v1.CreateApiTokenRequest
-	5,  // 9: opsconductor.v1.AuthService.ListApiTokens:input_type -> opsconductor.v1.ListApiTokensRequest
-	7,  // 10: opsconductor.v1.AuthService.RevokeApiToken:input_type -> opsconductor.v1.RevokeApiTokenRequest
-	1,  // 11: opsconductor.v1.AuthService.WhoAmI:output_type -> opsconductor.v1.WhoAmIResponse
-	4,  // 12: opsconductor.v1.AuthService.CreateApiToken:output_type -> opsconductor.v1.CreateApiTokenResponse
-	6,  // 13: opsconductor.v1.AuthService.ListApiTokens:output_type -> opsconductor.v1.ListApiTokensResponse
-	8,  // 14: opsconductor.v1.AuthService.RevokeApiToken:output_type -> opsconductor.v1.RevokeApiTokenResponse
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	9,  // 7: opsconductor.v1.CreateRoleRequest.role:type_name -> opsconductor.v1.Role
+	9,  // 8: opsconductor.v1.CreateRoleResponse.role:type_name -> opsconductor.v1.Role
+	9,  // 9: opsconductor.v1.ListRolesResponse.roles:type_name -> opsconductor.v1.Role
+	9,  // 10: opsconductor.v1.UpdateRoleRequest.role:type_name -> opsconductor.v1.Role
+	9,  // 11: opsconductor.v1.UpdateRoleResponse.role:type_name -> opsconductor.v1.Role
+	27, // 12: opsconductor.v1.User.create_time:type_name -> google.protobuf.Timestamp
+	27, // 13: opsconductor.v1.User.update_time:type_name -> google.protobuf.Timestamp
+	18, // 14: opsconductor.v1.CreateUserRequest.user:type_name -> opsconductor.v1.User
+	18, // 15: opsconductor.v1.CreateUserResponse.user:type_name -> opsconductor.v1.User
+	18, // 16: opsconductor.v1.ListUsersResponse.users:type_name -> opsconductor.v1.User
+	18, // 17: opsconductor.v1.UpdateUserRequest.user:type_name -> opsconductor.v1.User
+	18, // 18: opsconductor.v1.UpdateUserResponse.user:type_name -> opsconductor.v1.User
+	0,  // 19: opsconductor.v1.AuthService.WhoAmI:input_type -> opsconductor.v1.WhoAmIRequest
+	3,  // 20: opsconductor.v1.AuthService.CreateApiToken:input_type -> opsconductor.v1.CreateApiTokenRequest
+	5,  // 21: opsconductor.v1.AuthService.ListApiTokens:input_type -> opsconductor.v1.ListApiTokensRequest
+	10, // 22: opsconductor.v1.AuthService.CreateRole:input_type -> opsconductor.v1.CreateRoleRequest
+	12, // 23: opsconductor.v1.AuthService.ListRoles:input_type -> opsconductor.v1.ListRolesRequest
+	14, // 24: opsconductor.v1.AuthService.UpdateRole:input_type -> opsconductor.v1.UpdateRoleRequest
+	16, // 25: opsconductor.v1.AuthService.DeleteRole:input_type -> opsconductor.v1.DeleteRoleRequest
+	19, // 26: opsconductor.v1.AuthService.CreateUser:input_type -> opsconductor.v1.CreateUserRequest
+	21, // 27: opsconductor.v1.AuthService.ListUsers:input_type -> opsconductor.v1.ListUsersRequest
+	23, // 28: opsconductor.v1.AuthService.UpdateUser:input_type -> opsconductor.v1.UpdateUserRequest
+	25, // 29: opsconductor.v1.AuthService.DeleteUser:input_type -> opsconductor.v1.DeleteUserRequest
+	7,  // 30: opsconductor.v1.AuthService.RevokeApiToken:input_type -> opsconductor.v1.RevokeApiTokenRequest
+	1,  // 31: opsconductor.v1.AuthService.WhoAmI:output_type -> opsconductor.v1.WhoAmIResponse
+	4,  // 32: opsconductor.v1.AuthService.CreateApiToken:output_type -> opsconductor.v1.CreateApiTokenResponse
+	6,  // 33: opsconductor.v1.AuthService.ListApiTokens:output_type -> opsconductor.v1.ListApiTokensResponse
+	11, // 34: opsconductor.v1.AuthService.CreateRole:output_type -> opsconductor.v1.CreateRoleResponse
+	13, // 35: opsconductor.v1.AuthService.ListRoles:output_type -> opsconductor.v1.ListRolesResponse
+	15, // 36: opsconductor.v1.AuthService.UpdateRole:output_type -> opsconductor.v1.UpdateRoleResponse
+	17, // 37: opsconductor.v1.AuthService.DeleteRole:output_type -> opsconductor.v1.DeleteRoleResponse
+	20, // 38: opsconductor.v1.AuthService.CreateUser:output_type -> opsconductor.v1.CreateUserResponse
+	22, // 39: opsconductor.v1.AuthService.ListUsers:output_type -> opsconductor.v1.ListUsersResponse
+	24, // 40: opsconductor.v1.AuthService.UpdateUser:output_type -> opsconductor.v1.UpdateUserResponse
+	26, // 41: opsconductor.v1.AuthService.DeleteUser:output_type -> opsconductor.v1.DeleteUserResponse
+	8,  // 42: opsconductor.v1.AuthService.RevokeApiToken:output_type -> opsconductor.v1.RevokeApiTokenResponse
+	31, // [31:43] is the sub-list for method output_type
+	19, // [19:31] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_auth_proto_init() }
@@ -615,7 +1583,7 @@ func file_opsconductor_v1_auth_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_auth_proto_rawDesc), len(file_opsconductor_v1_auth_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -41,6 +41,22 @@ const (
 	// AuthServiceListApiTokensProcedure is the fully-qualified name of the AuthService's ListApiTokens
 	// RPC.
 	AuthServiceListApiTokensProcedure = "/opsconductor.v1.AuthService/ListApiTokens"
+	// AuthServiceCreateRoleProcedure is the fully-qualified name of the AuthService's CreateRole RPC.
+	AuthServiceCreateRoleProcedure = "/opsconductor.v1.AuthService/CreateRole"
+	// AuthServiceListRolesProcedure is the fully-qualified name of the AuthService's ListRoles RPC.
+	AuthServiceListRolesProcedure = "/opsconductor.v1.AuthService/ListRoles"
+	// AuthServiceUpdateRoleProcedure is the fully-qualified name of the AuthService's UpdateRole RPC.
+	AuthServiceUpdateRoleProcedure = "/opsconductor.v1.AuthService/UpdateRole"
+	// AuthServiceDeleteRoleProcedure is the fully-qualified name of the AuthService's DeleteRole RPC.
+	AuthServiceDeleteRoleProcedure = "/opsconductor.v1.AuthService/DeleteRole"
+	// AuthServiceCreateUserProcedure is the fully-qualified name of the AuthService's CreateUser RPC.
+	AuthServiceCreateUserProcedure = "/opsconductor.v1.AuthService/CreateUser"
+	// AuthServiceListUsersProcedure is the fully-qualified name of the AuthService's ListUsers RPC.
+	AuthServiceListUsersProcedure = "/opsconductor.v1.AuthService/ListUsers"
+	// AuthServiceUpdateUserProcedure is the fully-qualified name of the AuthService's UpdateUser RPC.
+	AuthServiceUpdateUserProcedure = "/opsconductor.v1.AuthService/UpdateUser"
+	// AuthServiceDeleteUserProcedure is the fully-qualified name of the AuthService's DeleteUser RPC.
+	AuthServiceDeleteUserProcedure = "/opsconductor.v1.AuthService/DeleteUser"
 	// AuthServiceRevokeApiTokenProcedure is the fully-qualified name of the AuthService's
 	// RevokeApiToken RPC.
 	AuthServiceRevokeApiTokenProcedure = "/opsconductor.v1.AuthService/RevokeApiToken"
@@ -54,6 +70,22 @@ type AuthServiceClient interface {
 	// only its hash is stored.
 	CreateApiToken(context.Context, *connect.Request[v1.CreateApiTokenRequest]) (*connect.Response[v1.CreateApiTokenResponse], error)
 	ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error)
+	// CreateRole makes a custom role: permissions, optionally scoped to jobs
+	// and target agents by label selectors.
+	CreateRole(context.Context, *connect.Request[v1.CreateRoleRequest]) (*connect.Response[v1.CreateRoleResponse], error)
+	// ListRoles lists the built-in and the custom roles.
+	ListRoles(context.Context, *connect.Request[v1.ListRolesRequest]) (*connect.Response[v1.ListRolesResponse], error)
+	UpdateRole(context.Context, *connect.Request[v1.UpdateRoleRequest]) (*connect.Response[v1.UpdateRoleResponse], error)
+	// DeleteRole removes a custom role no user or live token refers to.
+	DeleteRole(context.Context, *connect.Request[v1.DeleteRoleRequest]) (*connect.Response[v1.DeleteRoleResponse], error)
+	// CreateUser makes a user: API tokens made for it, and JWTs whose sub is
+	// its name, get its roles.
+	CreateUser(context.Context, *connect.Request[v1.CreateUserRequest]) (*connect.Response[v1.CreateUserResponse], error)
+	ListUsers(context.Context, *connect.Request[v1.ListUsersRequest]) (*connect.Response[v1.ListUsersResponse], error)
+	// UpdateUser changes a user's roles or disables it (its tokens then fail).
+	UpdateUser(context.Context, *connect.Request[v1.UpdateUserRequest]) (*connect.Response[v1.UpdateUserResponse], error)
+	// DeleteUser removes a user and revokes its API tokens.
+	DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error)
 	// RevokeApiToken makes a token fail from its next call on.
 	RevokeApiToken(context.Context, *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.RevokeApiTokenResponse], error)
 }
@@ -87,6 +119,54 @@ func NewAuthServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(authServiceMethods.ByName("ListApiTokens")),
 			connect.WithClientOptions(opts...),
 		),
+		createRole: connect.NewClient[v1.CreateRoleRequest, v1.CreateRoleResponse](
+			httpClient,
+			baseURL+AuthServiceCreateRoleProcedure,
+			connect.WithSchema(authServiceMethods.ByName("CreateRole")),
+			connect.WithClientOptions(opts...),
+		),
+		listRoles: connect.NewClient[v1.ListRolesRequest, v1.ListRolesResponse](
+			httpClient,
+			baseURL+AuthServiceListRolesProcedure,
+			connect.WithSchema(authServiceMethods.ByName("ListRoles")),
+			connect.WithClientOptions(opts...),
+		),
+		updateRole: connect.NewClient[v1.UpdateRoleRequest, v1.UpdateRoleResponse](
+			httpClient,
+			baseURL+AuthServiceUpdateRoleProcedure,
+			connect.WithSchema(authServiceMethods.ByName("UpdateRole")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteRole: connect.NewClient[v1.DeleteRoleRequest, v1.DeleteRoleResponse](
+			httpClient,
+			baseURL+AuthServiceDeleteRoleProcedure,
+			connect.WithSchema(authServiceMethods.ByName("DeleteRole")),
+			connect.WithClientOptions(opts...),
+		),
+		createUser: connect.NewClient[v1.CreateUserRequest, v1.CreateUserResponse](
+			httpClient,
+			baseURL+AuthServiceCreateUserProcedure,
+			connect.WithSchema(authServiceMethods.ByName("CreateUser")),
+			connect.WithClientOptions(opts...),
+		),
+		listUsers: connect.NewClient[v1.ListUsersRequest, v1.ListUsersResponse](
+			httpClient,
+			baseURL+AuthServiceListUsersProcedure,
+			connect.WithSchema(authServiceMethods.ByName("ListUsers")),
+			connect.WithClientOptions(opts...),
+		),
+		updateUser: connect.NewClient[v1.UpdateUserRequest, v1.UpdateUserResponse](
+			httpClient,
+			baseURL+AuthServiceUpdateUserProcedure,
+			connect.WithSchema(authServiceMethods.ByName("UpdateUser")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteUser: connect.NewClient[v1.DeleteUserRequest, v1.DeleteUserResponse](
+			httpClient,
+			baseURL+AuthServiceDeleteUserProcedure,
+			connect.WithSchema(authServiceMethods.ByName("DeleteUser")),
+			connect.WithClientOptions(opts...),
+		),
 		revokeApiToken: connect.NewClient[v1.RevokeApiTokenRequest, v1.RevokeApiTokenResponse](
 			httpClient,
 			baseURL+AuthServiceRevokeApiTokenProcedure,
@@ -101,6 +181,14 @@ type authServiceClient struct {
 	whoAmI         *connect.Client[v1.WhoAmIRequest, v1.WhoAmIResponse]
 	createApiToken *connect.Client[v1.CreateApiTokenRequest, v1.CreateApiTokenResponse]
 	listApiTokens  *connect.Client[v1.ListApiTokensRequest, v1.ListApiTokensResponse]
+	createRole     *connect.Client[v1.CreateRoleRequest, v1.CreateRoleResponse]
+	listRoles      *connect.Client[v1.ListRolesRequest, v1.ListRolesResponse]
+	updateRole     *connect.Client[v1.UpdateRoleRequest, v1.UpdateRoleResponse]
+	deleteRole     *connect.Client[v1.DeleteRoleRequest, v1.DeleteRoleResponse]
+	createUser     *connect.Client[v1.CreateUserRequest, v1.CreateUserResponse]
+	listUsers      *connect.Client[v1.ListUsersRequest, v1.ListUsersResponse]
+	updateUser     *connect.Client[v1.UpdateUserRequest, v1.UpdateUserResponse]
+	deleteUser     *connect.Client[v1.DeleteUserRequest, v1.DeleteUserResponse]
 	revokeApiToken *connect.Client[v1.RevokeApiTokenRequest, v1.RevokeApiTokenResponse]
 }
 
@@ -119,6 +207,46 @@ func (c *authServiceClient) ListApiTokens(ctx context.Context, req *connect.Requ
 	return c.listApiTokens.CallUnary(ctx, req)
 }
 
+// CreateRole calls opsconductor.v1.AuthService.CreateRole.
+func (c *authServiceClient) CreateRole(ctx context.Context, req *connect.Request[v1.CreateRoleRequest]) (*connect.Response[v1.CreateRoleResponse], error) {
+	return c.createRole.CallUnary(ctx, req)
+}
+
+// ListRoles calls opsconductor.v1.AuthService.ListRoles.
+func (c *authServiceClient) ListRoles(ctx context.Context, req *connect.Request[v1.ListRolesRequest]) (*connect.Response[v1.ListRolesResponse], error) {
+	return c.listRoles.CallUnary(ctx, req)
+}
+
+// UpdateRole calls opsconductor.v1.AuthService.UpdateRole.
+func (c *authServiceClient) UpdateRole(ctx context.Context, req *connect.Request[v1.UpdateRoleRequest]) (*connect.Response[v1.UpdateRoleResponse], error) {
+	return c.updateRole.CallUnary(ctx, req)
+}
+
+// DeleteRole calls opsconductor.v1.AuthService.DeleteRole.
+func (c *authServiceClient) DeleteRole(ctx context.Context, req *connect.Request[v1.DeleteRoleRequest]) (*connect.Response[v1.DeleteRoleResponse], error) {
+	return c.deleteRole.CallUnary(ctx, req)
+}
+
+// CreateUser calls opsconductor.v1.AuthService.CreateUser.
+func (c *authServiceClient) CreateUser(ctx context.Context, req *connect.Request[v1.CreateUserRequest]) (*connect.Response[v1.CreateUserResponse], error) {
+	return c.createUser.CallUnary(ctx, req)
+}
+
+// ListUsers calls opsconductor.v1.AuthService.ListUsers.
+func (c *authServiceClient) ListUsers(ctx context.Context, req *connect.Request[v1.ListUsersRequest]) (*connect.Response[v1.ListUsersResponse], error) {
+	return c.listUsers.CallUnary(ctx, req)
+}
+
+// UpdateUser calls opsconductor.v1.AuthService.UpdateUser.
+func (c *authServiceClient) UpdateUser(ctx context.Context, req *connect.Request[v1.UpdateUserRequest]) (*connect.Response[v1.UpdateUserResponse], error) {
+	return c.updateUser.CallUnary(ctx, req)
+}
+
+// DeleteUser calls opsconductor.v1.AuthService.DeleteUser.
+func (c *authServiceClient) DeleteUser(ctx context.Context, req *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error) {
+	return c.deleteUser.CallUnary(ctx, req)
+}
+
 // RevokeApiToken calls opsconductor.v1.AuthService.RevokeApiToken.
 func (c *authServiceClient) RevokeApiToken(ctx context.Context, req *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.RevokeApiTokenResponse], error) {
 	return c.revokeApiToken.CallUnary(ctx, req)
@@ -132,6 +260,22 @@ type AuthServiceHandler interface {
 	// only its hash is stored.
 	CreateApiToken(context.Context, *connect.Request[v1.CreateApiTokenRequest]) (*connect.Response[v1.CreateApiTokenResponse], error)
 	ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error)
+	// CreateRole makes a custom role: permissions, optionally scoped to jobs
+	// and target agents by label selectors.
+	CreateRole(context.Context, *connect.Request[v1.CreateRoleRequest]) (*connect.Response[v1.CreateRoleResponse], error)
+	// ListRoles lists the built-in and the custom roles.
+	ListRoles(context.Context, *connect.Request[v1.ListRolesRequest]) (*connect.Response[v1.ListRolesResponse], error)
+	UpdateRole(context.Context, *connect.Request[v1.UpdateRoleRequest]) (*connect.Response[v1.UpdateRoleResponse], error)
+	// DeleteRole removes a custom role no user or live token refers to.
+	DeleteRole(context.Context, *connect.Request[v1.DeleteRoleRequest]) (*connect.Response[v1.DeleteRoleResponse], error)
+	// CreateUser makes a user: API tokens made for it, and JWTs whose sub is
+	// its name, get its roles.
+	CreateUser(context.Context, *connect.Request[v1.CreateUserRequest]) (*connect.Response[v1.CreateUserResponse], error)
+	ListUsers(context.Context, *connect.Request[v1.ListUsersRequest]) (*connect.Response[v1.ListUsersResponse], error)
+	// UpdateUser changes a user's roles or disables it (its tokens then fail).
+	UpdateUser(context.Context, *connect.Request[v1.UpdateUserRequest]) (*connect.Response[v1.UpdateUserResponse], error)
+	// DeleteUser removes a user and revokes its API tokens.
+	DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error)
 	// RevokeApiToken makes a token fail from its next call on.
 	RevokeApiToken(context.Context, *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.RevokeApiTokenResponse], error)
 }
@@ -161,6 +305,54 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(authServiceMethods.ByName("ListApiTokens")),
 		connect.WithHandlerOptions(opts...),
 	)
+	authServiceCreateRoleHandler := connect.NewUnaryHandler(
+		AuthServiceCreateRoleProcedure,
+		svc.CreateRole,
+		connect.WithSchema(authServiceMethods.ByName("CreateRole")),
+		connect.WithHandlerOptions(opts...),
+	)
+	authServiceListRolesHandler := connect.NewUnaryHandler(
+		AuthServiceListRolesProcedure,
+		svc.ListRoles,
+		connect.WithSchema(authServiceMethods.ByName("ListRoles")),
+		connect.WithHandlerOptions(opts...),
+	)
+	authServiceUpdateRoleHandler := connect.NewUnaryHandler(
+		AuthServiceUpdateRoleProcedure,
+		svc.UpdateRole,
+		connect.WithSchema(authServiceMethods.ByName("UpdateRole")),
+		connect.WithHandlerOptions(opts...),
+	)
+	authServiceDeleteRoleHandler := connect.NewUnaryHandler(
+		AuthServiceDeleteRoleProcedure,
+		svc.DeleteRole,
+		connect.WithSchema(authServiceMethods.ByName("DeleteRole")),
+		connect.WithHandlerOptions(opts...),
+	)
+	authServiceCreateUserHandler := connect.NewUnaryHandler(
+		AuthServiceCreateUserProcedure,
+		svc.CreateUser,
+		connect.WithSchema(authServiceMethods.ByName("CreateUser")),
+		connect.WithHandlerOptions(opts...),
+	)
+	authServiceListUsersHandler := connect.NewUnaryHandler(
+		AuthServiceListUsersProcedure,
+		svc.ListUsers,
+		connect.WithSchema(authServiceMethods.ByName("ListUsers")),
+		connect.WithHandlerOptions(opts...),
+	)
+	authServiceUpdateUserHandler := connect.NewUnaryHandler(
+		AuthServiceUpdateUserProcedure,
+		svc.UpdateUser,
+		connect.WithSchema(authServiceMethods.ByName("UpdateUser")),
+		connect.WithHandlerOptions(opts...),
+	)
+	authServiceDeleteUserHandler := connect.NewUnaryHandler(
+		AuthServiceDeleteUserProcedure,
+		svc.DeleteUser,
+		connect.WithSchema(authServiceMethods.ByName("DeleteUser")),
+		connect.WithHandlerOptions(opts...),
+	)
 	authServiceRevokeApiTokenHandler := connect.NewUnaryHandler(
 		AuthServiceRevokeApiTokenProcedure,
 		svc.RevokeApiToken,
@@ -175,6 +367,22 @@ func NewAuthServiceHandler(svc AuthServiceHandler, opts ...connect.HandlerOption
 			authServiceCreateApiTokenHandler.ServeHTTP(w, r)
 		case AuthServiceListApiTokensProcedure:
 			authServiceListApiTokensHandler.ServeHTTP(w, r)
+		case AuthServiceCreateRoleProcedure:
+			authServiceCreateRoleHandler.ServeHTTP(w, r)
+		case AuthServiceListRolesProcedure:
+			authServiceListRolesHandler.ServeHTTP(w, r)
+		case AuthServiceUpdateRoleProcedure:
+			authServiceUpdateRoleHandler.ServeHTTP(w, r)
+		case AuthServiceDeleteRoleProcedure:
+			authServiceDeleteRoleHandler.ServeHTTP(w, r)
+		case AuthServiceCreateUserProcedure:
+			authServiceCreateUserHandler.ServeHTTP(w, r)
+		case AuthServiceListUsersProcedure:
+			authServiceListUsersHandler.ServeHTTP(w, r)
+		case AuthServiceUpdateUserProcedure:
+			authServiceUpdateUserHandler.ServeHTTP(w, r)
+		case AuthServiceDeleteUserProcedure:
+			authServiceDeleteUserHandler.ServeHTTP(w, r)
 		case AuthServiceRevokeApiTokenProcedure:
 			authServiceRevokeApiTokenHandler.ServeHTTP(w, r)
 		default:
@@ -196,6 +404,38 @@ func (UnimplementedAuthServiceHandler) CreateApiToken(context.Context, *connect.
 
 func (UnimplementedAuthServiceHandler) ListApiTokens(context.Context, *connect.Request[v1.ListApiTokensRequest]) (*connect.Response[v1.ListApiTokensResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.ListApiTokens is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) CreateRole(context.Context, *connect.Request[v1.CreateRoleRequest]) (*connect.Response[v1.CreateRoleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.CreateRole is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) ListRoles(context.Context, *connect.Request[v1.ListRolesRequest]) (*connect.Response[v1.ListRolesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.ListRoles is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) UpdateRole(context.Context, *connect.Request[v1.UpdateRoleRequest]) (*connect.Response[v1.UpdateRoleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.UpdateRole is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) DeleteRole(context.Context, *connect.Request[v1.DeleteRoleRequest]) (*connect.Response[v1.DeleteRoleResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.DeleteRole is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) CreateUser(context.Context, *connect.Request[v1.CreateUserRequest]) (*connect.Response[v1.CreateUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.CreateUser is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) ListUsers(context.Context, *connect.Request[v1.ListUsersRequest]) (*connect.Response[v1.ListUsersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.ListUsers is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) UpdateUser(context.Context, *connect.Request[v1.UpdateUserRequest]) (*connect.Response[v1.UpdateUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.UpdateUser is not implemented"))
+}
+
+func (UnimplementedAuthServiceHandler) DeleteUser(context.Context, *connect.Request[v1.DeleteUserRequest]) (*connect.Response[v1.DeleteUserResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuthService.DeleteUser is not implemented"))
 }
 
 func (UnimplementedAuthServiceHandler) RevokeApiToken(context.Context, *connect.Request[v1.RevokeApiTokenRequest]) (*connect.Response[v1.RevokeApiTokenResponse], error) {
