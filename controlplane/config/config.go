@@ -56,6 +56,9 @@ type Config struct {
 	TLSCert     string
 	TLSKey      string
 	TLSClientCA string
+	// AgentMTLS requires agents to present a client certificate that
+	// chains to TLSClientCA, on top of their signed tokens.
+	AgentMTLS bool
 	// InsecureHTTP allows plain HTTP when no certificate is configured.
 	// Without TLS and without it the server refuses to start.
 	InsecureHTTP bool
@@ -129,6 +132,7 @@ func (c *Config) settings() []setting {
 		{flag: "tls-cert", env: "OPSCONDUCTOR_TLS_CERT", help: "PEM certificate (chain) to serve HTTPS with", str: &c.TLSCert},
 		{flag: "tls-key", env: "OPSCONDUCTOR_TLS_KEY", help: "PEM private key of --tls-cert", str: &c.TLSKey},
 		{flag: "tls-client-ca", env: "OPSCONDUCTOR_TLS_CLIENT_CA", help: "PEM CA bundle that client certificates (agents' mutual TLS) must chain to", str: &c.TLSClientCA},
+		{flag: "agent-mtls", env: "OPSCONDUCTOR_AGENT_MTLS", help: "refuse agent calls without a client certificate from --tls-client-ca", boolean: &c.AgentMTLS},
 		{flag: "insecure-http", env: "OPSCONDUCTOR_INSECURE_HTTP", help: "allow plain HTTP when no certificate is set (tokens then cross the network in clear)", boolean: &c.InsecureHTTP},
 		{flag: "rate-limit", env: "OPSCONDUCTOR_RATE_LIMIT", help: "calls per second per principal (0: no limit); shared through Redis when set", i64: &c.RateLimit},
 		{flag: "rate-burst", env: "OPSCONDUCTOR_RATE_BURST", help: "calls a principal may make at once", i64: &c.RateBurst},
@@ -266,6 +270,9 @@ func (c Config) Validate() error {
 	}
 	if c.TLSClientCA != "" && c.TLSCert == "" {
 		bad("tls-client-ca", "needs --tls-cert and --tls-key")
+	}
+	if c.AgentMTLS && c.TLSClientCA == "" {
+		bad("agent-mtls", "needs --tls-client-ca")
 	}
 	if c.TLSCert == "" && !c.InsecureHTTP {
 		bad("tls-cert", "set --tls-cert and --tls-key to serve HTTPS, or --insecure-http to allow plain HTTP (never on an untrusted network)")

@@ -48,6 +48,9 @@ type Config struct {
 	ReapInterval time.Duration
 	// MaxClaim caps the tasks one poll hands out (default 16).
 	MaxClaim int
+	// ClientCertVerified, when set, must report true for every agent call,
+	// enrollment included (mutual TLS for agents).
+	ClientCertVerified func(context.Context) bool
 }
 
 func (c Config) withDefaults() Config {
@@ -119,6 +122,9 @@ func facts(f *agentv1.Facts) registry.Facts {
 }
 
 func (g *Gateway) Enroll(ctx context.Context, req *connect.Request[agentv1.EnrollRequest]) (*connect.Response[agentv1.EnrollResponse], error) {
+	if g.cfg.ClientCertVerified != nil && !g.cfg.ClientCertVerified(ctx) {
+		return nil, apperr.Unauthenticated("this control plane requires agents to present a client certificate (mutual TLS)")
+	}
 	if err := checkProtocol(req.Msg.GetProtocolVersion()); err != nil {
 		return nil, err
 	}
@@ -134,6 +140,9 @@ func (g *Gateway) Enroll(ctx context.Context, req *connect.Request[agentv1.Enrol
 // made against the agent it returns, so an agent can touch only its own
 // work.
 func (g *Gateway) authenticate(ctx context.Context, h interface{ Get(string) string }) (registry.AgentRecord, error) {
+	if g.cfg.ClientCertVerified != nil && !g.cfg.ClientCertVerified(ctx) {
+		return registry.AgentRecord{}, apperr.Unauthenticated("this control plane requires agents to present a client certificate (mutual TLS)")
+	}
 	token, _ := strings.CutPrefix(h.Get("Authorization"), "Bearer ")
 	return g.registry.Authenticate(ctx, strings.TrimSpace(token))
 }

@@ -52,3 +52,28 @@ func TestTLS(t *testing.T) {
 type errString string
 
 func (e errString) Error() string { return string(e) }
+
+// TestAgentMTLS: with --agent-mtls an agent without a client certificate
+// is refused; one with a certificate from the client CA works.
+func TestAgentMTLS(t *testing.T) {
+	t.Parallel()
+	f := cptest.NewTLS(t)
+	s := cptest.StartServerTLS(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite), "OPSCONDUCTOR_AGENT_MTLS": "true"}, f, true)
+	s.StartAgent(t, "with-cert", "role=mtls", "--ca-file", f.CA, "--client-cert", f.ClientCert, "--client-key", f.ClientKey)
+	s.WaitAgents(t, 1)
+	p := s.StartAgent(t, "without-cert", "role=mtls", "--ca-file", f.CA)
+	cptest.Eventually(t, 30*time.Second, func() error {
+		if !p.Exited() {
+			return errString("agent without a client certificate still running")
+		}
+		return nil
+	})
+	if !strings.Contains(p.Output(), "client certificate") {
+		t.Fatalf("refused agent's output:\n%s", p.Output())
+	}
+	j := createJob(t, s, map[string]any{"name": "mtls", "targets": []map[string]any{{"selector": "role=mtls"}},
+		"actions": []map[string]any{{"command": "echo mutual"}}})
+	if r := waitFinished(t, s, execute(t, s, j.ID).ID, 60*time.Second); r.Execution.Status != "succeeded" || len(r.Results) != 1 {
+		t.Fatalf("execution: %s, %d targets", r.Execution.Status, len(r.Results))
+	}
+}

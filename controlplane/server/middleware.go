@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"crypto/subtle"
 	"net/http"
 	"net/url"
@@ -84,4 +85,21 @@ func withCORS(allowed []string, next http.Handler) http.Handler {
 func sameOrigin(origin string, r *http.Request) bool {
 	u, err := url.Parse(origin)
 	return err == nil && strings.EqualFold(u.Host, r.Host)
+}
+
+type clientCertKey struct{}
+
+// withClientCert notes in the request context whether the caller presented
+// a client certificate that verified against the client CA.
+func withClientCert(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		verified := r.TLS != nil && len(r.TLS.VerifiedChains) > 0
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), clientCertKey{}, verified)))
+	})
+}
+
+// hasClientCert reports what withClientCert noted.
+func hasClientCert(ctx context.Context) bool {
+	v, _ := ctx.Value(clientCertKey{}).(bool)
+	return v
 }

@@ -170,9 +170,13 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		a.relays = append(a.relays, r)
 	}
 	nudgeExecRelay = execRelay.Nudge
-	a.gateway = dispatch.New(reg, execStore, a.hub, execRelay.Nudge, metricsReg, logger, dispatch.Config{
+	gwCfg := dispatch.Config{
 		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
-	})
+	}
+	if cfg.AgentMTLS {
+		gwCfg.ClientCertVerified = hasClientCert
+	}
+	a.gateway = dispatch.New(reg, execStore, a.hub, execRelay.Nudge, metricsReg, logger, gwCfg)
 
 	opts := connect.WithHandlerOptions(
 		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), auth.NewInterceptor(authn, authStore, a.limiter(), logger)),
@@ -218,7 +222,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 			origins = append(origins, o)
 		}
 	}
-	a.handler = correlation.Middleware(securityHeaders(a.tls != nil, withCORS(origins, limitBody(cfg.MaxRequestBytes, mux))))
+	a.handler = correlation.Middleware(securityHeaders(a.tls != nil, withCORS(origins, limitBody(cfg.MaxRequestBytes, withClientCert(mux)))))
 	ok = true
 	return a, nil
 }
