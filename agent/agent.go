@@ -147,16 +147,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	run := runner.New(client, a.executor, a.cfg.Safety, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration(), AgentName: a.cfg.Name})
 
 	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		running  int
-		slotFree = make(chan struct{}, 1)
+		wg         sync.WaitGroup
+		mu         sync.Mutex
+		running    = map[string]context.CancelCauseFunc{} // task id -> stop it
+		cancelling = map[string]bool{}                    // cancels already acted on
+		slotFree   = make(chan struct{}, 1)
 	)
 	defer wg.Wait()
 	backoff := time.Second
 	for ctx.Err() == nil {
 		mu.Lock()
-		free := a.cfg.Capacity - running
+		free := a.cfg.Capacity - len(running)
+		var stopping []string
+		for id := range cancelling {
+			stopping = append(stopping, id)
+		}
 		mu.Unlock()
 
 		// A poll at full capacity asks only for control messages; when a
@@ -173,7 +178,8 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 			}()
 		}
-		resp, err := client.Poll(pollCtx, connect.NewRequest(&agentv1.PollRequest{FreeSlots: int32(free), Wait: durationpb.New(a.cfg.PollWait)}))
+		resp, err := client.Poll(pollCtx, connect.NewRequest(&agentv1.PollRequest{FreeSlots: int32(free), Wait: durationpb.New(a.cfg.PollWait),
+			CancellingTaskIds: stopping}))
 		cutShort := errors.Is(pollCtx.Err(), context.Canceled) && ctx.Err() == nil
 		cancelPoll()
 		if err != nil {
@@ -194,16 +200,28 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = time.Second
+		mu.Lock()
+		for _, id := range resp.Msg.GetCancelTaskIds() {
+			if stop, ok := running[id]; ok && !cancelling[id] {
+				a.logger.Info("cancelling task", zap.String("task_id", id))
+				stop(runner.ErrCancelled)
+				cancelling[id] = true
+			}
+		}
+		mu.Unlock()
 		for _, t := range resp.Msg.GetTasks() {
+			taskCtx, stop := context.WithCancelCause(ctx)
 			mu.Lock()
-			running++
+			running[t.GetTaskId()] = stop
 			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				run.Run(ctx, t)
+				defer stop(nil)
+				run.Run(taskCtx, t)
 				mu.Lock()
-				running--
+				delete(running, t.GetTaskId())
+				delete(cancelling, t.GetTaskId())
 				mu.Unlock()
 				select {
 				case slotFree <- struct{}{}:

@@ -69,6 +69,10 @@ func New(client Client, exec executor.Executor, checker *safety.Checker, logger 
 // errLeaseLost ends a task the control plane no longer gives this agent.
 var errLeaseLost = errors.New("lease lost")
 
+// ErrCancelled is the cause a task's context carries when an operator
+// cancelled it; the task is then reported cancelled.
+var ErrCancelled = errors.New("cancelled by an operator")
+
 // Run runs the task to the end and reports it. ctx ending (agent shutdown)
 // cancels the running action and reports the task cancelled.
 func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
@@ -253,8 +257,12 @@ func (r *Runner) extendLease(ctx context.Context, t *agentv1.TaskAssignment, sto
 			return
 		case <-tick.C:
 		}
-		_, err := r.client.ExtendLease(ctx, connect.NewRequest(&agentv1.ExtendLeaseRequest{TaskId: t.GetTaskId(), LeaseGeneration: t.GetLeaseGeneration()}))
+		resp, err := r.client.ExtendLease(ctx, connect.NewRequest(&agentv1.ExtendLeaseRequest{TaskId: t.GetTaskId(), LeaseGeneration: t.GetLeaseGeneration()}))
 		switch {
+		case err == nil && resp.Msg.GetCancelRequested():
+			log.Info("task cancelled by an operator")
+			cancelTask(ErrCancelled)
+			return
 		case err == nil:
 		case connect.CodeOf(err) == connect.CodeFailedPrecondition:
 			log.Warn("lease refused; stopping the task", zap.Error(err))

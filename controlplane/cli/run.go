@@ -215,7 +215,7 @@ func newExecutionCmd(g *globals) *cobra.Command {
 			}
 			return tw.Flush()
 		},
-	}, &cobra.Command{
+	}, newCancelCmd(g), &cobra.Command{
 		Use:   "results ID",
 		Short: "Show per-target, per-action results and output",
 		Args:  cobra.ExactArgs(1),
@@ -346,5 +346,25 @@ The token is shown once; only its hash is stored.`,
 	create.Flags().StringVar(&tokenLabels, "labels", "", "labels every agent enrolled with it gets, over its own (e.g. env=prod)")
 	token.AddCommand(create)
 	cmd.AddCommand(list, revoke, token)
+	return cmd
+}
+
+func newCancelCmd(g *globals) *cobra.Command {
+	var reason string
+	cmd := &cobra.Command{
+		Use:   "cancel ID",
+		Short: "Cancel an execution: queued targets at once, running ones via their agents",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := g.executions().CancelExecution(cmd.Context(), connect.NewRequest(&opsconductorv1.CancelExecutionRequest{Id: args[0], Reason: reason}))
+			if err != nil {
+				return err
+			}
+			e := resp.Msg.GetExecution()
+			fmt.Fprintf(g.stdout, "execution %s: cancel requested (%s)\n", e.GetId(), counts(e.GetTaskCounts()))
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why, for the record")
 	return cmd
 }

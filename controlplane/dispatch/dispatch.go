@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -196,11 +197,26 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 	g.pollsWaiting.Inc()
 	defer g.pollsWaiting.Dec()
 	for {
-		if slots > 0 {
-			tasks, err := g.claim(ctx, a, slots)
-			if err != nil || len(tasks) > 0 {
-				return connect.NewResponse(&agentv1.PollResponse{Tasks: tasks}), err
+		// Cancels first: a busy agent (no free slots) still polls for them.
+		pending, err := g.store.TaskCancelsForAgent(ctx, a.ID)
+		if err != nil {
+			return nil, err
+		}
+		var cancels []string
+		for _, id := range pending {
+			if !slices.Contains(req.Msg.GetCancellingTaskIds(), id) {
+				cancels = append(cancels, id)
 			}
+		}
+		var tasks []*agentv1.TaskAssignment
+		if slots > 0 {
+			tasks, err = g.claim(ctx, a, slots)
+			if err != nil && len(tasks) == 0 {
+				return nil, err
+			}
+		}
+		if len(tasks) > 0 || len(cancels) > 0 {
+			return connect.NewResponse(&agentv1.PollResponse{Tasks: tasks, CancelTaskIds: cancels}), nil
 		}
 		// Jitter keeps the re-checks of many agents from lining up.
 		recheck := time.NewTimer(g.cfg.Recheck + rand.N(g.cfg.Recheck/5+1))
@@ -280,11 +296,11 @@ func (g *Gateway) ExtendLease(ctx context.Context, req *connect.Request[agentv1.
 	if err != nil {
 		return nil, err
 	}
-	until, err := g.store.TaskExtendLease(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), g.cfg.LeaseDuration)
+	until, cancel, err := g.store.TaskExtendLease(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), g.cfg.LeaseDuration)
 	if err != nil {
 		return nil, leaseErr(err)
 	}
-	return connect.NewResponse(&agentv1.ExtendLeaseResponse{LeaseExpireTime: timestamppb.New(until)}), nil
+	return connect.NewResponse(&agentv1.ExtendLeaseResponse{LeaseExpireTime: timestamppb.New(until), CancelRequested: cancel}), nil
 }
 
 func (g *Gateway) ReportOutput(ctx context.Context, req *connect.Request[agentv1.ReportOutputRequest]) (*connect.Response[agentv1.ReportOutputResponse], error) {

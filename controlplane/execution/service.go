@@ -53,6 +53,9 @@ type Config struct {
 	// Protected selects agents (production, say) on which running a job
 	// needs the executions:run-protected permission. Empty: none.
 	Protected label.Selector
+	// Nudge, when set, is called after a commit that wrote events (the
+	// outbox relay's Nudge), so watchers hear of them at once.
+	Nudge func()
 }
 
 // DefaultOutputLimit is the per-task output cap when none is configured.
@@ -60,6 +63,7 @@ const DefaultOutputLimit = 1 << 20
 
 // Service implements opsconductorv1connect.ExecutionServiceHandler.
 type Service struct {
+	nudge    func() // tells the outbox relay events were written
 	store    *Store
 	jobs     JobReader
 	resolver TargetResolver
@@ -77,7 +81,11 @@ func NewService(st *Store, jobs JobReader, resolver TargetResolver, checker Comm
 	if cfg.OutputLimit <= 0 {
 		cfg.OutputLimit = DefaultOutputLimit
 	}
-	return &Service{store: st, jobs: jobs, resolver: resolver, checker: checker, hub: hub, cfg: cfg, logger: logger.Named("execution")}
+	nudge := cfg.Nudge
+	if nudge == nil {
+		nudge = func() {}
+	}
+	return &Service{nudge: nudge, store: st, jobs: jobs, resolver: resolver, checker: checker, hub: hub, cfg: cfg, logger: logger.Named("execution")}
 }
 
 func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconductorv1.ExecuteJobRequest]) (*connect.Response[opsconductorv1.ExecuteJobResponse], error) {
@@ -197,6 +205,36 @@ func dangerousError(job string, findings []*opsconductorv1.SafetyFinding) error 
 	return e
 }
 
+func (s *Service) CancelExecution(ctx context.Context, req *connect.Request[opsconductorv1.CancelExecutionRequest]) (*connect.Response[opsconductorv1.CancelExecutionResponse], error) {
+	id := req.Msg.GetId()
+	if id == "" {
+		return nil, apperr.InvalidField("id", "must not be empty")
+	}
+	p, _ := auth.PrincipalFrom(ctx)
+	agents, err := s.store.ExecutionCancel(ctx, id, p.Name, req.Msg.GetReason(), s.nudge)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, apperr.NotFound("execution %s not found", id)
+	case errors.Is(err, ErrFinished):
+		return nil, apperr.FailedPrecondition("%v: there is nothing left to cancel", err)
+	case err != nil:
+		return nil, err
+	}
+	keys := make([]string, len(agents))
+	for i, a := range agents {
+		keys[i] = notify.AgentKey(a)
+	}
+	// Waiting polls of the agents return the cancel at once.
+	s.hub.Publish(context.WithoutCancel(ctx), keys...)
+	s.logger.Info("execution cancelled", zap.String("execution_id", id), zap.String("by", p.Name), zap.Int("running_tasks", len(agents)),
+		zap.String("reason", req.Msg.GetReason()))
+	e, err := s.get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.CancelExecutionResponse{Execution: e}), nil
+}
+
 func (s *Service) GetExecution(ctx context.Context, req *connect.Request[opsconductorv1.GetExecutionRequest]) (*connect.Response[opsconductorv1.GetExecutionResponse], error) {
 	e, err := s.get(ctx, req.Msg.GetId())
 	if err != nil {
@@ -239,6 +277,7 @@ func toExecution(rec ExecutionRecord, tasks []TaskRecord) (*opsconductorv1.Execu
 	e := &opsconductorv1.Execution{
 		Id: rec.ID, JobId: rec.JobID, JobName: rec.JobName, JobVersion: rec.JobVersion, Status: rec.Status,
 		CorrelationId: rec.CorrelationID, CreateTime: timestamppb.New(rec.CreatedAt), CreatedBy: rec.CreatedBy,
+		CancelledBy: rec.CancelledBy, CancelReason: rec.CancelReason,
 		StartTime: ts(rec.StartedAt), EndTime: ts(rec.FinishedAt), JobSnapshot: job,
 		TaskCounts: map[string]int32{},
 	}
@@ -371,6 +410,4 @@ func (s *Service) WatchExecution(ctx context.Context, req *connect.Request[opsco
 	}
 }
 
-func isFinal(execStatus string) bool {
-	return execStatus == ExecSucceeded || execStatus == ExecFailed || execStatus == ExecCancelled
-}
+

@@ -54,6 +54,9 @@ const (
 // lease generation moved on, the task ended, or it is not the agent's.
 var ErrLeaseLost = errors.New("task lease lost")
 
+// ErrFinished means the execution has already ended.
+var ErrFinished = errors.New("execution already finished")
+
 // ExecutionRecord is a stored execution.
 type ExecutionRecord struct {
 	ID            string
@@ -67,6 +70,8 @@ type ExecutionRecord struct {
 	// AllowDangerous marks an audited override of the safety checker.
 	AllowDangerous  bool
 	DangerousReason string
+	CancelledBy     string
+	CancelReason    string
 	CreatedAt       time.Time
 	StartedAt       *time.Time
 	FinishedAt      *time.Time
@@ -192,9 +197,9 @@ func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, e
 	var snapshot string
 	var started, finished sql.NullTime
 	err := s.db.QueryRowContext(ctx, `SELECT id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at,
-		created_by, allow_dangerous, dangerous_reason
+		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason
 		FROM executions WHERE id = $1`, id).Scan(&e.ID, &e.JobID, &e.JobName, &e.JobVersion, &snapshot, &e.Status, &e.CorrelationID, &e.CreatedAt, &started, &finished,
-		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason)
+		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason)
 	if err != nil {
 		return ExecutionRecord{}, fmt.Errorf("get execution %s: %w", id, store.Translate(err))
 	}
@@ -375,18 +380,125 @@ func holdTask(ctx context.Context, tx *store.Tx, agentID, taskID string, gen int
 	return t, nil
 }
 
-// TaskExtendLease moves the lease of a task the agent holds to now+lease.
-func (s *Store) TaskExtendLease(ctx context.Context, agentID, taskID string, gen int64, lease time.Duration) (time.Time, error) {
+// TaskExtendLease moves the lease of a task the agent holds to now+lease
+// and reports whether the task was cancelled meanwhile.
+func (s *Store) TaskExtendLease(ctx context.Context, agentID, taskID string, gen int64, lease time.Duration) (time.Time, bool, error) {
 	until := now().Add(lease)
-	res, err := s.db.ExecContext(ctx, `UPDATE tasks SET lease_expires_at = $1
-		WHERE id = $2 AND agent_id = $3 AND lease_generation = $4 AND status = $5`, until, taskID, agentID, gen, TaskRunning)
+	var cancel bool
+	err := s.db.QueryRowContext(ctx, `UPDATE tasks SET lease_expires_at = $1
+		WHERE id = $2 AND agent_id = $3 AND lease_generation = $4 AND status = $5 RETURNING cancel_requested`,
+		until, taskID, agentID, gen, TaskRunning).Scan(&cancel)
+	if errors.Is(err, sql.ErrNoRows) {
+		return time.Time{}, false, fmt.Errorf("task %s generation %d: %w", taskID, gen, ErrLeaseLost)
+	}
 	if err != nil {
-		return time.Time{}, fmt.Errorf("extend lease of task %s: %w", taskID, err)
+		return time.Time{}, false, fmt.Errorf("extend lease of task %s: %w", taskID, err)
 	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return time.Time{}, fmt.Errorf("task %s generation %d: %w", taskID, gen, ErrLeaseLost)
+	return until, cancel, nil
+}
+
+// TaskCancelsForAgent lists the agent's running tasks that were cancelled
+// and not yet completed.
+func (s *Store) TaskCancelsForAgent(ctx context.Context, agentID string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tasks WHERE agent_id = $1 AND status = $2 AND cancel_requested = TRUE ORDER BY id`, agentID, TaskRunning)
+	if err != nil {
+		return nil, fmt.Errorf("find cancels for agent %s: %w", agentID, err)
 	}
-	return until, nil
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
+// ExecutionCancel cancels an execution: its queued tasks end cancelled at
+// once, its running tasks are flagged for their agents. It returns the
+// agents to tell. Cancelling again (even once it ended cancelled) is not
+// an error; a succeeded or failed execution is ErrFinished.
+func (s *Store) ExecutionCancel(ctx context.Context, id, by, reason string, afterCommit func()) ([]string, error) {
+	var agents []string
+	err := s.db.InTx(ctx, func(tx *store.Tx) error {
+		// Lock order is task, then execution, everywhere (claim, report,
+		// complete, expire take one task and then its execution), so lock
+		// the unfinished tasks before the execution.
+		rows, err := tx.QueryContext(ctx, `SELECT id FROM tasks WHERE execution_id = $1 AND status IN ($2, $3) ORDER BY id`+store.ForUpdate(tx),
+			id, TaskQueued, TaskRunning)
+		if err != nil {
+			return fmt.Errorf("lock tasks of %s: %w", id, err)
+		}
+		rows.Close()
+		var status string
+		if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq WHERE id = $1 RETURNING status`, id).Scan(&status); err != nil {
+			return fmt.Errorf("cancel execution %s: %w", id, store.Translate(err))
+		}
+		if status == ExecCancelled {
+			return nil // cancelled already: nothing to do, and not an error
+		}
+		if isFinal(status) {
+			return fmt.Errorf("execution %s is %s: %w", id, status, ErrFinished)
+		}
+		t := now()
+		res, err := tx.ExecContext(ctx, `UPDATE executions SET cancel_requested_at = $1, cancelled_by = $2, cancel_reason = $3
+			WHERE id = $4 AND cancel_requested_at IS NULL`, t, by, reason, id)
+		if err != nil {
+			return fmt.Errorf("cancel execution %s: %w", id, err)
+		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.cancel_requested", ExecutionId: id,
+				Error: reason, Time: timestamppb.New(t)}); err != nil {
+				return err
+			}
+		}
+		rows, err = tx.QueryContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3
+			WHERE execution_id = $4 AND status = $5 RETURNING id, agent_name`, TaskCancelled, "cancelled before it started", t, id, TaskQueued)
+		if err != nil {
+			return fmt.Errorf("cancel queued tasks of %s: %w", id, err)
+		}
+		type cancelled struct{ id, agent string }
+		var done []cancelled
+		for rows.Next() {
+			var c cancelled
+			if err := rows.Scan(&c.id, &c.agent); err != nil {
+				rows.Close()
+				return err
+			}
+			done = append(done, c)
+		}
+		rows.Close()
+		for _, c := range done {
+			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "task.status", ExecutionId: id, TaskId: c.id, AgentName: c.agent,
+				Status: TaskCancelled, Error: "cancelled before it started", Time: timestamppb.New(t)}); err != nil {
+				return err
+			}
+		}
+		rows, err = tx.QueryContext(ctx, `UPDATE tasks SET cancel_requested = TRUE WHERE execution_id = $1 AND status = $2 RETURNING agent_id`, id, TaskRunning)
+		if err != nil {
+			return fmt.Errorf("flag running tasks of %s: %w", id, err)
+		}
+		for rows.Next() {
+			var a string
+			if err := rows.Scan(&a); err != nil {
+				rows.Close()
+				return err
+			}
+			agents = append(agents, a)
+		}
+		rows.Close()
+		if afterCommit != nil {
+			tx.AfterCommit(afterCommit)
+		}
+		return finishIfDone(ctx, tx, id, t)
+	})
+	return agents, err
+}
+
+func isFinal(status string) bool {
+	return status == ExecSucceeded || status == ExecFailed || status == ExecCancelled
 }
 
 // TruncationMarker is appended to a task's output when its cap is reached.
@@ -617,6 +729,13 @@ func finishIfDone(ctx context.Context, tx *store.Tx, executionID string, end tim
 		if st != TaskSucceeded && n > 0 {
 			final = ExecFailed
 		}
+	}
+	var cancelAt sql.NullTime
+	if err := tx.QueryRowContext(ctx, `SELECT cancel_requested_at FROM executions WHERE id = $1`, executionID).Scan(&cancelAt); err != nil {
+		return fmt.Errorf("read execution %s: %w", executionID, err)
+	}
+	if cancelAt.Valid {
+		final = ExecCancelled
 	}
 	res, err := tx.ExecContext(ctx, `UPDATE executions SET status = $1, finished_at = $2 WHERE id = $3 AND status IN ($4, $5)`,
 		final, end, executionID, ExecQueued, ExecRunning)

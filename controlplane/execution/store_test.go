@@ -98,13 +98,13 @@ func TestStoreContract(t *testing.T) {
 					t.Fatalf("execution after first claim = %+v", e)
 				}
 				// Another agent cannot touch it; a stale generation is refused.
-				if _, err := b.st.TaskExtendLease(b.ctx, "a2", c.Task.ID, 1, time.Minute); !errors.Is(err, ErrLeaseLost) {
+				if _, _, err := b.st.TaskExtendLease(b.ctx, "a2", c.Task.ID, 1, time.Minute); !errors.Is(err, ErrLeaseLost) {
 					t.Fatalf("extend by another agent: %v", err)
 				}
-				if _, err := b.st.TaskExtendLease(b.ctx, "a1", c.Task.ID, 0, time.Minute); !errors.Is(err, ErrLeaseLost) {
+				if _, _, err := b.st.TaskExtendLease(b.ctx, "a1", c.Task.ID, 0, time.Minute); !errors.Is(err, ErrLeaseLost) {
 					t.Fatalf("extend with a stale generation: %v", err)
 				}
-				until, err := b.st.TaskExtendLease(b.ctx, "a1", c.Task.ID, 1, time.Hour)
+				until, _, err := b.st.TaskExtendLease(b.ctx, "a1", c.Task.ID, 1, time.Hour)
 				if err != nil || until.Before(time.Now().Add(59*time.Minute)) {
 					t.Fatalf("extend = %v, %v", until, err)
 				}
@@ -248,6 +248,59 @@ func TestStoreContract(t *testing.T) {
 				other, _ := b.st.EventsAfter(b.ctx, "e2", 0, 100)
 				if len(other) != 1 {
 					t.Fatalf("e2 events = %d, want 1", len(other))
+				}
+			})
+
+			t.Run("cancel", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeExecution(t, "e1", "a1", "a2")
+				c, _ := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Minute)
+				agents, err := b.st.ExecutionCancel(b.ctx, "e1", "alice", "wrong change", nil)
+				if err != nil || len(agents) != 1 || agents[0] != "a1" {
+					t.Fatalf("cancel = %v, %v; want the running task's agent a1", agents, err)
+				}
+				tasks, _ := b.st.TaskListByExecution(b.ctx, "e1")
+				for _, tk := range tasks {
+					if tk.AgentID == "a2" && tk.Status != TaskCancelled {
+						t.Fatalf("queued task after cancel: %+v", tk)
+					}
+				}
+				if ids, _ := b.st.TaskCancelsForAgent(b.ctx, "a1"); len(ids) != 1 || ids[0] != c[0].Task.ID {
+					t.Fatalf("cancels for a1 = %v", ids)
+				}
+				if _, cancel, err := b.st.TaskExtendLease(b.ctx, "a1", c[0].Task.ID, 1, time.Minute); err != nil || !cancel {
+					t.Fatalf("extend after cancel = %v, %v; want the cancel flag", cancel, err)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecRunning || e.CancelledBy != "alice" || e.CancelReason != "wrong change" {
+					t.Fatalf("execution while its running task stops = %+v", e)
+				}
+				if _, err := b.st.ExecutionCancel(b.ctx, "e1", "bob", "again", nil); err != nil {
+					t.Fatalf("second cancel: %v", err)
+				}
+				if err := b.st.TaskComplete(b.ctx, "a1", c[0].Task.ID, 1, TaskCancelled, "cancelled", nil, nil); err != nil {
+					t.Fatal(err)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecCancelled || e.CancelledBy != "alice" {
+					t.Fatalf("execution after its last task = %+v, want cancelled by alice", e)
+				}
+				if _, err := b.st.ExecutionCancel(b.ctx, "e1", "bob", "", nil); err != nil {
+					t.Fatalf("cancel of a cancelled execution: %v", err)
+				}
+				b.makeExecution(t, "e2", "a1")
+				c2, _ := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Minute)
+				_ = b.st.TaskComplete(b.ctx, "a1", c2[0].Task.ID, 1, TaskSucceeded, "", nil, nil)
+				if _, err := b.st.ExecutionCancel(b.ctx, "e2", "bob", "", nil); !errors.Is(err, ErrFinished) {
+					t.Fatalf("cancel of a succeeded execution: %v", err)
+				}
+				if _, err := b.st.ExecutionCancel(b.ctx, "nope", "bob", "", nil); !errors.Is(err, store.ErrNotFound) {
+					t.Fatalf("cancel of an unknown execution: %v", err)
+				}
+				b.makeExecution(t, "e3", "a2")
+				if _, err := b.st.ExecutionCancel(b.ctx, "e3", "bob", "", nil); err != nil {
+					t.Fatal(err)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e3"); e.Status != ExecCancelled {
+					t.Fatalf("an all-queued execution after cancel = %s, want cancelled at once", e.Status)
 				}
 			})
 

@@ -150,7 +150,8 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	safetySvc := safety.NewService(checker)
 	jobs := job.NewService(job.NewStore(jobsDB), reg, safetySvc, logger)
 	protected, _ := label.ParseSelector(cfg.ProtectedLabels) // checked by Validate
-	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected})
+	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected,
+		Nudge: func() { nudgeExecRelay() }})
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
 	// and a counter. Audit and notifications subscribe here later.

@@ -207,6 +207,16 @@ func SkipLocked(q Querier) string {
 	return ""
 }
 
+// ForUpdate is the row-locking clause of a SELECT that must hold its rows
+// until commit: FOR UPDATE on Postgres; nothing on SQLite, whose
+// transactions hold the write lock from their start.
+func ForUpdate(q Querier) string {
+	if q.Dialect() == Postgres {
+		return " FOR UPDATE"
+	}
+	return ""
+}
+
 var placeholder = regexp.MustCompile(`\$(\d+)`)
 
 // rebind turns $N placeholders into SQLite's numbered ?N form, so the same

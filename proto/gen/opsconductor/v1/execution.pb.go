@@ -44,7 +44,10 @@ type Execution struct {
 	// Set when the execution runs blocked commands by override.
 	DangerousOverride *DangerousOverride `protobuf:"bytes,13,opt,name=dangerous_override,json=dangerousOverride,proto3" json:"dangerous_override,omitempty"`
 	// Who created the execution.
-	CreatedBy     string `protobuf:"bytes,14,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreatedBy string `protobuf:"bytes,14,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Set once someone cancelled it.
+	CancelledBy   string `protobuf:"bytes,15,opt,name=cancelled_by,json=cancelledBy,proto3" json:"cancelled_by,omitempty"`
+	CancelReason  string `protobuf:"bytes,16,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -173,6 +176,20 @@ func (x *Execution) GetDangerousOverride() *DangerousOverride {
 func (x *Execution) GetCreatedBy() string {
 	if x != nil {
 		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Execution) GetCancelledBy() string {
+	if x != nil {
+		return x.CancelledBy
+	}
+	return ""
+}
+
+func (x *Execution) GetCancelReason() string {
+	if x != nil {
+		return x.CancelReason
 	}
 	return ""
 }
@@ -529,6 +546,103 @@ func (x *CreateExecutionResponse) GetExecution() *Execution {
 	return nil
 }
 
+type CancelExecutionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Why, for the record.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelExecutionRequest) Reset() {
+	*x = CancelExecutionRequest{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelExecutionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelExecutionRequest) ProtoMessage() {}
+
+func (x *CancelExecutionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelExecutionRequest.ProtoReflect.Descriptor instead.
+func (*CancelExecutionRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CancelExecutionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *CancelExecutionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type CancelExecutionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Execution     *Execution             `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelExecutionResponse) Reset() {
+	*x = CancelExecutionResponse{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelExecutionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelExecutionResponse) ProtoMessage() {}
+
+func (x *CancelExecutionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelExecutionResponse.ProtoReflect.Descriptor instead.
+func (*CancelExecutionResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CancelExecutionResponse) GetExecution() *Execution {
+	if x != nil {
+		return x.Execution
+	}
+	return nil
+}
+
 type GetExecutionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -538,7 +652,7 @@ type GetExecutionRequest struct {
 
 func (x *GetExecutionRequest) Reset() {
 	*x = GetExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -550,7 +664,7 @@ func (x *GetExecutionRequest) String() string {
 func (*GetExecutionRequest) ProtoMessage() {}
 
 func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -563,7 +677,7 @@ func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetExecutionRequest) GetId() string {
@@ -582,7 +696,7 @@ type GetExecutionResponse struct {
 
 func (x *GetExecutionResponse) Reset() {
 	*x = GetExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +708,7 @@ func (x *GetExecutionResponse) String() string {
 func (*GetExecutionResponse) ProtoMessage() {}
 
 func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +721,7 @@ func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetExecutionResponse) GetExecution() *Execution {
@@ -626,7 +740,7 @@ type GetExecutionResultsRequest struct {
 
 func (x *GetExecutionResultsRequest) Reset() {
 	*x = GetExecutionResultsRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -638,7 +752,7 @@ func (x *GetExecutionResultsRequest) String() string {
 func (*GetExecutionResultsRequest) ProtoMessage() {}
 
 func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -651,7 +765,7 @@ func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetExecutionResultsRequest) GetId() string {
@@ -671,7 +785,7 @@ type GetExecutionResultsResponse struct {
 
 func (x *GetExecutionResultsResponse) Reset() {
 	*x = GetExecutionResultsResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +797,7 @@ func (x *GetExecutionResultsResponse) String() string {
 func (*GetExecutionResultsResponse) ProtoMessage() {}
 
 func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +810,7 @@ func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetExecutionResultsResponse) GetExecution() *Execution {
@@ -728,7 +842,7 @@ type TaskResult struct {
 
 func (x *TaskResult) Reset() {
 	*x = TaskResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +854,7 @@ func (x *TaskResult) String() string {
 func (*TaskResult) ProtoMessage() {}
 
 func (x *TaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +867,7 @@ func (x *TaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResult.ProtoReflect.Descriptor instead.
 func (*TaskResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TaskResult) GetTask() *Task {
@@ -802,7 +916,7 @@ type ActionResult struct {
 
 func (x *ActionResult) Reset() {
 	*x = ActionResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +928,7 @@ func (x *ActionResult) String() string {
 func (*ActionResult) ProtoMessage() {}
 
 func (x *ActionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +941,7 @@ func (x *ActionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActionResult.ProtoReflect.Descriptor instead.
 func (*ActionResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ActionResult) GetIndex() int32 {
@@ -903,7 +1017,7 @@ type WatchExecutionRequest struct {
 
 func (x *WatchExecutionRequest) Reset() {
 	*x = WatchExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +1029,7 @@ func (x *WatchExecutionRequest) String() string {
 func (*WatchExecutionRequest) ProtoMessage() {}
 
 func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +1042,7 @@ func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionRequest.ProtoReflect.Descriptor instead.
 func (*WatchExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WatchExecutionRequest) GetId() string {
@@ -954,7 +1068,7 @@ type WatchExecutionResponse struct {
 
 func (x *WatchExecutionResponse) Reset() {
 	*x = WatchExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1080,7 @@ func (x *WatchExecutionResponse) String() string {
 func (*WatchExecutionResponse) ProtoMessage() {}
 
 func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1093,7 @@ func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionResponse.ProtoReflect.Descriptor instead.
 func (*WatchExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchExecutionResponse) GetEvent() *ExecutionEvent {
@@ -1013,7 +1127,7 @@ type ExecutionEvent struct {
 
 func (x *ExecutionEvent) Reset() {
 	*x = ExecutionEvent{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1025,7 +1139,7 @@ func (x *ExecutionEvent) String() string {
 func (*ExecutionEvent) ProtoMessage() {}
 
 func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1038,7 +1152,7 @@ func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutionEvent.ProtoReflect.Descriptor instead.
 func (*ExecutionEvent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ExecutionEvent) GetSequence() int64 {
@@ -1122,7 +1236,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xc0\x05\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\x88\x06\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1143,7 +1257,9 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\fjob_snapshot\x18\f \x01(\v2\x14.opsconductor.v1.JobR\vjobSnapshot\x12Q\n" +
 	"\x12dangerous_override\x18\r \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\x12\x1d\n" +
 	"\n" +
-	"created_by\x18\x0e \x01(\tR\tcreatedBy\x1a=\n" +
+	"created_by\x18\x0e \x01(\tR\tcreatedBy\x12!\n" +
+	"\fcancelled_by\x18\x0f \x01(\tR\vcancelledBy\x12#\n" +
+	"\rcancel_reason\x18\x10 \x01(\tR\fcancelReason\x1a=\n" +
 	"\x0fTaskCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xf0\x01\n" +
@@ -1171,6 +1287,11 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"jobVersion\x12Q\n" +
 	"\x12dangerous_override\x18\x03 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\"S\n" +
 	"\x17CreateExecutionResponse\x128\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"@\n" +
+	"\x16CancelExecutionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"S\n" +
+	"\x17CancelExecutionResponse\x128\n" +
 	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"%\n" +
 	"\x13GetExecutionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"P\n" +
@@ -1216,13 +1337,15 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x06stream\x18\t \x01(\tR\x06stream\x12\x12\n" +
 	"\x04data\x18\n" +
 	" \x01(\fR\x04data\x12.\n" +
-	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\x83\x06\n" +
+	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\xab\a\n" +
 	"\x10ExecutionService\x12\x91\x01\n" +
 	"\n" +
 	"ExecuteJob\x12\".opsconductor.v1.ExecuteJobRequest\x1a#.opsconductor.v1.ExecuteJobResponse\":\x8a\xb5\x18\x12\n" +
 	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/api/v1/jobs/{id}/execute\x12\x99\x01\n" +
 	"\x0fCreateExecution\x12'.opsconductor.v1.CreateExecutionRequest\x1a(.opsconductor.v1.CreateExecutionResponse\"3\x8a\xb5\x18\x12\n" +
-	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/api/v1/executions\x12\x91\x01\n" +
+	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/api/v1/executions\x12\xa5\x01\n" +
+	"\x0fCancelExecution\x12'.opsconductor.v1.CancelExecutionRequest\x1a(.opsconductor.v1.CancelExecutionResponse\"?\x8a\xb5\x18\x12\n" +
+	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/api/v1/executions/{id}/cancel\x12\x91\x01\n" +
 	"\fGetExecution\x12$.opsconductor.v1.GetExecutionRequest\x1a%.opsconductor.v1.GetExecutionResponse\"4\x8a\xb5\x18\x11\n" +
 	"\x0fexecutions:read\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/executions/{id}\x12\xae\x01\n" +
 	"\x13GetExecutionResults\x12+.opsconductor.v1.GetExecutionResultsRequest\x1a,.opsconductor.v1.GetExecutionResultsResponse\"<\x8a\xb5\x18\x11\n" +
@@ -1242,7 +1365,7 @@ func file_opsconductor_v1_execution_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_execution_proto_rawDescData
 }
 
-var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*Execution)(nil),                   // 0: opsconductor.v1.Execution
 	(*Task)(nil),                        // 1: opsconductor.v1.Task
@@ -1251,57 +1374,62 @@ var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*ExecuteJobResponse)(nil),          // 4: opsconductor.v1.ExecuteJobResponse
 	(*CreateExecutionRequest)(nil),      // 5: opsconductor.v1.CreateExecutionRequest
 	(*CreateExecutionResponse)(nil),     // 6: opsconductor.v1.CreateExecutionResponse
-	(*GetExecutionRequest)(nil),         // 7: opsconductor.v1.GetExecutionRequest
-	(*GetExecutionResponse)(nil),        // 8: opsconductor.v1.GetExecutionResponse
-	(*GetExecutionResultsRequest)(nil),  // 9: opsconductor.v1.GetExecutionResultsRequest
-	(*GetExecutionResultsResponse)(nil), // 10: opsconductor.v1.GetExecutionResultsResponse
-	(*TaskResult)(nil),                  // 11: opsconductor.v1.TaskResult
-	(*ActionResult)(nil),                // 12: opsconductor.v1.ActionResult
-	(*WatchExecutionRequest)(nil),       // 13: opsconductor.v1.WatchExecutionRequest
-	(*WatchExecutionResponse)(nil),      // 14: opsconductor.v1.WatchExecutionResponse
-	(*ExecutionEvent)(nil),              // 15: opsconductor.v1.ExecutionEvent
-	nil,                                 // 16: opsconductor.v1.Execution.TaskCountsEntry
-	(*timestamppb.Timestamp)(nil),       // 17: google.protobuf.Timestamp
-	(*Job)(nil),                         // 18: opsconductor.v1.Job
+	(*CancelExecutionRequest)(nil),      // 7: opsconductor.v1.CancelExecutionRequest
+	(*CancelExecutionResponse)(nil),     // 8: opsconductor.v1.CancelExecutionResponse
+	(*GetExecutionRequest)(nil),         // 9: opsconductor.v1.GetExecutionRequest
+	(*GetExecutionResponse)(nil),        // 10: opsconductor.v1.GetExecutionResponse
+	(*GetExecutionResultsRequest)(nil),  // 11: opsconductor.v1.GetExecutionResultsRequest
+	(*GetExecutionResultsResponse)(nil), // 12: opsconductor.v1.GetExecutionResultsResponse
+	(*TaskResult)(nil),                  // 13: opsconductor.v1.TaskResult
+	(*ActionResult)(nil),                // 14: opsconductor.v1.ActionResult
+	(*WatchExecutionRequest)(nil),       // 15: opsconductor.v1.WatchExecutionRequest
+	(*WatchExecutionResponse)(nil),      // 16: opsconductor.v1.WatchExecutionResponse
+	(*ExecutionEvent)(nil),              // 17: opsconductor.v1.ExecutionEvent
+	nil,                                 // 18: opsconductor.v1.Execution.TaskCountsEntry
+	(*timestamppb.Timestamp)(nil),       // 19: google.protobuf.Timestamp
+	(*Job)(nil),                         // 20: opsconductor.v1.Job
 }
 var file_opsconductor_v1_execution_proto_depIdxs = []int32{
-	16, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
+	18, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
 	1,  // 1: opsconductor.v1.Execution.tasks:type_name -> opsconductor.v1.Task
-	17, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
-	17, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	17, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
-	18, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
+	19, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
+	19, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	19, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	20, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
 	3,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	17, // 7: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	17, // 8: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	19, // 7: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	19, // 8: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
 	3,  // 9: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
 	0,  // 10: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
 	3,  // 11: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
 	0,  // 12: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 13: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 14: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
-	11, // 15: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
-	1,  // 16: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
-	12, // 17: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
-	17, // 18: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
-	17, // 19: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
-	15, // 20: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
-	17, // 21: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 22: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
-	5,  // 23: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
-	7,  // 24: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
-	9,  // 25: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
-	13, // 26: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
-	4,  // 27: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
-	6,  // 28: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
-	8,  // 29: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
-	10, // 30: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
-	14, // 31: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
-	27, // [27:32] is the sub-list for method output_type
-	22, // [22:27] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	0,  // 13: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 14: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 15: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
+	13, // 16: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
+	1,  // 17: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
+	14, // 18: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
+	19, // 19: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
+	19, // 20: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
+	17, // 21: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
+	19, // 22: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 23: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
+	5,  // 24: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
+	7,  // 25: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
+	9,  // 26: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
+	11, // 27: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
+	15, // 28: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
+	4,  // 29: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
+	6,  // 30: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
+	8,  // 31: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
+	10, // 32: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
+	12, // 33: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
+	16, // 34: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
+	29, // [29:35] is the sub-list for method output_type
+	23, // [23:29] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_execution_proto_init() }
@@ -1317,7 +1445,7 @@ func file_opsconductor_v1_execution_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_execution_proto_rawDesc), len(file_opsconductor_v1_execution_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -438,9 +438,11 @@ type PollRequest struct {
 	// How many tasks the agent can start now; zero asks for control messages only.
 	FreeSlots int32 `protobuf:"varint,1,opt,name=free_slots,json=freeSlots,proto3" json:"free_slots,omitempty"`
 	// How long to wait for work; capped by the server. Zero means the default (30s).
-	Wait          *durationpb.Duration `protobuf:"bytes,2,opt,name=wait,proto3" json:"wait,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Wait *durationpb.Duration `protobuf:"bytes,2,opt,name=wait,proto3" json:"wait,omitempty"`
+	// Cancelled tasks the agent is already stopping: not sent back again.
+	CancellingTaskIds []string `protobuf:"bytes,3,rep,name=cancelling_task_ids,json=cancellingTaskIds,proto3" json:"cancelling_task_ids,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PollRequest) Reset() {
@@ -487,9 +489,21 @@ func (x *PollRequest) GetWait() *durationpb.Duration {
 	return nil
 }
 
+func (x *PollRequest) GetCancellingTaskIds() []string {
+	if x != nil {
+		return x.CancellingTaskIds
+	}
+	return nil
+}
+
 type PollResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Tasks         []*TaskAssignment      `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Tasks []*TaskAssignment      `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// Tasks leased to this agent that were cancelled: stop them (SIGTERM,
+	// then SIGKILL after a grace period) and complete them as cancelled. A
+	// poll returns at once when a cancel is pending; the same ids come back
+	// until the tasks are completed.
+	CancelTaskIds []string `protobuf:"bytes,2,rep,name=cancel_task_ids,json=cancelTaskIds,proto3" json:"cancel_task_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -527,6 +541,13 @@ func (*PollResponse) Descriptor() ([]byte, []int) {
 func (x *PollResponse) GetTasks() []*TaskAssignment {
 	if x != nil {
 		return x.Tasks
+	}
+	return nil
+}
+
+func (x *PollResponse) GetCancelTaskIds() []string {
+	if x != nil {
+		return x.CancelTaskIds
 	}
 	return nil
 }
@@ -698,6 +719,8 @@ func (x *ExtendLeaseRequest) GetLeaseGeneration() int64 {
 type ExtendLeaseResponse struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	LeaseExpireTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=lease_expire_time,json=leaseExpireTime,proto3" json:"lease_expire_time,omitempty"`
+	// The task was cancelled: stop it and complete it as cancelled.
+	CancelRequested bool `protobuf:"varint,2,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -737,6 +760,13 @@ func (x *ExtendLeaseResponse) GetLeaseExpireTime() *timestamppb.Timestamp {
 		return x.LeaseExpireTime
 	}
 	return nil
+}
+
+func (x *ExtendLeaseResponse) GetCancelRequested() bool {
+	if x != nil {
+		return x.CancelRequested
+	}
+	return false
 }
 
 type OutputChunk struct {
@@ -1154,13 +1184,15 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"x\n" +
 	"\rHelloResponse\x12%\n" +
 	"\x0eserver_version\x18\x01 \x01(\tR\rserverVersion\x12@\n" +
-	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"[\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"\x8b\x01\n" +
 	"\vPollRequest\x12\x1d\n" +
 	"\n" +
 	"free_slots\x18\x01 \x01(\x05R\tfreeSlots\x12-\n" +
-	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\"K\n" +
+	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12.\n" +
+	"\x13cancelling_task_ids\x18\x03 \x03(\tR\x11cancellingTaskIds\"s\n" +
 	"\fPollResponse\x12;\n" +
-	"\x05tasks\x18\x01 \x03(\v2%.opsconductor.agent.v1.TaskAssignmentR\x05tasks\"\x8b\x03\n" +
+	"\x05tasks\x18\x01 \x03(\v2%.opsconductor.agent.v1.TaskAssignmentR\x05tasks\x12&\n" +
+	"\x0fcancel_task_ids\x18\x02 \x03(\tR\rcancelTaskIds\"\x8b\x03\n" +
 	"\x0eTaskAssignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12!\n" +
 	"\fexecution_id\x18\x02 \x01(\tR\vexecutionId\x12\x19\n" +
@@ -1173,9 +1205,10 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fallow_dangerous\x18\t \x01(\bR\x0eallowDangerous\"X\n" +
 	"\x12ExtendLeaseRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12)\n" +
-	"\x10lease_generation\x18\x02 \x01(\x03R\x0fleaseGeneration\"]\n" +
+	"\x10lease_generation\x18\x02 \x01(\x03R\x0fleaseGeneration\"\x88\x01\n" +
 	"\x13ExtendLeaseResponse\x12F\n" +
-	"\x11lease_expire_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\"\\\n" +
+	"\x11lease_expire_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x0fleaseExpireTime\x12)\n" +
+	"\x10cancel_requested\x18\x02 \x01(\bR\x0fcancelRequested\"\\\n" +
 	"\vOutputChunk\x12!\n" +
 	"\faction_index\x18\x01 \x01(\x05R\vactionIndex\x12\x16\n" +
 	"\x06stream\x18\x02 \x01(\tR\x06stream\x12\x12\n" +

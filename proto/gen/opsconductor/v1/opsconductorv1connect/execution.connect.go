@@ -39,6 +39,9 @@ const (
 	// ExecutionServiceCreateExecutionProcedure is the fully-qualified name of the ExecutionService's
 	// CreateExecution RPC.
 	ExecutionServiceCreateExecutionProcedure = "/opsconductor.v1.ExecutionService/CreateExecution"
+	// ExecutionServiceCancelExecutionProcedure is the fully-qualified name of the ExecutionService's
+	// CancelExecution RPC.
+	ExecutionServiceCancelExecutionProcedure = "/opsconductor.v1.ExecutionService/CancelExecution"
 	// ExecutionServiceGetExecutionProcedure is the fully-qualified name of the ExecutionService's
 	// GetExecution RPC.
 	ExecutionServiceGetExecutionProcedure = "/opsconductor.v1.ExecutionService/GetExecution"
@@ -56,6 +59,10 @@ type ExecutionServiceClient interface {
 	ExecuteJob(context.Context, *connect.Request[v1.ExecuteJobRequest]) (*connect.Response[v1.ExecuteJobResponse], error)
 	// CreateExecution runs a job, optionally at a given version.
 	CreateExecution(context.Context, *connect.Request[v1.CreateExecutionRequest]) (*connect.Response[v1.CreateExecutionResponse], error)
+	// CancelExecution cancels what has not finished: queued tasks at once,
+	// running ones through their agents. Cancelling twice is fine; a finished
+	// execution is FailedPrecondition.
+	CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error)
 	GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error)
 	// GetExecutionResults returns per-target, per-action results and output.
 	GetExecutionResults(context.Context, *connect.Request[v1.GetExecutionResultsRequest]) (*connect.Response[v1.GetExecutionResultsResponse], error)
@@ -88,6 +95,12 @@ func NewExecutionServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(executionServiceMethods.ByName("CreateExecution")),
 			connect.WithClientOptions(opts...),
 		),
+		cancelExecution: connect.NewClient[v1.CancelExecutionRequest, v1.CancelExecutionResponse](
+			httpClient,
+			baseURL+ExecutionServiceCancelExecutionProcedure,
+			connect.WithSchema(executionServiceMethods.ByName("CancelExecution")),
+			connect.WithClientOptions(opts...),
+		),
 		getExecution: connect.NewClient[v1.GetExecutionRequest, v1.GetExecutionResponse](
 			httpClient,
 			baseURL+ExecutionServiceGetExecutionProcedure,
@@ -113,6 +126,7 @@ func NewExecutionServiceClient(httpClient connect.HTTPClient, baseURL string, op
 type executionServiceClient struct {
 	executeJob          *connect.Client[v1.ExecuteJobRequest, v1.ExecuteJobResponse]
 	createExecution     *connect.Client[v1.CreateExecutionRequest, v1.CreateExecutionResponse]
+	cancelExecution     *connect.Client[v1.CancelExecutionRequest, v1.CancelExecutionResponse]
 	getExecution        *connect.Client[v1.GetExecutionRequest, v1.GetExecutionResponse]
 	getExecutionResults *connect.Client[v1.GetExecutionResultsRequest, v1.GetExecutionResultsResponse]
 	watchExecution      *connect.Client[v1.WatchExecutionRequest, v1.WatchExecutionResponse]
@@ -126,6 +140,11 @@ func (c *executionServiceClient) ExecuteJob(ctx context.Context, req *connect.Re
 // CreateExecution calls opsconductor.v1.ExecutionService.CreateExecution.
 func (c *executionServiceClient) CreateExecution(ctx context.Context, req *connect.Request[v1.CreateExecutionRequest]) (*connect.Response[v1.CreateExecutionResponse], error) {
 	return c.createExecution.CallUnary(ctx, req)
+}
+
+// CancelExecution calls opsconductor.v1.ExecutionService.CancelExecution.
+func (c *executionServiceClient) CancelExecution(ctx context.Context, req *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error) {
+	return c.cancelExecution.CallUnary(ctx, req)
 }
 
 // GetExecution calls opsconductor.v1.ExecutionService.GetExecution.
@@ -149,6 +168,10 @@ type ExecutionServiceHandler interface {
 	ExecuteJob(context.Context, *connect.Request[v1.ExecuteJobRequest]) (*connect.Response[v1.ExecuteJobResponse], error)
 	// CreateExecution runs a job, optionally at a given version.
 	CreateExecution(context.Context, *connect.Request[v1.CreateExecutionRequest]) (*connect.Response[v1.CreateExecutionResponse], error)
+	// CancelExecution cancels what has not finished: queued tasks at once,
+	// running ones through their agents. Cancelling twice is fine; a finished
+	// execution is FailedPrecondition.
+	CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error)
 	GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error)
 	// GetExecutionResults returns per-target, per-action results and output.
 	GetExecutionResults(context.Context, *connect.Request[v1.GetExecutionResultsRequest]) (*connect.Response[v1.GetExecutionResultsResponse], error)
@@ -177,6 +200,12 @@ func NewExecutionServiceHandler(svc ExecutionServiceHandler, opts ...connect.Han
 		connect.WithSchema(executionServiceMethods.ByName("CreateExecution")),
 		connect.WithHandlerOptions(opts...),
 	)
+	executionServiceCancelExecutionHandler := connect.NewUnaryHandler(
+		ExecutionServiceCancelExecutionProcedure,
+		svc.CancelExecution,
+		connect.WithSchema(executionServiceMethods.ByName("CancelExecution")),
+		connect.WithHandlerOptions(opts...),
+	)
 	executionServiceGetExecutionHandler := connect.NewUnaryHandler(
 		ExecutionServiceGetExecutionProcedure,
 		svc.GetExecution,
@@ -201,6 +230,8 @@ func NewExecutionServiceHandler(svc ExecutionServiceHandler, opts ...connect.Han
 			executionServiceExecuteJobHandler.ServeHTTP(w, r)
 		case ExecutionServiceCreateExecutionProcedure:
 			executionServiceCreateExecutionHandler.ServeHTTP(w, r)
+		case ExecutionServiceCancelExecutionProcedure:
+			executionServiceCancelExecutionHandler.ServeHTTP(w, r)
 		case ExecutionServiceGetExecutionProcedure:
 			executionServiceGetExecutionHandler.ServeHTTP(w, r)
 		case ExecutionServiceGetExecutionResultsProcedure:
@@ -222,6 +253,10 @@ func (UnimplementedExecutionServiceHandler) ExecuteJob(context.Context, *connect
 
 func (UnimplementedExecutionServiceHandler) CreateExecution(context.Context, *connect.Request[v1.CreateExecutionRequest]) (*connect.Response[v1.CreateExecutionResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ExecutionService.CreateExecution is not implemented"))
+}
+
+func (UnimplementedExecutionServiceHandler) CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ExecutionService.CancelExecution is not implemented"))
 }
 
 func (UnimplementedExecutionServiceHandler) GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error) {
