@@ -409,5 +409,3 @@ func (s *Service) WatchExecution(ctx context.Context, req *connect.Request[opsco
 		}
 	}
 }
-
-
