@@ -215,7 +215,7 @@ func newExecutionCmd(g *globals) *cobra.Command {
 			}
 			return tw.Flush()
 		},
-	}, newCancelCmd(g), &cobra.Command{
+	}, newCancelCmd(g), newRetryCmd(g), &cobra.Command{
 		Use:   "results ID",
 		Short: "Show per-target, per-action results and output",
 		Args:  cobra.ExactArgs(1),
@@ -366,5 +366,29 @@ func newCancelCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&reason, "reason", "", "why, for the record")
+	return cmd
+}
+
+func newRetryCmd(g *globals) *cobra.Command {
+	var all, follow bool
+	cmd := &cobra.Command{
+		Use:   "retry ID",
+		Short: "Run a finished execution again on the targets that did not succeed",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			resp, err := g.executions().RetryExecution(cmd.Context(), connect.NewRequest(&opsconductorv1.RetryExecutionRequest{Id: args[0], AllTargets: all}))
+			if err != nil {
+				return err
+			}
+			e := resp.Msg.GetExecution()
+			fmt.Fprintf(g.stdout, "execution %s of %s (version %d) on %d targets, retrying %s\n", e.GetId(), e.GetJobName(), e.GetJobVersion(), len(e.GetTasks()), args[0])
+			if follow {
+				return followExecution(cmd.Context(), g, e.GetId())
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "retry every target, not only those that did not succeed")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream status and output until it ends")
 	return cmd
 }

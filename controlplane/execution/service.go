@@ -111,18 +111,9 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 	if override.GetAllow() && strings.TrimSpace(override.GetReason()) == "" {
 		return nil, apperr.InvalidField("dangerous_override.reason", "is required with allow: say why this is safe to run (it is audited)")
 	}
-	principal, _ := auth.PrincipalFrom(ctx)
-	if override.GetAllow() && !principal.Can(auth.PermExecutionsDanger) {
-		return nil, apperr.PermissionDenied("%s lacks permission %s to override the dangerous-command check", principal.Name, auth.PermExecutionsDanger)
-	}
 	job, err := s.jobs.Get(ctx, jobID, version)
 	if err != nil {
 		return nil, err
-	}
-	if s.checker != nil {
-		if findings := s.checker.CheckJob(job); len(findings) > 0 && !override.GetAllow() {
-			return nil, dangerousError(job.GetName(), findings)
-		}
 	}
 	agents, unmatched, err := s.resolver.ResolveTargets(ctx, job.GetTargets())
 	if err != nil {
@@ -139,6 +130,22 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 			vs = append(vs, apperr.Violation{Field: fmt.Sprintf("job.targets[%d]", i), Description: what + " matches no enrolled agent"})
 		}
 		return nil, &apperr.Error{Kind: apperr.KindFailedPrecondition, Message: "job " + job.GetName() + " cannot run: " + apperr.Invalid("targets", vs).Error(), Violations: vs}
+	}
+	return s.start(ctx, job, agents, override, "")
+}
+
+// start checks that principal may run job on agents (scopes, protected
+// agents, dangerous commands) and stores the execution with a task per
+// agent. parentID links a retry to the execution it retries.
+func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, override *opsconductorv1.DangerousOverride, parentID string) (*opsconductorv1.Execution, error) {
+	principal, _ := auth.PrincipalFrom(ctx)
+	if override.GetAllow() && !principal.Can(auth.PermExecutionsDanger) {
+		return nil, apperr.PermissionDenied("%s lacks permission %s to override the dangerous-command check", principal.Name, auth.PermExecutionsDanger)
+	}
+	if s.checker != nil {
+		if findings := s.checker.CheckJob(job); len(findings) > 0 && !override.GetAllow() {
+			return nil, dangerousError(job.GetName(), findings)
+		}
 	}
 	agentLabels := make([]map[string]string, len(agents))
 	for i, a := range agents {
@@ -169,6 +176,7 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 		Status:        ExecQueued,
 		CorrelationID: correlation.ID(ctx),
 		CreatedBy:     principal.Name,
+		ParentID:      parentID,
 		CreatedAt:     time.Now().UTC().Truncate(time.Microsecond),
 	}
 	if override.GetAllow() {
@@ -203,6 +211,54 @@ func dangerousError(job string, findings []*opsconductorv1.SafetyFinding) error 
 	e.Message = "job " + job + " runs commands the safety checker blocks; fix them, or override with a reason (permission executions:dangerous): " +
 		strings.TrimPrefix(e.Message, "invalid job: ")
 	return e
+}
+
+// retryable are the task outcomes a retry runs again.
+var retryable = map[string]bool{
+	TaskFailed: true, TaskTimedOut: true, TaskLost: true, TaskCancelled: true, TaskExpired: true, TaskSkipped: true, TaskUnknown: true,
+}
+
+func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsconductorv1.RetryExecutionRequest]) (*connect.Response[opsconductorv1.RetryExecutionResponse], error) {
+	override := req.Msg.GetDangerousOverride()
+	if override.GetAllow() && strings.TrimSpace(override.GetReason()) == "" {
+		return nil, apperr.InvalidField("dangerous_override.reason", "is required with allow: say why this is safe to run (it is audited)")
+	}
+	parent, tasks, err := s.load(ctx, req.Msg.GetId())
+	if err != nil {
+		return nil, err
+	}
+	if !isFinal(parent.Status) {
+		return nil, apperr.FailedPrecondition("execution %s is still %s: retry it once it has ended (or cancel it)", parent.ID, parent.Status)
+	}
+	var targets []*opsconductorv1.Target
+	for _, t := range tasks {
+		if req.Msg.GetAllTargets() || retryable[t.Status] {
+			targets = append(targets, &opsconductorv1.Target{AgentId: t.AgentID})
+		}
+	}
+	if len(targets) == 0 {
+		return nil, apperr.FailedPrecondition("every target of execution %s succeeded: nothing to retry (all_targets retries them all)", parent.ID)
+	}
+	job := &opsconductorv1.Job{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(parent.Snapshot, job); err != nil {
+		return nil, fmt.Errorf("decode snapshot of execution %s: %w", parent.ID, err)
+	}
+	agents, unmatched, err := s.resolver.ResolveTargets(ctx, targets)
+	if err != nil {
+		return nil, fmt.Errorf("resolve targets: %w", err)
+	}
+	if len(unmatched) > 0 {
+		var gone []string
+		for _, i := range unmatched {
+			gone = append(gone, targets[i].GetAgentId())
+		}
+		return nil, apperr.FailedPrecondition("cannot retry on agents that are no longer enrolled: %s", strings.Join(gone, ", "))
+	}
+	e, err := s.start(ctx, job, agents, override, parent.ID)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.RetryExecutionResponse{Execution: e}), nil
 }
 
 func (s *Service) CancelExecution(ctx context.Context, req *connect.Request[opsconductorv1.CancelExecutionRequest]) (*connect.Response[opsconductorv1.CancelExecutionResponse], error) {
@@ -277,7 +333,7 @@ func toExecution(rec ExecutionRecord, tasks []TaskRecord) (*opsconductorv1.Execu
 	e := &opsconductorv1.Execution{
 		Id: rec.ID, JobId: rec.JobID, JobName: rec.JobName, JobVersion: rec.JobVersion, Status: rec.Status,
 		CorrelationId: rec.CorrelationID, CreateTime: timestamppb.New(rec.CreatedAt), CreatedBy: rec.CreatedBy,
-		CancelledBy: rec.CancelledBy, CancelReason: rec.CancelReason,
+		CancelledBy: rec.CancelledBy, CancelReason: rec.CancelReason, ParentId: rec.ParentID,
 		StartTime: ts(rec.StartedAt), EndTime: ts(rec.FinishedAt), JobSnapshot: job,
 		TaskCounts: map[string]int32{},
 	}

@@ -72,6 +72,7 @@ type ExecutionRecord struct {
 	DangerousReason string
 	CancelledBy     string
 	CancelReason    string
+	ParentID        string // the execution this one retries
 	CreatedAt       time.Time
 	StartedAt       *time.Time
 	FinishedAt      *time.Time
@@ -141,10 +142,10 @@ func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []TaskRecord, afterCommit func()) error {
 	return s.db.InTx(ctx, func(tx *store.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
-			created_by, allow_dangerous, dangerous_reason)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11)`,
+			created_by, allow_dangerous, dangerous_reason, parent_id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12)`,
 			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
-			e.CreatedBy, e.AllowDangerous, e.DangerousReason); err != nil {
+			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
 		for _, t := range tasks {
@@ -197,9 +198,9 @@ func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, e
 	var snapshot string
 	var started, finished sql.NullTime
 	err := s.db.QueryRowContext(ctx, `SELECT id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at,
-		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason
+		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason, parent_id
 		FROM executions WHERE id = $1`, id).Scan(&e.ID, &e.JobID, &e.JobName, &e.JobVersion, &snapshot, &e.Status, &e.CorrelationID, &e.CreatedAt, &started, &finished,
-		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason)
+		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason, &e.ParentID)
 	if err != nil {
 		return ExecutionRecord{}, fmt.Errorf("get execution %s: %w", id, store.Translate(err))
 	}

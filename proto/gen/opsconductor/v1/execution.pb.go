@@ -46,8 +46,10 @@ type Execution struct {
 	// Who created the execution.
 	CreatedBy string `protobuf:"bytes,14,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
 	// Set once someone cancelled it.
-	CancelledBy   string `protobuf:"bytes,15,opt,name=cancelled_by,json=cancelledBy,proto3" json:"cancelled_by,omitempty"`
-	CancelReason  string `protobuf:"bytes,16,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
+	CancelledBy  string `protobuf:"bytes,15,opt,name=cancelled_by,json=cancelledBy,proto3" json:"cancelled_by,omitempty"`
+	CancelReason string `protobuf:"bytes,16,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
+	// The execution this one retries, if any.
+	ParentId      string `protobuf:"bytes,17,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -190,6 +192,13 @@ func (x *Execution) GetCancelledBy() string {
 func (x *Execution) GetCancelReason() string {
 	if x != nil {
 		return x.CancelReason
+	}
+	return ""
+}
+
+func (x *Execution) GetParentId() string {
+	if x != nil {
+		return x.ParentId
 	}
 	return ""
 }
@@ -643,6 +652,111 @@ func (x *CancelExecutionResponse) GetExecution() *Execution {
 	return nil
 }
 
+type RetryExecutionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Retry every target, not only those that did not succeed.
+	AllTargets        bool               `protobuf:"varint,2,opt,name=all_targets,json=allTargets,proto3" json:"all_targets,omitempty"`
+	DangerousOverride *DangerousOverride `protobuf:"bytes,3,opt,name=dangerous_override,json=dangerousOverride,proto3" json:"dangerous_override,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RetryExecutionRequest) Reset() {
+	*x = RetryExecutionRequest{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryExecutionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryExecutionRequest) ProtoMessage() {}
+
+func (x *RetryExecutionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryExecutionRequest.ProtoReflect.Descriptor instead.
+func (*RetryExecutionRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RetryExecutionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RetryExecutionRequest) GetAllTargets() bool {
+	if x != nil {
+		return x.AllTargets
+	}
+	return false
+}
+
+func (x *RetryExecutionRequest) GetDangerousOverride() *DangerousOverride {
+	if x != nil {
+		return x.DangerousOverride
+	}
+	return nil
+}
+
+type RetryExecutionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Execution     *Execution             `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryExecutionResponse) Reset() {
+	*x = RetryExecutionResponse{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryExecutionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryExecutionResponse) ProtoMessage() {}
+
+func (x *RetryExecutionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryExecutionResponse.ProtoReflect.Descriptor instead.
+func (*RetryExecutionResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RetryExecutionResponse) GetExecution() *Execution {
+	if x != nil {
+		return x.Execution
+	}
+	return nil
+}
+
 type GetExecutionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -652,7 +766,7 @@ type GetExecutionRequest struct {
 
 func (x *GetExecutionRequest) Reset() {
 	*x = GetExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -664,7 +778,7 @@ func (x *GetExecutionRequest) String() string {
 func (*GetExecutionRequest) ProtoMessage() {}
 
 func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -677,7 +791,7 @@ func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetExecutionRequest) GetId() string {
@@ -696,7 +810,7 @@ type GetExecutionResponse struct {
 
 func (x *GetExecutionResponse) Reset() {
 	*x = GetExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +822,7 @@ func (x *GetExecutionResponse) String() string {
 func (*GetExecutionResponse) ProtoMessage() {}
 
 func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +835,7 @@ func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetExecutionResponse) GetExecution() *Execution {
@@ -740,7 +854,7 @@ type GetExecutionResultsRequest struct {
 
 func (x *GetExecutionResultsRequest) Reset() {
 	*x = GetExecutionResultsRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +866,7 @@ func (x *GetExecutionResultsRequest) String() string {
 func (*GetExecutionResultsRequest) ProtoMessage() {}
 
 func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +879,7 @@ func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetExecutionResultsRequest) GetId() string {
@@ -785,7 +899,7 @@ type GetExecutionResultsResponse struct {
 
 func (x *GetExecutionResultsResponse) Reset() {
 	*x = GetExecutionResultsResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -797,7 +911,7 @@ func (x *GetExecutionResultsResponse) String() string {
 func (*GetExecutionResultsResponse) ProtoMessage() {}
 
 func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -810,7 +924,7 @@ func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetExecutionResultsResponse) GetExecution() *Execution {
@@ -842,7 +956,7 @@ type TaskResult struct {
 
 func (x *TaskResult) Reset() {
 	*x = TaskResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +968,7 @@ func (x *TaskResult) String() string {
 func (*TaskResult) ProtoMessage() {}
 
 func (x *TaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +981,7 @@ func (x *TaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResult.ProtoReflect.Descriptor instead.
 func (*TaskResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TaskResult) GetTask() *Task {
@@ -916,7 +1030,7 @@ type ActionResult struct {
 
 func (x *ActionResult) Reset() {
 	*x = ActionResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -928,7 +1042,7 @@ func (x *ActionResult) String() string {
 func (*ActionResult) ProtoMessage() {}
 
 func (x *ActionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -941,7 +1055,7 @@ func (x *ActionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActionResult.ProtoReflect.Descriptor instead.
 func (*ActionResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ActionResult) GetIndex() int32 {
@@ -1017,7 +1131,7 @@ type WatchExecutionRequest struct {
 
 func (x *WatchExecutionRequest) Reset() {
 	*x = WatchExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1143,7 @@ func (x *WatchExecutionRequest) String() string {
 func (*WatchExecutionRequest) ProtoMessage() {}
 
 func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1156,7 @@ func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionRequest.ProtoReflect.Descriptor instead.
 func (*WatchExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchExecutionRequest) GetId() string {
@@ -1068,7 +1182,7 @@ type WatchExecutionResponse struct {
 
 func (x *WatchExecutionResponse) Reset() {
 	*x = WatchExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1194,7 @@ func (x *WatchExecutionResponse) String() string {
 func (*WatchExecutionResponse) ProtoMessage() {}
 
 func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1207,7 @@ func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionResponse.ProtoReflect.Descriptor instead.
 func (*WatchExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchExecutionResponse) GetEvent() *ExecutionEvent {
@@ -1127,7 +1241,7 @@ type ExecutionEvent struct {
 
 func (x *ExecutionEvent) Reset() {
 	*x = ExecutionEvent{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1139,7 +1253,7 @@ func (x *ExecutionEvent) String() string {
 func (*ExecutionEvent) ProtoMessage() {}
 
 func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1152,7 +1266,7 @@ func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutionEvent.ProtoReflect.Descriptor instead.
 func (*ExecutionEvent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExecutionEvent) GetSequence() int64 {
@@ -1236,7 +1350,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\x88\x06\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xa5\x06\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1259,7 +1373,8 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
 	"created_by\x18\x0e \x01(\tR\tcreatedBy\x12!\n" +
 	"\fcancelled_by\x18\x0f \x01(\tR\vcancelledBy\x12#\n" +
-	"\rcancel_reason\x18\x10 \x01(\tR\fcancelReason\x1a=\n" +
+	"\rcancel_reason\x18\x10 \x01(\tR\fcancelReason\x12\x1b\n" +
+	"\tparent_id\x18\x11 \x01(\tR\bparentId\x1a=\n" +
 	"\x0fTaskCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xf0\x01\n" +
@@ -1292,6 +1407,13 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"S\n" +
 	"\x17CancelExecutionResponse\x128\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\x9b\x01\n" +
+	"\x15RetryExecutionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vall_targets\x18\x02 \x01(\bR\n" +
+	"allTargets\x12Q\n" +
+	"\x12dangerous_override\x18\x03 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\"R\n" +
+	"\x16RetryExecutionResponse\x128\n" +
 	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"%\n" +
 	"\x13GetExecutionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"P\n" +
@@ -1337,7 +1459,7 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x06stream\x18\t \x01(\tR\x06stream\x12\x12\n" +
 	"\x04data\x18\n" +
 	" \x01(\fR\x04data\x12.\n" +
-	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\xab\a\n" +
+	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\xcf\b\n" +
 	"\x10ExecutionService\x12\x91\x01\n" +
 	"\n" +
 	"ExecuteJob\x12\".opsconductor.v1.ExecuteJobRequest\x1a#.opsconductor.v1.ExecuteJobResponse\":\x8a\xb5\x18\x12\n" +
@@ -1345,7 +1467,9 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x0fCreateExecution\x12'.opsconductor.v1.CreateExecutionRequest\x1a(.opsconductor.v1.CreateExecutionResponse\"3\x8a\xb5\x18\x12\n" +
 	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/api/v1/executions\x12\xa5\x01\n" +
 	"\x0fCancelExecution\x12'.opsconductor.v1.CancelExecutionRequest\x1a(.opsconductor.v1.CancelExecutionResponse\"?\x8a\xb5\x18\x12\n" +
-	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/api/v1/executions/{id}/cancel\x12\x91\x01\n" +
+	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/api/v1/executions/{id}/cancel\x12\xa1\x01\n" +
+	"\x0eRetryExecution\x12&.opsconductor.v1.RetryExecutionRequest\x1a'.opsconductor.v1.RetryExecutionResponse\">\x8a\xb5\x18\x12\n" +
+	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/api/v1/executions/{id}/retry\x12\x91\x01\n" +
 	"\fGetExecution\x12$.opsconductor.v1.GetExecutionRequest\x1a%.opsconductor.v1.GetExecutionResponse\"4\x8a\xb5\x18\x11\n" +
 	"\x0fexecutions:read\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/executions/{id}\x12\xae\x01\n" +
 	"\x13GetExecutionResults\x12+.opsconductor.v1.GetExecutionResultsRequest\x1a,.opsconductor.v1.GetExecutionResultsResponse\"<\x8a\xb5\x18\x11\n" +
@@ -1365,7 +1489,7 @@ func file_opsconductor_v1_execution_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_execution_proto_rawDescData
 }
 
-var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*Execution)(nil),                   // 0: opsconductor.v1.Execution
 	(*Task)(nil),                        // 1: opsconductor.v1.Task
@@ -1376,60 +1500,66 @@ var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*CreateExecutionResponse)(nil),     // 6: opsconductor.v1.CreateExecutionResponse
 	(*CancelExecutionRequest)(nil),      // 7: opsconductor.v1.CancelExecutionRequest
 	(*CancelExecutionResponse)(nil),     // 8: opsconductor.v1.CancelExecutionResponse
-	(*GetExecutionRequest)(nil),         // 9: opsconductor.v1.GetExecutionRequest
-	(*GetExecutionResponse)(nil),        // 10: opsconductor.v1.GetExecutionResponse
-	(*GetExecutionResultsRequest)(nil),  // 11: opsconductor.v1.GetExecutionResultsRequest
-	(*GetExecutionResultsResponse)(nil), // 12: opsconductor.v1.GetExecutionResultsResponse
-	(*TaskResult)(nil),                  // 13: opsconductor.v1.TaskResult
-	(*ActionResult)(nil),                // 14: opsconductor.v1.ActionResult
-	(*WatchExecutionRequest)(nil),       // 15: opsconductor.v1.WatchExecutionRequest
-	(*WatchExecutionResponse)(nil),      // 16: opsconductor.v1.WatchExecutionResponse
-	(*ExecutionEvent)(nil),              // 17: opsconductor.v1.ExecutionEvent
-	nil,                                 // 18: opsconductor.v1.Execution.TaskCountsEntry
-	(*timestamppb.Timestamp)(nil),       // 19: google.protobuf.Timestamp
-	(*Job)(nil),                         // 20: opsconductor.v1.Job
+	(*RetryExecutionRequest)(nil),       // 9: opsconductor.v1.RetryExecutionRequest
+	(*RetryExecutionResponse)(nil),      // 10: opsconductor.v1.RetryExecutionResponse
+	(*GetExecutionRequest)(nil),         // 11: opsconductor.v1.GetExecutionRequest
+	(*GetExecutionResponse)(nil),        // 12: opsconductor.v1.GetExecutionResponse
+	(*GetExecutionResultsRequest)(nil),  // 13: opsconductor.v1.GetExecutionResultsRequest
+	(*GetExecutionResultsResponse)(nil), // 14: opsconductor.v1.GetExecutionResultsResponse
+	(*TaskResult)(nil),                  // 15: opsconductor.v1.TaskResult
+	(*ActionResult)(nil),                // 16: opsconductor.v1.ActionResult
+	(*WatchExecutionRequest)(nil),       // 17: opsconductor.v1.WatchExecutionRequest
+	(*WatchExecutionResponse)(nil),      // 18: opsconductor.v1.WatchExecutionResponse
+	(*ExecutionEvent)(nil),              // 19: opsconductor.v1.ExecutionEvent
+	nil,                                 // 20: opsconductor.v1.Execution.TaskCountsEntry
+	(*timestamppb.Timestamp)(nil),       // 21: google.protobuf.Timestamp
+	(*Job)(nil),                         // 22: opsconductor.v1.Job
 }
 var file_opsconductor_v1_execution_proto_depIdxs = []int32{
-	18, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
+	20, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
 	1,  // 1: opsconductor.v1.Execution.tasks:type_name -> opsconductor.v1.Task
-	19, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
-	19, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	19, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
-	20, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
+	21, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
+	21, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	21, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	22, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
 	3,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	19, // 7: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	19, // 8: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	21, // 7: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	21, // 8: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
 	3,  // 9: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
 	0,  // 10: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
 	3,  // 11: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
 	0,  // 12: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
 	0,  // 13: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 14: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 15: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
-	13, // 16: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
-	1,  // 17: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
-	14, // 18: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
-	19, // 19: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
-	19, // 20: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
-	17, // 21: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
-	19, // 22: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 23: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
-	5,  // 24: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
-	7,  // 25: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
-	9,  // 26: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
-	11, // 27: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
-	15, // 28: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
-	4,  // 29: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
-	6,  // 30: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
-	8,  // 31: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
-	10, // 32: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
-	12, // 33: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
-	16, // 34: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
-	29, // [29:35] is the sub-list for method output_type
-	23, // [23:29] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	3,  // 14: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	0,  // 15: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 16: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 17: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
+	15, // 18: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
+	1,  // 19: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
+	16, // 20: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
+	21, // 21: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
+	21, // 22: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
+	19, // 23: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
+	21, // 24: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 25: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
+	5,  // 26: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
+	7,  // 27: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
+	9,  // 28: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
+	11, // 29: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
+	13, // 30: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
+	17, // 31: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
+	4,  // 32: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
+	6,  // 33: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
+	8,  // 34: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
+	10, // 35: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
+	12, // 36: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
+	14, // 37: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
+	18, // 38: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
+	32, // [32:39] is the sub-list for method output_type
+	25, // [25:32] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_execution_proto_init() }
@@ -1445,7 +1575,7 @@ func file_opsconductor_v1_execution_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_execution_proto_rawDesc), len(file_opsconductor_v1_execution_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

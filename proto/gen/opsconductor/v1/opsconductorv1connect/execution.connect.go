@@ -42,6 +42,9 @@ const (
 	// ExecutionServiceCancelExecutionProcedure is the fully-qualified name of the ExecutionService's
 	// CancelExecution RPC.
 	ExecutionServiceCancelExecutionProcedure = "/opsconductor.v1.ExecutionService/CancelExecution"
+	// ExecutionServiceRetryExecutionProcedure is the fully-qualified name of the ExecutionService's
+	// RetryExecution RPC.
+	ExecutionServiceRetryExecutionProcedure = "/opsconductor.v1.ExecutionService/RetryExecution"
 	// ExecutionServiceGetExecutionProcedure is the fully-qualified name of the ExecutionService's
 	// GetExecution RPC.
 	ExecutionServiceGetExecutionProcedure = "/opsconductor.v1.ExecutionService/GetExecution"
@@ -63,6 +66,9 @@ type ExecutionServiceClient interface {
 	// running ones through their agents. Cancelling twice is fine; a finished
 	// execution is FailedPrecondition.
 	CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error)
+	// RetryExecution runs a finished execution again, as a new execution
+	// linked to it, on the targets that did not succeed (or on all of them).
+	RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error)
 	GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error)
 	// GetExecutionResults returns per-target, per-action results and output.
 	GetExecutionResults(context.Context, *connect.Request[v1.GetExecutionResultsRequest]) (*connect.Response[v1.GetExecutionResultsResponse], error)
@@ -101,6 +107,12 @@ func NewExecutionServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(executionServiceMethods.ByName("CancelExecution")),
 			connect.WithClientOptions(opts...),
 		),
+		retryExecution: connect.NewClient[v1.RetryExecutionRequest, v1.RetryExecutionResponse](
+			httpClient,
+			baseURL+ExecutionServiceRetryExecutionProcedure,
+			connect.WithSchema(executionServiceMethods.ByName("RetryExecution")),
+			connect.WithClientOptions(opts...),
+		),
 		getExecution: connect.NewClient[v1.GetExecutionRequest, v1.GetExecutionResponse](
 			httpClient,
 			baseURL+ExecutionServiceGetExecutionProcedure,
@@ -127,6 +139,7 @@ type executionServiceClient struct {
 	executeJob          *connect.Client[v1.ExecuteJobRequest, v1.ExecuteJobResponse]
 	createExecution     *connect.Client[v1.CreateExecutionRequest, v1.CreateExecutionResponse]
 	cancelExecution     *connect.Client[v1.CancelExecutionRequest, v1.CancelExecutionResponse]
+	retryExecution      *connect.Client[v1.RetryExecutionRequest, v1.RetryExecutionResponse]
 	getExecution        *connect.Client[v1.GetExecutionRequest, v1.GetExecutionResponse]
 	getExecutionResults *connect.Client[v1.GetExecutionResultsRequest, v1.GetExecutionResultsResponse]
 	watchExecution      *connect.Client[v1.WatchExecutionRequest, v1.WatchExecutionResponse]
@@ -145,6 +158,11 @@ func (c *executionServiceClient) CreateExecution(ctx context.Context, req *conne
 // CancelExecution calls opsconductor.v1.ExecutionService.CancelExecution.
 func (c *executionServiceClient) CancelExecution(ctx context.Context, req *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error) {
 	return c.cancelExecution.CallUnary(ctx, req)
+}
+
+// RetryExecution calls opsconductor.v1.ExecutionService.RetryExecution.
+func (c *executionServiceClient) RetryExecution(ctx context.Context, req *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error) {
+	return c.retryExecution.CallUnary(ctx, req)
 }
 
 // GetExecution calls opsconductor.v1.ExecutionService.GetExecution.
@@ -172,6 +190,9 @@ type ExecutionServiceHandler interface {
 	// running ones through their agents. Cancelling twice is fine; a finished
 	// execution is FailedPrecondition.
 	CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error)
+	// RetryExecution runs a finished execution again, as a new execution
+	// linked to it, on the targets that did not succeed (or on all of them).
+	RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error)
 	GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error)
 	// GetExecutionResults returns per-target, per-action results and output.
 	GetExecutionResults(context.Context, *connect.Request[v1.GetExecutionResultsRequest]) (*connect.Response[v1.GetExecutionResultsResponse], error)
@@ -206,6 +227,12 @@ func NewExecutionServiceHandler(svc ExecutionServiceHandler, opts ...connect.Han
 		connect.WithSchema(executionServiceMethods.ByName("CancelExecution")),
 		connect.WithHandlerOptions(opts...),
 	)
+	executionServiceRetryExecutionHandler := connect.NewUnaryHandler(
+		ExecutionServiceRetryExecutionProcedure,
+		svc.RetryExecution,
+		connect.WithSchema(executionServiceMethods.ByName("RetryExecution")),
+		connect.WithHandlerOptions(opts...),
+	)
 	executionServiceGetExecutionHandler := connect.NewUnaryHandler(
 		ExecutionServiceGetExecutionProcedure,
 		svc.GetExecution,
@@ -232,6 +259,8 @@ func NewExecutionServiceHandler(svc ExecutionServiceHandler, opts ...connect.Han
 			executionServiceCreateExecutionHandler.ServeHTTP(w, r)
 		case ExecutionServiceCancelExecutionProcedure:
 			executionServiceCancelExecutionHandler.ServeHTTP(w, r)
+		case ExecutionServiceRetryExecutionProcedure:
+			executionServiceRetryExecutionHandler.ServeHTTP(w, r)
 		case ExecutionServiceGetExecutionProcedure:
 			executionServiceGetExecutionHandler.ServeHTTP(w, r)
 		case ExecutionServiceGetExecutionResultsProcedure:
@@ -257,6 +286,10 @@ func (UnimplementedExecutionServiceHandler) CreateExecution(context.Context, *co
 
 func (UnimplementedExecutionServiceHandler) CancelExecution(context.Context, *connect.Request[v1.CancelExecutionRequest]) (*connect.Response[v1.CancelExecutionResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ExecutionService.CancelExecution is not implemented"))
+}
+
+func (UnimplementedExecutionServiceHandler) RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ExecutionService.RetryExecution is not implemented"))
 }
 
 func (UnimplementedExecutionServiceHandler) GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error) {
