@@ -94,6 +94,15 @@ func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, header i
 	case opsconductorv1.Caller_CALLER_PUBLIC, opsconductorv1.Caller_CALLER_AGENT:
 		return ctx, nil
 	}
+	return i.Check(ctx, spec.Procedure, acc.GetPermission(), header, peer)
+}
+
+// Check authenticates the caller from header, applies the rate limits and
+// checks perm, recording refusals. Plain HTTP handlers (the SSE event
+// stream) use it; RPCs go through the interceptor. what names the call in
+// messages and audit records.
+func (i *Interceptor) Check(ctx context.Context, what, perm string, header interface{ Get(string) string }, peer string) (context.Context, error) {
+	spec := connect.Spec{Procedure: what}
 	bearer, _ := strings.CutPrefix(header.Get("Authorization"), "Bearer ")
 	p, err := i.authn.Authenticate(ctx, strings.TrimSpace(bearer))
 	if err != nil {
@@ -107,8 +116,8 @@ func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, header i
 	if err := i.limit(ctx, "principal:"+p.Name, p.Name); err != nil {
 		return ctx, err
 	}
-	if !p.Can(acc.GetPermission()) {
-		err := apperr.PermissionDenied("%s (roles %v) lacks permission %s for %s", p.Name, p.Roles, acc.GetPermission(), spec.Procedure)
+	if !p.Can(perm) {
+		err := apperr.PermissionDenied("%s (roles %v) lacks permission %s for %s", p.Name, p.Roles, perm, spec.Procedure)
 		i.deny(ctx, spec.Procedure, p.Name, err, "permission_denied", peer)
 		return ctx, err
 	}

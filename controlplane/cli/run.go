@@ -216,6 +216,13 @@ func newExecutionCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		},
 	}, newCancelCmd(g), newRetryCmd(g), &cobra.Command{
+		Use:   "watch ID",
+		Short: "Follow an execution live: status changes and output until it ends",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return followExecution(cmd.Context(), g, args[0])
+		},
+	}, &cobra.Command{
 		Use:   "results ID",
 		Short: "Show per-target, per-action results and output",
 		Args:  cobra.ExactArgs(1),

@@ -409,13 +409,22 @@ func (s *Service) GetExecutionResults(ctx context.Context, req *connect.Request[
 const watchRecheck = 2 * time.Second
 
 func (s *Service) WatchExecution(ctx context.Context, req *connect.Request[opsconductorv1.WatchExecutionRequest], stream *connect.ServerStream[opsconductorv1.WatchExecutionResponse]) error {
-	if _, _, err := s.load(ctx, req.Msg.GetId()); err != nil {
+	return s.Watch(ctx, req.Msg.GetId(), req.Msg.GetAfterSequence(), func(ev *opsconductorv1.ExecutionEvent) error {
+		return stream.Send(&opsconductorv1.WatchExecutionResponse{Event: ev})
+	})
+}
+
+// Watch sends the execution's events after sequence after, in order, each
+// exactly once, then the ones still to come, and returns once the final
+// status has been sent (or ctx ends). WatchExecution and the REST
+// Server-Sent Events stream both use it.
+func (s *Service) Watch(ctx context.Context, id string, after int64, send func(*opsconductorv1.ExecutionEvent) error) error {
+	if _, _, err := s.load(ctx, id); err != nil {
 		return err
 	}
-	id := req.Msg.GetId()
 	wake, cancel := s.hub.Subscribe(notify.ExecutionKey(id))
 	defer cancel()
-	last := req.Msg.GetAfterSequence()
+	last := after
 	const page = 500
 	for {
 		events, err := s.store.EventsAfter(ctx, id, last, page)
@@ -424,7 +433,7 @@ func (s *Service) WatchExecution(ctx context.Context, req *connect.Request[opsco
 		}
 		finished := false
 		for _, ev := range events {
-			if err := stream.Send(&opsconductorv1.WatchExecutionResponse{Event: ev}); err != nil {
+			if err := send(ev); err != nil {
 				return err
 			}
 			last = ev.GetSequence()

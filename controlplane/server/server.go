@@ -179,8 +179,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	}
 	a.gateway = dispatch.New(reg, execStore, a.hub, execRelay.Nudge, metricsReg, logger, gwCfg)
 
+	authz := auth.NewInterceptor(authn, authStore, a.limiter(), logger)
 	opts := connect.WithHandlerOptions(
-		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), auth.NewInterceptor(authn, authStore, a.limiter(), logger)),
+		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), authz),
 		connect.WithReadMaxBytes(int(cfg.MaxRequestBytes)),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.Error("handler panic", zap.String("procedure", spec.Procedure), zap.Any("panic", p),
@@ -214,6 +215,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 
 	mux := http.NewServeMux()
 	mux.Handle("/", transcoder)
+	mux.Handle("GET /api/v1/executions/{id}/events", eventStream(authz, execs, logger))
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /version", version)
 	mux.Handle("GET /metrics", requireToken(cfg.MetricsToken, promhttp.HandlerFor(metricsReg, promhttp.HandlerOpts{})))
