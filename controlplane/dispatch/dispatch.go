@@ -365,7 +365,8 @@ func timePtr(t *timestamppb.Timestamp) *time.Time {
 	return &v
 }
 
-// RunReaper marks tasks whose lease expired as lost, every ReapInterval,
+// RunReaper marks tasks whose lease expired as lost and queued tasks past
+// their queue timeout as expired, every ReapInterval,
 // until ctx ends. Every replica may run it: each expiry is a guarded update.
 func (g *Gateway) RunReaper(ctx context.Context) error {
 	tick := time.NewTicker(g.cfg.ReapInterval)
@@ -383,6 +384,13 @@ func (g *Gateway) RunReaper(ctx context.Context) error {
 		if n > 0 {
 			g.tasksLost.Add(float64(n))
 			g.logger.Warn("tasks lost: their agents stopped reporting", zap.Int("tasks", n))
+		}
+		n, err = g.store.TaskExpireQueued(ctx, time.Now(), g.nudge)
+		if err != nil && ctx.Err() == nil {
+			g.logger.Error("expire queued tasks", zap.Error(err))
+		}
+		if n > 0 {
+			g.logger.Warn("tasks expired: no agent claimed them within the queue timeout", zap.Int("tasks", n))
 		}
 	}
 }

@@ -116,10 +116,10 @@ func (b testBundle) queueTask(t *testing.T, id string) {
 
 func (b testBundle) queueTaskFor(t *testing.T, id, agentID string) {
 	t.Helper()
-	err := b.execs.ExecutionCreate(context.Background(), execution.ExecutionRecord{
+	_, err := b.execs.ExecutionCreate(context.Background(), execution.ExecutionRecord{
 		ID: id, JobID: "j", JobName: "job", JobVersion: 1, CreatedAt: time.Now(),
 		Snapshot: []byte(`{"name":"job","actions":[{"command":"true"}]}`),
-	}, []execution.TaskRecord{{ID: id + "-task", AgentID: agentID, AgentName: "agent-" + agentID, OutputLimit: 1024}},
+	}, []execution.TaskRecord{{ID: id + "-task", AgentID: agentID, AgentName: "agent-" + agentID, OutputLimit: 1024}}, execution.ConcurrencyAllow,
 		func() { b.hub.Publish(context.Background(), notify.AgentKey(agentID)) })
 	if err != nil {
 		t.Fatal(err)

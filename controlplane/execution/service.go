@@ -6,6 +6,7 @@
 package execution
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
 	"github.com/opsconductor/opsconductor/controlplane/label"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
+	"github.com/opsconductor/opsconductor/controlplane/policy"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
@@ -89,7 +91,10 @@ func NewService(st *Store, jobs JobReader, resolver TargetResolver, checker Comm
 }
 
 func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconductorv1.ExecuteJobRequest]) (*connect.Response[opsconductorv1.ExecuteJobResponse], error) {
-	e, err := s.create(ctx, req.Msg.GetId(), 0, "id", req.Msg.GetDangerousOverride())
+	e, err := s.create(ctx, req.Msg.GetId(), 0, "id", startOpts{
+		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(),
+		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")),
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -97,14 +102,28 @@ func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconduc
 }
 
 func (s *Service) CreateExecution(ctx context.Context, req *connect.Request[opsconductorv1.CreateExecutionRequest]) (*connect.Response[opsconductorv1.CreateExecutionResponse], error) {
-	e, err := s.create(ctx, req.Msg.GetJobId(), req.Msg.GetJobVersion(), "job_id", req.Msg.GetDangerousOverride())
+	e, err := s.create(ctx, req.Msg.GetJobId(), req.Msg.GetJobVersion(), "job_id", startOpts{
+		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(),
+		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")),
+	})
 	if err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&opsconductorv1.CreateExecutionResponse{Execution: e}), nil
 }
 
-func (s *Service) create(ctx context.Context, jobID string, version int64, idField string, override *opsconductorv1.DangerousOverride) (*opsconductorv1.Execution, error) {
+// startOpts are what a request adds to the job: an override of the
+// dangerous-command check, policy overrides, an idempotency key, and the
+// execution a retry retries.
+type startOpts struct {
+	override       *opsconductorv1.DangerousOverride
+	policy         *opsconductorv1.ExecutionPolicy
+	idempotencyKey string
+	parentID       string
+}
+
+func (s *Service) create(ctx context.Context, jobID string, version int64, idField string, opts startOpts) (*opsconductorv1.Execution, error) {
+	override := opts.override
 	if jobID == "" {
 		return nil, apperr.InvalidField(idField, "must not be empty")
 	}
@@ -131,14 +150,32 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 		}
 		return nil, &apperr.Error{Kind: apperr.KindFailedPrecondition, Message: "job " + job.GetName() + " cannot run: " + apperr.Invalid("targets", vs).Error(), Violations: vs}
 	}
-	return s.start(ctx, job, agents, override, "")
+	return s.start(ctx, job, agents, opts)
 }
 
 // start checks that principal may run job on agents (scopes, protected
 // agents, dangerous commands) and stores the execution with a task per
 // agent. parentID links a retry to the execution it retries.
-func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, override *opsconductorv1.DangerousOverride, parentID string) (*opsconductorv1.Execution, error) {
+func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.Execution, error) {
 	principal, _ := auth.PrincipalFrom(ctx)
+	override := opts.override
+	pol, merged, vs := policy.Resolve("policy", job.GetPolicy(), opts.policy)
+	if len(vs) > 0 {
+		return nil, apperr.Invalid("execution policy", vs)
+	}
+	if len(opts.idempotencyKey) > 200 {
+		return nil, apperr.InvalidField("idempotency_key", "must be at most 200 characters")
+	}
+	key := ""
+	if opts.idempotencyKey != "" {
+		// Keys are the caller's own: two callers cannot collide.
+		key = principal.Name + "/" + opts.idempotencyKey
+		if id, err := s.store.ExecutionIDByIdempotencyKey(ctx, key); err == nil {
+			return s.get(ctx, id)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+	}
 	if override.GetAllow() && !principal.Can(auth.PermExecutionsDanger) {
 		return nil, apperr.PermissionDenied("%s lacks permission %s to override the dangerous-command check", principal.Name, auth.PermExecutionsDanger)
 	}
@@ -167,17 +204,23 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 	if err != nil {
 		return nil, fmt.Errorf("encode job snapshot: %w", err)
 	}
+	policyJSON, err := protojson.Marshal(merged)
+	if err != nil {
+		return nil, fmt.Errorf("encode policy: %w", err)
+	}
 	rec := ExecutionRecord{
-		ID:            uuid.Must(uuid.NewV7()).String(),
-		JobID:         job.GetId(),
-		JobName:       job.GetName(),
-		JobVersion:    job.GetVersion(),
-		Snapshot:      snapshot,
-		Status:        ExecQueued,
-		CorrelationID: correlation.ID(ctx),
-		CreatedBy:     principal.Name,
-		ParentID:      parentID,
-		CreatedAt:     time.Now().UTC().Truncate(time.Microsecond),
+		ID:             uuid.Must(uuid.NewV7()).String(),
+		JobID:          job.GetId(),
+		JobName:        job.GetName(),
+		JobVersion:     job.GetVersion(),
+		Snapshot:       snapshot,
+		Status:         ExecQueued,
+		CorrelationID:  correlation.ID(ctx),
+		CreatedBy:      principal.Name,
+		ParentID:       opts.parentID,
+		Policy:         policyJSON,
+		IdempotencyKey: key,
+		CreatedAt:      time.Now().UTC().Truncate(time.Microsecond),
 	}
 	if override.GetAllow() {
 		rec.AllowDangerous, rec.DangerousReason = true, override.GetReason()
@@ -187,12 +230,26 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 	tasks := make([]TaskRecord, len(agents))
 	keys := make([]string, len(agents))
 	for i, a := range agents {
-		tasks[i] = TaskRecord{ID: uuid.Must(uuid.NewV7()).String(), AgentID: a.GetAgentId(), AgentName: a.GetName(), OutputLimit: s.cfg.OutputLimit}
+		tasks[i] = TaskRecord{ID: uuid.Must(uuid.NewV7()).String(), AgentID: a.GetAgentId(), AgentName: a.GetName(), OutputLimit: s.cfg.OutputLimit,
+			QueueTimeout: pol.QueueTimeout}
 		keys[i] = notify.AgentKey(a.GetAgentId())
 	}
-	err = s.store.ExecutionCreate(ctx, rec, tasks, func() { s.hub.Publish(context.WithoutCancel(ctx), keys...) })
-	if err != nil {
+	existing, err := s.store.ExecutionCreate(ctx, rec, tasks, pol.Concurrency, func() { s.hub.Publish(context.WithoutCancel(ctx), keys...) })
+	var busy *BusyError
+	switch {
+	case errors.As(err, &busy):
+		return nil, apperr.FailedPrecondition("job %s has execution %s still running and its concurrency policy is skip", job.GetName(), busy.Running)
+	case errors.Is(err, store.ErrConflict) && key != "":
+		// The same key raced us; its execution wins.
+		id, lerr := s.store.ExecutionIDByIdempotencyKey(ctx, key)
+		if lerr != nil {
+			return nil, lerr
+		}
+		return s.get(ctx, id)
+	case err != nil:
 		return nil, err
+	case existing != "":
+		return s.get(ctx, existing)
 	}
 	s.logger.Info("execution created", zap.String("execution_id", rec.ID), zap.String("job_id", rec.JobID),
 		zap.Int64("job_version", rec.JobVersion), zap.Int("tasks", len(tasks)), zap.String("correlation_id", rec.CorrelationID))
@@ -254,7 +311,7 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 		}
 		return nil, apperr.FailedPrecondition("cannot retry on agents that are no longer enrolled: %s", strings.Join(gone, ", "))
 	}
-	e, err := s.start(ctx, job, agents, override, parent.ID)
+	e, err := s.start(ctx, job, agents, startOpts{override: override, parentID: parent.ID})
 	if err != nil {
 		return nil, err
 	}
@@ -334,8 +391,15 @@ func toExecution(rec ExecutionRecord, tasks []TaskRecord) (*opsconductorv1.Execu
 		Id: rec.ID, JobId: rec.JobID, JobName: rec.JobName, JobVersion: rec.JobVersion, Status: rec.Status,
 		CorrelationId: rec.CorrelationID, CreateTime: timestamppb.New(rec.CreatedAt), CreatedBy: rec.CreatedBy,
 		CancelledBy: rec.CancelledBy, CancelReason: rec.CancelReason, ParentId: rec.ParentID,
+		Reason: rec.Reason, WaitingFor: rec.WaitingFor,
 		StartTime: ts(rec.StartedAt), EndTime: ts(rec.FinishedAt), JobSnapshot: job,
 		TaskCounts: map[string]int32{},
+	}
+	if len(rec.Policy) > 0 {
+		e.Policy = &opsconductorv1.ExecutionPolicy{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(rec.Policy, e.Policy); err != nil {
+			return nil, fmt.Errorf("decode policy of execution %s: %w", rec.ID, err)
+		}
 	}
 	if rec.AllowDangerous {
 		e.DangerousOverride = &opsconductorv1.DangerousOverride{Allow: true, Reason: rec.DangerousReason}

@@ -57,6 +57,19 @@ var ErrLeaseLost = errors.New("task lease lost")
 // ErrFinished means the execution has already ended.
 var ErrFinished = errors.New("execution already finished")
 
+// BusyError refuses an execution of a job whose concurrency policy is
+// "skip" while another one runs.
+type BusyError struct{ Running string }
+
+func (e *BusyError) Error() string { return "execution " + e.Running + " of the job is still running" }
+
+// Concurrency policies, as ExecutionCreate takes them.
+const (
+	ConcurrencyAllow = "allow"
+	ConcurrencySkip  = "skip"
+	ConcurrencyQueue = "queue"
+)
+
 // ExecutionRecord is a stored execution.
 type ExecutionRecord struct {
 	ID            string
@@ -73,6 +86,10 @@ type ExecutionRecord struct {
 	CancelledBy     string
 	CancelReason    string
 	ParentID        string // the execution this one retries
+	Policy          []byte // the merged ExecutionPolicy as protobuf JSON
+	Reason          string // why it ended as it did, when not obvious
+	WaitingFor      string // the earlier execution it waits for
+	IdempotencyKey  string
 	CreatedAt       time.Time
 	StartedAt       *time.Time
 	FinishedAt      *time.Time
@@ -91,9 +108,12 @@ type TaskRecord struct {
 	OutputLimit     int64
 	OutputBytes     int64
 	OutputTruncated bool
-	CreatedAt       time.Time
-	StartedAt       *time.Time
-	FinishedAt      *time.Time
+	// QueueTimeout is how long the task may wait for its agent once it
+	// may be claimed; then it ends expired.
+	QueueTimeout time.Duration
+	CreatedAt    time.Time
+	StartedAt    *time.Time
+	FinishedAt   *time.Time
 }
 
 // ActionResult is the outcome of one action of a task.
@@ -137,21 +157,69 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
 // ExecutionCreate stores an execution and its tasks, all queued, with the
-// execution.created event, in one transaction. afterCommit (may be nil) runs
-// once it committed.
-func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []TaskRecord, afterCommit func()) error {
-	return s.db.InTx(ctx, func(tx *store.Tx) error {
+// execution.created event, in one transaction. concurrency applies the
+// job's policy against its other unfinished executions (under a per-job
+// lock, so racing requests cannot both slip through): "skip" fails with a
+// *BusyError, "queue" makes the new execution wait for the latest one.
+// With an idempotency key already used, nothing is written and the
+// existing execution's id is returned. afterCommit (may be nil) runs once
+// it committed.
+func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []TaskRecord, concurrency string, afterCommit func()) (string, error) {
+	existing := ""
+	err := s.db.InTx(ctx, func(tx *store.Tx) error {
+		if e.IdempotencyKey != "" {
+			err := tx.QueryRowContext(ctx, `SELECT id FROM executions WHERE idempotency_key = $1`, e.IdempotencyKey).Scan(&existing)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("look up idempotency key: %w", err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO job_locks (job_id) VALUES ($1) ON CONFLICT (job_id) DO NOTHING`, e.JobID); err != nil {
+			return fmt.Errorf("lock job %s: %w", e.JobID, err)
+		}
+		if _, err := tx.ExecContext(ctx, `SELECT job_id FROM job_locks WHERE job_id = $1`+store.ForUpdate(tx), e.JobID); err != nil {
+			return fmt.Errorf("lock job %s: %w", e.JobID, err)
+		}
+		if concurrency == ConcurrencySkip || concurrency == ConcurrencyQueue {
+			var running string
+			err := tx.QueryRowContext(ctx, `SELECT id FROM executions WHERE job_id = $1 AND status IN ($2, $3) ORDER BY created_at DESC, id DESC LIMIT 1`,
+				e.JobID, ExecQueued, ExecRunning).Scan(&running)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+			case err != nil:
+				return fmt.Errorf("find running executions of job %s: %w", e.JobID, err)
+			case concurrency == ConcurrencySkip:
+				return &BusyError{Running: running}
+			default:
+				e.WaitingFor = running
+			}
+		}
+		var key any
+		if e.IdempotencyKey != "" {
+			key = e.IdempotencyKey
+		}
+		policyJSON := string(e.Policy)
+		if policyJSON == "" {
+			policyJSON = "{}"
+		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
-			created_by, allow_dangerous, dangerous_reason, parent_id)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12)`,
+			created_by, allow_dangerous, dangerous_reason, parent_id, policy, waiting_for, idempotency_key)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15)`,
 			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
-			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID); err != nil {
+			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID, policyJSON, e.WaitingFor, key); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
 		for _, t := range tasks {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC()); err != nil {
+			var expires sql.NullTime
+			if e.WaitingFor == "" && t.QueueTimeout > 0 {
+				expires = sql.NullTime{Time: e.CreatedAt.Add(t.QueueTimeout).UTC(), Valid: true}
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at,
+				queue_timeout_seconds, queue_expires_at)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC(), int64(t.QueueTimeout/time.Second), expires); err != nil {
 				return fmt.Errorf("insert task for agent %s: %w", t.AgentName, store.Translate(err))
 			}
 		}
@@ -175,6 +243,16 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		}
 		return nil
 	})
+	return existing, err
+}
+
+// ExecutionIDByIdempotencyKey finds the execution a key made.
+func (s *Store) ExecutionIDByIdempotencyKey(ctx context.Context, key string) (string, error) {
+	var id string
+	if err := s.db.QueryRowContext(ctx, `SELECT id FROM executions WHERE idempotency_key = $1`, key).Scan(&id); err != nil {
+		return "", fmt.Errorf("look up idempotency key: %w", store.Translate(err))
+	}
+	return id, nil
 }
 
 // appendEvent bumps the execution's event counter (which locks its row, so
@@ -195,16 +273,16 @@ func appendEvent(ctx context.Context, tx *store.Tx, ev *opsconductorv1.Execution
 // ExecutionGet returns one execution.
 func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, error) {
 	var e ExecutionRecord
-	var snapshot string
+	var snapshot, policyJSON string
 	var started, finished sql.NullTime
 	err := s.db.QueryRowContext(ctx, `SELECT id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at,
-		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason, parent_id
+		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason, parent_id, policy, reason, waiting_for
 		FROM executions WHERE id = $1`, id).Scan(&e.ID, &e.JobID, &e.JobName, &e.JobVersion, &snapshot, &e.Status, &e.CorrelationID, &e.CreatedAt, &started, &finished,
-		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason, &e.ParentID)
+		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason, &e.ParentID, &policyJSON, &e.Reason, &e.WaitingFor)
 	if err != nil {
 		return ExecutionRecord{}, fmt.Errorf("get execution %s: %w", id, store.Translate(err))
 	}
-	e.Snapshot = []byte(snapshot)
+	e.Snapshot, e.Policy = []byte(snapshot), []byte(policyJSON)
 	e.CreatedAt = e.CreatedAt.UTC()
 	e.StartedAt, e.FinishedAt = timePtr(started), timePtr(finished)
 	return e, nil
@@ -323,7 +401,9 @@ func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duratio
 		until := t.Add(lease)
 		var taskID string
 		err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, lease_generation = lease_generation + 1, lease_expires_at = $2, started_at = $3
-			WHERE id = (SELECT id FROM tasks WHERE agent_id = $4 AND status = $5 ORDER BY created_at, id LIMIT 1`+store.SkipLocked(tx)+`)
+			WHERE id = (SELECT id FROM tasks WHERE agent_id = $4 AND status = $5
+				AND execution_id NOT IN (SELECT id FROM executions WHERE waiting_for <> '')
+				ORDER BY created_at, id LIMIT 1`+store.SkipLocked(tx)+`)
 			RETURNING id`, TaskRunning, until, t, agentID, TaskQueued).Scan(&taskID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
@@ -746,7 +826,104 @@ func finishIfDone(ctx context.Context, tx *store.Tx, executionID string, end tim
 	if n, _ := res.RowsAffected(); n == 0 {
 		return nil
 	}
-	return appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.status", ExecutionId: executionID, Status: final, Time: timestamppb.New(end)})
+	if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.status", ExecutionId: executionID, Status: final, Time: timestamppb.New(end)}); err != nil {
+		return err
+	}
+	return releaseWaiting(ctx, tx, executionID, end)
+}
+
+// releaseWaiting lets the executions that waited for executionID run; their
+// tasks' queue deadlines start now.
+func releaseWaiting(ctx context.Context, tx *store.Tx, executionID string, at time.Time) error {
+	rows, err := tx.QueryContext(ctx, `UPDATE executions SET waiting_for = '' WHERE waiting_for = $1 RETURNING id`, executionID)
+	if err != nil {
+		return fmt.Errorf("release executions waiting for %s: %w", executionID, err)
+	}
+	var released []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return err
+		}
+		released = append(released, id)
+	}
+	rows.Close()
+	for _, id := range released {
+		rows, err := tx.QueryContext(ctx, `SELECT id, queue_timeout_seconds FROM tasks WHERE execution_id = $1 AND status = $2`, id, TaskQueued)
+		if err != nil {
+			return fmt.Errorf("read tasks of %s: %w", id, err)
+		}
+		deadlines := map[string]int64{}
+		for rows.Next() {
+			var tid string
+			var secs int64
+			if err := rows.Scan(&tid, &secs); err != nil {
+				rows.Close()
+				return err
+			}
+			deadlines[tid] = secs
+		}
+		rows.Close()
+		for tid, secs := range deadlines {
+			if secs <= 0 {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET queue_expires_at = $1 WHERE id = $2`, at.Add(time.Duration(secs)*time.Second).UTC(), tid); err != nil {
+				return fmt.Errorf("start queue deadline of task %s: %w", tid, err)
+			}
+		}
+	}
+	return nil
+}
+
+// TaskExpireQueued ends as expired the queued tasks whose queue deadline
+// passed before at (their agent never claimed them) and returns how many.
+func (s *Store) TaskExpireQueued(ctx context.Context, at time.Time, afterCommit func()) (int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tasks WHERE status = $1 AND queue_expires_at < $2 ORDER BY queue_expires_at LIMIT 500`, TaskQueued, at.UTC())
+	if err != nil {
+		return 0, fmt.Errorf("find expired queued tasks: %w", err)
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	n := 0
+	const why = "no agent claimed it within the queue timeout (is the agent offline?)"
+	for _, id := range ids {
+		err := s.db.InTx(ctx, func(tx *store.Tx) error {
+			end := now()
+			var execID, agentName string
+			err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3
+				WHERE id = $4 AND status = $5 AND queue_expires_at < $6 RETURNING execution_id, agent_name`,
+				TaskExpired, why, end, id, TaskQueued, at.UTC()).Scan(&execID, &agentName)
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil // claimed meanwhile
+			}
+			if err != nil {
+				return fmt.Errorf("expire task %s: %w", id, err)
+			}
+			n++
+			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "task.status", ExecutionId: execID, TaskId: id,
+				AgentName: agentName, Status: TaskExpired, Error: why, Time: timestamppb.New(end)}); err != nil {
+				return err
+			}
+			if afterCommit != nil {
+				tx.AfterCommit(afterCommit)
+			}
+			return finishIfDone(ctx, tx, execID, end)
+		})
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // EventsAfter returns up to limit events of an execution after sequence

@@ -31,10 +31,10 @@ func (b testBundle) makeExecution(t *testing.T, id string, agents ...string) []T
 		tasks = append(tasks, TaskRecord{ID: fmt.Sprintf("%s-t%03d", id, i), AgentID: a, AgentName: "name-" + a, OutputLimit: 64})
 	}
 	woke := false
-	err := b.st.ExecutionCreate(b.ctx, ExecutionRecord{
+	_, err := b.st.ExecutionCreate(b.ctx, ExecutionRecord{
 		ID: id, JobID: "job-1", JobName: "job", JobVersion: 3, Snapshot: []byte(`{"name":"job"}`), CorrelationID: "corr-1",
 		CreatedAt: time.Now().UTC(),
-	}, tasks, func() { woke = true })
+	}, tasks, ConcurrencyAllow, func() { woke = true })
 	if err != nil {
 		t.Fatal(err)
 	}

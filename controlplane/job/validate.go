@@ -7,6 +7,7 @@ import (
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/label"
+	"github.com/opsconductor/opsconductor/controlplane/policy"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
 
@@ -68,6 +69,9 @@ func Validate(prefix string, j *opsconductorv1.Job) []apperr.Violation {
 	for i, a := range j.GetActions() {
 		p := fmt.Sprintf(".actions[%d]", i)
 		validateAction(a, func(field, format string, args ...any) { add(p+field, format, args...) })
+	}
+	if j.GetPolicy() != nil {
+		vs = append(vs, policy.Validate(prefix+".policy", j.GetPolicy())...)
 	}
 	switch n := len(j.GetTargets()); {
 	case n == 0:

@@ -49,7 +49,15 @@ type Execution struct {
 	CancelledBy  string `protobuf:"bytes,15,opt,name=cancelled_by,json=cancelledBy,proto3" json:"cancelled_by,omitempty"`
 	CancelReason string `protobuf:"bytes,16,opt,name=cancel_reason,json=cancelReason,proto3" json:"cancel_reason,omitempty"`
 	// The execution this one retries, if any.
-	ParentId      string `protobuf:"bytes,17,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	ParentId string `protobuf:"bytes,17,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	// The policy in force (the job's, with the execution's overrides).
+	Policy *ExecutionPolicy `protobuf:"bytes,18,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Why the execution ended as it did when that is not obvious from its
+	// tasks (failure threshold reached, deadline passed, ...).
+	Reason string `protobuf:"bytes,19,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Set while the execution waits for an earlier one of the same job
+	// (concurrency "queue").
+	WaitingFor    string `protobuf:"bytes,20,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +211,27 @@ func (x *Execution) GetParentId() string {
 	return ""
 }
 
+func (x *Execution) GetPolicy() *ExecutionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *Execution) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Execution) GetWaitingFor() string {
+	if x != nil {
+		return x.WaitingFor
+	}
+	return ""
+}
+
 // Task is the run of an execution on one target.
 type Task struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -303,8 +332,14 @@ type ExecuteJobRequest struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Id                string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	DangerousOverride *DangerousOverride     `protobuf:"bytes,2,opt,name=dangerous_override,json=dangerousOverride,proto3" json:"dangerous_override,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// A repeated request with the same key (from the same caller) returns
+	// the execution the first one created. The Idempotency-Key header works
+	// too.
+	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	// Overrides the job's execution policy, field by field.
+	Policy        *ExecutionPolicy `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ExecuteJobRequest) Reset() {
@@ -347,6 +382,20 @@ func (x *ExecuteJobRequest) GetId() string {
 func (x *ExecuteJobRequest) GetDangerousOverride() *DangerousOverride {
 	if x != nil {
 		return x.DangerousOverride
+	}
+	return nil
+}
+
+func (x *ExecuteJobRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *ExecuteJobRequest) GetPolicy() *ExecutionPolicy {
+	if x != nil {
+		return x.Policy
 	}
 	return nil
 }
@@ -456,6 +505,8 @@ type CreateExecutionRequest struct {
 	// Zero means the current version.
 	JobVersion        int64              `protobuf:"varint,2,opt,name=job_version,json=jobVersion,proto3" json:"job_version,omitempty"`
 	DangerousOverride *DangerousOverride `protobuf:"bytes,3,opt,name=dangerous_override,json=dangerousOverride,proto3" json:"dangerous_override,omitempty"`
+	IdempotencyKey    string             `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	Policy            *ExecutionPolicy   `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -507,6 +558,20 @@ func (x *CreateExecutionRequest) GetJobVersion() int64 {
 func (x *CreateExecutionRequest) GetDangerousOverride() *DangerousOverride {
 	if x != nil {
 		return x.DangerousOverride
+	}
+	return nil
+}
+
+func (x *CreateExecutionRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
+func (x *CreateExecutionRequest) GetPolicy() *ExecutionPolicy {
+	if x != nil {
+		return x.Policy
 	}
 	return nil
 }
@@ -1350,7 +1415,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xa5\x06\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\x98\a\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1374,7 +1439,11 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"created_by\x18\x0e \x01(\tR\tcreatedBy\x12!\n" +
 	"\fcancelled_by\x18\x0f \x01(\tR\vcancelledBy\x12#\n" +
 	"\rcancel_reason\x18\x10 \x01(\tR\fcancelReason\x12\x1b\n" +
-	"\tparent_id\x18\x11 \x01(\tR\bparentId\x1a=\n" +
+	"\tparent_id\x18\x11 \x01(\tR\bparentId\x128\n" +
+	"\x06policy\x18\x12 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x12\x16\n" +
+	"\x06reason\x18\x13 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vwaiting_for\x18\x14 \x01(\tR\n" +
+	"waitingFor\x1a=\n" +
 	"\x0fTaskCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xf0\x01\n" +
@@ -1387,20 +1456,24 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x129\n" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"v\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xd9\x01\n" +
 	"\x11ExecuteJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12Q\n" +
-	"\x12dangerous_override\x18\x02 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\"A\n" +
+	"\x12dangerous_override\x18\x02 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\x12'\n" +
+	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x128\n" +
+	"\x06policy\x18\x04 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\"A\n" +
 	"\x11DangerousOverride\x12\x14\n" +
 	"\x05allow\x18\x01 \x01(\bR\x05allow\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"N\n" +
 	"\x12ExecuteJobResponse\x128\n" +
-	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\xa3\x01\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\x86\x02\n" +
 	"\x16CreateExecutionRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1f\n" +
 	"\vjob_version\x18\x02 \x01(\x03R\n" +
 	"jobVersion\x12Q\n" +
-	"\x12dangerous_override\x18\x03 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\"S\n" +
+	"\x12dangerous_override\x18\x03 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\x12'\n" +
+	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x128\n" +
+	"\x06policy\x18\x05 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\"S\n" +
 	"\x17CreateExecutionResponse\x128\n" +
 	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"@\n" +
 	"\x16CancelExecutionRequest\x12\x0e\n" +
@@ -1514,6 +1587,7 @@ var file_opsconductor_v1_execution_proto_goTypes = []any{
 	nil,                                 // 20: opsconductor.v1.Execution.TaskCountsEntry
 	(*timestamppb.Timestamp)(nil),       // 21: google.protobuf.Timestamp
 	(*Job)(nil),                         // 22: opsconductor.v1.Job
+	(*ExecutionPolicy)(nil),             // 23: opsconductor.v1.ExecutionPolicy
 }
 var file_opsconductor_v1_execution_proto_depIdxs = []int32{
 	20, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
@@ -1523,43 +1597,46 @@ var file_opsconductor_v1_execution_proto_depIdxs = []int32{
 	21, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
 	22, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
 	3,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	21, // 7: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	21, // 8: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
-	3,  // 9: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	0,  // 10: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
-	3,  // 11: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	0,  // 12: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 13: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	3,  // 14: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	0,  // 15: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 16: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 17: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
-	15, // 18: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
-	1,  // 19: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
-	16, // 20: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
-	21, // 21: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
-	21, // 22: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
-	19, // 23: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
-	21, // 24: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 25: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
-	5,  // 26: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
-	7,  // 27: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
-	9,  // 28: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
-	11, // 29: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
-	13, // 30: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
-	17, // 31: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
-	4,  // 32: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
-	6,  // 33: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
-	8,  // 34: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
-	10, // 35: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
-	12, // 36: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
-	14, // 37: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
-	18, // 38: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
-	32, // [32:39] is the sub-list for method output_type
-	25, // [25:32] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	23, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	21, // 8: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	21, // 9: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 10: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	23, // 11: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	0,  // 12: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
+	3,  // 13: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	23, // 14: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	0,  // 15: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 16: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	3,  // 17: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	0,  // 18: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 19: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 20: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
+	15, // 21: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
+	1,  // 22: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
+	16, // 23: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
+	21, // 24: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
+	21, // 25: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
+	19, // 26: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
+	21, // 27: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 28: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
+	5,  // 29: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
+	7,  // 30: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
+	9,  // 31: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
+	11, // 32: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
+	13, // 33: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
+	17, // 34: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
+	4,  // 35: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
+	6,  // 36: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
+	8,  // 37: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
+	10, // 38: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
+	12, // 39: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
+	14, // 40: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
+	18, // 41: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
+	35, // [35:42] is the sub-list for method output_type
+	28, // [28:35] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_execution_proto_init() }

@@ -42,7 +42,9 @@ type Job struct {
 	// Output only.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// Output only.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// How executions of the job fan out, fail, wait and overlap.
+	Policy        *ExecutionPolicy `protobuf:"bytes,10,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -140,7 +142,107 @@ func (x *Job) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
-// Action is one step of a job.
+func (x *Job) GetPolicy() *ExecutionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// ExecutionPolicy bounds an execution. An execution may override it.
+type ExecutionPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Targets running at once: a number ("3") or a share of the targets
+	// ("25%"). Empty: all at once.
+	MaxParallel string `protobuf:"bytes,1,opt,name=max_parallel,json=maxParallel,proto3" json:"max_parallel,omitempty"`
+	// Rolling batches of this many targets: a batch starts only when the one
+	// before has ended (and batch_pause has passed). 0: no batches.
+	BatchSize  int32                `protobuf:"varint,2,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	BatchPause *durationpb.Duration `protobuf:"bytes,3,opt,name=batch_pause,json=batchPause,proto3" json:"batch_pause,omitempty"`
+	// After this many failed targets ("2") or this share ("10%"), targets not
+	// yet started are skipped and the execution fails. Empty: no threshold.
+	MaxFailures string `protobuf:"bytes,4,opt,name=max_failures,json=maxFailures,proto3" json:"max_failures,omitempty"`
+	// When an execution of the job is still running: "allow" another
+	// (default), "skip" (refuse the new one) or "queue" (it waits).
+	Concurrency string `protobuf:"bytes,5,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
+	// A task no agent claims within this time ends "expired" (default 24h).
+	QueueTimeout  *durationpb.Duration `protobuf:"bytes,6,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecutionPolicy) Reset() {
+	*x = ExecutionPolicy{}
+	mi := &file_opsconductor_v1_job_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecutionPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecutionPolicy) ProtoMessage() {}
+
+func (x *ExecutionPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_job_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecutionPolicy.ProtoReflect.Descriptor instead.
+func (*ExecutionPolicy) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ExecutionPolicy) GetMaxParallel() string {
+	if x != nil {
+		return x.MaxParallel
+	}
+	return ""
+}
+
+func (x *ExecutionPolicy) GetBatchSize() int32 {
+	if x != nil {
+		return x.BatchSize
+	}
+	return 0
+}
+
+func (x *ExecutionPolicy) GetBatchPause() *durationpb.Duration {
+	if x != nil {
+		return x.BatchPause
+	}
+	return nil
+}
+
+func (x *ExecutionPolicy) GetMaxFailures() string {
+	if x != nil {
+		return x.MaxFailures
+	}
+	return ""
+}
+
+func (x *ExecutionPolicy) GetConcurrency() string {
+	if x != nil {
+		return x.Concurrency
+	}
+	return ""
+}
+
+func (x *ExecutionPolicy) GetQueueTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.QueueTimeout
+	}
+	return nil
+}
+
 type Action struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Shown in results; defaults to "action-N".
@@ -164,7 +266,7 @@ type Action struct {
 
 func (x *Action) Reset() {
 	*x = Action{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[1]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -176,7 +278,7 @@ func (x *Action) String() string {
 func (*Action) ProtoMessage() {}
 
 func (x *Action) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[1]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -189,7 +291,7 @@ func (x *Action) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Action.ProtoReflect.Descriptor instead.
 func (*Action) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{1}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Action) GetName() string {
@@ -260,7 +362,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[2]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +374,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[2]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +387,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{2}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Target) GetAgentId() string {
@@ -311,7 +413,7 @@ type CreateJobRequest struct {
 
 func (x *CreateJobRequest) Reset() {
 	*x = CreateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +425,7 @@ func (x *CreateJobRequest) String() string {
 func (*CreateJobRequest) ProtoMessage() {}
 
 func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +438,7 @@ func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobRequest.ProtoReflect.Descriptor instead.
 func (*CreateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{3}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *CreateJobRequest) GetJob() *Job {
@@ -358,7 +460,7 @@ type CreateJobResponse struct {
 
 func (x *CreateJobResponse) Reset() {
 	*x = CreateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +472,7 @@ func (x *CreateJobResponse) String() string {
 func (*CreateJobResponse) ProtoMessage() {}
 
 func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +485,7 @@ func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobResponse.ProtoReflect.Descriptor instead.
 func (*CreateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateJobResponse) GetJob() *Job {
@@ -414,7 +516,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +528,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +541,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListJobsRequest) GetLabelSelector() string {
@@ -481,7 +583,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +595,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +608,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -534,7 +636,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -546,7 +648,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -559,7 +661,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -585,7 +687,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +699,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +712,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -629,7 +731,7 @@ type UpdateJobRequest struct {
 
 func (x *UpdateJobRequest) Reset() {
 	*x = UpdateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +743,7 @@ func (x *UpdateJobRequest) String() string {
 func (*UpdateJobRequest) ProtoMessage() {}
 
 func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +756,7 @@ func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *UpdateJobRequest) GetJob() *Job {
@@ -674,7 +776,7 @@ type UpdateJobResponse struct {
 
 func (x *UpdateJobResponse) Reset() {
 	*x = UpdateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +788,7 @@ func (x *UpdateJobResponse) String() string {
 func (*UpdateJobResponse) ProtoMessage() {}
 
 func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +801,7 @@ func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobResponse.ProtoReflect.Descriptor instead.
 func (*UpdateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateJobResponse) GetJob() *Job {
@@ -725,7 +827,7 @@ type DeleteJobRequest struct {
 
 func (x *DeleteJobRequest) Reset() {
 	*x = DeleteJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +839,7 @@ func (x *DeleteJobRequest) String() string {
 func (*DeleteJobRequest) ProtoMessage() {}
 
 func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +852,7 @@ func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteJobRequest) GetId() string {
@@ -768,7 +870,7 @@ type DeleteJobResponse struct {
 
 func (x *DeleteJobResponse) Reset() {
 	*x = DeleteJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +882,7 @@ func (x *DeleteJobResponse) String() string {
 func (*DeleteJobResponse) ProtoMessage() {}
 
 func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +895,7 @@ func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
 func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
 }
 
 type ListJobVersionsRequest struct {
@@ -805,7 +907,7 @@ type ListJobVersionsRequest struct {
 
 func (x *ListJobVersionsRequest) Reset() {
 	*x = ListJobVersionsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +919,7 @@ func (x *ListJobVersionsRequest) String() string {
 func (*ListJobVersionsRequest) ProtoMessage() {}
 
 func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +932,7 @@ func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListJobVersionsRequest) GetId() string {
@@ -849,7 +951,7 @@ type ListJobVersionsResponse struct {
 
 func (x *ListJobVersionsResponse) Reset() {
 	*x = ListJobVersionsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +963,7 @@ func (x *ListJobVersionsResponse) String() string {
 func (*ListJobVersionsResponse) ProtoMessage() {}
 
 func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +976,7 @@ func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJobVersionsResponse) GetVersions() []*Job {
@@ -893,7 +995,7 @@ type ValidateJobRequest struct {
 
 func (x *ValidateJobRequest) Reset() {
 	*x = ValidateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -905,7 +1007,7 @@ func (x *ValidateJobRequest) String() string {
 func (*ValidateJobRequest) ProtoMessage() {}
 
 func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -918,7 +1020,7 @@ func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobRequest.ProtoReflect.Descriptor instead.
 func (*ValidateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ValidateJobRequest) GetId() string {
@@ -939,7 +1041,7 @@ type FieldViolation struct {
 
 func (x *FieldViolation) Reset() {
 	*x = FieldViolation{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -951,7 +1053,7 @@ func (x *FieldViolation) String() string {
 func (*FieldViolation) ProtoMessage() {}
 
 func (x *FieldViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -964,7 +1066,7 @@ func (x *FieldViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldViolation.ProtoReflect.Descriptor instead.
 func (*FieldViolation) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FieldViolation) GetField() string {
@@ -993,7 +1095,7 @@ type ResolvedAgent struct {
 
 func (x *ResolvedAgent) Reset() {
 	*x = ResolvedAgent{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1107,7 @@ func (x *ResolvedAgent) String() string {
 func (*ResolvedAgent) ProtoMessage() {}
 
 func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1120,7 @@ func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedAgent.ProtoReflect.Descriptor instead.
 func (*ResolvedAgent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ResolvedAgent) GetAgentId() string {
@@ -1063,7 +1165,7 @@ type ValidateJobResponse struct {
 
 func (x *ValidateJobResponse) Reset() {
 	*x = ValidateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1177,7 @@ func (x *ValidateJobResponse) String() string {
 func (*ValidateJobResponse) ProtoMessage() {}
 
 func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1190,7 @@ func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobResponse.ProtoReflect.Descriptor instead.
 func (*ValidateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ValidateJobResponse) GetValid() bool {
@@ -1123,7 +1225,7 @@ var File_opsconductor_v1_job_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x19opsconductor/v1/job.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1copsconductor/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x03\n" +
+	"\x19opsconductor/v1/job.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1copsconductor/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x12\n" +
@@ -1135,10 +1237,21 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\vcreate_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\x1a9\n" +
+	"updateTime\x128\n" +
+	"\x06policy\x18\n" +
+	" \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd4\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x02\n" +
+	"\x0fExecutionPolicy\x12!\n" +
+	"\fmax_parallel\x18\x01 \x01(\tR\vmaxParallel\x12\x1d\n" +
+	"\n" +
+	"batch_size\x18\x02 \x01(\x05R\tbatchSize\x12:\n" +
+	"\vbatch_pause\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"batchPause\x12!\n" +
+	"\fmax_failures\x18\x04 \x01(\tR\vmaxFailures\x12 \n" +
+	"\vconcurrency\x18\x05 \x01(\tR\vconcurrency\x12>\n" +
+	"\rqueue_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\"\xd4\x02\n" +
 	"\x06Action\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x18\n" +
@@ -1239,74 +1352,78 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
-	(*Action)(nil),                  // 1: opsconductor.v1.Action
-	(*Target)(nil),                  // 2: opsconductor.v1.Target
-	(*CreateJobRequest)(nil),        // 3: opsconductor.v1.CreateJobRequest
-	(*CreateJobResponse)(nil),       // 4: opsconductor.v1.CreateJobResponse
-	(*ListJobsRequest)(nil),         // 5: opsconductor.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 6: opsconductor.v1.ListJobsResponse
-	(*GetJobRequest)(nil),           // 7: opsconductor.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 8: opsconductor.v1.GetJobResponse
-	(*UpdateJobRequest)(nil),        // 9: opsconductor.v1.UpdateJobRequest
-	(*UpdateJobResponse)(nil),       // 10: opsconductor.v1.UpdateJobResponse
-	(*DeleteJobRequest)(nil),        // 11: opsconductor.v1.DeleteJobRequest
-	(*DeleteJobResponse)(nil),       // 12: opsconductor.v1.DeleteJobResponse
-	(*ListJobVersionsRequest)(nil),  // 13: opsconductor.v1.ListJobVersionsRequest
-	(*ListJobVersionsResponse)(nil), // 14: opsconductor.v1.ListJobVersionsResponse
-	(*ValidateJobRequest)(nil),      // 15: opsconductor.v1.ValidateJobRequest
-	(*FieldViolation)(nil),          // 16: opsconductor.v1.FieldViolation
-	(*ResolvedAgent)(nil),           // 17: opsconductor.v1.ResolvedAgent
-	(*ValidateJobResponse)(nil),     // 18: opsconductor.v1.ValidateJobResponse
-	nil,                             // 19: opsconductor.v1.Job.LabelsEntry
-	nil,                             // 20: opsconductor.v1.Action.EnvEntry
-	nil,                             // 21: opsconductor.v1.ResolvedAgent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
-	(*SafetyFinding)(nil),           // 24: opsconductor.v1.SafetyFinding
+	(*ExecutionPolicy)(nil),         // 1: opsconductor.v1.ExecutionPolicy
+	(*Action)(nil),                  // 2: opsconductor.v1.Action
+	(*Target)(nil),                  // 3: opsconductor.v1.Target
+	(*CreateJobRequest)(nil),        // 4: opsconductor.v1.CreateJobRequest
+	(*CreateJobResponse)(nil),       // 5: opsconductor.v1.CreateJobResponse
+	(*ListJobsRequest)(nil),         // 6: opsconductor.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 7: opsconductor.v1.ListJobsResponse
+	(*GetJobRequest)(nil),           // 8: opsconductor.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 9: opsconductor.v1.GetJobResponse
+	(*UpdateJobRequest)(nil),        // 10: opsconductor.v1.UpdateJobRequest
+	(*UpdateJobResponse)(nil),       // 11: opsconductor.v1.UpdateJobResponse
+	(*DeleteJobRequest)(nil),        // 12: opsconductor.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),       // 13: opsconductor.v1.DeleteJobResponse
+	(*ListJobVersionsRequest)(nil),  // 14: opsconductor.v1.ListJobVersionsRequest
+	(*ListJobVersionsResponse)(nil), // 15: opsconductor.v1.ListJobVersionsResponse
+	(*ValidateJobRequest)(nil),      // 16: opsconductor.v1.ValidateJobRequest
+	(*FieldViolation)(nil),          // 17: opsconductor.v1.FieldViolation
+	(*ResolvedAgent)(nil),           // 18: opsconductor.v1.ResolvedAgent
+	(*ValidateJobResponse)(nil),     // 19: opsconductor.v1.ValidateJobResponse
+	nil,                             // 20: opsconductor.v1.Job.LabelsEntry
+	nil,                             // 21: opsconductor.v1.Action.EnvEntry
+	nil,                             // 22: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 23: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 24: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 25: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
-	19, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
-	1,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
-	2,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	22, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	22, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	20, // 5: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	23, // 6: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
-	0,  // 7: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 8: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	24, // 9: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 10: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 11: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 12: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 13: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	24, // 14: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 15: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	21, // 16: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	16, // 17: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	17, // 18: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	16, // 19: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	3,  // 20: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	5,  // 21: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	7,  // 22: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	9,  // 23: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	11, // 24: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	13, // 25: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	15, // 26: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	4,  // 27: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	6,  // 28: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	8,  // 29: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	10, // 30: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	12, // 31: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	14, // 32: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	18, // 33: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	27, // [27:34] is the sub-list for method output_type
-	20, // [20:27] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	20, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
+	2,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
+	3,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
+	23, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	23, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	24, // 6: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
+	24, // 7: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
+	21, // 8: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
+	24, // 9: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	0,  // 10: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 11: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
+	25, // 12: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 13: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 14: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 15: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 16: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	25, // 17: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 18: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	22, // 19: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	17, // 20: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	18, // 21: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	17, // 22: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	4,  // 23: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	6,  // 24: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	8,  // 25: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	10, // 26: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	12, // 27: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	14, // 28: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	16, // 29: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	5,  // 30: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	7,  // 31: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	9,  // 32: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	11, // 33: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	13, // 34: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	15, // 35: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	19, // 36: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	30, // [30:37] is the sub-list for method output_type
+	23, // [23:30] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -1322,7 +1439,7 @@ func file_opsconductor_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
