@@ -354,6 +354,7 @@ func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1
 		return nil, leaseErr(err)
 	}
 	g.logger.Info("task completed", zap.String("task_id", req.Msg.GetTaskId()), zap.String("agent_id", a.ID), zap.String("status", req.Msg.GetStatus()))
+	g.wakeQueued(ctx, req.Msg.GetTaskId())
 	return connect.NewResponse(&agentv1.CompleteTaskResponse{}), nil
 }
 
@@ -363,6 +364,26 @@ func timePtr(t *timestamppb.Timestamp) *time.Time {
 	}
 	v := t.AsTime()
 	return &v
+}
+
+// wakeQueued wakes the agents still waiting in the task's execution: the
+// task's end may have freed a max_parallel slot or opened a batch.
+func (g *Gateway) wakeQueued(ctx context.Context, taskID string) {
+	ctx = context.WithoutCancel(ctx)
+	t, err := g.store.TaskGet(ctx, taskID)
+	if err != nil {
+		return
+	}
+	agents, err := g.store.QueuedAgents(ctx, t.ExecutionID)
+	if err != nil {
+		g.logger.Warn("find agents to wake", zap.Error(err))
+		return
+	}
+	keys := make([]string, len(agents))
+	for i, a := range agents {
+		keys[i] = notify.AgentKey(a)
+	}
+	g.hub.Publish(ctx, keys...)
 }
 
 // RunReaper marks tasks whose lease expired as lost and queued tasks past

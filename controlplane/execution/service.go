@@ -220,7 +220,16 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 		ParentID:       opts.parentID,
 		Policy:         policyJSON,
 		IdempotencyKey: key,
+		BatchSize:      pol.BatchSize,
+		BatchPause:     pol.BatchPause,
 		CreatedAt:      time.Now().UTC().Truncate(time.Microsecond),
+	}
+	if pol.MaxParallel.Set() {
+		rec.MaxParallel = pol.MaxParallel.Of(len(agents))
+	}
+	if pol.MaxFailures.Set() {
+		n := pol.MaxFailures.Of(len(agents))
+		rec.MaxFailures = &n
 	}
 	if override.GetAllow() {
 		rec.AllowDangerous, rec.DangerousReason = true, override.GetReason()

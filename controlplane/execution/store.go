@@ -90,9 +90,15 @@ type ExecutionRecord struct {
 	Reason          string // why it ended as it did, when not obvious
 	WaitingFor      string // the earlier execution it waits for
 	IdempotencyKey  string
-	CreatedAt       time.Time
-	StartedAt       *time.Time
-	FinishedAt      *time.Time
+	// Fan-out, resolved: tasks at once (0: all), rolling batch size (0:
+	// none) and pause, failed targets tolerated (nil: any number).
+	MaxParallel int
+	BatchSize   int
+	BatchPause  time.Duration
+	MaxFailures *int
+	CreatedAt   time.Time
+	StartedAt   *time.Time
+	FinishedAt  *time.Time
 }
 
 // TaskRecord is a stored task.
@@ -200,26 +206,36 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		if e.IdempotencyKey != "" {
 			key = e.IdempotencyKey
 		}
+		maxFailures := -1
+		if e.MaxFailures != nil {
+			maxFailures = *e.MaxFailures
+		}
 		policyJSON := string(e.Policy)
 		if policyJSON == "" {
 			policyJSON = "{}"
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
-			created_by, allow_dangerous, dangerous_reason, parent_id, policy, waiting_for, idempotency_key)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15)`,
+			created_by, allow_dangerous, dangerous_reason, parent_id, policy, waiting_for, idempotency_key,
+			max_parallel, batch_size, batch_pause_ms, max_failures)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
 			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
-			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID, policyJSON, e.WaitingFor, key); err != nil {
+			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID, policyJSON, e.WaitingFor, key,
+			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
-		for _, t := range tasks {
+		for i, t := range tasks {
+			batch := 0
+			if e.BatchSize > 0 {
+				batch = i / e.BatchSize
+			}
 			var expires sql.NullTime
 			if e.WaitingFor == "" && t.QueueTimeout > 0 {
 				expires = sql.NullTime{Time: e.CreatedAt.Add(t.QueueTimeout).UTC(), Valid: true}
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at,
-				queue_timeout_seconds, queue_expires_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
-				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC(), int64(t.QueueTimeout/time.Second), expires); err != nil {
+				queue_timeout_seconds, queue_expires_at, batch)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC(), int64(t.QueueTimeout/time.Second), expires, batch); err != nil {
 				return fmt.Errorf("insert task for agent %s: %w", t.AgentName, store.Translate(err))
 			}
 		}
@@ -380,8 +396,14 @@ func (s *Store) OutputByExecution(ctx context.Context, executionID string) (map[
 // other). The lease runs until now+lease.
 func (s *Store) TaskClaimNext(ctx context.Context, agentID string, max int, lease time.Duration) ([]Claim, error) {
 	var claims []Claim
+	var full []string // executions found at their max_parallel in this round
 	for len(claims) < max {
-		c, ok, err := s.claimOne(ctx, agentID, lease)
+		c, ok, err := s.claimOne(ctx, agentID, lease, full)
+		var over *overParallel
+		if errors.As(err, &over) {
+			full = append(full, over.execution)
+			continue
+		}
 		if err != nil {
 			return claims, err
 		}
@@ -393,18 +415,37 @@ func (s *Store) TaskClaimNext(ctx context.Context, agentID string, max int, leas
 	return claims, nil
 }
 
-func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duration) (Claim, bool, error) {
+// overParallel rolls back a claim that would exceed its execution's
+// max_parallel (two claimers raced past the check in the query).
+type overParallel struct{ execution string }
+
+func (e *overParallel) Error() string { return "execution " + e.execution + " is at its max_parallel" }
+
+// claimOne leases the agent's oldest claimable task: its execution is not
+// waiting for another, the task's batch has started, and the execution is
+// below its max_parallel. exclude lists executions to pass over.
+func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duration, exclude []string) (Claim, bool, error) {
 	var c Claim
 	found := false
 	err := s.db.InTx(ctx, func(tx *store.Tx) error {
 		t := now()
 		until := t.Add(lease)
+		args := []any{TaskRunning, until, t, agentID, TaskQueued}
+		skip := ""
+		for _, id := range exclude {
+			args = append(args, id)
+			skip += fmt.Sprintf(" AND tk.execution_id <> $%d", len(args))
+		}
 		var taskID string
 		err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, lease_generation = lease_generation + 1, lease_expires_at = $2, started_at = $3
-			WHERE id = (SELECT id FROM tasks WHERE agent_id = $4 AND status = $5
-				AND execution_id NOT IN (SELECT id FROM executions WHERE waiting_for <> '')
-				ORDER BY created_at, id LIMIT 1`+store.SkipLocked(tx)+`)
-			RETURNING id`, TaskRunning, until, t, agentID, TaskQueued).Scan(&taskID)
+			WHERE id = (SELECT tk.id FROM tasks tk WHERE tk.agent_id = $4 AND tk.status = $5`+skip+`
+				AND EXISTS (SELECT 1 FROM executions e WHERE e.id = tk.execution_id
+					AND e.waiting_for = ''
+					AND tk.batch <= e.current_batch
+					AND (e.batch_ready_at IS NULL OR e.batch_ready_at <= $3)
+					AND (e.max_parallel = 0 OR e.max_parallel > (SELECT COUNT(*) FROM tasks r WHERE r.execution_id = e.id AND r.status = $1)))
+				ORDER BY tk.created_at, tk.id LIMIT 1`+store.SkipLocked(tx)+`)
+			RETURNING id`, args...).Scan(&taskID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}
@@ -426,6 +467,18 @@ func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duratio
 			Type: "task.status", ExecutionId: task.ExecutionID, TaskId: task.ID, AgentName: task.AgentName, Status: TaskRunning, Time: timestamppb.New(t),
 		}); err != nil {
 			return err
+		}
+		// appendEvent locked the execution row: claims of one execution are
+		// serialised here, so this count is exact. Two claimers may have
+		// passed the check in the query together; the later one backs off.
+		var maxParallel, running int
+		if err := tx.QueryRowContext(ctx, `SELECT max_parallel, (SELECT COUNT(*) FROM tasks WHERE execution_id = $1 AND status = $2) FROM executions WHERE id = $1`,
+			task.ExecutionID, TaskRunning).Scan(&maxParallel, &running); err != nil {
+			return fmt.Errorf("count running tasks of %s: %w", task.ExecutionID, err)
+		}
+		if maxParallel > 0 && running > maxParallel {
+			found = false
+			return &overParallel{execution: task.ExecutionID}
 		}
 		if execStatus == ExecQueued {
 			if _, err := tx.ExecContext(ctx, `UPDATE executions SET status = $1, started_at = $2 WHERE id = $3 AND status = $4`,
@@ -670,7 +723,7 @@ func (s *Store) TaskComplete(ctx context.Context, agentID, taskID string, gen in
 		}); err != nil {
 			return err
 		}
-		if err := finishIfDone(ctx, tx, t.ExecutionID, end); err != nil {
+		if err := afterTaskEnded(ctx, tx, t.ExecutionID, end); err != nil {
 			return err
 		}
 		if afterCommit != nil {
@@ -725,7 +778,7 @@ func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit 
 			if afterCommit != nil {
 				tx.AfterCommit(afterCommit)
 			}
-			return finishIfDone(ctx, tx, execID, end)
+			return afterTaskEnded(ctx, tx, execID, end)
 		})
 		if err != nil {
 			return n, err
@@ -775,13 +828,111 @@ func (s *Store) TaskLoseByAgent(ctx context.Context, agentID, reason string, aft
 			if afterCommit != nil {
 				tx.AfterCommit(afterCommit)
 			}
-			return finishIfDone(ctx, tx, execID, end)
+			return afterTaskEnded(ctx, tx, execID, end)
 		})
 		if err != nil {
 			return n, err
 		}
 	}
 	return n, nil
+}
+
+// failedStatuses are the task outcomes that count against max_failures.
+var failedStatuses = []string{TaskFailed, TaskTimedOut, TaskLost, TaskExpired, TaskUnknown}
+
+// afterTaskEnded runs after a task reached a final status: it applies the
+// failure threshold (skipping what has not started once too many targets
+// failed), opens the next rolling batch when the current one is done, and
+// ends the execution when nothing is left.
+func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end time.Time) error {
+	var maxFailures, batchSize, currentBatch int
+	var pauseMS int64
+	var reason string
+	if err := tx.QueryRowContext(ctx, `SELECT max_failures, batch_size, batch_pause_ms, current_batch, reason FROM executions WHERE id = $1`, executionID).
+		Scan(&maxFailures, &batchSize, &pauseMS, &currentBatch, &reason); err != nil {
+		return fmt.Errorf("read policy of %s: %w", executionID, err)
+	}
+	if maxFailures >= 0 && reason == "" {
+		var failed, total int
+		if err := tx.QueryRowContext(ctx, `SELECT
+			(SELECT COUNT(*) FROM tasks WHERE execution_id = $1 AND status IN ($2, $3, $4, $5, $6)),
+			(SELECT COUNT(*) FROM tasks WHERE execution_id = $1)`,
+			executionID, failedStatuses[0], failedStatuses[1], failedStatuses[2], failedStatuses[3], failedStatuses[4]).Scan(&failed, &total); err != nil {
+			return fmt.Errorf("count failures of %s: %w", executionID, err)
+		}
+		if failed > maxFailures {
+			why := fmt.Sprintf("failure threshold reached: %d of %d targets failed (max_failures %d); targets not yet started were skipped", failed, total, maxFailures)
+			if _, err := tx.ExecContext(ctx, `UPDATE executions SET reason = $1 WHERE id = $2`, why, executionID); err != nil {
+				return fmt.Errorf("record reason of %s: %w", executionID, err)
+			}
+			rows, err := tx.QueryContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3
+				WHERE execution_id = $4 AND status = $5 RETURNING id, agent_name`, TaskSkipped, "skipped: the execution's failure threshold was reached", end, executionID, TaskQueued)
+			if err != nil {
+				return fmt.Errorf("skip remaining tasks of %s: %w", executionID, err)
+			}
+			type skipped struct{ id, agent string }
+			var done []skipped
+			for rows.Next() {
+				var sk skipped
+				if err := rows.Scan(&sk.id, &sk.agent); err != nil {
+					rows.Close()
+					return err
+				}
+				done = append(done, sk)
+			}
+			rows.Close()
+			for _, sk := range done {
+				if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "task.status", ExecutionId: executionID, TaskId: sk.id,
+					AgentName: sk.agent, Status: TaskSkipped, Error: "skipped: the execution's failure threshold was reached", Time: timestamppb.New(end)}); err != nil {
+					return err
+				}
+			}
+			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.threshold", ExecutionId: executionID, Error: why, Time: timestamppb.New(end)}); err != nil {
+				return err
+			}
+		}
+	}
+	if batchSize > 0 {
+		// Open the next batch once every task of the current one ended.
+		var unfinished, lastBatch int
+		if err := tx.QueryRowContext(ctx, `SELECT
+			(SELECT COUNT(*) FROM tasks WHERE execution_id = $1 AND batch <= $2 AND status IN ($3, $4)),
+			(SELECT COALESCE(MAX(batch), 0) FROM tasks WHERE execution_id = $1)`,
+			executionID, currentBatch, TaskQueued, TaskRunning).Scan(&unfinished, &lastBatch); err != nil {
+			return fmt.Errorf("check batch of %s: %w", executionID, err)
+		}
+		if unfinished == 0 && currentBatch < lastBatch {
+			ready := end.Add(time.Duration(pauseMS) * time.Millisecond)
+			if _, err := tx.ExecContext(ctx, `UPDATE executions SET current_batch = current_batch + 1, batch_ready_at = $1 WHERE id = $2`, ready, executionID); err != nil {
+				return fmt.Errorf("open the next batch of %s: %w", executionID, err)
+			}
+			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.batch", ExecutionId: executionID,
+				Status: fmt.Sprintf("batch %d of %d", currentBatch+2, lastBatch+1), Time: timestamppb.New(ready)}); err != nil {
+				return err
+			}
+		}
+	}
+	return finishIfDone(ctx, tx, executionID, end)
+}
+
+// QueuedAgents lists the agents with queued tasks in the execution: after a
+// task ends they may have work they could not take before (a free
+// max_parallel slot, a new batch).
+func (s *Store) QueuedAgents(ctx context.Context, executionID string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT agent_id FROM tasks WHERE execution_id = $1 AND status = $2`, executionID, TaskQueued)
+	if err != nil {
+		return nil, fmt.Errorf("find queued agents of %s: %w", executionID, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var a string
+		if err := rows.Scan(&a); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
 }
 
 // finishIfDone ends the execution when none of its tasks is queued or
@@ -917,7 +1068,7 @@ func (s *Store) TaskExpireQueued(ctx context.Context, at time.Time, afterCommit 
 			if afterCommit != nil {
 				tx.AfterCommit(afterCommit)
 			}
-			return finishIfDone(ctx, tx, execID, end)
+			return afterTaskEnded(ctx, tx, execID, end)
 		})
 		if err != nil {
 			return n, err

@@ -26,15 +26,21 @@ func setup(t *testing.T, d store.Dialect) testBundle {
 // makeExecution stores an execution with one queued task per agent.
 func (b testBundle) makeExecution(t *testing.T, id string, agents ...string) []TaskRecord {
 	t.Helper()
+	return b.makeExecutionWith(t, ExecutionRecord{}, id, agents...)
+}
+
+// makeExecutionWith is makeExecution with fan-out settings from base.
+func (b testBundle) makeExecutionWith(t *testing.T, base ExecutionRecord, id string, agents ...string) []TaskRecord {
+	t.Helper()
 	var tasks []TaskRecord
 	for i, a := range agents {
 		tasks = append(tasks, TaskRecord{ID: fmt.Sprintf("%s-t%03d", id, i), AgentID: a, AgentName: "name-" + a, OutputLimit: 64})
 	}
 	woke := false
-	_, err := b.st.ExecutionCreate(b.ctx, ExecutionRecord{
-		ID: id, JobID: "job-1", JobName: "job", JobVersion: 3, Snapshot: []byte(`{"name":"job"}`), CorrelationID: "corr-1",
-		CreatedAt: time.Now().UTC(),
-	}, tasks, ConcurrencyAllow, func() { woke = true })
+	rec := base
+	rec.ID, rec.JobID, rec.JobName, rec.JobVersion, rec.Snapshot, rec.CorrelationID, rec.CreatedAt =
+		id, "job-1", "job", 3, []byte(`{"name":"job"}`), "corr-1", time.Now().UTC()
+	_, err := b.st.ExecutionCreate(b.ctx, rec, tasks, ConcurrencyAllow, func() { woke = true })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,6 +307,71 @@ func TestStoreContract(t *testing.T) {
 				}
 				if e, _ := b.st.ExecutionGet(b.ctx, "e3"); e.Status != ExecCancelled {
 					t.Fatalf("an all-queued execution after cancel = %s, want cancelled at once", e.Status)
+				}
+			})
+
+			t.Run("fan-out", func(t *testing.T) {
+				b := setup(t, d)
+				claim := func(agent string) string {
+					c, err := b.st.TaskClaimNext(b.ctx, agent, 1, time.Minute)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if len(c) == 0 {
+						return ""
+					}
+					return c[0].Task.ID
+				}
+				complete := func(agent, id, status string) {
+					if err := b.st.TaskComplete(b.ctx, agent, id, 1, status, "", nil, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+				// max_parallel 2 of 3.
+				b.makeExecutionWith(t, ExecutionRecord{MaxParallel: 2}, "p", "a1", "a2", "a3")
+				t1, t2 := claim("a1"), claim("a2")
+				if t1 == "" || t2 == "" || claim("a3") != "" {
+					t.Fatal("max_parallel 2 let a third task start (or blocked the first two)")
+				}
+				complete("a1", t1, TaskSucceeded)
+				t3 := claim("a3")
+				if t3 == "" {
+					t.Fatal("a freed slot was not reused")
+				}
+				complete("a2", t2, TaskSucceeded)
+				complete("a3", t3, TaskSucceeded)
+
+				// Batches of 2: the second batch waits for the first.
+				b.makeExecutionWith(t, ExecutionRecord{BatchSize: 2}, "b", "b1", "b2", "b3")
+				u1, u2 := claim("b1"), claim("b2")
+				if u1 == "" || u2 == "" || claim("b3") != "" {
+					t.Fatal("the second batch started with the first")
+				}
+				complete("b1", u1, TaskSucceeded)
+				if claim("b3") != "" {
+					t.Fatal("the second batch started before the first ended")
+				}
+				complete("b2", u2, TaskFailed)
+				if u3 := claim("b3"); u3 == "" {
+					t.Fatal("the second batch did not open")
+				} else {
+					complete("b3", u3, TaskSucceeded)
+				}
+
+				// max_failures 0: the first failure skips what has not started.
+				zero := 0
+				b.makeExecutionWith(t, ExecutionRecord{MaxFailures: &zero}, "f", "c1", "c2", "c3")
+				v1 := claim("c1")
+				complete("c1", v1, TaskFailed)
+				tasks, _ := b.st.TaskListByExecution(b.ctx, "f")
+				for _, tk := range tasks {
+					if tk.AgentID != "c1" && tk.Status != TaskSkipped {
+						t.Fatalf("after the threshold: %+v", tk)
+					}
+				}
+				e, _ := b.st.ExecutionGet(b.ctx, "f")
+				if e.Status != ExecFailed || !strings.Contains(e.Reason, "failure threshold reached: 1 of 3") {
+					t.Fatalf("execution after the threshold = %+v", e)
 				}
 			})
 
