@@ -142,6 +142,13 @@ func (p *Process) Exited() bool {
 	}
 }
 
+// Kill ends the process at once with SIGKILL (a crash, not a shutdown) and
+// waits for it. Processes it started in their own process groups live on.
+func (p *Process) Kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
+}
+
 // Stop ends the process group: SIGTERM, then SIGKILL after 10s.
 func (p *Process) Stop(t testing.TB) {
 	if p.Exited() {

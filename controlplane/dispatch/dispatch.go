@@ -366,6 +366,43 @@ func timePtr(t *timestamppb.Timestamp) *time.Time {
 	return &v
 }
 
+// reassign moves a requeued task to another online agent that the job's
+// targets match, if there is one; otherwise it stays with its agent, which
+// may come back within the queue timeout.
+func (g *Gateway) reassign(ctx context.Context, lt execution.LostTask) {
+	e, err := g.store.ExecutionGet(ctx, lt.ExecutionID)
+	if err != nil {
+		g.logger.Warn("reassign lost task", zap.String("task_id", lt.TaskID), zap.Error(err))
+		return
+	}
+	job := &opsconductorv1.Job{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(e.Snapshot, job); err != nil {
+		g.logger.Warn("reassign lost task", zap.String("task_id", lt.TaskID), zap.Error(err))
+		return
+	}
+	agents, _, err := g.registry.Resolve(ctx, job.GetTargets())
+	if err != nil {
+		g.logger.Warn("reassign lost task", zap.String("task_id", lt.TaskID), zap.Error(err))
+		return
+	}
+	for _, a := range agents {
+		if a.ID == lt.AgentID || !g.registry.Online(a) {
+			continue
+		}
+		moved, err := g.store.TaskReassign(ctx, lt.TaskID, lt.AgentID, a.ID, a.Name)
+		if err != nil {
+			g.logger.Warn("reassign lost task", zap.String("task_id", lt.TaskID), zap.Error(err))
+			return
+		}
+		if moved {
+			g.logger.Info("lost task re-queued on another agent", zap.String("task_id", lt.TaskID), zap.String("agent_id", a.ID))
+			g.hub.Publish(ctx, notify.AgentKey(a.ID))
+		}
+		return
+	}
+	g.logger.Info("lost task waits for its agent to return", zap.String("task_id", lt.TaskID), zap.String("agent_id", lt.AgentID))
+}
+
 // wakeQueued wakes the agents still waiting in the task's execution: the
 // task's end may have freed a max_parallel slot or opened a batch.
 func (g *Gateway) wakeQueued(ctx context.Context, taskID string) {
@@ -398,15 +435,19 @@ func (g *Gateway) RunReaper(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		n, err := g.store.TaskExpireLeases(ctx, time.Now(), g.nudge)
+		lost, err := g.store.TaskExpireLeases(ctx, time.Now(), g.nudge)
 		if err != nil && ctx.Err() == nil {
 			g.logger.Error("expire task leases", zap.Error(err))
 		}
-		if n > 0 {
-			g.tasksLost.Add(float64(n))
-			g.logger.Warn("tasks lost: their agents stopped reporting", zap.Int("tasks", n))
+		for _, lt := range lost {
+			g.tasksLost.Inc()
+			g.logger.Warn("task lost: its agent stopped reporting", zap.String("task_id", lt.TaskID),
+				zap.String("agent_id", lt.AgentID), zap.Bool("requeued", lt.Requeued))
+			if lt.Requeued {
+				g.reassign(ctx, lt)
+			}
 		}
-		n, err = g.store.TaskExpireQueued(ctx, time.Now(), g.nudge)
+		n, err := g.store.TaskExpireQueued(ctx, time.Now(), g.nudge)
 		if err != nil && ctx.Err() == nil {
 			g.logger.Error("expire queued tasks", zap.Error(err))
 		}

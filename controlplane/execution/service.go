@@ -221,6 +221,7 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 		Policy:         policyJSON,
 		IdempotencyKey: key,
 		BatchSize:      pol.BatchSize,
+		OnAgentLoss:    pol.OnAgentLoss,
 		BatchPause:     pol.BatchPause,
 		CreatedAt:      time.Now().UTC().Truncate(time.Microsecond),
 	}

@@ -1,6 +1,7 @@
 package execution
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"embed"
@@ -96,6 +97,8 @@ type ExecutionRecord struct {
 	BatchSize   int
 	BatchPause  time.Duration
 	MaxFailures *int
+	// OnAgentLoss is "fail" (default) or "requeue".
+	OnAgentLoss string
 	CreatedAt   time.Time
 	StartedAt   *time.Time
 	FinishedAt  *time.Time
@@ -216,11 +219,11 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
 			created_by, allow_dangerous, dangerous_reason, parent_id, policy, waiting_for, idempotency_key,
-			max_parallel, batch_size, batch_pause_ms, max_failures)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
+			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
 			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
 			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID, policyJSON, e.WaitingFor, key,
-			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures); err != nil {
+			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures, cmp.Or(e.OnAgentLoss, "fail")); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
 		for i, t := range tasks {
@@ -733,12 +736,22 @@ func (s *Store) TaskComplete(ctx context.Context, agentID, taskID string, gen in
 	})
 }
 
-// TaskExpireLeases marks running tasks whose lease ran out before now as
-// lost and returns how many. Later issues re-queue some of them.
-func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit func()) (int, error) {
+// LostTask is a task whose agent stopped reporting.
+type LostTask struct {
+	TaskID, ExecutionID, AgentID string
+	// Requeued: the execution's on_agent_loss policy put the task back in
+	// the queue (still for the same agent, until Reassign moves it).
+	Requeued bool
+}
+
+// TaskExpireLeases deals with running tasks whose lease ran out before at:
+// they end lost, or, when their execution's on_agent_loss policy is
+// requeue, go back to the queue with a fresh queue deadline (a later claim
+// bumps the lease generation, so the old agent's reports are refused).
+func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit func()) ([]LostTask, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, lease_generation FROM tasks WHERE status = $1 AND lease_expires_at < $2 ORDER BY lease_expires_at LIMIT 500`, TaskRunning, at.UTC())
 	if err != nil {
-		return 0, fmt.Errorf("find expired leases: %w", err)
+		return nil, fmt.Errorf("find expired leases: %w", err)
 	}
 	type lease struct {
 		id  string
@@ -749,42 +762,103 @@ func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit 
 		var l lease
 		if err := rows.Scan(&l.id, &l.gen); err != nil {
 			rows.Close()
-			return 0, err
+			return nil, err
 		}
 		expired = append(expired, l)
 	}
 	rows.Close()
-	n := 0
+	var lost []LostTask
+	const why = "lease expired: the agent stopped reporting on this task"
 	for _, l := range expired {
 		err := s.db.InTx(ctx, func(tx *store.Tx) error {
-			var execID, agentName string
-			err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3, lease_expires_at = NULL
-				WHERE id = $4 AND lease_generation = $5 AND status = $6 AND lease_expires_at < $7 RETURNING execution_id, agent_name`,
-				TaskLost, "lease expired: the agent stopped reporting on this task", now(), l.id, l.gen, TaskRunning, at.UTC()).Scan(&execID, &agentName)
+			var lt LostTask
+			var agentName, onLoss string
+			var queueSecs int64
+			err := tx.QueryRowContext(ctx, `SELECT t.execution_id, t.agent_id, t.agent_name, t.queue_timeout_seconds, e.on_agent_loss
+				FROM tasks t JOIN executions e ON e.id = t.execution_id
+				WHERE t.id = $1 AND t.lease_generation = $2 AND t.status = $3 AND t.lease_expires_at < $4`,
+				l.id, l.gen, TaskRunning, at.UTC()).Scan(&lt.ExecutionID, &lt.AgentID, &agentName, &queueSecs, &onLoss)
 			if errors.Is(err, sql.ErrNoRows) {
 				return nil // completed or extended meanwhile
 			}
 			if err != nil {
+				return fmt.Errorf("read expired task %s: %w", l.id, err)
+			}
+			lt.TaskID = l.id
+			end := now()
+			if onLoss == "requeue" && !s.cancelRequested(ctx, tx, l.id) {
+				var expires sql.NullTime
+				if queueSecs > 0 {
+					expires = sql.NullTime{Time: end.Add(time.Duration(queueSecs) * time.Second), Valid: true}
+				}
+				res, err := tx.ExecContext(ctx, `UPDATE tasks SET status = $1, error = $2, lease_expires_at = NULL, started_at = NULL, queue_expires_at = $3
+					WHERE id = $4 AND lease_generation = $5 AND status = $6`, TaskQueued, why+"; re-queued", expires, l.id, l.gen, TaskRunning)
+				if err != nil {
+					return fmt.Errorf("requeue task %s: %w", l.id, err)
+				}
+				if n, _ := res.RowsAffected(); n != 1 {
+					return nil
+				}
+				lt.Requeued = true
+				lost = append(lost, lt)
+				if afterCommit != nil {
+					tx.AfterCommit(afterCommit)
+				}
+				return appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+					Type: "task.status", ExecutionId: lt.ExecutionID, TaskId: l.id, AgentName: agentName, Status: TaskQueued,
+					Error: why + "; re-queued", Time: timestamppb.New(end),
+				})
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3, lease_expires_at = NULL
+				WHERE id = $4 AND lease_generation = $5 AND status = $6`, TaskLost, why, end, l.id, l.gen, TaskRunning); err != nil {
 				return fmt.Errorf("expire task %s: %w", l.id, err)
 			}
-			n++
-			end := now()
+			lost = append(lost, lt)
 			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
-				Type: "task.status", ExecutionId: execID, TaskId: l.id, AgentName: agentName, Status: TaskLost,
-				Error: "lease expired: the agent stopped reporting on this task", Time: timestamppb.New(end),
+				Type: "task.status", ExecutionId: lt.ExecutionID, TaskId: l.id, AgentName: agentName, Status: TaskLost,
+				Error: why, Time: timestamppb.New(end),
 			}); err != nil {
 				return err
 			}
 			if afterCommit != nil {
 				tx.AfterCommit(afterCommit)
 			}
-			return afterTaskEnded(ctx, tx, execID, end)
+			return afterTaskEnded(ctx, tx, lt.ExecutionID, end)
 		})
 		if err != nil {
-			return n, err
+			return lost, err
 		}
 	}
-	return n, nil
+	return lost, nil
+}
+
+func (s *Store) cancelRequested(ctx context.Context, tx *store.Tx, taskID string) bool {
+	var c bool
+	_ = tx.QueryRowContext(ctx, `SELECT cancel_requested FROM tasks WHERE id = $1`, taskID).Scan(&c)
+	return c
+}
+
+// TaskReassign moves a queued task from one agent to another (a requeued
+// task whose agent is gone). It reports whether the task was still queued
+// for from.
+func (s *Store) TaskReassign(ctx context.Context, taskID, from, toID, toName string) (bool, error) {
+	moved := false
+	err := s.db.InTx(ctx, func(tx *store.Tx) error {
+		var execID string
+		err := tx.QueryRowContext(ctx, `UPDATE tasks SET agent_id = $1, agent_name = $2
+			WHERE id = $3 AND agent_id = $4 AND status = $5 RETURNING execution_id`,
+			toID, toName, taskID, from, TaskQueued).Scan(&execID)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("reassign task %s: %w", taskID, err)
+		}
+		moved = true
+		return appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "task.reassigned", ExecutionId: execID, TaskId: taskID, AgentName: toName,
+			Status: TaskQueued, Error: "re-queued from an agent that stopped reporting", Time: timestamppb.New(now())})
+	})
+	return moved, err
 }
 
 // TaskLoseByAgent ends every queued and running task of the agent as lost

@@ -198,13 +198,13 @@ func TestStoreContract(t *testing.T) {
 				b := setup(t, d)
 				b.makeExecution(t, "e1", "a1")
 				c, _ := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Second)
-				n, err := b.st.TaskExpireLeases(b.ctx, time.Now(), nil)
-				if err != nil || n != 0 {
-					t.Fatalf("expire before the lease ends = %d, %v", n, err)
+				lost, err := b.st.TaskExpireLeases(b.ctx, time.Now(), nil)
+				if err != nil || len(lost) != 0 {
+					t.Fatalf("expire before the lease ends = %v, %v", lost, err)
 				}
-				n, err = b.st.TaskExpireLeases(b.ctx, time.Now().Add(2*time.Second), nil)
-				if err != nil || n != 1 {
-					t.Fatalf("expire after the lease ends = %d, %v", n, err)
+				lost, err = b.st.TaskExpireLeases(b.ctx, time.Now().Add(2*time.Second), nil)
+				if err != nil || len(lost) != 1 || lost[0].Requeued {
+					t.Fatalf("expire after the lease ends = %v, %v", lost, err)
 				}
 				task, _ := b.st.TaskGet(b.ctx, c[0].Task.ID)
 				if task.Status != TaskLost || task.Error == "" {
@@ -215,6 +215,34 @@ func TestStoreContract(t *testing.T) {
 				}
 				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecFailed {
 					t.Fatalf("execution = %s, want failed", e.Status)
+				}
+			})
+
+			t.Run("expired lease with requeue", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeExecutionWith(t, ExecutionRecord{OnAgentLoss: "requeue"}, "e1", "a1")
+				c, _ := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Second)
+				lost, err := b.st.TaskExpireLeases(b.ctx, time.Now().Add(2*time.Second), nil)
+				if err != nil || len(lost) != 1 || !lost[0].Requeued {
+					t.Fatalf("expire = %v, %v; want requeued", lost, err)
+				}
+				moved, err := b.st.TaskReassign(b.ctx, c[0].Task.ID, "a1", "a2", "name-a2")
+				if err != nil || !moved {
+					t.Fatalf("reassign = %v, %v", moved, err)
+				}
+				again, _ := b.st.TaskClaimNext(b.ctx, "a2", 1, time.Minute)
+				if len(again) != 1 || again[0].Task.LeaseGeneration != 2 {
+					t.Fatalf("claim on a2 = %+v, want generation 2", again)
+				}
+				// The first agent's stale report cannot change anything.
+				if err := b.st.TaskComplete(b.ctx, "a1", c[0].Task.ID, 1, TaskFailed, "late", nil, nil); !errors.Is(err, ErrLeaseLost) {
+					t.Fatalf("stale report: %v", err)
+				}
+				if err := b.st.TaskComplete(b.ctx, "a2", c[0].Task.ID, 2, TaskSucceeded, "", nil, nil); err != nil {
+					t.Fatal(err)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecSucceeded {
+					t.Fatalf("execution = %s", e.Status)
 				}
 			})
 

@@ -25,6 +25,12 @@ const (
 	Queue = "queue"
 )
 
+// What happens to a task whose agent stopped reporting.
+const (
+	LossFail    = "fail"
+	LossRequeue = "requeue"
+)
+
 // DefaultQueueTimeout applies when a policy sets none.
 const DefaultQueueTimeout = 24 * time.Hour
 
@@ -68,6 +74,7 @@ type Policy struct {
 	MaxFailures  Amount
 	Concurrency  string
 	QueueTimeout time.Duration
+	OnAgentLoss  string
 }
 
 func parseAmount(s string, allowZero bool) (Amount, error) {
@@ -127,6 +134,12 @@ func parse(prefix string, p *opsconductorv1.ExecutionPolicy) (Policy, []apperr.V
 	default:
 		bad("concurrency", "must be allow, skip or queue, not %q", c)
 	}
+	switch l := p.GetOnAgentLoss(); l {
+	case "", LossFail, LossRequeue:
+		out.OnAgentLoss = l
+	default:
+		bad("on_agent_loss", "must be fail or requeue, not %q", l)
+	}
 	if d := p.GetQueueTimeout(); d != nil {
 		switch {
 		case !d.IsValid() || d.AsDuration() < 0:
@@ -164,6 +177,9 @@ func Merge(base, override *opsconductorv1.ExecutionPolicy) *opsconductorv1.Execu
 		if p.GetQueueTimeout() != nil {
 			out.QueueTimeout = p.GetQueueTimeout()
 		}
+		if p.GetOnAgentLoss() != "" {
+			out.OnAgentLoss = p.GetOnAgentLoss()
+		}
 	}
 	return out
 }
@@ -176,6 +192,10 @@ func Resolve(prefix string, base, override *opsconductorv1.ExecutionPolicy) (Pol
 	if p.Concurrency == "" {
 		p.Concurrency = Allow
 		merged.Concurrency = Allow
+	}
+	if p.OnAgentLoss == "" {
+		p.OnAgentLoss = LossFail
+		merged.OnAgentLoss = LossFail
 	}
 	if p.QueueTimeout == 0 {
 		p.QueueTimeout = DefaultQueueTimeout

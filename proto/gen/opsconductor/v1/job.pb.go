@@ -166,7 +166,12 @@ type ExecutionPolicy struct {
 	// (default), "skip" (refuse the new one) or "queue" (it waits).
 	Concurrency string `protobuf:"bytes,5,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
 	// A task no agent claims within this time ends "expired" (default 24h).
-	QueueTimeout  *durationpb.Duration `protobuf:"bytes,6,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	QueueTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=queue_timeout,json=queueTimeout,proto3" json:"queue_timeout,omitempty"`
+	// When an agent stops reporting on a task (its lease expires): "fail"
+	// (default: the task ends lost) or "requeue" (the task goes back to the
+	// queue for another online agent the job's targets match, or for the
+	// same agent when it returns).
+	OnAgentLoss   string `protobuf:"bytes,7,opt,name=on_agent_loss,json=onAgentLoss,proto3" json:"on_agent_loss,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -241,6 +246,13 @@ func (x *ExecutionPolicy) GetQueueTimeout() *durationpb.Duration {
 		return x.QueueTimeout
 	}
 	return nil
+}
+
+func (x *ExecutionPolicy) GetOnAgentLoss() string {
+	if x != nil {
+		return x.OnAgentLoss
+	}
+	return ""
 }
 
 type Action struct {
@@ -1242,7 +1254,7 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	" \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x94\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x02\n" +
 	"\x0fExecutionPolicy\x12!\n" +
 	"\fmax_parallel\x18\x01 \x01(\tR\vmaxParallel\x12\x1d\n" +
 	"\n" +
@@ -1251,7 +1263,8 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"batchPause\x12!\n" +
 	"\fmax_failures\x18\x04 \x01(\tR\vmaxFailures\x12 \n" +
 	"\vconcurrency\x18\x05 \x01(\tR\vconcurrency\x12>\n" +
-	"\rqueue_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\"\xd4\x02\n" +
+	"\rqueue_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x12\"\n" +
+	"\ron_agent_loss\x18\a \x01(\tR\vonAgentLoss\"\xd4\x02\n" +
 	"\x06Action\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x18\n" +
