@@ -14,6 +14,7 @@ import (
 
 	"connectrpc.com/connect"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/opsconductor/opsconductor/agent/executor"
@@ -40,6 +41,8 @@ type Config struct {
 	FlushInterval time.Duration
 	// AgentName is given to actions as OPSCONDUCTOR_AGENT_NAME.
 	AgentName string
+	// Jitter draws retry delays (nil: randomly seeded).
+	Jitter *Jitter
 }
 
 // Runner runs tasks. It is safe for concurrent use.
@@ -62,6 +65,9 @@ func New(client Client, exec executor.Executor, checker *safety.Checker, logger 
 	}
 	if cfg.FlushInterval <= 0 {
 		cfg.FlushInterval = 250 * time.Millisecond
+	}
+	if cfg.Jitter == nil {
+		cfg.Jitter = NewJitter(0)
 	}
 	return &Runner{client: client, executor: exec, checker: checker, cfg: cfg, logger: logger}
 }
@@ -157,10 +163,10 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			continue
 		}
 		start := time.Now()
-		res := r.executor.Execute(ctx, act, streamWriter{buf, i, "stdout"}, streamWriter{buf, i, "stderr"})
+		res := r.attempts(ctx, act, a.GetRetry(), buf, out, log)
 		out.StartTime, out.EndTime = timestamppb.New(start), timestamppb.New(time.Now())
 		out.Status, out.ExitCode, out.Error = res.Status, int32(res.ExitCode), res.Error
-		log.Info("action finished", zap.Int("action_index", i), zap.String("action", a.GetName()),
+		log.Info("action finished", zap.Int("action_index", i), zap.String("action", a.GetName()), zap.Int("attempts", len(out.GetAttempts())),
 			zap.String("status", res.Status), zap.Int("exit_code", res.ExitCode), zap.Duration("duration", time.Since(start)))
 		if res.Status == executor.StatusSucceeded {
 			continue
@@ -180,6 +186,32 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 		}
 	}
 	return status, errMsg, outcomes
+}
+
+// attempts runs an action under its retry policy, recording every try in
+// out, and returns how the last one ended. A marker line on stderr shows
+// where each retry's output starts.
+func (r *Runner) attempts(ctx context.Context, act executor.Action, policy *opsconductorv1.RetryPolicy, buf *outputBuffer, out *agentv1.ActionOutcome, log *zap.Logger) executor.Result {
+	b := BackoffFrom(policy)
+	var res executor.Result
+	var delay time.Duration
+	for n := 1; ; n++ {
+		start := time.Now()
+		res = r.executor.Execute(ctx, act, streamWriter{buf, act.Index, "stdout"}, streamWriter{buf, act.Index, "stderr"})
+		out.Attempts = append(out.Attempts, &opsconductorv1.Attempt{Number: int32(n), Status: res.Status, ExitCode: int32(res.ExitCode), Error: res.Error,
+			StartTime: timestamppb.New(start), EndTime: timestamppb.New(time.Now()), DelayBefore: durationpb.New(delay)})
+		if n >= b.Attempts || !b.Retries(res) || ctx.Err() != nil {
+			return res
+		}
+		delay = b.Delay(n, r.cfg.Jitter)
+		log.Info("action failed; retrying", zap.Int("action_index", act.Index), zap.Int("attempt", n), zap.Duration("delay", delay), zap.String("error", res.Error))
+		buf.add(act.Index, "stderr", []byte(fmt.Sprintf("[opsconductor: attempt %d of %d %s; retrying in %s]\n", n, b.Attempts, res.Error, delay.Round(time.Millisecond))))
+		select {
+		case <-ctx.Done():
+			return executor.Result{Status: executor.StatusCancelled, ExitCode: -1, Error: "cancelled while waiting to retry"}
+		case <-time.After(delay):
+		}
+	}
 }
 
 // refuse returns why the agent will not run the action, or "".

@@ -3,6 +3,7 @@ package runner
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -158,5 +159,36 @@ func TestAgentRefusesDangerousCommands(t *testing.T) {
 	}
 	if why := r.refuse(task(), &opsconductorv1.Action{Command: "rm -rf ./build"}); why != "" {
 		t.Fatalf("the agent refuses rm -rf ./build: %s", why)
+	}
+}
+
+// TestRetriesRecorded: an action that fails twice then succeeds is three
+// attempts; each wait is at least the delay drawn and at most the cap plus
+// a generous slack.
+func TestRetriesRecorded(t *testing.T) {
+	counter := filepath.Join(t.TempDir(), "count")
+	c := &fakeClient{}
+	r := New(c, &executor.Shell{}, nil, zaptest.NewLogger(t), Config{LeaseDuration: time.Minute, Jitter: NewJitter(7)})
+	retry := &opsconductorv1.RetryPolicy{MaxAttempts: 5, InitialDelay: durationpb.New(100 * time.Millisecond), Multiplier: 2, MaxDelay: durationpb.New(150 * time.Millisecond)}
+	r.Run(context.Background(), task(&opsconductorv1.Action{Name: "flaky", Retry: retry,
+		Command: "n=$(cat " + counter + " 2>/dev/null || echo 0); n=$((n+1)); echo $n > " + counter + "; [ $n -ge 3 ]"}))
+	got := c.complete.GetActions()[0]
+	if got.GetStatus() != "succeeded" || len(got.GetAttempts()) != 3 {
+		t.Fatalf("outcome %s with %d attempts, want succeeded after 3", got.GetStatus(), len(got.GetAttempts()))
+	}
+	b := BackoffFrom(retry)
+	for i, a := range got.GetAttempts() {
+		want := []string{"failed", "failed", "succeeded"}[i]
+		if a.GetStatus() != want || a.GetNumber() != int32(i+1) {
+			t.Fatalf("attempt %d = %+v", i+1, a)
+		}
+		if i == 0 {
+			continue
+		}
+		delay := a.GetDelayBefore().AsDuration()
+		gap := a.GetStartTime().AsTime().Sub(got.GetAttempts()[i-1].GetEndTime().AsTime())
+		if delay > b.Planned(i) || gap < delay || gap > b.Max+2*time.Second {
+			t.Fatalf("retry %d: delay %s (planned %s), gap %s", i, delay, b.Planned(i), gap)
+		}
 	}
 }

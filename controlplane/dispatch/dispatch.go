@@ -279,6 +279,9 @@ func toAssignment(c execution.Claim) (*agentv1.TaskAssignment, error) {
 		if a.GetTimeout() == nil || a.GetTimeout().AsDuration() == 0 {
 			a.Timeout = durationpb.New(time.Hour)
 		}
+		if a.GetRetry() == nil {
+			a.Retry = job.GetPolicy().GetRetry()
+		}
 		ta.Actions = append(ta.Actions, a)
 	}
 	return ta, nil
@@ -343,9 +346,13 @@ func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1
 		if !actionStatus[r.GetStatus()] {
 			return nil, apperr.InvalidField(fmt.Sprintf("actions[%d].status", i), "must be succeeded, failed, timed_out, cancelled or skipped, not %q", r.GetStatus())
 		}
+		attempts, err := execution.EncodeAttempts(r.GetAttempts())
+		if err != nil {
+			return nil, apperr.InvalidField(fmt.Sprintf("actions[%d].attempts", i), "%v", err)
+		}
 		results = append(results, execution.ActionResult{
 			Index: int(r.GetIndex()), Name: r.GetName(), Status: r.GetStatus(), ExitCode: int(r.GetExitCode()), Error: r.GetError(),
-			StartedAt: timePtr(r.GetStartTime()), FinishedAt: timePtr(r.GetEndTime()),
+			StartedAt: timePtr(r.GetStartTime()), FinishedAt: timePtr(r.GetEndTime()), Attempts: attempts,
 		})
 	}
 	err = g.store.TaskComplete(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), req.Msg.GetStatus(), req.Msg.GetError(), results,

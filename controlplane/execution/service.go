@@ -8,6 +8,7 @@ package execution
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -457,6 +458,9 @@ func (s *Service) GetExecutionResults(ctx context.Context, req *connect.Request[
 		for _, r := range results[t.ID] {
 			ar := &opsconductorv1.ActionResult{Index: int32(r.Index), Name: r.Name, Status: r.Status, ExitCode: int32(r.ExitCode),
 				Error: r.Error, StartTime: ts(r.StartedAt), EndTime: ts(r.FinishedAt)}
+			if ar.Attempts, err = decodeAttempts(r.Attempts); err != nil {
+				return nil, fmt.Errorf("decode attempts of task %s: %w", t.ID, err)
+			}
 			byIndex[r.Index] = ar
 			tr.Actions = append(tr.Actions, ar)
 		}
@@ -547,4 +551,35 @@ func (s *Service) Watch(ctx context.Context, id string, after int64, send func(*
 		case <-time.After(watchRecheck):
 		}
 	}
+}
+
+// EncodeAttempts stores attempts as a JSON array of protobuf JSON objects.
+func EncodeAttempts(attempts []*opsconductorv1.Attempt) ([]byte, error) {
+	parts := make([]json.RawMessage, len(attempts))
+	for i, a := range attempts {
+		b, err := protojson.Marshal(a)
+		if err != nil {
+			return nil, err
+		}
+		parts[i] = b
+	}
+	return json.Marshal(parts)
+}
+
+func decodeAttempts(raw []byte) ([]*opsconductorv1.Attempt, error) {
+	if len(raw) == 0 {
+		return nil, nil
+	}
+	var parts []json.RawMessage
+	if err := json.Unmarshal(raw, &parts); err != nil {
+		return nil, err
+	}
+	out := make([]*opsconductorv1.Attempt, len(parts))
+	for i, p := range parts {
+		out[i] = &opsconductorv1.Attempt{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(p, out[i]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }

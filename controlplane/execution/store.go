@@ -134,6 +134,8 @@ type ActionResult struct {
 	Error      string
 	StartedAt  *time.Time
 	FinishedAt *time.Time
+	// Attempts is every try, as a JSON array of opsconductor.v1.Attempt.
+	Attempts []byte
 }
 
 // OutputChunk is a piece of an action's stdout or stderr.
@@ -352,7 +354,7 @@ func (s *Store) TaskListByExecution(ctx context.Context, executionID string) ([]
 // ActionResultsByExecution returns the action results of an execution's
 // tasks, keyed by task id, in action order.
 func (s *Store) ActionResultsByExecution(ctx context.Context, executionID string) (map[string][]ActionResult, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT r.task_id, r.idx, r.name, r.status, r.exit_code, r.error, r.started_at, r.finished_at
+	rows, err := s.db.QueryContext(ctx, `SELECT r.task_id, r.idx, r.name, r.status, r.exit_code, r.error, r.started_at, r.finished_at, r.attempts
 		FROM action_results r JOIN tasks t ON t.id = r.task_id WHERE t.execution_id = $1 ORDER BY r.task_id, r.idx`, executionID)
 	if err != nil {
 		return nil, fmt.Errorf("list results of execution %s: %w", executionID, err)
@@ -363,10 +365,11 @@ func (s *Store) ActionResultsByExecution(ctx context.Context, executionID string
 		var taskID string
 		var r ActionResult
 		var started, finished sql.NullTime
-		if err := rows.Scan(&taskID, &r.Index, &r.Name, &r.Status, &r.ExitCode, &r.Error, &started, &finished); err != nil {
+		var attempts string
+		if err := rows.Scan(&taskID, &r.Index, &r.Name, &r.Status, &r.ExitCode, &r.Error, &started, &finished, &attempts); err != nil {
 			return nil, fmt.Errorf("scan action result: %w", err)
 		}
-		r.StartedAt, r.FinishedAt = timePtr(started), timePtr(finished)
+		r.StartedAt, r.FinishedAt, r.Attempts = timePtr(started), timePtr(finished), []byte(attempts)
 		out[taskID] = append(out[taskID], r)
 	}
 	return out, rows.Err()
@@ -716,8 +719,12 @@ func (s *Store) TaskComplete(ctx context.Context, agentID, taskID string, gen in
 			return fmt.Errorf("complete task %s: %w", taskID, err)
 		}
 		for _, r := range results {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO action_results (task_id, idx, name, status, exit_code, error, started_at, finished_at)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`, taskID, r.Index, r.Name, r.Status, r.ExitCode, r.Error, nullTime(r.StartedAt), nullTime(r.FinishedAt)); err != nil {
+			attempts := string(r.Attempts)
+			if attempts == "" {
+				attempts = "[]"
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO action_results (task_id, idx, name, status, exit_code, error, started_at, finished_at, attempts)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, taskID, r.Index, r.Name, r.Status, r.ExitCode, r.Error, nullTime(r.StartedAt), nullTime(r.FinishedAt), attempts); err != nil {
 				return fmt.Errorf("store result of action %d of task %s: %w", r.Index, taskID, store.Translate(err))
 			}
 		}

@@ -110,6 +110,9 @@ func validateAction(a *opsconductorv1.Action, add func(field, format string, arg
 	case len(a.GetCommand())+len(a.GetScript()) > MaxCommandLength:
 		add(".command", "must be at most %d bytes", MaxCommandLength)
 	}
+	for _, v := range policy.ValidateRetry("retry", a.GetRetry()) {
+		add("."+v.Field, "%s", v.Description)
+	}
 	for k := range a.GetEnv() {
 		if !envKeyPattern.MatchString(k) {
 			add(".env["+k+"]", "is not a valid environment variable name")

@@ -134,6 +134,7 @@ func parse(prefix string, p *opsconductorv1.ExecutionPolicy) (Policy, []apperr.V
 	default:
 		bad("concurrency", "must be allow, skip or queue, not %q", c)
 	}
+	vs = append(vs, ValidateRetry(prefix+".retry", p.GetRetry())...)
 	switch l := p.GetOnAgentLoss(); l {
 	case "", LossFail, LossRequeue:
 		out.OnAgentLoss = l
@@ -180,6 +181,9 @@ func Merge(base, override *opsconductorv1.ExecutionPolicy) *opsconductorv1.Execu
 		if p.GetOnAgentLoss() != "" {
 			out.OnAgentLoss = p.GetOnAgentLoss()
 		}
+		if p.GetRetry() != nil {
+			out.Retry = p.GetRetry()
+		}
 	}
 	return out
 }
@@ -202,4 +206,42 @@ func Resolve(prefix string, base, override *opsconductorv1.ExecutionPolicy) (Pol
 		merged.QueueTimeout = durationpb.New(DefaultQueueTimeout)
 	}
 	return p, merged, vs
+}
+
+// Retry outcomes a RetryPolicy may name in retry_on.
+var RetryOn = []string{"exit_code", "timeout", "error"}
+
+// MaxAttempts bounds a retry policy.
+const MaxAttempts = 20
+
+// ValidateRetry returns every problem of a retry policy, under prefix.
+func ValidateRetry(prefix string, r *opsconductorv1.RetryPolicy) []apperr.Violation {
+	var vs []apperr.Violation
+	if r == nil {
+		return nil
+	}
+	bad := func(field, format string, args ...any) {
+		vs = append(vs, apperr.Violation{Field: prefix + "." + field, Description: fmt.Sprintf(format, args...)})
+	}
+	if r.GetMaxAttempts() < 0 || r.GetMaxAttempts() > MaxAttempts {
+		bad("max_attempts", "must be 1 to %d (0 means 1)", MaxAttempts)
+	}
+	for name, d := range map[string]*durationpb.Duration{"initial_delay": r.GetInitialDelay(), "max_delay": r.GetMaxDelay()} {
+		if d != nil && (!d.IsValid() || d.AsDuration() < 0 || d.AsDuration() > time.Hour) {
+			bad(name, "must be between 0 and 1h")
+		}
+	}
+	if m := r.GetMultiplier(); m != 0 && (m < 1 || m > 10 || math.IsNaN(m)) {
+		bad("multiplier", "must be between 1 and 10 (0 means 2)")
+	}
+	for i, on := range r.GetRetryOn() {
+		ok := false
+		for _, known := range RetryOn {
+			ok = ok || on == known
+		}
+		if !ok {
+			bad(fmt.Sprintf("retry_on[%d]", i), "must be one of %v, not %q", RetryOn, on)
+		}
+	}
+	return vs
 }

@@ -10,6 +10,7 @@ import (
 	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -1082,13 +1083,15 @@ type ActionResult struct {
 	Index int32                  `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
 	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// succeeded, failed, timed_out, cancelled or skipped.
-	Status        string                 `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,4,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	Stdout        string                 `protobuf:"bytes,5,opt,name=stdout,proto3" json:"stdout,omitempty"`
-	Stderr        string                 `protobuf:"bytes,6,opt,name=stderr,proto3" json:"stderr,omitempty"`
-	Error         string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
-	StartTime     *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	Status    string                 `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	ExitCode  int32                  `protobuf:"varint,4,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Stdout    string                 `protobuf:"bytes,5,opt,name=stdout,proto3" json:"stdout,omitempty"`
+	Stderr    string                 `protobuf:"bytes,6,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	Error     string                 `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Every try, in order; the last one decided the status.
+	Attempts      []*Attempt `protobuf:"bytes,10,rep,name=attempts,proto3" json:"attempts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1186,6 +1189,108 @@ func (x *ActionResult) GetEndTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ActionResult) GetAttempts() []*Attempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+// Attempt is one try of one action.
+type Attempt struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Number int32                  `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	// succeeded, failed, timed_out or cancelled.
+	Status    string                 `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	ExitCode  int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Error     string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime   *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// The backoff waited before this try (zero for the first).
+	DelayBefore   *durationpb.Duration `protobuf:"bytes,7,opt,name=delay_before,json=delayBefore,proto3" json:"delay_before,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attempt) Reset() {
+	*x = Attempt{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attempt) ProtoMessage() {}
+
+func (x *Attempt) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
+func (*Attempt) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Attempt) GetNumber() int32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *Attempt) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *Attempt) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *Attempt) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *Attempt) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *Attempt) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *Attempt) GetDelayBefore() *durationpb.Duration {
+	if x != nil {
+		return x.DelayBefore
+	}
+	return nil
+}
+
 type WatchExecutionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1196,7 +1301,7 @@ type WatchExecutionRequest struct {
 
 func (x *WatchExecutionRequest) Reset() {
 	*x = WatchExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1313,7 @@ func (x *WatchExecutionRequest) String() string {
 func (*WatchExecutionRequest) ProtoMessage() {}
 
 func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1326,7 @@ func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionRequest.ProtoReflect.Descriptor instead.
 func (*WatchExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchExecutionRequest) GetId() string {
@@ -1247,7 +1352,7 @@ type WatchExecutionResponse struct {
 
 func (x *WatchExecutionResponse) Reset() {
 	*x = WatchExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1259,7 +1364,7 @@ func (x *WatchExecutionResponse) String() string {
 func (*WatchExecutionResponse) ProtoMessage() {}
 
 func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1272,7 +1377,7 @@ func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionResponse.ProtoReflect.Descriptor instead.
 func (*WatchExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchExecutionResponse) GetEvent() *ExecutionEvent {
@@ -1306,7 +1411,7 @@ type ExecutionEvent struct {
 
 func (x *ExecutionEvent) Reset() {
 	*x = ExecutionEvent{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1423,7 @@ func (x *ExecutionEvent) String() string {
 func (*ExecutionEvent) ProtoMessage() {}
 
 func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1436,7 @@ func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutionEvent.ProtoReflect.Descriptor instead.
 func (*ExecutionEvent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExecutionEvent) GetSequence() int64 {
@@ -1415,7 +1520,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\x98\a\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\x98\a\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1502,7 +1607,7 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x04task\x18\x01 \x01(\v2\x15.opsconductor.v1.TaskR\x04task\x127\n" +
 	"\aactions\x18\x02 \x03(\v2\x1d.opsconductor.v1.ActionResultR\aactions\x12)\n" +
 	"\x10output_truncated\x18\x03 \x01(\bR\x0foutputTruncated\x12,\n" +
-	"\x12output_limit_bytes\x18\x04 \x01(\x03R\x10outputLimitBytes\"\xa5\x02\n" +
+	"\x12output_limit_bytes\x18\x04 \x01(\x03R\x10outputLimitBytes\"\xdb\x02\n" +
 	"\fActionResult\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1513,7 +1618,18 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x05error\x18\a \x01(\tR\x05error\x129\n" +
 	"\n" +
 	"start_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"N\n" +
+	"\bend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x124\n" +
+	"\battempts\x18\n" +
+	" \x03(\v2\x18.opsconductor.v1.AttemptR\battempts\"\x9c\x02\n" +
+	"\aAttempt\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x05R\x06number\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12\x1b\n" +
+	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x129\n" +
+	"\n" +
+	"start_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12<\n" +
+	"\fdelay_before\x18\a \x01(\v2\x19.google.protobuf.DurationR\vdelayBefore\"N\n" +
 	"\x15WatchExecutionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x0eafter_sequence\x18\x02 \x01(\x03R\rafterSequence\"O\n" +
@@ -1562,7 +1678,7 @@ func file_opsconductor_v1_execution_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_execution_proto_rawDescData
 }
 
-var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*Execution)(nil),                   // 0: opsconductor.v1.Execution
 	(*Task)(nil),                        // 1: opsconductor.v1.Task
@@ -1581,30 +1697,32 @@ var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*GetExecutionResultsResponse)(nil), // 14: opsconductor.v1.GetExecutionResultsResponse
 	(*TaskResult)(nil),                  // 15: opsconductor.v1.TaskResult
 	(*ActionResult)(nil),                // 16: opsconductor.v1.ActionResult
-	(*WatchExecutionRequest)(nil),       // 17: opsconductor.v1.WatchExecutionRequest
-	(*WatchExecutionResponse)(nil),      // 18: opsconductor.v1.WatchExecutionResponse
-	(*ExecutionEvent)(nil),              // 19: opsconductor.v1.ExecutionEvent
-	nil,                                 // 20: opsconductor.v1.Execution.TaskCountsEntry
-	(*timestamppb.Timestamp)(nil),       // 21: google.protobuf.Timestamp
-	(*Job)(nil),                         // 22: opsconductor.v1.Job
-	(*ExecutionPolicy)(nil),             // 23: opsconductor.v1.ExecutionPolicy
+	(*Attempt)(nil),                     // 17: opsconductor.v1.Attempt
+	(*WatchExecutionRequest)(nil),       // 18: opsconductor.v1.WatchExecutionRequest
+	(*WatchExecutionResponse)(nil),      // 19: opsconductor.v1.WatchExecutionResponse
+	(*ExecutionEvent)(nil),              // 20: opsconductor.v1.ExecutionEvent
+	nil,                                 // 21: opsconductor.v1.Execution.TaskCountsEntry
+	(*timestamppb.Timestamp)(nil),       // 22: google.protobuf.Timestamp
+	(*Job)(nil),                         // 23: opsconductor.v1.Job
+	(*ExecutionPolicy)(nil),             // 24: opsconductor.v1.ExecutionPolicy
+	(*durationpb.Duration)(nil),         // 25: google.protobuf.Duration
 }
 var file_opsconductor_v1_execution_proto_depIdxs = []int32{
-	20, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
+	21, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
 	1,  // 1: opsconductor.v1.Execution.tasks:type_name -> opsconductor.v1.Task
-	21, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
-	21, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	21, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
-	22, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
+	22, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
+	22, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	22, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	23, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
 	3,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	23, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	21, // 8: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	21, // 9: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	24, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	22, // 8: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	22, // 9: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
 	3,  // 10: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	23, // 11: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	24, // 11: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
 	0,  // 12: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
 	3,  // 13: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	23, // 14: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	24, // 14: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
 	0,  // 15: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
 	0,  // 16: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
 	3,  // 17: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
@@ -1614,29 +1732,33 @@ var file_opsconductor_v1_execution_proto_depIdxs = []int32{
 	15, // 21: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
 	1,  // 22: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
 	16, // 23: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
-	21, // 24: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
-	21, // 25: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
-	19, // 26: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
-	21, // 27: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 28: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
-	5,  // 29: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
-	7,  // 30: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
-	9,  // 31: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
-	11, // 32: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
-	13, // 33: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
-	17, // 34: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
-	4,  // 35: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
-	6,  // 36: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
-	8,  // 37: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
-	10, // 38: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
-	12, // 39: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
-	14, // 40: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
-	18, // 41: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
-	35, // [35:42] is the sub-list for method output_type
-	28, // [28:35] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	22, // 24: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
+	22, // 25: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
+	17, // 26: opsconductor.v1.ActionResult.attempts:type_name -> opsconductor.v1.Attempt
+	22, // 27: opsconductor.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	22, // 28: opsconductor.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
+	25, // 29: opsconductor.v1.Attempt.delay_before:type_name -> google.protobuf.Duration
+	20, // 30: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
+	22, // 31: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 32: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
+	5,  // 33: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
+	7,  // 34: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
+	9,  // 35: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
+	11, // 36: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
+	13, // 37: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
+	18, // 38: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
+	4,  // 39: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
+	6,  // 40: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
+	8,  // 41: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
+	10, // 42: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
+	12, // 43: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
+	14, // 44: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
+	19, // 45: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
+	39, // [39:46] is the sub-list for method output_type
+	32, // [32:39] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_execution_proto_init() }
@@ -1652,7 +1774,7 @@ func file_opsconductor_v1_execution_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_execution_proto_rawDesc), len(file_opsconductor_v1_execution_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -171,7 +171,9 @@ type ExecutionPolicy struct {
 	// (default: the task ends lost) or "requeue" (the task goes back to the
 	// queue for another online agent the job's targets match, or for the
 	// same agent when it returns).
-	OnAgentLoss   string `protobuf:"bytes,7,opt,name=on_agent_loss,json=onAgentLoss,proto3" json:"on_agent_loss,omitempty"`
+	OnAgentLoss string `protobuf:"bytes,7,opt,name=on_agent_loss,json=onAgentLoss,proto3" json:"on_agent_loss,omitempty"`
+	// Retries for actions that set none.
+	Retry         *RetryPolicy `protobuf:"bytes,8,opt,name=retry,proto3" json:"retry,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -255,6 +257,13 @@ func (x *ExecutionPolicy) GetOnAgentLoss() string {
 	return ""
 }
 
+func (x *ExecutionPolicy) GetRetry() *RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
 type Action struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Shown in results; defaults to "action-N".
@@ -272,8 +281,10 @@ type Action struct {
 	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// When true a failure of this action does not stop the later actions.
 	ContinueOnError bool `protobuf:"varint,8,opt,name=continue_on_error,json=continueOnError,proto3" json:"continue_on_error,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Retries of this action; unset: the job policy's retry, else none.
+	Retry         *RetryPolicy `protobuf:"bytes,9,opt,name=retry,proto3" json:"retry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Action) Reset() {
@@ -362,6 +373,107 @@ func (x *Action) GetContinueOnError() bool {
 	return false
 }
 
+func (x *Action) GetRetry() *RetryPolicy {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+// RetryPolicy retries a failed action with exponential backoff: the delay
+// before retry n is min(max_delay, initial_delay * multiplier^(n-1)), with
+// full jitter (a uniformly random share of it) unless no_jitter. Every
+// attempt is recorded. A cancelled action never retries.
+type RetryPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Tries in all, the first included: 1 (default) means no retry; at most 20.
+	MaxAttempts int32 `protobuf:"varint,1,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// Default 1s.
+	InitialDelay *durationpb.Duration `protobuf:"bytes,2,opt,name=initial_delay,json=initialDelay,proto3" json:"initial_delay,omitempty"`
+	// Default 2; at least 1.
+	Multiplier float64 `protobuf:"fixed64,3,opt,name=multiplier,proto3" json:"multiplier,omitempty"`
+	// Default 1m.
+	MaxDelay *durationpb.Duration `protobuf:"bytes,4,opt,name=max_delay,json=maxDelay,proto3" json:"max_delay,omitempty"`
+	// Which failures retry: "exit_code" (a non-zero exit), "timeout", "error"
+	// (could not run at all). Default: all three.
+	RetryOn       []string `protobuf:"bytes,5,rep,name=retry_on,json=retryOn,proto3" json:"retry_on,omitempty"`
+	NoJitter      bool     `protobuf:"varint,6,opt,name=no_jitter,json=noJitter,proto3" json:"no_jitter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryPolicy) Reset() {
+	*x = RetryPolicy{}
+	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryPolicy) ProtoMessage() {}
+
+func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
+func (*RetryPolicy) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RetryPolicy) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetInitialDelay() *durationpb.Duration {
+	if x != nil {
+		return x.InitialDelay
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetMultiplier() float64 {
+	if x != nil {
+		return x.Multiplier
+	}
+	return 0
+}
+
+func (x *RetryPolicy) GetMaxDelay() *durationpb.Duration {
+	if x != nil {
+		return x.MaxDelay
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetRetryOn() []string {
+	if x != nil {
+		return x.RetryOn
+	}
+	return nil
+}
+
+func (x *RetryPolicy) GetNoJitter() bool {
+	if x != nil {
+		return x.NoJitter
+	}
+	return false
+}
+
 // Target selects agents: one agent by id, or every agent whose labels match
 // a selector such as "role=web,env=prod" (all pairs must match).
 type Target struct {
@@ -374,7 +486,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -386,7 +498,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -399,7 +511,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{3}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Target) GetAgentId() string {
@@ -425,7 +537,7 @@ type CreateJobRequest struct {
 
 func (x *CreateJobRequest) Reset() {
 	*x = CreateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +549,7 @@ func (x *CreateJobRequest) String() string {
 func (*CreateJobRequest) ProtoMessage() {}
 
 func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +562,7 @@ func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobRequest.ProtoReflect.Descriptor instead.
 func (*CreateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateJobRequest) GetJob() *Job {
@@ -472,7 +584,7 @@ type CreateJobResponse struct {
 
 func (x *CreateJobResponse) Reset() {
 	*x = CreateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -484,7 +596,7 @@ func (x *CreateJobResponse) String() string {
 func (*CreateJobResponse) ProtoMessage() {}
 
 func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -497,7 +609,7 @@ func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobResponse.ProtoReflect.Descriptor instead.
 func (*CreateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateJobResponse) GetJob() *Job {
@@ -528,7 +640,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -540,7 +652,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -553,7 +665,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListJobsRequest) GetLabelSelector() string {
@@ -595,7 +707,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +719,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +732,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -648,7 +760,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +772,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +785,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -699,7 +811,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +823,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +836,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -743,7 +855,7 @@ type UpdateJobRequest struct {
 
 func (x *UpdateJobRequest) Reset() {
 	*x = UpdateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -755,7 +867,7 @@ func (x *UpdateJobRequest) String() string {
 func (*UpdateJobRequest) ProtoMessage() {}
 
 func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -768,7 +880,7 @@ func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateJobRequest) GetJob() *Job {
@@ -788,7 +900,7 @@ type UpdateJobResponse struct {
 
 func (x *UpdateJobResponse) Reset() {
 	*x = UpdateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -800,7 +912,7 @@ func (x *UpdateJobResponse) String() string {
 func (*UpdateJobResponse) ProtoMessage() {}
 
 func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -813,7 +925,7 @@ func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobResponse.ProtoReflect.Descriptor instead.
 func (*UpdateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateJobResponse) GetJob() *Job {
@@ -839,7 +951,7 @@ type DeleteJobRequest struct {
 
 func (x *DeleteJobRequest) Reset() {
 	*x = DeleteJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +963,7 @@ func (x *DeleteJobRequest) String() string {
 func (*DeleteJobRequest) ProtoMessage() {}
 
 func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +976,7 @@ func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeleteJobRequest) GetId() string {
@@ -882,7 +994,7 @@ type DeleteJobResponse struct {
 
 func (x *DeleteJobResponse) Reset() {
 	*x = DeleteJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1006,7 @@ func (x *DeleteJobResponse) String() string {
 func (*DeleteJobResponse) ProtoMessage() {}
 
 func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1019,7 @@ func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
 func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
 }
 
 type ListJobVersionsRequest struct {
@@ -919,7 +1031,7 @@ type ListJobVersionsRequest struct {
 
 func (x *ListJobVersionsRequest) Reset() {
 	*x = ListJobVersionsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1043,7 @@ func (x *ListJobVersionsRequest) String() string {
 func (*ListJobVersionsRequest) ProtoMessage() {}
 
 func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1056,7 @@ func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJobVersionsRequest) GetId() string {
@@ -963,7 +1075,7 @@ type ListJobVersionsResponse struct {
 
 func (x *ListJobVersionsResponse) Reset() {
 	*x = ListJobVersionsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -975,7 +1087,7 @@ func (x *ListJobVersionsResponse) String() string {
 func (*ListJobVersionsResponse) ProtoMessage() {}
 
 func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -988,7 +1100,7 @@ func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListJobVersionsResponse) GetVersions() []*Job {
@@ -1007,7 +1119,7 @@ type ValidateJobRequest struct {
 
 func (x *ValidateJobRequest) Reset() {
 	*x = ValidateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1131,7 @@ func (x *ValidateJobRequest) String() string {
 func (*ValidateJobRequest) ProtoMessage() {}
 
 func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1144,7 @@ func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobRequest.ProtoReflect.Descriptor instead.
 func (*ValidateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ValidateJobRequest) GetId() string {
@@ -1053,7 +1165,7 @@ type FieldViolation struct {
 
 func (x *FieldViolation) Reset() {
 	*x = FieldViolation{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1177,7 @@ func (x *FieldViolation) String() string {
 func (*FieldViolation) ProtoMessage() {}
 
 func (x *FieldViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1190,7 @@ func (x *FieldViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldViolation.ProtoReflect.Descriptor instead.
 func (*FieldViolation) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FieldViolation) GetField() string {
@@ -1107,7 +1219,7 @@ type ResolvedAgent struct {
 
 func (x *ResolvedAgent) Reset() {
 	*x = ResolvedAgent{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1231,7 @@ func (x *ResolvedAgent) String() string {
 func (*ResolvedAgent) ProtoMessage() {}
 
 func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1244,7 @@ func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedAgent.ProtoReflect.Descriptor instead.
 func (*ResolvedAgent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResolvedAgent) GetAgentId() string {
@@ -1177,7 +1289,7 @@ type ValidateJobResponse struct {
 
 func (x *ValidateJobResponse) Reset() {
 	*x = ValidateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1301,7 @@ func (x *ValidateJobResponse) String() string {
 func (*ValidateJobResponse) ProtoMessage() {}
 
 func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1314,7 @@ func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobResponse.ProtoReflect.Descriptor instead.
 func (*ValidateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ValidateJobResponse) GetValid() bool {
@@ -1254,7 +1366,7 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	" \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb8\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
 	"\x0fExecutionPolicy\x12!\n" +
 	"\fmax_parallel\x18\x01 \x01(\tR\vmaxParallel\x12\x1d\n" +
 	"\n" +
@@ -1264,7 +1376,8 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\fmax_failures\x18\x04 \x01(\tR\vmaxFailures\x12 \n" +
 	"\vconcurrency\x18\x05 \x01(\tR\vconcurrency\x12>\n" +
 	"\rqueue_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x12\"\n" +
-	"\ron_agent_loss\x18\a \x01(\tR\vonAgentLoss\"\xd4\x02\n" +
+	"\ron_agent_loss\x18\a \x01(\tR\vonAgentLoss\x122\n" +
+	"\x05retry\x18\b \x01(\v2\x1c.opsconductor.v1.RetryPolicyR\x05retry\"\x88\x03\n" +
 	"\x06Action\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x18\n" +
@@ -1274,10 +1387,20 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\vworking_dir\x18\x06 \x01(\tR\n" +
 	"workingDir\x123\n" +
 	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12*\n" +
-	"\x11continue_on_error\x18\b \x01(\bR\x0fcontinueOnError\x1a6\n" +
+	"\x11continue_on_error\x18\b \x01(\bR\x0fcontinueOnError\x122\n" +
+	"\x05retry\x18\t \x01(\v2\x1c.opsconductor.v1.RetryPolicyR\x05retry\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"?\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x02\n" +
+	"\vRetryPolicy\x12!\n" +
+	"\fmax_attempts\x18\x01 \x01(\x05R\vmaxAttempts\x12>\n" +
+	"\rinitial_delay\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\finitialDelay\x12\x1e\n" +
+	"\n" +
+	"multiplier\x18\x03 \x01(\x01R\n" +
+	"multiplier\x126\n" +
+	"\tmax_delay\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bmaxDelay\x12\x19\n" +
+	"\bretry_on\x18\x05 \x03(\tR\aretryOn\x12\x1b\n" +
+	"\tno_jitter\x18\x06 \x01(\bR\bnoJitter\"?\n" +
 	"\x06Target\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1a\n" +
 	"\bselector\x18\x02 \x01(\tR\bselector\":\n" +
@@ -1365,78 +1488,83 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
 	(*ExecutionPolicy)(nil),         // 1: opsconductor.v1.ExecutionPolicy
 	(*Action)(nil),                  // 2: opsconductor.v1.Action
-	(*Target)(nil),                  // 3: opsconductor.v1.Target
-	(*CreateJobRequest)(nil),        // 4: opsconductor.v1.CreateJobRequest
-	(*CreateJobResponse)(nil),       // 5: opsconductor.v1.CreateJobResponse
-	(*ListJobsRequest)(nil),         // 6: opsconductor.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 7: opsconductor.v1.ListJobsResponse
-	(*GetJobRequest)(nil),           // 8: opsconductor.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 9: opsconductor.v1.GetJobResponse
-	(*UpdateJobRequest)(nil),        // 10: opsconductor.v1.UpdateJobRequest
-	(*UpdateJobResponse)(nil),       // 11: opsconductor.v1.UpdateJobResponse
-	(*DeleteJobRequest)(nil),        // 12: opsconductor.v1.DeleteJobRequest
-	(*DeleteJobResponse)(nil),       // 13: opsconductor.v1.DeleteJobResponse
-	(*ListJobVersionsRequest)(nil),  // 14: opsconductor.v1.ListJobVersionsRequest
-	(*ListJobVersionsResponse)(nil), // 15: opsconductor.v1.ListJobVersionsResponse
-	(*ValidateJobRequest)(nil),      // 16: opsconductor.v1.ValidateJobRequest
-	(*FieldViolation)(nil),          // 17: opsconductor.v1.FieldViolation
-	(*ResolvedAgent)(nil),           // 18: opsconductor.v1.ResolvedAgent
-	(*ValidateJobResponse)(nil),     // 19: opsconductor.v1.ValidateJobResponse
-	nil,                             // 20: opsconductor.v1.Job.LabelsEntry
-	nil,                             // 21: opsconductor.v1.Action.EnvEntry
-	nil,                             // 22: opsconductor.v1.ResolvedAgent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 24: google.protobuf.Duration
-	(*SafetyFinding)(nil),           // 25: opsconductor.v1.SafetyFinding
+	(*RetryPolicy)(nil),             // 3: opsconductor.v1.RetryPolicy
+	(*Target)(nil),                  // 4: opsconductor.v1.Target
+	(*CreateJobRequest)(nil),        // 5: opsconductor.v1.CreateJobRequest
+	(*CreateJobResponse)(nil),       // 6: opsconductor.v1.CreateJobResponse
+	(*ListJobsRequest)(nil),         // 7: opsconductor.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 8: opsconductor.v1.ListJobsResponse
+	(*GetJobRequest)(nil),           // 9: opsconductor.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 10: opsconductor.v1.GetJobResponse
+	(*UpdateJobRequest)(nil),        // 11: opsconductor.v1.UpdateJobRequest
+	(*UpdateJobResponse)(nil),       // 12: opsconductor.v1.UpdateJobResponse
+	(*DeleteJobRequest)(nil),        // 13: opsconductor.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),       // 14: opsconductor.v1.DeleteJobResponse
+	(*ListJobVersionsRequest)(nil),  // 15: opsconductor.v1.ListJobVersionsRequest
+	(*ListJobVersionsResponse)(nil), // 16: opsconductor.v1.ListJobVersionsResponse
+	(*ValidateJobRequest)(nil),      // 17: opsconductor.v1.ValidateJobRequest
+	(*FieldViolation)(nil),          // 18: opsconductor.v1.FieldViolation
+	(*ResolvedAgent)(nil),           // 19: opsconductor.v1.ResolvedAgent
+	(*ValidateJobResponse)(nil),     // 20: opsconductor.v1.ValidateJobResponse
+	nil,                             // 21: opsconductor.v1.Job.LabelsEntry
+	nil,                             // 22: opsconductor.v1.Action.EnvEntry
+	nil,                             // 23: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 24: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 25: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 26: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
-	20, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
+	21, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
 	2,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
-	3,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	23, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	23, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	4,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
+	24, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	24, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	1,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	24, // 6: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
-	24, // 7: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
-	21, // 8: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	24, // 9: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
-	0,  // 10: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 11: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	25, // 12: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 13: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 14: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 15: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 16: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	25, // 17: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 18: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	22, // 19: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	17, // 20: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	18, // 21: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	17, // 22: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	4,  // 23: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	6,  // 24: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	8,  // 25: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	10, // 26: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	12, // 27: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	14, // 28: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	16, // 29: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	5,  // 30: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	7,  // 31: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	9,  // 32: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	11, // 33: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	13, // 34: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	15, // 35: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	19, // 36: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	30, // [30:37] is the sub-list for method output_type
-	23, // [23:30] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	25, // 6: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
+	25, // 7: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
+	3,  // 8: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
+	22, // 9: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
+	25, // 10: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	3,  // 11: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
+	25, // 12: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	25, // 13: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	0,  // 14: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 15: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
+	26, // 16: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 17: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 18: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 19: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 20: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	26, // 21: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 22: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	23, // 23: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	18, // 24: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	19, // 25: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	18, // 26: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	5,  // 27: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	7,  // 28: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	9,  // 29: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	11, // 30: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	13, // 31: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	15, // 32: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	17, // 33: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	6,  // 34: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	8,  // 35: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	10, // 36: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	12, // 37: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	14, // 38: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	16, // 39: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	20, // 40: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	34, // [34:41] is the sub-list for method output_type
+	27, // [27:34] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -1452,7 +1580,7 @@ func file_opsconductor_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

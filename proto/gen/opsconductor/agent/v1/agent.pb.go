@@ -945,6 +945,7 @@ type ActionOutcome struct {
 	Error         string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	StartTime     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	Attempts      []*v1.Attempt          `protobuf:"bytes,8,rep,name=attempts,proto3" json:"attempts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1024,6 +1025,13 @@ func (x *ActionOutcome) GetStartTime() *timestamppb.Timestamp {
 func (x *ActionOutcome) GetEndTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.EndTime
+	}
+	return nil
+}
+
+func (x *ActionOutcome) GetAttempts() []*v1.Attempt {
+	if x != nil {
+		return x.Attempts
 	}
 	return nil
 }
@@ -1145,7 +1153,7 @@ var File_opsconductor_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"!opsconductor/agent/v1/agent.proto\x12\x15opsconductor.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1copsconductor/v1/access.proto\x1a\x19opsconductor/v1/job.proto\"l\n" +
+	"!opsconductor/agent/v1/agent.proto\x12\x15opsconductor.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fopsconductor/v1/execution.proto\x1a\x19opsconductor/v1/job.proto\"l\n" +
 	"\x05Facts\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
@@ -1218,7 +1226,7 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x10lease_generation\x18\x02 \x01(\x03R\x0fleaseGeneration\x12:\n" +
 	"\x06chunks\x18\x03 \x03(\v2\".opsconductor.agent.v1.OutputChunkR\x06chunks\"4\n" +
 	"\x14ReportOutputResponse\x12\x1c\n" +
-	"\ttruncated\x18\x01 \x01(\bR\ttruncated\"\xf6\x01\n" +
+	"\ttruncated\x18\x01 \x01(\bR\ttruncated\"\xac\x02\n" +
 	"\rActionOutcome\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1227,7 +1235,8 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x129\n" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xc7\x01\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x124\n" +
+	"\battempts\x18\b \x03(\v2\x18.opsconductor.v1.AttemptR\battempts\"\xc7\x01\n" +
 	"\x13CompleteTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12)\n" +
 	"\x10lease_generation\x18\x02 \x01(\x03R\x0fleaseGeneration\x12\x16\n" +
@@ -1282,6 +1291,7 @@ var file_opsconductor_agent_v1_agent_proto_goTypes = []any{
 	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
 	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
 	(*v1.Action)(nil),             // 23: opsconductor.v1.Action
+	(*v1.Attempt)(nil),            // 24: opsconductor.v1.Attempt
 }
 var file_opsconductor_agent_v1_agent_proto_depIdxs = []int32{
 	18, // 0: opsconductor.agent.v1.EnrollRequest.labels:type_name -> opsconductor.agent.v1.EnrollRequest.LabelsEntry
@@ -1298,26 +1308,27 @@ var file_opsconductor_agent_v1_agent_proto_depIdxs = []int32{
 	12, // 11: opsconductor.agent.v1.ReportOutputRequest.chunks:type_name -> opsconductor.agent.v1.OutputChunk
 	22, // 12: opsconductor.agent.v1.ActionOutcome.start_time:type_name -> google.protobuf.Timestamp
 	22, // 13: opsconductor.agent.v1.ActionOutcome.end_time:type_name -> google.protobuf.Timestamp
-	15, // 14: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
-	1,  // 15: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
-	5,  // 16: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
-	7,  // 17: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
-	10, // 18: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
-	13, // 19: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
-	3,  // 20: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
-	16, // 21: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
-	2,  // 22: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
-	6,  // 23: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
-	8,  // 24: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
-	11, // 25: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
-	14, // 26: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
-	4,  // 27: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
-	17, // 28: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	24, // 14: opsconductor.agent.v1.ActionOutcome.attempts:type_name -> opsconductor.v1.Attempt
+	15, // 15: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
+	1,  // 16: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
+	5,  // 17: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
+	7,  // 18: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
+	10, // 19: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
+	13, // 20: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
+	3,  // 21: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
+	16, // 22: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
+	2,  // 23: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
+	6,  // 24: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
+	8,  // 25: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
+	11, // 26: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
+	14, // 27: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
+	4,  // 28: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
+	17, // 29: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
+	23, // [23:30] is the sub-list for method output_type
+	16, // [16:23] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_agent_v1_agent_proto_init() }
