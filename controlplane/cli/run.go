@@ -279,10 +279,10 @@ func newAgentCmd(g *globals) *cobra.Command {
 				return g.printJSON(resp.Msg)
 			}
 			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATUS\tLABELS\tHOST\tOS/ARCH\tVERSION\tLAST SEEN\tID")
+			fmt.Fprintln(tw, "NAME\tSTATUS\tSTATE\tLABELS\tHOST\tOS/ARCH\tVERSION\tLAST SEEN\tID")
 			for _, a := range resp.Msg.GetAgents() {
 				seen := time.Since(a.GetLastSeenTime().AsTime()).Round(time.Second).String() + " ago"
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\n", a.GetName(), a.GetStatus(), labels(a.GetLabels()), a.GetHostname(),
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s/%s\t%s\t%s\t%s\n", a.GetName(), a.GetStatus(), a.GetState(), labels(a.GetLabels()), a.GetHostname(),
 					a.GetOs(), a.GetArch(), a.GetAgentVersion(), seen, a.GetId())
 			}
 			return tw.Flush()
@@ -352,6 +352,9 @@ The token is shown once; only its hash is stored.`,
 	create.Flags().StringVar(&description, "description", "", "what the token is for")
 	create.Flags().StringVar(&tokenLabels, "labels", "", "labels every agent enrolled with it gets, over its own (e.g. env=prod)")
 	token.AddCommand(create)
+	for _, verb := range []string{"drain", "pause", "resume"} {
+		cmd.AddCommand(newAgentStateCmd(g, verb))
+	}
 	cmd.AddCommand(list, revoke, token)
 	return cmd
 }
@@ -398,4 +401,34 @@ func newRetryCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&all, "all", false, "retry every target, not only those that did not succeed")
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream status and output until it ends")
 	return cmd
+}
+
+// newAgentStateCmd is `opsconductor agent drain|pause|resume ID`.
+func newAgentStateCmd(g *globals, verb string) *cobra.Command {
+	short := map[string]string{
+		"drain":  "Give the agent no new tasks; its running ones finish (taking a host out)",
+		"pause":  "Stop giving the agent new tasks for a while; its running ones finish",
+		"resume": "Give a drained or paused agent work again",
+	}[verb]
+	return &cobra.Command{
+		Use:   verb + " AGENT_ID",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			switch verb {
+			case "drain":
+				_, err = g.agents().DrainAgent(cmd.Context(), connect.NewRequest(&opsconductorv1.DrainAgentRequest{Id: args[0]}))
+			case "pause":
+				_, err = g.agents().PauseAgent(cmd.Context(), connect.NewRequest(&opsconductorv1.PauseAgentRequest{Id: args[0]}))
+			default:
+				_, err = g.agents().ResumeAgent(cmd.Context(), connect.NewRequest(&opsconductorv1.ResumeAgentRequest{Id: args[0]}))
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "agent %s: %s\n", args[0], map[string]string{"drain": "draining", "pause": "paused", "resume": "active"}[verb])
+			return nil
+		},
+	}
 }

@@ -186,7 +186,7 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 	if w := req.Msg.GetWait(); w != nil && w.AsDuration() > 0 {
 		wait = min(w.AsDuration(), g.cfg.MaxPollWait)
 	}
-	slots := min(int(req.Msg.GetFreeSlots()), g.cfg.MaxClaim)
+	freeSlots := min(int(req.Msg.GetFreeSlots()), g.cfg.MaxClaim)
 
 	// Subscribe before the first look so a wake-up between the look and
 	// the wait is not lost.
@@ -207,6 +207,14 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 			if !slices.Contains(req.Msg.GetCancellingTaskIds(), id) {
 				cancels = append(cancels, id)
 			}
+		}
+		// A draining or paused agent finishes what runs and takes nothing
+		// new; the state is read on every look, so a resume is seen soon.
+		slots := freeSlots
+		if st, err := g.registry.AgentState(ctx, a.ID); err != nil {
+			return nil, err
+		} else if st != registry.StateActive {
+			slots = 0
 		}
 		var tasks []*agentv1.TaskAssignment
 		if slots > 0 {

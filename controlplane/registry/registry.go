@@ -144,6 +144,7 @@ func (r *Registry) ListAgents(ctx context.Context, req *connect.Request[opscondu
 			Status:       r.status(a),
 			LastSeenTime: timestamppb.New(a.LastSeenAt),
 			EnrollTime:   timestamppb.New(a.EnrolledAt),
+			State:        a.State,
 		})
 	}
 	return connect.NewResponse(resp), nil
@@ -286,6 +287,55 @@ func (r *Registry) RotateKey(ctx context.Context, a AgentRecord, key []byte) err
 	}
 	r.logger.Info("agent key rotated", zap.String("agent_id", a.ID), zap.String("agent_name", a.Name))
 	return nil
+}
+
+// Agent states.
+const (
+	StateActive   = "active"
+	StateDraining = "draining"
+	StatePaused   = "paused"
+)
+
+// AgentState returns the agent's state (active, draining or paused).
+func (r *Registry) AgentState(ctx context.Context, id string) (string, error) {
+	a, err := r.store.AgentGet(ctx, id)
+	if err != nil {
+		return "", err
+	}
+	return a.State, nil
+}
+
+func (r *Registry) setState(ctx context.Context, id, state string) error {
+	err := r.store.AgentSetState(ctx, id, state)
+	if errors.Is(err, store.ErrNotFound) {
+		return apperr.NotFound("agent %s not found", id)
+	}
+	if err != nil {
+		return err
+	}
+	r.logger.Info("agent state changed", zap.String("agent_id", id), zap.String("state", state))
+	return nil
+}
+
+func (r *Registry) DrainAgent(ctx context.Context, req *connect.Request[opsconductorv1.DrainAgentRequest]) (*connect.Response[opsconductorv1.DrainAgentResponse], error) {
+	if err := r.setState(ctx, req.Msg.GetId(), StateDraining); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.DrainAgentResponse{}), nil
+}
+
+func (r *Registry) PauseAgent(ctx context.Context, req *connect.Request[opsconductorv1.PauseAgentRequest]) (*connect.Response[opsconductorv1.PauseAgentResponse], error) {
+	if err := r.setState(ctx, req.Msg.GetId(), StatePaused); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.PauseAgentResponse{}), nil
+}
+
+func (r *Registry) ResumeAgent(ctx context.Context, req *connect.Request[opsconductorv1.ResumeAgentRequest]) (*connect.Response[opsconductorv1.ResumeAgentResponse], error) {
+	if err := r.setState(ctx, req.Msg.GetId(), StateActive); err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&opsconductorv1.ResumeAgentResponse{}), nil
 }
 
 func (r *Registry) RevokeAgent(ctx context.Context, req *connect.Request[opsconductorv1.RevokeAgentRequest]) (*connect.Response[opsconductorv1.RevokeAgentResponse], error) {

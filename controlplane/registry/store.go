@@ -46,6 +46,8 @@ type AgentRecord struct {
 	LastSeenAt           time.Time
 	Revoked              bool
 	RevokedAt            *time.Time
+	// State is active, draining or paused.
+	State string
 }
 
 // TokenRecord is a join token; only the hash of its secret is stored.
@@ -155,6 +157,21 @@ func (s *Store) AgentRotateKey(ctx context.Context, id string, key []byte, grace
 	})
 }
 
+// AgentSetState sets an agent's state (active, draining, paused).
+func (s *Store) AgentSetState(ctx context.Context, id, state string) error {
+	return s.db.InTx(ctx, func(tx *store.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE agents SET state = $1 WHERE id = $2 AND revoked = FALSE`, state, id)
+		if err != nil {
+			return fmt.Errorf("set state of agent %s: %w", id, err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return fmt.Errorf("set state of agent %s: %w", id, store.ErrNotFound)
+		}
+		_, err = outbox.Append(ctx, tx, "agent.state", id, 0, map[string]any{"agent_id": id, "state": state})
+		return err
+	})
+}
+
 // AgentRevoke marks the agent revoked. Revoking twice is not an error.
 func (s *Store) AgentRevoke(ctx context.Context, id, reason string, now time.Time) error {
 	return s.db.InTx(ctx, func(tx *store.Tx) error {
@@ -227,7 +244,7 @@ func (s *Store) AgentList(ctx context.Context) ([]AgentRecord, error) {
 }
 
 const agentColumns = `SELECT id, name, labels, token_labels, hostname, os, arch, agent_version, public_key, previous_public_key,
-	previous_key_expires_at, enrolled_at, last_seen_at, revoked, revoked_at FROM agents`
+	previous_key_expires_at, enrolled_at, last_seen_at, revoked, revoked_at, state FROM agents`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -236,7 +253,7 @@ func scanAgent(row scanner) (AgentRecord, error) {
 	var labels, tokenLabels, key, prevKey string
 	var prevExpires, revokedAt sql.NullTime
 	if err := row.Scan(&a.ID, &a.Name, &labels, &tokenLabels, &a.Hostname, &a.OS, &a.Arch, &a.AgentVersion, &key, &prevKey,
-		&prevExpires, &a.EnrolledAt, &a.LastSeenAt, &a.Revoked, &revokedAt); err != nil {
+		&prevExpires, &a.EnrolledAt, &a.LastSeenAt, &a.Revoked, &revokedAt, &a.State); err != nil {
 		return AgentRecord{}, store.Translate(err)
 	}
 	if err := json.Unmarshal([]byte(labels), &a.Labels); err != nil {

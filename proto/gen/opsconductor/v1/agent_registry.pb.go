@@ -34,9 +34,11 @@ type Agent struct {
 	Arch         string                 `protobuf:"bytes,6,opt,name=arch,proto3" json:"arch,omitempty"`
 	AgentVersion string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	// online when the agent polled recently, else offline.
-	Status        string                 `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
-	LastSeenTime  *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
-	EnrollTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=enroll_time,json=enrollTime,proto3" json:"enroll_time,omitempty"`
+	Status       string                 `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
+	LastSeenTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_seen_time,json=lastSeenTime,proto3" json:"last_seen_time,omitempty"`
+	EnrollTime   *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=enroll_time,json=enrollTime,proto3" json:"enroll_time,omitempty"`
+	// active, draining or paused: only active agents get new tasks.
+	State         string `protobuf:"bytes,11,opt,name=state,proto3" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,6 +143,253 @@ func (x *Agent) GetEnrollTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Agent) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type DrainAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainAgentRequest) Reset() {
+	*x = DrainAgentRequest{}
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainAgentRequest) ProtoMessage() {}
+
+func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
+func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DrainAgentRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DrainAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainAgentResponse) Reset() {
+	*x = DrainAgentResponse{}
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainAgentResponse) ProtoMessage() {}
+
+func (x *DrainAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainAgentResponse.ProtoReflect.Descriptor instead.
+func (*DrainAgentResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{2}
+}
+
+type PauseAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseAgentRequest) Reset() {
+	*x = PauseAgentRequest{}
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseAgentRequest) ProtoMessage() {}
+
+func (x *PauseAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseAgentRequest.ProtoReflect.Descriptor instead.
+func (*PauseAgentRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PauseAgentRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type PauseAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseAgentResponse) Reset() {
+	*x = PauseAgentResponse{}
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseAgentResponse) ProtoMessage() {}
+
+func (x *PauseAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseAgentResponse.ProtoReflect.Descriptor instead.
+func (*PauseAgentResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{4}
+}
+
+type ResumeAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeAgentRequest) Reset() {
+	*x = ResumeAgentRequest{}
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeAgentRequest) ProtoMessage() {}
+
+func (x *ResumeAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeAgentRequest.ProtoReflect.Descriptor instead.
+func (*ResumeAgentRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ResumeAgentRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type ResumeAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeAgentResponse) Reset() {
+	*x = ResumeAgentResponse{}
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeAgentResponse) ProtoMessage() {}
+
+func (x *ResumeAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeAgentResponse.ProtoReflect.Descriptor instead.
+func (*ResumeAgentResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{6}
+}
+
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LabelSelector string                 `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
@@ -150,7 +399,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[1]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -162,7 +411,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[1]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -175,7 +424,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{1}
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListAgentsRequest) GetLabelSelector() string {
@@ -194,7 +443,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[2]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -206,7 +455,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[2]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -219,7 +468,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{2}
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -244,7 +493,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -256,7 +505,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -269,7 +518,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{3}
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateJoinTokenRequest) GetTtl() *durationpb.Duration {
@@ -311,7 +560,7 @@ type RevokeAgentRequest struct {
 
 func (x *RevokeAgentRequest) Reset() {
 	*x = RevokeAgentRequest{}
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +572,7 @@ func (x *RevokeAgentRequest) String() string {
 func (*RevokeAgentRequest) ProtoMessage() {}
 
 func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +585,7 @@ func (x *RevokeAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAgentRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeAgentRequest) GetId() string {
@@ -363,7 +612,7 @@ type RevokeAgentResponse struct {
 
 func (x *RevokeAgentResponse) Reset() {
 	*x = RevokeAgentResponse{}
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -375,7 +624,7 @@ func (x *RevokeAgentResponse) String() string {
 func (*RevokeAgentResponse) ProtoMessage() {}
 
 func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -388,7 +637,7 @@ func (x *RevokeAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAgentResponse.ProtoReflect.Descriptor instead.
 func (*RevokeAgentResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeAgentResponse) GetTasksLost() int32 {
@@ -409,7 +658,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +670,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_agent_registry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +683,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_v1_agent_registry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CreateJoinTokenResponse) GetTokenId() string {
@@ -462,7 +711,7 @@ var File_opsconductor_v1_agent_registry_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_agent_registry_proto_rawDesc = "" +
 	"\n" +
-	"$opsconductor/v1/agent_registry.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x03\n" +
+	"$opsconductor/v1/agent_registry.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb4\x03\n" +
 	"\x05Agent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12:\n" +
@@ -475,10 +724,20 @@ const file_opsconductor_v1_agent_registry_proto_rawDesc = "" +
 	"\x0elast_seen_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\flastSeenTime\x12;\n" +
 	"\venroll_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"enrollTime\x1a9\n" +
+	"enrollTime\x12\x14\n" +
+	"\x05state\x18\v \x01(\tR\x05state\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"#\n" +
+	"\x11DrainAgentRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
+	"\x12DrainAgentResponse\"#\n" +
+	"\x11PauseAgentRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
+	"\x12PauseAgentResponse\"$\n" +
+	"\x12ResumeAgentRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
+	"\x13ResumeAgentResponse\":\n" +
 	"\x11ListAgentsRequest\x12%\n" +
 	"\x0elabel_selector\x18\x01 \x01(\tR\rlabelSelector\"D\n" +
 	"\x12ListAgentsResponse\x12.\n" +
@@ -501,13 +760,21 @@ const file_opsconductor_v1_agent_registry_proto_rawDesc = "" +
 	"\btoken_id\x18\x01 \x01(\tR\atokenId\x12\x14\n" +
 	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
 	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime2\xcb\x03\n" +
+	"expireTime2\x88\a\n" +
 	"\x14AgentRegistryService\x12~\n" +
 	"\n" +
 	"ListAgents\x12\".opsconductor.v1.ListAgentsRequest\x1a#.opsconductor.v1.ListAgentsResponse\"'\x8a\xb5\x18\r\n" +
 	"\vagents:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/agents\x12\x94\x01\n" +
 	"\vRevokeAgent\x12#.opsconductor.v1.RevokeAgentRequest\x1a$.opsconductor.v1.RevokeAgentResponse\":\x8a\xb5\x18\x11\n" +
-	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/api/v1/agents/{id}/revoke\x12\x9b\x01\n" +
+	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/api/v1/agents/{id}/revoke\x12\x90\x01\n" +
+	"\n" +
+	"DrainAgent\x12\".opsconductor.v1.DrainAgentRequest\x1a#.opsconductor.v1.DrainAgentResponse\"9\x8a\xb5\x18\x11\n" +
+	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/api/v1/agents/{id}/drain\x12\x90\x01\n" +
+	"\n" +
+	"PauseAgent\x12\".opsconductor.v1.PauseAgentRequest\x1a#.opsconductor.v1.PauseAgentResponse\"9\x8a\xb5\x18\x11\n" +
+	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/api/v1/agents/{id}/pause\x12\x94\x01\n" +
+	"\vResumeAgent\x12#.opsconductor.v1.ResumeAgentRequest\x1a$.opsconductor.v1.ResumeAgentResponse\":\x8a\xb5\x18\x11\n" +
+	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/api/v1/agents/{id}/resume\x12\x9b\x01\n" +
 	"\x0fCreateJoinToken\x12'.opsconductor.v1.CreateJoinTokenRequest\x1a(.opsconductor.v1.CreateJoinTokenResponse\"5\x8a\xb5\x18\x11\n" +
 	"\ragents:manage\x10\x01\x82\xd3\xe4\x93\x02\x1a:\x01*\"\x15/api/v1/agents/tokensBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
@@ -523,36 +790,48 @@ func file_opsconductor_v1_agent_registry_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_agent_registry_proto_rawDescData
 }
 
-var file_opsconductor_v1_agent_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_opsconductor_v1_agent_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_opsconductor_v1_agent_registry_proto_goTypes = []any{
 	(*Agent)(nil),                   // 0: opsconductor.v1.Agent
-	(*ListAgentsRequest)(nil),       // 1: opsconductor.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),      // 2: opsconductor.v1.ListAgentsResponse
-	(*CreateJoinTokenRequest)(nil),  // 3: opsconductor.v1.CreateJoinTokenRequest
-	(*RevokeAgentRequest)(nil),      // 4: opsconductor.v1.RevokeAgentRequest
-	(*RevokeAgentResponse)(nil),     // 5: opsconductor.v1.RevokeAgentResponse
-	(*CreateJoinTokenResponse)(nil), // 6: opsconductor.v1.CreateJoinTokenResponse
-	nil,                             // 7: opsconductor.v1.Agent.LabelsEntry
-	nil,                             // 8: opsconductor.v1.CreateJoinTokenRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 9: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 10: google.protobuf.Duration
+	(*DrainAgentRequest)(nil),       // 1: opsconductor.v1.DrainAgentRequest
+	(*DrainAgentResponse)(nil),      // 2: opsconductor.v1.DrainAgentResponse
+	(*PauseAgentRequest)(nil),       // 3: opsconductor.v1.PauseAgentRequest
+	(*PauseAgentResponse)(nil),      // 4: opsconductor.v1.PauseAgentResponse
+	(*ResumeAgentRequest)(nil),      // 5: opsconductor.v1.ResumeAgentRequest
+	(*ResumeAgentResponse)(nil),     // 6: opsconductor.v1.ResumeAgentResponse
+	(*ListAgentsRequest)(nil),       // 7: opsconductor.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),      // 8: opsconductor.v1.ListAgentsResponse
+	(*CreateJoinTokenRequest)(nil),  // 9: opsconductor.v1.CreateJoinTokenRequest
+	(*RevokeAgentRequest)(nil),      // 10: opsconductor.v1.RevokeAgentRequest
+	(*RevokeAgentResponse)(nil),     // 11: opsconductor.v1.RevokeAgentResponse
+	(*CreateJoinTokenResponse)(nil), // 12: opsconductor.v1.CreateJoinTokenResponse
+	nil,                             // 13: opsconductor.v1.Agent.LabelsEntry
+	nil,                             // 14: opsconductor.v1.CreateJoinTokenRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 15: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 16: google.protobuf.Duration
 }
 var file_opsconductor_v1_agent_registry_proto_depIdxs = []int32{
-	7,  // 0: opsconductor.v1.Agent.labels:type_name -> opsconductor.v1.Agent.LabelsEntry
-	9,  // 1: opsconductor.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
-	9,  // 2: opsconductor.v1.Agent.enroll_time:type_name -> google.protobuf.Timestamp
+	13, // 0: opsconductor.v1.Agent.labels:type_name -> opsconductor.v1.Agent.LabelsEntry
+	15, // 1: opsconductor.v1.Agent.last_seen_time:type_name -> google.protobuf.Timestamp
+	15, // 2: opsconductor.v1.Agent.enroll_time:type_name -> google.protobuf.Timestamp
 	0,  // 3: opsconductor.v1.ListAgentsResponse.agents:type_name -> opsconductor.v1.Agent
-	10, // 4: opsconductor.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
-	8,  // 5: opsconductor.v1.CreateJoinTokenRequest.labels:type_name -> opsconductor.v1.CreateJoinTokenRequest.LabelsEntry
-	9,  // 6: opsconductor.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	1,  // 7: opsconductor.v1.AgentRegistryService.ListAgents:input_type -> opsconductor.v1.ListAgentsRequest
-	4,  // 8: opsconductor.v1.AgentRegistryService.RevokeAgent:input_type -> opsconductor.v1.RevokeAgentRequest
-	3,  // 9: opsconductor.v1.AgentRegistryService.CreateJoinToken:input_type -> opsconductor.v1.CreateJoinTokenRequest
-	2,  // 10: opsconductor.v1.AgentRegistryService.ListAgents:output_type -> opsconductor.v1.ListAgentsResponse
-	5,  // 11: opsconductor.v1.AgentRegistryService.RevokeAgent:output_type -> opsconductor.v1.RevokeAgentResponse
-	6,  // 12: opsconductor.v1.AgentRegistryService.CreateJoinToken:output_type -> opsconductor.v1.CreateJoinTokenResponse
-	10, // [10:13] is the sub-list for method output_type
-	7,  // [7:10] is the sub-list for method input_type
+	16, // 4: opsconductor.v1.CreateJoinTokenRequest.ttl:type_name -> google.protobuf.Duration
+	14, // 5: opsconductor.v1.CreateJoinTokenRequest.labels:type_name -> opsconductor.v1.CreateJoinTokenRequest.LabelsEntry
+	15, // 6: opsconductor.v1.CreateJoinTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	7,  // 7: opsconductor.v1.AgentRegistryService.ListAgents:input_type -> opsconductor.v1.ListAgentsRequest
+	10, // 8: opsconductor.v1.AgentRegistryService.RevokeAgent:input_type -> opsconductor.v1.RevokeAgentRequest
+	1,  // 9: opsconductor.v1.AgentRegistryService.DrainAgent:input_type -> opsconductor.v1.DrainAgentRequest
+	3,  // 10: opsconductor.v1.AgentRegistryService.PauseAgent:input_type -> opsconductor.v1.PauseAgentRequest
+	5,  // 11: opsconductor.v1.AgentRegistryService.ResumeAgent:input_type -> opsconductor.v1.ResumeAgentRequest
+	9,  // 12: opsconductor.v1.AgentRegistryService.CreateJoinToken:input_type -> opsconductor.v1.CreateJoinTokenRequest
+	8,  // 13: opsconductor.v1.AgentRegistryService.ListAgents:output_type -> opsconductor.v1.ListAgentsResponse
+	11, // 14: opsconductor.v1.AgentRegistryService.RevokeAgent:output_type -> opsconductor.v1.RevokeAgentResponse
+	2,  // 15: opsconductor.v1.AgentRegistryService.DrainAgent:output_type -> opsconductor.v1.DrainAgentResponse
+	4,  // 16: opsconductor.v1.AgentRegistryService.PauseAgent:output_type -> opsconductor.v1.PauseAgentResponse
+	6,  // 17: opsconductor.v1.AgentRegistryService.ResumeAgent:output_type -> opsconductor.v1.ResumeAgentResponse
+	12, // 18: opsconductor.v1.AgentRegistryService.CreateJoinToken:output_type -> opsconductor.v1.CreateJoinTokenResponse
+	13, // [13:19] is the sub-list for method output_type
+	7,  // [7:13] is the sub-list for method input_type
 	7,  // [7:7] is the sub-list for extension type_name
 	7,  // [7:7] is the sub-list for extension extendee
 	0,  // [0:7] is the sub-list for field type_name
@@ -570,7 +849,7 @@ func file_opsconductor_v1_agent_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_agent_registry_proto_rawDesc), len(file_opsconductor_v1_agent_registry_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

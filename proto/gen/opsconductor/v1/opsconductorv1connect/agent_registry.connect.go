@@ -39,6 +39,15 @@ const (
 	// AgentRegistryServiceRevokeAgentProcedure is the fully-qualified name of the
 	// AgentRegistryService's RevokeAgent RPC.
 	AgentRegistryServiceRevokeAgentProcedure = "/opsconductor.v1.AgentRegistryService/RevokeAgent"
+	// AgentRegistryServiceDrainAgentProcedure is the fully-qualified name of the AgentRegistryService's
+	// DrainAgent RPC.
+	AgentRegistryServiceDrainAgentProcedure = "/opsconductor.v1.AgentRegistryService/DrainAgent"
+	// AgentRegistryServicePauseAgentProcedure is the fully-qualified name of the AgentRegistryService's
+	// PauseAgent RPC.
+	AgentRegistryServicePauseAgentProcedure = "/opsconductor.v1.AgentRegistryService/PauseAgent"
+	// AgentRegistryServiceResumeAgentProcedure is the fully-qualified name of the
+	// AgentRegistryService's ResumeAgent RPC.
+	AgentRegistryServiceResumeAgentProcedure = "/opsconductor.v1.AgentRegistryService/ResumeAgent"
 	// AgentRegistryServiceCreateJoinTokenProcedure is the fully-qualified name of the
 	// AgentRegistryService's CreateJoinToken RPC.
 	AgentRegistryServiceCreateJoinTokenProcedure = "/opsconductor.v1.AgentRegistryService/CreateJoinToken"
@@ -52,6 +61,13 @@ type AgentRegistryServiceClient interface {
 	// RevokeAgent refuses the agent from its next call on; its queued and
 	// running tasks end as lost.
 	RevokeAgent(context.Context, *connect.Request[v1.RevokeAgentRequest]) (*connect.Response[v1.RevokeAgentResponse], error)
+	// DrainAgent stops giving the agent new tasks; its running ones finish.
+	// For taking a host out of service.
+	DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error)
+	// PauseAgent is a drain meant to be lifted soon (maintenance).
+	PauseAgent(context.Context, *connect.Request[v1.PauseAgentRequest]) (*connect.Response[v1.PauseAgentResponse], error)
+	// ResumeAgent gives a drained or paused agent work again.
+	ResumeAgent(context.Context, *connect.Request[v1.ResumeAgentRequest]) (*connect.Response[v1.ResumeAgentResponse], error)
 	CreateJoinToken(context.Context, *connect.Request[v1.CreateJoinTokenRequest]) (*connect.Response[v1.CreateJoinTokenResponse], error)
 }
 
@@ -78,6 +94,24 @@ func NewAgentRegistryServiceClient(httpClient connect.HTTPClient, baseURL string
 			connect.WithSchema(agentRegistryServiceMethods.ByName("RevokeAgent")),
 			connect.WithClientOptions(opts...),
 		),
+		drainAgent: connect.NewClient[v1.DrainAgentRequest, v1.DrainAgentResponse](
+			httpClient,
+			baseURL+AgentRegistryServiceDrainAgentProcedure,
+			connect.WithSchema(agentRegistryServiceMethods.ByName("DrainAgent")),
+			connect.WithClientOptions(opts...),
+		),
+		pauseAgent: connect.NewClient[v1.PauseAgentRequest, v1.PauseAgentResponse](
+			httpClient,
+			baseURL+AgentRegistryServicePauseAgentProcedure,
+			connect.WithSchema(agentRegistryServiceMethods.ByName("PauseAgent")),
+			connect.WithClientOptions(opts...),
+		),
+		resumeAgent: connect.NewClient[v1.ResumeAgentRequest, v1.ResumeAgentResponse](
+			httpClient,
+			baseURL+AgentRegistryServiceResumeAgentProcedure,
+			connect.WithSchema(agentRegistryServiceMethods.ByName("ResumeAgent")),
+			connect.WithClientOptions(opts...),
+		),
 		createJoinToken: connect.NewClient[v1.CreateJoinTokenRequest, v1.CreateJoinTokenResponse](
 			httpClient,
 			baseURL+AgentRegistryServiceCreateJoinTokenProcedure,
@@ -91,6 +125,9 @@ func NewAgentRegistryServiceClient(httpClient connect.HTTPClient, baseURL string
 type agentRegistryServiceClient struct {
 	listAgents      *connect.Client[v1.ListAgentsRequest, v1.ListAgentsResponse]
 	revokeAgent     *connect.Client[v1.RevokeAgentRequest, v1.RevokeAgentResponse]
+	drainAgent      *connect.Client[v1.DrainAgentRequest, v1.DrainAgentResponse]
+	pauseAgent      *connect.Client[v1.PauseAgentRequest, v1.PauseAgentResponse]
+	resumeAgent     *connect.Client[v1.ResumeAgentRequest, v1.ResumeAgentResponse]
 	createJoinToken *connect.Client[v1.CreateJoinTokenRequest, v1.CreateJoinTokenResponse]
 }
 
@@ -102,6 +139,21 @@ func (c *agentRegistryServiceClient) ListAgents(ctx context.Context, req *connec
 // RevokeAgent calls opsconductor.v1.AgentRegistryService.RevokeAgent.
 func (c *agentRegistryServiceClient) RevokeAgent(ctx context.Context, req *connect.Request[v1.RevokeAgentRequest]) (*connect.Response[v1.RevokeAgentResponse], error) {
 	return c.revokeAgent.CallUnary(ctx, req)
+}
+
+// DrainAgent calls opsconductor.v1.AgentRegistryService.DrainAgent.
+func (c *agentRegistryServiceClient) DrainAgent(ctx context.Context, req *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error) {
+	return c.drainAgent.CallUnary(ctx, req)
+}
+
+// PauseAgent calls opsconductor.v1.AgentRegistryService.PauseAgent.
+func (c *agentRegistryServiceClient) PauseAgent(ctx context.Context, req *connect.Request[v1.PauseAgentRequest]) (*connect.Response[v1.PauseAgentResponse], error) {
+	return c.pauseAgent.CallUnary(ctx, req)
+}
+
+// ResumeAgent calls opsconductor.v1.AgentRegistryService.ResumeAgent.
+func (c *agentRegistryServiceClient) ResumeAgent(ctx context.Context, req *connect.Request[v1.ResumeAgentRequest]) (*connect.Response[v1.ResumeAgentResponse], error) {
+	return c.resumeAgent.CallUnary(ctx, req)
 }
 
 // CreateJoinToken calls opsconductor.v1.AgentRegistryService.CreateJoinToken.
@@ -118,6 +170,13 @@ type AgentRegistryServiceHandler interface {
 	// RevokeAgent refuses the agent from its next call on; its queued and
 	// running tasks end as lost.
 	RevokeAgent(context.Context, *connect.Request[v1.RevokeAgentRequest]) (*connect.Response[v1.RevokeAgentResponse], error)
+	// DrainAgent stops giving the agent new tasks; its running ones finish.
+	// For taking a host out of service.
+	DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error)
+	// PauseAgent is a drain meant to be lifted soon (maintenance).
+	PauseAgent(context.Context, *connect.Request[v1.PauseAgentRequest]) (*connect.Response[v1.PauseAgentResponse], error)
+	// ResumeAgent gives a drained or paused agent work again.
+	ResumeAgent(context.Context, *connect.Request[v1.ResumeAgentRequest]) (*connect.Response[v1.ResumeAgentResponse], error)
 	CreateJoinToken(context.Context, *connect.Request[v1.CreateJoinTokenRequest]) (*connect.Response[v1.CreateJoinTokenResponse], error)
 }
 
@@ -140,6 +199,24 @@ func NewAgentRegistryServiceHandler(svc AgentRegistryServiceHandler, opts ...con
 		connect.WithSchema(agentRegistryServiceMethods.ByName("RevokeAgent")),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentRegistryServiceDrainAgentHandler := connect.NewUnaryHandler(
+		AgentRegistryServiceDrainAgentProcedure,
+		svc.DrainAgent,
+		connect.WithSchema(agentRegistryServiceMethods.ByName("DrainAgent")),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentRegistryServicePauseAgentHandler := connect.NewUnaryHandler(
+		AgentRegistryServicePauseAgentProcedure,
+		svc.PauseAgent,
+		connect.WithSchema(agentRegistryServiceMethods.ByName("PauseAgent")),
+		connect.WithHandlerOptions(opts...),
+	)
+	agentRegistryServiceResumeAgentHandler := connect.NewUnaryHandler(
+		AgentRegistryServiceResumeAgentProcedure,
+		svc.ResumeAgent,
+		connect.WithSchema(agentRegistryServiceMethods.ByName("ResumeAgent")),
+		connect.WithHandlerOptions(opts...),
+	)
 	agentRegistryServiceCreateJoinTokenHandler := connect.NewUnaryHandler(
 		AgentRegistryServiceCreateJoinTokenProcedure,
 		svc.CreateJoinToken,
@@ -152,6 +229,12 @@ func NewAgentRegistryServiceHandler(svc AgentRegistryServiceHandler, opts ...con
 			agentRegistryServiceListAgentsHandler.ServeHTTP(w, r)
 		case AgentRegistryServiceRevokeAgentProcedure:
 			agentRegistryServiceRevokeAgentHandler.ServeHTTP(w, r)
+		case AgentRegistryServiceDrainAgentProcedure:
+			agentRegistryServiceDrainAgentHandler.ServeHTTP(w, r)
+		case AgentRegistryServicePauseAgentProcedure:
+			agentRegistryServicePauseAgentHandler.ServeHTTP(w, r)
+		case AgentRegistryServiceResumeAgentProcedure:
+			agentRegistryServiceResumeAgentHandler.ServeHTTP(w, r)
 		case AgentRegistryServiceCreateJoinTokenProcedure:
 			agentRegistryServiceCreateJoinTokenHandler.ServeHTTP(w, r)
 		default:
@@ -169,6 +252,18 @@ func (UnimplementedAgentRegistryServiceHandler) ListAgents(context.Context, *con
 
 func (UnimplementedAgentRegistryServiceHandler) RevokeAgent(context.Context, *connect.Request[v1.RevokeAgentRequest]) (*connect.Response[v1.RevokeAgentResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AgentRegistryService.RevokeAgent is not implemented"))
+}
+
+func (UnimplementedAgentRegistryServiceHandler) DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AgentRegistryService.DrainAgent is not implemented"))
+}
+
+func (UnimplementedAgentRegistryServiceHandler) PauseAgent(context.Context, *connect.Request[v1.PauseAgentRequest]) (*connect.Response[v1.PauseAgentResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AgentRegistryService.PauseAgent is not implemented"))
+}
+
+func (UnimplementedAgentRegistryServiceHandler) ResumeAgent(context.Context, *connect.Request[v1.ResumeAgentRequest]) (*connect.Response[v1.ResumeAgentResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AgentRegistryService.ResumeAgent is not implemented"))
 }
 
 func (UnimplementedAgentRegistryServiceHandler) CreateJoinToken(context.Context, *connect.Request[v1.CreateJoinTokenRequest]) (*connect.Response[v1.CreateJoinTokenResponse], error) {
