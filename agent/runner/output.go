@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"strings"
 	"sync"
 )
 
@@ -22,6 +23,54 @@ type outputBuffer struct {
 	accepted int64
 	limit    int64
 	notify   chan struct{} // signalled when pending passes flushSize
+
+	// secrets are masked in everything shipped. A secret may arrive split
+	// across writes, so the last len(longest)-1 bytes of each stream wait
+	// in carry until more comes or the action ends.
+	secrets []string
+	keep    int
+	carry   map[streamKey][]byte
+}
+
+type streamKey struct {
+	action int
+	stream string
+}
+
+// secretMask replaces secret values in output.
+const secretMask = "********"
+
+// setSecrets makes the buffer mask these values.
+func (b *outputBuffer) setSecrets(secrets []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.carry = map[streamKey][]byte{}
+	for _, s := range secrets {
+		if s == "" {
+			continue
+		}
+		b.secrets = append(b.secrets, s)
+		b.keep = max(b.keep, len(s)-1)
+	}
+}
+
+func (b *outputBuffer) mask(p []byte) []byte {
+	for _, s := range b.secrets {
+		p = bytesReplace(p, s, secretMask)
+	}
+	return p
+}
+
+// endAction ships what a stream of the action still holds back.
+func (b *outputBuffer) endAction(action int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for k, rest := range b.carry {
+		if k.action == action && len(rest) > 0 {
+			delete(b.carry, k)
+			b.addLocked(k.action, k.stream, b.mask(rest))
+		}
+	}
 }
 
 const flushSize = 64 << 10
@@ -33,6 +82,17 @@ func newOutputBuffer(limit int64) *outputBuffer {
 func (b *outputBuffer) add(action int, stream string, p []byte) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if len(b.secrets) > 0 {
+		k := streamKey{action, stream}
+		data := b.mask(append(b.carry[k], p...))
+		hold := min(b.keep, len(data))
+		b.carry[k] = append([]byte(nil), data[len(data)-hold:]...)
+		p = data[:len(data)-hold]
+	}
+	b.addLocked(action, stream, p)
+}
+
+func (b *outputBuffer) addLocked(action int, stream string, p []byte) {
 	room := b.limit + 1 - b.accepted
 	if room <= 0 {
 		return
@@ -75,4 +135,8 @@ type streamWriter struct {
 func (w streamWriter) Write(p []byte) (int, error) {
 	w.buf.add(w.action, w.stream, p)
 	return len(p), nil
+}
+
+func bytesReplace(p []byte, old, new string) []byte {
+	return []byte(strings.ReplaceAll(string(p), old, new))
 }

@@ -90,6 +90,7 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 	defer cancelTask(nil)
 
 	buf := newOutputBuffer(t.GetOutputLimitBytes())
+	buf.setSecrets(t.GetSecretValues())
 	shipDone := make(chan struct{})
 	stopShipping := make(chan struct{})
 	go func() {
@@ -147,14 +148,23 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			"OPSCONDUCTOR_ACTION_NAME":    a.GetName(),
 			"OPSCONDUCTOR_CORRELATION_ID": t.GetCorrelationId(),
 		}
-		for k, v := range a.GetEnv() {
+		command, script, dir, actionEnv, err := render(a, t.GetParameters())
+		if err != nil {
+			out.Status, out.ExitCode, out.Error = executor.StatusFailed, -1, "render parameters: "+err.Error()
+			status, errMsg, stopped = executor.StatusFailed, fmt.Sprintf("action %d (%s) could not be rendered: %v", i+1, a.GetName(), err), true
+			continue
+		}
+		for k, v := range paramEnv(t.GetParameters()) {
+			env[k] = v
+		}
+		for k, v := range actionEnv {
 			env[k] = v
 		}
 		act := executor.Action{
-			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: a.GetCommand(), Script: a.GetScript(),
-			Env: env, WorkingDir: a.GetWorkingDir(), Timeout: a.GetTimeout().AsDuration(),
+			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: command, Script: script,
+			Env: env, WorkingDir: dir, Timeout: a.GetTimeout().AsDuration(),
 		}
-		if why := r.refuse(t, a); why != "" {
+		if why := r.refuse(t, rendered(a, t.GetParameters())); why != "" {
 			// The last line of defence: the control plane checks too, but
 			// the agent runs the command and has the final say.
 			out.Status, out.ExitCode, out.Error = executor.StatusFailed, -1, why
@@ -164,6 +174,7 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 		}
 		start := time.Now()
 		res := r.attempts(ctx, act, a.GetRetry(), buf, out, log)
+		buf.endAction(i)
 		out.StartTime, out.EndTime = timestamppb.New(start), timestamppb.New(time.Now())
 		out.Status, out.ExitCode, out.Error = res.Status, int32(res.ExitCode), res.Error
 		log.Info("action finished", zap.Int("action_index", i), zap.String("action", a.GetName()), zap.Int("attempts", len(out.GetAttempts())),
@@ -212,6 +223,16 @@ func (r *Runner) attempts(ctx context.Context, act executor.Action, policy *opsc
 		case <-time.After(delay):
 		}
 	}
+}
+
+// rendered is the action as it will run, for the safety check; an action
+// that does not render is checked as written.
+func rendered(a *opsconductorv1.Action, values map[string]string) *opsconductorv1.Action {
+	command, script, _, _, err := render(a, values)
+	if err != nil {
+		return a
+	}
+	return &opsconductorv1.Action{Plugin: a.GetPlugin(), Command: command, Script: script}
 }
 
 // refuse returns why the agent will not run the action, or "".

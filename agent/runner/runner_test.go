@@ -192,3 +192,21 @@ func TestRetriesRecorded(t *testing.T) {
 		}
 	}
 }
+
+// TestOutputMasksSecretsAcrossWrites: a secret split over several writes
+// is still masked, and nothing else is lost.
+func TestOutputMasksSecretsAcrossWrites(t *testing.T) {
+	b := newOutputBuffer(1 << 20)
+	b.setSecrets([]string{"hunter2"})
+	for _, part := range []string{"pass=hun", "te", "r2;", " again hunter2 end"} {
+		b.add(0, "stdout", []byte(part))
+	}
+	b.endAction(0)
+	var got strings.Builder
+	for _, c := range b.take() {
+		got.Write(c.data)
+	}
+	if got.String() != "pass=********; again ******** end" {
+		t.Fatalf("shipped %q", got.String())
+	}
+}

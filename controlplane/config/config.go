@@ -4,6 +4,7 @@
 package config
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -74,6 +75,8 @@ type Config struct {
 	// MetricsToken, when set, must be sent as a bearer token to read
 	// /metrics; empty leaves /metrics open (the usual Prometheus setup).
 	MetricsToken string
+	// SecretKey (base64, 32 bytes) seals secret parameter values at rest.
+	SecretKey string
 	// SafetyRules is a YAML/JSON file of extra dangerous-command rules and
 	// allow-lists (docs/safety.md).
 	SafetyRules string
@@ -139,6 +142,7 @@ func (c *Config) settings() []setting {
 		{flag: "max-request-bytes", env: "OPSCONDUCTOR_MAX_REQUEST_BYTES", help: "largest request body", i64: &c.MaxRequestBytes},
 		{flag: "protected-labels", env: "OPSCONDUCTOR_PROTECTED_LABELS", help: "label selector of agents where running needs executions:run-protected (developers lack it); empty: none", str: &c.ProtectedLabels},
 		{flag: "metrics-token", env: "OPSCONDUCTOR_METRICS_TOKEN", help: "require this bearer token on /metrics (use the _FILE variant); empty: open", str: &c.MetricsToken, secret: true},
+		{flag: "secret-key", env: "OPSCONDUCTOR_SECRET_KEY", help: "base64 of 32 random bytes sealing secret parameter values at rest (use the _FILE variant); unset: a key per process", str: &c.SecretKey, secret: true},
 		{flag: "safety-rules", env: "OPSCONDUCTOR_SAFETY_RULES", help: "YAML/JSON file of extra dangerous-command rules and allow-lists", str: &c.SafetyRules},
 		{flag: "cors-origins", env: "OPSCONDUCTOR_CORS_ORIGINS", help: "browser origins allowed to call the API, comma-separated", str: &c.CORSOrigins},
 		{flag: "bootstrap-token-file", env: "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE", help: "also write the first admin token to this file (0600)", str: &c.BootstrapTokenFile},
@@ -291,6 +295,11 @@ func (c Config) Validate() error {
 	}
 	if _, err := label.ParseSelector(c.ProtectedLabels); err != nil {
 		bad("protected-labels", "%v", err)
+	}
+	if c.SecretKey != "" {
+		if k, err := base64.StdEncoding.DecodeString(c.SecretKey); err != nil || len(k) != 32 {
+			bad("secret-key", "must be the base64 of 32 bytes (openssl rand -base64 32)")
+		}
 	}
 	if c.AgentOnlineWindow <= 0 {
 		bad("agent-online-window", "must be positive")

@@ -25,7 +25,9 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/execution"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
+	"github.com/opsconductor/opsconductor/controlplane/params"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
+	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
@@ -52,6 +54,8 @@ type Config struct {
 	// ClientCertVerified, when set, must report true for every agent call,
 	// enrollment included (mutual TLS for agents).
 	ClientCertVerified func(context.Context) bool
+	// Secrets opens sealed parameter values for the agents.
+	Secrets *secretbox.Box
 }
 
 func (c Config) withDefaults() Config {
@@ -249,7 +253,7 @@ func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots int) 
 		g.nudge()
 	}
 	for _, c := range claims {
-		ta, cerr := toAssignment(c)
+		ta, cerr := toAssignment(c, g.cfg.Secrets)
 		if cerr != nil {
 			return out, cerr
 		}
@@ -264,7 +268,7 @@ func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots int) 
 	return out, nil
 }
 
-func toAssignment(c execution.Claim) (*agentv1.TaskAssignment, error) {
+func toAssignment(c execution.Claim, box *secretbox.Box) (*agentv1.TaskAssignment, error) {
 	job := &opsconductorv1.Job{}
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(c.Snapshot, job); err != nil {
 		return nil, fmt.Errorf("decode snapshot of execution %s: %w", c.Task.ExecutionID, err)
@@ -275,6 +279,13 @@ func toAssignment(c execution.Claim) (*agentv1.TaskAssignment, error) {
 	}
 	if c.Task.LeaseExpiresAt != nil {
 		ta.LeaseExpireTime = timestamppb.New(*c.Task.LeaseExpiresAt)
+	}
+	if box != nil {
+		values, secrets, err := params.Open(box, c.Task.ExecutionID, c.Parameters)
+		if err != nil {
+			return nil, err
+		}
+		ta.Parameters, ta.SecretValues = values, secrets
 	}
 	for i, a := range job.GetActions() {
 		a = proto.Clone(a).(*opsconductorv1.Action)

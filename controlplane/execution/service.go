@@ -25,7 +25,9 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
 	"github.com/opsconductor/opsconductor/controlplane/label"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
+	"github.com/opsconductor/opsconductor/controlplane/params"
 	"github.com/opsconductor/opsconductor/controlplane/policy"
+	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
@@ -59,6 +61,9 @@ type Config struct {
 	// Nudge, when set, is called after a commit that wrote events (the
 	// outbox relay's Nudge), so watchers hear of them at once.
 	Nudge func()
+	// Secrets seals secret parameter values for storage (required when a
+	// job has secret parameters).
+	Secrets *secretbox.Box
 }
 
 // DefaultOutputLimit is the per-task output cap when none is configured.
@@ -93,7 +98,7 @@ func NewService(st *Store, jobs JobReader, resolver TargetResolver, checker Comm
 
 func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconductorv1.ExecuteJobRequest]) (*connect.Response[opsconductorv1.ExecuteJobResponse], error) {
 	e, err := s.create(ctx, req.Msg.GetId(), 0, "id", startOpts{
-		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(),
+		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(), parameters: req.Msg.GetParameters(),
 		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")),
 	})
 	if err != nil {
@@ -104,7 +109,7 @@ func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconduc
 
 func (s *Service) CreateExecution(ctx context.Context, req *connect.Request[opsconductorv1.CreateExecutionRequest]) (*connect.Response[opsconductorv1.CreateExecutionResponse], error) {
 	e, err := s.create(ctx, req.Msg.GetJobId(), req.Msg.GetJobVersion(), "job_id", startOpts{
-		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(),
+		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(), parameters: req.Msg.GetParameters(),
 		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")),
 	})
 	if err != nil {
@@ -117,6 +122,7 @@ func (s *Service) CreateExecution(ctx context.Context, req *connect.Request[opsc
 // dangerous-command check, policy overrides, an idempotency key, and the
 // execution a retry retries.
 type startOpts struct {
+	parameters     map[string]string
 	override       *opsconductorv1.DangerousOverride
 	policy         *opsconductorv1.ExecutionPolicy
 	idempotencyKey string
@@ -161,8 +167,9 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 	principal, _ := auth.PrincipalFrom(ctx)
 	override := opts.override
 	pol, merged, vs := policy.Resolve("policy", job.GetPolicy(), opts.policy)
-	if len(vs) > 0 {
-		return nil, apperr.Invalid("execution policy", vs)
+	values, secrets, pvs := params.Resolve(job.GetParameters(), opts.parameters)
+	if vs = append(vs, pvs...); len(vs) > 0 {
+		return nil, apperr.Invalid("execution", vs)
 	}
 	if len(opts.idempotencyKey) > 200 {
 		return nil, apperr.InvalidField("idempotency_key", "must be at most 200 characters")
@@ -181,7 +188,7 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 		return nil, apperr.PermissionDenied("%s lacks permission %s to override the dangerous-command check", principal.Name, auth.PermExecutionsDanger)
 	}
 	if s.checker != nil {
-		if findings := s.checker.CheckJob(job); len(findings) > 0 && !override.GetAllow() {
+		if findings := s.checker.CheckJob(params.Render(job, values, secrets)); len(findings) > 0 && !override.GetAllow() {
 			return nil, dangerousError(job.GetName(), findings)
 		}
 	}
@@ -209,8 +216,17 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 	if err != nil {
 		return nil, fmt.Errorf("encode policy: %w", err)
 	}
+	id := uuid.Must(uuid.NewV7()).String()
+	if len(secrets) > 0 && s.cfg.Secrets == nil {
+		return nil, fmt.Errorf("job %s has secret parameters but no secret key is configured", job.GetName())
+	}
+	paramsJSON, err := params.Seal(s.cfg.Secrets, id, values, secrets)
+	if err != nil {
+		return nil, fmt.Errorf("encode parameters: %w", err)
+	}
 	rec := ExecutionRecord{
-		ID:             uuid.Must(uuid.NewV7()).String(),
+		ID:             id,
+		Parameters:     paramsJSON,
 		JobID:          job.GetId(),
 		JobName:        job.GetName(),
 		JobVersion:     job.GetVersion(),
@@ -322,7 +338,14 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 		}
 		return nil, apperr.FailedPrecondition("cannot retry on agents that are no longer enrolled: %s", strings.Join(gone, ", "))
 	}
-	e, err := s.start(ctx, job, agents, startOpts{override: override, parentID: parent.ID})
+	// The retry reuses the parent's values, secret ones included.
+	var values map[string]string
+	if s.cfg.Secrets != nil {
+		if values, _, err = params.Open(s.cfg.Secrets, parent.ID, parent.Parameters); err != nil {
+			return nil, err
+		}
+	}
+	e, err := s.start(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values})
 	if err != nil {
 		return nil, err
 	}
@@ -406,6 +429,7 @@ func toExecution(rec ExecutionRecord, tasks []TaskRecord) (*opsconductorv1.Execu
 		StartTime: ts(rec.StartedAt), EndTime: ts(rec.FinishedAt), JobSnapshot: job,
 		TaskCounts: map[string]int32{},
 	}
+	e.Parameters = params.Display(rec.Parameters)
 	if len(rec.Policy) > 0 {
 		e.Policy = &opsconductorv1.ExecutionPolicy{}
 		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(rec.Policy, e.Policy); err != nil {

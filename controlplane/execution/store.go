@@ -99,9 +99,11 @@ type ExecutionRecord struct {
 	MaxFailures *int
 	// OnAgentLoss is "fail" (default) or "requeue".
 	OnAgentLoss string
-	CreatedAt   time.Time
-	StartedAt   *time.Time
-	FinishedAt  *time.Time
+	// Parameters holds the values as JSON {"plain": {...}, "sealed": {...}}.
+	Parameters []byte
+	CreatedAt  time.Time
+	StartedAt  *time.Time
+	FinishedAt *time.Time
 }
 
 // TaskRecord is a stored task.
@@ -152,6 +154,7 @@ type Claim struct {
 	Snapshot       []byte
 	CorrelationID  string
 	AllowDangerous bool
+	Parameters     []byte // as ExecutionRecord.Parameters
 }
 
 // Store keeps executions, tasks, results and output in the executions schema.
@@ -221,11 +224,11 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
 			created_by, allow_dangerous, dangerous_reason, parent_id, policy, waiting_for, idempotency_key,
-			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
+			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss, parameters)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
 			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
 			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID, policyJSON, e.WaitingFor, key,
-			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures, cmp.Or(e.OnAgentLoss, "fail")); err != nil {
+			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures, cmp.Or(e.OnAgentLoss, "fail"), cmp.Or(string(e.Parameters), "{}")); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
 		for i, t := range tasks {
@@ -294,16 +297,16 @@ func appendEvent(ctx context.Context, tx *store.Tx, ev *opsconductorv1.Execution
 // ExecutionGet returns one execution.
 func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, error) {
 	var e ExecutionRecord
-	var snapshot, policyJSON string
+	var snapshot, policyJSON, paramsJSON string
 	var started, finished sql.NullTime
 	err := s.db.QueryRowContext(ctx, `SELECT id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at,
-		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason, parent_id, policy, reason, waiting_for
+		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason, parent_id, policy, reason, waiting_for, parameters
 		FROM executions WHERE id = $1`, id).Scan(&e.ID, &e.JobID, &e.JobName, &e.JobVersion, &snapshot, &e.Status, &e.CorrelationID, &e.CreatedAt, &started, &finished,
-		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason, &e.ParentID, &policyJSON, &e.Reason, &e.WaitingFor)
+		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason, &e.ParentID, &policyJSON, &e.Reason, &e.WaitingFor, &paramsJSON)
 	if err != nil {
 		return ExecutionRecord{}, fmt.Errorf("get execution %s: %w", id, store.Translate(err))
 	}
-	e.Snapshot, e.Policy = []byte(snapshot), []byte(policyJSON)
+	e.Snapshot, e.Policy, e.Parameters = []byte(snapshot), []byte(policyJSON), []byte(paramsJSON)
 	e.CreatedAt = e.CreatedAt.UTC()
 	e.StartedAt, e.FinishedAt = timePtr(started), timePtr(finished)
 	return e, nil
@@ -464,11 +467,12 @@ func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duratio
 		}
 		var snapshot string
 		var execStatus string
-		if err := tx.QueryRowContext(ctx, `SELECT job_name, snapshot, correlation_id, status, allow_dangerous FROM executions WHERE id = $1`, task.ExecutionID).
-			Scan(&c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous); err != nil {
+		var paramsJSON string
+		if err := tx.QueryRowContext(ctx, `SELECT job_name, snapshot, correlation_id, status, allow_dangerous, parameters FROM executions WHERE id = $1`, task.ExecutionID).
+			Scan(&c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous, &paramsJSON); err != nil {
 			return fmt.Errorf("read execution %s: %w", task.ExecutionID, store.Translate(err))
 		}
-		c.Task, c.Snapshot, found = task, []byte(snapshot), true
+		c.Task, c.Snapshot, c.Parameters, found = task, []byte(snapshot), []byte(paramsJSON), true
 		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
 			Type: "task.status", ExecutionId: task.ExecutionID, TaskId: task.ID, AgentName: task.AgentName, Status: TaskRunning, Time: timestamppb.New(t),
 		}); err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/label"
+	"github.com/opsconductor/opsconductor/controlplane/params"
 	"github.com/opsconductor/opsconductor/controlplane/policy"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
@@ -70,6 +71,7 @@ func Validate(prefix string, j *opsconductorv1.Job) []apperr.Violation {
 		p := fmt.Sprintf(".actions[%d]", i)
 		validateAction(a, func(field, format string, args ...any) { add(p+field, format, args...) })
 	}
+	vs = append(vs, params.ValidateDefs(prefix, j)...)
 	if j.GetPolicy() != nil {
 		vs = append(vs, policy.Validate(prefix+".policy", j.GetPolicy())...)
 	}

@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -49,6 +50,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/ratelimit"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
 	"github.com/opsconductor/opsconductor/controlplane/safety"
+	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
@@ -149,8 +151,18 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	}
 	safetySvc := safety.NewService(checker)
 	jobs := job.NewService(job.NewStore(jobsDB), reg, safetySvc, logger)
+	key := secretbox.NewKey()
+	if cfg.SecretKey != "" {
+		key, _ = base64.StdEncoding.DecodeString(cfg.SecretKey) // checked by Validate
+	} else {
+		logger.Warn("no --secret-key: secret parameters are sealed with a key of this process only; executions still queued across a restart cannot open theirs")
+	}
+	box, err := secretbox.New(key)
+	if err != nil {
+		return nil, err
+	}
 	protected, _ := label.ParseSelector(cfg.ProtectedLabels) // checked by Validate
-	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected,
+	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected, Secrets: box,
 		Nudge: func() { nudgeExecRelay() }})
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
@@ -172,6 +184,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	}
 	nudgeExecRelay = execRelay.Nudge
 	gwCfg := dispatch.Config{
+		Secrets:       box,
 		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
 	}
 	if cfg.AgentMTLS {

@@ -58,7 +58,9 @@ type Execution struct {
 	Reason string `protobuf:"bytes,19,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Set while the execution waits for an earlier one of the same job
 	// (concurrency "queue").
-	WaitingFor    string `protobuf:"bytes,20,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
+	WaitingFor string `protobuf:"bytes,20,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
+	// The parameter values in force; secret ones read "********".
+	Parameters    map[string]string `protobuf:"bytes,21,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -233,6 +235,13 @@ func (x *Execution) GetWaitingFor() string {
 	return ""
 }
 
+func (x *Execution) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
 // Task is the run of an execution on one target.
 type Task struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -338,7 +347,9 @@ type ExecuteJobRequest struct {
 	// too.
 	IdempotencyKey string `protobuf:"bytes,3,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Overrides the job's execution policy, field by field.
-	Policy        *ExecutionPolicy `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy *ExecutionPolicy `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Values for the job's parameters, as text ("42", "true").
+	Parameters    map[string]string `protobuf:"bytes,5,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -397,6 +408,13 @@ func (x *ExecuteJobRequest) GetIdempotencyKey() string {
 func (x *ExecuteJobRequest) GetPolicy() *ExecutionPolicy {
 	if x != nil {
 		return x.Policy
+	}
+	return nil
+}
+
+func (x *ExecuteJobRequest) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
 	}
 	return nil
 }
@@ -508,6 +526,7 @@ type CreateExecutionRequest struct {
 	DangerousOverride *DangerousOverride `protobuf:"bytes,3,opt,name=dangerous_override,json=dangerousOverride,proto3" json:"dangerous_override,omitempty"`
 	IdempotencyKey    string             `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Policy            *ExecutionPolicy   `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	Parameters        map[string]string  `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -573,6 +592,13 @@ func (x *CreateExecutionRequest) GetIdempotencyKey() string {
 func (x *CreateExecutionRequest) GetPolicy() *ExecutionPolicy {
 	if x != nil {
 		return x.Policy
+	}
+	return nil
+}
+
+func (x *CreateExecutionRequest) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
 	}
 	return nil
 }
@@ -1520,7 +1546,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\x98\a\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xa3\b\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1548,10 +1574,16 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x06policy\x18\x12 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x12\x16\n" +
 	"\x06reason\x18\x13 \x01(\tR\x06reason\x12\x1f\n" +
 	"\vwaiting_for\x18\x14 \x01(\tR\n" +
-	"waitingFor\x1a=\n" +
+	"waitingFor\x12J\n" +
+	"\n" +
+	"parameters\x18\x15 \x03(\v2*.opsconductor.v1.Execution.ParametersEntryR\n" +
+	"parameters\x1a=\n" +
 	"\x0fTaskCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\xf0\x01\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf0\x01\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x19\n" +
 	"\bagent_id\x18\x02 \x01(\tR\aagentId\x12\x1d\n" +
@@ -1561,24 +1593,36 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x129\n" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xd9\x01\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xec\x02\n" +
 	"\x11ExecuteJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12Q\n" +
 	"\x12dangerous_override\x18\x02 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\x12'\n" +
 	"\x0fidempotency_key\x18\x03 \x01(\tR\x0eidempotencyKey\x128\n" +
-	"\x06policy\x18\x04 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\"A\n" +
+	"\x06policy\x18\x04 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x12R\n" +
+	"\n" +
+	"parameters\x18\x05 \x03(\v22.opsconductor.v1.ExecuteJobRequest.ParametersEntryR\n" +
+	"parameters\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +
 	"\x11DangerousOverride\x12\x14\n" +
 	"\x05allow\x18\x01 \x01(\bR\x05allow\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"N\n" +
 	"\x12ExecuteJobResponse\x128\n" +
-	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\x86\x02\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\x9e\x03\n" +
 	"\x16CreateExecutionRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1f\n" +
 	"\vjob_version\x18\x02 \x01(\x03R\n" +
 	"jobVersion\x12Q\n" +
 	"\x12dangerous_override\x18\x03 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x128\n" +
-	"\x06policy\x18\x05 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\"S\n" +
+	"\x06policy\x18\x05 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x12W\n" +
+	"\n" +
+	"parameters\x18\x06 \x03(\v27.opsconductor.v1.CreateExecutionRequest.ParametersEntryR\n" +
+	"parameters\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
 	"\x17CreateExecutionResponse\x128\n" +
 	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"@\n" +
 	"\x16CancelExecutionRequest\x12\x0e\n" +
@@ -1678,7 +1722,7 @@ func file_opsconductor_v1_execution_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_execution_proto_rawDescData
 }
 
-var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*Execution)(nil),                   // 0: opsconductor.v1.Execution
 	(*Task)(nil),                        // 1: opsconductor.v1.Task
@@ -1702,63 +1746,69 @@ var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*WatchExecutionResponse)(nil),      // 19: opsconductor.v1.WatchExecutionResponse
 	(*ExecutionEvent)(nil),              // 20: opsconductor.v1.ExecutionEvent
 	nil,                                 // 21: opsconductor.v1.Execution.TaskCountsEntry
-	(*timestamppb.Timestamp)(nil),       // 22: google.protobuf.Timestamp
-	(*Job)(nil),                         // 23: opsconductor.v1.Job
-	(*ExecutionPolicy)(nil),             // 24: opsconductor.v1.ExecutionPolicy
-	(*durationpb.Duration)(nil),         // 25: google.protobuf.Duration
+	nil,                                 // 22: opsconductor.v1.Execution.ParametersEntry
+	nil,                                 // 23: opsconductor.v1.ExecuteJobRequest.ParametersEntry
+	nil,                                 // 24: opsconductor.v1.CreateExecutionRequest.ParametersEntry
+	(*timestamppb.Timestamp)(nil),       // 25: google.protobuf.Timestamp
+	(*Job)(nil),                         // 26: opsconductor.v1.Job
+	(*ExecutionPolicy)(nil),             // 27: opsconductor.v1.ExecutionPolicy
+	(*durationpb.Duration)(nil),         // 28: google.protobuf.Duration
 }
 var file_opsconductor_v1_execution_proto_depIdxs = []int32{
 	21, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
 	1,  // 1: opsconductor.v1.Execution.tasks:type_name -> opsconductor.v1.Task
-	22, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
-	22, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	22, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
-	23, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
+	25, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
+	25, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	25, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	26, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
 	3,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	24, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	22, // 8: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	22, // 9: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
-	3,  // 10: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	24, // 11: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	0,  // 12: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
-	3,  // 13: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	24, // 14: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	0,  // 15: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 16: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	3,  // 17: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	0,  // 18: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 19: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 20: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
-	15, // 21: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
-	1,  // 22: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
-	16, // 23: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
-	22, // 24: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
-	22, // 25: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
-	17, // 26: opsconductor.v1.ActionResult.attempts:type_name -> opsconductor.v1.Attempt
-	22, // 27: opsconductor.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	22, // 28: opsconductor.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
-	25, // 29: opsconductor.v1.Attempt.delay_before:type_name -> google.protobuf.Duration
-	20, // 30: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
-	22, // 31: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 32: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
-	5,  // 33: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
-	7,  // 34: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
-	9,  // 35: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
-	11, // 36: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
-	13, // 37: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
-	18, // 38: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
-	4,  // 39: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
-	6,  // 40: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
-	8,  // 41: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
-	10, // 42: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
-	12, // 43: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
-	14, // 44: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
-	19, // 45: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
-	39, // [39:46] is the sub-list for method output_type
-	32, // [32:39] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	27, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	22, // 8: opsconductor.v1.Execution.parameters:type_name -> opsconductor.v1.Execution.ParametersEntry
+	25, // 9: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	25, // 10: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 11: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	27, // 12: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	23, // 13: opsconductor.v1.ExecuteJobRequest.parameters:type_name -> opsconductor.v1.ExecuteJobRequest.ParametersEntry
+	0,  // 14: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
+	3,  // 15: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	27, // 16: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	24, // 17: opsconductor.v1.CreateExecutionRequest.parameters:type_name -> opsconductor.v1.CreateExecutionRequest.ParametersEntry
+	0,  // 18: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 19: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	3,  // 20: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	0,  // 21: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 22: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 23: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
+	15, // 24: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
+	1,  // 25: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
+	16, // 26: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
+	25, // 27: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
+	25, // 28: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
+	17, // 29: opsconductor.v1.ActionResult.attempts:type_name -> opsconductor.v1.Attempt
+	25, // 30: opsconductor.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	25, // 31: opsconductor.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
+	28, // 32: opsconductor.v1.Attempt.delay_before:type_name -> google.protobuf.Duration
+	20, // 33: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
+	25, // 34: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 35: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
+	5,  // 36: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
+	7,  // 37: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
+	9,  // 38: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
+	11, // 39: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
+	13, // 40: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
+	18, // 41: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
+	4,  // 42: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
+	6,  // 43: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
+	8,  // 44: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
+	10, // 45: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
+	12, // 46: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
+	14, // 47: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
+	19, // 48: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
+	42, // [42:49] is the sub-list for method output_type
+	35, // [35:42] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_execution_proto_init() }
@@ -1774,7 +1824,7 @@ func file_opsconductor_v1_execution_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_execution_proto_rawDesc), len(file_opsconductor_v1_execution_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

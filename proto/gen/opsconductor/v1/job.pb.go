@@ -44,7 +44,11 @@ type Job struct {
 	// Output only.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
 	// How executions of the job fan out, fail, wait and overlap.
-	Policy        *ExecutionPolicy `protobuf:"bytes,10,opt,name=policy,proto3" json:"policy,omitempty"`
+	Policy *ExecutionPolicy `protobuf:"bytes,10,opt,name=policy,proto3" json:"policy,omitempty"`
+	// Values an execution supplies. Actions use them as {{ .params.NAME }}
+	// in command, script, env values and working_dir, and as the
+	// environment variable OPSCONDUCTOR_PARAM_NAME.
+	Parameters    []*Parameter `protobuf:"bytes,11,rep,name=parameters,proto3" json:"parameters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -149,6 +153,112 @@ func (x *Job) GetPolicy() *ExecutionPolicy {
 	return nil
 }
 
+func (x *Job) GetParameters() []*Parameter {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+// Parameter is a typed value an execution supplies.
+type Parameter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A letter or _, then letters, digits and _.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// string (default), int, bool or enum.
+	Type     string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	Required bool   `protobuf:"varint,3,opt,name=required,proto3" json:"required,omitempty"`
+	// Used when an execution gives none; must fit the type.
+	Default string `protobuf:"bytes,4,opt,name=default,proto3" json:"default,omitempty"`
+	// The values an enum allows.
+	Choices []string `protobuf:"bytes,5,rep,name=choices,proto3" json:"choices,omitempty"`
+	// A secret value is stored encrypted, sent only to the agents running
+	// the execution, never logged, and masked in output.
+	Secret        bool   `protobuf:"varint,6,opt,name=secret,proto3" json:"secret,omitempty"`
+	Description   string `protobuf:"bytes,7,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Parameter) Reset() {
+	*x = Parameter{}
+	mi := &file_opsconductor_v1_job_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Parameter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Parameter) ProtoMessage() {}
+
+func (x *Parameter) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_job_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Parameter.ProtoReflect.Descriptor instead.
+func (*Parameter) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Parameter) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Parameter) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Parameter) GetRequired() bool {
+	if x != nil {
+		return x.Required
+	}
+	return false
+}
+
+func (x *Parameter) GetDefault() string {
+	if x != nil {
+		return x.Default
+	}
+	return ""
+}
+
+func (x *Parameter) GetChoices() []string {
+	if x != nil {
+		return x.Choices
+	}
+	return nil
+}
+
+func (x *Parameter) GetSecret() bool {
+	if x != nil {
+		return x.Secret
+	}
+	return false
+}
+
+func (x *Parameter) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
 // ExecutionPolicy bounds an execution. An execution may override it.
 type ExecutionPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -180,7 +290,7 @@ type ExecutionPolicy struct {
 
 func (x *ExecutionPolicy) Reset() {
 	*x = ExecutionPolicy{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[1]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -192,7 +302,7 @@ func (x *ExecutionPolicy) String() string {
 func (*ExecutionPolicy) ProtoMessage() {}
 
 func (x *ExecutionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[1]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -205,7 +315,7 @@ func (x *ExecutionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutionPolicy.ProtoReflect.Descriptor instead.
 func (*ExecutionPolicy) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{1}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ExecutionPolicy) GetMaxParallel() string {
@@ -289,7 +399,7 @@ type Action struct {
 
 func (x *Action) Reset() {
 	*x = Action{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[2]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +411,7 @@ func (x *Action) String() string {
 func (*Action) ProtoMessage() {}
 
 func (x *Action) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[2]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +424,7 @@ func (x *Action) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Action.ProtoReflect.Descriptor instead.
 func (*Action) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{2}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Action) GetName() string {
@@ -404,7 +514,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +526,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +539,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{3}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RetryPolicy) GetMaxAttempts() int32 {
@@ -486,7 +596,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +608,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +621,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Target) GetAgentId() string {
@@ -537,7 +647,7 @@ type CreateJobRequest struct {
 
 func (x *CreateJobRequest) Reset() {
 	*x = CreateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +659,7 @@ func (x *CreateJobRequest) String() string {
 func (*CreateJobRequest) ProtoMessage() {}
 
 func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +672,7 @@ func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobRequest.ProtoReflect.Descriptor instead.
 func (*CreateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateJobRequest) GetJob() *Job {
@@ -584,7 +694,7 @@ type CreateJobResponse struct {
 
 func (x *CreateJobResponse) Reset() {
 	*x = CreateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -596,7 +706,7 @@ func (x *CreateJobResponse) String() string {
 func (*CreateJobResponse) ProtoMessage() {}
 
 func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -609,7 +719,7 @@ func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobResponse.ProtoReflect.Descriptor instead.
 func (*CreateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateJobResponse) GetJob() *Job {
@@ -640,7 +750,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -652,7 +762,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -665,7 +775,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListJobsRequest) GetLabelSelector() string {
@@ -707,7 +817,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -719,7 +829,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -732,7 +842,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -760,7 +870,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -772,7 +882,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -785,7 +895,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -811,7 +921,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -823,7 +933,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -836,7 +946,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -855,7 +965,7 @@ type UpdateJobRequest struct {
 
 func (x *UpdateJobRequest) Reset() {
 	*x = UpdateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +977,7 @@ func (x *UpdateJobRequest) String() string {
 func (*UpdateJobRequest) ProtoMessage() {}
 
 func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +990,7 @@ func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpdateJobRequest) GetJob() *Job {
@@ -900,7 +1010,7 @@ type UpdateJobResponse struct {
 
 func (x *UpdateJobResponse) Reset() {
 	*x = UpdateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +1022,7 @@ func (x *UpdateJobResponse) String() string {
 func (*UpdateJobResponse) ProtoMessage() {}
 
 func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1035,7 @@ func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobResponse.ProtoReflect.Descriptor instead.
 func (*UpdateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateJobResponse) GetJob() *Job {
@@ -951,7 +1061,7 @@ type DeleteJobRequest struct {
 
 func (x *DeleteJobRequest) Reset() {
 	*x = DeleteJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1073,7 @@ func (x *DeleteJobRequest) String() string {
 func (*DeleteJobRequest) ProtoMessage() {}
 
 func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1086,7 @@ func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteJobRequest) GetId() string {
@@ -994,7 +1104,7 @@ type DeleteJobResponse struct {
 
 func (x *DeleteJobResponse) Reset() {
 	*x = DeleteJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1116,7 @@ func (x *DeleteJobResponse) String() string {
 func (*DeleteJobResponse) ProtoMessage() {}
 
 func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1129,7 @@ func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
 func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
 }
 
 type ListJobVersionsRequest struct {
@@ -1031,7 +1141,7 @@ type ListJobVersionsRequest struct {
 
 func (x *ListJobVersionsRequest) Reset() {
 	*x = ListJobVersionsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1043,7 +1153,7 @@ func (x *ListJobVersionsRequest) String() string {
 func (*ListJobVersionsRequest) ProtoMessage() {}
 
 func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1056,7 +1166,7 @@ func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListJobVersionsRequest) GetId() string {
@@ -1075,7 +1185,7 @@ type ListJobVersionsResponse struct {
 
 func (x *ListJobVersionsResponse) Reset() {
 	*x = ListJobVersionsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1197,7 @@ func (x *ListJobVersionsResponse) String() string {
 func (*ListJobVersionsResponse) ProtoMessage() {}
 
 func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1210,7 @@ func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListJobVersionsResponse) GetVersions() []*Job {
@@ -1119,7 +1229,7 @@ type ValidateJobRequest struct {
 
 func (x *ValidateJobRequest) Reset() {
 	*x = ValidateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1241,7 @@ func (x *ValidateJobRequest) String() string {
 func (*ValidateJobRequest) ProtoMessage() {}
 
 func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1254,7 @@ func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobRequest.ProtoReflect.Descriptor instead.
 func (*ValidateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ValidateJobRequest) GetId() string {
@@ -1165,7 +1275,7 @@ type FieldViolation struct {
 
 func (x *FieldViolation) Reset() {
 	*x = FieldViolation{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1287,7 @@ func (x *FieldViolation) String() string {
 func (*FieldViolation) ProtoMessage() {}
 
 func (x *FieldViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1300,7 @@ func (x *FieldViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldViolation.ProtoReflect.Descriptor instead.
 func (*FieldViolation) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *FieldViolation) GetField() string {
@@ -1219,7 +1329,7 @@ type ResolvedAgent struct {
 
 func (x *ResolvedAgent) Reset() {
 	*x = ResolvedAgent{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1341,7 @@ func (x *ResolvedAgent) String() string {
 func (*ResolvedAgent) ProtoMessage() {}
 
 func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1354,7 @@ func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedAgent.ProtoReflect.Descriptor instead.
 func (*ResolvedAgent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResolvedAgent) GetAgentId() string {
@@ -1289,7 +1399,7 @@ type ValidateJobResponse struct {
 
 func (x *ValidateJobResponse) Reset() {
 	*x = ValidateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1411,7 @@ func (x *ValidateJobResponse) String() string {
 func (*ValidateJobResponse) ProtoMessage() {}
 
 func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1424,7 @@ func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobResponse.ProtoReflect.Descriptor instead.
 func (*ValidateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{20}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ValidateJobResponse) GetValid() bool {
@@ -1349,7 +1459,7 @@ var File_opsconductor_v1_job_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x19opsconductor/v1/job.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1copsconductor/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf4\x03\n" +
+	"\x19opsconductor/v1/job.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1copsconductor/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x03R\aversion\x12\x12\n" +
@@ -1363,10 +1473,21 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x128\n" +
 	"\x06policy\x18\n" +
-	" \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x1a9\n" +
+	" \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x12:\n" +
+	"\n" +
+	"parameters\x18\v \x03(\v2\x1a.opsconductor.v1.ParameterR\n" +
+	"parameters\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x01\n" +
+	"\tParameter\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x1a\n" +
+	"\brequired\x18\x03 \x01(\bR\brequired\x12\x18\n" +
+	"\adefault\x18\x04 \x01(\tR\adefault\x12\x18\n" +
+	"\achoices\x18\x05 \x03(\tR\achoices\x12\x16\n" +
+	"\x06secret\x18\x06 \x01(\bR\x06secret\x12 \n" +
+	"\vdescription\x18\a \x01(\tR\vdescription\"\xec\x02\n" +
 	"\x0fExecutionPolicy\x12!\n" +
 	"\fmax_parallel\x18\x01 \x01(\tR\vmaxParallel\x12\x1d\n" +
 	"\n" +
@@ -1488,83 +1609,85 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
-	(*ExecutionPolicy)(nil),         // 1: opsconductor.v1.ExecutionPolicy
-	(*Action)(nil),                  // 2: opsconductor.v1.Action
-	(*RetryPolicy)(nil),             // 3: opsconductor.v1.RetryPolicy
-	(*Target)(nil),                  // 4: opsconductor.v1.Target
-	(*CreateJobRequest)(nil),        // 5: opsconductor.v1.CreateJobRequest
-	(*CreateJobResponse)(nil),       // 6: opsconductor.v1.CreateJobResponse
-	(*ListJobsRequest)(nil),         // 7: opsconductor.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 8: opsconductor.v1.ListJobsResponse
-	(*GetJobRequest)(nil),           // 9: opsconductor.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 10: opsconductor.v1.GetJobResponse
-	(*UpdateJobRequest)(nil),        // 11: opsconductor.v1.UpdateJobRequest
-	(*UpdateJobResponse)(nil),       // 12: opsconductor.v1.UpdateJobResponse
-	(*DeleteJobRequest)(nil),        // 13: opsconductor.v1.DeleteJobRequest
-	(*DeleteJobResponse)(nil),       // 14: opsconductor.v1.DeleteJobResponse
-	(*ListJobVersionsRequest)(nil),  // 15: opsconductor.v1.ListJobVersionsRequest
-	(*ListJobVersionsResponse)(nil), // 16: opsconductor.v1.ListJobVersionsResponse
-	(*ValidateJobRequest)(nil),      // 17: opsconductor.v1.ValidateJobRequest
-	(*FieldViolation)(nil),          // 18: opsconductor.v1.FieldViolation
-	(*ResolvedAgent)(nil),           // 19: opsconductor.v1.ResolvedAgent
-	(*ValidateJobResponse)(nil),     // 20: opsconductor.v1.ValidateJobResponse
-	nil,                             // 21: opsconductor.v1.Job.LabelsEntry
-	nil,                             // 22: opsconductor.v1.Action.EnvEntry
-	nil,                             // 23: opsconductor.v1.ResolvedAgent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 24: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 25: google.protobuf.Duration
-	(*SafetyFinding)(nil),           // 26: opsconductor.v1.SafetyFinding
+	(*Parameter)(nil),               // 1: opsconductor.v1.Parameter
+	(*ExecutionPolicy)(nil),         // 2: opsconductor.v1.ExecutionPolicy
+	(*Action)(nil),                  // 3: opsconductor.v1.Action
+	(*RetryPolicy)(nil),             // 4: opsconductor.v1.RetryPolicy
+	(*Target)(nil),                  // 5: opsconductor.v1.Target
+	(*CreateJobRequest)(nil),        // 6: opsconductor.v1.CreateJobRequest
+	(*CreateJobResponse)(nil),       // 7: opsconductor.v1.CreateJobResponse
+	(*ListJobsRequest)(nil),         // 8: opsconductor.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 9: opsconductor.v1.ListJobsResponse
+	(*GetJobRequest)(nil),           // 10: opsconductor.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 11: opsconductor.v1.GetJobResponse
+	(*UpdateJobRequest)(nil),        // 12: opsconductor.v1.UpdateJobRequest
+	(*UpdateJobResponse)(nil),       // 13: opsconductor.v1.UpdateJobResponse
+	(*DeleteJobRequest)(nil),        // 14: opsconductor.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),       // 15: opsconductor.v1.DeleteJobResponse
+	(*ListJobVersionsRequest)(nil),  // 16: opsconductor.v1.ListJobVersionsRequest
+	(*ListJobVersionsResponse)(nil), // 17: opsconductor.v1.ListJobVersionsResponse
+	(*ValidateJobRequest)(nil),      // 18: opsconductor.v1.ValidateJobRequest
+	(*FieldViolation)(nil),          // 19: opsconductor.v1.FieldViolation
+	(*ResolvedAgent)(nil),           // 20: opsconductor.v1.ResolvedAgent
+	(*ValidateJobResponse)(nil),     // 21: opsconductor.v1.ValidateJobResponse
+	nil,                             // 22: opsconductor.v1.Job.LabelsEntry
+	nil,                             // 23: opsconductor.v1.Action.EnvEntry
+	nil,                             // 24: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 25: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 26: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 27: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
-	21, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
-	2,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
-	4,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	24, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	24, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	25, // 6: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
-	25, // 7: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
-	3,  // 8: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
-	22, // 9: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	25, // 10: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
-	3,  // 11: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
-	25, // 12: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	25, // 13: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
-	0,  // 14: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 15: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	26, // 16: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 17: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 18: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 19: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 20: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	26, // 21: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 22: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	23, // 23: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	18, // 24: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	19, // 25: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	18, // 26: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	5,  // 27: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	7,  // 28: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	9,  // 29: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	11, // 30: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	13, // 31: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	15, // 32: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	17, // 33: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	6,  // 34: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	8,  // 35: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	10, // 36: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	12, // 37: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	14, // 38: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	16, // 39: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	20, // 40: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	34, // [34:41] is the sub-list for method output_type
-	27, // [27:34] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	22, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
+	3,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
+	5,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
+	25, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	25, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	2,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	1,  // 6: opsconductor.v1.Job.parameters:type_name -> opsconductor.v1.Parameter
+	26, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
+	26, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
+	4,  // 9: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
+	23, // 10: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
+	26, // 11: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	4,  // 12: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
+	26, // 13: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	26, // 14: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	0,  // 15: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 16: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
+	27, // 17: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 18: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 19: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 20: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 21: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	27, // 22: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 23: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	24, // 24: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	19, // 25: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	20, // 26: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	19, // 27: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	6,  // 28: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	8,  // 29: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	10, // 30: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	12, // 31: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	14, // 32: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	16, // 33: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	18, // 34: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	7,  // 35: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	9,  // 36: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	11, // 37: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	13, // 38: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	15, // 39: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	17, // 40: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	21, // 41: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	35, // [35:42] is the sub-list for method output_type
+	28, // [28:35] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -1580,7 +1703,7 @@ func file_opsconductor_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -567,8 +567,12 @@ type TaskAssignment struct {
 	// The control plane allowed commands its safety checker blocks (an
 	// audited override). Without it the agent refuses such actions itself.
 	AllowDangerous bool `protobuf:"varint,9,opt,name=allow_dangerous,json=allowDangerous,proto3" json:"allow_dangerous,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Parameter values, secret ones included (render the actions with them).
+	Parameters map[string]string `protobuf:"bytes,10,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Values to mask in output: those of secret parameters.
+	SecretValues  []string `protobuf:"bytes,11,rep,name=secret_values,json=secretValues,proto3" json:"secret_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskAssignment) Reset() {
@@ -662,6 +666,20 @@ func (x *TaskAssignment) GetAllowDangerous() bool {
 		return x.AllowDangerous
 	}
 	return false
+}
+
+func (x *TaskAssignment) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+func (x *TaskAssignment) GetSecretValues() []string {
+	if x != nil {
+		return x.SecretValues
+	}
+	return nil
 }
 
 type ExtendLeaseRequest struct {
@@ -1200,7 +1218,7 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x13cancelling_task_ids\x18\x03 \x03(\tR\x11cancellingTaskIds\"s\n" +
 	"\fPollResponse\x12;\n" +
 	"\x05tasks\x18\x01 \x03(\v2%.opsconductor.agent.v1.TaskAssignmentR\x05tasks\x12&\n" +
-	"\x0fcancel_task_ids\x18\x02 \x03(\tR\rcancelTaskIds\"\x8b\x03\n" +
+	"\x0fcancel_task_ids\x18\x02 \x03(\tR\rcancelTaskIds\"\xc6\x04\n" +
 	"\x0eTaskAssignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12!\n" +
 	"\fexecution_id\x18\x02 \x01(\tR\vexecutionId\x12\x19\n" +
@@ -1210,7 +1228,15 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ecorrelation_id\x18\x06 \x01(\tR\rcorrelationId\x121\n" +
 	"\aactions\x18\a \x03(\v2\x17.opsconductor.v1.ActionR\aactions\x12,\n" +
 	"\x12output_limit_bytes\x18\b \x01(\x03R\x10outputLimitBytes\x12'\n" +
-	"\x0fallow_dangerous\x18\t \x01(\bR\x0eallowDangerous\"X\n" +
+	"\x0fallow_dangerous\x18\t \x01(\bR\x0eallowDangerous\x12U\n" +
+	"\n" +
+	"parameters\x18\n" +
+	" \x03(\v25.opsconductor.agent.v1.TaskAssignment.ParametersEntryR\n" +
+	"parameters\x12#\n" +
+	"\rsecret_values\x18\v \x03(\tR\fsecretValues\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
 	"\x12ExtendLeaseRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12)\n" +
 	"\x10lease_generation\x18\x02 \x01(\x03R\x0fleaseGeneration\"\x88\x01\n" +
@@ -1265,7 +1291,7 @@ func file_opsconductor_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_opsconductor_agent_v1_agent_proto_rawDescData
 }
 
-var file_opsconductor_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_opsconductor_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_opsconductor_agent_v1_agent_proto_goTypes = []any{
 	(*Facts)(nil),                 // 0: opsconductor.agent.v1.Facts
 	(*EnrollRequest)(nil),         // 1: opsconductor.agent.v1.EnrollRequest
@@ -1288,10 +1314,11 @@ var file_opsconductor_agent_v1_agent_proto_goTypes = []any{
 	nil,                           // 18: opsconductor.agent.v1.EnrollRequest.LabelsEntry
 	nil,                           // 19: opsconductor.agent.v1.EnrollResponse.LabelsEntry
 	nil,                           // 20: opsconductor.agent.v1.HelloRequest.LabelsEntry
-	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
-	(*v1.Action)(nil),             // 23: opsconductor.v1.Action
-	(*v1.Attempt)(nil),            // 24: opsconductor.v1.Attempt
+	nil,                           // 21: opsconductor.agent.v1.TaskAssignment.ParametersEntry
+	(*durationpb.Duration)(nil),   // 22: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 23: google.protobuf.Timestamp
+	(*v1.Action)(nil),             // 24: opsconductor.v1.Action
+	(*v1.Attempt)(nil),            // 25: opsconductor.v1.Attempt
 }
 var file_opsconductor_agent_v1_agent_proto_depIdxs = []int32{
 	18, // 0: opsconductor.agent.v1.EnrollRequest.labels:type_name -> opsconductor.agent.v1.EnrollRequest.LabelsEntry
@@ -1299,36 +1326,37 @@ var file_opsconductor_agent_v1_agent_proto_depIdxs = []int32{
 	19, // 2: opsconductor.agent.v1.EnrollResponse.labels:type_name -> opsconductor.agent.v1.EnrollResponse.LabelsEntry
 	20, // 3: opsconductor.agent.v1.HelloRequest.labels:type_name -> opsconductor.agent.v1.HelloRequest.LabelsEntry
 	0,  // 4: opsconductor.agent.v1.HelloRequest.facts:type_name -> opsconductor.agent.v1.Facts
-	21, // 5: opsconductor.agent.v1.HelloResponse.lease_duration:type_name -> google.protobuf.Duration
-	21, // 6: opsconductor.agent.v1.PollRequest.wait:type_name -> google.protobuf.Duration
+	22, // 5: opsconductor.agent.v1.HelloResponse.lease_duration:type_name -> google.protobuf.Duration
+	22, // 6: opsconductor.agent.v1.PollRequest.wait:type_name -> google.protobuf.Duration
 	9,  // 7: opsconductor.agent.v1.PollResponse.tasks:type_name -> opsconductor.agent.v1.TaskAssignment
-	22, // 8: opsconductor.agent.v1.TaskAssignment.lease_expire_time:type_name -> google.protobuf.Timestamp
-	23, // 9: opsconductor.agent.v1.TaskAssignment.actions:type_name -> opsconductor.v1.Action
-	22, // 10: opsconductor.agent.v1.ExtendLeaseResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	12, // 11: opsconductor.agent.v1.ReportOutputRequest.chunks:type_name -> opsconductor.agent.v1.OutputChunk
-	22, // 12: opsconductor.agent.v1.ActionOutcome.start_time:type_name -> google.protobuf.Timestamp
-	22, // 13: opsconductor.agent.v1.ActionOutcome.end_time:type_name -> google.protobuf.Timestamp
-	24, // 14: opsconductor.agent.v1.ActionOutcome.attempts:type_name -> opsconductor.v1.Attempt
-	15, // 15: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
-	1,  // 16: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
-	5,  // 17: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
-	7,  // 18: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
-	10, // 19: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
-	13, // 20: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
-	3,  // 21: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
-	16, // 22: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
-	2,  // 23: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
-	6,  // 24: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
-	8,  // 25: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
-	11, // 26: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
-	14, // 27: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
-	4,  // 28: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
-	17, // 29: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
-	23, // [23:30] is the sub-list for method output_type
-	16, // [16:23] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	23, // 8: opsconductor.agent.v1.TaskAssignment.lease_expire_time:type_name -> google.protobuf.Timestamp
+	24, // 9: opsconductor.agent.v1.TaskAssignment.actions:type_name -> opsconductor.v1.Action
+	21, // 10: opsconductor.agent.v1.TaskAssignment.parameters:type_name -> opsconductor.agent.v1.TaskAssignment.ParametersEntry
+	23, // 11: opsconductor.agent.v1.ExtendLeaseResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	12, // 12: opsconductor.agent.v1.ReportOutputRequest.chunks:type_name -> opsconductor.agent.v1.OutputChunk
+	23, // 13: opsconductor.agent.v1.ActionOutcome.start_time:type_name -> google.protobuf.Timestamp
+	23, // 14: opsconductor.agent.v1.ActionOutcome.end_time:type_name -> google.protobuf.Timestamp
+	25, // 15: opsconductor.agent.v1.ActionOutcome.attempts:type_name -> opsconductor.v1.Attempt
+	15, // 16: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
+	1,  // 17: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
+	5,  // 18: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
+	7,  // 19: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
+	10, // 20: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
+	13, // 21: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
+	3,  // 22: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
+	16, // 23: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
+	2,  // 24: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
+	6,  // 25: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
+	8,  // 26: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
+	11, // 27: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
+	14, // 28: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
+	4,  // 29: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
+	17, // 30: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
+	24, // [24:31] is the sub-list for method output_type
+	17, // [17:24] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_agent_v1_agent_proto_init() }
@@ -1342,7 +1370,7 @@ func file_opsconductor_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_agent_v1_agent_proto_rawDesc), len(file_opsconductor_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
