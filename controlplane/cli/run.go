@@ -20,6 +20,8 @@ func newRunCmd(g *globals) *cobra.Command {
 	var follow bool
 	var version int64
 	var allowDangerous string
+	var plan bool
+	var params []string
 	cmd := &cobra.Command{
 		Use:   "run JOB",
 		Short: "Run a job (by id or name) now",
@@ -35,13 +37,23 @@ the execution failed).`,
 			if err != nil {
 				return err
 			}
-			req := &opsconductorv1.CreateExecutionRequest{JobId: j.GetId(), JobVersion: version}
+			req := &opsconductorv1.CreateExecutionRequest{JobId: j.GetId(), JobVersion: version, DryRun: plan, Parameters: map[string]string{}}
+			for _, p := range params {
+				k, v, ok := strings.Cut(p, "=")
+				if !ok {
+					return fmt.Errorf("--param %q: want NAME=VALUE", p)
+				}
+				req.Parameters[k] = v
+			}
 			if allowDangerous != "" {
 				req.DangerousOverride = &opsconductorv1.DangerousOverride{Allow: true, Reason: allowDangerous}
 			}
 			resp, err := g.executions().CreateExecution(ctx, connect.NewRequest(req))
 			if err != nil {
 				return err
+			}
+			if plan {
+				return g.printPlan(resp.Msg.GetPlan())
 			}
 			e := resp.Msg.GetExecution()
 			if !follow {
@@ -58,6 +70,8 @@ the execution failed).`,
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream status and output until the execution ends")
 	cmd.Flags().Int64Var(&version, "version", 0, "run an older version of the job")
+	cmd.Flags().BoolVar(&plan, "plan", false, "show the targets in batch order and the actions as they would run; run nothing")
+	cmd.Flags().StringArrayVarP(&params, "param", "p", nil, "parameter value NAME=VALUE (repeat)")
 	cmd.Flags().StringVar(&allowDangerous, "allow-dangerous", "", "run commands the safety checker blocks; the value is the reason, which is audited (needs executions:dangerous)")
 	return cmd
 }
@@ -193,7 +207,7 @@ func (p *eventPrinter) flush() {
 }
 
 func newExecutionCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "execution", Aliases: []string{"exec"}, Short: "Inspect executions"}
+	cmd := &cobra.Command{Use: "execution", Short: "Inspect executions"}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "get ID",
 		Short: "Show an execution's status and its tasks",

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/google/uuid"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
@@ -37,6 +39,9 @@ import (
 // implements it.
 type JobReader interface {
 	Get(ctx context.Context, id string, version int64) (*opsconductorv1.Job, error)
+	// Check returns every problem of a job definition under prefix (for
+	// ad-hoc runs, whose definitions are never saved).
+	Check(prefix string, job *opsconductorv1.Job) []apperr.Violation
 }
 
 // TargetResolver maps targets to agents; the agent registry implements it.
@@ -97,31 +102,60 @@ func NewService(st *Store, jobs JobReader, resolver TargetResolver, checker Comm
 }
 
 func (s *Service) ExecuteJob(ctx context.Context, req *connect.Request[opsconductorv1.ExecuteJobRequest]) (*connect.Response[opsconductorv1.ExecuteJobResponse], error) {
-	e, err := s.create(ctx, req.Msg.GetId(), 0, "id", startOpts{
+	e, plan, err := s.create(ctx, req.Msg.GetId(), 0, "id", startOpts{
 		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(), parameters: req.Msg.GetParameters(),
-		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")),
+		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")), dryRun: req.Msg.GetDryRun(),
 	})
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&opsconductorv1.ExecuteJobResponse{Execution: e}), nil
+	return connect.NewResponse(&opsconductorv1.ExecuteJobResponse{Execution: e, Plan: plan}), nil
 }
 
 func (s *Service) CreateExecution(ctx context.Context, req *connect.Request[opsconductorv1.CreateExecutionRequest]) (*connect.Response[opsconductorv1.CreateExecutionResponse], error) {
-	e, err := s.create(ctx, req.Msg.GetJobId(), req.Msg.GetJobVersion(), "job_id", startOpts{
+	opts := startOpts{
 		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(), parameters: req.Msg.GetParameters(),
-		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")),
-	})
+		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")), dryRun: req.Msg.GetDryRun(),
+	}
+	var e *opsconductorv1.Execution
+	var plan *opsconductorv1.ExecutionPlan
+	var err error
+	if inline := req.Msg.GetInlineJob(); inline != nil {
+		if req.Msg.GetJobId() != "" {
+			return nil, apperr.InvalidField("inline_job", "set either job_id or inline_job")
+		}
+		e, plan, err = s.adhoc(ctx, inline, opts)
+	} else {
+		e, plan, err = s.create(ctx, req.Msg.GetJobId(), req.Msg.GetJobVersion(), "job_id", opts)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&opsconductorv1.CreateExecutionResponse{Execution: e}), nil
+	return connect.NewResponse(&opsconductorv1.CreateExecutionResponse{Execution: e, Plan: plan}), nil
+}
+
+// adhoc runs a job definition that is not saved (opsconductor exec).
+func (s *Service) adhoc(ctx context.Context, job *opsconductorv1.Job, opts startOpts) (*opsconductorv1.Execution, *opsconductorv1.ExecutionPlan, error) {
+	job = proto.Clone(job).(*opsconductorv1.Job)
+	job.Id, job.Version = "", 0
+	if job.GetName() == "" {
+		job.Name = "adhoc"
+	}
+	if vs := s.jobs.Check("inline_job", job); len(vs) > 0 {
+		return nil, nil, apperr.Invalid("inline job", vs)
+	}
+	agents, err := s.resolve(ctx, job)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.start(ctx, job, agents, opts)
 }
 
 // startOpts are what a request adds to the job: an override of the
 // dangerous-command check, policy overrides, an idempotency key, and the
 // execution a retry retries.
 type startOpts struct {
+	dryRun         bool
 	parameters     map[string]string
 	override       *opsconductorv1.DangerousOverride
 	policy         *opsconductorv1.ExecutionPolicy
@@ -129,18 +163,24 @@ type startOpts struct {
 	parentID       string
 }
 
-func (s *Service) create(ctx context.Context, jobID string, version int64, idField string, opts startOpts) (*opsconductorv1.Execution, error) {
-	override := opts.override
+func (s *Service) create(ctx context.Context, jobID string, version int64, idField string, opts startOpts) (*opsconductorv1.Execution, *opsconductorv1.ExecutionPlan, error) {
 	if jobID == "" {
-		return nil, apperr.InvalidField(idField, "must not be empty")
-	}
-	if override.GetAllow() && strings.TrimSpace(override.GetReason()) == "" {
-		return nil, apperr.InvalidField("dangerous_override.reason", "is required with allow: say why this is safe to run (it is audited)")
+		return nil, nil, apperr.InvalidField(idField, "must not be empty")
 	}
 	job, err := s.jobs.Get(ctx, jobID, version)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	agents, err := s.resolve(ctx, job)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.start(ctx, job, agents, opts)
+}
+
+// resolve maps a job's targets to agents; a target matching none is an
+// error naming it.
+func (s *Service) resolve(ctx context.Context, job *opsconductorv1.Job) ([]*opsconductorv1.ResolvedAgent, error) {
 	agents, unmatched, err := s.resolver.ResolveTargets(ctx, job.GetTargets())
 	if err != nil {
 		return nil, fmt.Errorf("resolve targets: %w", err)
@@ -157,15 +197,82 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 		}
 		return nil, &apperr.Error{Kind: apperr.KindFailedPrecondition, Message: "job " + job.GetName() + " cannot run: " + apperr.Invalid("targets", vs).Error(), Violations: vs}
 	}
-	return s.start(ctx, job, agents, opts)
+	return agents, nil
 }
 
 // start checks that principal may run job on agents (scopes, protected
 // agents, dangerous commands) and stores the execution with a task per
 // agent. parentID links a retry to the execution it retries.
-func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.Execution, error) {
+func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.Execution, *opsconductorv1.ExecutionPlan, error) {
+	if opts.dryRun {
+		plan, err := s.plan(ctx, job, agents, opts)
+		return nil, plan, err
+	}
+	e, err := s.run(ctx, job, agents, opts)
+	return e, nil, err
+}
+
+// plan is what run would do, without doing it: targets in batch order,
+// actions as they would run (secrets masked) and the safety findings.
+func (s *Service) plan(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.ExecutionPlan, error) {
+	pol, merged, vs := policy.Resolve("policy", job.GetPolicy(), opts.policy)
+	values, secrets, pvs := params.Resolve(job.GetParameters(), opts.parameters)
+	if vs = append(vs, pvs...); len(vs) > 0 {
+		return nil, apperr.Invalid("execution", vs)
+	}
+	if err := s.mayRun(ctx, job, agents); err != nil {
+		return nil, err
+	}
+	rendered := params.Render(job, values, secrets)
+	plan := &opsconductorv1.ExecutionPlan{JobName: job.GetName(), Policy: merged, Actions: rendered.GetActions(), Parameters: map[string]string{}}
+	for k, v := range values {
+		if slices.Contains(secrets, k) {
+			v = params.Mask
+		}
+		plan.Parameters[k] = v
+	}
+	size := len(agents)
+	if pol.BatchSize > 0 {
+		size = pol.BatchSize
+	}
+	for i := 0; i < len(agents); i += max(size, 1) {
+		plan.Batches = append(plan.Batches, &opsconductorv1.PlanBatch{Number: int32(len(plan.Batches) + 1), Agents: agents[i:min(i+size, len(agents))]})
+	}
+	if s.checker != nil {
+		plan.SafetyFindings = s.checker.CheckJob(rendered)
+	}
+	return plan, nil
+}
+
+// mayRun checks the caller may run job on agents: its scopes and the
+// protected agents.
+func (s *Service) mayRun(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent) error {
+	principal, _ := auth.PrincipalFrom(ctx)
+	agentLabels := make([]map[string]string, len(agents))
+	for i, a := range agents {
+		agentLabels[i] = a.GetLabels()
+	}
+	if !principal.CanOn(auth.PermExecutionsRun, job.GetLabels(), agentLabels) {
+		return apperr.PermissionDenied("%s may not run job %s on its %d targets: no role grants %s for the job's labels and every target's",
+			principal.Name, job.GetName(), len(agents), auth.PermExecutionsRun)
+	}
+	if len(s.cfg.Protected) > 0 && !principal.Can(auth.PermExecutionsRunProtected) {
+		for _, a := range agents {
+			if s.cfg.Protected.Matches(a.GetLabels()) {
+				return apperr.PermissionDenied("%s may not run jobs on protected agents (%s matches %s); ask for permission %s",
+					principal.Name, a.GetName(), s.cfg.Protected, auth.PermExecutionsRunProtected)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Service) run(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.Execution, error) {
 	principal, _ := auth.PrincipalFrom(ctx)
 	override := opts.override
+	if override.GetAllow() && strings.TrimSpace(override.GetReason()) == "" {
+		return nil, apperr.InvalidField("dangerous_override.reason", "is required with allow: say why this is safe to run (it is audited)")
+	}
 	pol, merged, vs := policy.Resolve("policy", job.GetPolicy(), opts.policy)
 	values, secrets, pvs := params.Resolve(job.GetParameters(), opts.parameters)
 	if vs = append(vs, pvs...); len(vs) > 0 {
@@ -192,21 +299,8 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 			return nil, dangerousError(job.GetName(), findings)
 		}
 	}
-	agentLabels := make([]map[string]string, len(agents))
-	for i, a := range agents {
-		agentLabels[i] = a.GetLabels()
-	}
-	if !principal.CanOn(auth.PermExecutionsRun, job.GetLabels(), agentLabels) {
-		return nil, apperr.PermissionDenied("%s may not run job %s on its %d targets: no role grants %s for the job's labels and every target's",
-			principal.Name, job.GetName(), len(agents), auth.PermExecutionsRun)
-	}
-	if len(s.cfg.Protected) > 0 && !principal.Can(auth.PermExecutionsRunProtected) {
-		for _, a := range agents {
-			if s.cfg.Protected.Matches(a.GetLabels()) {
-				return nil, apperr.PermissionDenied("%s may not run jobs on protected agents (%s matches %s); ask for permission %s",
-					principal.Name, a.GetName(), s.cfg.Protected, auth.PermExecutionsRunProtected)
-			}
-		}
+	if err := s.mayRun(ctx, job, agents); err != nil {
+		return nil, err
 	}
 	snapshot, err := protojson.Marshal(job)
 	if err != nil {
@@ -345,7 +439,7 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 			return nil, err
 		}
 	}
-	e, err := s.start(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values})
+	e, err := s.run(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values})
 	if err != nil {
 		return nil, err
 	}

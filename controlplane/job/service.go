@@ -302,3 +302,9 @@ func fromRecord(rec Record) (*opsconductorv1.Job, error) {
 	j.CreateTime, j.UpdateTime = timestamppb.New(rec.CreatedAt), timestamppb.New(rec.UpdatedAt)
 	return j, nil
 }
+
+// Check returns every problem of a job definition under prefix; the
+// executions service checks ad-hoc (unsaved) jobs with it.
+func (s *Service) Check(prefix string, j *opsconductorv1.Job) []apperr.Violation {
+	return Validate(prefix, j)
+}

@@ -349,7 +349,9 @@ type ExecuteJobRequest struct {
 	// Overrides the job's execution policy, field by field.
 	Policy *ExecutionPolicy `protobuf:"bytes,4,opt,name=policy,proto3" json:"policy,omitempty"`
 	// Values for the job's parameters, as text ("42", "true").
-	Parameters    map[string]string `protobuf:"bytes,5,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Parameters map[string]string `protobuf:"bytes,5,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Plan only: return what would run, in batch order, and run nothing.
+	DryRun        bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -419,6 +421,205 @@ func (x *ExecuteJobRequest) GetParameters() map[string]string {
 	return nil
 }
 
+func (x *ExecuteJobRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type ExecuteJobResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset for a dry run.
+	Execution     *Execution     `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
+	Plan          *ExecutionPlan `protobuf:"bytes,2,opt,name=plan,proto3" json:"plan,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecuteJobResponse) Reset() {
+	*x = ExecuteJobResponse{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecuteJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecuteJobResponse) ProtoMessage() {}
+
+func (x *ExecuteJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecuteJobResponse.ProtoReflect.Descriptor instead.
+func (*ExecuteJobResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ExecuteJobResponse) GetExecution() *Execution {
+	if x != nil {
+		return x.Execution
+	}
+	return nil
+}
+
+func (x *ExecuteJobResponse) GetPlan() *ExecutionPlan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+// ExecutionPlan is what an execution would do: its targets in batch
+// order, its actions as they would run (secret values masked) and what the
+// safety checker thinks of them.
+type ExecutionPlan struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	JobName        string                 `protobuf:"bytes,1,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	Policy         *ExecutionPolicy       `protobuf:"bytes,2,opt,name=policy,proto3" json:"policy,omitempty"`
+	Batches        []*PlanBatch           `protobuf:"bytes,3,rep,name=batches,proto3" json:"batches,omitempty"`
+	Actions        []*Action              `protobuf:"bytes,4,rep,name=actions,proto3" json:"actions,omitempty"`
+	SafetyFindings []*SafetyFinding       `protobuf:"bytes,5,rep,name=safety_findings,json=safetyFindings,proto3" json:"safety_findings,omitempty"`
+	Parameters     map[string]string      `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ExecutionPlan) Reset() {
+	*x = ExecutionPlan{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecutionPlan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecutionPlan) ProtoMessage() {}
+
+func (x *ExecutionPlan) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecutionPlan.ProtoReflect.Descriptor instead.
+func (*ExecutionPlan) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ExecutionPlan) GetJobName() string {
+	if x != nil {
+		return x.JobName
+	}
+	return ""
+}
+
+func (x *ExecutionPlan) GetPolicy() *ExecutionPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *ExecutionPlan) GetBatches() []*PlanBatch {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
+func (x *ExecutionPlan) GetActions() []*Action {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
+}
+
+func (x *ExecutionPlan) GetSafetyFindings() []*SafetyFinding {
+	if x != nil {
+		return x.SafetyFindings
+	}
+	return nil
+}
+
+func (x *ExecutionPlan) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+type PlanBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Number        int32                  `protobuf:"varint,1,opt,name=number,proto3" json:"number,omitempty"`
+	Agents        []*ResolvedAgent       `protobuf:"bytes,2,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlanBatch) Reset() {
+	*x = PlanBatch{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanBatch) ProtoMessage() {}
+
+func (x *PlanBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanBatch.ProtoReflect.Descriptor instead.
+func (*PlanBatch) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PlanBatch) GetNumber() int32 {
+	if x != nil {
+		return x.Number
+	}
+	return 0
+}
+
+func (x *PlanBatch) GetAgents() []*ResolvedAgent {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
 // DangerousOverride runs a job whose commands the safety checker blocks.
 // It needs the executions:dangerous permission; the reason is audited.
 type DangerousOverride struct {
@@ -432,7 +633,7 @@ type DangerousOverride struct {
 
 func (x *DangerousOverride) Reset() {
 	*x = DangerousOverride{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +645,7 @@ func (x *DangerousOverride) String() string {
 func (*DangerousOverride) ProtoMessage() {}
 
 func (x *DangerousOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[3]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +658,7 @@ func (x *DangerousOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DangerousOverride.ProtoReflect.Descriptor instead.
 func (*DangerousOverride) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{3}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DangerousOverride) GetAllow() bool {
@@ -474,50 +675,6 @@ func (x *DangerousOverride) GetReason() string {
 	return ""
 }
 
-type ExecuteJobResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Execution     *Execution             `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ExecuteJobResponse) Reset() {
-	*x = ExecuteJobResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ExecuteJobResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ExecuteJobResponse) ProtoMessage() {}
-
-func (x *ExecuteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ExecuteJobResponse.ProtoReflect.Descriptor instead.
-func (*ExecuteJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{4}
-}
-
-func (x *ExecuteJobResponse) GetExecution() *Execution {
-	if x != nil {
-		return x.Execution
-	}
-	return nil
-}
-
 type CreateExecutionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -527,13 +684,17 @@ type CreateExecutionRequest struct {
 	IdempotencyKey    string             `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	Policy            *ExecutionPolicy   `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
 	Parameters        map[string]string  `protobuf:"bytes,6,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	DryRun            bool               `protobuf:"varint,7,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// An ad-hoc run: this job definition instead of job_id (it is not
+	// saved). Its name may be empty.
+	InlineJob     *Job `protobuf:"bytes,8,opt,name=inline_job,json=inlineJob,proto3" json:"inline_job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateExecutionRequest) Reset() {
 	*x = CreateExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -545,7 +706,7 @@ func (x *CreateExecutionRequest) String() string {
 func (*CreateExecutionRequest) ProtoMessage() {}
 
 func (x *CreateExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -558,7 +719,7 @@ func (x *CreateExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateExecutionRequest.ProtoReflect.Descriptor instead.
 func (*CreateExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateExecutionRequest) GetJobId() string {
@@ -603,16 +764,32 @@ func (x *CreateExecutionRequest) GetParameters() map[string]string {
 	return nil
 }
 
+func (x *CreateExecutionRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *CreateExecutionRequest) GetInlineJob() *Job {
+	if x != nil {
+		return x.InlineJob
+	}
+	return nil
+}
+
 type CreateExecutionResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Execution     *Execution             `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Unset for a dry run.
+	Execution     *Execution     `protobuf:"bytes,1,opt,name=execution,proto3" json:"execution,omitempty"`
+	Plan          *ExecutionPlan `protobuf:"bytes,2,opt,name=plan,proto3" json:"plan,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateExecutionResponse) Reset() {
 	*x = CreateExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +801,7 @@ func (x *CreateExecutionResponse) String() string {
 func (*CreateExecutionResponse) ProtoMessage() {}
 
 func (x *CreateExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,12 +814,19 @@ func (x *CreateExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateExecutionResponse.ProtoReflect.Descriptor instead.
 func (*CreateExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateExecutionResponse) GetExecution() *Execution {
 	if x != nil {
 		return x.Execution
+	}
+	return nil
+}
+
+func (x *CreateExecutionResponse) GetPlan() *ExecutionPlan {
+	if x != nil {
+		return x.Plan
 	}
 	return nil
 }
@@ -658,7 +842,7 @@ type CancelExecutionRequest struct {
 
 func (x *CancelExecutionRequest) Reset() {
 	*x = CancelExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -670,7 +854,7 @@ func (x *CancelExecutionRequest) String() string {
 func (*CancelExecutionRequest) ProtoMessage() {}
 
 func (x *CancelExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -683,7 +867,7 @@ func (x *CancelExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelExecutionRequest.ProtoReflect.Descriptor instead.
 func (*CancelExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelExecutionRequest) GetId() string {
@@ -709,7 +893,7 @@ type CancelExecutionResponse struct {
 
 func (x *CancelExecutionResponse) Reset() {
 	*x = CancelExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +905,7 @@ func (x *CancelExecutionResponse) String() string {
 func (*CancelExecutionResponse) ProtoMessage() {}
 
 func (x *CancelExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +918,7 @@ func (x *CancelExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelExecutionResponse.ProtoReflect.Descriptor instead.
 func (*CancelExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelExecutionResponse) GetExecution() *Execution {
@@ -756,7 +940,7 @@ type RetryExecutionRequest struct {
 
 func (x *RetryExecutionRequest) Reset() {
 	*x = RetryExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -768,7 +952,7 @@ func (x *RetryExecutionRequest) String() string {
 func (*RetryExecutionRequest) ProtoMessage() {}
 
 func (x *RetryExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -781,7 +965,7 @@ func (x *RetryExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryExecutionRequest.ProtoReflect.Descriptor instead.
 func (*RetryExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RetryExecutionRequest) GetId() string {
@@ -814,7 +998,7 @@ type RetryExecutionResponse struct {
 
 func (x *RetryExecutionResponse) Reset() {
 	*x = RetryExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -826,7 +1010,7 @@ func (x *RetryExecutionResponse) String() string {
 func (*RetryExecutionResponse) ProtoMessage() {}
 
 func (x *RetryExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -839,7 +1023,7 @@ func (x *RetryExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryExecutionResponse.ProtoReflect.Descriptor instead.
 func (*RetryExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RetryExecutionResponse) GetExecution() *Execution {
@@ -858,7 +1042,7 @@ type GetExecutionRequest struct {
 
 func (x *GetExecutionRequest) Reset() {
 	*x = GetExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -870,7 +1054,7 @@ func (x *GetExecutionRequest) String() string {
 func (*GetExecutionRequest) ProtoMessage() {}
 
 func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -883,7 +1067,7 @@ func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetExecutionRequest) GetId() string {
@@ -902,7 +1086,7 @@ type GetExecutionResponse struct {
 
 func (x *GetExecutionResponse) Reset() {
 	*x = GetExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1098,7 @@ func (x *GetExecutionResponse) String() string {
 func (*GetExecutionResponse) ProtoMessage() {}
 
 func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1111,7 @@ func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetExecutionResponse) GetExecution() *Execution {
@@ -946,7 +1130,7 @@ type GetExecutionResultsRequest struct {
 
 func (x *GetExecutionResultsRequest) Reset() {
 	*x = GetExecutionResultsRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1142,7 @@ func (x *GetExecutionResultsRequest) String() string {
 func (*GetExecutionResultsRequest) ProtoMessage() {}
 
 func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1155,7 @@ func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetExecutionResultsRequest) GetId() string {
@@ -991,7 +1175,7 @@ type GetExecutionResultsResponse struct {
 
 func (x *GetExecutionResultsResponse) Reset() {
 	*x = GetExecutionResultsResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1187,7 @@ func (x *GetExecutionResultsResponse) String() string {
 func (*GetExecutionResultsResponse) ProtoMessage() {}
 
 func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1200,7 @@ func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetExecutionResultsResponse) GetExecution() *Execution {
@@ -1048,7 +1232,7 @@ type TaskResult struct {
 
 func (x *TaskResult) Reset() {
 	*x = TaskResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1244,7 @@ func (x *TaskResult) String() string {
 func (*TaskResult) ProtoMessage() {}
 
 func (x *TaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1257,7 @@ func (x *TaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResult.ProtoReflect.Descriptor instead.
 func (*TaskResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TaskResult) GetTask() *Task {
@@ -1124,7 +1308,7 @@ type ActionResult struct {
 
 func (x *ActionResult) Reset() {
 	*x = ActionResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1136,7 +1320,7 @@ func (x *ActionResult) String() string {
 func (*ActionResult) ProtoMessage() {}
 
 func (x *ActionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1149,7 +1333,7 @@ func (x *ActionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActionResult.ProtoReflect.Descriptor instead.
 func (*ActionResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ActionResult) GetIndex() int32 {
@@ -1240,7 +1424,7 @@ type Attempt struct {
 
 func (x *Attempt) Reset() {
 	*x = Attempt{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1436,7 @@ func (x *Attempt) String() string {
 func (*Attempt) ProtoMessage() {}
 
 func (x *Attempt) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1449,7 @@ func (x *Attempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
 func (*Attempt) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Attempt) GetNumber() int32 {
@@ -1327,7 +1511,7 @@ type WatchExecutionRequest struct {
 
 func (x *WatchExecutionRequest) Reset() {
 	*x = WatchExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1523,7 @@ func (x *WatchExecutionRequest) String() string {
 func (*WatchExecutionRequest) ProtoMessage() {}
 
 func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1536,7 @@ func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionRequest.ProtoReflect.Descriptor instead.
 func (*WatchExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchExecutionRequest) GetId() string {
@@ -1378,7 +1562,7 @@ type WatchExecutionResponse struct {
 
 func (x *WatchExecutionResponse) Reset() {
 	*x = WatchExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1390,7 +1574,7 @@ func (x *WatchExecutionResponse) String() string {
 func (*WatchExecutionResponse) ProtoMessage() {}
 
 func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1403,7 +1587,7 @@ func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionResponse.ProtoReflect.Descriptor instead.
 func (*WatchExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchExecutionResponse) GetEvent() *ExecutionEvent {
@@ -1437,7 +1621,7 @@ type ExecutionEvent struct {
 
 func (x *ExecutionEvent) Reset() {
 	*x = ExecutionEvent{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1633,7 @@ func (x *ExecutionEvent) String() string {
 func (*ExecutionEvent) ProtoMessage() {}
 
 func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1646,7 @@ func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutionEvent.ProtoReflect.Descriptor instead.
 func (*ExecutionEvent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{20}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExecutionEvent) GetSequence() int64 {
@@ -1546,7 +1730,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\"\xa3\b\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\x1a\x1copsconductor/v1/safety.proto\"\xa3\b\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1593,7 +1777,7 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x129\n" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
-	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xec\x02\n" +
+	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\x85\x03\n" +
 	"\x11ExecuteJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12Q\n" +
 	"\x12dangerous_override\x18\x02 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\x12'\n" +
@@ -1601,15 +1785,32 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x06policy\x18\x04 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x12R\n" +
 	"\n" +
 	"parameters\x18\x05 \x03(\v22.opsconductor.v1.ExecuteJobRequest.ParametersEntryR\n" +
+	"parameters\x12\x17\n" +
+	"\adry_run\x18\x06 \x01(\bR\x06dryRun\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\x12ExecuteJobResponse\x128\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\x122\n" +
+	"\x04plan\x18\x02 \x01(\v2\x1e.opsconductor.v1.ExecutionPlanR\x04plan\"\xa5\x03\n" +
+	"\rExecutionPlan\x12\x19\n" +
+	"\bjob_name\x18\x01 \x01(\tR\ajobName\x128\n" +
+	"\x06policy\x18\x02 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x124\n" +
+	"\abatches\x18\x03 \x03(\v2\x1a.opsconductor.v1.PlanBatchR\abatches\x121\n" +
+	"\aactions\x18\x04 \x03(\v2\x17.opsconductor.v1.ActionR\aactions\x12G\n" +
+	"\x0fsafety_findings\x18\x05 \x03(\v2\x1e.opsconductor.v1.SafetyFindingR\x0esafetyFindings\x12N\n" +
+	"\n" +
+	"parameters\x18\x06 \x03(\v2..opsconductor.v1.ExecutionPlan.ParametersEntryR\n" +
 	"parameters\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"A\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"[\n" +
+	"\tPlanBatch\x12\x16\n" +
+	"\x06number\x18\x01 \x01(\x05R\x06number\x126\n" +
+	"\x06agents\x18\x02 \x03(\v2\x1e.opsconductor.v1.ResolvedAgentR\x06agents\"A\n" +
 	"\x11DangerousOverride\x12\x14\n" +
 	"\x05allow\x18\x01 \x01(\bR\x05allow\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"N\n" +
-	"\x12ExecuteJobResponse\x128\n" +
-	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\x9e\x03\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xec\x03\n" +
 	"\x16CreateExecutionRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1f\n" +
 	"\vjob_version\x18\x02 \x01(\x03R\n" +
@@ -1619,12 +1820,16 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x06policy\x18\x05 \x01(\v2 .opsconductor.v1.ExecutionPolicyR\x06policy\x12W\n" +
 	"\n" +
 	"parameters\x18\x06 \x03(\v27.opsconductor.v1.CreateExecutionRequest.ParametersEntryR\n" +
-	"parameters\x1a=\n" +
+	"parameters\x12\x17\n" +
+	"\adry_run\x18\a \x01(\bR\x06dryRun\x123\n" +
+	"\n" +
+	"inline_job\x18\b \x01(\v2\x14.opsconductor.v1.JobR\tinlineJob\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
 	"\x17CreateExecutionResponse\x128\n" +
-	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"@\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\x122\n" +
+	"\x04plan\x18\x02 \x01(\v2\x1e.opsconductor.v1.ExecutionPlanR\x04plan\"@\n" +
 	"\x16CancelExecutionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"S\n" +
@@ -1722,93 +1927,108 @@ func file_opsconductor_v1_execution_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_execution_proto_rawDescData
 }
 
-var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*Execution)(nil),                   // 0: opsconductor.v1.Execution
 	(*Task)(nil),                        // 1: opsconductor.v1.Task
 	(*ExecuteJobRequest)(nil),           // 2: opsconductor.v1.ExecuteJobRequest
-	(*DangerousOverride)(nil),           // 3: opsconductor.v1.DangerousOverride
-	(*ExecuteJobResponse)(nil),          // 4: opsconductor.v1.ExecuteJobResponse
-	(*CreateExecutionRequest)(nil),      // 5: opsconductor.v1.CreateExecutionRequest
-	(*CreateExecutionResponse)(nil),     // 6: opsconductor.v1.CreateExecutionResponse
-	(*CancelExecutionRequest)(nil),      // 7: opsconductor.v1.CancelExecutionRequest
-	(*CancelExecutionResponse)(nil),     // 8: opsconductor.v1.CancelExecutionResponse
-	(*RetryExecutionRequest)(nil),       // 9: opsconductor.v1.RetryExecutionRequest
-	(*RetryExecutionResponse)(nil),      // 10: opsconductor.v1.RetryExecutionResponse
-	(*GetExecutionRequest)(nil),         // 11: opsconductor.v1.GetExecutionRequest
-	(*GetExecutionResponse)(nil),        // 12: opsconductor.v1.GetExecutionResponse
-	(*GetExecutionResultsRequest)(nil),  // 13: opsconductor.v1.GetExecutionResultsRequest
-	(*GetExecutionResultsResponse)(nil), // 14: opsconductor.v1.GetExecutionResultsResponse
-	(*TaskResult)(nil),                  // 15: opsconductor.v1.TaskResult
-	(*ActionResult)(nil),                // 16: opsconductor.v1.ActionResult
-	(*Attempt)(nil),                     // 17: opsconductor.v1.Attempt
-	(*WatchExecutionRequest)(nil),       // 18: opsconductor.v1.WatchExecutionRequest
-	(*WatchExecutionResponse)(nil),      // 19: opsconductor.v1.WatchExecutionResponse
-	(*ExecutionEvent)(nil),              // 20: opsconductor.v1.ExecutionEvent
-	nil,                                 // 21: opsconductor.v1.Execution.TaskCountsEntry
-	nil,                                 // 22: opsconductor.v1.Execution.ParametersEntry
-	nil,                                 // 23: opsconductor.v1.ExecuteJobRequest.ParametersEntry
-	nil,                                 // 24: opsconductor.v1.CreateExecutionRequest.ParametersEntry
-	(*timestamppb.Timestamp)(nil),       // 25: google.protobuf.Timestamp
-	(*Job)(nil),                         // 26: opsconductor.v1.Job
-	(*ExecutionPolicy)(nil),             // 27: opsconductor.v1.ExecutionPolicy
-	(*durationpb.Duration)(nil),         // 28: google.protobuf.Duration
+	(*ExecuteJobResponse)(nil),          // 3: opsconductor.v1.ExecuteJobResponse
+	(*ExecutionPlan)(nil),               // 4: opsconductor.v1.ExecutionPlan
+	(*PlanBatch)(nil),                   // 5: opsconductor.v1.PlanBatch
+	(*DangerousOverride)(nil),           // 6: opsconductor.v1.DangerousOverride
+	(*CreateExecutionRequest)(nil),      // 7: opsconductor.v1.CreateExecutionRequest
+	(*CreateExecutionResponse)(nil),     // 8: opsconductor.v1.CreateExecutionResponse
+	(*CancelExecutionRequest)(nil),      // 9: opsconductor.v1.CancelExecutionRequest
+	(*CancelExecutionResponse)(nil),     // 10: opsconductor.v1.CancelExecutionResponse
+	(*RetryExecutionRequest)(nil),       // 11: opsconductor.v1.RetryExecutionRequest
+	(*RetryExecutionResponse)(nil),      // 12: opsconductor.v1.RetryExecutionResponse
+	(*GetExecutionRequest)(nil),         // 13: opsconductor.v1.GetExecutionRequest
+	(*GetExecutionResponse)(nil),        // 14: opsconductor.v1.GetExecutionResponse
+	(*GetExecutionResultsRequest)(nil),  // 15: opsconductor.v1.GetExecutionResultsRequest
+	(*GetExecutionResultsResponse)(nil), // 16: opsconductor.v1.GetExecutionResultsResponse
+	(*TaskResult)(nil),                  // 17: opsconductor.v1.TaskResult
+	(*ActionResult)(nil),                // 18: opsconductor.v1.ActionResult
+	(*Attempt)(nil),                     // 19: opsconductor.v1.Attempt
+	(*WatchExecutionRequest)(nil),       // 20: opsconductor.v1.WatchExecutionRequest
+	(*WatchExecutionResponse)(nil),      // 21: opsconductor.v1.WatchExecutionResponse
+	(*ExecutionEvent)(nil),              // 22: opsconductor.v1.ExecutionEvent
+	nil,                                 // 23: opsconductor.v1.Execution.TaskCountsEntry
+	nil,                                 // 24: opsconductor.v1.Execution.ParametersEntry
+	nil,                                 // 25: opsconductor.v1.ExecuteJobRequest.ParametersEntry
+	nil,                                 // 26: opsconductor.v1.ExecutionPlan.ParametersEntry
+	nil,                                 // 27: opsconductor.v1.CreateExecutionRequest.ParametersEntry
+	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
+	(*Job)(nil),                         // 29: opsconductor.v1.Job
+	(*ExecutionPolicy)(nil),             // 30: opsconductor.v1.ExecutionPolicy
+	(*Action)(nil),                      // 31: opsconductor.v1.Action
+	(*SafetyFinding)(nil),               // 32: opsconductor.v1.SafetyFinding
+	(*ResolvedAgent)(nil),               // 33: opsconductor.v1.ResolvedAgent
+	(*durationpb.Duration)(nil),         // 34: google.protobuf.Duration
 }
 var file_opsconductor_v1_execution_proto_depIdxs = []int32{
-	21, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
+	23, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
 	1,  // 1: opsconductor.v1.Execution.tasks:type_name -> opsconductor.v1.Task
-	25, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
-	25, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	25, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
-	26, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
-	3,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	27, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	22, // 8: opsconductor.v1.Execution.parameters:type_name -> opsconductor.v1.Execution.ParametersEntry
-	25, // 9: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	25, // 10: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
-	3,  // 11: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	27, // 12: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	23, // 13: opsconductor.v1.ExecuteJobRequest.parameters:type_name -> opsconductor.v1.ExecuteJobRequest.ParametersEntry
+	28, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
+	28, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	28, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	29, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
+	6,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	30, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	24, // 8: opsconductor.v1.Execution.parameters:type_name -> opsconductor.v1.Execution.ParametersEntry
+	28, // 9: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	28, // 10: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	6,  // 11: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	30, // 12: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	25, // 13: opsconductor.v1.ExecuteJobRequest.parameters:type_name -> opsconductor.v1.ExecuteJobRequest.ParametersEntry
 	0,  // 14: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
-	3,  // 15: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	27, // 16: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	24, // 17: opsconductor.v1.CreateExecutionRequest.parameters:type_name -> opsconductor.v1.CreateExecutionRequest.ParametersEntry
-	0,  // 18: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 19: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	3,  // 20: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	0,  // 21: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 22: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 23: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
-	15, // 24: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
-	1,  // 25: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
-	16, // 26: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
-	25, // 27: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
-	25, // 28: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
-	17, // 29: opsconductor.v1.ActionResult.attempts:type_name -> opsconductor.v1.Attempt
-	25, // 30: opsconductor.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	25, // 31: opsconductor.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
-	28, // 32: opsconductor.v1.Attempt.delay_before:type_name -> google.protobuf.Duration
-	20, // 33: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
-	25, // 34: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 35: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
-	5,  // 36: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
-	7,  // 37: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
-	9,  // 38: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
-	11, // 39: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
-	13, // 40: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
-	18, // 41: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
-	4,  // 42: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
-	6,  // 43: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
-	8,  // 44: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
-	10, // 45: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
-	12, // 46: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
-	14, // 47: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
-	19, // 48: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
-	42, // [42:49] is the sub-list for method output_type
-	35, // [35:42] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	4,  // 15: opsconductor.v1.ExecuteJobResponse.plan:type_name -> opsconductor.v1.ExecutionPlan
+	30, // 16: opsconductor.v1.ExecutionPlan.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	5,  // 17: opsconductor.v1.ExecutionPlan.batches:type_name -> opsconductor.v1.PlanBatch
+	31, // 18: opsconductor.v1.ExecutionPlan.actions:type_name -> opsconductor.v1.Action
+	32, // 19: opsconductor.v1.ExecutionPlan.safety_findings:type_name -> opsconductor.v1.SafetyFinding
+	26, // 20: opsconductor.v1.ExecutionPlan.parameters:type_name -> opsconductor.v1.ExecutionPlan.ParametersEntry
+	33, // 21: opsconductor.v1.PlanBatch.agents:type_name -> opsconductor.v1.ResolvedAgent
+	6,  // 22: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	30, // 23: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	27, // 24: opsconductor.v1.CreateExecutionRequest.parameters:type_name -> opsconductor.v1.CreateExecutionRequest.ParametersEntry
+	29, // 25: opsconductor.v1.CreateExecutionRequest.inline_job:type_name -> opsconductor.v1.Job
+	0,  // 26: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	4,  // 27: opsconductor.v1.CreateExecutionResponse.plan:type_name -> opsconductor.v1.ExecutionPlan
+	0,  // 28: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	6,  // 29: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	0,  // 30: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 31: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 32: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
+	17, // 33: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
+	1,  // 34: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
+	18, // 35: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
+	28, // 36: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
+	28, // 37: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
+	19, // 38: opsconductor.v1.ActionResult.attempts:type_name -> opsconductor.v1.Attempt
+	28, // 39: opsconductor.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	28, // 40: opsconductor.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
+	34, // 41: opsconductor.v1.Attempt.delay_before:type_name -> google.protobuf.Duration
+	22, // 42: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
+	28, // 43: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 44: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
+	7,  // 45: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
+	9,  // 46: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
+	11, // 47: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
+	13, // 48: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
+	15, // 49: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
+	20, // 50: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
+	3,  // 51: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
+	8,  // 52: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
+	10, // 53: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
+	12, // 54: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
+	14, // 55: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
+	16, // 56: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
+	21, // 57: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
+	51, // [51:58] is the sub-list for method output_type
+	44, // [44:51] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_execution_proto_init() }
@@ -1818,13 +2038,14 @@ func file_opsconductor_v1_execution_proto_init() {
 	}
 	file_opsconductor_v1_access_proto_init()
 	file_opsconductor_v1_job_proto_init()
+	file_opsconductor_v1_safety_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_execution_proto_rawDesc), len(file_opsconductor_v1_execution_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
