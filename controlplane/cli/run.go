@@ -12,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
@@ -229,7 +230,7 @@ func newExecutionCmd(g *globals) *cobra.Command {
 			}
 			return tw.Flush()
 		},
-	}, newCancelCmd(g), newRetryCmd(g), &cobra.Command{
+	}, newCancelCmd(g), newRetryCmd(g), newExecutionListCmd(g), &cobra.Command{
 		Use:   "watch ID",
 		Short: "Follow an execution live: status changes and output until it ends",
 		Args:  cobra.ExactArgs(1),
@@ -445,4 +446,47 @@ func newAgentStateCmd(g *globals, verb string) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newExecutionListCmd(g *globals) *cobra.Command {
+	var jobRef, status string
+	var since time.Duration
+	var limit int32
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List executions, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			req := &opsconductorv1.ListExecutionsRequest{Status: status, PageSize: limit}
+			if jobRef != "" {
+				j, err := resolveJob(cmd.Context(), g, jobRef)
+				if err != nil {
+					return err
+				}
+				req.JobId = j.GetId()
+			}
+			if since > 0 {
+				req.Since = timestamppb.New(time.Now().Add(-since))
+			}
+			resp, err := g.executions().ListExecutions(cmd.Context(), connect.NewRequest(req))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg)
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tJOB\tSTATUS\tTARGETS\tCREATED\tBY")
+			for _, e := range resp.Msg.GetExecutions() {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.GetId(), e.GetJobName(), e.GetStatus(), counts(e.GetTaskCounts()),
+					e.GetCreateTime().AsTime().Local().Format(time.DateTime), e.GetCreatedBy())
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&jobRef, "job", "", "only executions of this job (id or name)")
+	cmd.Flags().StringVar(&status, "status", "", "only executions in this status")
+	cmd.Flags().DurationVar(&since, "since", 0, "only executions created within this long, e.g. 24h")
+	cmd.Flags().Int32Var(&limit, "limit", 50, "how many")
+	return cmd
 }

@@ -115,6 +115,10 @@ targets:
 		t.Fatalf("run of the fixed job: code %d\n%s%s", code, out, errOut)
 	}
 
+	out, _, _ = cli(t, s, "execution", "list", "--job", "cli-job")
+	if strings.Count(out, "cli-job") != 2 || !strings.Contains(out, "failed") || !strings.Contains(out, "succeeded") {
+		t.Fatalf("execution list:\n%s", out)
+	}
 	out, _, _ = cli(t, s, "job", "list")
 	if !strings.Contains(out, "cli-job") || !strings.Contains(out, "role=cli") {
 		t.Fatalf("job list:\n%s", out)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -45,6 +46,68 @@ func TestRetryFailed(t *testing.T) {
 		t.Fatalf("retry of all targets has %d tasks", len(retried.Execution.Tasks))
 	}
 	waitFinished(t, s, retried.Execution.ID, 60*time.Second)
+
+	// Listing: the first run and its two retries, newest first; by status.
+	type listing struct {
+		Executions []struct {
+			ID         string           `json:"id"`
+			Status     string           `json:"status"`
+			ParentID   string           `json:"parentId"`
+			TaskCounts map[string]int32 `json:"taskCounts"`
+		} `json:"executions"`
+		NextPageToken string `json:"nextPageToken"`
+	}
+	var list listing
+	cptest.Must(t, http.StatusOK)(s.Do(t, "GET", "/api/v1/executions?jobId="+j.ID+"&pageSize=2", nil, &list))
+	if len(list.Executions) != 2 || list.NextPageToken == "" || list.Executions[0].ID != retried.Execution.ID {
+		t.Fatalf("first page = %+v", list)
+	}
+	token := list.NextPageToken
+	list = listing{}
+	cptest.Must(t, http.StatusOK)(s.Do(t, "GET", "/api/v1/executions?jobId="+j.ID+"&pageSize=2&pageToken="+token, nil, &list))
+	if len(list.Executions) != 1 || list.Executions[0].ID != first.Execution.ID || list.NextPageToken != "" {
+		t.Fatalf("second page = %+v", list)
+	}
+	list = listing{}
+	cptest.Must(t, http.StatusOK)(s.Do(t, "GET", "/api/v1/executions?status=succeeded", nil, &list))
+	for _, e := range list.Executions {
+		if e.Status != "succeeded" {
+			t.Fatalf("status filter returned %+v", e)
+		}
+	}
+	cptest.Must(t, http.StatusBadRequest)(s.Do(t, "GET", "/api/v1/executions?status=sideways", nil, nil))
+
+	// A target override runs the job on exactly those targets.
+	var agents struct {
+		Agents []struct {
+			ID   string `json:"id"`
+			Name string `json:"name"`
+		} `json:"agents"`
+	}
+	s.Do(t, "GET", "/api/v1/agents", nil, &agents)
+	node1 := ""
+	for _, a := range agents.Agents {
+		if a.Name == "node-1" {
+			node1 = a.ID
+		}
+	}
+	var override struct {
+		Execution execution `json:"execution"`
+	}
+	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/executions", map[string]any{"jobId": j.ID,
+		"targets": []map[string]any{{"agentId": node1}}}, &override))
+	if len(override.Execution.Tasks) != 1 || override.Execution.Tasks[0].AgentName != "node-1" {
+		t.Fatalf("override execution tasks = %+v", override.Execution.Tasks)
+	}
+	waitFinished(t, s, override.Execution.ID, 60*time.Second)
+	var bad struct {
+		Message string `json:"message"`
+	}
+	cptest.Must(t, http.StatusBadRequest)(s.Do(t, "POST", "/api/v1/executions", map[string]any{"jobId": j.ID,
+		"targets": []map[string]any{{"selector": "role"}}}, &bad))
+	if !strings.Contains(bad.Message, "targets[0].selector") {
+		t.Fatalf("bad override: %q", bad.Message)
+	}
 
 	ok := createJob(t, s, map[string]any{"name": "fine", "targets": []map[string]any{{"selector": "role=node"}},
 		"actions": []map[string]any{{"command": "true"}}})

@@ -117,6 +117,7 @@ func (s *Service) CreateExecution(ctx context.Context, req *connect.Request[opsc
 		override: req.Msg.GetDangerousOverride(), policy: req.Msg.GetPolicy(), parameters: req.Msg.GetParameters(),
 		idempotencyKey: cmp.Or(req.Msg.GetIdempotencyKey(), req.Header().Get("Idempotency-Key")), dryRun: req.Msg.GetDryRun(),
 	}
+	opts.targets = req.Msg.GetTargets()
 	var e *opsconductorv1.Execution
 	var plan *opsconductorv1.ExecutionPlan
 	var err error
@@ -155,6 +156,7 @@ func (s *Service) adhoc(ctx context.Context, job *opsconductorv1.Job, opts start
 // dangerous-command check, policy overrides, an idempotency key, and the
 // execution a retry retries.
 type startOpts struct {
+	targets        []*opsconductorv1.Target // instead of the job's
 	dryRun         bool
 	parameters     map[string]string
 	override       *opsconductorv1.DangerousOverride
@@ -170,6 +172,17 @@ func (s *Service) create(ctx context.Context, jobID string, version int64, idFie
 	job, err := s.jobs.Get(ctx, jobID, version)
 	if err != nil {
 		return nil, nil, err
+	}
+	if len(opts.targets) > 0 {
+		// The override is part of what runs: check it like the job's own,
+		// and keep it in the snapshot.
+		job.Targets = opts.targets
+		if vs := s.jobs.Check("job", job); len(vs) > 0 {
+			for i := range vs {
+				vs[i].Field = strings.Replace(vs[i].Field, "job.targets", "targets", 1)
+			}
+			return nil, nil, apperr.Invalid("targets", vs)
+		}
 	}
 	agents, err := s.resolve(ctx, job)
 	if err != nil {
@@ -474,6 +487,46 @@ func (s *Service) CancelExecution(ctx context.Context, req *connect.Request[opsc
 		return nil, err
 	}
 	return connect.NewResponse(&opsconductorv1.CancelExecutionResponse{Execution: e}), nil
+}
+
+func (s *Service) ListExecutions(ctx context.Context, req *connect.Request[opsconductorv1.ListExecutionsRequest]) (*connect.Response[opsconductorv1.ListExecutionsResponse], error) {
+	m := req.Msg
+	size := int(m.GetPageSize())
+	switch {
+	case size == 0:
+		size = 50
+	case size < 0 || size > 500:
+		return nil, apperr.InvalidField("page_size", "must be between 1 and 500")
+	}
+	switch m.GetStatus() {
+	case "", ExecQueued, ExecRunning, ExecSucceeded, ExecFailed, ExecCancelled:
+	default:
+		return nil, apperr.InvalidField("status", "must be queued, running, succeeded, failed or cancelled, not %q", m.GetStatus())
+	}
+	p := ListParams{JobID: m.GetJobId(), Status: m.GetStatus(), Limit: size, PageToken: m.GetPageToken()}
+	if m.GetSince() != nil {
+		p.Since = m.GetSince().AsTime()
+	}
+	if m.GetUntil() != nil {
+		p.Until = m.GetUntil().AsTime()
+	}
+	recs, counts, next, err := s.store.ExecutionList(ctx, p)
+	if errors.Is(err, ErrBadPageToken) {
+		return nil, apperr.InvalidField("page_token", "is not a token from a previous page")
+	}
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ListExecutionsResponse{NextPageToken: next}
+	for i, rec := range recs {
+		e, err := toExecution(rec, nil)
+		if err != nil {
+			return nil, err
+		}
+		e.JobSnapshot, e.TaskCounts = nil, counts[i]
+		resp.Executions = append(resp.Executions, e)
+	}
+	return connect.NewResponse(resp), nil
 }
 
 func (s *Service) GetExecution(ctx context.Context, req *connect.Request[opsconductorv1.GetExecutionRequest]) (*connect.Response[opsconductorv1.GetExecutionResponse], error) {

@@ -5,10 +5,12 @@ import (
 	"context"
 	"database/sql"
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -268,6 +270,98 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		return nil
 	})
 	return existing, err
+}
+
+// ListParams filter and page ExecutionList.
+type ListParams struct {
+	JobID        string
+	Status       string
+	Since, Until time.Time // zero: open
+	Limit        int
+	PageToken    string
+}
+
+// ErrBadPageToken means a page token was not one ExecutionList produced.
+var ErrBadPageToken = errors.New("malformed page token")
+
+// ExecutionList returns a page of executions, newest first, with their
+// task counts, and the next page's token ("" on the last page).
+func (s *Store) ExecutionList(ctx context.Context, p ListParams) ([]ExecutionRecord, []map[string]int32, string, error) {
+	var where []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
+	}
+	if p.PageToken != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(p.PageToken)
+		if err != nil {
+			return nil, nil, "", ErrBadPageToken
+		}
+		where = append(where, "id < "+arg(string(raw)))
+	}
+	if p.JobID != "" {
+		where = append(where, "job_id = "+arg(p.JobID))
+	}
+	if p.Status != "" {
+		where = append(where, "status = "+arg(p.Status))
+	}
+	if !p.Since.IsZero() {
+		where = append(where, "created_at >= "+arg(p.Since.UTC()))
+	}
+	if !p.Until.IsZero() {
+		where = append(where, "created_at < "+arg(p.Until.UTC()))
+	}
+	q := `SELECT id FROM executions`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY id DESC LIMIT " + arg(p.Limit+1)
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("list executions: %w", err)
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return nil, nil, "", err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	next := ""
+	if len(ids) > p.Limit {
+		ids = ids[:p.Limit]
+		next = base64.RawURLEncoding.EncodeToString([]byte(ids[len(ids)-1]))
+	}
+	recs := make([]ExecutionRecord, 0, len(ids))
+	counts := make([]map[string]int32, 0, len(ids))
+	for _, id := range ids {
+		e, err := s.ExecutionGet(ctx, id)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		c := map[string]int32{}
+		crows, err := s.db.QueryContext(ctx, `SELECT status, COUNT(*) FROM tasks WHERE execution_id = $1 GROUP BY status`, id)
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("count tasks of %s: %w", id, err)
+		}
+		for crows.Next() {
+			var st string
+			var n int32
+			if err := crows.Scan(&st, &n); err != nil {
+				crows.Close()
+				return nil, nil, "", err
+			}
+			c[st] = n
+		}
+		crows.Close()
+		recs = append(recs, e)
+		counts = append(counts, c)
+	}
+	return recs, counts, next, nil
 }
 
 // ExecutionIDByIdempotencyKey finds the execution a key made.

@@ -687,7 +687,9 @@ type CreateExecutionRequest struct {
 	DryRun            bool               `protobuf:"varint,7,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	// An ad-hoc run: this job definition instead of job_id (it is not
 	// saved). Its name may be empty.
-	InlineJob     *Job `protobuf:"bytes,8,opt,name=inline_job,json=inlineJob,proto3" json:"inline_job,omitempty"`
+	InlineJob *Job `protobuf:"bytes,8,opt,name=inline_job,json=inlineJob,proto3" json:"inline_job,omitempty"`
+	// Run on these targets instead of the job's.
+	Targets       []*Target `protobuf:"bytes,9,rep,name=targets,proto3" json:"targets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -774,6 +776,13 @@ func (x *CreateExecutionRequest) GetDryRun() bool {
 func (x *CreateExecutionRequest) GetInlineJob() *Job {
 	if x != nil {
 		return x.InlineJob
+	}
+	return nil
+}
+
+func (x *CreateExecutionRequest) GetTargets() []*Target {
+	if x != nil {
+		return x.Targets
 	}
 	return nil
 }
@@ -1033,6 +1042,146 @@ func (x *RetryExecutionResponse) GetExecution() *Execution {
 	return nil
 }
 
+type ListExecutionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// queued, running, succeeded, failed or cancelled.
+	Status string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// Created at or after since, and before until.
+	Since *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	Until *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=until,proto3" json:"until,omitempty"`
+	// 1-500, default 50.
+	PageSize      int32  `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExecutionsRequest) Reset() {
+	*x = ListExecutionsRequest{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExecutionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExecutionsRequest) ProtoMessage() {}
+
+func (x *ListExecutionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExecutionsRequest.ProtoReflect.Descriptor instead.
+func (*ListExecutionsRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListExecutionsRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ListExecutionsRequest) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ListExecutionsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ListExecutionsRequest) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *ListExecutionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListExecutionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListExecutionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Without their tasks and job snapshot; task_counts are set.
+	Executions    []*Execution `protobuf:"bytes,1,rep,name=executions,proto3" json:"executions,omitempty"`
+	NextPageToken string       `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListExecutionsResponse) Reset() {
+	*x = ListExecutionsResponse{}
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListExecutionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListExecutionsResponse) ProtoMessage() {}
+
+func (x *ListExecutionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListExecutionsResponse.ProtoReflect.Descriptor instead.
+func (*ListExecutionsResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListExecutionsResponse) GetExecutions() []*Execution {
+	if x != nil {
+		return x.Executions
+	}
+	return nil
+}
+
+func (x *ListExecutionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 type GetExecutionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1042,7 +1191,7 @@ type GetExecutionRequest struct {
 
 func (x *GetExecutionRequest) Reset() {
 	*x = GetExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1054,7 +1203,7 @@ func (x *GetExecutionRequest) String() string {
 func (*GetExecutionRequest) ProtoMessage() {}
 
 func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1067,7 +1216,7 @@ func (x *GetExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetExecutionRequest) GetId() string {
@@ -1086,7 +1235,7 @@ type GetExecutionResponse struct {
 
 func (x *GetExecutionResponse) Reset() {
 	*x = GetExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1098,7 +1247,7 @@ func (x *GetExecutionResponse) String() string {
 func (*GetExecutionResponse) ProtoMessage() {}
 
 func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1111,7 +1260,7 @@ func (x *GetExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetExecutionResponse) GetExecution() *Execution {
@@ -1130,7 +1279,7 @@ type GetExecutionResultsRequest struct {
 
 func (x *GetExecutionResultsRequest) Reset() {
 	*x = GetExecutionResultsRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1142,7 +1291,7 @@ func (x *GetExecutionResultsRequest) String() string {
 func (*GetExecutionResultsRequest) ProtoMessage() {}
 
 func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1155,7 +1304,7 @@ func (x *GetExecutionResultsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsRequest.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetExecutionResultsRequest) GetId() string {
@@ -1175,7 +1324,7 @@ type GetExecutionResultsResponse struct {
 
 func (x *GetExecutionResultsResponse) Reset() {
 	*x = GetExecutionResultsResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1187,7 +1336,7 @@ func (x *GetExecutionResultsResponse) String() string {
 func (*GetExecutionResultsResponse) ProtoMessage() {}
 
 func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1200,7 +1349,7 @@ func (x *GetExecutionResultsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetExecutionResultsResponse.ProtoReflect.Descriptor instead.
 func (*GetExecutionResultsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetExecutionResultsResponse) GetExecution() *Execution {
@@ -1232,7 +1381,7 @@ type TaskResult struct {
 
 func (x *TaskResult) Reset() {
 	*x = TaskResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1393,7 @@ func (x *TaskResult) String() string {
 func (*TaskResult) ProtoMessage() {}
 
 func (x *TaskResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1406,7 @@ func (x *TaskResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskResult.ProtoReflect.Descriptor instead.
 func (*TaskResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TaskResult) GetTask() *Task {
@@ -1308,7 +1457,7 @@ type ActionResult struct {
 
 func (x *ActionResult) Reset() {
 	*x = ActionResult{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1469,7 @@ func (x *ActionResult) String() string {
 func (*ActionResult) ProtoMessage() {}
 
 func (x *ActionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1482,7 @@ func (x *ActionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActionResult.ProtoReflect.Descriptor instead.
 func (*ActionResult) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ActionResult) GetIndex() int32 {
@@ -1424,7 +1573,7 @@ type Attempt struct {
 
 func (x *Attempt) Reset() {
 	*x = Attempt{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1585,7 @@ func (x *Attempt) String() string {
 func (*Attempt) ProtoMessage() {}
 
 func (x *Attempt) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1598,7 @@ func (x *Attempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
 func (*Attempt) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Attempt) GetNumber() int32 {
@@ -1511,7 +1660,7 @@ type WatchExecutionRequest struct {
 
 func (x *WatchExecutionRequest) Reset() {
 	*x = WatchExecutionRequest{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1523,7 +1672,7 @@ func (x *WatchExecutionRequest) String() string {
 func (*WatchExecutionRequest) ProtoMessage() {}
 
 func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1536,7 +1685,7 @@ func (x *WatchExecutionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionRequest.ProtoReflect.Descriptor instead.
 func (*WatchExecutionRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{20}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchExecutionRequest) GetId() string {
@@ -1562,7 +1711,7 @@ type WatchExecutionResponse struct {
 
 func (x *WatchExecutionResponse) Reset() {
 	*x = WatchExecutionResponse{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1574,7 +1723,7 @@ func (x *WatchExecutionResponse) String() string {
 func (*WatchExecutionResponse) ProtoMessage() {}
 
 func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1587,7 +1736,7 @@ func (x *WatchExecutionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchExecutionResponse.ProtoReflect.Descriptor instead.
 func (*WatchExecutionResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{21}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *WatchExecutionResponse) GetEvent() *ExecutionEvent {
@@ -1621,7 +1770,7 @@ type ExecutionEvent struct {
 
 func (x *ExecutionEvent) Reset() {
 	*x = ExecutionEvent{}
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[22]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1782,7 @@ func (x *ExecutionEvent) String() string {
 func (*ExecutionEvent) ProtoMessage() {}
 
 func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_execution_proto_msgTypes[22]
+	mi := &file_opsconductor_v1_execution_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1795,7 @@ func (x *ExecutionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecutionEvent.ProtoReflect.Descriptor instead.
 func (*ExecutionEvent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{22}
+	return file_opsconductor_v1_execution_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExecutionEvent) GetSequence() int64 {
@@ -1810,7 +1959,7 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x06agents\x18\x02 \x03(\v2\x1e.opsconductor.v1.ResolvedAgentR\x06agents\"A\n" +
 	"\x11DangerousOverride\x12\x14\n" +
 	"\x05allow\x18\x01 \x01(\bR\x05allow\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xec\x03\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x9f\x04\n" +
 	"\x16CreateExecutionRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1f\n" +
 	"\vjob_version\x18\x02 \x01(\x03R\n" +
@@ -1823,7 +1972,8 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"parameters\x12\x17\n" +
 	"\adry_run\x18\a \x01(\bR\x06dryRun\x123\n" +
 	"\n" +
-	"inline_job\x18\b \x01(\v2\x14.opsconductor.v1.JobR\tinlineJob\x1a=\n" +
+	"inline_job\x18\b \x01(\v2\x14.opsconductor.v1.JobR\tinlineJob\x121\n" +
+	"\atargets\x18\t \x03(\v2\x17.opsconductor.v1.TargetR\atargets\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x87\x01\n" +
@@ -1841,7 +1991,20 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"allTargets\x12Q\n" +
 	"\x12dangerous_override\x18\x03 \x01(\v2\".opsconductor.v1.DangerousOverrideR\x11dangerousOverride\"R\n" +
 	"\x16RetryExecutionResponse\x128\n" +
-	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"%\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\xe6\x01\n" +
+	"\x15ListExecutionsRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x120\n" +
+	"\x05since\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x120\n" +
+	"\x05until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x12\x1b\n" +
+	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\"|\n" +
+	"\x16ListExecutionsResponse\x12:\n" +
+	"\n" +
+	"executions\x18\x01 \x03(\v2\x1a.opsconductor.v1.ExecutionR\n" +
+	"executions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"%\n" +
 	"\x13GetExecutionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"P\n" +
 	"\x14GetExecutionResponse\x128\n" +
@@ -1897,7 +2060,7 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x06stream\x18\t \x01(\tR\x06stream\x12\x12\n" +
 	"\x04data\x18\n" +
 	" \x01(\fR\x04data\x12.\n" +
-	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\xcf\b\n" +
+	"\x04time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x04time2\xe4\t\n" +
 	"\x10ExecutionService\x12\x91\x01\n" +
 	"\n" +
 	"ExecuteJob\x12\".opsconductor.v1.ExecuteJobRequest\x1a#.opsconductor.v1.ExecuteJobResponse\":\x8a\xb5\x18\x12\n" +
@@ -1907,7 +2070,9 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x0fCancelExecution\x12'.opsconductor.v1.CancelExecutionRequest\x1a(.opsconductor.v1.CancelExecutionResponse\"?\x8a\xb5\x18\x12\n" +
 	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/api/v1/executions/{id}/cancel\x12\xa1\x01\n" +
 	"\x0eRetryExecution\x12&.opsconductor.v1.RetryExecutionRequest\x1a'.opsconductor.v1.RetryExecutionResponse\">\x8a\xb5\x18\x12\n" +
-	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/api/v1/executions/{id}/retry\x12\x91\x01\n" +
+	"\x0eexecutions:run\x10\x01\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/api/v1/executions/{id}/retry\x12\x92\x01\n" +
+	"\x0eListExecutions\x12&.opsconductor.v1.ListExecutionsRequest\x1a'.opsconductor.v1.ListExecutionsResponse\"/\x8a\xb5\x18\x11\n" +
+	"\x0fexecutions:read\x82\xd3\xe4\x93\x02\x14\x12\x12/api/v1/executions\x12\x91\x01\n" +
 	"\fGetExecution\x12$.opsconductor.v1.GetExecutionRequest\x1a%.opsconductor.v1.GetExecutionResponse\"4\x8a\xb5\x18\x11\n" +
 	"\x0fexecutions:read\x82\xd3\xe4\x93\x02\x19\x12\x17/api/v1/executions/{id}\x12\xae\x01\n" +
 	"\x13GetExecutionResults\x12+.opsconductor.v1.GetExecutionResultsRequest\x1a,.opsconductor.v1.GetExecutionResultsResponse\"<\x8a\xb5\x18\x11\n" +
@@ -1927,7 +2092,7 @@ func file_opsconductor_v1_execution_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_execution_proto_rawDescData
 }
 
-var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_opsconductor_v1_execution_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*Execution)(nil),                   // 0: opsconductor.v1.Execution
 	(*Task)(nil),                        // 1: opsconductor.v1.Task
@@ -1942,93 +2107,102 @@ var file_opsconductor_v1_execution_proto_goTypes = []any{
 	(*CancelExecutionResponse)(nil),     // 10: opsconductor.v1.CancelExecutionResponse
 	(*RetryExecutionRequest)(nil),       // 11: opsconductor.v1.RetryExecutionRequest
 	(*RetryExecutionResponse)(nil),      // 12: opsconductor.v1.RetryExecutionResponse
-	(*GetExecutionRequest)(nil),         // 13: opsconductor.v1.GetExecutionRequest
-	(*GetExecutionResponse)(nil),        // 14: opsconductor.v1.GetExecutionResponse
-	(*GetExecutionResultsRequest)(nil),  // 15: opsconductor.v1.GetExecutionResultsRequest
-	(*GetExecutionResultsResponse)(nil), // 16: opsconductor.v1.GetExecutionResultsResponse
-	(*TaskResult)(nil),                  // 17: opsconductor.v1.TaskResult
-	(*ActionResult)(nil),                // 18: opsconductor.v1.ActionResult
-	(*Attempt)(nil),                     // 19: opsconductor.v1.Attempt
-	(*WatchExecutionRequest)(nil),       // 20: opsconductor.v1.WatchExecutionRequest
-	(*WatchExecutionResponse)(nil),      // 21: opsconductor.v1.WatchExecutionResponse
-	(*ExecutionEvent)(nil),              // 22: opsconductor.v1.ExecutionEvent
-	nil,                                 // 23: opsconductor.v1.Execution.TaskCountsEntry
-	nil,                                 // 24: opsconductor.v1.Execution.ParametersEntry
-	nil,                                 // 25: opsconductor.v1.ExecuteJobRequest.ParametersEntry
-	nil,                                 // 26: opsconductor.v1.ExecutionPlan.ParametersEntry
-	nil,                                 // 27: opsconductor.v1.CreateExecutionRequest.ParametersEntry
-	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
-	(*Job)(nil),                         // 29: opsconductor.v1.Job
-	(*ExecutionPolicy)(nil),             // 30: opsconductor.v1.ExecutionPolicy
-	(*Action)(nil),                      // 31: opsconductor.v1.Action
-	(*SafetyFinding)(nil),               // 32: opsconductor.v1.SafetyFinding
-	(*ResolvedAgent)(nil),               // 33: opsconductor.v1.ResolvedAgent
-	(*durationpb.Duration)(nil),         // 34: google.protobuf.Duration
+	(*ListExecutionsRequest)(nil),       // 13: opsconductor.v1.ListExecutionsRequest
+	(*ListExecutionsResponse)(nil),      // 14: opsconductor.v1.ListExecutionsResponse
+	(*GetExecutionRequest)(nil),         // 15: opsconductor.v1.GetExecutionRequest
+	(*GetExecutionResponse)(nil),        // 16: opsconductor.v1.GetExecutionResponse
+	(*GetExecutionResultsRequest)(nil),  // 17: opsconductor.v1.GetExecutionResultsRequest
+	(*GetExecutionResultsResponse)(nil), // 18: opsconductor.v1.GetExecutionResultsResponse
+	(*TaskResult)(nil),                  // 19: opsconductor.v1.TaskResult
+	(*ActionResult)(nil),                // 20: opsconductor.v1.ActionResult
+	(*Attempt)(nil),                     // 21: opsconductor.v1.Attempt
+	(*WatchExecutionRequest)(nil),       // 22: opsconductor.v1.WatchExecutionRequest
+	(*WatchExecutionResponse)(nil),      // 23: opsconductor.v1.WatchExecutionResponse
+	(*ExecutionEvent)(nil),              // 24: opsconductor.v1.ExecutionEvent
+	nil,                                 // 25: opsconductor.v1.Execution.TaskCountsEntry
+	nil,                                 // 26: opsconductor.v1.Execution.ParametersEntry
+	nil,                                 // 27: opsconductor.v1.ExecuteJobRequest.ParametersEntry
+	nil,                                 // 28: opsconductor.v1.ExecutionPlan.ParametersEntry
+	nil,                                 // 29: opsconductor.v1.CreateExecutionRequest.ParametersEntry
+	(*timestamppb.Timestamp)(nil),       // 30: google.protobuf.Timestamp
+	(*Job)(nil),                         // 31: opsconductor.v1.Job
+	(*ExecutionPolicy)(nil),             // 32: opsconductor.v1.ExecutionPolicy
+	(*Action)(nil),                      // 33: opsconductor.v1.Action
+	(*SafetyFinding)(nil),               // 34: opsconductor.v1.SafetyFinding
+	(*ResolvedAgent)(nil),               // 35: opsconductor.v1.ResolvedAgent
+	(*Target)(nil),                      // 36: opsconductor.v1.Target
+	(*durationpb.Duration)(nil),         // 37: google.protobuf.Duration
 }
 var file_opsconductor_v1_execution_proto_depIdxs = []int32{
-	23, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
+	25, // 0: opsconductor.v1.Execution.task_counts:type_name -> opsconductor.v1.Execution.TaskCountsEntry
 	1,  // 1: opsconductor.v1.Execution.tasks:type_name -> opsconductor.v1.Task
-	28, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
-	28, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
-	28, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
-	29, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
+	30, // 2: opsconductor.v1.Execution.create_time:type_name -> google.protobuf.Timestamp
+	30, // 3: opsconductor.v1.Execution.start_time:type_name -> google.protobuf.Timestamp
+	30, // 4: opsconductor.v1.Execution.end_time:type_name -> google.protobuf.Timestamp
+	31, // 5: opsconductor.v1.Execution.job_snapshot:type_name -> opsconductor.v1.Job
 	6,  // 6: opsconductor.v1.Execution.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	30, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	24, // 8: opsconductor.v1.Execution.parameters:type_name -> opsconductor.v1.Execution.ParametersEntry
-	28, // 9: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
-	28, // 10: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
+	32, // 7: opsconductor.v1.Execution.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	26, // 8: opsconductor.v1.Execution.parameters:type_name -> opsconductor.v1.Execution.ParametersEntry
+	30, // 9: opsconductor.v1.Task.start_time:type_name -> google.protobuf.Timestamp
+	30, // 10: opsconductor.v1.Task.end_time:type_name -> google.protobuf.Timestamp
 	6,  // 11: opsconductor.v1.ExecuteJobRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	30, // 12: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	25, // 13: opsconductor.v1.ExecuteJobRequest.parameters:type_name -> opsconductor.v1.ExecuteJobRequest.ParametersEntry
+	32, // 12: opsconductor.v1.ExecuteJobRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	27, // 13: opsconductor.v1.ExecuteJobRequest.parameters:type_name -> opsconductor.v1.ExecuteJobRequest.ParametersEntry
 	0,  // 14: opsconductor.v1.ExecuteJobResponse.execution:type_name -> opsconductor.v1.Execution
 	4,  // 15: opsconductor.v1.ExecuteJobResponse.plan:type_name -> opsconductor.v1.ExecutionPlan
-	30, // 16: opsconductor.v1.ExecutionPlan.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	32, // 16: opsconductor.v1.ExecutionPlan.policy:type_name -> opsconductor.v1.ExecutionPolicy
 	5,  // 17: opsconductor.v1.ExecutionPlan.batches:type_name -> opsconductor.v1.PlanBatch
-	31, // 18: opsconductor.v1.ExecutionPlan.actions:type_name -> opsconductor.v1.Action
-	32, // 19: opsconductor.v1.ExecutionPlan.safety_findings:type_name -> opsconductor.v1.SafetyFinding
-	26, // 20: opsconductor.v1.ExecutionPlan.parameters:type_name -> opsconductor.v1.ExecutionPlan.ParametersEntry
-	33, // 21: opsconductor.v1.PlanBatch.agents:type_name -> opsconductor.v1.ResolvedAgent
+	33, // 18: opsconductor.v1.ExecutionPlan.actions:type_name -> opsconductor.v1.Action
+	34, // 19: opsconductor.v1.ExecutionPlan.safety_findings:type_name -> opsconductor.v1.SafetyFinding
+	28, // 20: opsconductor.v1.ExecutionPlan.parameters:type_name -> opsconductor.v1.ExecutionPlan.ParametersEntry
+	35, // 21: opsconductor.v1.PlanBatch.agents:type_name -> opsconductor.v1.ResolvedAgent
 	6,  // 22: opsconductor.v1.CreateExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	30, // 23: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
-	27, // 24: opsconductor.v1.CreateExecutionRequest.parameters:type_name -> opsconductor.v1.CreateExecutionRequest.ParametersEntry
-	29, // 25: opsconductor.v1.CreateExecutionRequest.inline_job:type_name -> opsconductor.v1.Job
-	0,  // 26: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	4,  // 27: opsconductor.v1.CreateExecutionResponse.plan:type_name -> opsconductor.v1.ExecutionPlan
-	0,  // 28: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	6,  // 29: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
-	0,  // 30: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 31: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
-	0,  // 32: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
-	17, // 33: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
-	1,  // 34: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
-	18, // 35: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
-	28, // 36: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
-	28, // 37: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
-	19, // 38: opsconductor.v1.ActionResult.attempts:type_name -> opsconductor.v1.Attempt
-	28, // 39: opsconductor.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
-	28, // 40: opsconductor.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
-	34, // 41: opsconductor.v1.Attempt.delay_before:type_name -> google.protobuf.Duration
-	22, // 42: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
-	28, // 43: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
-	2,  // 44: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
-	7,  // 45: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
-	9,  // 46: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
-	11, // 47: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
-	13, // 48: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
-	15, // 49: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
-	20, // 50: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
-	3,  // 51: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
-	8,  // 52: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
-	10, // 53: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
-	12, // 54: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
-	14, // 55: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
-	16, // 56: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
-	21, // 57: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
-	51, // [51:58] is the sub-list for method output_type
-	44, // [44:51] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	32, // 23: opsconductor.v1.CreateExecutionRequest.policy:type_name -> opsconductor.v1.ExecutionPolicy
+	29, // 24: opsconductor.v1.CreateExecutionRequest.parameters:type_name -> opsconductor.v1.CreateExecutionRequest.ParametersEntry
+	31, // 25: opsconductor.v1.CreateExecutionRequest.inline_job:type_name -> opsconductor.v1.Job
+	36, // 26: opsconductor.v1.CreateExecutionRequest.targets:type_name -> opsconductor.v1.Target
+	0,  // 27: opsconductor.v1.CreateExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	4,  // 28: opsconductor.v1.CreateExecutionResponse.plan:type_name -> opsconductor.v1.ExecutionPlan
+	0,  // 29: opsconductor.v1.CancelExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	6,  // 30: opsconductor.v1.RetryExecutionRequest.dangerous_override:type_name -> opsconductor.v1.DangerousOverride
+	0,  // 31: opsconductor.v1.RetryExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	30, // 32: opsconductor.v1.ListExecutionsRequest.since:type_name -> google.protobuf.Timestamp
+	30, // 33: opsconductor.v1.ListExecutionsRequest.until:type_name -> google.protobuf.Timestamp
+	0,  // 34: opsconductor.v1.ListExecutionsResponse.executions:type_name -> opsconductor.v1.Execution
+	0,  // 35: opsconductor.v1.GetExecutionResponse.execution:type_name -> opsconductor.v1.Execution
+	0,  // 36: opsconductor.v1.GetExecutionResultsResponse.execution:type_name -> opsconductor.v1.Execution
+	19, // 37: opsconductor.v1.GetExecutionResultsResponse.results:type_name -> opsconductor.v1.TaskResult
+	1,  // 38: opsconductor.v1.TaskResult.task:type_name -> opsconductor.v1.Task
+	20, // 39: opsconductor.v1.TaskResult.actions:type_name -> opsconductor.v1.ActionResult
+	30, // 40: opsconductor.v1.ActionResult.start_time:type_name -> google.protobuf.Timestamp
+	30, // 41: opsconductor.v1.ActionResult.end_time:type_name -> google.protobuf.Timestamp
+	21, // 42: opsconductor.v1.ActionResult.attempts:type_name -> opsconductor.v1.Attempt
+	30, // 43: opsconductor.v1.Attempt.start_time:type_name -> google.protobuf.Timestamp
+	30, // 44: opsconductor.v1.Attempt.end_time:type_name -> google.protobuf.Timestamp
+	37, // 45: opsconductor.v1.Attempt.delay_before:type_name -> google.protobuf.Duration
+	24, // 46: opsconductor.v1.WatchExecutionResponse.event:type_name -> opsconductor.v1.ExecutionEvent
+	30, // 47: opsconductor.v1.ExecutionEvent.time:type_name -> google.protobuf.Timestamp
+	2,  // 48: opsconductor.v1.ExecutionService.ExecuteJob:input_type -> opsconductor.v1.ExecuteJobRequest
+	7,  // 49: opsconductor.v1.ExecutionService.CreateExecution:input_type -> opsconductor.v1.CreateExecutionRequest
+	9,  // 50: opsconductor.v1.ExecutionService.CancelExecution:input_type -> opsconductor.v1.CancelExecutionRequest
+	11, // 51: opsconductor.v1.ExecutionService.RetryExecution:input_type -> opsconductor.v1.RetryExecutionRequest
+	13, // 52: opsconductor.v1.ExecutionService.ListExecutions:input_type -> opsconductor.v1.ListExecutionsRequest
+	15, // 53: opsconductor.v1.ExecutionService.GetExecution:input_type -> opsconductor.v1.GetExecutionRequest
+	17, // 54: opsconductor.v1.ExecutionService.GetExecutionResults:input_type -> opsconductor.v1.GetExecutionResultsRequest
+	22, // 55: opsconductor.v1.ExecutionService.WatchExecution:input_type -> opsconductor.v1.WatchExecutionRequest
+	3,  // 56: opsconductor.v1.ExecutionService.ExecuteJob:output_type -> opsconductor.v1.ExecuteJobResponse
+	8,  // 57: opsconductor.v1.ExecutionService.CreateExecution:output_type -> opsconductor.v1.CreateExecutionResponse
+	10, // 58: opsconductor.v1.ExecutionService.CancelExecution:output_type -> opsconductor.v1.CancelExecutionResponse
+	12, // 59: opsconductor.v1.ExecutionService.RetryExecution:output_type -> opsconductor.v1.RetryExecutionResponse
+	14, // 60: opsconductor.v1.ExecutionService.ListExecutions:output_type -> opsconductor.v1.ListExecutionsResponse
+	16, // 61: opsconductor.v1.ExecutionService.GetExecution:output_type -> opsconductor.v1.GetExecutionResponse
+	18, // 62: opsconductor.v1.ExecutionService.GetExecutionResults:output_type -> opsconductor.v1.GetExecutionResultsResponse
+	23, // 63: opsconductor.v1.ExecutionService.WatchExecution:output_type -> opsconductor.v1.WatchExecutionResponse
+	56, // [56:64] is the sub-list for method output_type
+	48, // [48:56] is the sub-list for method input_type
+	48, // [48:48] is the sub-list for extension type_name
+	48, // [48:48] is the sub-list for extension extendee
+	0,  // [0:48] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_execution_proto_init() }
@@ -2045,7 +2219,7 @@ func file_opsconductor_v1_execution_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_execution_proto_rawDesc), len(file_opsconductor_v1_execution_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   28,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

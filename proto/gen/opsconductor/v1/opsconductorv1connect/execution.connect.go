@@ -45,6 +45,9 @@ const (
 	// ExecutionServiceRetryExecutionProcedure is the fully-qualified name of the ExecutionService's
 	// RetryExecution RPC.
 	ExecutionServiceRetryExecutionProcedure = "/opsconductor.v1.ExecutionService/RetryExecution"
+	// ExecutionServiceListExecutionsProcedure is the fully-qualified name of the ExecutionService's
+	// ListExecutions RPC.
+	ExecutionServiceListExecutionsProcedure = "/opsconductor.v1.ExecutionService/ListExecutions"
 	// ExecutionServiceGetExecutionProcedure is the fully-qualified name of the ExecutionService's
 	// GetExecution RPC.
 	ExecutionServiceGetExecutionProcedure = "/opsconductor.v1.ExecutionService/GetExecution"
@@ -69,6 +72,9 @@ type ExecutionServiceClient interface {
 	// RetryExecution runs a finished execution again, as a new execution
 	// linked to it, on the targets that did not succeed (or on all of them).
 	RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error)
+	// ListExecutions pages through executions, newest first, optionally of
+	// one job, in one status, within a time range.
+	ListExecutions(context.Context, *connect.Request[v1.ListExecutionsRequest]) (*connect.Response[v1.ListExecutionsResponse], error)
 	GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error)
 	// GetExecutionResults returns per-target, per-action results and output.
 	GetExecutionResults(context.Context, *connect.Request[v1.GetExecutionResultsRequest]) (*connect.Response[v1.GetExecutionResultsResponse], error)
@@ -113,6 +119,12 @@ func NewExecutionServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(executionServiceMethods.ByName("RetryExecution")),
 			connect.WithClientOptions(opts...),
 		),
+		listExecutions: connect.NewClient[v1.ListExecutionsRequest, v1.ListExecutionsResponse](
+			httpClient,
+			baseURL+ExecutionServiceListExecutionsProcedure,
+			connect.WithSchema(executionServiceMethods.ByName("ListExecutions")),
+			connect.WithClientOptions(opts...),
+		),
 		getExecution: connect.NewClient[v1.GetExecutionRequest, v1.GetExecutionResponse](
 			httpClient,
 			baseURL+ExecutionServiceGetExecutionProcedure,
@@ -140,6 +152,7 @@ type executionServiceClient struct {
 	createExecution     *connect.Client[v1.CreateExecutionRequest, v1.CreateExecutionResponse]
 	cancelExecution     *connect.Client[v1.CancelExecutionRequest, v1.CancelExecutionResponse]
 	retryExecution      *connect.Client[v1.RetryExecutionRequest, v1.RetryExecutionResponse]
+	listExecutions      *connect.Client[v1.ListExecutionsRequest, v1.ListExecutionsResponse]
 	getExecution        *connect.Client[v1.GetExecutionRequest, v1.GetExecutionResponse]
 	getExecutionResults *connect.Client[v1.GetExecutionResultsRequest, v1.GetExecutionResultsResponse]
 	watchExecution      *connect.Client[v1.WatchExecutionRequest, v1.WatchExecutionResponse]
@@ -163,6 +176,11 @@ func (c *executionServiceClient) CancelExecution(ctx context.Context, req *conne
 // RetryExecution calls opsconductor.v1.ExecutionService.RetryExecution.
 func (c *executionServiceClient) RetryExecution(ctx context.Context, req *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error) {
 	return c.retryExecution.CallUnary(ctx, req)
+}
+
+// ListExecutions calls opsconductor.v1.ExecutionService.ListExecutions.
+func (c *executionServiceClient) ListExecutions(ctx context.Context, req *connect.Request[v1.ListExecutionsRequest]) (*connect.Response[v1.ListExecutionsResponse], error) {
+	return c.listExecutions.CallUnary(ctx, req)
 }
 
 // GetExecution calls opsconductor.v1.ExecutionService.GetExecution.
@@ -193,6 +211,9 @@ type ExecutionServiceHandler interface {
 	// RetryExecution runs a finished execution again, as a new execution
 	// linked to it, on the targets that did not succeed (or on all of them).
 	RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error)
+	// ListExecutions pages through executions, newest first, optionally of
+	// one job, in one status, within a time range.
+	ListExecutions(context.Context, *connect.Request[v1.ListExecutionsRequest]) (*connect.Response[v1.ListExecutionsResponse], error)
 	GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error)
 	// GetExecutionResults returns per-target, per-action results and output.
 	GetExecutionResults(context.Context, *connect.Request[v1.GetExecutionResultsRequest]) (*connect.Response[v1.GetExecutionResultsResponse], error)
@@ -233,6 +254,12 @@ func NewExecutionServiceHandler(svc ExecutionServiceHandler, opts ...connect.Han
 		connect.WithSchema(executionServiceMethods.ByName("RetryExecution")),
 		connect.WithHandlerOptions(opts...),
 	)
+	executionServiceListExecutionsHandler := connect.NewUnaryHandler(
+		ExecutionServiceListExecutionsProcedure,
+		svc.ListExecutions,
+		connect.WithSchema(executionServiceMethods.ByName("ListExecutions")),
+		connect.WithHandlerOptions(opts...),
+	)
 	executionServiceGetExecutionHandler := connect.NewUnaryHandler(
 		ExecutionServiceGetExecutionProcedure,
 		svc.GetExecution,
@@ -261,6 +288,8 @@ func NewExecutionServiceHandler(svc ExecutionServiceHandler, opts ...connect.Han
 			executionServiceCancelExecutionHandler.ServeHTTP(w, r)
 		case ExecutionServiceRetryExecutionProcedure:
 			executionServiceRetryExecutionHandler.ServeHTTP(w, r)
+		case ExecutionServiceListExecutionsProcedure:
+			executionServiceListExecutionsHandler.ServeHTTP(w, r)
 		case ExecutionServiceGetExecutionProcedure:
 			executionServiceGetExecutionHandler.ServeHTTP(w, r)
 		case ExecutionServiceGetExecutionResultsProcedure:
@@ -290,6 +319,10 @@ func (UnimplementedExecutionServiceHandler) CancelExecution(context.Context, *co
 
 func (UnimplementedExecutionServiceHandler) RetryExecution(context.Context, *connect.Request[v1.RetryExecutionRequest]) (*connect.Response[v1.RetryExecutionResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ExecutionService.RetryExecution is not implemented"))
+}
+
+func (UnimplementedExecutionServiceHandler) ListExecutions(context.Context, *connect.Request[v1.ListExecutionsRequest]) (*connect.Response[v1.ListExecutionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ExecutionService.ListExecutions is not implemented"))
 }
 
 func (UnimplementedExecutionServiceHandler) GetExecution(context.Context, *connect.Request[v1.GetExecutionRequest]) (*connect.Response[v1.GetExecutionResponse], error) {
