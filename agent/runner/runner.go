@@ -75,6 +75,9 @@ func New(client Client, exec executor.Executor, checker *safety.Checker, logger 
 // errLeaseLost ends a task the control plane no longer gives this agent.
 var errLeaseLost = errors.New("lease lost")
 
+// errTaskTimeout ends a task past its execution's task_timeout.
+var errTaskTimeout = errors.New("the task ran past its task_timeout")
+
 // ErrCancelled is the cause a task's context carries when an operator
 // cancelled it; the task is then reported cancelled.
 var ErrCancelled = errors.New("cancelled by an operator")
@@ -88,6 +91,11 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 
 	taskCtx, cancelTask := context.WithCancelCause(ctx)
 	defer cancelTask(nil)
+	if d := t.GetTaskTimeout().AsDuration(); d > 0 {
+		var stop context.CancelFunc
+		taskCtx, stop = context.WithTimeoutCause(taskCtx, d, errTaskTimeout)
+		defer stop()
+	}
 
 	buf := newOutputBuffer(t.GetOutputLimitBytes())
 	buf.setSecrets(t.GetSecretValues())
@@ -180,6 +188,11 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 		log.Info("action finished", zap.Int("action_index", i), zap.String("action", a.GetName()), zap.Int("attempts", len(out.GetAttempts())),
 			zap.String("status", res.Status), zap.Int("exit_code", res.ExitCode), zap.Duration("duration", time.Since(start)))
 		if res.Status == executor.StatusSucceeded {
+			continue
+		}
+		if res.Status == executor.StatusCancelled && errors.Is(context.Cause(ctx), errTaskTimeout) {
+			out.Status, out.Error = executor.StatusTimedOut, errTaskTimeout.Error()
+			status, errMsg, stopped = executor.StatusTimedOut, fmt.Sprintf("action %d (%s) stopped: %v", i+1, a.GetName(), errTaskTimeout), true
 			continue
 		}
 		if res.Status == executor.StatusCancelled {

@@ -277,6 +277,9 @@ func toAssignment(c execution.Claim, box *secretbox.Box) (*agentv1.TaskAssignmen
 		TaskId: c.Task.ID, ExecutionId: c.Task.ExecutionID, JobName: c.JobName, LeaseGeneration: c.Task.LeaseGeneration,
 		CorrelationId: c.CorrelationID, OutputLimitBytes: c.Task.OutputLimit, AllowDangerous: c.AllowDangerous,
 	}
+	if c.TaskTimeout > 0 {
+		ta.TaskTimeout = durationpb.New(c.TaskTimeout)
+	}
 	if c.Task.LeaseExpiresAt != nil {
 		ta.LeaseExpireTime = timestamppb.New(*c.Task.LeaseExpiresAt)
 	}
@@ -472,6 +475,17 @@ func (g *Gateway) RunReaper(ctx context.Context) error {
 			if lt.Requeued {
 				g.reassign(ctx, lt)
 			}
+		}
+		agents, err := g.store.ExecutionExpireDeadlines(ctx, time.Now(), g.nudge)
+		if err != nil && ctx.Err() == nil {
+			g.logger.Error("expire execution deadlines", zap.Error(err))
+		}
+		if len(agents) > 0 {
+			keys := make([]string, len(agents))
+			for i, a := range agents {
+				keys[i] = notify.AgentKey(a)
+			}
+			g.hub.Publish(ctx, keys...)
 		}
 		n, err := g.store.TaskExpireQueued(ctx, time.Now(), g.nudge)
 		if err != nil && ctx.Err() == nil {

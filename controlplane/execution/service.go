@@ -347,6 +347,8 @@ func (s *Service) run(ctx context.Context, job *opsconductorv1.Job, agents []*op
 		BatchSize:      pol.BatchSize,
 		OnAgentLoss:    pol.OnAgentLoss,
 		BatchPause:     pol.BatchPause,
+		Timeout:        pol.Timeout,
+		TaskTimeout:    pol.TaskTimeout,
 		CreatedAt:      time.Now().UTC().Truncate(time.Microsecond),
 	}
 	if pol.MaxParallel.Set() {

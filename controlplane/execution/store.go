@@ -103,9 +103,13 @@ type ExecutionRecord struct {
 	OnAgentLoss string
 	// Parameters holds the values as JSON {"plain": {...}, "sealed": {...}}.
 	Parameters []byte
-	CreatedAt  time.Time
-	StartedAt  *time.Time
-	FinishedAt *time.Time
+	// Timeout is the execution's deadline from creation; TaskTimeout one
+	// target's run limit (0: none).
+	Timeout     time.Duration
+	TaskTimeout time.Duration
+	CreatedAt   time.Time
+	StartedAt   *time.Time
+	FinishedAt  *time.Time
 }
 
 // TaskRecord is a stored task.
@@ -157,6 +161,7 @@ type Claim struct {
 	CorrelationID  string
 	AllowDangerous bool
 	Parameters     []byte // as ExecutionRecord.Parameters
+	TaskTimeout    time.Duration
 }
 
 // Store keeps executions, tasks, results and output in the executions schema.
@@ -216,6 +221,10 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		if e.IdempotencyKey != "" {
 			key = e.IdempotencyKey
 		}
+		var deadline sql.NullTime
+		if e.Timeout > 0 {
+			deadline = sql.NullTime{Time: e.CreatedAt.Add(e.Timeout).UTC(), Valid: true}
+		}
 		maxFailures := -1
 		if e.MaxFailures != nil {
 			maxFailures = *e.MaxFailures
@@ -226,11 +235,12 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
 			created_by, allow_dangerous, dangerous_reason, parent_id, policy, waiting_for, idempotency_key,
-			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss, parameters)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
+			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss, parameters, deadline_at, task_timeout_ms)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`,
 			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
 			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID, policyJSON, e.WaitingFor, key,
-			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures, cmp.Or(e.OnAgentLoss, "fail"), cmp.Or(string(e.Parameters), "{}")); err != nil {
+			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures, cmp.Or(e.OnAgentLoss, "fail"), cmp.Or(string(e.Parameters), "{}"),
+			deadline, e.TaskTimeout.Milliseconds()); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
 		for i, t := range tasks {
@@ -562,11 +572,13 @@ func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duratio
 		var snapshot string
 		var execStatus string
 		var paramsJSON string
-		if err := tx.QueryRowContext(ctx, `SELECT job_name, snapshot, correlation_id, status, allow_dangerous, parameters FROM executions WHERE id = $1`, task.ExecutionID).
-			Scan(&c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous, &paramsJSON); err != nil {
+		var taskTimeoutMS int64
+		if err := tx.QueryRowContext(ctx, `SELECT job_name, snapshot, correlation_id, status, allow_dangerous, parameters, task_timeout_ms FROM executions WHERE id = $1`, task.ExecutionID).
+			Scan(&c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous, &paramsJSON, &taskTimeoutMS); err != nil {
 			return fmt.Errorf("read execution %s: %w", task.ExecutionID, store.Translate(err))
 		}
 		c.Task, c.Snapshot, c.Parameters, found = task, []byte(snapshot), []byte(paramsJSON), true
+		c.TaskTimeout = time.Duration(taskTimeoutMS) * time.Millisecond
 		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
 			Type: "task.status", ExecutionId: task.ExecutionID, TaskId: task.ID, AgentName: task.AgentName, Status: TaskRunning, Time: timestamppb.New(t),
 		}); err != nil {
@@ -659,6 +671,45 @@ func (s *Store) TaskCancelsForAgent(ctx context.Context, agentID string) ([]stri
 // agents to tell. Cancelling again (even once it ended cancelled) is not
 // an error; a succeeded or failed execution is ErrFinished.
 func (s *Store) ExecutionCancel(ctx context.Context, id, by, reason string, afterCommit func()) ([]string, error) {
+	return s.cancel(ctx, id, by, reason, "", afterCommit)
+}
+
+// ExecutionExpireDeadlines cancels the unfinished executions whose
+// deadline passed before at, recording why, and returns the agents whose
+// running tasks must be told.
+func (s *Store) ExecutionExpireDeadlines(ctx context.Context, at time.Time, afterCommit func()) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, deadline_at FROM executions WHERE status IN ($1, $2) AND deadline_at < $3 AND cancel_requested_at IS NULL LIMIT 100`,
+		ExecQueued, ExecRunning, at.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("find executions past their deadline: %w", err)
+	}
+	type due struct {
+		id       string
+		deadline time.Time
+	}
+	var dues []due
+	for rows.Next() {
+		var d due
+		if err := rows.Scan(&d.id, &d.deadline); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		dues = append(dues, d)
+	}
+	rows.Close()
+	var agents []string
+	for _, d := range dues {
+		why := fmt.Sprintf("the execution's deadline (%s) passed; what was left was cancelled", d.deadline.UTC().Format(time.RFC3339))
+		a, err := s.cancel(ctx, d.id, "opsconductor", "deadline passed", why, afterCommit)
+		if err != nil && !errors.Is(err, ErrFinished) {
+			return agents, err
+		}
+		agents = append(agents, a...)
+	}
+	return agents, nil
+}
+
+func (s *Store) cancel(ctx context.Context, id, by, reason, why string, afterCommit func()) ([]string, error) {
 	var agents []string
 	err := s.db.InTx(ctx, func(tx *store.Tx) error {
 		// Lock order is task, then execution, everywhere (claim, report,
@@ -681,8 +732,9 @@ func (s *Store) ExecutionCancel(ctx context.Context, id, by, reason string, afte
 			return fmt.Errorf("execution %s is %s: %w", id, status, ErrFinished)
 		}
 		t := now()
-		res, err := tx.ExecContext(ctx, `UPDATE executions SET cancel_requested_at = $1, cancelled_by = $2, cancel_reason = $3
-			WHERE id = $4 AND cancel_requested_at IS NULL`, t, by, reason, id)
+		res, err := tx.ExecContext(ctx, `UPDATE executions SET cancel_requested_at = $1, cancelled_by = $2, cancel_reason = $3,
+			reason = CASE WHEN $5 <> '' THEN $5 ELSE reason END
+			WHERE id = $4 AND cancel_requested_at IS NULL`, t, by, reason, id, why)
 		if err != nil {
 			return fmt.Errorf("cancel execution %s: %w", id, err)
 		}

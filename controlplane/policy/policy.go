@@ -75,6 +75,8 @@ type Policy struct {
 	Concurrency  string
 	QueueTimeout time.Duration
 	OnAgentLoss  string
+	Timeout      time.Duration // the execution's deadline, from creation
+	TaskTimeout  time.Duration // one target's run
 }
 
 func parseAmount(s string, allowZero bool) (Amount, error) {
@@ -135,6 +137,15 @@ func parse(prefix string, p *opsconductorv1.ExecutionPolicy) (Policy, []apperr.V
 		bad("concurrency", "must be allow, skip or queue, not %q", c)
 	}
 	vs = append(vs, ValidateRetry(prefix+".retry", p.GetRetry())...)
+	for name, d := range map[string]*durationpb.Duration{"timeout": p.GetTimeout(), "task_timeout": p.GetTaskTimeout()} {
+		if d == nil {
+			continue
+		}
+		if !d.IsValid() || d.AsDuration() < 0 || d.AsDuration() > 7*24*time.Hour {
+			bad(name, "must be between 0 and 168h")
+		}
+	}
+	out.Timeout, out.TaskTimeout = p.GetTimeout().AsDuration(), p.GetTaskTimeout().AsDuration()
 	switch l := p.GetOnAgentLoss(); l {
 	case "", LossFail, LossRequeue:
 		out.OnAgentLoss = l
@@ -183,6 +194,12 @@ func Merge(base, override *opsconductorv1.ExecutionPolicy) *opsconductorv1.Execu
 		}
 		if p.GetRetry() != nil {
 			out.Retry = p.GetRetry()
+		}
+		if p.GetTimeout() != nil {
+			out.Timeout = p.GetTimeout()
+		}
+		if p.GetTaskTimeout() != nil {
+			out.TaskTimeout = p.GetTaskTimeout()
 		}
 	}
 	return out

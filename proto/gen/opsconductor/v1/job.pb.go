@@ -283,7 +283,13 @@ type ExecutionPolicy struct {
 	// same agent when it returns).
 	OnAgentLoss string `protobuf:"bytes,7,opt,name=on_agent_loss,json=onAgentLoss,proto3" json:"on_agent_loss,omitempty"`
 	// Retries for actions that set none.
-	Retry         *RetryPolicy `protobuf:"bytes,8,opt,name=retry,proto3" json:"retry,omitempty"`
+	Retry *RetryPolicy `protobuf:"bytes,8,opt,name=retry,proto3" json:"retry,omitempty"`
+	// The whole execution must end within this time after it was created;
+	// then whatever is left is cancelled and the reason recorded. 0: none.
+	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// One target's run (all its actions, retries included) must end within
+	// this time, else it ends timed_out. 0: none.
+	TaskTimeout   *durationpb.Duration `protobuf:"bytes,10,opt,name=task_timeout,json=taskTimeout,proto3" json:"task_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -370,6 +376,20 @@ func (x *ExecutionPolicy) GetOnAgentLoss() string {
 func (x *ExecutionPolicy) GetRetry() *RetryPolicy {
 	if x != nil {
 		return x.Retry
+	}
+	return nil
+}
+
+func (x *ExecutionPolicy) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *ExecutionPolicy) GetTaskTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.TaskTimeout
 	}
 	return nil
 }
@@ -1487,7 +1507,7 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\adefault\x18\x04 \x01(\tR\adefault\x12\x18\n" +
 	"\achoices\x18\x05 \x03(\tR\achoices\x12\x16\n" +
 	"\x06secret\x18\x06 \x01(\bR\x06secret\x12 \n" +
-	"\vdescription\x18\a \x01(\tR\vdescription\"\xec\x02\n" +
+	"\vdescription\x18\a \x01(\tR\vdescription\"\xdf\x03\n" +
 	"\x0fExecutionPolicy\x12!\n" +
 	"\fmax_parallel\x18\x01 \x01(\tR\vmaxParallel\x12\x1d\n" +
 	"\n" +
@@ -1498,7 +1518,10 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\vconcurrency\x18\x05 \x01(\tR\vconcurrency\x12>\n" +
 	"\rqueue_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\fqueueTimeout\x12\"\n" +
 	"\ron_agent_loss\x18\a \x01(\tR\vonAgentLoss\x122\n" +
-	"\x05retry\x18\b \x01(\v2\x1c.opsconductor.v1.RetryPolicyR\x05retry\"\x88\x03\n" +
+	"\x05retry\x18\b \x01(\v2\x1c.opsconductor.v1.RetryPolicyR\x05retry\x123\n" +
+	"\atimeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
+	"\ftask_timeout\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\vtaskTimeout\"\x88\x03\n" +
 	"\x06Action\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x18\n" +
@@ -1651,43 +1674,45 @@ var file_opsconductor_v1_job_proto_depIdxs = []int32{
 	26, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
 	26, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
 	4,  // 9: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
-	23, // 10: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	26, // 11: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
-	4,  // 12: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
-	26, // 13: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	26, // 14: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
-	0,  // 15: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 16: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	27, // 17: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 18: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 19: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 20: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 21: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	27, // 22: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 23: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	24, // 24: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	19, // 25: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	20, // 26: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	19, // 27: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	6,  // 28: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	8,  // 29: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	10, // 30: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	12, // 31: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	14, // 32: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	16, // 33: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	18, // 34: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	7,  // 35: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	9,  // 36: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	11, // 37: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	13, // 38: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	15, // 39: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	17, // 40: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	21, // 41: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	35, // [35:42] is the sub-list for method output_type
-	28, // [28:35] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	26, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
+	26, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
+	23, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
+	26, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	4,  // 14: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
+	26, // 15: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	26, // 16: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	0,  // 17: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 18: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
+	27, // 19: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 20: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 21: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 22: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 23: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	27, // 24: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 25: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	24, // 26: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	19, // 27: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	20, // 28: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	19, // 29: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	6,  // 30: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	8,  // 31: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	10, // 32: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	12, // 33: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	14, // 34: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	16, // 35: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	18, // 36: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	7,  // 37: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	9,  // 38: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	11, // 39: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	13, // 40: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	15, // 41: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	17, // 42: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	21, // 43: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	37, // [37:44] is the sub-list for method output_type
+	30, // [30:37] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }

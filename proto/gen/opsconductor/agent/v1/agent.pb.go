@@ -570,7 +570,9 @@ type TaskAssignment struct {
 	// Parameter values, secret ones included (render the actions with them).
 	Parameters map[string]string `protobuf:"bytes,10,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Values to mask in output: those of secret parameters.
-	SecretValues  []string `protobuf:"bytes,11,rep,name=secret_values,json=secretValues,proto3" json:"secret_values,omitempty"`
+	SecretValues []string `protobuf:"bytes,11,rep,name=secret_values,json=secretValues,proto3" json:"secret_values,omitempty"`
+	// The whole task must end within this; 0: no limit beyond the actions'.
+	TaskTimeout   *durationpb.Duration `protobuf:"bytes,12,opt,name=task_timeout,json=taskTimeout,proto3" json:"task_timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -678,6 +680,13 @@ func (x *TaskAssignment) GetParameters() map[string]string {
 func (x *TaskAssignment) GetSecretValues() []string {
 	if x != nil {
 		return x.SecretValues
+	}
+	return nil
+}
+
+func (x *TaskAssignment) GetTaskTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.TaskTimeout
 	}
 	return nil
 }
@@ -1218,7 +1227,7 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x13cancelling_task_ids\x18\x03 \x03(\tR\x11cancellingTaskIds\"s\n" +
 	"\fPollResponse\x12;\n" +
 	"\x05tasks\x18\x01 \x03(\v2%.opsconductor.agent.v1.TaskAssignmentR\x05tasks\x12&\n" +
-	"\x0fcancel_task_ids\x18\x02 \x03(\tR\rcancelTaskIds\"\xc6\x04\n" +
+	"\x0fcancel_task_ids\x18\x02 \x03(\tR\rcancelTaskIds\"\x84\x05\n" +
 	"\x0eTaskAssignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12!\n" +
 	"\fexecution_id\x18\x02 \x01(\tR\vexecutionId\x12\x19\n" +
@@ -1233,7 +1242,8 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"parameters\x18\n" +
 	" \x03(\v25.opsconductor.agent.v1.TaskAssignment.ParametersEntryR\n" +
 	"parameters\x12#\n" +
-	"\rsecret_values\x18\v \x03(\tR\fsecretValues\x1a=\n" +
+	"\rsecret_values\x18\v \x03(\tR\fsecretValues\x12<\n" +
+	"\ftask_timeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\vtaskTimeout\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
@@ -1332,31 +1342,32 @@ var file_opsconductor_agent_v1_agent_proto_depIdxs = []int32{
 	23, // 8: opsconductor.agent.v1.TaskAssignment.lease_expire_time:type_name -> google.protobuf.Timestamp
 	24, // 9: opsconductor.agent.v1.TaskAssignment.actions:type_name -> opsconductor.v1.Action
 	21, // 10: opsconductor.agent.v1.TaskAssignment.parameters:type_name -> opsconductor.agent.v1.TaskAssignment.ParametersEntry
-	23, // 11: opsconductor.agent.v1.ExtendLeaseResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
-	12, // 12: opsconductor.agent.v1.ReportOutputRequest.chunks:type_name -> opsconductor.agent.v1.OutputChunk
-	23, // 13: opsconductor.agent.v1.ActionOutcome.start_time:type_name -> google.protobuf.Timestamp
-	23, // 14: opsconductor.agent.v1.ActionOutcome.end_time:type_name -> google.protobuf.Timestamp
-	25, // 15: opsconductor.agent.v1.ActionOutcome.attempts:type_name -> opsconductor.v1.Attempt
-	15, // 16: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
-	1,  // 17: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
-	5,  // 18: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
-	7,  // 19: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
-	10, // 20: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
-	13, // 21: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
-	3,  // 22: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
-	16, // 23: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
-	2,  // 24: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
-	6,  // 25: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
-	8,  // 26: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
-	11, // 27: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
-	14, // 28: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
-	4,  // 29: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
-	17, // 30: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	22, // 11: opsconductor.agent.v1.TaskAssignment.task_timeout:type_name -> google.protobuf.Duration
+	23, // 12: opsconductor.agent.v1.ExtendLeaseResponse.lease_expire_time:type_name -> google.protobuf.Timestamp
+	12, // 13: opsconductor.agent.v1.ReportOutputRequest.chunks:type_name -> opsconductor.agent.v1.OutputChunk
+	23, // 14: opsconductor.agent.v1.ActionOutcome.start_time:type_name -> google.protobuf.Timestamp
+	23, // 15: opsconductor.agent.v1.ActionOutcome.end_time:type_name -> google.protobuf.Timestamp
+	25, // 16: opsconductor.agent.v1.ActionOutcome.attempts:type_name -> opsconductor.v1.Attempt
+	15, // 17: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
+	1,  // 18: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
+	5,  // 19: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
+	7,  // 20: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
+	10, // 21: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
+	13, // 22: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
+	3,  // 23: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
+	16, // 24: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
+	2,  // 25: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
+	6,  // 26: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
+	8,  // 27: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
+	11, // 28: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
+	14, // 29: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
+	4,  // 30: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
+	17, // 31: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
+	25, // [25:32] is the sub-list for method output_type
+	18, // [18:25] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_agent_v1_agent_proto_init() }
