@@ -348,6 +348,7 @@ func (s *Service) run(ctx context.Context, job *opsconductorv1.Job, agents []*op
 		OnAgentLoss:    pol.OnAgentLoss,
 		BatchPause:     pol.BatchPause,
 		Timeout:        pol.Timeout,
+		Exclusive:      pol.Exclusive,
 		TaskTimeout:    pol.TaskTimeout,
 		CreatedAt:      time.Now().UTC().Truncate(time.Microsecond),
 	}

@@ -107,9 +107,11 @@ type ExecutionRecord struct {
 	// target's run limit (0: none).
 	Timeout     time.Duration
 	TaskTimeout time.Duration
-	CreatedAt   time.Time
-	StartedAt   *time.Time
-	FinishedAt  *time.Time
+	// Exclusive locks each target while a task of the execution runs on it.
+	Exclusive  bool
+	CreatedAt  time.Time
+	StartedAt  *time.Time
+	FinishedAt *time.Time
 }
 
 // TaskRecord is a stored task.
@@ -235,12 +237,12 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
 			created_by, allow_dangerous, dangerous_reason, parent_id, policy, waiting_for, idempotency_key,
-			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss, parameters, deadline_at, task_timeout_ms)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)`,
+			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss, parameters, deadline_at, task_timeout_ms, exclusive)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`,
 			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
 			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID, policyJSON, e.WaitingFor, key,
 			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures, cmp.Or(e.OnAgentLoss, "fail"), cmp.Or(string(e.Parameters), "{}"),
-			deadline, e.TaskTimeout.Milliseconds()); err != nil {
+			deadline, e.TaskTimeout.Milliseconds(), e.Exclusive); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
 		for i, t := range tasks {
@@ -253,9 +255,9 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 				expires = sql.NullTime{Time: e.CreatedAt.Add(t.QueueTimeout).UTC(), Valid: true}
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at,
-				queue_timeout_seconds, queue_expires_at, batch)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC(), int64(t.QueueTimeout/time.Second), expires, batch); err != nil {
+				queue_timeout_seconds, queue_expires_at, batch, exclusive)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
+				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC(), int64(t.QueueTimeout/time.Second), expires, batch, e.Exclusive); err != nil {
 				return fmt.Errorf("insert task for agent %s: %w", t.AgentName, store.Translate(err))
 			}
 		}
@@ -556,7 +558,11 @@ func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duratio
 					AND e.waiting_for = ''
 					AND tk.batch <= e.current_batch
 					AND (e.batch_ready_at IS NULL OR e.batch_ready_at <= $3)
-					AND (e.max_parallel = 0 OR e.max_parallel > (SELECT COUNT(*) FROM tasks r WHERE r.execution_id = e.id AND r.status = $1)))
+					AND (e.max_parallel = 0 OR e.max_parallel > (SELECT COUNT(*) FROM tasks r WHERE r.execution_id = e.id AND r.status = $1))
+					AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.agent_id = tk.agent_id AND o.status = $1 AND o.exclusive = TRUE
+						AND o.execution_id <> tk.execution_id)
+					AND (tk.exclusive = FALSE OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.agent_id = tk.agent_id AND o.status = $1
+						AND o.execution_id <> tk.execution_id)))
 				ORDER BY tk.created_at, tk.id LIMIT 1`+store.SkipLocked(tx)+`)
 			RETURNING id`, args...).Scan(&taskID)
 		if errors.Is(err, sql.ErrNoRows) {

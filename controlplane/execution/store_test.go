@@ -386,6 +386,30 @@ func TestStoreContract(t *testing.T) {
 					complete("b3", u3, TaskSucceeded)
 				}
 
+				// Exclusive: a second execution's task waits while the
+				// first runs on the same agent, and the reverse.
+				b.makeExecutionWith(t, ExecutionRecord{Exclusive: true}, "x1", "d1")
+				b.makeExecution(t, "x2", "d1")
+				w1 := claim("d1")
+				if w1 == "" || claim("d1") != "" {
+					t.Fatal("a task started on an agent held by an exclusive execution")
+				}
+				complete("d1", w1, TaskSucceeded)
+				w2 := claim("d1")
+				if w2 == "" {
+					t.Fatal("the lock was not released")
+				}
+				b.makeExecutionWith(t, ExecutionRecord{Exclusive: true}, "x3", "d1")
+				if claim("d1") != "" {
+					t.Fatal("an exclusive task started while another execution ran on its agent")
+				}
+				complete("d1", w2, TaskSucceeded)
+				if w3 := claim("d1"); w3 == "" {
+					t.Fatal("the exclusive task did not start once the agent was free")
+				} else {
+					complete("d1", w3, TaskSucceeded)
+				}
+
 				// max_failures 0: the first failure skips what has not started.
 				zero := 0
 				b.makeExecutionWith(t, ExecutionRecord{MaxFailures: &zero}, "f", "c1", "c2", "c3")

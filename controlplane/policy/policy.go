@@ -77,6 +77,7 @@ type Policy struct {
 	OnAgentLoss  string
 	Timeout      time.Duration // the execution's deadline, from creation
 	TaskTimeout  time.Duration // one target's run
+	Exclusive    bool          // lock each target while running there
 }
 
 func parseAmount(s string, allowZero bool) (Amount, error) {
@@ -146,6 +147,7 @@ func parse(prefix string, p *opsconductorv1.ExecutionPolicy) (Policy, []apperr.V
 		}
 	}
 	out.Timeout, out.TaskTimeout = p.GetTimeout().AsDuration(), p.GetTaskTimeout().AsDuration()
+	out.Exclusive = p.GetExclusive()
 	switch l := p.GetOnAgentLoss(); l {
 	case "", LossFail, LossRequeue:
 		out.OnAgentLoss = l
@@ -200,6 +202,9 @@ func Merge(base, override *opsconductorv1.ExecutionPolicy) *opsconductorv1.Execu
 		}
 		if p.GetTaskTimeout() != nil {
 			out.TaskTimeout = p.GetTaskTimeout()
+		}
+		if p.GetExclusive() {
+			out.Exclusive = true
 		}
 	}
 	return out

@@ -289,7 +289,11 @@ type ExecutionPolicy struct {
 	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// One target's run (all its actions, retries included) must end within
 	// this time, else it ends timed_out. 0: none.
-	TaskTimeout   *durationpb.Duration `protobuf:"bytes,10,opt,name=task_timeout,json=taskTimeout,proto3" json:"task_timeout,omitempty"`
+	TaskTimeout *durationpb.Duration `protobuf:"bytes,10,opt,name=task_timeout,json=taskTimeout,proto3" json:"task_timeout,omitempty"`
+	// Lock each target for the run: while a task of this execution runs on
+	// an agent no other execution's task starts there, and it does not
+	// start while another one runs there.
+	Exclusive     bool `protobuf:"varint,11,opt,name=exclusive,proto3" json:"exclusive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -392,6 +396,13 @@ func (x *ExecutionPolicy) GetTaskTimeout() *durationpb.Duration {
 		return x.TaskTimeout
 	}
 	return nil
+}
+
+func (x *ExecutionPolicy) GetExclusive() bool {
+	if x != nil {
+		return x.Exclusive
+	}
+	return false
 }
 
 type Action struct {
@@ -1507,7 +1518,7 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\adefault\x18\x04 \x01(\tR\adefault\x12\x18\n" +
 	"\achoices\x18\x05 \x03(\tR\achoices\x12\x16\n" +
 	"\x06secret\x18\x06 \x01(\bR\x06secret\x12 \n" +
-	"\vdescription\x18\a \x01(\tR\vdescription\"\xdf\x03\n" +
+	"\vdescription\x18\a \x01(\tR\vdescription\"\xfd\x03\n" +
 	"\x0fExecutionPolicy\x12!\n" +
 	"\fmax_parallel\x18\x01 \x01(\tR\vmaxParallel\x12\x1d\n" +
 	"\n" +
@@ -1521,7 +1532,8 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x05retry\x18\b \x01(\v2\x1c.opsconductor.v1.RetryPolicyR\x05retry\x123\n" +
 	"\atimeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
 	"\ftask_timeout\x18\n" +
-	" \x01(\v2\x19.google.protobuf.DurationR\vtaskTimeout\"\x88\x03\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\vtaskTimeout\x12\x1c\n" +
+	"\texclusive\x18\v \x01(\bR\texclusive\"\x88\x03\n" +
 	"\x06Action\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x18\n" +
