@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/opsconductor/opsconductor/controlplane/job"
@@ -37,5 +38,15 @@ func TestParseJobFileExample(t *testing.T) {
 	}
 	if vs := job.Validate("job", j); len(vs) != 0 {
 		t.Fatalf("the example job is invalid: %v", vs)
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	p := &progress{total: 4, status: map[string]string{"a": "succeeded", "b": "failed", "c": "running"}}
+	if got := p.bar(); got != "[##########----------] 2/4 targets done, 1 failed" {
+		t.Fatalf("bar = %q", got)
+	}
+	if isTerminal(&strings.Builder{}) {
+		t.Fatal("a buffer is not a terminal")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -82,6 +83,11 @@ the execution failed).`,
 func followExecution(ctx context.Context, g *globals, id string) error {
 	start := time.Now()
 	p := newEventPrinter(g.stdout)
+	if isTerminal(g.stdout) {
+		if resp, err := g.executions().GetExecution(ctx, connect.NewRequest(&opsconductorv1.GetExecutionRequest{Id: id})); err == nil {
+			p.progress = &progress{total: len(resp.Msg.GetExecution().GetTasks()), status: map[string]string{}}
+		}
+	}
 	var last int64
 	for attempt := 0; ; attempt++ {
 		stream, err := g.executions().WatchExecution(ctx, connect.NewRequest(&opsconductorv1.WatchExecutionRequest{Id: id, AfterSequence: last}))
@@ -143,6 +149,45 @@ type eventPrinter struct {
 	w       io.Writer
 	partial map[string]*bytes.Buffer
 	order   []string
+	// progress, on a terminal, keeps a bar on the last line.
+	progress *progress
+}
+
+// progress counts targets as their tasks end.
+type progress struct {
+	total  int
+	status map[string]string // task id -> last status
+}
+
+var finalStatus = map[string]bool{"succeeded": true, "failed": true, "timed_out": true, "cancelled": true, "lost": true, "expired": true, "skipped": true, "unknown": true}
+
+// bar renders "[#####-----] 5/10 targets done, 1 failed".
+func (p *progress) bar() string {
+	done, failed := 0, 0
+	for _, st := range p.status {
+		if finalStatus[st] {
+			done++
+			if st != "succeeded" {
+				failed++
+			}
+		}
+	}
+	const width = 20
+	filled := 0
+	if p.total > 0 {
+		filled = done * width / p.total
+	}
+	return fmt.Sprintf("[%s%s] %d/%d targets done, %d failed", strings.Repeat("#", filled), strings.Repeat("-", width-filled), done, p.total, failed)
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	info, err := f.Stat()
+	return err == nil && info.Mode()&os.ModeCharDevice != 0
 }
 
 func newEventPrinter(w io.Writer) *eventPrinter {
@@ -150,6 +195,13 @@ func newEventPrinter(w io.Writer) *eventPrinter {
 }
 
 func (p *eventPrinter) print(ev *opsconductorv1.ExecutionEvent) {
+	if p.progress != nil {
+		fmt.Fprint(p.w, "\r\033[K") // the bar's line gives way to the event
+		defer func() { fmt.Fprint(p.w, p.progress.bar()) }()
+		if ev.GetType() == "task.status" {
+			p.progress.status[ev.GetTaskId()] = ev.GetStatus()
+		}
+	}
 	switch ev.GetType() {
 	case "task.status":
 		p.flushTask(ev.GetAgentName())
@@ -199,6 +251,9 @@ func (p *eventPrinter) flushTask(agent string) {
 }
 
 func (p *eventPrinter) flush() {
+	if p.progress != nil {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
 	for _, key := range p.order {
 		if buf := p.partial[key]; buf.Len() > 0 {
 			fmt.Fprintln(p.w, key+buf.String())

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,8 +116,21 @@ targets:
 		t.Fatalf("run of the fixed job: code %d\n%s%s", code, out, errOut)
 	}
 
+	// On a terminal --follow keeps a progress bar; in a pipe it prints
+	// plain lines only (script(1) gives the CLI a pseudo-terminal).
+	if strings.Contains(out, "\033") {
+		t.Fatalf("escape codes in piped output:\n%q", out)
+	}
+	if scriptPath, err := exec.LookPath("script"); err == nil {
+		bin := filepath.Join(cptest.Binaries(t), "opsconductor")
+		line := fmt.Sprintf("%s --server %s --token %s run cli-job --follow", bin, s.URL, s.Token)
+		tty, _ := exec.Command(scriptPath, "-qec", line, "/dev/null").CombinedOutput()
+		if !strings.Contains(string(tty), "1/1 targets done, 0 failed") {
+			t.Fatalf("no progress bar on a terminal:\n%q", tty)
+		}
+	}
 	out, _, _ = cli(t, s, "execution", "list", "--job", "cli-job")
-	if strings.Count(out, "cli-job") != 2 || !strings.Contains(out, "failed") || !strings.Contains(out, "succeeded") {
+	if strings.Count(out, "cli-job") != 3 || !strings.Contains(out, "failed") || !strings.Contains(out, "succeeded") {
 		t.Fatalf("execution list:\n%s", out)
 	}
 	out, _, _ = cli(t, s, "job", "list")
