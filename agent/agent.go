@@ -53,6 +53,7 @@ type Config struct {
 
 // Agent is a running agent.
 type Agent struct {
+	journal  *state.Journal
 	cfg      Config
 	state    state.Store
 	executor executor.Executor
@@ -83,7 +84,11 @@ func New(cfg Config, st state.Store, exec executor.Executor, client *http.Client
 	if client == nil {
 		client = http.DefaultClient
 	}
-	return &Agent{cfg: cfg, state: st, executor: exec, logger: logger.Named("agent"), http: client}, nil
+	a := &Agent{cfg: cfg, state: st, executor: exec, logger: logger.Named("agent"), http: client}
+	if fs, ok := st.(state.FileStore); ok {
+		a.journal = &state.Journal{Dir: fs.Dir}
+	}
+	return a, nil
 }
 
 func (a *Agent) facts() *agentv1.Facts {
@@ -144,7 +149,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	a.logger.Info("connected", zap.String("agent_id", id.AgentID), zap.String("agent_name", a.cfg.Name),
 		zap.String("server_version", hello.Msg.GetServerVersion()), zap.Int("capacity", a.cfg.Capacity))
-	run := runner.New(client, a.executor, a.cfg.Safety, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration(), AgentName: a.cfg.Name})
+	run := runner.New(client, a.executor, a.cfg.Safety, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{
+		LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration(), AgentName: a.cfg.Name, Journal: a.journal,
+	})
+	// What a previous run of this agent left unreported goes first.
+	run.Recover(ctx)
 
 	var (
 		wg         sync.WaitGroup

@@ -14,11 +14,13 @@ import (
 
 	"connectrpc.com/connect"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/opsconductor/opsconductor/agent/executor"
 	"github.com/opsconductor/opsconductor/agent/safety"
+	"github.com/opsconductor/opsconductor/agent/state"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
@@ -43,6 +45,9 @@ type Config struct {
 	AgentName string
 	// Jitter draws retry delays (nil: randomly seeded).
 	Jitter *Jitter
+	// Journal, when set, records each task's progress so a restarted
+	// agent can report what it knows (Recover).
+	Journal *state.Journal
 }
 
 // Runner runs tasks. It is safe for concurrent use.
@@ -112,7 +117,34 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 		r.extendLease(taskCtx, t, stopExtending, cancelTask, log)
 	}()
 
-	status, errMsg, outcomes := r.runActions(taskCtx, t, buf, log)
+	entry := state.JournalEntry{TaskID: t.GetTaskId(), LeaseGeneration: t.GetLeaseGeneration(), StartedAt: time.Now().UTC(), Running: -1}
+	note := func(outcomes []*agentv1.ActionOutcome, running int) {
+		if r.cfg.Journal == nil {
+			return
+		}
+		entry.Actions, entry.Running = entry.Actions[:0], running
+		for _, o := range outcomes {
+			if running >= 0 && o.GetIndex() == int32(running) {
+				continue // not finished
+			}
+			b, _ := protojson.Marshal(o)
+			entry.Actions = append(entry.Actions, b)
+		}
+		if err := r.cfg.Journal.Save(entry); err != nil {
+			log.Warn("write the task journal", zap.Error(err))
+		}
+	}
+	note(nil, -1)
+	status, errMsg, outcomes := r.runActions(taskCtx, t, buf, log, note)
+	if r.cfg.Journal != nil {
+		entry.FinalStatus, entry.FinalError = status, errMsg
+		note(outcomes, -1)
+	}
+	forget := func() {
+		if r.cfg.Journal != nil {
+			_ = r.cfg.Journal.Remove(t.GetTaskId())
+		}
+	}
 
 	close(stopExtending)
 	<-extendDone
@@ -121,6 +153,7 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 
 	if errors.Is(context.Cause(taskCtx), errLeaseLost) {
 		log.Warn("task abandoned: its lease was lost")
+		forget()
 		return
 	}
 	// Report even when the agent is shutting down: the result is known.
@@ -131,14 +164,16 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 		_, err := r.client.CompleteTask(reportCtx, connect.NewRequest(req))
 		return err
 	})
-	if err != nil {
+	if err != nil && connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		// The journal keeps the outcome: the next start reports it.
 		log.Error("report task result failed", zap.Error(err))
 		return
 	}
+	forget()
 	log.Info("task finished", zap.String("status", status))
 }
 
-func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf *outputBuffer, log *zap.Logger) (status, errMsg string, outcomes []*agentv1.ActionOutcome) {
+func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf *outputBuffer, log *zap.Logger, note func([]*agentv1.ActionOutcome, int)) (status, errMsg string, outcomes []*agentv1.ActionOutcome) {
 	status = executor.StatusSucceeded
 	stopped := false
 	for i, a := range t.GetActions() {
@@ -181,10 +216,12 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			continue
 		}
 		start := time.Now()
+		note(outcomes, i)
 		res := r.attempts(ctx, act, a.GetRetry(), buf, out, log)
 		buf.endAction(i)
 		out.StartTime, out.EndTime = timestamppb.New(start), timestamppb.New(time.Now())
 		out.Status, out.ExitCode, out.Error = res.Status, int32(res.ExitCode), res.Error
+		note(outcomes, -1)
 		log.Info("action finished", zap.Int("action_index", i), zap.String("action", a.GetName()), zap.Int("attempts", len(out.GetAttempts())),
 			zap.String("status", res.Status), zap.Int("exit_code", res.ExitCode), zap.Duration("duration", time.Since(start)))
 		if res.Status == executor.StatusSucceeded {
@@ -235,6 +272,50 @@ func (r *Runner) attempts(ctx context.Context, act executor.Action, policy *opsc
 			return executor.Result{Status: executor.StatusCancelled, ExitCode: -1, Error: "cancelled while waiting to retry"}
 		case <-time.After(delay):
 		}
+	}
+}
+
+// Recover reports the tasks a previous run of the agent left in its
+// journal: an outcome that was decided but maybe not reported is sent
+// again; a task that was cut off mid-action is reported "unknown", with
+// the actions that finished, since the agent cannot vouch for the rest.
+// Entries whose lease is gone are dropped.
+func (r *Runner) Recover(ctx context.Context) {
+	if r.cfg.Journal == nil {
+		return
+	}
+	entries, err := r.cfg.Journal.Load()
+	if err != nil {
+		r.logger.Warn("read the task journal", zap.Error(err))
+		return
+	}
+	for _, e := range entries {
+		req := &agentv1.CompleteTaskRequest{TaskId: e.TaskID, LeaseGeneration: e.LeaseGeneration, Status: e.FinalStatus, Error: e.FinalError}
+		for _, raw := range e.Actions {
+			o := &agentv1.ActionOutcome{}
+			if err := protojson.Unmarshal(raw, o); err == nil {
+				req.Actions = append(req.Actions, o)
+			}
+		}
+		if req.Status == "" {
+			req.Status = "unknown"
+			req.Error = "the agent stopped while this task ran and cannot vouch for its outcome"
+			if e.Running >= 0 {
+				req.Error = fmt.Sprintf("the agent stopped while action %d ran; its outcome is unknown", e.Running+1)
+				req.Actions = append(req.Actions, &agentv1.ActionOutcome{Index: int32(e.Running), Status: "unknown", ExitCode: -1, Error: "the agent stopped while it ran"})
+			}
+		}
+		_, err := r.client.CompleteTask(ctx, connect.NewRequest(req))
+		switch {
+		case err == nil:
+			r.logger.Warn("reported a task left from before a restart", zap.String("task_id", e.TaskID), zap.String("status", req.Status))
+		case connect.CodeOf(err) == connect.CodeFailedPrecondition:
+			r.logger.Info("a task left from before a restart is no longer ours", zap.String("task_id", e.TaskID))
+		default:
+			r.logger.Warn("report a task left from before a restart; will try at the next start", zap.String("task_id", e.TaskID), zap.Error(err))
+			continue
+		}
+		_ = r.cfg.Journal.Remove(e.TaskID)
 	}
 }
 

@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -12,10 +13,12 @@ import (
 	"connectrpc.com/connect"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/opsconductor/opsconductor/agent/executor"
 	"github.com/opsconductor/opsconductor/agent/safety"
+	"github.com/opsconductor/opsconductor/agent/state"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
@@ -208,5 +211,32 @@ func TestOutputMasksSecretsAcrossWrites(t *testing.T) {
 	}
 	if got.String() != "pass=********; again ******** end" {
 		t.Fatalf("shipped %q", got.String())
+	}
+}
+
+// TestRecoverFromJournal: entries a dead agent left are reported: a task
+// cut off mid-action as unknown (with the actions that finished), a
+// decided outcome as it was; the journal is then empty.
+func TestRecoverFromJournal(t *testing.T) {
+	j := &state.Journal{Dir: t.TempDir()}
+	done, _ := protojson.Marshal(&agentv1.ActionOutcome{Index: 0, Name: "first", Status: "succeeded"})
+	if err := j.Save(state.JournalEntry{TaskID: "cut", LeaseGeneration: 3, Actions: []json.RawMessage{done}, Running: 1}); err != nil {
+		t.Fatal(err)
+	}
+	c := &fakeClient{}
+	New(c, &executor.Shell{}, nil, zaptest.NewLogger(t), Config{Journal: j}).Recover(context.Background())
+	got := c.complete
+	if got.GetTaskId() != "cut" || got.GetLeaseGeneration() != 3 || got.GetStatus() != "unknown" || len(got.GetActions()) != 2 ||
+		got.GetActions()[0].GetStatus() != "succeeded" || got.GetActions()[1].GetStatus() != "unknown" {
+		t.Fatalf("reported %+v", got)
+	}
+	if left, _ := j.Load(); len(left) != 0 {
+		t.Fatalf("journal after recovery: %+v", left)
+	}
+	// A normal run leaves nothing behind.
+	r := New(c, &executor.Shell{}, nil, zaptest.NewLogger(t), Config{Journal: j, LeaseDuration: time.Minute})
+	r.Run(context.Background(), task(&opsconductorv1.Action{Command: "true"}))
+	if left, _ := j.Load(); len(left) != 0 {
+		t.Fatalf("journal after a normal run: %+v", left)
 	}
 }

@@ -349,10 +349,12 @@ func (g *Gateway) ReportOutput(ctx context.Context, req *connect.Request[agentv1
 
 var finalTaskStatus = map[string]bool{
 	execution.TaskSucceeded: true, execution.TaskFailed: true, execution.TaskTimedOut: true, execution.TaskCancelled: true,
+	execution.TaskUnknown: true, // a restarted agent that cannot vouch for the outcome
 }
 
 var actionStatus = map[string]bool{
 	execution.TaskSucceeded: true, execution.TaskFailed: true, execution.TaskTimedOut: true, execution.TaskCancelled: true, execution.TaskSkipped: true,
+	execution.TaskUnknown: true,
 }
 
 func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1.CompleteTaskRequest]) (*connect.Response[agentv1.CompleteTaskResponse], error) {
@@ -361,7 +363,7 @@ func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1
 		return nil, err
 	}
 	if !finalTaskStatus[req.Msg.GetStatus()] {
-		return nil, apperr.InvalidField("status", "must be succeeded, failed, timed_out or cancelled, not %q", req.Msg.GetStatus())
+		return nil, apperr.InvalidField("status", "must be succeeded, failed, timed_out, cancelled or unknown, not %q", req.Msg.GetStatus())
 	}
 	results := make([]execution.ActionResult, 0, len(req.Msg.GetActions()))
 	for i, r := range req.Msg.GetActions() {
