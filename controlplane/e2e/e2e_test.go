@@ -305,4 +305,30 @@ func TestLeaseExtendedAndOutputCapped(t *testing.T) {
 	if kept := strings.Count(loud, "x") + len("done\n"); kept != limit {
 		t.Fatalf("kept %d bytes of output, want exactly the cap %d", kept, limit)
 	}
+
+	// Large output is paged: 1000 bytes at a time, to the end.
+	var all strings.Builder
+	for offset := 0; ; offset += 1000 {
+		var page struct {
+			Results []struct {
+				Actions []struct {
+					Stdout      string `json:"stdout"`
+					StdoutBytes string `json:"stdoutBytes"`
+					OutputMore  bool   `json:"outputMore"`
+				} `json:"actions"`
+			} `json:"results"`
+		}
+		cptest.Must(t, http.StatusOK)(s.Do(t, "GET", fmt.Sprintf("/api/v1/executions/%s/results?outputOffset=%d&outputLimit=1000", r.Execution.ID, offset), nil, &page))
+		a := page.Results[0].Actions[1]
+		if len(a.Stdout) > 1000 || a.StdoutBytes != strconv.Itoa(len(loud)) {
+			t.Fatalf("page at %d: %d bytes, total %s", offset, len(a.Stdout), a.StdoutBytes)
+		}
+		all.WriteString(a.Stdout)
+		if !a.OutputMore {
+			break
+		}
+	}
+	if all.String() != loud {
+		t.Fatal("the pages do not add up to the output")
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect"
 	"github.com/google/uuid"
@@ -625,8 +626,20 @@ func (s *Service) GetExecutionResults(ctx context.Context, req *connect.Request[
 	if err != nil {
 		return nil, err
 	}
+	offset, limit := req.Msg.GetOutputOffset(), req.Msg.GetOutputLimit()
+	switch {
+	case offset < 0:
+		return nil, apperr.InvalidField("output_offset", "must not be negative")
+	case limit < 0 || limit > 4<<20:
+		return nil, apperr.InvalidField("output_limit", "must be between 1 and 4194304 bytes (0: 64 KiB)")
+	case limit == 0:
+		limit = 64 << 10
+	}
 	resp := &opsconductorv1.GetExecutionResultsResponse{Execution: e}
 	for _, t := range tasks {
+		if id := req.Msg.GetTaskId(); id != "" && t.ID != id {
+			continue
+		}
 		tr := &opsconductorv1.TaskResult{Task: toTask(t), OutputTruncated: t.OutputTruncated, OutputLimitBytes: t.OutputLimit}
 		byIndex := map[int]*opsconductorv1.ActionResult{}
 		for _, r := range results[t.ID] {
@@ -651,9 +664,37 @@ func (s *Service) GetExecutionResults(ctx context.Context, req *connect.Request[
 				ar.Stdout += string(c.Data)
 			}
 		}
+		for _, ar := range tr.Actions {
+			// Output is bytes; the API's strings must be UTF-8: binary
+			// output shows U+FFFD where it is not text.
+			ar.Stdout, ar.Stderr = strings.ToValidUTF8(ar.Stdout, "\uFFFD"), strings.ToValidUTF8(ar.Stderr, "\uFFFD")
+			ar.StdoutBytes, ar.StderrBytes = int64(len(ar.Stdout)), int64(len(ar.Stderr))
+			var more1, more2 bool
+			ar.Stdout, more1 = page(ar.Stdout, offset, limit)
+			ar.Stderr, more2 = page(ar.Stderr, offset, limit)
+			ar.OutputMore = more1 || more2
+		}
 		resp.Results = append(resp.Results, tr)
 	}
 	return connect.NewResponse(resp), nil
+}
+
+// page returns about limit bytes of s from offset, and whether more
+// follows. Both ends move to character boundaries, so a page never splits
+// a UTF-8 character (it may hold up to 3 bytes fewer than asked).
+func page(s string, offset, limit int64) (string, bool) {
+	n := int64(len(s))
+	for offset < n && !utf8.RuneStart(s[offset]) {
+		offset++
+	}
+	if offset >= n {
+		return "", false
+	}
+	end := min(n, offset+limit)
+	for end < n && end > offset && !utf8.RuneStart(s[end]) {
+		end--
+	}
+	return s[offset:end], end < n
 }
 
 // watchRecheck bounds how long a watcher waits without a wake-up before it

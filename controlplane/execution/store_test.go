@@ -478,3 +478,22 @@ func TestStoreContract(t *testing.T) {
 		})
 	}
 }
+
+func TestPage(t *testing.T) {
+	s := "héllo wörld" // é and ö are 2 bytes
+	var got strings.Builder
+	for off := int64(0); ; {
+		p, more := page(s, off, 3)
+		got.WriteString(p)
+		off += int64(len(p))
+		if !more {
+			break
+		}
+		if p == "" {
+			t.Fatal("an empty page with more to come")
+		}
+	}
+	if got.String() != s {
+		t.Fatalf("pages give %q", got.String())
+	}
+}

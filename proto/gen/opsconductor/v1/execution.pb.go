@@ -1271,8 +1271,14 @@ func (x *GetExecutionResponse) GetExecution() *Execution {
 }
 
 type GetExecutionResultsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Only this task's result.
+	TaskId string `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Output paging, per action and stream: skip this many bytes and return
+	// at most output_limit (default 64 KiB, at most 4 MiB).
+	OutputOffset  int64 `protobuf:"varint,3,opt,name=output_offset,json=outputOffset,proto3" json:"output_offset,omitempty"`
+	OutputLimit   int64 `protobuf:"varint,4,opt,name=output_limit,json=outputLimit,proto3" json:"output_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1312,6 +1318,27 @@ func (x *GetExecutionResultsRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *GetExecutionResultsRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *GetExecutionResultsRequest) GetOutputOffset() int64 {
+	if x != nil {
+		return x.OutputOffset
+	}
+	return 0
+}
+
+func (x *GetExecutionResultsRequest) GetOutputLimit() int64 {
+	if x != nil {
+		return x.OutputLimit
+	}
+	return 0
 }
 
 type GetExecutionResultsResponse struct {
@@ -1450,7 +1477,12 @@ type ActionResult struct {
 	StartTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
 	EndTime   *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
 	// Every try, in order; the last one decided the status.
-	Attempts      []*Attempt `protobuf:"bytes,10,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts []*Attempt `protobuf:"bytes,10,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	// Total bytes stored of each stream, and whether this page holds less
+	// than the rest (ask again with output_offset).
+	StdoutBytes   int64 `protobuf:"varint,11,opt,name=stdout_bytes,json=stdoutBytes,proto3" json:"stdout_bytes,omitempty"`
+	StderrBytes   int64 `protobuf:"varint,12,opt,name=stderr_bytes,json=stderrBytes,proto3" json:"stderr_bytes,omitempty"`
+	OutputMore    bool  `protobuf:"varint,13,opt,name=output_more,json=outputMore,proto3" json:"output_more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1553,6 +1585,27 @@ func (x *ActionResult) GetAttempts() []*Attempt {
 		return x.Attempts
 	}
 	return nil
+}
+
+func (x *ActionResult) GetStdoutBytes() int64 {
+	if x != nil {
+		return x.StdoutBytes
+	}
+	return 0
+}
+
+func (x *ActionResult) GetStderrBytes() int64 {
+	if x != nil {
+		return x.StderrBytes
+	}
+	return 0
+}
+
+func (x *ActionResult) GetOutputMore() bool {
+	if x != nil {
+		return x.OutputMore
+	}
+	return false
 }
 
 // Attempt is one try of one action.
@@ -2008,9 +2061,12 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x13GetExecutionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"P\n" +
 	"\x14GetExecutionResponse\x128\n" +
-	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\",\n" +
+	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\"\x8d\x01\n" +
 	"\x1aGetExecutionResultsRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x8e\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
+	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12#\n" +
+	"\routput_offset\x18\x03 \x01(\x03R\foutputOffset\x12!\n" +
+	"\foutput_limit\x18\x04 \x01(\x03R\voutputLimit\"\x8e\x01\n" +
 	"\x1bGetExecutionResultsResponse\x128\n" +
 	"\texecution\x18\x01 \x01(\v2\x1a.opsconductor.v1.ExecutionR\texecution\x125\n" +
 	"\aresults\x18\x02 \x03(\v2\x1b.opsconductor.v1.TaskResultR\aresults\"\xc9\x01\n" +
@@ -2019,7 +2075,7 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\x04task\x18\x01 \x01(\v2\x15.opsconductor.v1.TaskR\x04task\x127\n" +
 	"\aactions\x18\x02 \x03(\v2\x1d.opsconductor.v1.ActionResultR\aactions\x12)\n" +
 	"\x10output_truncated\x18\x03 \x01(\bR\x0foutputTruncated\x12,\n" +
-	"\x12output_limit_bytes\x18\x04 \x01(\x03R\x10outputLimitBytes\"\xdb\x02\n" +
+	"\x12output_limit_bytes\x18\x04 \x01(\x03R\x10outputLimitBytes\"\xc2\x03\n" +
 	"\fActionResult\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -2032,7 +2088,11 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"start_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x124\n" +
 	"\battempts\x18\n" +
-	" \x03(\v2\x18.opsconductor.v1.AttemptR\battempts\"\x9c\x02\n" +
+	" \x03(\v2\x18.opsconductor.v1.AttemptR\battempts\x12!\n" +
+	"\fstdout_bytes\x18\v \x01(\x03R\vstdoutBytes\x12!\n" +
+	"\fstderr_bytes\x18\f \x01(\x03R\vstderrBytes\x12\x1f\n" +
+	"\voutput_more\x18\r \x01(\bR\n" +
+	"outputMore\"\x9c\x02\n" +
 	"\aAttempt\x12\x16\n" +
 	"\x06number\x18\x01 \x01(\x05R\x06number\x12\x16\n" +
 	"\x06status\x18\x02 \x01(\tR\x06status\x12\x1b\n" +
