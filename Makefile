@@ -7,13 +7,16 @@ MAKEFLAGS += --no-print-directory
 # Tools are pinned here and installed into .bin by `go install`.
 PROTOC_GEN_GO_VERSION := v1.36.12
 PROTOC_GEN_CONNECT_GO_VERSION := v1.19.1
+PROTOC_GEN_GO_GRPC_VERSION := v1.5.1
 GOOGLEAPIS_MODULE := github.com/grpc-ecosystem/grpc-gateway@v1.16.0
 
 BIN := $(CURDIR)/.bin
 export PATH := $(BIN):$(PATH)
 GO_TEST_FLAGS ?=
 FUZZTIME ?= 10s
-PROTO_FILES := $(shell find proto/opsconductor -name '*.proto' | sort)
+PROTO_FILES := $(shell find proto/opsconductor -name '*.proto' -not -path '*/plugin/*' | sort)
+# The plugin protocol is plain gRPC (go-plugin needs grpc-go), not Connect.
+PLUGIN_PROTO_FILES := $(shell find proto/opsconductor/plugin -name '*.proto' | sort)
 
 .PHONY: help
 help: ## Show this help.
@@ -25,15 +28,22 @@ $(BIN)/protoc-gen-go:
 $(BIN)/protoc-gen-connect-go:
 	GOBIN=$(BIN) go install connectrpc.com/connect/cmd/protoc-gen-connect-go@$(PROTOC_GEN_CONNECT_GO_VERSION)
 
+$(BIN)/protoc-gen-go-grpc:
+	GOBIN=$(BIN) go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+
 .PHONY: generate
-generate: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go ## Regenerate proto/gen from proto/ (needs protoc: apt-get install protobuf-compiler).
+generate: $(BIN)/protoc-gen-go $(BIN)/protoc-gen-connect-go $(BIN)/protoc-gen-go-grpc ## Regenerate proto/gen from proto/ (needs protoc: apt-get install protobuf-compiler).
 	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install -y protobuf-compiler" >&2; exit 1; }
 	googleapis="$$(go mod download -json $(GOOGLEAPIS_MODULE) | sed -n 's/.*"Dir": "\(.*\)",/\1/p')/third_party/googleapis"; \
 	rm -rf proto/gen && mkdir -p proto/gen && \
 	protoc -I proto -I "$$googleapis" \
 		--go_out=proto/gen --go_opt=paths=source_relative \
 		--connect-go_out=proto/gen --connect-go_opt=paths=source_relative \
-		$(PROTO_FILES)
+		$(PROTO_FILES) && \
+	protoc -I proto \
+		--go_out=proto/gen --go_opt=paths=source_relative \
+		--go-grpc_out=proto/gen --go-grpc_opt=paths=source_relative \
+		$(PLUGIN_PROTO_FILES)
 
 .PHONY: check-generate
 check-generate: generate ## Fail when `make generate` changes the committed code.

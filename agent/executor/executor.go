@@ -27,7 +27,8 @@ type Action struct {
 	Script     string
 	Env        map[string]string
 	WorkingDir string
-	Timeout    time.Duration // zero means none
+	Timeout    time.Duration     // zero means none
+	Spec       map[string]string // plugin-specific settings
 }
 
 // Result is how an action ended.

@@ -205,7 +205,7 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 		}
 		act := executor.Action{
 			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: command, Script: script,
-			Env: env, WorkingDir: dir, Timeout: a.GetTimeout().AsDuration(),
+			Env: env, WorkingDir: dir, Timeout: a.GetTimeout().AsDuration(), Spec: a.GetSpec(),
 		}
 		if why := r.refuse(t, rendered(a, t.GetParameters())); why != "" {
 			// The last line of defence: the control plane checks too, but

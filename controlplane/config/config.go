@@ -75,6 +75,9 @@ type Config struct {
 	// MetricsToken, when set, must be sent as a bearer token to read
 	// /metrics; empty leaves /metrics open (the usual Prometheus setup).
 	MetricsToken string
+	// Plugins are the external executor plugins (installed on agents)
+	// that actions may name, comma-separated.
+	Plugins string
 	// SecretKey (base64, 32 bytes) seals secret parameter values at rest.
 	SecretKey string
 	// SafetyRules is a YAML/JSON file of extra dangerous-command rules and
@@ -142,6 +145,7 @@ func (c *Config) settings() []setting {
 		{flag: "max-request-bytes", env: "OPSCONDUCTOR_MAX_REQUEST_BYTES", help: "largest request body", i64: &c.MaxRequestBytes},
 		{flag: "protected-labels", env: "OPSCONDUCTOR_PROTECTED_LABELS", help: "label selector of agents where running needs executions:run-protected (developers lack it); empty: none", str: &c.ProtectedLabels},
 		{flag: "metrics-token", env: "OPSCONDUCTOR_METRICS_TOKEN", help: "require this bearer token on /metrics (use the _FILE variant); empty: open", str: &c.MetricsToken, secret: true},
+		{flag: "plugins", env: "OPSCONDUCTOR_PLUGINS", help: "external executor plugins actions may name, comma-separated (agents pin their binaries)", str: &c.Plugins},
 		{flag: "secret-key", env: "OPSCONDUCTOR_SECRET_KEY", help: "base64 of 32 random bytes sealing secret parameter values at rest (use the _FILE variant); unset: a key per process", str: &c.SecretKey, secret: true},
 		{flag: "safety-rules", env: "OPSCONDUCTOR_SAFETY_RULES", help: "YAML/JSON file of extra dangerous-command rules and allow-lists", str: &c.SafetyRules},
 		{flag: "cors-origins", env: "OPSCONDUCTOR_CORS_ORIGINS", help: "browser origins allowed to call the API, comma-separated", str: &c.CORSOrigins},

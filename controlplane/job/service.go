@@ -40,6 +40,7 @@ type SafetyWarner interface {
 
 // Service implements opsconductorv1connect.JobServiceHandler.
 type Service struct {
+	plugins  []string // external executor plugins actions may name
 	store    *Store
 	resolver TargetResolver
 	warner   SafetyWarner
@@ -48,9 +49,10 @@ type Service struct {
 
 var _ opsconductorv1connect.JobServiceHandler = (*Service)(nil)
 
-// NewService builds the jobs service. warner may be nil (no warnings).
-func NewService(st *Store, resolver TargetResolver, warner SafetyWarner, logger *zap.Logger) *Service {
-	return &Service{store: st, resolver: resolver, warner: warner, logger: logger.Named("job")}
+// NewService builds the jobs service. warner may be nil (no warnings);
+// plugins are the external executor plugins actions may name.
+func NewService(st *Store, resolver TargetResolver, warner SafetyWarner, logger *zap.Logger, plugins ...string) *Service {
+	return &Service{plugins: plugins, store: st, resolver: resolver, warner: warner, logger: logger.Named("job")}
 }
 
 func (s *Service) warnings(j *opsconductorv1.Job) []*opsconductorv1.SafetyFinding {
@@ -77,7 +79,7 @@ func mayWrite(ctx context.Context, name string, labels map[string]string) error 
 
 func (s *Service) CreateJob(ctx context.Context, req *connect.Request[opsconductorv1.CreateJobRequest]) (*connect.Response[opsconductorv1.CreateJobResponse], error) {
 	j := req.Msg.GetJob()
-	if vs := Validate("job", j); len(vs) > 0 {
+	if vs := Validate("job", j, s.plugins...); len(vs) > 0 {
 		return nil, apperr.Invalid("job", vs)
 	}
 	if err := mayWrite(ctx, j.GetName(), j.GetLabels()); err != nil {
@@ -171,7 +173,7 @@ func (s *Service) Get(ctx context.Context, id string, version int64) (*opsconduc
 
 func (s *Service) UpdateJob(ctx context.Context, req *connect.Request[opsconductorv1.UpdateJobRequest]) (*connect.Response[opsconductorv1.UpdateJobResponse], error) {
 	j := req.Msg.GetJob()
-	vs := Validate("job", j)
+	vs := Validate("job", j, s.plugins...)
 	if j != nil && j.GetId() == "" {
 		vs = append(vs, apperr.Violation{Field: "job.id", Description: "must not be empty"})
 	}
@@ -261,7 +263,7 @@ func (s *Service) ValidateJob(ctx context.Context, req *connect.Request[opscondu
 		return nil, err
 	}
 	resp := &opsconductorv1.ValidateJobResponse{}
-	for _, v := range Validate("job", j) {
+	for _, v := range Validate("job", j, s.plugins...) {
 		resp.Violations = append(resp.Violations, &opsconductorv1.FieldViolation{Field: v.Field, Description: v.Description})
 	}
 	if len(resp.Violations) == 0 {
@@ -306,5 +308,5 @@ func fromRecord(rec Record) (*opsconductorv1.Job, error) {
 // Check returns every problem of a job definition under prefix; the
 // executions service checks ad-hoc (unsaved) jobs with it.
 func (s *Service) Check(prefix string, j *opsconductorv1.Job) []apperr.Violation {
-	return Validate(prefix, j)
+	return Validate(prefix, j, s.plugins...)
 }

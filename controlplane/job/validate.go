@@ -3,6 +3,7 @@ package job
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
@@ -24,8 +25,8 @@ const (
 	DefaultActionTimeout = time.Hour
 )
 
-// KnownPlugins are the executors an action may name. "" means "shell".
-var KnownPlugins = []string{"shell"}
+// BuiltinPlugins are the executors every agent has. "" means "shell".
+var BuiltinPlugins = []string{"shell"}
 
 var (
 	namePattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
@@ -34,7 +35,11 @@ var (
 
 // Validate returns every problem of a job definition, each with the path of
 // the field under prefix (e.g. "job"). No problems means the job is valid.
-func Validate(prefix string, j *opsconductorv1.Job) []apperr.Violation {
+//
+// plugins lists the executor plugins actions may name besides the
+// built-in ones (the fleet's external plugins, from the server's config).
+func Validate(prefix string, j *opsconductorv1.Job, plugins ...string) []apperr.Violation {
+	known := append(append([]string(nil), BuiltinPlugins...), plugins...)
 	var vs []apperr.Violation
 	add := func(field, format string, args ...any) {
 		vs = append(vs, apperr.Violation{Field: prefix + field, Description: fmt.Sprintf(format, args...)})
@@ -69,7 +74,7 @@ func Validate(prefix string, j *opsconductorv1.Job) []apperr.Violation {
 	}
 	for i, a := range j.GetActions() {
 		p := fmt.Sprintf(".actions[%d]", i)
-		validateAction(a, func(field, format string, args ...any) { add(p+field, format, args...) })
+		validateAction(a, known, func(field, format string, args ...any) { add(p+field, format, args...) })
 	}
 	vs = append(vs, params.ValidateDefs(prefix, j)...)
 	if j.GetPolicy() != nil {
@@ -97,12 +102,12 @@ func Validate(prefix string, j *opsconductorv1.Job) []apperr.Violation {
 	return vs
 }
 
-func validateAction(a *opsconductorv1.Action, add func(field, format string, args ...any)) {
+func validateAction(a *opsconductorv1.Action, known []string, add func(field, format string, args ...any)) {
 	if len(a.GetName()) > MaxNameLength {
 		add(".name", "must be at most %d characters", MaxNameLength)
 	}
-	if !isKnownPlugin(a.GetPlugin()) {
-		add(".plugin", "unknown plugin %q (known: %v)", a.GetPlugin(), KnownPlugins)
+	if a.GetPlugin() != "" && !slices.Contains(known, a.GetPlugin()) {
+		add(".plugin", "unknown plugin %q (known: %v)", a.GetPlugin(), known)
 	}
 	switch {
 	case a.GetCommand() == "" && a.GetScript() == "":
@@ -130,16 +135,4 @@ func validateAction(a *opsconductorv1.Action, add func(field, format string, arg
 			add(".timeout", "must be at most %s", MaxActionTimeout)
 		}
 	}
-}
-
-func isKnownPlugin(name string) bool {
-	if name == "" {
-		return true
-	}
-	for _, p := range KnownPlugins {
-		if p == name {
-			return true
-		}
-	}
-	return false
 }

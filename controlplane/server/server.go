@@ -150,7 +150,13 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		return nil, fmt.Errorf("safety rules: %w", err)
 	}
 	safetySvc := safety.NewService(checker)
-	jobs := job.NewService(job.NewStore(jobsDB), reg, safetySvc, logger)
+	var plugins []string
+	for _, p := range strings.Split(cfg.Plugins, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			plugins = append(plugins, p)
+		}
+	}
+	jobs := job.NewService(job.NewStore(jobsDB), reg, safetySvc, logger, plugins...)
 	key := secretbox.NewKey()
 	if cfg.SecretKey != "" {
 		key, _ = base64.StdEncoding.DecodeString(cfg.SecretKey) // checked by Validate

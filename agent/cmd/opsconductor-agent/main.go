@@ -64,6 +64,8 @@ func run(args []string) error {
 	clientCert := fs.String("client-cert", env("OPSCONDUCTOR_CLIENT_CERT", ""), "PEM client certificate for mutual TLS (env OPSCONDUCTOR_CLIENT_CERT)")
 	clientKey := fs.String("client-key", env("OPSCONDUCTOR_CLIENT_KEY", ""), "PEM key of --client-cert (env OPSCONDUCTOR_CLIENT_KEY)")
 	safetyRules := fs.String("safety-rules", env("OPSCONDUCTOR_SAFETY_RULES", ""), "YAML/JSON file of extra dangerous-command rules and allow-lists (env OPSCONDUCTOR_SAFETY_RULES)")
+	pluginDir := fs.String("plugin-dir", env("OPSCONDUCTOR_PLUGIN_DIR", "/usr/lib/opsconductor/plugins"), "directory of external executor plugins (env OPSCONDUCTOR_PLUGIN_DIR)")
+	pins := fs.StringArray("plugin", nil, "allow the plugin NAME in --plugin-dir, pinned to the hex SHA-256 of its binary: NAME=SHA256 (repeat)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -115,10 +117,19 @@ func run(args []string) error {
 	if strings.HasPrefix(*server, "http://") {
 		logger.Warn("talking to the control plane over plain HTTP: use https:// outside a lab")
 	}
+	plugins := &executor.Plugins{Dir: *pluginDir, Pins: map[string]string{}}
+	for _, p := range *pins {
+		name, sum, ok := strings.Cut(p, "=")
+		if !ok || name == "" || len(sum) != 64 {
+			return fmt.Errorf("--plugin %q: want NAME=SHA256 (64 hex digits)", p)
+		}
+		plugins.Pins[name] = strings.ToLower(sum)
+	}
+	defer plugins.Close()
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
 		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker,
-	}, state.FileStore{Dir: *stateDir}, &executor.Shell{}, client, logger)
+	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: &executor.Shell{}, Plugins: plugins}, client, logger)
 	if err != nil {
 		return err
 	}

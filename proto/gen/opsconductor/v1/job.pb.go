@@ -423,7 +423,9 @@ type Action struct {
 	// When true a failure of this action does not stop the later actions.
 	ContinueOnError bool `protobuf:"varint,8,opt,name=continue_on_error,json=continueOnError,proto3" json:"continue_on_error,omitempty"`
 	// Retries of this action; unset: the job policy's retry, else none.
-	Retry         *RetryPolicy `protobuf:"bytes,9,opt,name=retry,proto3" json:"retry,omitempty"`
+	Retry *RetryPolicy `protobuf:"bytes,9,opt,name=retry,proto3" json:"retry,omitempty"`
+	// Settings for the plugin that runs the action.
+	Spec          map[string]string `protobuf:"bytes,10,rep,name=spec,proto3" json:"spec,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -517,6 +519,13 @@ func (x *Action) GetContinueOnError() bool {
 func (x *Action) GetRetry() *RetryPolicy {
 	if x != nil {
 		return x.Retry
+	}
+	return nil
+}
+
+func (x *Action) GetSpec() map[string]string {
+	if x != nil {
+		return x.Spec
 	}
 	return nil
 }
@@ -1533,7 +1542,7 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\atimeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
 	"\ftask_timeout\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\vtaskTimeout\x12\x1c\n" +
-	"\texclusive\x18\v \x01(\bR\texclusive\"\x88\x03\n" +
+	"\texclusive\x18\v \x01(\bR\texclusive\"\xf8\x03\n" +
 	"\x06Action\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x18\n" +
@@ -1544,8 +1553,13 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"workingDir\x123\n" +
 	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12*\n" +
 	"\x11continue_on_error\x18\b \x01(\bR\x0fcontinueOnError\x122\n" +
-	"\x05retry\x18\t \x01(\v2\x1c.opsconductor.v1.RetryPolicyR\x05retry\x1a6\n" +
+	"\x05retry\x18\t \x01(\v2\x1c.opsconductor.v1.RetryPolicyR\x05retry\x125\n" +
+	"\x04spec\x18\n" +
+	" \x03(\v2!.opsconductor.v1.Action.SpecEntryR\x04spec\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a7\n" +
+	"\tSpecEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x02\n" +
 	"\vRetryPolicy\x12!\n" +
@@ -1644,7 +1658,7 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
 	(*Parameter)(nil),               // 1: opsconductor.v1.Parameter
@@ -1670,61 +1684,63 @@ var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*ValidateJobResponse)(nil),     // 21: opsconductor.v1.ValidateJobResponse
 	nil,                             // 22: opsconductor.v1.Job.LabelsEntry
 	nil,                             // 23: opsconductor.v1.Action.EnvEntry
-	nil,                             // 24: opsconductor.v1.ResolvedAgent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 25: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 26: google.protobuf.Duration
-	(*SafetyFinding)(nil),           // 27: opsconductor.v1.SafetyFinding
+	nil,                             // 24: opsconductor.v1.Action.SpecEntry
+	nil,                             // 25: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 26: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 27: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 28: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
 	22, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
 	3,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
 	5,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	25, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	25, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	26, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	26, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
 	1,  // 6: opsconductor.v1.Job.parameters:type_name -> opsconductor.v1.Parameter
-	26, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
-	26, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
+	27, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
+	27, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
 	4,  // 9: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
-	26, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
-	26, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
+	27, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
+	27, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
 	23, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	26, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	27, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
 	4,  // 14: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
-	26, // 15: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	26, // 16: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
-	0,  // 17: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 18: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	27, // 19: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 20: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 21: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 22: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 23: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	27, // 24: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 25: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	24, // 26: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	19, // 27: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	20, // 28: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	19, // 29: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	6,  // 30: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	8,  // 31: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	10, // 32: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	12, // 33: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	14, // 34: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	16, // 35: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	18, // 36: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	7,  // 37: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	9,  // 38: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	11, // 39: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	13, // 40: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	15, // 41: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	17, // 42: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	21, // 43: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	37, // [37:44] is the sub-list for method output_type
-	30, // [30:37] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	24, // 15: opsconductor.v1.Action.spec:type_name -> opsconductor.v1.Action.SpecEntry
+	27, // 16: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	27, // 17: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	0,  // 18: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 19: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
+	28, // 20: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 21: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 22: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 23: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 24: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	28, // 25: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 26: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	25, // 27: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	19, // 28: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	20, // 29: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	19, // 30: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	6,  // 31: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	8,  // 32: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	10, // 33: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	12, // 34: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	14, // 35: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	16, // 36: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	18, // 37: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	7,  // 38: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	9,  // 39: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	11, // 40: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	13, // 41: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	15, // 42: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	17, // 43: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	21, // 44: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	38, // [38:45] is the sub-list for method output_type
+	31, // [31:38] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -1740,7 +1756,7 @@ func file_opsconductor_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

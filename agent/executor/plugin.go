@@ -1,0 +1,141 @@
+package executor
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/opsconductor/opsconductor/plugins/sdk"
+	pluginv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/plugin/v1"
+)
+
+// Plugins runs actions in external executor plugins: binaries in Dir,
+// each allowed only when pinned by its SHA-256 in Pins. A plugin process
+// is started on first use and kept; one that crashed is started again on
+// the next use. Plugins is safe for concurrent use.
+type Plugins struct {
+	Dir  string
+	Pins map[string]string // plugin name -> hex SHA-256 of its binary
+
+	mu      sync.Mutex
+	clients map[string]*plugin.Client
+}
+
+// Close stops every plugin process.
+func (p *Plugins) Close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, c := range p.clients {
+		c.Kill()
+		delete(p.clients, name)
+	}
+}
+
+// client returns a live connection to the named plugin, starting it.
+func (p *Plugins) client(name string) (*sdk.Client, error) {
+	pin, ok := p.Pins[name]
+	if !ok {
+		return nil, fmt.Errorf("plugin %q is not pinned in this agent's config (--plugin %s=SHA256)", name, name)
+	}
+	sum, err := hex.DecodeString(pin)
+	if err != nil || len(sum) != sha256.Size {
+		return nil, fmt.Errorf("plugin %q: its pin is not a hex SHA-256", name)
+	}
+	path := filepath.Join(p.Dir, name)
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("plugin %q: no binary at %s", name, path)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.clients == nil {
+		p.clients = map[string]*plugin.Client{}
+	}
+	c := p.clients[name]
+	if c != nil && c.Exited() {
+		c.Kill()
+		c = nil
+	}
+	if c == nil {
+		c = plugin.NewClient(&plugin.ClientConfig{
+			HandshakeConfig:  sdk.Handshake,
+			Plugins:          plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
+			Cmd:              exec.Command(path),
+			AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+			// go-plugin hashes the file before starting it: a binary
+			// that is not the pinned one never runs.
+			SecureConfig: &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()},
+			Logger:       hclog.New(&hclog.LoggerOptions{Name: "plugin." + name, Level: hclog.Warn, Output: os.Stderr}),
+		})
+		p.clients[name] = c
+	}
+	rpc, err := c.Client()
+	if err != nil {
+		c.Kill()
+		delete(p.clients, name)
+		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
+			return nil, fmt.Errorf("plugin %q refused: %s does not match its pinned SHA-256", name, path)
+		}
+		return nil, fmt.Errorf("start plugin %q: %w", name, err)
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %q: %w", name, err)
+	}
+	return raw.(*sdk.Client), nil
+}
+
+// Execute runs a in the plugin a.Plugin names.
+func (p *Plugins) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Result {
+	c, err := p.client(a.Plugin)
+	if err != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
+	}
+	runCtx := ctx
+	if a.Timeout > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, a.Timeout)
+		defer cancel()
+	}
+	action := &pluginv1.Action{Name: a.Name, Command: a.Command, Script: a.Script, Env: a.Env, WorkingDir: a.WorkingDir,
+		Spec: a.Spec}
+	if a.Timeout > 0 {
+		action.Timeout = durationpb.New(a.Timeout)
+	}
+	if vs := c.Validate(runCtx, action); len(vs) > 0 {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("plugin %s refused the action: %s: %s", a.Plugin, vs[0].GetField(), vs[0].GetDescription())}
+	}
+	res := c.Execute(runCtx, action, &pluginv1.Target{Transport: "local"}, stdout, stderr)
+	if res.Status == StatusCancelled && ctx.Err() == nil && runCtx.Err() != nil {
+		return Result{Status: StatusTimedOut, ExitCode: -1, Error: fmt.Sprintf("timed out after %s", a.Timeout)}
+	}
+	return Result{Status: res.Status, ExitCode: res.ExitCode, Error: res.Error}
+}
+
+// Router sends each action to the executor its plugin names: "shell" (or
+// none) to the local shell, anything else to Plugins.
+type Router struct {
+	Shell   Executor
+	Plugins *Plugins
+}
+
+// Execute implements Executor.
+func (r Router) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Result {
+	if a.Plugin == "" || a.Plugin == "shell" {
+		return r.Shell.Execute(ctx, a, stdout, stderr)
+	}
+	if r.Plugins == nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("plugin %q: this agent has no plugins configured", a.Plugin)}
+	}
+	return r.Plugins.Execute(ctx, a, stdout, stderr)
+}

@@ -1,0 +1,80 @@
+// Package sdk is how executor plugins are written and how agents talk to
+// them: a plugin is a separate program, started by the agent through
+// hashicorp/go-plugin, speaking the gRPC protocol of
+// proto/opsconductor/plugin/v1. A plugin implements Executor and calls
+// Serve from main; the agent dispenses a Client that implements Executor
+// too. Everything plugin-facing lives here so a plugin imports one package.
+//
+//	func main() { sdk.Serve(myExecutor{}) }
+package sdk
+
+import (
+	"context"
+	"io"
+
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	pluginv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/plugin/v1"
+)
+
+// Handshake is shared by agents and plugins: a plugin refuses to run
+// unless started by an agent of the same protocol version.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  1,
+	MagicCookieKey:   "OPSCONDUCTOR_PLUGIN",
+	MagicCookieValue: "executor",
+}
+
+// PluginName is the name the executor is dispensed under.
+const PluginName = "executor"
+
+// Action statuses a Result carries.
+const (
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+	StatusTimedOut  = "timed_out"
+	StatusCancelled = "cancelled"
+)
+
+// Result is how an action ended.
+type Result struct {
+	Status   string
+	ExitCode int // -1 when there is no exit code
+	Error    string
+}
+
+// Executor runs actions. Execute must stream output to stdout and stderr
+// as it comes, stop when ctx ends (cancel or deadline) and return
+// promptly after. Implementations must be safe for concurrent use.
+type Executor interface {
+	Describe(ctx context.Context) (*pluginv1.DescribeResponse, error)
+	Validate(ctx context.Context, action *pluginv1.Action) []*pluginv1.Violation
+	Execute(ctx context.Context, action *pluginv1.Action, target *pluginv1.Target, stdout, stderr io.Writer) Result
+}
+
+// Serve runs impl as a plugin until the agent stops it. Call it from main.
+func Serve(impl Executor) {
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig: Handshake,
+		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: impl}},
+		GRPCServer:      plugin.DefaultGRPCServer,
+	})
+}
+
+// GRPCPlugin adapts an Executor to go-plugin's gRPC transport, both ways.
+type GRPCPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	Impl Executor // set on the plugin side
+}
+
+// GRPCServer registers the executor (plugin side).
+func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	pluginv1.RegisterExecutorServer(s, &server{impl: p.Impl})
+	return nil
+}
+
+// GRPCClient returns a *Client (agent side).
+func (p *GRPCPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return &Client{rpc: pluginv1.NewExecutorClient(c)}, nil
+}
