@@ -123,9 +123,10 @@ func (p *Plugins) Execute(ctx context.Context, a Action, stdout, stderr io.Write
 }
 
 // Router sends each action to the executor its plugin names: "shell" (or
-// none) to the local shell, anything else to Plugins.
+// none) to the local shell, "ssh" to SSH, anything else to Plugins.
 type Router struct {
 	Shell   Executor
+	SSH     Executor
 	Plugins *Plugins
 }
 
@@ -133,6 +134,9 @@ type Router struct {
 func (r Router) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Result {
 	if a.Plugin == "" || a.Plugin == "shell" {
 		return r.Shell.Execute(ctx, a, stdout, stderr)
+	}
+	if a.Plugin == "ssh" && r.SSH != nil {
+		return r.SSH.Execute(ctx, a, stdout, stderr)
 	}
 	if r.Plugins == nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("plugin %q: this agent has no plugins configured", a.Plugin)}

@@ -44,6 +44,32 @@ func render(a *opsconductorv1.Action, values map[string]string) (command, script
 	return
 }
 
+// renderSpec fills parameter references in a plugin's settings (an SSH
+// password from a secret parameter, say).
+func renderSpec(spec, values map[string]string) (map[string]string, error) {
+	if len(spec) == 0 {
+		return spec, nil
+	}
+	data := map[string]any{"params": values}
+	out := make(map[string]string, len(spec))
+	for k, v := range spec {
+		if !strings.Contains(v, "{{") {
+			out[k] = v
+			continue
+		}
+		t, err := template.New(k).Option("missingkey=error").Parse(v)
+		if err != nil {
+			return nil, fmt.Errorf("spec[%s]: %w", k, err)
+		}
+		var sb strings.Builder
+		if err := t.Execute(&sb, data); err != nil {
+			return nil, fmt.Errorf("spec[%s]: %w", k, err)
+		}
+		out[k] = sb.String()
+	}
+	return out, nil
+}
+
 // paramEnv is the environment variables that carry parameter values.
 func paramEnv(values map[string]string) map[string]string {
 	out := map[string]string{}

@@ -192,6 +192,10 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			"OPSCONDUCTOR_CORRELATION_ID": t.GetCorrelationId(),
 		}
 		command, script, dir, actionEnv, err := render(a, t.GetParameters())
+		var spec map[string]string
+		if err == nil {
+			spec, err = renderSpec(a.GetSpec(), t.GetParameters())
+		}
 		if err != nil {
 			out.Status, out.ExitCode, out.Error = executor.StatusFailed, -1, "render parameters: "+err.Error()
 			status, errMsg, stopped = executor.StatusFailed, fmt.Sprintf("action %d (%s) could not be rendered: %v", i+1, a.GetName(), err), true
@@ -205,7 +209,7 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 		}
 		act := executor.Action{
 			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: command, Script: script,
-			Env: env, WorkingDir: dir, Timeout: a.GetTimeout().AsDuration(), Spec: a.GetSpec(),
+			Env: env, WorkingDir: dir, Timeout: a.GetTimeout().AsDuration(), Spec: spec,
 		}
 		if why := r.refuse(t, rendered(a, t.GetParameters())); why != "" {
 			// The last line of defence: the control plane checks too, but

@@ -26,7 +26,7 @@ const (
 )
 
 // BuiltinPlugins are the executors every agent has. "" means "shell".
-var BuiltinPlugins = []string{"shell"}
+var BuiltinPlugins = []string{"shell", "ssh"}
 
 var (
 	namePattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)

@@ -129,7 +129,7 @@ func run(args []string) error {
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
 		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker,
-	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: &executor.Shell{}, Plugins: plugins}, client, logger)
+	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: &executor.Shell{}, SSH: executor.SSH{}, Plugins: plugins}, client, logger)
 	if err != nil {
 		return err
 	}

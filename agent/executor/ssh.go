@@ -1,0 +1,284 @@
+package executor
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// SSH runs actions on a remote host over SSH; the action's spec names the
+// host and how to log in:
+//
+//	host, port (22), user, key_file, password, known_hosts (default
+//	~/.ssh/known_hosts), host_key_fingerprint ("SHA256:..." pins the
+//	key instead), connect_timeout (10s), become ("true": run with sudo,
+//	become_password or password as its password)
+//
+// Host keys are verified strictly; a mismatch names the host and both
+// fingerprints. Failures to connect, to authenticate and a lost connection
+// are reported as such, apart from the command's own exit status.
+type SSH struct{}
+
+var _ Executor = SSH{}
+
+// sshError classifies why an SSH action could not run.
+func sshError(kind, addr string, err error) Result {
+	return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("ssh %s: %s: %v", kind, addr, err)}
+}
+
+// Execute implements Executor.
+func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Result {
+	spec := a.Spec
+	host := spec["host"]
+	if host == "" {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: "ssh: spec.host is required"}
+	}
+	port := cmpOr(spec["port"], "22")
+	addr := net.JoinHostPort(host, port)
+	user := cmpOr(spec["user"], "root")
+	timeout := 10 * time.Second
+	if v := spec["connect_timeout"]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("ssh: spec.connect_timeout %q is not a duration", v)}
+		}
+		timeout = d
+	}
+	hostKey, err := hostKeyCallback(spec)
+	if err != nil {
+		return sshError("host key setup", addr, err)
+	}
+	auth, err := authMethods(spec)
+	if err != nil {
+		return sshError("credentials", addr, err)
+	}
+
+	runCtx := ctx
+	if a.Timeout > 0 {
+		var cancel context.CancelFunc
+		runCtx, cancel = context.WithTimeout(ctx, a.Timeout)
+		defer cancel()
+	}
+	dialer := net.Dialer{Timeout: timeout}
+	conn, err := dialer.DialContext(runCtx, "tcp", addr)
+	if err != nil {
+		return sshError("connection error", addr, err)
+	}
+	// The deadline bounds the banner and the handshake: a listener that
+	// accepts but never speaks SSH cannot hold the action.
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	c, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{User: user, Auth: auth, HostKeyCallback: hostKey, Timeout: timeout})
+	if err != nil {
+		conn.Close()
+		var keyErr *knownhosts.KeyError
+		var netErr net.Error
+		switch {
+		case errors.As(err, &keyErr), strings.Contains(err.Error(), "host key"):
+			return sshError("host key refused", addr, err)
+		case errors.As(err, &netErr) && netErr.Timeout():
+			return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("ssh timeout: %s did not complete the SSH handshake within %s", addr, timeout)}
+		case strings.Contains(err.Error(), "unable to authenticate"):
+			return sshError("authentication failed", addr, fmt.Errorf("user %s: %w", user, err))
+		}
+		return sshError("connection error", addr, err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	client := ssh.NewClient(c, chans, reqs)
+	defer client.Close()
+
+	session, err := client.NewSession()
+	if err != nil {
+		return sshError("connection lost", addr, err)
+	}
+	defer session.Close()
+	session.Stdout, session.Stderr = stdout, stderr
+	for k, v := range a.Env {
+		_ = session.Setenv(k, v) // servers may refuse; the command still runs
+	}
+	remote := buildRemoteCommand(a, spec, "/tmp/opsconductor-action-"+rand.Text()+".pid")
+	if remote.stdin != "" {
+		session.Stdin = strings.NewReader(remote.stdin)
+	}
+	done := make(chan error, 1)
+	go func() { done <- session.Run(remote.run) }()
+	select {
+	case err := <-done:
+		return sshExit(addr, err)
+	case <-runCtx.Done():
+	}
+	// Kill the action's process group from a second session on the same
+	// connection; closing the connection is the last resort.
+	if killer, err := client.NewSession(); err == nil {
+		if remote.stdin != "" && spec["become"] == "true" {
+			killer.Stdin = strings.NewReader(cmpOr(spec["become_password"], spec["password"]) + "\n")
+		}
+		_ = killer.Run(remote.kill)
+		killer.Close()
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		client.Close()
+		<-done
+	}
+	if ctx.Err() != nil {
+		return Result{Status: StatusCancelled, ExitCode: -1, Error: "cancelled"}
+	}
+	return Result{Status: StatusTimedOut, ExitCode: -1, Error: fmt.Sprintf("timed out after %s", a.Timeout)}
+}
+
+func cmpOr(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+// remoteCommand is an action's remote command line, what goes on its
+// stdin, and the command that kills it (see groupWrap).
+type remoteCommand struct {
+	run, stdin, kill string
+}
+
+// buildRemoteCommand builds the remote command for a. A script goes on
+// stdin to "sh -s", except under become: there stdin carries sudo's
+// password, so the script travels as an argument instead (a password line
+// must never reach a shell that did not ask for it).
+func buildRemoteCommand(a Action, spec map[string]string, pidFile string) remoteCommand {
+	become := spec["become"] == "true"
+	cmd, stdin := a.Command, ""
+	switch {
+	case cmd == "" && become:
+		cmd = "sh -c " + shellQuote(a.Script)
+	case cmd == "":
+		cmd, stdin = "sh -s", a.Script
+	}
+	if a.WorkingDir != "" {
+		cmd = "cd " + shellQuote(a.WorkingDir) + " && " + cmd
+	}
+	pid := shellQuote(pidFile)
+	kill := "test -f " + pid + " && p=$(cat " + pid + ") && kill -TERM -$p 2>/dev/null; sleep 1; kill -KILL -$p 2>/dev/null; true"
+	if !become {
+		return remoteCommand{run: groupWrap(cmd, pidFile), stdin: stdin, kill: kill}
+	}
+	password := cmpOr(spec["become_password"], spec["password"])
+	if password == "" {
+		// -n: fail at once instead of waiting for a password nobody sends.
+		return remoteCommand{run: groupWrap("sudo -n sh -c "+shellQuote(cmd), pidFile), kill: "sudo -n sh -c " + shellQuote(kill)}
+	}
+	// -S reads the password from stdin; -k makes sudo ask for it even
+	// when a cached credential exists, so the line is always consumed.
+	sudo := "sudo -k -S -p '' sh -c "
+	return remoteCommand{run: groupWrap(sudo+shellQuote(cmd), pidFile), stdin: password + "\n" + stdin, kill: sudo + shellQuote(kill)}
+}
+
+// groupWrap runs cmd in a session of its own (setsid) and records its
+// process group in pidFile, so a cancel can kill everything the action
+// started: sshd leaves a session without a pty running when its
+// connection closes, and it refuses signal requests for root logins. The
+// user's login shell must be POSIX. Stdin is passed through fd 3 because
+// a background job's stdin is otherwise /dev/null.
+func groupWrap(cmd, pidFile string) string {
+	pid := shellQuote(pidFile)
+	return "exec 3<&0; setsid sh -c " + shellQuote(cmd) + " <&3 3<&- & p=$!; exec 3<&-; echo $p > " + pid +
+		"; wait $p; rc=$?; rm -f " + pid + "; exit $rc"
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+func sshExit(addr string, err error) Result {
+	if err == nil {
+		return Result{Status: StatusSucceeded}
+	}
+	var exitErr *ssh.ExitError
+	var missing *ssh.ExitMissingError
+	switch {
+	case errors.As(err, &exitErr) && exitErr.Signal() != "":
+		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("killed by signal %s on %s", exitErr.Signal(), addr)}
+	case errors.As(err, &exitErr):
+		return Result{Status: StatusFailed, ExitCode: exitErr.ExitStatus(), Error: fmt.Sprintf("exited with code %d on %s", exitErr.ExitStatus(), addr)}
+	case errors.As(err, &missing):
+		return sshError("connection lost", addr, errors.New("the command's exit status never arrived"))
+	}
+	return sshError("connection lost", addr, err)
+}
+
+// hostKeyCallback verifies the server: a pinned fingerprint, or the
+// known_hosts file (strict: an unknown host is refused too).
+func hostKeyCallback(spec map[string]string) (ssh.HostKeyCallback, error) {
+	if fp := spec["host_key_fingerprint"]; fp != "" {
+		return func(hostname string, _ net.Addr, key ssh.PublicKey) error {
+			if got := ssh.FingerprintSHA256(key); got != fp {
+				return fmt.Errorf("host key of %s is %s, but %s is pinned", hostname, got, fp)
+			}
+			return nil
+		}, nil
+	}
+	path := spec["known_hosts"]
+	if path == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return nil, err
+		}
+		path = filepath.Join(home, ".ssh", "known_hosts")
+	}
+	check, err := knownhosts.New(path)
+	if err != nil {
+		return nil, fmt.Errorf("known_hosts %s: %w", path, err)
+	}
+	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+		err := check(hostname, remote, key)
+		var keyErr *knownhosts.KeyError
+		if errors.As(err, &keyErr) && len(keyErr.Want) > 0 {
+			want := make([]string, len(keyErr.Want))
+			for i, k := range keyErr.Want {
+				want[i] = ssh.FingerprintSHA256(k.Key)
+			}
+			return fmt.Errorf("host key mismatch for %s: it offered %s, known_hosts has %s", hostname, ssh.FingerprintSHA256(key), strings.Join(want, ", "))
+		}
+		if errors.As(err, &keyErr) {
+			return fmt.Errorf("host %s (key %s) is not in %s", hostname, ssh.FingerprintSHA256(key), path)
+		}
+		return err
+	}, nil
+}
+
+// authMethods are the ways to log in the spec offers: a key file, a
+// password (also for keyboard-interactive prompts).
+func authMethods(spec map[string]string) ([]ssh.AuthMethod, error) {
+	var methods []ssh.AuthMethod
+	if path := spec["key_file"]; path != "" {
+		pem, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("key_file: %w", err)
+		}
+		signer, err := ssh.ParsePrivateKey(pem)
+		if err != nil {
+			return nil, fmt.Errorf("key_file %s: %w", path, err)
+		}
+		methods = append(methods, ssh.PublicKeys(signer))
+	}
+	if pw := spec["password"]; pw != "" {
+		methods = append(methods, ssh.Password(pw), ssh.KeyboardInteractive(func(_, _ string, questions []string, _ []bool) ([]string, error) {
+			answers := make([]string, len(questions))
+			for i := range answers {
+				answers[i] = pw
+			}
+			return answers, nil
+		}))
+	}
+	if len(methods) == 0 {
+		return nil, errors.New("spec needs key_file or password")
+	}
+	return methods, nil
+}

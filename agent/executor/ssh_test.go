@@ -1,0 +1,322 @@
+package executor
+
+import (
+	"bufio"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// The SSH tests run against Debian's real OpenSSH server, started on a
+// loopback port with its own host key and authorized_keys. .ci/run
+// installs openssh-server and creates the unprivileged account below
+// (password login, sudo with its password) for the become tests.
+const (
+	sshTestUser     = "opsconductor-test"
+	sshTestPassword = "Opsc0nductor-Test"
+)
+
+// sshServer is one running sshd and the files a client needs for it.
+type sshServer struct {
+	port       string
+	keyFile    string // the client's private key, authorized for every user
+	knownHosts string // a known_hosts line for the server's real key
+	otherHosts string // a known_hosts line for the same address but another key
+	hostKey    ssh.PublicKey
+}
+
+func writeKey(t *testing.T, path string) ssh.PublicKey {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sshPub, err := ssh.NewPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sshPub
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+// startSSHD starts sshd for the test and stops it when the test ends.
+func startSSHD(t *testing.T) *sshServer {
+	t.Helper()
+	sshd := "/usr/sbin/sshd"
+	if _, err := os.Stat(sshd); err != nil || os.Getuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("the SSH tests need root and %s (installed by .ci/run): %v", sshd, err)
+		}
+		t.Skip("needs root and openssh-server; .ci/run provides both")
+	}
+	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	hostKey := writeKey(t, filepath.Join(dir, "host_key"))
+	clientKey := writeKey(t, filepath.Join(dir, "client_key"))
+	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), ssh.MarshalAuthorizedKey(clientKey), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The temp dir must be readable by the unprivileged user, whose
+	// session sshd runs as that user.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	port := freePort(t)
+	config := strings.Join([]string{
+		"Port " + port,
+		"ListenAddress 127.0.0.1",
+		"HostKey " + filepath.Join(dir, "host_key"),
+		"AuthorizedKeysFile " + filepath.Join(dir, "authorized_keys"),
+		"PermitRootLogin prohibit-password",
+		"PasswordAuthentication yes",
+		"KbdInteractiveAuthentication no",
+		"UsePAM no",
+		"StrictModes no",
+		"PidFile none",
+		"AcceptEnv GREETING",
+		"LogLevel VERBOSE",
+	}, "\n") + "\n"
+	configFile := filepath.Join(dir, "sshd_config")
+	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logFile, err := os.Create(filepath.Join(dir, "sshd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sshd, "-D", "-e", "-f", configFile)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		logFile.Close()
+		if t.Failed() {
+			log, _ := os.ReadFile(logFile.Name())
+			t.Logf("sshd log:\n%s", log)
+		}
+	})
+	// Ready when it answers with its banner.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+port, time.Second)
+		if err == nil {
+			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			line, rerr := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if rerr == nil && strings.HasPrefix(line, "SSH-2.0-") {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sshd did not start on port %s", port)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	addr := knownhosts.Normalize("127.0.0.1:" + port)
+	known := filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(known, []byte(knownhosts.Line([]string{addr}, hostKey)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other_known_hosts")
+	otherKey := writeKey(t, filepath.Join(dir, "unused_key"))
+	if err := os.WriteFile(other, []byte(knownhosts.Line([]string{addr}, otherKey)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &sshServer{port: port, keyFile: filepath.Join(dir, "client_key"), knownHosts: known, otherHosts: other, hostKey: hostKey}
+}
+
+// spec is the action spec for user on the server, plus extra settings.
+func (s *sshServer) spec(user string, extra ...string) map[string]string {
+	spec := map[string]string{"host": "127.0.0.1", "port": s.port, "user": user, "known_hosts": s.knownHosts}
+	if user == "root" {
+		spec["key_file"] = s.keyFile
+	} else {
+		spec["password"] = sshTestPassword
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		if extra[i+1] == "" {
+			delete(spec, extra[i])
+			continue
+		}
+		spec[extra[i]] = extra[i+1]
+	}
+	return spec
+}
+
+func TestSSH(t *testing.T) {
+	srv := startSSHD(t)
+	// A port nothing listens on, and a listener that never speaks SSH.
+	closedPort := freePort(t)
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	go func() {
+		for {
+			conn, err := silent.Accept()
+			if err != nil {
+				return
+			}
+			defer conn.Close() // held open, never written to
+		}
+	}()
+	silentPort := strconv.Itoa(silent.Addr().(*net.TCPAddr).Port)
+	dir := t.TempDir()
+
+	tests := []struct {
+		name       string
+		action     Action
+		wantStatus string
+		wantCode   int
+		wantOut    string
+		wantErr    []string
+	}{
+		{name: "key auth", action: Action{Command: "echo hi; id -un", Spec: srv.spec("root")},
+			wantStatus: StatusSucceeded, wantOut: "hi\nroot\n"},
+		{name: "exit code", action: Action{Command: "echo x; exit 7", Spec: srv.spec("root")},
+			wantStatus: StatusFailed, wantCode: 7, wantOut: "x\n", wantErr: []string{"exited with code 7"}},
+		{name: "script on stdin", action: Action{Script: "a=1\necho $((a+1))\n", Spec: srv.spec("root")},
+			wantStatus: StatusSucceeded, wantOut: "2\n"},
+		{name: "env and working dir", action: Action{Command: `echo "$GREETING $(pwd)"`, Env: map[string]string{"GREETING": "hello"}, WorkingDir: dir, Spec: srv.spec("root")},
+			wantStatus: StatusSucceeded, wantOut: "hello " + dir + "\n"},
+		{name: "password auth", action: Action{Command: "id -un", Spec: srv.spec(sshTestUser)},
+			wantStatus: StatusSucceeded, wantOut: sshTestUser + "\n"},
+		{name: "become with sudo", action: Action{Command: "id -un", Spec: srv.spec(sshTestUser, "become", "true")},
+			wantStatus: StatusSucceeded, wantOut: "root\n"},
+		{name: "become runs a script", action: Action{Script: "u=$(id -un)\necho \"as $u\"\n", Spec: srv.spec(sshTestUser, "become", "true")},
+			wantStatus: StatusSucceeded, wantOut: "as root\n"},
+		{name: "pinned fingerprint", action: Action{Command: "echo pinned", Spec: srv.spec("root", "known_hosts", "", "host_key_fingerprint", ssh.FingerprintSHA256(srv.hostKey))},
+			wantStatus: StatusSucceeded, wantOut: "pinned\n"},
+		{name: "wrong password", action: Action{Command: "true", Spec: srv.spec(sshTestUser, "password", "not-the-password")},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"ssh authentication failed", "user " + sshTestUser}},
+		{name: "host key mismatch", action: Action{Command: "true", Spec: srv.spec("root", "known_hosts", srv.otherHosts)},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"host key refused", "host key mismatch", ssh.FingerprintSHA256(srv.hostKey)}},
+		{name: "wrong pinned fingerprint", action: Action{Command: "true", Spec: srv.spec("root", "known_hosts", "", "host_key_fingerprint", "SHA256:AAAA")},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"host key refused", ssh.FingerprintSHA256(srv.hostKey), "SHA256:AAAA is pinned"}},
+		{name: "closed port", action: Action{Command: "true", Spec: srv.spec("root", "port", closedPort)},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"ssh connection error", "127.0.0.1:" + closedPort}},
+		{name: "no banner", action: Action{Command: "true", Spec: srv.spec("root", "port", silentPort, "connect_timeout", "300ms")},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"ssh timeout", "within 300ms"}},
+		{name: "no host", action: Action{Command: "true", Spec: map[string]string{}},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"spec.host is required"}},
+		{name: "timeout", action: Action{Command: "echo started; sleep 30", Timeout: time.Second, Spec: srv.spec("root")},
+			wantStatus: StatusTimedOut, wantCode: -1, wantOut: "started\n", wantErr: []string{"timed out"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr syncBuffer
+			res := SSH{}.Execute(context.Background(), tt.action, &stdout, &stderr)
+			if res.Status != tt.wantStatus || res.ExitCode != tt.wantCode {
+				t.Fatalf("result = %+v, want status %s code %d (stderr %q)", res, tt.wantStatus, tt.wantCode, stderr.String())
+			}
+			if stdout.String() != tt.wantOut {
+				t.Fatalf("stdout = %q, want %q (stderr %q)", stdout.String(), tt.wantOut, stderr.String())
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(res.Error, want) {
+					t.Fatalf("error = %q, want it to contain %q", res.Error, want)
+				}
+			}
+		})
+	}
+}
+
+// TestSSHCancelKillsRemoteProcesses shows a cancel ends the remote action
+// and everything it started, not only the SSH session.
+func TestSSHCancelKillsRemoteProcesses(t *testing.T) {
+	srv := startSSHD(t)
+	cases := []struct {
+		name string
+		spec map[string]string
+	}{
+		{name: "root", spec: srv.spec("root")},
+		{name: "unprivileged", spec: srv.spec(sshTestUser)},
+		{name: "become", spec: srv.spec(sshTestUser, "become", "true")},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			// t.TempDir's parent is private to root; the remote user
+			// must be able to write the pid file.
+			pidDir, err := os.MkdirTemp("", "ssh-cancel-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(pidDir) })
+			if err := os.Chmod(pidDir, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			pidFile := filepath.Join(pidDir, "pid")
+			ctx, cancel := context.WithCancel(context.Background())
+			var stdout, stderr syncBuffer
+			done := make(chan Result, 1)
+			// The background sleep is a grandchild: killing only the
+			// session's shell would leave it running.
+			action := Action{Command: fmt.Sprintf("sleep 300 & echo $! > %s; echo started; wait", pidFile), Spec: tc.spec}
+			go func() { done <- SSH{}.Execute(ctx, action, &stdout, &stderr) }()
+
+			var pid int
+			deadline := time.Now().Add(10 * time.Second)
+			for pid == 0 {
+				if b, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(b), "\n") {
+					pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the remote command did not start (stderr %q)", stderr.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			cancel()
+			select {
+			case res := <-done:
+				if res.Status != StatusCancelled {
+					t.Fatalf("result = %+v, want cancelled", res)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Execute did not return within 10s of the cancel")
+			}
+			for syscall.Kill(pid, 0) == nil {
+				if time.Now().After(deadline.Add(5 * time.Second)) {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+					t.Fatalf("remote process %d still runs after the cancel", pid)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
