@@ -489,6 +489,11 @@ func (g *Gateway) RunReaper(ctx context.Context) error {
 			}
 			g.hub.Publish(ctx, keys...)
 		}
+		if n, err := g.store.ExecutionReleaseStranded(ctx, time.Now()); err != nil && ctx.Err() == nil {
+			g.logger.Error("release stranded queued executions", zap.Error(err))
+		} else if n > 0 {
+			g.logger.Warn("released queued executions whose predecessor had finished", zap.Int("predecessors", n))
+		}
 		n, err := g.store.TaskExpireQueued(ctx, time.Now(), g.nudge)
 		if err != nil && ctx.Err() == nil {
 			g.logger.Error("expire queued tasks", zap.Error(err))

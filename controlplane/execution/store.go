@@ -179,6 +179,29 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.Ping(ctx) }
 
 func now() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
+// latestUnfinished is the newest queued or running execution of a job,
+// locked so it cannot finish before the caller commits: an execution that
+// finished between the read and the commit would already have released
+// its waiters, and one queued behind it would wait forever.
+func latestUnfinished(ctx context.Context, tx *store.Tx, jobID string) (string, error) {
+	for {
+		var id string
+		err := tx.QueryRowContext(ctx, `SELECT id FROM executions WHERE job_id = $1 AND status IN ($2, $3) ORDER BY created_at DESC, id DESC LIMIT 1`,
+			jobID, ExecQueued, ExecRunning).Scan(&id)
+		if err != nil {
+			return "", err
+		}
+		var status string
+		if err := tx.QueryRowContext(ctx, `SELECT status FROM executions WHERE id = $1`+store.ForUpdate(tx), id).Scan(&status); err != nil {
+			return "", err
+		}
+		if status == ExecQueued || status == ExecRunning {
+			return id, nil
+		}
+		// It finished while we waited for its lock; look again.
+	}
+}
+
 // ExecutionCreate stores an execution and its tasks, all queued, with the
 // execution.created event, in one transaction. concurrency applies the
 // job's policy against its other unfinished executions (under a per-job
@@ -206,9 +229,7 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 			return fmt.Errorf("lock job %s: %w", e.JobID, err)
 		}
 		if concurrency == ConcurrencySkip || concurrency == ConcurrencyQueue {
-			var running string
-			err := tx.QueryRowContext(ctx, `SELECT id FROM executions WHERE job_id = $1 AND status IN ($2, $3) ORDER BY created_at DESC, id DESC LIMIT 1`,
-				e.JobID, ExecQueued, ExecRunning).Scan(&running)
+			running, err := latestUnfinished(ctx, tx, e.JobID)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
 			case err != nil:
@@ -251,7 +272,8 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 				batch = i / e.BatchSize
 			}
 			var expires sql.NullTime
-			if e.WaitingFor == "" && t.QueueTimeout > 0 {
+			// A later batch's queue deadline starts when its batch opens.
+			if e.WaitingFor == "" && t.QueueTimeout > 0 && batch == 0 {
 				expires = sql.NullTime{Time: e.CreatedAt.Add(t.QueueTimeout).UTC(), Valid: true}
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at,
@@ -939,7 +961,7 @@ func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit 
 			var queueSecs int64
 			err := tx.QueryRowContext(ctx, `SELECT t.execution_id, t.agent_id, t.agent_name, t.queue_timeout_seconds, e.on_agent_loss
 				FROM tasks t JOIN executions e ON e.id = t.execution_id
-				WHERE t.id = $1 AND t.lease_generation = $2 AND t.status = $3 AND t.lease_expires_at < $4`,
+				WHERE t.id = $1 AND t.lease_generation = $2 AND t.status = $3 AND t.lease_expires_at < $4`+lockTaskRow(tx),
 				l.id, l.gen, TaskRunning, at.UTC()).Scan(&lt.ExecutionID, &lt.AgentID, &agentName, &queueSecs, &onLoss)
 			if errors.Is(err, sql.ErrNoRows) {
 				return nil // completed or extended meanwhile
@@ -972,9 +994,13 @@ func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit 
 					Error: why + "; re-queued", Time: timestamppb.New(end),
 				})
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3, lease_expires_at = NULL
-				WHERE id = $4 AND lease_generation = $5 AND status = $6`, TaskLost, why, end, l.id, l.gen, TaskRunning); err != nil {
+			res, err := tx.ExecContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3, lease_expires_at = NULL
+				WHERE id = $4 AND lease_generation = $5 AND status = $6 AND lease_expires_at < $7`, TaskLost, why, end, l.id, l.gen, TaskRunning, at.UTC())
+			if err != nil {
 				return fmt.Errorf("expire task %s: %w", l.id, err)
+			}
+			if n, _ := res.RowsAffected(); n != 1 {
+				return nil // completed or extended meanwhile
 			}
 			lost = append(lost, lt)
 			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
@@ -1143,6 +1169,10 @@ func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end t
 			if _, err := tx.ExecContext(ctx, `UPDATE executions SET current_batch = current_batch + 1, batch_ready_at = $1 WHERE id = $2`, ready, executionID); err != nil {
 				return fmt.Errorf("open the next batch of %s: %w", executionID, err)
 			}
+			// Its tasks could not be claimed before; their wait starts now.
+			if err := startQueueDeadlines(ctx, tx, executionID, currentBatch+1, ready); err != nil {
+				return err
+			}
 			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.batch", ExecutionId: executionID,
 				Status: fmt.Sprintf("batch %d of %d", currentBatch+2, lastBatch+1), Time: timestamppb.New(ready)}); err != nil {
 				return err
@@ -1238,28 +1268,79 @@ func releaseWaiting(ctx context.Context, tx *store.Tx, executionID string, at ti
 	}
 	rows.Close()
 	for _, id := range released {
-		rows, err := tx.QueryContext(ctx, `SELECT id, queue_timeout_seconds FROM tasks WHERE execution_id = $1 AND status = $2`, id, TaskQueued)
-		if err != nil {
-			return fmt.Errorf("read tasks of %s: %w", id, err)
+		if err := startQueueDeadlines(ctx, tx, id, 0, at); err != nil {
+			return err
 		}
-		deadlines := map[string]int64{}
-		for rows.Next() {
-			var tid string
-			var secs int64
-			if err := rows.Scan(&tid, &secs); err != nil {
-				rows.Close()
-				return err
-			}
-			deadlines[tid] = secs
+	}
+	return nil
+}
+
+// lockTaskRow locks the task row of a query joining tasks t with their
+// execution, and only it: the lock order everywhere is task, then
+// execution. SQLite serializes transactions and needs no row locks.
+func lockTaskRow(tx *store.Tx) string {
+	if tx.Dialect() == store.Postgres {
+		return " FOR UPDATE OF t"
+	}
+	return ""
+}
+
+// ExecutionReleaseStranded releases executions queued behind one that has
+// already finished (a safety net: the finishing transaction releases its
+// waiters itself) and returns how many it released.
+func (s *Store) ExecutionReleaseStranded(ctx context.Context, at time.Time) (int, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT w.waiting_for FROM executions w JOIN executions e ON e.id = w.waiting_for
+		WHERE w.waiting_for <> '' AND e.status NOT IN ($1, $2)`, ExecQueued, ExecRunning)
+	if err != nil {
+		return 0, fmt.Errorf("find executions waiting for finished ones: %w", err)
+	}
+	var finished []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, err
 		}
-		rows.Close()
-		for tid, secs := range deadlines {
-			if secs <= 0 {
-				continue
-			}
-			if _, err := tx.ExecContext(ctx, `UPDATE tasks SET queue_expires_at = $1 WHERE id = $2`, at.Add(time.Duration(secs)*time.Second).UTC(), tid); err != nil {
-				return fmt.Errorf("start queue deadline of task %s: %w", tid, err)
-			}
+		finished = append(finished, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("find executions waiting for finished ones: %w", err)
+	}
+	for _, id := range finished {
+		if err := s.db.InTx(ctx, func(tx *store.Tx) error { return releaseWaiting(ctx, tx, id, at) }); err != nil {
+			return 0, err
+		}
+	}
+	return len(finished), nil
+}
+
+// startQueueDeadlines starts the queue deadline of the queued tasks in one
+// batch of an execution: the time they may wait for their agent counts
+// from when they could first be claimed, not from when they were created.
+func startQueueDeadlines(ctx context.Context, tx *store.Tx, executionID string, batch int, at time.Time) error {
+	rows, err := tx.QueryContext(ctx, `SELECT id, queue_timeout_seconds FROM tasks WHERE execution_id = $1 AND status = $2 AND batch = $3 AND queue_timeout_seconds > 0`,
+		executionID, TaskQueued, batch)
+	if err != nil {
+		return fmt.Errorf("read tasks of %s: %w", executionID, err)
+	}
+	deadlines := map[string]int64{}
+	for rows.Next() {
+		var tid string
+		var secs int64
+		if err := rows.Scan(&tid, &secs); err != nil {
+			rows.Close()
+			return err
+		}
+		deadlines[tid] = secs
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read tasks of %s: %w", executionID, err)
+	}
+	for tid, secs := range deadlines {
+		if _, err := tx.ExecContext(ctx, `UPDATE tasks SET queue_expires_at = $1 WHERE id = $2`, at.Add(time.Duration(secs)*time.Second).UTC(), tid); err != nil {
+			return fmt.Errorf("start queue deadline of task %s: %w", tid, err)
 		}
 	}
 	return nil

@@ -427,6 +427,71 @@ func TestStoreContract(t *testing.T) {
 				}
 			})
 
+			t.Run("a later batch's queue deadline starts when its batch opens", func(t *testing.T) {
+				b := setup(t, d)
+				// Created 11 s ago: the first batch's 10 s are over.
+				created := time.Now().UTC().Add(-11 * time.Second)
+				tasks := []TaskRecord{
+					{ID: "q-t0", AgentID: "q1", AgentName: "q1", OutputLimit: 64, QueueTimeout: 10 * time.Second},
+					{ID: "q-t1", AgentID: "q2", AgentName: "q2", OutputLimit: 64, QueueTimeout: 10 * time.Second},
+				}
+				rec := ExecutionRecord{ID: "q", JobID: "job-q", JobName: "job", JobVersion: 1, Snapshot: []byte(`{}`), CorrelationID: "c", CreatedAt: created, BatchSize: 1}
+				if _, err := b.st.ExecutionCreate(b.ctx, rec, tasks, ConcurrencyAllow, nil); err != nil {
+					t.Fatal(err)
+				}
+				// The first batch's agent never comes: its task expires, the
+				// second batch opens, and its task gets its own 10 s.
+				n, err := b.st.TaskExpireQueued(b.ctx, time.Now(), nil)
+				if err != nil || n != 1 {
+					t.Fatalf("first expiry pass = %d, %v; want 1 (only the open batch)", n, err)
+				}
+				if task, _ := b.st.TaskGet(b.ctx, "q-t1"); task.Status != TaskQueued {
+					t.Fatalf("second batch's task = %+v, want still queued", task)
+				}
+				if n, err := b.st.TaskExpireQueued(b.ctx, time.Now().Add(5*time.Second), nil); err != nil || n != 0 {
+					t.Fatalf("second pass = %d, %v; want 0 (deadline counts from the batch opening)", n, err)
+				}
+				if n, err := b.st.TaskExpireQueued(b.ctx, time.Now().Add(11*time.Second), nil); err != nil || n != 1 {
+					t.Fatalf("third pass = %d, %v; want 1", n, err)
+				}
+			})
+
+			t.Run("an execution queued behind a finished one is released", func(t *testing.T) {
+				b := setup(t, d)
+				mk := func(id string) {
+					rec := ExecutionRecord{ID: id, JobID: "job-s", JobName: "job", JobVersion: 1, Snapshot: []byte(`{}`), CorrelationID: "c", CreatedAt: time.Now().UTC()}
+					tasks := []TaskRecord{{ID: id + "-t0", AgentID: "s1", AgentName: "s1", OutputLimit: 64, QueueTimeout: time.Hour}}
+					if _, err := b.st.ExecutionCreate(b.ctx, rec, tasks, ConcurrencyQueue, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+				mk("s-first")
+				mk("s-second")
+				if e, _ := b.st.ExecutionGet(b.ctx, "s-second"); e.WaitingFor != "s-first" {
+					t.Fatalf("second execution waits for %q, want s-first", e.WaitingFor)
+				}
+				// The race the safety net covers: the first finished without
+				// seeing the second (simulated by finishing it behind the
+				// store's back).
+				if _, err := b.st.db.ExecContext(b.ctx, `UPDATE executions SET status = $1 WHERE id = $2`, ExecSucceeded, "s-first"); err != nil {
+					t.Fatal(err)
+				}
+				if n, err := b.st.ExecutionReleaseStranded(b.ctx, time.Now()); err != nil || n != 1 {
+					t.Fatalf("release = %d, %v; want 1", n, err)
+				}
+				e, _ := b.st.ExecutionGet(b.ctx, "s-second")
+				var hasDeadline bool
+				if err := b.st.db.QueryRowContext(b.ctx, `SELECT queue_expires_at IS NOT NULL FROM tasks WHERE id = $1`, "s-second-t0").Scan(&hasDeadline); err != nil {
+					t.Fatal(err)
+				}
+				if e.WaitingFor != "" || !hasDeadline {
+					t.Fatalf("after release: waiting_for %q, queue deadline started %v", e.WaitingFor, hasDeadline)
+				}
+				if n, err := b.st.ExecutionReleaseStranded(b.ctx, time.Now()); err != nil || n != 0 {
+					t.Fatalf("second release = %d, %v; want 0", n, err)
+				}
+			})
+
 			t.Run("1000 tasks, 20 claimers, each task claimed once", func(t *testing.T) {
 				b := setup(t, d)
 				for e := 0; e < 50; e++ {
