@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"slices"
 	"strings"
 	"sync"
 )
@@ -52,6 +53,17 @@ func (b *outputBuffer) setSecrets(secrets []string) {
 		b.secrets = append(b.secrets, s)
 		b.keep = max(b.keep, len(s)-1)
 	}
+	// Longest first: a secret containing another must go whole, not
+	// leave its remainder showing around the shorter one's mask.
+	slices.SortFunc(b.secrets, func(x, y string) int { return len(y) - len(x) })
+}
+
+// maskString masks secrets in a message that does not go through the
+// output stream (an error, a refusal reason).
+func (b *outputBuffer) maskString(s string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return string(b.mask([]byte(s)))
 }
 
 func (b *outputBuffer) mask(p []byte) []byte {

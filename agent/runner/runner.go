@@ -211,7 +211,7 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: command, Script: script,
 			Env: env, WorkingDir: dir, Timeout: a.GetTimeout().AsDuration(), Spec: spec,
 		}
-		if why := r.refuse(t, rendered(a, t.GetParameters())); why != "" {
+		if why := buf.maskString(r.refuse(t, rendered(a, t.GetParameters()))); why != "" {
 			// The last line of defence: the control plane checks too, but
 			// the agent runs the command and has the final say.
 			out.Status, out.ExitCode, out.Error = executor.StatusFailed, -1, why
@@ -263,6 +263,7 @@ func (r *Runner) attempts(ctx context.Context, act executor.Action, policy *opsc
 	for n := 1; ; n++ {
 		start := time.Now()
 		res = r.executor.Execute(ctx, act, streamWriter{buf, act.Index, "stdout"}, streamWriter{buf, act.Index, "stderr"})
+		res.Error = buf.maskString(res.Error)
 		out.Attempts = append(out.Attempts, &opsconductorv1.Attempt{Number: int32(n), Status: res.Status, ExitCode: int32(res.ExitCode), Error: res.Error,
 			StartTime: timestamppb.New(start), EndTime: timestamppb.New(time.Now()), DelayBefore: durationpb.New(delay)})
 		if n >= b.Attempts || !b.Retries(res) || ctx.Err() != nil {
@@ -391,7 +392,12 @@ func (r *Runner) shipOutput(ctx context.Context, t *agentv1.TaskAssignment, buf 
 		case <-tick.C:
 		case <-buf.notify:
 		}
-		send(ctx)
+		// Not the task's context: output written as a task is cancelled
+		// or times out (its last lines, what it prints on SIGTERM) must
+		// still reach the control plane.
+		sendCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		send(sendCtx)
+		cancel()
 	}
 }
 

@@ -214,6 +214,42 @@ func TestOutputMasksSecretsAcrossWrites(t *testing.T) {
 	}
 }
 
+// TestSecretsMaskedEverywhere: a secret containing another is masked
+// whole, and a secret in a refusal reason (which quotes the rendered
+// command) never leaves the agent.
+func TestSecretsMaskedEverywhere(t *testing.T) {
+	b := newOutputBuffer(1 << 20)
+	b.setSecrets([]string{"abc", "xabcx"})
+	b.add(0, "stdout", []byte("[xabcx] [abc]"))
+	b.endAction(0)
+	var got strings.Builder
+	for _, c := range b.take() {
+		got.Write(c.data)
+	}
+	if got.String() != "[********] [********]" {
+		t.Fatalf("overlapping secrets shipped as %q", got.String())
+	}
+
+	checker, err := safety.New(safety.Config{ExtraRules: []safety.Rule{{
+		ID: "test.secret-marker", Severity: safety.Critical, Pattern: `opsconductor-marker`,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &fakeClient{}
+	tk := task(&opsconductorv1.Action{Name: "leaky", Command: "echo opsconductor-marker {{ .params.token }}"})
+	tk.Parameters = map[string]string{"token": "s3cr3t-value"}
+	tk.SecretValues = []string{"s3cr3t-value"}
+	New(c, &executor.Shell{}, checker, zaptest.NewLogger(t), Config{LeaseDuration: time.Minute}).Run(context.Background(), tk)
+	report := c.complete.GetError() + " " + c.complete.GetActions()[0].GetError()
+	if !strings.Contains(report, "refused") {
+		t.Fatalf("the action was not refused: %+v", c.complete)
+	}
+	if strings.Contains(report, "s3cr3t-value") {
+		t.Fatalf("the refusal leaks the secret: %q", report)
+	}
+}
+
 // TestRecoverFromJournal: entries a dead agent left are reported: a task
 // cut off mid-action as unknown (with the actions that finished), a
 // decided outcome as it was; the journal is then empty.
