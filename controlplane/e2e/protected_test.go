@@ -63,4 +63,14 @@ func TestProtectedTargets(t *testing.T) {
 	if len(ran.Execution.Tasks) != 2 {
 		t.Fatalf("operator's execution has %d tasks, want 2", len(ran.Execution.Tasks))
 	}
+	// Cancelling takes the same right as running: the developer may not
+	// stop the operator's run on production; the operator may (it may
+	// have ended already, which is a precondition failure, not a refusal).
+	cptest.Must(t, http.StatusForbidden)(as(t, s, dev, "POST", "/api/v1/executions/"+ran.Execution.ID+"/cancel", map[string]any{}, &refusal))
+	if !strings.Contains(refusal.Message, "prod-1") {
+		t.Fatalf("cancel refusal = %q, want it to name the protected agent", refusal.Message)
+	}
+	if code := as(t, s, op, "POST", "/api/v1/executions/"+ran.Execution.ID+"/cancel", map[string]any{}, nil); code != http.StatusOK && code != http.StatusBadRequest {
+		t.Fatalf("operator's cancel = %d, want 200 or 400", code)
+	}
 }

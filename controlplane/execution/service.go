@@ -456,17 +456,60 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 			return nil, err
 		}
 	}
-	e, err := s.run(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values})
+	// And the parent's merged policy: overrides given at its run (a
+	// batch size, say) hold for the retry too.
+	var pol *opsconductorv1.ExecutionPolicy
+	if len(parent.Policy) > 0 {
+		pol = &opsconductorv1.ExecutionPolicy{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(parent.Policy, pol); err != nil {
+			return nil, fmt.Errorf("decode policy of execution %s: %w", parent.ID, err)
+		}
+	}
+	e, err := s.run(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values, policy: pol})
 	if err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&opsconductorv1.RetryExecutionResponse{Execution: e}), nil
 }
 
+// mayTouch checks the caller may run the execution's job on its targets
+// (those still enrolled), as starting it required.
+func (s *Service) mayTouch(ctx context.Context, id string) error {
+	e, err := s.store.ExecutionGet(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return apperr.NotFound("execution %s not found", id)
+	}
+	if err != nil {
+		return err
+	}
+	tasks, err := s.store.TaskListByExecution(ctx, id)
+	if err != nil {
+		return err
+	}
+	job := &opsconductorv1.Job{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(e.Snapshot, job); err != nil {
+		return fmt.Errorf("decode snapshot of execution %s: %w", id, err)
+	}
+	targets := make([]*opsconductorv1.Target, len(tasks))
+	for i, t := range tasks {
+		targets[i] = &opsconductorv1.Target{AgentId: t.AgentID}
+	}
+	agents, _, err := s.resolver.ResolveTargets(ctx, targets)
+	if err != nil {
+		return fmt.Errorf("resolve targets of execution %s: %w", id, err)
+	}
+	return s.mayRun(ctx, job, agents)
+}
+
 func (s *Service) CancelExecution(ctx context.Context, req *connect.Request[opsconductorv1.CancelExecutionRequest]) (*connect.Response[opsconductorv1.CancelExecutionResponse], error) {
 	id := req.Msg.GetId()
 	if id == "" {
 		return nil, apperr.InvalidField("id", "must not be empty")
+	}
+	// Cancelling needs the same right as running: the job's and every
+	// target's scope, and protected agents.
+	if err := s.mayTouch(ctx, id); err != nil {
+		return nil, err
 	}
 	p, _ := auth.PrincipalFrom(ctx)
 	agents, err := s.store.ExecutionCancel(ctx, id, p.Name, req.Msg.GetReason(), s.nudge)
