@@ -255,7 +255,17 @@ func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots int) 
 	for _, c := range claims {
 		ta, cerr := toAssignment(c, g.cfg.Secrets)
 		if cerr != nil {
-			return out, cerr
+			// It cannot be delivered (a snapshot or sealed parameters this
+			// server cannot open): end it as failed, saying why, rather
+			// than leave it leased to an agent that never got it; the
+			// other claims still go out.
+			g.logger.Error("task cannot be delivered; failing it", zap.String("task_id", c.Task.ID),
+				zap.String("execution_id", c.Task.ExecutionID), zap.Error(cerr))
+			if ferr := g.store.TaskComplete(ctx, a.ID, c.Task.ID, c.Task.LeaseGeneration, execution.TaskFailed,
+				"the control plane could not deliver this task: "+cerr.Error(), nil, g.nudge); ferr != nil {
+				g.logger.Error("fail undeliverable task", zap.String("task_id", c.Task.ID), zap.Error(ferr))
+			}
+			continue
 		}
 		g.logger.Info("task leased", zap.String("task_id", c.Task.ID), zap.String("execution_id", c.Task.ExecutionID),
 			zap.String("agent_id", a.ID), zap.Int64("lease_generation", c.Task.LeaseGeneration), zap.String("correlation_id", c.CorrelationID))

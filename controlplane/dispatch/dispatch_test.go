@@ -350,3 +350,32 @@ func TestRotateKeyOverTheWire(t *testing.T) {
 		t.Fatalf("malformed key: %v", err)
 	}
 }
+
+// TestUndeliverableTaskFailsAlone: a task the control plane cannot turn
+// into an assignment (here a corrupt snapshot) ends failed with the reason,
+// and the other tasks claimed in the same poll are still delivered.
+func TestUndeliverableTaskFailsAlone(t *testing.T) {
+	b := setup(t)
+	_, err := b.execs.ExecutionCreate(context.Background(), execution.ExecutionRecord{
+		ID: "bad", JobID: "j", JobName: "job", JobVersion: 1, CreatedAt: time.Now().Add(-time.Second),
+		Snapshot: []byte(`{"name": 42}`),
+	}, []execution.TaskRecord{{ID: "bad-task", AgentID: b.agentID, AgentName: "a1", OutputLimit: 1024}}, execution.ConcurrencyAllow, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.queueTask(t, "good")
+	resp, err := b.poll(context.Background(), 2, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.GetTasks()) != 1 || resp.GetTasks()[0].GetTaskId() != "good-task" {
+		t.Fatalf("poll delivered %v, want only good-task", resp.GetTasks())
+	}
+	bad, err := b.execs.TaskGet(context.Background(), "bad-task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad.Status != execution.TaskFailed || !strings.Contains(bad.Error, "could not deliver") {
+		t.Fatalf("undeliverable task = %+v, want failed with the reason", bad)
+	}
+}
