@@ -137,7 +137,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	signer := identity.NewSigner(id.AgentID, id.PrivateKey)
 	client := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL, connect.WithInterceptors(signer.Interceptor()))
-	if a.cfg.KeyMaxAge > 0 && time.Since(id.KeyCreatedAt) > a.cfg.KeyMaxAge {
+	// A pending key is finished whatever the age: the control plane may
+	// already hold it as the current one.
+	if len(id.PendingKey) > 0 || (a.cfg.KeyMaxAge > 0 && time.Since(id.KeyCreatedAt) > a.cfg.KeyMaxAge) {
 		if err := a.rotateKey(ctx, client, signer, id); err != nil {
 			// The old key still works; try again at the next start.
 			a.logger.Warn("rotate agent key failed; keeping the current one", zap.Error(err))
@@ -242,18 +244,44 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-// rotateKey makes a new key, registers it (signed with the old one), then
-// saves and uses it. The control plane accepts the old key for a grace
-// period, so calls in flight are not refused.
+// rotateKey makes a new key, saves it as pending, registers it (signed
+// with the current key), then saves and uses it. The control plane accepts
+// the old key for a grace period, so calls in flight are not refused, but
+// only the current key may rotate: after a rotation whose reply was lost,
+// the pending key is tried first and adopted if the control plane has it.
 func (a *Agent) rotateKey(ctx context.Context, client agentv1connect.AgentServiceClient, signer *identity.Signer, id state.Identity) error {
-	key, err := identity.NewKey()
-	if err != nil {
-		return err
+	if len(id.PendingKey) == ed25519.PrivateKeySize {
+		pending := ed25519.PrivateKey(id.PendingKey)
+		pendingClient := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL,
+			connect.WithInterceptors(identity.NewSigner(id.AgentID, pending).Interceptor()))
+		_, err := pendingClient.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: pending.Public().(ed25519.PublicKey)}))
+		if err == nil {
+			return a.adoptKey(signer, id, pending)
+		}
+		if connect.CodeOf(err) != connect.CodeUnauthenticated {
+			return fmt.Errorf("check the pending key: %w", err)
+		}
+		// The control plane never got it: register it below.
+	} else {
+		key, err := identity.NewKey()
+		if err != nil {
+			return err
+		}
+		id.PendingKey = key
+		if err := a.state.Save(id); err != nil {
+			return fmt.Errorf("save the pending key: %w", err)
+		}
 	}
-	if _, err := client.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: key.Public().(ed25519.PublicKey)})); err != nil {
+	pending := ed25519.PrivateKey(id.PendingKey)
+	if _, err := client.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: pending.Public().(ed25519.PublicKey)})); err != nil {
 		return fmt.Errorf("register the new key: %w", err)
 	}
-	id.PrivateKey, id.KeyCreatedAt = key, time.Now().UTC()
+	return a.adoptKey(signer, id, pending)
+}
+
+// adoptKey makes key the agent's key, on disk and for signing.
+func (a *Agent) adoptKey(signer *identity.Signer, id state.Identity, key ed25519.PrivateKey) error {
+	id.PrivateKey, id.KeyCreatedAt, id.PendingKey = key, time.Now().UTC(), nil
 	if err := a.state.Save(id); err != nil {
 		return fmt.Errorf("save the new key (the control plane has it; the old one works for a while): %w", err)
 	}

@@ -21,6 +21,10 @@ type Identity struct {
 	PrivateKey   []byte    `json:"private_key"`
 	KeyCreatedAt time.Time `json:"key_created_at"`
 	ServerURL    string    `json:"server_url"`
+	// PendingKey is a key being rotated to: saved before the control plane
+	// is told, so a crash or a lost reply cannot leave the agent with a
+	// key the control plane no longer takes.
+	PendingKey []byte `json:"pending_key,omitempty"`
 }
 
 // ErrNoIdentity means the agent has not enrolled yet.

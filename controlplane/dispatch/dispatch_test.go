@@ -346,7 +346,16 @@ func TestRotateKeyOverTheWire(t *testing.T) {
 	if _, err := c.Poll(ctx, connect.NewRequest(&agentv1.PollRequest{Wait: durationpb.New(10 * time.Millisecond)})); err != nil {
 		t.Fatalf("poll with the new key: %v", err)
 	}
-	if _, err := b.agent.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: []byte("short")})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+	// The old key still signs calls during the grace period, but it may
+	// not rotate the identity again (a stolen old key would take it over).
+	if _, err := b.agent.Poll(ctx, connect.NewRequest(&agentv1.PollRequest{Wait: durationpb.New(10 * time.Millisecond)})); err != nil {
+		t.Fatalf("poll with the previous key in its grace period: %v", err)
+	}
+	thiefKey, _ := identity.NewKey()
+	if _, err := b.agent.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: thiefKey.Public().(ed25519.PublicKey)})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("rotation signed with the previous key: %v, want permission denied", err)
+	}
+	if _, err := c.RotateKey(ctx, connect.NewRequest(&agentv1.RotateKeyRequest{PublicKey: []byte("short")})); connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Fatalf("malformed key: %v", err)
 	}
 }

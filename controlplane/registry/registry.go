@@ -257,7 +257,22 @@ func (r *Registry) Authenticate(ctx context.Context, token string) (AgentRecord,
 	if agent.Revoked {
 		return AgentRecord{}, apperr.PermissionDenied("agent %s (%s) is revoked", agent.Name, agent.ID)
 	}
+	agent.SignedWithPreviousKey = !signedWith(token, agent.PublicKey)
 	return agent, nil
+}
+
+// signedWith reports whether the (already verified) token's signature is
+// by key.
+func signedWith(token string, key []byte) bool {
+	i := strings.LastIndexByte(token, '.')
+	if i < 0 {
+		return false
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(token[i+1:])
+	if err != nil {
+		return false
+	}
+	return jwt.SigningMethodEdDSA.Verify(token[:i], sig, ed25519.PublicKey(key)) == nil
 }
 
 func agentTokenReason(err error) string {
@@ -281,6 +296,11 @@ func agentTokenReason(err error) string {
 func (r *Registry) RotateKey(ctx context.Context, a AgentRecord, key []byte) error {
 	if len(key) != ed25519.PublicKeySize {
 		return apperr.InvalidField("public_key", "must be an Ed25519 public key (%d bytes)", ed25519.PublicKeySize)
+	}
+	if a.SignedWithPreviousKey {
+		// Else whoever holds a stolen old key could rotate the agent's
+		// identity to their own during the grace period.
+		return apperr.PermissionDenied("agent %s: a key rotation must be signed with the current key, not the previous one", a.Name)
 	}
 	if err := r.store.AgentRotateKey(ctx, a.ID, key, r.now().Add(r.cfg.KeyGrace)); err != nil {
 		return err

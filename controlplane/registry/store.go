@@ -48,6 +48,9 @@ type AgentRecord struct {
 	RevokedAt            *time.Time
 	// State is active, draining or paused.
 	State string
+	// SignedWithPreviousKey is set on the record Authenticate returns when
+	// the call was signed with the previous key (never stored).
+	SignedWithPreviousKey bool
 }
 
 // TokenRecord is a join token; only the hash of its secret is stored.
