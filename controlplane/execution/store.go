@@ -1155,8 +1155,10 @@ func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end t
 			}
 		}
 	}
-	if batchSize > 0 {
-		// Open the next batch once every task of the current one ended.
+	// Open the next batch once every task of the current one ended, and
+	// go on through batches whose tasks all ended already (their agents
+	// were revoked, say): no task end would ever open the one after.
+	for batchSize > 0 {
 		var unfinished, lastBatch int
 		if err := tx.QueryRowContext(ctx, `SELECT
 			(SELECT COUNT(*) FROM tasks WHERE execution_id = $1 AND batch <= $2 AND status IN ($3, $4)),
@@ -1164,20 +1166,22 @@ func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end t
 			executionID, currentBatch, TaskQueued, TaskRunning).Scan(&unfinished, &lastBatch); err != nil {
 			return fmt.Errorf("check batch of %s: %w", executionID, err)
 		}
-		if unfinished == 0 && currentBatch < lastBatch {
-			ready := end.Add(time.Duration(pauseMS) * time.Millisecond)
-			if _, err := tx.ExecContext(ctx, `UPDATE executions SET current_batch = current_batch + 1, batch_ready_at = $1 WHERE id = $2`, ready, executionID); err != nil {
-				return fmt.Errorf("open the next batch of %s: %w", executionID, err)
-			}
-			// Its tasks could not be claimed before; their wait starts now.
-			if err := startQueueDeadlines(ctx, tx, executionID, currentBatch+1, ready); err != nil {
-				return err
-			}
-			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.batch", ExecutionId: executionID,
-				Status: fmt.Sprintf("batch %d of %d", currentBatch+2, lastBatch+1), Time: timestamppb.New(ready)}); err != nil {
-				return err
-			}
+		if unfinished > 0 || currentBatch >= lastBatch {
+			break
 		}
+		ready := end.Add(time.Duration(pauseMS) * time.Millisecond)
+		if _, err := tx.ExecContext(ctx, `UPDATE executions SET current_batch = current_batch + 1, batch_ready_at = $1 WHERE id = $2`, ready, executionID); err != nil {
+			return fmt.Errorf("open the next batch of %s: %w", executionID, err)
+		}
+		// Its tasks could not be claimed before; their wait starts now.
+		if err := startQueueDeadlines(ctx, tx, executionID, currentBatch+1, ready); err != nil {
+			return err
+		}
+		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.batch", ExecutionId: executionID,
+			Status: fmt.Sprintf("batch %d of %d", currentBatch+2, lastBatch+1), Time: timestamppb.New(ready)}); err != nil {
+			return err
+		}
+		currentBatch++
 	}
 	return finishIfDone(ctx, tx, executionID, end)
 }

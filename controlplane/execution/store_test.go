@@ -386,6 +386,20 @@ func TestStoreContract(t *testing.T) {
 					complete("b3", u3, TaskSucceeded)
 				}
 
+				// A later batch whose tasks all ended before it opened (its
+				// agent was revoked) does not stall the rollout.
+				b.makeExecutionWith(t, ExecutionRecord{BatchSize: 1}, "r", "r1", "r2", "r3")
+				first := claim("r1")
+				if _, err := b.st.TaskLoseByAgent(b.ctx, "r2", "agent revoked", nil); err != nil {
+					t.Fatal(err)
+				}
+				complete("r1", first, TaskSucceeded)
+				if last := claim("r3"); last == "" {
+					t.Fatal("the third batch did not open after the second had nothing left to run")
+				} else {
+					complete("r3", last, TaskSucceeded)
+				}
+
 				// Exclusive: a second execution's task waits while the
 				// first runs on the same agent, and the reverse.
 				b.makeExecutionWith(t, ExecutionRecord{Exclusive: true}, "x1", "d1")
