@@ -162,6 +162,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		mu         sync.Mutex
 		running    = map[string]context.CancelCauseFunc{} // task id -> stop it
 		cancelling = map[string]bool{}                    // cancels already acted on
+		gens       = map[string]int64{}                   // task id -> lease generation running
 		slotFree   = make(chan struct{}, 1)
 	)
 	defer wg.Wait()
@@ -224,6 +225,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			taskCtx, stop := context.WithCancelCause(ctx)
 			mu.Lock()
 			running[t.GetTaskId()] = stop
+			gens[t.GetTaskId()] = t.GetLeaseGeneration()
+			delete(cancelling, t.GetTaskId())
 			mu.Unlock()
 			wg.Add(1)
 			go func() {
@@ -231,8 +234,14 @@ func (a *Agent) Run(ctx context.Context) error {
 				defer stop(nil)
 				run.Run(taskCtx, t)
 				mu.Lock()
-				delete(running, t.GetTaskId())
-				delete(cancelling, t.GetTaskId())
+				// Only our own entry: the task may have been leased to this
+				// agent again (a newer generation) while this attempt wound
+				// down after losing its lease.
+				if gens[t.GetTaskId()] == t.GetLeaseGeneration() {
+					delete(running, t.GetTaskId())
+					delete(cancelling, t.GetTaskId())
+					delete(gens, t.GetTaskId())
+				}
 				mu.Unlock()
 				select {
 				case slotFree <- struct{}{}:

@@ -142,7 +142,7 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 	}
 	forget := func() {
 		if r.cfg.Journal != nil {
-			_ = r.cfg.Journal.Remove(t.GetTaskId())
+			_ = r.cfg.Journal.Remove(t.GetTaskId(), t.GetLeaseGeneration())
 		}
 	}
 
@@ -320,7 +320,7 @@ func (r *Runner) Recover(ctx context.Context) {
 			r.logger.Warn("report a task left from before a restart; will try at the next start", zap.String("task_id", e.TaskID), zap.Error(err))
 			continue
 		}
-		_ = r.cfg.Journal.Remove(e.TaskID)
+		_ = r.cfg.Journal.Remove(e.TaskID, e.LeaseGeneration)
 	}
 }
 

@@ -35,8 +35,11 @@ type Journal struct {
 
 func (j Journal) dir() string { return filepath.Join(j.Dir, "journal") }
 
-func (j Journal) path(taskID string) string {
-	return filepath.Join(j.dir(), strings.ReplaceAll(taskID, string(filepath.Separator), "_")+".json")
+// path is one entry's file. It is per lease generation: a task leased
+// again to this agent (after a lost lease) must not share, and lose, the
+// entry of the attempt it replaces.
+func (j Journal) path(taskID string, gen int64) string {
+	return filepath.Join(j.dir(), fmt.Sprintf("%s.g%d.json", strings.ReplaceAll(taskID, string(filepath.Separator), "_"), gen))
 }
 
 // Save writes an entry atomically (and durably: the point is surviving a
@@ -65,12 +68,14 @@ func (j Journal) Save(e JournalEntry) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), j.path(e.TaskID))
+	return os.Rename(tmp.Name(), j.path(e.TaskID, e.LeaseGeneration))
 }
 
-// Remove forgets a task (once its outcome was reported).
-func (j Journal) Remove(taskID string) error {
-	err := os.Remove(j.path(taskID))
+// Remove forgets one attempt at a task (once its outcome was reported).
+func (j Journal) Remove(taskID string, gen int64) error {
+	// Entries written before the name carried the generation.
+	_ = os.Remove(filepath.Join(j.dir(), strings.ReplaceAll(taskID, string(filepath.Separator), "_")+".json"))
+	err := os.Remove(j.path(taskID, gen))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -42,3 +42,24 @@ func TestFileStore(t *testing.T) {
 		t.Fatal("incomplete identity accepted")
 	}
 }
+
+// TestJournalKeepsGenerationsApart: a task leased again to the same agent
+// has its own entry; forgetting the old attempt keeps the new one.
+func TestJournalKeepsGenerationsApart(t *testing.T) {
+	j := Journal{Dir: t.TempDir()}
+	for _, gen := range []int64{1, 2} {
+		if err := j.Save(JournalEntry{TaskID: "t1", LeaseGeneration: gen, Running: 0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := j.Remove("t1", 1); err != nil {
+		t.Fatal(err)
+	}
+	left, err := j.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 1 || left[0].LeaseGeneration != 2 {
+		t.Fatalf("journal after forgetting generation 1 = %+v, want only generation 2", left)
+	}
+}
