@@ -17,7 +17,7 @@ import (
 func TestDrain(t *testing.T) {
 	t.Parallel()
 	s := cptest.StartServer(t, "server", map[string]string{
-		"DATABASE_URL":              storetest.NewURL(t, store.SQLite),
+		"DATABASE_URL":              storetest.NewURL(t, store.Postgres),
 		"OPSCONDUCTOR_POLL_RECHECK": "500ms",
 	})
 	s.StartAgent(t, "drainee", "role=drainee", "--capacity", "4")

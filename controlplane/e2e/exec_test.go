@@ -44,7 +44,7 @@ func enrollIdle(t *testing.T, s *cptest.Server, name, labels string) {
 // 10 targets and batch_size 3 lists 4 batches and runs nothing.
 func TestExecAndPlan(t *testing.T) {
 	t.Parallel()
-	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite)})
+	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.Postgres)})
 	s.StartAgent(t, "web-1", "role=web")
 	s.StartAgent(t, "web-2", "role=web")
 	s.StartAgent(t, "db-1", "role=db")
