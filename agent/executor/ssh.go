@@ -13,15 +13,19 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
 // SSH runs actions on a remote host over SSH; the action's spec names the
 // host and how to log in:
 //
-//	host, port (22), user, key_file, password, known_hosts (default
-//	~/.ssh/known_hosts), host_key_fingerprint ("SHA256:..." pins the
-//	key instead), connect_timeout (10s), become ("true": run with sudo,
+//	host, port (22), user, key_file, password, agent_socket (an
+//	ssh-agent socket; "env" means $SSH_AUTH_SOCK), known_hosts (default
+//	~/.ssh/known_hosts), host_key_policy ("strict", the default, or
+//	"tofu": trust an unknown host's key on first use and record it in
+//	known_hosts), host_key_fingerprint ("SHA256:..." pins the key
+//	instead), connect_timeout (10s), become ("true": run with sudo,
 //	become_password or password as its password)
 //
 // Host keys are verified strictly; a mismatch names the host and both
@@ -58,10 +62,11 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 	if err != nil {
 		return sshError("host key setup", addr, err)
 	}
-	auth, err := authMethods(spec)
+	auth, closeAuth, err := authMethods(spec)
 	if err != nil {
 		return sshError("credentials", addr, err)
 	}
+	defer closeAuth()
 
 	runCtx := ctx
 	if a.Timeout > 0 {
@@ -232,6 +237,23 @@ func hostKeyCallback(spec map[string]string) (ssh.HostKeyCallback, error) {
 		}
 		path = filepath.Join(home, ".ssh", "known_hosts")
 	}
+	tofu := false
+	switch policy := cmpOr(spec["host_key_policy"], "strict"); policy {
+	case "strict":
+	case "tofu":
+		tofu = true
+		// The first host ever creates the file.
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			return nil, fmt.Errorf("known_hosts %s: %w", path, err)
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("known_hosts %s: %w", path, err)
+		}
+		f.Close()
+	default:
+		return nil, fmt.Errorf("spec.host_key_policy %q: want strict or tofu", policy)
+	}
 	check, err := knownhosts.New(path)
 	if err != nil {
 		return nil, fmt.Errorf("known_hosts %s: %w", path, err)
@@ -239,6 +261,20 @@ func hostKeyCallback(spec map[string]string) (ssh.HostKeyCallback, error) {
 	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
 		err := check(hostname, remote, key)
 		var keyErr *knownhosts.KeyError
+		if tofu && errors.As(err, &keyErr) && len(keyErr.Want) == 0 {
+			// Unknown host: trust this key and pin it from now on. One
+			// small O_APPEND write, so concurrent first contacts do not
+			// interleave.
+			f, ferr := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0o600)
+			if ferr != nil {
+				return fmt.Errorf("record the key of %s in %s: %w", hostname, path, ferr)
+			}
+			defer f.Close()
+			if _, ferr := f.WriteString(knownhosts.Line([]string{knownhosts.Normalize(hostname)}, key) + "\n"); ferr != nil {
+				return fmt.Errorf("record the key of %s in %s: %w", hostname, path, ferr)
+			}
+			return nil
+		}
 		if errors.As(err, &keyErr) && len(keyErr.Want) > 0 {
 			want := make([]string, len(keyErr.Want))
 			for i, k := range keyErr.Want {
@@ -253,20 +289,36 @@ func hostKeyCallback(spec map[string]string) (ssh.HostKeyCallback, error) {
 	}, nil
 }
 
-// authMethods are the ways to log in the spec offers: a key file, a
-// password (also for keyboard-interactive prompts).
-func authMethods(spec map[string]string) ([]ssh.AuthMethod, error) {
+// authMethods are the ways to log in the spec offers: a key file, the
+// keys of an ssh-agent, a password (also for keyboard-interactive
+// prompts). The returned func closes the agent connection.
+func authMethods(spec map[string]string) ([]ssh.AuthMethod, func(), error) {
 	var methods []ssh.AuthMethod
+	closeAll := func() {}
 	if path := spec["key_file"]; path != "" {
 		pem, err := os.ReadFile(path)
 		if err != nil {
-			return nil, fmt.Errorf("key_file: %w", err)
+			return nil, closeAll, fmt.Errorf("key_file: %w", err)
 		}
 		signer, err := ssh.ParsePrivateKey(pem)
 		if err != nil {
-			return nil, fmt.Errorf("key_file %s: %w", path, err)
+			return nil, closeAll, fmt.Errorf("key_file %s: %w", path, err)
 		}
 		methods = append(methods, ssh.PublicKeys(signer))
+	}
+	if socket := spec["agent_socket"]; socket != "" {
+		if socket == "env" {
+			socket = os.Getenv("SSH_AUTH_SOCK")
+			if socket == "" {
+				return nil, closeAll, errors.New("agent_socket is env, but SSH_AUTH_SOCK is not set")
+			}
+		}
+		conn, err := net.Dial("unix", socket)
+		if err != nil {
+			return nil, closeAll, fmt.Errorf("agent_socket: %w", err)
+		}
+		closeAll = func() { conn.Close() }
+		methods = append(methods, ssh.PublicKeysCallback(agent.NewClient(conn).Signers))
 	}
 	if pw := spec["password"]; pw != "" {
 		methods = append(methods, ssh.Password(pw), ssh.KeyboardInteractive(func(_, _ string, questions []string, _ []bool) ([]string, error) {
@@ -278,7 +330,7 @@ func authMethods(spec map[string]string) ([]ssh.AuthMethod, error) {
 		}))
 	}
 	if len(methods) == 0 {
-		return nil, errors.New("spec needs key_file or password")
+		return nil, closeAll, errors.New("spec needs key_file, agent_socket or password")
 	}
-	return methods, nil
+	return methods, closeAll, nil
 }

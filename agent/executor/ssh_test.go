@@ -320,3 +320,69 @@ func TestSSHCancelKillsRemoteProcesses(t *testing.T) {
 		})
 	}
 }
+
+// TestSSHTrustOnFirstUseAndAgent: with host_key_policy tofu an unknown
+// host's key is recorded and then enforced (strictly, too); a known host
+// with another key is still refused. Keys held by a real ssh-agent log in.
+func TestSSHTrustOnFirstUseAndAgent(t *testing.T) {
+	srv := startSSHD(t)
+	run := func(spec map[string]string) Result {
+		t.Helper()
+		var stdout, stderr syncBuffer
+		return SSH{}.Execute(context.Background(), Action{Command: "echo ok", Spec: spec}, &stdout, &stderr)
+	}
+	known := filepath.Join(t.TempDir(), "ssh", "known_hosts") // the directory does not exist yet
+
+	if res := run(srv.spec("root", "known_hosts", known)); res.Status != StatusFailed || !strings.Contains(res.Error, "known_hosts") {
+		t.Fatalf("strict with a missing known_hosts = %+v, want a known_hosts error", res)
+	}
+	if res := run(srv.spec("root", "known_hosts", known, "host_key_policy", "tofu")); res.Status != StatusSucceeded {
+		t.Fatalf("first use = %+v, want success", res)
+	}
+	recorded, err := os.ReadFile(known)
+	if err != nil || !strings.Contains(string(recorded), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(srv.hostKey)))) {
+		t.Fatalf("known_hosts after first use = %q, %v; want the server's key", recorded, err)
+	}
+	if res := run(srv.spec("root", "known_hosts", known)); res.Status != StatusSucceeded {
+		t.Fatalf("strict after first use = %+v, want success (the key is pinned)", res)
+	}
+	if res := run(srv.spec("root", "known_hosts", srv.otherHosts, "host_key_policy", "tofu")); res.Status != StatusFailed || !strings.Contains(res.Error, "host key mismatch") {
+		t.Fatalf("tofu with a different recorded key = %+v, want a mismatch", res)
+	}
+	if res := run(srv.spec("root", "host_key_policy", "sometimes")); !strings.Contains(res.Error, "host_key_policy") {
+		t.Fatalf("bad policy = %+v, want an error naming host_key_policy", res)
+	}
+
+	// A real ssh-agent holding the client key.
+	socket := filepath.Join(t.TempDir(), "agent.sock")
+	agentCmd := exec.Command("ssh-agent", "-D", "-a", socket)
+	if err := agentCmd.Start(); err != nil {
+		t.Fatalf("start ssh-agent: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = agentCmd.Process.Kill()
+		_ = agentCmd.Wait()
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(socket); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("ssh-agent did not create its socket")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	add := exec.Command("ssh-add", srv.keyFile)
+	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+socket)
+	if out, err := add.CombinedOutput(); err != nil {
+		t.Fatalf("ssh-add: %v: %s", err, out)
+	}
+	if res := run(srv.spec("root", "key_file", "", "agent_socket", socket)); res.Status != StatusSucceeded {
+		t.Fatalf("login with the agent's key = %+v", res)
+	}
+	t.Setenv("SSH_AUTH_SOCK", socket)
+	if res := run(srv.spec("root", "key_file", "", "agent_socket", "env")); res.Status != StatusSucceeded {
+		t.Fatalf("login with $SSH_AUTH_SOCK = %+v", res)
+	}
+}
