@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,7 +26,8 @@ import (
 //	~/.ssh/known_hosts), host_key_policy ("strict", the default, or
 //	"tofu": trust an unknown host's key on first use and record it in
 //	known_hosts), host_key_fingerprint ("SHA256:..." pins the key
-//	instead), connect_timeout (10s), become ("true": run with sudo,
+//	instead), connect_timeout (10s), keepalive_interval (15s; 0: off)
+//	and keepalive_count_max (3), become ("true": run with sudo,
 //	become_password or password as its password)
 //
 // Host keys are verified strictly; a mismatch names the host and both
@@ -57,6 +59,10 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 			return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("ssh: spec.connect_timeout %q is not a duration", v)}
 		}
 		timeout = d
+	}
+	keepalive, err := keepaliveSettings(spec)
+	if err != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: "ssh: " + err.Error()}
 	}
 	hostKey, err := hostKeyCallback(spec)
 	if err != nil {
@@ -116,9 +122,19 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 	}
 	done := make(chan error, 1)
 	go func() { done <- session.Run(remote.run) }()
+	stopKeepalive := make(chan struct{})
+	defer close(stopKeepalive)
+	lost := make(chan error, 1)
+	if keepalive.interval > 0 {
+		go keepAlive(client, keepalive, stopKeepalive, lost)
+	}
 	select {
 	case err := <-done:
 		return sshExit(addr, err)
+	case err := <-lost:
+		client.Close()
+		<-done
+		return sshError("connection lost", addr, err)
 	case <-runCtx.Done():
 	}
 	// Kill the action's process group from a second session on the same
@@ -147,6 +163,70 @@ func cmpOr(v, def string) string {
 		return def
 	}
 	return v
+}
+
+// keepaliveConfig says how often to probe the server while a command runs
+// and how many unanswered probes mean the connection is gone.
+type keepaliveConfig struct {
+	interval time.Duration // zero: no probes
+	countMax int
+}
+
+func keepaliveSettings(spec map[string]string) (keepaliveConfig, error) {
+	k := keepaliveConfig{interval: 15 * time.Second, countMax: 3}
+	if v := spec["keepalive_interval"]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			return k, fmt.Errorf("spec.keepalive_interval %q is not a duration (0 disables)", v)
+		}
+		k.interval = d
+	}
+	if v := spec["keepalive_count_max"]; v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			return k, fmt.Errorf("spec.keepalive_count_max %q must be a whole number of at least 1", v)
+		}
+		k.countMax = n
+	}
+	return k, nil
+}
+
+// keepAlive sends keepalive@openssh.com requests every interval (any
+// reply, even a refusal, shows the server is there) and reports on lost
+// when countMax probes in a row went unanswered: a host that vanished
+// without closing the TCP connection would otherwise hold the action
+// until its timeout.
+func keepAlive(client *ssh.Client, k keepaliveConfig, stop <-chan struct{}, lost chan<- error) {
+	tick := time.NewTicker(k.interval)
+	defer tick.Stop()
+	replied := make(chan struct{}, 1)
+	waiting, missed := false, 0
+	for {
+		select {
+		case <-stop:
+			return
+		case <-replied:
+			waiting, missed = false, 0
+		case <-tick.C:
+			if waiting {
+				if missed++; missed >= k.countMax {
+					lost <- fmt.Errorf("no answer to %d keepalives sent every %s", missed, k.interval)
+					return
+				}
+				continue
+			}
+			waiting = true
+			go func() {
+				// Blocks until the reply, or until the client is closed.
+				if _, _, err := client.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+					select {
+					case replied <- struct{}{}:
+					default:
+					}
+				}
+			}()
+		}
+	}
 }
 
 // remoteCommand is an action's remote command line, what goes on its

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -384,5 +385,98 @@ func TestSSHTrustOnFirstUseAndAgent(t *testing.T) {
 	t.Setenv("SSH_AUTH_SOCK", socket)
 	if res := run(srv.spec("root", "key_file", "", "agent_socket", "env")); res.Status != StatusSucceeded {
 		t.Fatalf("login with $SSH_AUTH_SOCK = %+v", res)
+	}
+}
+
+// TestSSHKeepaliveDetectsSilentHost: a host that stops answering without
+// closing the connection (a proxy in between stops forwarding) is
+// reported as a lost connection after the keepalives go unanswered, not
+// after the command's own (much later) end.
+func TestSSHKeepaliveDetectsSilentHost(t *testing.T) {
+	srv := startSSHD(t)
+	proxy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	frozen, done := make(chan struct{}), make(chan struct{})
+	var conns []net.Conn
+	var connsMu sync.Mutex
+	t.Cleanup(func() {
+		close(done)
+		proxy.Close()
+		connsMu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		connsMu.Unlock()
+	})
+	pipe := func(dst, src net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case <-frozen:
+				<-done // the host went silent: nothing more is forwarded
+				return
+			default:
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			client, err := proxy.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", "127.0.0.1:"+srv.port)
+			if err != nil {
+				client.Close()
+				return
+			}
+			connsMu.Lock()
+			conns = append(conns, client, server)
+			connsMu.Unlock()
+			go pipe(server, client)
+			go pipe(client, server)
+		}
+	}()
+	spec := srv.spec("root", "port", strconv.Itoa(proxy.Addr().(*net.TCPAddr).Port), "known_hosts", "",
+		"host_key_fingerprint", ssh.FingerprintSHA256(srv.hostKey), "keepalive_interval", "200ms", "keepalive_count_max", "3")
+	// The remote command's process group, to stop it afterwards: sshd
+	// keeps running it for the frozen connection.
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	t.Cleanup(func() {
+		if b, err := os.ReadFile(pidFile); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				_ = syscall.Kill(-pid, syscall.SIGKILL)
+			}
+		}
+	})
+	var stdout, stderr syncBuffer
+	result := make(chan Result, 1)
+	go func() {
+		result <- SSH{}.Execute(context.Background(), Action{Command: "echo $$ > " + pidFile + "; echo started; sleep 60", Spec: spec}, &stdout, &stderr)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(stdout.String(), "started") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the command did not start (stderr %q)", stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(frozen)
+	select {
+	case res := <-result:
+		if res.Status != StatusFailed || !strings.Contains(res.Error, "ssh connection lost") || !strings.Contains(res.Error, "keepalive") {
+			t.Fatalf("result = %+v, want a lost connection found by keepalives", res)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("a silent host was not noticed within 20s (keepalives every 200ms)")
 	}
 }
