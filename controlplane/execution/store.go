@@ -1257,6 +1257,23 @@ func finishIfDone(ctx context.Context, tx *store.Tx, executionID string, end tim
 // releaseWaiting lets the executions that waited for executionID run; their
 // tasks' queue deadlines start now.
 func releaseWaiting(ctx context.Context, tx *store.Tx, executionID string, at time.Time) error {
+	// An execution that ends while itself still waiting (cancelled in the
+	// queue) hands its waiters on to the one it waited for: they must not
+	// start while that one still runs. (Should it finish meanwhile, the
+	// reaper's ExecutionReleaseStranded lets them go.)
+	var predecessor, predecessorStatus string
+	err := tx.QueryRowContext(ctx, `SELECT p.id, p.status FROM executions e JOIN executions p ON p.id = e.waiting_for WHERE e.id = $1`, executionID).
+		Scan(&predecessor, &predecessorStatus)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return fmt.Errorf("read what %s waited for: %w", executionID, err)
+	case predecessorStatus == ExecQueued || predecessorStatus == ExecRunning:
+		if _, err := tx.ExecContext(ctx, `UPDATE executions SET waiting_for = $1 WHERE waiting_for = $2`, predecessor, executionID); err != nil {
+			return fmt.Errorf("pass the waiters of %s on to %s: %w", executionID, predecessor, err)
+		}
+		return nil
+	}
 	rows, err := tx.QueryContext(ctx, `UPDATE executions SET waiting_for = '' WHERE waiting_for = $1 RETURNING id`, executionID)
 	if err != nil {
 		return fmt.Errorf("release executions waiting for %s: %w", executionID, err)

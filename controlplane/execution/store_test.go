@@ -506,6 +506,26 @@ func TestStoreContract(t *testing.T) {
 				}
 			})
 
+			t.Run("cancelling a queued execution passes its waiters on", func(t *testing.T) {
+				b := setup(t, d)
+				mk := func(id string) {
+					rec := ExecutionRecord{ID: id, JobID: "job-w", JobName: "job", JobVersion: 1, Snapshot: []byte(`{}`), CorrelationID: "c", CreatedAt: time.Now().UTC()}
+					tasks := []TaskRecord{{ID: id + "-t0", AgentID: "w1", AgentName: "w1", OutputLimit: 64}}
+					if _, err := b.st.ExecutionCreate(b.ctx, rec, tasks, ConcurrencyQueue, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+				mk("w-1")
+				mk("w-2")
+				mk("w-3")
+				if _, err := b.st.ExecutionCancel(b.ctx, "w-2", "tester", "not needed", nil); err != nil {
+					t.Fatal(err)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "w-3"); e.WaitingFor != "w-1" {
+					t.Fatalf("third execution waits for %q after the second was cancelled, want w-1 (still queued)", e.WaitingFor)
+				}
+			})
+
 			t.Run("1000 tasks, 20 claimers, each task claimed once", func(t *testing.T) {
 				b := setup(t, d)
 				for e := 0; e < 50; e++ {
