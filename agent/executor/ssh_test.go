@@ -1,11 +1,7 @@
 package executor
 
 import (
-	"bufio"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -19,170 +15,14 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/opsconductor/opsconductor/agent/executor/sshtest"
 )
-
-// The SSH tests run against Debian's real OpenSSH server, started on a
-// loopback port with its own host key and authorized_keys. .ci/run
-// installs openssh-server and creates the unprivileged account below
-// (password login, sudo with its password) for the become tests.
-const (
-	sshTestUser     = "opsconductor-test"
-	sshTestPassword = "Opsc0nductor-Test"
-)
-
-// sshServer is one running sshd and the files a client needs for it.
-type sshServer struct {
-	port       string
-	keyFile    string // the client's private key, authorized for every user
-	knownHosts string // a known_hosts line for the server's real key
-	otherHosts string // a known_hosts line for the same address but another key
-	hostKey    ssh.PublicKey
-}
-
-func writeKey(t *testing.T, path string) ssh.PublicKey {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, pem.EncodeToMemory(block), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sshPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sshPub
-}
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-}
-
-// startSSHD starts sshd for the test and stops it when the test ends.
-func startSSHD(t *testing.T) *sshServer {
-	t.Helper()
-	sshd := "/usr/sbin/sshd"
-	if _, err := os.Stat(sshd); err != nil || os.Getuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("the SSH tests need root and %s (installed by .ci/run): %v", sshd, err)
-		}
-		t.Skip("needs root and openssh-server; .ci/run provides both")
-	}
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	hostKey := writeKey(t, filepath.Join(dir, "host_key"))
-	clientKey := writeKey(t, filepath.Join(dir, "client_key"))
-	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), ssh.MarshalAuthorizedKey(clientKey), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// The temp dir must be readable by the unprivileged user, whose
-	// session sshd runs as that user.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	config := strings.Join([]string{
-		"Port " + port,
-		"ListenAddress 127.0.0.1",
-		"HostKey " + filepath.Join(dir, "host_key"),
-		"AuthorizedKeysFile " + filepath.Join(dir, "authorized_keys"),
-		"PermitRootLogin prohibit-password",
-		"PasswordAuthentication yes",
-		"KbdInteractiveAuthentication no",
-		"UsePAM no",
-		"StrictModes no",
-		"PidFile none",
-		"AcceptEnv GREETING",
-		"LogLevel VERBOSE",
-	}, "\n") + "\n"
-	configFile := filepath.Join(dir, "sshd_config")
-	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logFile, err := os.Create(filepath.Join(dir, "sshd.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(sshd, "-D", "-e", "-f", configFile)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		logFile.Close()
-		if t.Failed() {
-			log, _ := os.ReadFile(logFile.Name())
-			t.Logf("sshd log:\n%s", log)
-		}
-	})
-	// Ready when it answers with its banner.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+port, time.Second)
-		if err == nil {
-			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-			line, rerr := bufio.NewReader(conn).ReadString('\n')
-			conn.Close()
-			if rerr == nil && strings.HasPrefix(line, "SSH-2.0-") {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sshd did not start on port %s", port)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	addr := knownhosts.Normalize("127.0.0.1:" + port)
-	known := filepath.Join(dir, "known_hosts")
-	if err := os.WriteFile(known, []byte(knownhosts.Line([]string{addr}, hostKey)+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	other := filepath.Join(dir, "other_known_hosts")
-	otherKey := writeKey(t, filepath.Join(dir, "unused_key"))
-	if err := os.WriteFile(other, []byte(knownhosts.Line([]string{addr}, otherKey)+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &sshServer{port: port, keyFile: filepath.Join(dir, "client_key"), knownHosts: known, otherHosts: other, hostKey: hostKey}
-}
-
-// spec is the action spec for user on the server, plus extra settings.
-func (s *sshServer) spec(user string, extra ...string) map[string]string {
-	spec := map[string]string{"host": "127.0.0.1", "port": s.port, "user": user, "known_hosts": s.knownHosts}
-	if user == "root" {
-		spec["key_file"] = s.keyFile
-	} else {
-		spec["password"] = sshTestPassword
-	}
-	for i := 0; i+1 < len(extra); i += 2 {
-		if extra[i+1] == "" {
-			delete(spec, extra[i])
-			continue
-		}
-		spec[extra[i]] = extra[i+1]
-	}
-	return spec
-}
 
 func TestSSH(t *testing.T) {
-	srv := startSSHD(t)
+	srv := sshtest.Start(t)
 	// A port nothing listens on, and a listener that never speaks SSH.
-	closedPort := freePort(t)
+	closedPort := sshtest.FreePort(t)
 	silent, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -208,35 +48,35 @@ func TestSSH(t *testing.T) {
 		wantOut    string
 		wantErr    []string
 	}{
-		{name: "key auth", action: Action{Command: "echo hi; id -un", Spec: srv.spec("root")},
+		{name: "key auth", action: Action{Command: "echo hi; id -un", Spec: srv.Spec("root")},
 			wantStatus: StatusSucceeded, wantOut: "hi\nroot\n"},
-		{name: "exit code", action: Action{Command: "echo x; exit 7", Spec: srv.spec("root")},
+		{name: "exit code", action: Action{Command: "echo x; exit 7", Spec: srv.Spec("root")},
 			wantStatus: StatusFailed, wantCode: 7, wantOut: "x\n", wantErr: []string{"exited with code 7"}},
-		{name: "script on stdin", action: Action{Script: "a=1\necho $((a+1))\n", Spec: srv.spec("root")},
+		{name: "script on stdin", action: Action{Script: "a=1\necho $((a+1))\n", Spec: srv.Spec("root")},
 			wantStatus: StatusSucceeded, wantOut: "2\n"},
-		{name: "env and working dir", action: Action{Command: `echo "$GREETING $(pwd)"`, Env: map[string]string{"GREETING": "hello"}, WorkingDir: dir, Spec: srv.spec("root")},
+		{name: "env and working dir", action: Action{Command: `echo "$GREETING $(pwd)"`, Env: map[string]string{"GREETING": "hello"}, WorkingDir: dir, Spec: srv.Spec("root")},
 			wantStatus: StatusSucceeded, wantOut: "hello " + dir + "\n"},
-		{name: "password auth", action: Action{Command: "id -un", Spec: srv.spec(sshTestUser)},
-			wantStatus: StatusSucceeded, wantOut: sshTestUser + "\n"},
-		{name: "become with sudo", action: Action{Command: "id -un", Spec: srv.spec(sshTestUser, "become", "true")},
+		{name: "password auth", action: Action{Command: "id -un", Spec: srv.Spec(sshtest.User)},
+			wantStatus: StatusSucceeded, wantOut: sshtest.User + "\n"},
+		{name: "become with sudo", action: Action{Command: "id -un", Spec: srv.Spec(sshtest.User, "become", "true")},
 			wantStatus: StatusSucceeded, wantOut: "root\n"},
-		{name: "become runs a script", action: Action{Script: "u=$(id -un)\necho \"as $u\"\n", Spec: srv.spec(sshTestUser, "become", "true")},
+		{name: "become runs a script", action: Action{Script: "u=$(id -un)\necho \"as $u\"\n", Spec: srv.Spec(sshtest.User, "become", "true")},
 			wantStatus: StatusSucceeded, wantOut: "as root\n"},
-		{name: "pinned fingerprint", action: Action{Command: "echo pinned", Spec: srv.spec("root", "known_hosts", "", "host_key_fingerprint", ssh.FingerprintSHA256(srv.hostKey))},
+		{name: "pinned fingerprint", action: Action{Command: "echo pinned", Spec: srv.Spec("root", "known_hosts", "", "host_key_fingerprint", ssh.FingerprintSHA256(srv.HostKey))},
 			wantStatus: StatusSucceeded, wantOut: "pinned\n"},
-		{name: "wrong password", action: Action{Command: "true", Spec: srv.spec(sshTestUser, "password", "not-the-password")},
-			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"ssh authentication failed", "user " + sshTestUser}},
-		{name: "host key mismatch", action: Action{Command: "true", Spec: srv.spec("root", "known_hosts", srv.otherHosts)},
-			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"host key refused", "host key mismatch", ssh.FingerprintSHA256(srv.hostKey)}},
-		{name: "wrong pinned fingerprint", action: Action{Command: "true", Spec: srv.spec("root", "known_hosts", "", "host_key_fingerprint", "SHA256:AAAA")},
-			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"host key refused", ssh.FingerprintSHA256(srv.hostKey), "SHA256:AAAA is pinned"}},
-		{name: "closed port", action: Action{Command: "true", Spec: srv.spec("root", "port", closedPort)},
+		{name: "wrong password", action: Action{Command: "true", Spec: srv.Spec(sshtest.User, "password", "not-the-password")},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"ssh authentication failed", "user " + sshtest.User}},
+		{name: "host key mismatch", action: Action{Command: "true", Spec: srv.Spec("root", "known_hosts", srv.OtherHosts)},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"host key refused", "host key mismatch", ssh.FingerprintSHA256(srv.HostKey)}},
+		{name: "wrong pinned fingerprint", action: Action{Command: "true", Spec: srv.Spec("root", "known_hosts", "", "host_key_fingerprint", "SHA256:AAAA")},
+			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"host key refused", ssh.FingerprintSHA256(srv.HostKey), "SHA256:AAAA is pinned"}},
+		{name: "closed port", action: Action{Command: "true", Spec: srv.Spec("root", "port", closedPort)},
 			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"ssh connection error", "127.0.0.1:" + closedPort}},
-		{name: "no banner", action: Action{Command: "true", Spec: srv.spec("root", "port", silentPort, "connect_timeout", "300ms")},
+		{name: "no banner", action: Action{Command: "true", Spec: srv.Spec("root", "port", silentPort, "connect_timeout", "300ms")},
 			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"ssh timeout", "within 300ms"}},
 		{name: "no host", action: Action{Command: "true", Spec: map[string]string{}},
 			wantStatus: StatusFailed, wantCode: -1, wantErr: []string{"spec.host is required"}},
-		{name: "timeout", action: Action{Command: "echo started; sleep 30", Timeout: time.Second, Spec: srv.spec("root")},
+		{name: "timeout", action: Action{Command: "echo started; sleep 30", Timeout: time.Second, Spec: srv.Spec("root")},
 			wantStatus: StatusTimedOut, wantCode: -1, wantOut: "started\n", wantErr: []string{"timed out"}},
 	}
 	for _, tt := range tests {
@@ -261,14 +101,14 @@ func TestSSH(t *testing.T) {
 // TestSSHCancelKillsRemoteProcesses shows a cancel ends the remote action
 // and everything it started, not only the SSH session.
 func TestSSHCancelKillsRemoteProcesses(t *testing.T) {
-	srv := startSSHD(t)
+	srv := sshtest.Start(t)
 	cases := []struct {
 		name string
 		spec map[string]string
 	}{
-		{name: "root", spec: srv.spec("root")},
-		{name: "unprivileged", spec: srv.spec(sshTestUser)},
-		{name: "become", spec: srv.spec(sshTestUser, "become", "true")},
+		{name: "root", spec: srv.Spec("root")},
+		{name: "unprivileged", spec: srv.Spec(sshtest.User)},
+		{name: "become", spec: srv.Spec(sshtest.User, "become", "true")},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -326,7 +166,7 @@ func TestSSHCancelKillsRemoteProcesses(t *testing.T) {
 // host's key is recorded and then enforced (strictly, too); a known host
 // with another key is still refused. Keys held by a real ssh-agent log in.
 func TestSSHTrustOnFirstUseAndAgent(t *testing.T) {
-	srv := startSSHD(t)
+	srv := sshtest.Start(t)
 	run := func(spec map[string]string) Result {
 		t.Helper()
 		var stdout, stderr syncBuffer
@@ -334,23 +174,23 @@ func TestSSHTrustOnFirstUseAndAgent(t *testing.T) {
 	}
 	known := filepath.Join(t.TempDir(), "ssh", "known_hosts") // the directory does not exist yet
 
-	if res := run(srv.spec("root", "known_hosts", known)); res.Status != StatusFailed || !strings.Contains(res.Error, "known_hosts") {
+	if res := run(srv.Spec("root", "known_hosts", known)); res.Status != StatusFailed || !strings.Contains(res.Error, "known_hosts") {
 		t.Fatalf("strict with a missing known_hosts = %+v, want a known_hosts error", res)
 	}
-	if res := run(srv.spec("root", "known_hosts", known, "host_key_policy", "tofu")); res.Status != StatusSucceeded {
+	if res := run(srv.Spec("root", "known_hosts", known, "host_key_policy", "tofu")); res.Status != StatusSucceeded {
 		t.Fatalf("first use = %+v, want success", res)
 	}
 	recorded, err := os.ReadFile(known)
-	if err != nil || !strings.Contains(string(recorded), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(srv.hostKey)))) {
+	if err != nil || !strings.Contains(string(recorded), strings.TrimSpace(string(ssh.MarshalAuthorizedKey(srv.HostKey)))) {
 		t.Fatalf("known_hosts after first use = %q, %v; want the server's key", recorded, err)
 	}
-	if res := run(srv.spec("root", "known_hosts", known)); res.Status != StatusSucceeded {
+	if res := run(srv.Spec("root", "known_hosts", known)); res.Status != StatusSucceeded {
 		t.Fatalf("strict after first use = %+v, want success (the key is pinned)", res)
 	}
-	if res := run(srv.spec("root", "known_hosts", srv.otherHosts, "host_key_policy", "tofu")); res.Status != StatusFailed || !strings.Contains(res.Error, "host key mismatch") {
+	if res := run(srv.Spec("root", "known_hosts", srv.OtherHosts, "host_key_policy", "tofu")); res.Status != StatusFailed || !strings.Contains(res.Error, "host key mismatch") {
 		t.Fatalf("tofu with a different recorded key = %+v, want a mismatch", res)
 	}
-	if res := run(srv.spec("root", "host_key_policy", "sometimes")); !strings.Contains(res.Error, "host_key_policy") {
+	if res := run(srv.Spec("root", "host_key_policy", "sometimes")); !strings.Contains(res.Error, "host_key_policy") {
 		t.Fatalf("bad policy = %+v, want an error naming host_key_policy", res)
 	}
 
@@ -374,16 +214,16 @@ func TestSSHTrustOnFirstUseAndAgent(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	add := exec.Command("ssh-add", srv.keyFile)
+	add := exec.Command("ssh-add", srv.KeyFile)
 	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+socket)
 	if out, err := add.CombinedOutput(); err != nil {
 		t.Fatalf("ssh-add: %v: %s", err, out)
 	}
-	if res := run(srv.spec("root", "key_file", "", "agent_socket", socket)); res.Status != StatusSucceeded {
+	if res := run(srv.Spec("root", "key_file", "", "agent_socket", socket)); res.Status != StatusSucceeded {
 		t.Fatalf("login with the agent's key = %+v", res)
 	}
 	t.Setenv("SSH_AUTH_SOCK", socket)
-	if res := run(srv.spec("root", "key_file", "", "agent_socket", "env")); res.Status != StatusSucceeded {
+	if res := run(srv.Spec("root", "key_file", "", "agent_socket", "env")); res.Status != StatusSucceeded {
 		t.Fatalf("login with $SSH_AUTH_SOCK = %+v", res)
 	}
 }
@@ -393,7 +233,7 @@ func TestSSHTrustOnFirstUseAndAgent(t *testing.T) {
 // reported as a lost connection after the keepalives go unanswered, not
 // after the command's own (much later) end.
 func TestSSHKeepaliveDetectsSilentHost(t *testing.T) {
-	srv := startSSHD(t)
+	srv := sshtest.Start(t)
 	proxy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -434,7 +274,7 @@ func TestSSHKeepaliveDetectsSilentHost(t *testing.T) {
 			if err != nil {
 				return
 			}
-			server, err := net.Dial("tcp", "127.0.0.1:"+srv.port)
+			server, err := net.Dial("tcp", "127.0.0.1:"+srv.Port)
 			if err != nil {
 				client.Close()
 				return
@@ -446,8 +286,8 @@ func TestSSHKeepaliveDetectsSilentHost(t *testing.T) {
 			go pipe(client, server)
 		}
 	}()
-	spec := srv.spec("root", "port", strconv.Itoa(proxy.Addr().(*net.TCPAddr).Port), "known_hosts", "",
-		"host_key_fingerprint", ssh.FingerprintSHA256(srv.hostKey), "keepalive_interval", "200ms", "keepalive_count_max", "3")
+	spec := srv.Spec("root", "port", strconv.Itoa(proxy.Addr().(*net.TCPAddr).Port), "known_hosts", "",
+		"host_key_fingerprint", ssh.FingerprintSHA256(srv.HostKey), "keepalive_interval", "200ms", "keepalive_count_max", "3")
 	// The remote command's process group, to stop it afterwards: sshd
 	// keeps running it for the frozen connection.
 	pidFile := filepath.Join(t.TempDir(), "pid")
