@@ -80,36 +80,30 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 		runCtx, cancel = context.WithTimeout(ctx, a.Timeout)
 		defer cancel()
 	}
-	dialer := net.Dialer{Timeout: timeout}
-	conn, err := dialer.DialContext(runCtx, "tcp", addr)
-	if err != nil {
-		return sshError("connection error", addr, err)
-	}
-	// The deadline bounds the banner and the handshake: a listener that
-	// accepts but never speaks SSH cannot hold the action.
-	_ = conn.SetDeadline(time.Now().Add(timeout))
-	c, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{User: user, Auth: auth, HostKeyCallback: hostKey, Timeout: timeout})
-	if err != nil {
-		conn.Close()
-		var keyErr *knownhosts.KeyError
-		var netErr net.Error
-		switch {
-		case errors.As(err, &keyErr), strings.Contains(err.Error(), "host key"):
-			return sshError("host key refused", addr, err)
-		case errors.As(err, &netErr) && netErr.Timeout():
-			return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("ssh timeout: %s did not complete the SSH handshake within %s", addr, timeout)}
-		case strings.Contains(err.Error(), "unable to authenticate"):
-			return sshError("authentication failed", addr, fmt.Errorf("user %s: %w", user, err))
+	// Within a task, actions on the same host with the same login share
+	// one connection (see ConnCache); a cached one that died is replaced.
+	cache, cacheKey := connCacheFrom(ctx), connKey(spec)
+	client := cache.get(cacheKey)
+	var session *ssh.Session
+	if client != nil {
+		if session, err = client.NewSession(); err != nil {
+			cache.drop(cacheKey, client)
+			client = nil
 		}
-		return sshError("connection error", addr, err)
 	}
-	_ = conn.SetDeadline(time.Time{})
-	client := ssh.NewClient(c, chans, reqs)
-	defer client.Close()
-
-	session, err := client.NewSession()
-	if err != nil {
-		return sshError("connection lost", addr, err)
+	if client == nil {
+		var res Result
+		if client, res = dialSSH(runCtx, addr, user, timeout, auth, hostKey); client == nil {
+			return res
+		}
+		if session, err = client.NewSession(); err != nil {
+			client.Close()
+			return sshError("connection lost", addr, err)
+		}
+		cache.put(cacheKey, client)
+	}
+	if cache == nil {
+		defer client.Close()
 	}
 	defer session.Close()
 	session.Stdout, session.Stderr = stdout, stderr
@@ -132,6 +126,7 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 	case err := <-done:
 		return sshExit(addr, err)
 	case err := <-lost:
+		cache.drop(cacheKey, client)
 		client.Close()
 		<-done
 		return sshError("connection lost", addr, err)
@@ -149,6 +144,7 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
+		cache.drop(cacheKey, client)
 		client.Close()
 		<-done
 	}
@@ -156,6 +152,36 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 		return Result{Status: StatusCancelled, ExitCode: -1, Error: "cancelled"}
 	}
 	return Result{Status: StatusTimedOut, ExitCode: -1, Error: fmt.Sprintf("timed out after %s", a.Timeout)}
+}
+
+// dialSSH connects and logs in; on failure it returns a nil client and
+// the classified error.
+func dialSSH(ctx context.Context, addr, user string, timeout time.Duration, auth []ssh.AuthMethod, hostKey ssh.HostKeyCallback) (*ssh.Client, Result) {
+	dialer := net.Dialer{Timeout: timeout}
+	conn, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, sshError("connection error", addr, err)
+	}
+	// The deadline bounds the banner and the handshake: a listener that
+	// accepts but never speaks SSH cannot hold the action.
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	c, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{User: user, Auth: auth, HostKeyCallback: hostKey, Timeout: timeout})
+	if err != nil {
+		conn.Close()
+		var keyErr *knownhosts.KeyError
+		var netErr net.Error
+		switch {
+		case errors.As(err, &keyErr), strings.Contains(err.Error(), "host key"):
+			return nil, sshError("host key refused", addr, err)
+		case errors.As(err, &netErr) && netErr.Timeout():
+			return nil, Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("ssh timeout: %s did not complete the SSH handshake within %s", addr, timeout)}
+		case strings.Contains(err.Error(), "unable to authenticate"):
+			return nil, sshError("authentication failed", addr, fmt.Errorf("user %s: %w", user, err))
+		}
+		return nil, sshError("connection error", addr, err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return ssh.NewClient(c, chans, reqs), Result{}
 }
 
 func cmpOr(v, def string) string {

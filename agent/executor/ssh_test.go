@@ -3,6 +3,7 @@ package executor
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -318,5 +319,101 @@ func TestSSHKeepaliveDetectsSilentHost(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("a silent host was not noticed within 20s (keepalives every 200ms)")
+	}
+}
+
+// countingProxy forwards loopback connections to port and counts them;
+// cut closes every connection forwarded so far.
+type countingProxy struct {
+	listener net.Listener
+	mu       sync.Mutex
+	accepted int
+	conns    []net.Conn
+}
+
+func startCountingProxy(t *testing.T, port string) *countingProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &countingProxy{listener: l}
+	t.Cleanup(func() {
+		l.Close()
+		p.cut()
+	})
+	go func() {
+		for {
+			client, err := l.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", "127.0.0.1:"+port)
+			if err != nil {
+				client.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.accepted++
+			p.conns = append(p.conns, client, server)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(server, client); server.Close() }()
+			go func() { _, _ = io.Copy(client, server); client.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *countingProxy) port() string { return strconv.Itoa(p.listener.Addr().(*net.TCPAddr).Port) }
+
+func (p *countingProxy) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.accepted
+}
+
+func (p *countingProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// TestSSHConnectionReuse: a task's actions on one host share one SSH
+// connection; a connection that broke between actions is replaced; and
+// without a cache every action connects afresh.
+func TestSSHConnectionReuse(t *testing.T) {
+	srv := sshtest.Start(t)
+	proxy := startCountingProxy(t, srv.Port)
+	spec := srv.Spec("root", "port", proxy.port(), "known_hosts", "", "host_key_fingerprint", ssh.FingerprintSHA256(srv.HostKey))
+	run := func(ctx context.Context, n int) {
+		t.Helper()
+		var stdout, stderr syncBuffer
+		res := SSH{}.Execute(ctx, Action{Command: fmt.Sprintf("echo %d", n), Spec: spec}, &stdout, &stderr)
+		if res.Status != StatusSucceeded || stdout.String() != fmt.Sprintf("%d\n", n) {
+			t.Fatalf("action %d = %+v, stdout %q", n, res, stdout.String())
+		}
+	}
+	conns := NewConnCache()
+	ctx := WithConnCache(context.Background(), conns)
+	for i := range 3 {
+		run(ctx, i)
+	}
+	if got := proxy.count(); got != 1 {
+		t.Fatalf("3 actions with a cache made %d connections, want 1", got)
+	}
+	proxy.cut()
+	run(ctx, 3)
+	if got := proxy.count(); got != 2 {
+		t.Fatalf("after the connection broke: %d connections, want 2 (one new)", got)
+	}
+	conns.Close()
+	for i := range 2 {
+		run(context.Background(), 10+i)
+	}
+	if got := proxy.count(); got != 4 {
+		t.Fatalf("2 actions without a cache: %d connections in all, want 4", got)
 	}
 }

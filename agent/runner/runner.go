@@ -135,7 +135,10 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 		}
 	}
 	note(nil, -1)
-	status, errMsg, outcomes := r.runActions(taskCtx, t, buf, log, note)
+	// Remote executors keep their connections for the task's later actions.
+	conns := executor.NewConnCache()
+	status, errMsg, outcomes := r.runActions(executor.WithConnCache(taskCtx, conns), t, buf, log, note)
+	conns.Close()
 	if r.cfg.Journal != nil {
 		entry.FinalStatus, entry.FinalError = status, errMsg
 		note(outcomes, -1)

@@ -1,0 +1,89 @@
+package executor
+
+import (
+	"context"
+	"strings"
+	"sync"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// ConnCache keeps SSH connections open across the actions of one task, so
+// a ten-action job on a host logs in once. The runner makes one per task
+// (WithConnCache) and closes it when the task ends. A nil *ConnCache
+// caches nothing.
+type ConnCache struct {
+	mu      sync.Mutex
+	clients map[string]*ssh.Client
+}
+
+// NewConnCache returns an empty cache.
+func NewConnCache() *ConnCache { return &ConnCache{clients: map[string]*ssh.Client{}} }
+
+type connCacheCtxKey struct{}
+
+// WithConnCache returns ctx carrying c for the executors to share
+// connections through.
+func WithConnCache(ctx context.Context, c *ConnCache) context.Context {
+	return context.WithValue(ctx, connCacheCtxKey{}, c)
+}
+
+func connCacheFrom(ctx context.Context) *ConnCache {
+	c, _ := ctx.Value(connCacheCtxKey{}).(*ConnCache)
+	return c
+}
+
+// connKey identifies a login: same host, same user, same credentials and
+// host-key settings.
+func connKey(spec map[string]string) string {
+	fields := []string{"host", "port", "user", "key_file", "password", "agent_socket", "known_hosts",
+		"host_key_policy", "host_key_fingerprint", "connect_timeout"}
+	parts := make([]string, len(fields))
+	for i, f := range fields {
+		parts[i] = spec[f]
+	}
+	return strings.Join(parts, "\x00")
+}
+
+func (c *ConnCache) get(key string) *ssh.Client {
+	if c == nil {
+		return nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.clients[key]
+}
+
+func (c *ConnCache) put(key string, client *ssh.Client) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.clients[key]; old != nil && old != client {
+		old.Close()
+	}
+	c.clients[key] = client
+}
+
+// drop forgets client (it broke or was closed).
+func (c *ConnCache) drop(key string, client *ssh.Client) {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.clients[key] == client {
+		delete(c.clients, key)
+	}
+}
+
+// Close closes every cached connection.
+func (c *ConnCache) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for key, client := range c.clients {
+		client.Close()
+		delete(c.clients, key)
+	}
+}
