@@ -37,7 +37,7 @@ func connCacheFrom(ctx context.Context) *ConnCache {
 // host-key settings.
 func connKey(spec map[string]string) string {
 	fields := []string{"host", "port", "user", "key_file", "password", "agent_socket", "known_hosts",
-		"host_key_policy", "host_key_fingerprint", "connect_timeout"}
+		"host_key_policy", "host_key_fingerprint", "connect_timeout", "proxy_jump", "proxy_jump_fingerprint"}
 	parts := make([]string, len(fields))
 	for i, f := range fields {
 		parts[i] = spec[f]

@@ -27,7 +27,9 @@ import (
 //	"tofu": trust an unknown host's key on first use and record it in
 //	known_hosts), host_key_fingerprint ("SHA256:..." pins the key
 //	instead), connect_timeout (10s), keepalive_interval (15s; 0: off)
-//	and keepalive_count_max (3), become ("true": run with sudo,
+//	and keepalive_count_max (3), proxy_jump ("[user@]host[:port]" of a
+//	bastion to go through, same credentials) with proxy_jump_fingerprint
+//	(else known_hosts), become ("true": run with sudo,
 //	become_password or password as its password)
 //
 // Host keys are verified strictly; a mismatch names the host and both
@@ -93,7 +95,22 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 	}
 	if client == nil {
 		var res Result
-		if client, res = dialSSH(runCtx, addr, user, timeout, auth, hostKey); client == nil {
+		dial := (&net.Dialer{Timeout: timeout}).DialContext
+		if jump := spec["proxy_jump"]; jump != "" {
+			bastion, res := dialJumpHost(runCtx, jump, user, timeout, auth, spec)
+			if bastion == nil {
+				return res
+			}
+			dial = func(ctx context.Context, network, target string) (net.Conn, error) {
+				conn, err := bastion.DialContext(ctx, network, target)
+				if err != nil {
+					bastion.Close()
+					return nil, fmt.Errorf("via jump host %s: %w", jump, err)
+				}
+				return closeBoth{conn, bastion}, nil
+			}
+		}
+		if client, res = dialSSH(runCtx, dial, addr, user, timeout, auth, hostKey); client == nil {
 			return res
 		}
 		if session, err = client.NewSession(); err != nil {
@@ -156,9 +173,9 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 
 // dialSSH connects and logs in; on failure it returns a nil client and
 // the classified error.
-func dialSSH(ctx context.Context, addr, user string, timeout time.Duration, auth []ssh.AuthMethod, hostKey ssh.HostKeyCallback) (*ssh.Client, Result) {
-	dialer := net.Dialer{Timeout: timeout}
-	conn, err := dialer.DialContext(ctx, "tcp", addr)
+func dialSSH(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), addr, user string, timeout time.Duration,
+	auth []ssh.AuthMethod, hostKey ssh.HostKeyCallback) (*ssh.Client, Result) {
+	conn, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, sshError("connection error", addr, err)
 	}
@@ -182,6 +199,43 @@ func dialSSH(ctx context.Context, addr, user string, timeout time.Duration, auth
 	}
 	_ = conn.SetDeadline(time.Time{})
 	return ssh.NewClient(c, chans, reqs), Result{}
+}
+
+// dialJumpHost logs in to the bastion named by proxy_jump
+// ("[user@]host[:port]") with the action's credentials; its host key is
+// checked against proxy_jump_fingerprint when set, else known_hosts.
+func dialJumpHost(ctx context.Context, jump, user string, timeout time.Duration, auth []ssh.AuthMethod, spec map[string]string) (*ssh.Client, Result) {
+	jumpUser, hostPort := user, jump
+	if at := strings.LastIndex(jump, "@"); at >= 0 {
+		jumpUser, hostPort = jump[:at], jump[at+1:]
+	}
+	if _, _, err := net.SplitHostPort(hostPort); err != nil {
+		hostPort = net.JoinHostPort(hostPort, "22")
+	}
+	jumpSpec := map[string]string{"known_hosts": spec["known_hosts"], "host_key_policy": spec["host_key_policy"],
+		"host_key_fingerprint": spec["proxy_jump_fingerprint"]}
+	hostKey, err := hostKeyCallback(jumpSpec)
+	if err != nil {
+		return nil, sshError("host key setup", hostPort, fmt.Errorf("jump host: %w", err))
+	}
+	client, res := dialSSH(ctx, (&net.Dialer{Timeout: timeout}).DialContext, hostPort, jumpUser, timeout, auth, hostKey)
+	if client == nil {
+		res.Error = "jump host " + jump + ": " + res.Error
+	}
+	return client, res
+}
+
+// closeBoth is a connection through a jump host: closing it closes the
+// jump host's connection too.
+type closeBoth struct {
+	net.Conn
+	bastion *ssh.Client
+}
+
+func (c closeBoth) Close() error {
+	err := c.Conn.Close()
+	c.bastion.Close()
+	return err
 }
 
 func cmpOr(v, def string) string {

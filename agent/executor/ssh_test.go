@@ -417,3 +417,27 @@ func TestSSHConnectionReuse(t *testing.T) {
 		t.Fatalf("2 actions without a cache: %d connections in all, want 4", got)
 	}
 }
+
+// TestSSHProxyJump: an action reaches its host through a bastion (the
+// same sshd serves as both: the bastion forwards to its own port); a
+// bastion with the wrong pinned key is refused as such.
+func TestSSHProxyJump(t *testing.T) {
+	srv := sshtest.Start(t)
+	proxy := startCountingProxy(t, srv.Port) // the "bastion" address; counts direct connections
+	fp := ssh.FingerprintSHA256(srv.HostKey)
+	spec := srv.Spec("root", "known_hosts", "", "host_key_fingerprint", fp,
+		"proxy_jump", "root@127.0.0.1:"+proxy.port(), "proxy_jump_fingerprint", fp)
+	var stdout, stderr syncBuffer
+	res := SSH{}.Execute(context.Background(), Action{Command: "echo through-the-bastion", Spec: spec}, &stdout, &stderr)
+	if res.Status != StatusSucceeded || stdout.String() != "through-the-bastion\n" {
+		t.Fatalf("via the jump host = %+v, stdout %q, stderr %q", res, stdout.String(), stderr.String())
+	}
+	if got := proxy.count(); got != 1 {
+		t.Fatalf("the bastion saw %d connections, want 1 (the target is reached through it)", got)
+	}
+	spec["proxy_jump_fingerprint"] = "SHA256:wrong"
+	res = SSH{}.Execute(context.Background(), Action{Command: "true", Spec: spec}, &stdout, &stderr)
+	if res.Status != StatusFailed || !strings.Contains(res.Error, "jump host") || !strings.Contains(res.Error, "host key refused") {
+		t.Fatalf("bastion with a wrong key = %+v, want a host key refusal naming the jump host", res)
+	}
+}
