@@ -7,6 +7,7 @@ package executor
 import (
 	"context"
 	"io"
+	"os"
 	"time"
 )
 
@@ -29,6 +30,22 @@ type Action struct {
 	WorkingDir string
 	Timeout    time.Duration     // zero means none
 	Spec       map[string]string // plugin-specific settings
+	Upload     *Upload           // instead of Command and Script: put a file in place
+}
+
+// Upload is a file an action puts on its target.
+type Upload struct {
+	Destination string // absolute path
+	Content     []byte
+	Mode        os.FileMode // permission bits; zero means 0644
+}
+
+// uploadMode is the file mode an upload gets.
+func (u *Upload) mode() os.FileMode {
+	if u.Mode == 0 {
+		return 0o644
+	}
+	return u.Mode.Perm()
 }
 
 // Result is how an action ended.

@@ -138,6 +138,9 @@ func (r Router) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	if a.Plugin == "ssh" && r.SSH != nil {
 		return r.SSH.Execute(ctx, a, stdout, stderr)
 	}
+	if a.Upload != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("plugin %q: uploads are done by the shell and ssh executors only", a.Plugin)}
+	}
 	if r.Plugins == nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("plugin %q: this agent has no plugins configured", a.Plugin)}
 	}

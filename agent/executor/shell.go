@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +28,9 @@ var _ Executor = (*Shell)(nil)
 
 // Execute implements Executor.
 func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Result {
+	if a.Upload != nil {
+		return uploadLocal(a.Upload, stdout)
+	}
 	runCtx := ctx
 	if a.Timeout > 0 {
 		var cancel context.CancelFunc
@@ -148,4 +152,33 @@ func (s *Shell) command(a Action) (string, []string, func(), error) {
 	default:
 		return "", nil, noop, errors.New("action has neither command nor script")
 	}
+}
+
+// uploadLocal writes u on this host: to a temporary file next to the
+// destination, then renamed over it, so readers never see half a file.
+func uploadLocal(u *Upload, stdout io.Writer) Result {
+	fail := func(err error) Result {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("upload to %s: %v", u.Destination, err)}
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(u.Destination), ".opsconductor-upload-*")
+	if err != nil {
+		return fail(err)
+	}
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if _, err := tmp.Write(u.Content); err != nil {
+		tmp.Close()
+		return fail(err)
+	}
+	if err := tmp.Chmod(u.mode()); err != nil {
+		tmp.Close()
+		return fail(err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp.Name(), u.Destination); err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(stdout, "uploaded %d bytes to %s\n", len(u.Content), u.Destination)
+	return Result{Status: StatusSucceeded}
 }

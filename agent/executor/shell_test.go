@@ -3,6 +3,7 @@ package executor
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -110,5 +111,27 @@ func TestShellBackgroundChildDoesNotHang(t *testing.T) {
 	}
 	if took := time.Since(start); took > 20*time.Second {
 		t.Fatalf("took %s: the background child held the action", took)
+	}
+}
+
+func TestShellUpload(t *testing.T) {
+	t.Parallel()
+	dest := t.TempDir() + "/app.conf"
+	if err := os.WriteFile(dest, []byte("old"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr syncBuffer
+	res := (&Shell{}).Execute(context.Background(), Action{Upload: &Upload{Destination: dest, Content: []byte("new\n"), Mode: 0o600}}, &stdout, &stderr)
+	if res.Status != StatusSucceeded || stdout.String() != "uploaded 4 bytes to "+dest+"\n" {
+		t.Fatalf("upload = %+v, stdout %q", res, stdout.String())
+	}
+	got, _ := os.ReadFile(dest)
+	info, _ := os.Stat(dest)
+	if string(got) != "new\n" || info.Mode().Perm() != 0o600 {
+		t.Fatalf("file = %q mode %o, want the new content with mode 600", got, info.Mode().Perm())
+	}
+	res = (&Shell{}).Execute(context.Background(), Action{Upload: &Upload{Destination: t.TempDir() + "/missing/dir/f"}}, &stdout, &stderr)
+	if res.Status != StatusFailed || !strings.Contains(res.Error, "upload to") {
+		t.Fatalf("upload into a missing directory = %+v", res)
 	}
 }

@@ -321,6 +321,9 @@ type remoteCommand struct {
 // must never reach a shell that did not ask for it).
 func buildRemoteCommand(a Action, spec map[string]string, pidFile string) remoteCommand {
 	become := spec["become"] == "true"
+	if a.Upload != nil {
+		return buildUpload(a.Upload, become, cmpOr(spec["become_password"], spec["password"]), pidFile)
+	}
 	cmd, stdin := a.Command, ""
 	switch {
 	case cmd == "" && become:
@@ -345,6 +348,32 @@ func buildRemoteCommand(a Action, spec map[string]string, pidFile string) remote
 	// when a cached credential exists, so the line is always consumed.
 	sudo := "sudo -k -S -p '' sh -c "
 	return remoteCommand{run: groupWrap(sudo+shellQuote(cmd), pidFile), stdin: password + "\n" + stdin, kill: sudo + shellQuote(kill)}
+}
+
+// buildUpload is the remote command that puts u in place: the content
+// arrives on stdin into a temporary file next to the destination, which is
+// renamed over it, so readers never see half a file. Under become the
+// content first lands in a private temporary file as the login user and
+// root copies it in; the password is the first stdin line, read by the
+// shell itself so it can never end up in the file.
+func buildUpload(u *Upload, become bool, password, pidFile string) remoteCommand {
+	mode := fmt.Sprintf("%04o", u.mode())
+	place := `u=$(mktemp "$(dirname "$2")/.opsconductor-upload.XXXXXX") && cat "$1" > "$u" && chmod ` + mode +
+		` "$u" && mv -f "$u" "$2" || { rm -f "$u"; exit 1; }`
+	done := fmt.Sprintf(`echo "uploaded %d bytes to $d"`, len(u.Content))
+	pid := shellQuote(pidFile)
+	kill := "test -f " + pid + " && p=$(cat " + pid + ") && kill -TERM -$p 2>/dev/null; sleep 1; kill -KILL -$p 2>/dev/null; true"
+	dest := "d=" + shellQuote(u.Destination) + "; "
+	if !become {
+		cmd := dest + `t=$(mktemp) && cat > "$t" && sh -c ` + shellQuote(place) + ` sh "$t" "$d"; rc=$?; rm -f "$t"; [ $rc -eq 0 ] && ` + done + `; exit $rc`
+		return remoteCommand{run: groupWrap(cmd, pidFile), stdin: string(u.Content), kill: kill}
+	}
+	sudo, readPassword, stdin := "sudo -n", "", string(u.Content)
+	if password != "" {
+		sudo, readPassword, stdin = `printf '%s\n' "$pw" | sudo -k -S -p ''`, "IFS= read -r pw; ", password+"\n"+stdin
+	}
+	cmd := readPassword + dest + `t=$(mktemp) && cat > "$t" && ` + sudo + ` sh -c ` + shellQuote(place) + ` sh "$t" "$d"; rc=$?; rm -f "$t"; [ $rc -eq 0 ] && ` + done + `; exit $rc`
+	return remoteCommand{run: groupWrap(cmd, pidFile), stdin: stdin, kill: kill}
 }
 
 // groupWrap runs cmd in a session of its own (setsid) and records its

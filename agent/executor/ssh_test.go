@@ -441,3 +441,66 @@ func TestSSHProxyJump(t *testing.T) {
 		t.Fatalf("bastion with a wrong key = %+v, want a host key refusal naming the jump host", res)
 	}
 }
+
+// TestSSHUpload: a file goes in place over SSH with its mode, as the login
+// user and with become (root-owned destination); the password never ends
+// up in the file.
+func TestSSHUpload(t *testing.T) {
+	srv := sshtest.Start(t)
+	dir, err := os.MkdirTemp("", "ssh-upload-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	rootOnly := filepath.Join(dir, "root-only")
+	if err := os.Mkdir(rootOnly, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	content := "line one\nbinary \x00\xff end\n"
+	tests := []struct {
+		name, dest, owner string
+		spec              map[string]string
+		mode              os.FileMode
+	}{
+		{name: "as root", dest: filepath.Join(dir, "a.conf"), spec: srv.Spec("root"), mode: 0o600, owner: "root"},
+		{name: "as the user", dest: filepath.Join(dir, "b.conf"), spec: srv.Spec(sshtest.User), owner: sshtest.User},
+		{name: "with become", dest: filepath.Join(rootOnly, "c.conf"), spec: srv.Spec(sshtest.User, "become", "true"), mode: 0o640, owner: "root"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr syncBuffer
+			res := SSH{}.Execute(context.Background(), Action{Upload: &Upload{Destination: tt.dest, Content: []byte(content), Mode: tt.mode}, Spec: tt.spec}, &stdout, &stderr)
+			if res.Status != StatusSucceeded || !strings.Contains(stdout.String(), fmt.Sprintf("uploaded %d bytes to %s", len(content), tt.dest)) {
+				t.Fatalf("upload = %+v, stdout %q, stderr %q", res, stdout.String(), stderr.String())
+			}
+			got, err := os.ReadFile(tt.dest)
+			if err != nil || string(got) != content {
+				t.Fatalf("file = %q, %v; want %q", got, err, content)
+			}
+			info, _ := os.Stat(tt.dest)
+			wantMode := tt.mode
+			if wantMode == 0 {
+				wantMode = 0o644
+			}
+			if info.Mode().Perm() != wantMode {
+				t.Fatalf("mode = %o, want %o", info.Mode().Perm(), wantMode)
+			}
+			owner := "root"
+			if st, ok := info.Sys().(*syscall.Stat_t); ok && st.Uid != 0 {
+				owner = sshtest.User
+			}
+			if owner != tt.owner {
+				t.Fatalf("owner = %s, want %s", owner, tt.owner)
+			}
+		})
+	}
+	// The user cannot write there without become: a plain failure.
+	var stdout, stderr syncBuffer
+	res := SSH{}.Execute(context.Background(), Action{Upload: &Upload{Destination: filepath.Join(rootOnly, "d.conf"), Content: []byte("x")}, Spec: srv.Spec(sshtest.User)}, &stdout, &stderr)
+	if res.Status != StatusFailed {
+		t.Fatalf("upload into a root-only directory as the user = %+v, want failed", res)
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -213,6 +215,11 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 		act := executor.Action{
 			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: command, Script: script,
 			Env: env, WorkingDir: dir, Timeout: a.GetTimeout().AsDuration(), Spec: spec,
+		}
+		if u := a.GetUpload(); u != nil {
+			// The control plane validated the mode; a bad one here means 0644.
+			mode, _ := strconv.ParseUint(u.GetMode(), 8, 32)
+			act.Upload = &executor.Upload{Destination: u.GetDestination(), Content: []byte(u.GetContent()), Mode: os.FileMode(mode)}
 		}
 		if why := buf.maskString(r.refuse(t, rendered(a, t.GetParameters()))); why != "" {
 			// The last line of defence: the control plane checks too, but

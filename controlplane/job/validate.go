@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
@@ -102,6 +104,27 @@ func Validate(prefix string, j *opsconductorv1.Job, plugins ...string) []apperr.
 	return vs
 }
 
+// MaxUploadBytes bounds an upload action's content (it travels in the
+// job definition and the task assignment).
+const MaxUploadBytes = 1 << 20
+
+func validateUpload(u *opsconductorv1.FileUpload, add func(field, format string, args ...any)) {
+	switch d := u.GetDestination(); {
+	case d == "":
+		add(".upload.destination", "must not be empty")
+	case !strings.HasPrefix(d, "/") || strings.HasSuffix(d, "/"):
+		add(".upload.destination", "must be an absolute file path, got %q", d)
+	}
+	if len(u.GetContent()) > MaxUploadBytes {
+		add(".upload.content", "must be at most %d bytes, got %d", MaxUploadBytes, len(u.GetContent()))
+	}
+	if m := u.GetMode(); m != "" {
+		if v, err := strconv.ParseUint(m, 8, 32); err != nil || v > 0o777 {
+			add(".upload.mode", "must be octal permission bits like 0644, got %q", m)
+		}
+	}
+}
+
 func validateAction(a *opsconductorv1.Action, known []string, add func(field, format string, args ...any)) {
 	if len(a.GetName()) > MaxNameLength {
 		add(".name", "must be at most %d characters", MaxNameLength)
@@ -109,13 +132,22 @@ func validateAction(a *opsconductorv1.Action, known []string, add func(field, fo
 	if a.GetPlugin() != "" && !slices.Contains(known, a.GetPlugin()) {
 		add(".plugin", "unknown plugin %q (known: %v)", a.GetPlugin(), known)
 	}
+	set := 0
+	for _, is := range []bool{a.GetCommand() != "", a.GetScript() != "", a.GetUpload() != nil} {
+		if is {
+			set++
+		}
+	}
 	switch {
-	case a.GetCommand() == "" && a.GetScript() == "":
-		add(".command", "must not be empty (set command or script)")
-	case a.GetCommand() != "" && a.GetScript() != "":
-		add(".command", "set only one of command and script")
+	case set == 0:
+		add(".command", "must not be empty (set command, script or upload)")
+	case set > 1:
+		add(".command", "set only one of command, script and upload")
 	case len(a.GetCommand())+len(a.GetScript()) > MaxCommandLength:
 		add(".command", "must be at most %d bytes", MaxCommandLength)
+	}
+	if u := a.GetUpload(); u != nil {
+		validateUpload(u, add)
 	}
 	for _, v := range policy.ValidateRetry("retry", a.GetRetry()) {
 		add("."+v.Field, "%s", v.Description)

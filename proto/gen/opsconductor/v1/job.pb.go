@@ -411,8 +411,8 @@ type Action struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Executor that runs the action. Known: "shell" (the default when empty).
 	Plugin string `protobuf:"bytes,2,opt,name=plugin,proto3" json:"plugin,omitempty"`
-	// A command line run by the shell (sh -c). Exactly one of command and
-	// script is set.
+	// A command line run by the shell (sh -c). Exactly one of command,
+	// script and upload is set.
 	Command string `protobuf:"bytes,3,opt,name=command,proto3" json:"command,omitempty"`
 	// A multi-line script run by the shell.
 	Script     string            `protobuf:"bytes,4,opt,name=script,proto3" json:"script,omitempty"`
@@ -425,7 +425,10 @@ type Action struct {
 	// Retries of this action; unset: the job policy's retry, else none.
 	Retry *RetryPolicy `protobuf:"bytes,9,opt,name=retry,proto3" json:"retry,omitempty"`
 	// Settings for the plugin that runs the action.
-	Spec          map[string]string `protobuf:"bytes,10,rep,name=spec,proto3" json:"spec,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Spec map[string]string `protobuf:"bytes,10,rep,name=spec,proto3" json:"spec,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Puts a file on the target (shell: the agent's host; ssh: the remote
+	// host) instead of running a command.
+	Upload        *FileUpload `protobuf:"bytes,11,opt,name=upload,proto3" json:"upload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -530,6 +533,78 @@ func (x *Action) GetSpec() map[string]string {
 	return nil
 }
 
+func (x *Action) GetUpload() *FileUpload {
+	if x != nil {
+		return x.Upload
+	}
+	return nil
+}
+
+// FileUpload writes a file atomically: to a temporary file next to the
+// destination, then renamed over it.
+type FileUpload struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absolute path of the file on the target.
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	// What the file holds; at most 1 MiB.
+	Content string `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// Permission bits in octal, e.g. "0600". Default "0644".
+	Mode          string `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileUpload) Reset() {
+	*x = FileUpload{}
+	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileUpload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileUpload) ProtoMessage() {}
+
+func (x *FileUpload) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileUpload.ProtoReflect.Descriptor instead.
+func (*FileUpload) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FileUpload) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *FileUpload) GetContent() string {
+	if x != nil {
+		return x.Content
+	}
+	return ""
+}
+
+func (x *FileUpload) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
 // RetryPolicy retries a failed action with exponential backoff: the delay
 // before retry n is min(max_delay, initial_delay * multiplier^(n-1)), with
 // full jitter (a uniformly random share of it) unless no_jitter. Every
@@ -554,7 +629,7 @@ type RetryPolicy struct {
 
 func (x *RetryPolicy) Reset() {
 	*x = RetryPolicy{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +641,7 @@ func (x *RetryPolicy) String() string {
 func (*RetryPolicy) ProtoMessage() {}
 
 func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[4]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +654,7 @@ func (x *RetryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryPolicy.ProtoReflect.Descriptor instead.
 func (*RetryPolicy) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RetryPolicy) GetMaxAttempts() int32 {
@@ -636,7 +711,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -648,7 +723,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[5]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -661,7 +736,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Target) GetAgentId() string {
@@ -687,7 +762,7 @@ type CreateJobRequest struct {
 
 func (x *CreateJobRequest) Reset() {
 	*x = CreateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +774,7 @@ func (x *CreateJobRequest) String() string {
 func (*CreateJobRequest) ProtoMessage() {}
 
 func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[6]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +787,7 @@ func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobRequest.ProtoReflect.Descriptor instead.
 func (*CreateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateJobRequest) GetJob() *Job {
@@ -734,7 +809,7 @@ type CreateJobResponse struct {
 
 func (x *CreateJobResponse) Reset() {
 	*x = CreateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +821,7 @@ func (x *CreateJobResponse) String() string {
 func (*CreateJobResponse) ProtoMessage() {}
 
 func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +834,7 @@ func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobResponse.ProtoReflect.Descriptor instead.
 func (*CreateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateJobResponse) GetJob() *Job {
@@ -790,7 +865,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +877,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +890,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListJobsRequest) GetLabelSelector() string {
@@ -857,7 +932,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +944,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +957,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -910,7 +985,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -922,7 +997,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -935,7 +1010,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -961,7 +1036,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1048,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1061,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -1005,7 +1080,7 @@ type UpdateJobRequest struct {
 
 func (x *UpdateJobRequest) Reset() {
 	*x = UpdateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1092,7 @@ func (x *UpdateJobRequest) String() string {
 func (*UpdateJobRequest) ProtoMessage() {}
 
 func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1105,7 @@ func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateJobRequest) GetJob() *Job {
@@ -1050,7 +1125,7 @@ type UpdateJobResponse struct {
 
 func (x *UpdateJobResponse) Reset() {
 	*x = UpdateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1137,7 @@ func (x *UpdateJobResponse) String() string {
 func (*UpdateJobResponse) ProtoMessage() {}
 
 func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1150,7 @@ func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobResponse.ProtoReflect.Descriptor instead.
 func (*UpdateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateJobResponse) GetJob() *Job {
@@ -1101,7 +1176,7 @@ type DeleteJobRequest struct {
 
 func (x *DeleteJobRequest) Reset() {
 	*x = DeleteJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1188,7 @@ func (x *DeleteJobRequest) String() string {
 func (*DeleteJobRequest) ProtoMessage() {}
 
 func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1201,7 @@ func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteJobRequest) GetId() string {
@@ -1144,7 +1219,7 @@ type DeleteJobResponse struct {
 
 func (x *DeleteJobResponse) Reset() {
 	*x = DeleteJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1231,7 @@ func (x *DeleteJobResponse) String() string {
 func (*DeleteJobResponse) ProtoMessage() {}
 
 func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1244,7 @@ func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
 func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
 }
 
 type ListJobVersionsRequest struct {
@@ -1181,7 +1256,7 @@ type ListJobVersionsRequest struct {
 
 func (x *ListJobVersionsRequest) Reset() {
 	*x = ListJobVersionsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1268,7 @@ func (x *ListJobVersionsRequest) String() string {
 func (*ListJobVersionsRequest) ProtoMessage() {}
 
 func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1281,7 @@ func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListJobVersionsRequest) GetId() string {
@@ -1225,7 +1300,7 @@ type ListJobVersionsResponse struct {
 
 func (x *ListJobVersionsResponse) Reset() {
 	*x = ListJobVersionsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1237,7 +1312,7 @@ func (x *ListJobVersionsResponse) String() string {
 func (*ListJobVersionsResponse) ProtoMessage() {}
 
 func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1250,7 +1325,7 @@ func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListJobVersionsResponse) GetVersions() []*Job {
@@ -1269,7 +1344,7 @@ type ValidateJobRequest struct {
 
 func (x *ValidateJobRequest) Reset() {
 	*x = ValidateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1356,7 @@ func (x *ValidateJobRequest) String() string {
 func (*ValidateJobRequest) ProtoMessage() {}
 
 func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1369,7 @@ func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobRequest.ProtoReflect.Descriptor instead.
 func (*ValidateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ValidateJobRequest) GetId() string {
@@ -1315,7 +1390,7 @@ type FieldViolation struct {
 
 func (x *FieldViolation) Reset() {
 	*x = FieldViolation{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1402,7 @@ func (x *FieldViolation) String() string {
 func (*FieldViolation) ProtoMessage() {}
 
 func (x *FieldViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1415,7 @@ func (x *FieldViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldViolation.ProtoReflect.Descriptor instead.
 func (*FieldViolation) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FieldViolation) GetField() string {
@@ -1369,7 +1444,7 @@ type ResolvedAgent struct {
 
 func (x *ResolvedAgent) Reset() {
 	*x = ResolvedAgent{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1381,7 +1456,7 @@ func (x *ResolvedAgent) String() string {
 func (*ResolvedAgent) ProtoMessage() {}
 
 func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1394,7 +1469,7 @@ func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedAgent.ProtoReflect.Descriptor instead.
 func (*ResolvedAgent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{20}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ResolvedAgent) GetAgentId() string {
@@ -1439,7 +1514,7 @@ type ValidateJobResponse struct {
 
 func (x *ValidateJobResponse) Reset() {
 	*x = ValidateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1451,7 +1526,7 @@ func (x *ValidateJobResponse) String() string {
 func (*ValidateJobResponse) ProtoMessage() {}
 
 func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1464,7 +1539,7 @@ func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobResponse.ProtoReflect.Descriptor instead.
 func (*ValidateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{21}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ValidateJobResponse) GetValid() bool {
@@ -1542,7 +1617,7 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\atimeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
 	"\ftask_timeout\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\vtaskTimeout\x12\x1c\n" +
-	"\texclusive\x18\v \x01(\bR\texclusive\"\xf8\x03\n" +
+	"\texclusive\x18\v \x01(\bR\texclusive\"\xad\x04\n" +
 	"\x06Action\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06plugin\x18\x02 \x01(\tR\x06plugin\x12\x18\n" +
@@ -1555,13 +1630,19 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x11continue_on_error\x18\b \x01(\bR\x0fcontinueOnError\x122\n" +
 	"\x05retry\x18\t \x01(\v2\x1c.opsconductor.v1.RetryPolicyR\x05retry\x125\n" +
 	"\x04spec\x18\n" +
-	" \x03(\v2!.opsconductor.v1.Action.SpecEntryR\x04spec\x1a6\n" +
+	" \x03(\v2!.opsconductor.v1.Action.SpecEntryR\x04spec\x123\n" +
+	"\x06upload\x18\v \x01(\v2\x1b.opsconductor.v1.FileUploadR\x06upload\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a7\n" +
 	"\tSpecEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\\\n" +
+	"\n" +
+	"FileUpload\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\tR\acontent\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\tR\x04mode\"\x80\x02\n" +
 	"\vRetryPolicy\x12!\n" +
 	"\fmax_attempts\x18\x01 \x01(\x05R\vmaxAttempts\x12>\n" +
 	"\rinitial_delay\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\finitialDelay\x12\x1e\n" +
@@ -1658,89 +1739,91 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
 	(*Parameter)(nil),               // 1: opsconductor.v1.Parameter
 	(*ExecutionPolicy)(nil),         // 2: opsconductor.v1.ExecutionPolicy
 	(*Action)(nil),                  // 3: opsconductor.v1.Action
-	(*RetryPolicy)(nil),             // 4: opsconductor.v1.RetryPolicy
-	(*Target)(nil),                  // 5: opsconductor.v1.Target
-	(*CreateJobRequest)(nil),        // 6: opsconductor.v1.CreateJobRequest
-	(*CreateJobResponse)(nil),       // 7: opsconductor.v1.CreateJobResponse
-	(*ListJobsRequest)(nil),         // 8: opsconductor.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 9: opsconductor.v1.ListJobsResponse
-	(*GetJobRequest)(nil),           // 10: opsconductor.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 11: opsconductor.v1.GetJobResponse
-	(*UpdateJobRequest)(nil),        // 12: opsconductor.v1.UpdateJobRequest
-	(*UpdateJobResponse)(nil),       // 13: opsconductor.v1.UpdateJobResponse
-	(*DeleteJobRequest)(nil),        // 14: opsconductor.v1.DeleteJobRequest
-	(*DeleteJobResponse)(nil),       // 15: opsconductor.v1.DeleteJobResponse
-	(*ListJobVersionsRequest)(nil),  // 16: opsconductor.v1.ListJobVersionsRequest
-	(*ListJobVersionsResponse)(nil), // 17: opsconductor.v1.ListJobVersionsResponse
-	(*ValidateJobRequest)(nil),      // 18: opsconductor.v1.ValidateJobRequest
-	(*FieldViolation)(nil),          // 19: opsconductor.v1.FieldViolation
-	(*ResolvedAgent)(nil),           // 20: opsconductor.v1.ResolvedAgent
-	(*ValidateJobResponse)(nil),     // 21: opsconductor.v1.ValidateJobResponse
-	nil,                             // 22: opsconductor.v1.Job.LabelsEntry
-	nil,                             // 23: opsconductor.v1.Action.EnvEntry
-	nil,                             // 24: opsconductor.v1.Action.SpecEntry
-	nil,                             // 25: opsconductor.v1.ResolvedAgent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 26: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 27: google.protobuf.Duration
-	(*SafetyFinding)(nil),           // 28: opsconductor.v1.SafetyFinding
+	(*FileUpload)(nil),              // 4: opsconductor.v1.FileUpload
+	(*RetryPolicy)(nil),             // 5: opsconductor.v1.RetryPolicy
+	(*Target)(nil),                  // 6: opsconductor.v1.Target
+	(*CreateJobRequest)(nil),        // 7: opsconductor.v1.CreateJobRequest
+	(*CreateJobResponse)(nil),       // 8: opsconductor.v1.CreateJobResponse
+	(*ListJobsRequest)(nil),         // 9: opsconductor.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 10: opsconductor.v1.ListJobsResponse
+	(*GetJobRequest)(nil),           // 11: opsconductor.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 12: opsconductor.v1.GetJobResponse
+	(*UpdateJobRequest)(nil),        // 13: opsconductor.v1.UpdateJobRequest
+	(*UpdateJobResponse)(nil),       // 14: opsconductor.v1.UpdateJobResponse
+	(*DeleteJobRequest)(nil),        // 15: opsconductor.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),       // 16: opsconductor.v1.DeleteJobResponse
+	(*ListJobVersionsRequest)(nil),  // 17: opsconductor.v1.ListJobVersionsRequest
+	(*ListJobVersionsResponse)(nil), // 18: opsconductor.v1.ListJobVersionsResponse
+	(*ValidateJobRequest)(nil),      // 19: opsconductor.v1.ValidateJobRequest
+	(*FieldViolation)(nil),          // 20: opsconductor.v1.FieldViolation
+	(*ResolvedAgent)(nil),           // 21: opsconductor.v1.ResolvedAgent
+	(*ValidateJobResponse)(nil),     // 22: opsconductor.v1.ValidateJobResponse
+	nil,                             // 23: opsconductor.v1.Job.LabelsEntry
+	nil,                             // 24: opsconductor.v1.Action.EnvEntry
+	nil,                             // 25: opsconductor.v1.Action.SpecEntry
+	nil,                             // 26: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 27: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 28: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 29: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
-	22, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
+	23, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
 	3,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
-	5,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	26, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	26, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	6,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
+	27, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	27, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
 	1,  // 6: opsconductor.v1.Job.parameters:type_name -> opsconductor.v1.Parameter
-	27, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
-	27, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
-	4,  // 9: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
-	27, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
-	27, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
-	23, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	27, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
-	4,  // 14: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
-	24, // 15: opsconductor.v1.Action.spec:type_name -> opsconductor.v1.Action.SpecEntry
-	27, // 16: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	27, // 17: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
-	0,  // 18: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 19: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	28, // 20: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 21: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 22: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 23: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 24: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	28, // 25: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 26: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	25, // 27: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	19, // 28: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	20, // 29: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	19, // 30: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	6,  // 31: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	8,  // 32: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	10, // 33: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	12, // 34: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	14, // 35: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	16, // 36: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	18, // 37: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	7,  // 38: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	9,  // 39: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	11, // 40: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	13, // 41: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	15, // 42: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	17, // 43: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	21, // 44: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	38, // [38:45] is the sub-list for method output_type
-	31, // [31:38] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	28, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
+	28, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
+	5,  // 9: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
+	28, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
+	28, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
+	24, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
+	28, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	5,  // 14: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
+	25, // 15: opsconductor.v1.Action.spec:type_name -> opsconductor.v1.Action.SpecEntry
+	4,  // 16: opsconductor.v1.Action.upload:type_name -> opsconductor.v1.FileUpload
+	28, // 17: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	28, // 18: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	0,  // 19: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 20: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
+	29, // 21: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 22: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 23: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 24: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 25: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	29, // 26: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 27: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	26, // 28: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	20, // 29: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	21, // 30: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	20, // 31: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	7,  // 32: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	9,  // 33: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	11, // 34: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	13, // 35: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	15, // 36: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	17, // 37: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	19, // 38: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	8,  // 39: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	10, // 40: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	12, // 41: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	14, // 42: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	16, // 43: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	18, // 44: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	22, // 45: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	39, // [39:46] is the sub-list for method output_type
+	32, // [32:39] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -1756,7 +1839,7 @@ func file_opsconductor_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
