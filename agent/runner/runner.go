@@ -353,11 +353,15 @@ func (r *Runner) refuse(t *agentv1.TaskAssignment, a *opsconductorv1.Action) str
 	if text == "" {
 		text = a.GetScript()
 	}
+	if u := a.GetUpload(); u != nil {
+		text = safety.UploadCommand(u.GetDestination())
+	}
 	lang := safety.Shell
-	switch a.GetPlugin() {
-	case "powershell", "winrm":
+	switch {
+	case a.GetUpload() != nil:
+	case a.GetPlugin() == "powershell" || a.GetPlugin() == "winrm":
 		lang = safety.PowerShell
-	case "cmd":
+	case a.GetPlugin() == "cmd":
 		lang = safety.Cmd
 	}
 	rep := r.checker.Check(lang, text)

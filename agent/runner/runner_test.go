@@ -163,6 +163,12 @@ func TestAgentRefusesDangerousCommands(t *testing.T) {
 	if why := r.refuse(task(), &opsconductorv1.Action{Command: "rm -rf ./build"}); why != "" {
 		t.Fatalf("the agent refuses rm -rf ./build: %s", why)
 	}
+	if why := r.refuse(task(), &opsconductorv1.Action{Upload: &opsconductorv1.FileUpload{Destination: "/etc/shadow"}}); why == "" {
+		t.Fatal("the agent would upload over /etc/shadow")
+	}
+	if why := r.refuse(task(), &opsconductorv1.Action{Upload: &opsconductorv1.FileUpload{Destination: "/etc/app.conf"}}); why != "" {
+		t.Fatalf("the agent refuses an upload to /etc/app.conf: %s", why)
+	}
 }
 
 // TestRetriesRecorded: an action that fails twice then succeeds is three

@@ -392,3 +392,11 @@ func truncate(s string, n int) string {
 }
 
 func isRuneStart(b byte) bool { return b&0xC0 != 0x80 }
+
+// UploadCommand is the shell command an upload to dest amounts to, for
+// checking: writing a file is judged like redirecting into it, so an
+// upload over /etc/shadow or onto a disk device is blocked like
+// `cat > /etc/shadow` would be.
+func UploadCommand(dest string) string {
+	return "cat > '" + strings.ReplaceAll(dest, "'", `'\''`) + "'"
+}

@@ -394,3 +394,23 @@ func TestDocExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestUploadCommand: an upload is judged like a redirect into its
+// destination, whatever quotes the path holds.
+func TestUploadCommand(t *testing.T) {
+	c, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dest, blocked := range map[string]bool{
+		"/etc/shadow":        true,
+		"/etc/sudoers":       true,
+		"/dev/sda":           true,
+		"/etc/app.conf":      false,
+		"/srv/it's fine.txt": false,
+	} {
+		if got := c.Check(Shell, UploadCommand(dest)).Blocked(); got != blocked {
+			t.Errorf("upload to %q: blocked = %v, want %v", dest, got, blocked)
+		}
+	}
+}

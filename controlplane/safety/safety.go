@@ -69,7 +69,11 @@ func (s *Service) CheckJob(job *opsconductorv1.Job) []*opsconductorv1.SafetyFind
 		if text == "" {
 			field, text = fmt.Sprintf("job.actions[%d].script", i), a.GetScript()
 		}
-		rep := s.checker.Check(languageOf(a.GetPlugin()), text)
+		lang := languageOf(a.GetPlugin())
+		if u := a.GetUpload(); u != nil {
+			field, text, lang = fmt.Sprintf("job.actions[%d].upload.destination", i), safety.UploadCommand(u.GetDestination()), safety.Shell
+		}
+		rep := s.checker.Check(lang, text)
 		if !rep.Blocked() {
 			continue
 		}
