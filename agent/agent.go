@@ -46,6 +46,8 @@ type Config struct {
 	PollWait time.Duration
 	// KeyMaxAge: a key older than this is rotated at start (0: never).
 	KeyMaxAge time.Duration
+	// Plugins are the executors this agent runs, reported at start.
+	Plugins []string
 	// Safety refuses dangerous commands the control plane did not
 	// explicitly allow; nil means the built-in rules.
 	Safety *safety.Checker
@@ -93,7 +95,7 @@ func New(cfg Config, st state.Store, exec executor.Executor, client *http.Client
 
 func (a *Agent) facts() *agentv1.Facts {
 	host, _ := os.Hostname()
-	return &agentv1.Facts{Hostname: host, Os: runtime.GOOS, Arch: runtime.GOARCH, AgentVersion: protocol.Version}
+	return &agentv1.Facts{Hostname: host, Os: runtime.GOOS, Arch: runtime.GOARCH, AgentVersion: protocol.Version, Plugins: a.cfg.Plugins}
 }
 
 // enroll returns the saved identity, or enrolls with the join token.

@@ -123,7 +123,7 @@ func checkProtocol(v int32) error {
 }
 
 func facts(f *agentv1.Facts) registry.Facts {
-	return registry.Facts{Hostname: f.GetHostname(), OS: f.GetOs(), Arch: f.GetArch(), AgentVersion: f.GetAgentVersion()}
+	return registry.Facts{Hostname: f.GetHostname(), OS: f.GetOs(), Arch: f.GetArch(), AgentVersion: f.GetAgentVersion(), Plugins: f.GetPlugins()}
 }
 
 func (g *Gateway) Enroll(ctx context.Context, req *connect.Request[agentv1.EnrollRequest]) (*connect.Response[agentv1.EnrollResponse], error) {

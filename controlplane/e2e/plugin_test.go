@@ -39,7 +39,8 @@ func TestExternalPlugin(t *testing.T) {
 	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite), "OPSCONDUCTOR_PLUGINS": "upper"})
 	s.StartAgent(t, "pinned", "role=pinned", "--plugin-dir", dir, "--plugin", "upper="+pin)
 	s.StartAgent(t, "mispinned", "role=mispinned", "--plugin-dir", dir, "--plugin", "upper="+wrong)
-	s.WaitAgents(t, 2)
+	s.StartAgent(t, "plain", "role=plain") // no external plugins
+	s.WaitAgents(t, 3)
 
 	j := createJob(t, s, map[string]any{"name": "shout", "targets": []map[string]any{{"selector": "role=pinned"}},
 		"actions": []map[string]any{
@@ -68,6 +69,14 @@ func TestExternalPlugin(t *testing.T) {
 
 	var refusal struct {
 		Message string `json:"message"`
+	}
+	// Agents report their executors: a job needing a plugin an agent lacks
+	// is refused up front instead of failing on it.
+	plain := createJob(t, s, map[string]any{"name": "needs-upper", "targets": []map[string]any{{"selector": "role=plain"}},
+		"actions": []map[string]any{{"plugin": "upper", "command": "hello"}}})
+	if code := s.Do(t, "POST", "/api/v1/jobs/"+plain.ID+"/execute", map[string]any{}, &refusal); code != 400 ||
+		!strings.Contains(refusal.Message, "plain") || !strings.Contains(refusal.Message, `no plugin "upper"`) {
+		t.Fatalf("job needing a missing plugin: HTTP %d %q, want 400 naming the agent and the plugin", code, refusal.Message)
 	}
 	if code := s.Do(t, "POST", "/api/v1/jobs", map[string]any{"name": "unknown-plugin", "targets": []map[string]any{{"selector": "role=pinned"}},
 		"actions": []map[string]any{{"plugin": "telnet", "command": "x"}}}, &refusal); code != 400 || !strings.Contains(refusal.Message, "upper") {

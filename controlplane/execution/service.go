@@ -218,12 +218,34 @@ func (s *Service) resolve(ctx context.Context, job *opsconductorv1.Job) ([]*opsc
 // agents, dangerous commands) and stores the execution with a task per
 // agent. parentID links a retry to the execution it retries.
 func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.Execution, *opsconductorv1.ExecutionPlan, error) {
+	if err := checkPlugins(job, agents); err != nil {
+		return nil, nil, err
+	}
 	if opts.dryRun {
 		plan, err := s.plan(ctx, job, agents, opts)
 		return nil, plan, err
 	}
 	e, err := s.run(ctx, job, agents, opts)
 	return e, nil, err
+}
+
+// checkPlugins refuses a run on agents that reported their executors and
+// lack one the job's actions need: the task would only fail there. Agents
+// that never reported (older versions) are not checked.
+func checkPlugins(job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent) error {
+	for _, a := range agents {
+		if len(a.GetPlugins()) == 0 {
+			continue
+		}
+		for i, act := range job.GetActions() {
+			need := cmp.Or(act.GetPlugin(), "shell")
+			if !slices.Contains(a.GetPlugins(), need) {
+				return apperr.FailedPrecondition("agent %s cannot run job.actions[%d]: it has no plugin %q (it has %s)",
+					a.GetName(), i, need, strings.Join(a.GetPlugins(), ", "))
+			}
+		}
+	}
+	return nil
 }
 
 // plan is what run would do, without doing it: targets in batch order,

@@ -163,6 +163,7 @@ func (r *Registry) Online(a AgentRecord) bool { return r.now().Sub(a.LastSeenAt)
 // Facts are what an agent reports about its host.
 type Facts struct {
 	Hostname, OS, Arch, AgentVersion string
+	Plugins                          []string
 }
 
 // Enroll spends the join token and registers a new agent with its public
@@ -388,7 +389,7 @@ func (r *Registry) UpdateFacts(ctx context.Context, a AgentRecord, labels map[st
 		labels = map[string]string{}
 	}
 	a.Labels = labels
-	a.Hostname, a.OS, a.Arch, a.AgentVersion = f.Hostname, f.OS, f.Arch, f.AgentVersion
+	a.Hostname, a.OS, a.Arch, a.AgentVersion, a.Plugins = f.Hostname, f.OS, f.Arch, f.AgentVersion, f.Plugins
 	a.LastSeenAt = r.now()
 	return r.store.AgentUpdateFacts(ctx, a)
 }
@@ -444,7 +445,7 @@ func (r *Registry) ResolveTargets(ctx context.Context, targets []*opsconductorv1
 	}
 	out := make([]*opsconductorv1.ResolvedAgent, len(agents))
 	for i, a := range agents {
-		out[i] = &opsconductorv1.ResolvedAgent{AgentId: a.ID, Name: a.Name, Online: r.Online(a), Labels: a.Labels}
+		out[i] = &opsconductorv1.ResolvedAgent{AgentId: a.ID, Name: a.Name, Online: r.Online(a), Labels: a.Labels, Plugins: a.Plugins}
 	}
 	return out, unmatched, nil
 }

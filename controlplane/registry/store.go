@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/outbox"
@@ -48,6 +49,8 @@ type AgentRecord struct {
 	RevokedAt            *time.Time
 	// State is active, draining or paused.
 	State string
+	// Plugins are the executors the agent reported; empty: not reported.
+	Plugins []string
 	// SignedWithPreviousKey is set on the record Authenticate returns when
 	// the call was signed with the previous key (never stored).
 	SignedWithPreviousKey bool
@@ -197,8 +200,8 @@ func (s *Store) AgentUpdateFacts(ctx context.Context, a AgentRecord) error {
 	if err != nil {
 		return fmt.Errorf("encode labels: %w", err)
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE agents SET name = $1, labels = $2, hostname = $3, os = $4, arch = $5, agent_version = $6, last_seen_at = $7
-		WHERE id = $8`, a.Name, string(labels), a.Hostname, a.OS, a.Arch, a.AgentVersion, a.LastSeenAt.UTC(), a.ID)
+	res, err := s.db.ExecContext(ctx, `UPDATE agents SET name = $1, labels = $2, hostname = $3, os = $4, arch = $5, agent_version = $6, last_seen_at = $7,
+		plugins = $9 WHERE id = $8`, a.Name, string(labels), a.Hostname, a.OS, a.Arch, a.AgentVersion, a.LastSeenAt.UTC(), a.ID, strings.Join(a.Plugins, ","))
 	if err != nil {
 		return fmt.Errorf("update agent %s: %w", a.ID, err)
 	}
@@ -247,17 +250,20 @@ func (s *Store) AgentList(ctx context.Context) ([]AgentRecord, error) {
 }
 
 const agentColumns = `SELECT id, name, labels, token_labels, hostname, os, arch, agent_version, public_key, previous_public_key,
-	previous_key_expires_at, enrolled_at, last_seen_at, revoked, revoked_at, state FROM agents`
+	previous_key_expires_at, enrolled_at, last_seen_at, revoked, revoked_at, state, plugins FROM agents`
 
 type scanner interface{ Scan(dest ...any) error }
 
 func scanAgent(row scanner) (AgentRecord, error) {
 	var a AgentRecord
-	var labels, tokenLabels, key, prevKey string
+	var labels, tokenLabels, key, prevKey, plugins string
 	var prevExpires, revokedAt sql.NullTime
 	if err := row.Scan(&a.ID, &a.Name, &labels, &tokenLabels, &a.Hostname, &a.OS, &a.Arch, &a.AgentVersion, &key, &prevKey,
-		&prevExpires, &a.EnrolledAt, &a.LastSeenAt, &a.Revoked, &revokedAt, &a.State); err != nil {
+		&prevExpires, &a.EnrolledAt, &a.LastSeenAt, &a.Revoked, &revokedAt, &a.State, &plugins); err != nil {
 		return AgentRecord{}, store.Translate(err)
+	}
+	if plugins != "" {
+		a.Plugins = strings.Split(plugins, ",")
 	}
 	if err := json.Unmarshal([]byte(labels), &a.Labels); err != nil {
 		return AgentRecord{}, fmt.Errorf("decode labels of agent %s: %w", a.ID, err)

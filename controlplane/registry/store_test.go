@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -115,8 +116,12 @@ func TestStoreContract(t *testing.T) {
 				a := agent("a1", "web-1b", map[string]string{"role": "web", "zone": "b", "new": "yes"})
 				a.TokenLabels = map[string]string{"zone": "a"}
 				a.LastSeenAt = now.Add(time.Minute)
+				a.Plugins = []string{"shell", "ssh", "upper"}
 				if err := st.AgentUpdateFacts(ctx, a); err != nil {
 					t.Fatal(err)
+				}
+				if got, _ := st.AgentGet(ctx, "a1"); strings.Join(got.Plugins, ",") != "shell,ssh,upper" {
+					t.Fatalf("plugins = %v, want shell, ssh, upper", got.Plugins)
 				}
 				if err := st.AgentUpdateFacts(ctx, agent("nope", "x", nil)); !errors.Is(err, store.ErrNotFound) {
 					t.Fatalf("update unknown: %v", err)

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -126,9 +127,15 @@ func run(args []string) error {
 		plugins.Pins[name] = strings.ToLower(sum)
 	}
 	defer plugins.Close()
+	// What the agent tells the control plane it can run.
+	have := []string{"shell", "ssh"}
+	for name := range plugins.Pins {
+		have = append(have, name)
+	}
+	slices.Sort(have[2:])
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
-		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker,
+		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker, Plugins: have,
 	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: &executor.Shell{}, SSH: executor.SSH{}, Plugins: plugins}, client, logger)
 	if err != nil {
 		return err

@@ -25,11 +25,14 @@ const (
 )
 
 type Facts struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
-	Os            string                 `protobuf:"bytes,2,opt,name=os,proto3" json:"os,omitempty"`
-	Arch          string                 `protobuf:"bytes,3,opt,name=arch,proto3" json:"arch,omitempty"`
-	AgentVersion  string                 `protobuf:"bytes,4,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Hostname     string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Os           string                 `protobuf:"bytes,2,opt,name=os,proto3" json:"os,omitempty"`
+	Arch         string                 `protobuf:"bytes,3,opt,name=arch,proto3" json:"arch,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,4,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// The executors the agent can run: "shell", "ssh" and its pinned
+	// external plugins. Tasks needing another are not given to it.
+	Plugins       []string `protobuf:"bytes,5,rep,name=plugins,proto3" json:"plugins,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -90,6 +93,13 @@ func (x *Facts) GetAgentVersion() string {
 		return x.AgentVersion
 	}
 	return ""
+}
+
+func (x *Facts) GetPlugins() []string {
+	if x != nil {
+		return x.Plugins
+	}
+	return nil
 }
 
 type EnrollRequest struct {
@@ -1180,12 +1190,13 @@ var File_opsconductor_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"!opsconductor/agent/v1/agent.proto\x12\x15opsconductor.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fopsconductor/v1/execution.proto\x1a\x19opsconductor/v1/job.proto\"l\n" +
+	"!opsconductor/agent/v1/agent.proto\x12\x15opsconductor.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1fopsconductor/v1/execution.proto\x1a\x19opsconductor/v1/job.proto\"\x86\x01\n" +
 	"\x05Facts\x12\x1a\n" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\x12\x0e\n" +
 	"\x02os\x18\x02 \x01(\tR\x02os\x12\x12\n" +
 	"\x04arch\x18\x03 \x01(\tR\x04arch\x12#\n" +
-	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"\xc5\x02\n" +
+	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\x12\x18\n" +
+	"\aplugins\x18\x05 \x03(\tR\aplugins\"\xc5\x02\n" +
 	"\rEnrollRequest\x12\x1d\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\tR\tjoinToken\x12\x12\n" +
