@@ -222,11 +222,17 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 				return fmt.Errorf("look up idempotency key: %w", err)
 			}
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO job_locks (job_id) VALUES ($1) ON CONFLICT (job_id) DO NOTHING`, e.JobID); err != nil {
-			return fmt.Errorf("lock job %s: %w", e.JobID, err)
-		}
-		if _, err := tx.ExecContext(ctx, `SELECT job_id FROM job_locks WHERE job_id = $1`+store.ForUpdate(tx), e.JobID); err != nil {
-			return fmt.Errorf("lock job %s: %w", e.JobID, err)
+		if e.JobID == "" {
+			// An ad-hoc run has no job to share a lock or a concurrency
+			// policy with: unrelated inline runs must not block each other.
+			concurrency = ConcurrencyAllow
+		} else {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO job_locks (job_id) VALUES ($1) ON CONFLICT (job_id) DO NOTHING`, e.JobID); err != nil {
+				return fmt.Errorf("lock job %s: %w", e.JobID, err)
+			}
+			if _, err := tx.ExecContext(ctx, `SELECT job_id FROM job_locks WHERE job_id = $1`+store.ForUpdate(tx), e.JobID); err != nil {
+				return fmt.Errorf("lock job %s: %w", e.JobID, err)
+			}
 		}
 		if concurrency == ConcurrencySkip || concurrency == ConcurrencyQueue {
 			running, err := latestUnfinished(ctx, tx, e.JobID)

@@ -506,6 +506,17 @@ func TestStoreContract(t *testing.T) {
 				}
 			})
 
+			t.Run("ad-hoc runs do not share a job's concurrency", func(t *testing.T) {
+				b := setup(t, d)
+				for _, id := range []string{"adhoc-1", "adhoc-2"} {
+					rec := ExecutionRecord{ID: id, JobName: "inline", Snapshot: []byte(`{}`), CorrelationID: "c", CreatedAt: time.Now().UTC()}
+					tasks := []TaskRecord{{ID: id + "-t0", AgentID: "x1", AgentName: "x1", OutputLimit: 64}}
+					if _, err := b.st.ExecutionCreate(b.ctx, rec, tasks, ConcurrencySkip, nil); err != nil {
+						t.Fatalf("ad-hoc %s refused: %v (unrelated inline runs must not block each other)", id, err)
+					}
+				}
+			})
+
 			t.Run("cancelling a queued execution passes its waiters on", func(t *testing.T) {
 				b := setup(t, d)
 				mk := func(id string) {
