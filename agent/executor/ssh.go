@@ -152,8 +152,8 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 	// Kill the action's process group from a second session on the same
 	// connection; closing the connection is the last resort.
 	if killer, err := client.NewSession(); err == nil {
-		if remote.stdin != "" && spec["become"] == "true" {
-			killer.Stdin = strings.NewReader(cmpOr(spec["become_password"], spec["password"]) + "\n")
+		if remote.killStdin != "" {
+			killer.Stdin = strings.NewReader(remote.killStdin)
 		}
 		_ = killer.Run(remote.kill)
 		killer.Close()
@@ -310,9 +310,16 @@ func keepAlive(client *ssh.Client, k keepaliveConfig, stop <-chan struct{}, lost
 }
 
 // remoteCommand is an action's remote command line, what goes on its
-// stdin, and the command that kills it (see groupWrap).
+// stdin, and the command that kills it (see groupWrap) with its stdin.
 type remoteCommand struct {
-	run, stdin, kill string
+	run, stdin, kill, killStdin string
+}
+
+// killGroup is the command that kills the process group recorded in
+// pidFile: TERM, then KILL a second later.
+func killGroup(pidFile string) string {
+	pid := shellQuote(pidFile)
+	return "test -f " + pid + " && p=$(cat " + pid + ") && kill -TERM -$p 2>/dev/null; sleep 1; kill -KILL -$p 2>/dev/null; true"
 }
 
 // buildRemoteCommand builds the remote command for a. A script goes on
@@ -334,8 +341,7 @@ func buildRemoteCommand(a Action, spec map[string]string, pidFile string) remote
 	if a.WorkingDir != "" {
 		cmd = "cd " + shellQuote(a.WorkingDir) + " && " + cmd
 	}
-	pid := shellQuote(pidFile)
-	kill := "test -f " + pid + " && p=$(cat " + pid + ") && kill -TERM -$p 2>/dev/null; sleep 1; kill -KILL -$p 2>/dev/null; true"
+	kill := killGroup(pidFile)
 	if !become {
 		return remoteCommand{run: groupWrap(cmd, pidFile), stdin: stdin, kill: kill}
 	}
@@ -347,7 +353,7 @@ func buildRemoteCommand(a Action, spec map[string]string, pidFile string) remote
 	// -S reads the password from stdin; -k makes sudo ask for it even
 	// when a cached credential exists, so the line is always consumed.
 	sudo := "sudo -k -S -p '' sh -c "
-	return remoteCommand{run: groupWrap(sudo+shellQuote(cmd), pidFile), stdin: password + "\n" + stdin, kill: sudo + shellQuote(kill)}
+	return remoteCommand{run: groupWrap(sudo+shellQuote(cmd), pidFile), stdin: password + "\n" + stdin, kill: sudo + shellQuote(kill), killStdin: password + "\n"}
 }
 
 // buildUpload is the remote command that puts u in place: the content
@@ -360,20 +366,18 @@ func buildUpload(u *Upload, become bool, password, pidFile string) remoteCommand
 	mode := fmt.Sprintf("%04o", u.mode())
 	place := `u=$(mktemp "$(dirname "$2")/.opsconductor-upload.XXXXXX") && cat "$1" > "$u" && chmod ` + mode +
 		` "$u" && mv -f "$u" "$2" || { rm -f "$u"; exit 1; }`
-	done := fmt.Sprintf(`echo "uploaded %d bytes to $d"`, len(u.Content))
-	pid := shellQuote(pidFile)
-	kill := "test -f " + pid + " && p=$(cat " + pid + ") && kill -TERM -$p 2>/dev/null; sleep 1; kill -KILL -$p 2>/dev/null; true"
-	dest := "d=" + shellQuote(u.Destination) + "; "
-	if !become {
-		cmd := dest + `t=$(mktemp) && cat > "$t" && sh -c ` + shellQuote(place) + ` sh "$t" "$d"; rc=$?; rm -f "$t"; [ $rc -eq 0 ] && ` + done + `; exit $rc`
-		return remoteCommand{run: groupWrap(cmd, pidFile), stdin: string(u.Content), kill: kill}
+	// Under become the password line is read first, then root places the
+	// file the login user received.
+	readPassword, placeAs, stdin := "", "", string(u.Content)
+	switch {
+	case become && password != "":
+		readPassword, placeAs, stdin = "IFS= read -r pw; ", `printf '%s\n' "$pw" | sudo -k -S -p '' `, password+"\n"+stdin
+	case become:
+		placeAs = "sudo -n "
 	}
-	sudo, readPassword, stdin := "sudo -n", "", string(u.Content)
-	if password != "" {
-		sudo, readPassword, stdin = `printf '%s\n' "$pw" | sudo -k -S -p ''`, "IFS= read -r pw; ", password+"\n"+stdin
-	}
-	cmd := readPassword + dest + `t=$(mktemp) && cat > "$t" && ` + sudo + ` sh -c ` + shellQuote(place) + ` sh "$t" "$d"; rc=$?; rm -f "$t"; [ $rc -eq 0 ] && ` + done + `; exit $rc`
-	return remoteCommand{run: groupWrap(cmd, pidFile), stdin: stdin, kill: kill}
+	cmd := readPassword + "d=" + shellQuote(u.Destination) + `; t=$(mktemp) && cat > "$t" && ` + placeAs + "sh -c " + shellQuote(place) +
+		` sh "$t" "$d"; rc=$?; rm -f "$t"; ` + fmt.Sprintf(`[ $rc -eq 0 ] && echo "uploaded %d bytes to $d"; exit $rc`, len(u.Content))
+	return remoteCommand{run: groupWrap(cmd, pidFile), stdin: stdin, kill: killGroup(pidFile)}
 }
 
 // groupWrap runs cmd in a session of its own (setsid) and records its

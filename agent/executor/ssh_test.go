@@ -3,7 +3,6 @@ package executor
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -235,59 +234,8 @@ func TestSSHTrustOnFirstUseAndAgent(t *testing.T) {
 // after the command's own (much later) end.
 func TestSSHKeepaliveDetectsSilentHost(t *testing.T) {
 	srv := sshtest.Start(t)
-	proxy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	frozen, done := make(chan struct{}), make(chan struct{})
-	var conns []net.Conn
-	var connsMu sync.Mutex
-	t.Cleanup(func() {
-		close(done)
-		proxy.Close()
-		connsMu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		connsMu.Unlock()
-	})
-	pipe := func(dst, src net.Conn) {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if err != nil {
-				return
-			}
-			select {
-			case <-frozen:
-				<-done // the host went silent: nothing more is forwarded
-				return
-			default:
-			}
-			if _, err := dst.Write(buf[:n]); err != nil {
-				return
-			}
-		}
-	}
-	go func() {
-		for {
-			client, err := proxy.Accept()
-			if err != nil {
-				return
-			}
-			server, err := net.Dial("tcp", "127.0.0.1:"+srv.Port)
-			if err != nil {
-				client.Close()
-				return
-			}
-			connsMu.Lock()
-			conns = append(conns, client, server)
-			connsMu.Unlock()
-			go pipe(server, client)
-			go pipe(client, server)
-		}
-	}()
-	spec := srv.Spec("root", "port", strconv.Itoa(proxy.Addr().(*net.TCPAddr).Port), "known_hosts", "",
+	proxy := startCountingProxy(t, srv.Port)
+	spec := srv.Spec("root", "port", proxy.port(), "known_hosts", "",
 		"host_key_fingerprint", ssh.FingerprintSHA256(srv.HostKey), "keepalive_interval", "200ms", "keepalive_count_max", "3")
 	// The remote command's process group, to stop it afterwards: sshd
 	// keeps running it for the frozen connection.
@@ -311,7 +259,7 @@ func TestSSHKeepaliveDetectsSilentHost(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	close(frozen)
+	proxy.freeze()
 	select {
 	case res := <-result:
 		if res.Status != StatusFailed || !strings.Contains(res.Error, "ssh connection lost") || !strings.Contains(res.Error, "keepalive") {
@@ -323,12 +271,38 @@ func TestSSHKeepaliveDetectsSilentHost(t *testing.T) {
 }
 
 // countingProxy forwards loopback connections to port and counts them;
-// cut closes every connection forwarded so far.
+// cut closes every connection forwarded so far; freeze stops forwarding
+// without closing anything (a host gone silent).
 type countingProxy struct {
 	listener net.Listener
+	frozen   chan struct{}
+	stopped  chan struct{}
 	mu       sync.Mutex
 	accepted int
 	conns    []net.Conn
+}
+
+func (p *countingProxy) freeze() { close(p.frozen) }
+
+// pipe copies src to dst until either closes or the proxy freezes.
+func (p *countingProxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		select {
+		case <-p.frozen:
+			<-p.stopped // nothing more is forwarded
+			return
+		default:
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
 }
 
 func startCountingProxy(t *testing.T, port string) *countingProxy {
@@ -337,8 +311,9 @@ func startCountingProxy(t *testing.T, port string) *countingProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &countingProxy{listener: l}
+	p := &countingProxy{listener: l, frozen: make(chan struct{}), stopped: make(chan struct{})}
 	t.Cleanup(func() {
+		close(p.stopped)
 		l.Close()
 		p.cut()
 	})
@@ -357,8 +332,8 @@ func startCountingProxy(t *testing.T, port string) *countingProxy {
 			p.accepted++
 			p.conns = append(p.conns, client, server)
 			p.mu.Unlock()
-			go func() { _, _ = io.Copy(server, client); server.Close() }()
-			go func() { _, _ = io.Copy(client, server); client.Close() }()
+			go p.pipe(server, client)
+			go p.pipe(client, server)
 		}
 	}()
 	return p

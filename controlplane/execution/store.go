@@ -778,27 +778,8 @@ func (s *Store) cancel(ctx context.Context, id, by, reason, why string, afterCom
 				return err
 			}
 		}
-		rows, err = tx.QueryContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3
-			WHERE execution_id = $4 AND status = $5 RETURNING id, agent_name`, TaskCancelled, "cancelled before it started", t, id, TaskQueued)
-		if err != nil {
+		if err := endQueuedTasks(ctx, tx, id, TaskCancelled, "cancelled before it started", t); err != nil {
 			return fmt.Errorf("cancel queued tasks of %s: %w", id, err)
-		}
-		type cancelled struct{ id, agent string }
-		var done []cancelled
-		for rows.Next() {
-			var c cancelled
-			if err := rows.Scan(&c.id, &c.agent); err != nil {
-				rows.Close()
-				return err
-			}
-			done = append(done, c)
-		}
-		rows.Close()
-		for _, c := range done {
-			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "task.status", ExecutionId: id, TaskId: c.id, AgentName: c.agent,
-				Status: TaskCancelled, Error: "cancelled before it started", Time: timestamppb.New(t)}); err != nil {
-				return err
-			}
 		}
 		rows, err = tx.QueryContext(ctx, `UPDATE tasks SET cancel_requested = TRUE WHERE execution_id = $1 AND status = $2 RETURNING agent_id`, id, TaskRunning)
 		if err != nil {
@@ -1134,27 +1115,8 @@ func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end t
 			if _, err := tx.ExecContext(ctx, `UPDATE executions SET reason = $1 WHERE id = $2`, why, executionID); err != nil {
 				return fmt.Errorf("record reason of %s: %w", executionID, err)
 			}
-			rows, err := tx.QueryContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3
-				WHERE execution_id = $4 AND status = $5 RETURNING id, agent_name`, TaskSkipped, "skipped: the execution's failure threshold was reached", end, executionID, TaskQueued)
-			if err != nil {
+			if err := endQueuedTasks(ctx, tx, executionID, TaskSkipped, "skipped: the execution's failure threshold was reached", end); err != nil {
 				return fmt.Errorf("skip remaining tasks of %s: %w", executionID, err)
-			}
-			type skipped struct{ id, agent string }
-			var done []skipped
-			for rows.Next() {
-				var sk skipped
-				if err := rows.Scan(&sk.id, &sk.agent); err != nil {
-					rows.Close()
-					return err
-				}
-				done = append(done, sk)
-			}
-			rows.Close()
-			for _, sk := range done {
-				if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "task.status", ExecutionId: executionID, TaskId: sk.id,
-					AgentName: sk.agent, Status: TaskSkipped, Error: "skipped: the execution's failure threshold was reached", Time: timestamppb.New(end)}); err != nil {
-					return err
-				}
 			}
 			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "execution.threshold", ExecutionId: executionID, Error: why, Time: timestamppb.New(end)}); err != nil {
 				return err
@@ -1340,6 +1302,37 @@ func (s *Store) ExecutionReleaseStranded(ctx context.Context, at time.Time) (int
 		}
 	}
 	return len(finished), nil
+}
+
+// endQueuedTasks ends every queued task of an execution with status and
+// why, and records a task.status event for each.
+func endQueuedTasks(ctx context.Context, tx *store.Tx, executionID, status, why string, at time.Time) error {
+	rows, err := tx.QueryContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3
+		WHERE execution_id = $4 AND status = $5 RETURNING id, agent_name`, status, why, at, executionID, TaskQueued)
+	if err != nil {
+		return err
+	}
+	type ended struct{ id, agent string }
+	var done []ended
+	for rows.Next() {
+		var e ended
+		if err := rows.Scan(&e.id, &e.agent); err != nil {
+			rows.Close()
+			return err
+		}
+		done = append(done, e)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, e := range done {
+		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{Type: "task.status", ExecutionId: executionID, TaskId: e.id,
+			AgentName: e.agent, Status: status, Error: why, Time: timestamppb.New(at)}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // startQueueDeadlines starts the queue deadline of the queued tasks in one

@@ -258,7 +258,10 @@ func (r *Registry) Authenticate(ctx context.Context, token string) (AgentRecord,
 	if agent.Revoked {
 		return AgentRecord{}, apperr.PermissionDenied("agent %s (%s) is revoked", agent.Name, agent.ID)
 	}
-	agent.SignedWithPreviousKey = !signedWith(token, agent.PublicKey)
+	// Only during a rotation's grace period can the previous key have
+	// signed; outside it, skip the second verification on this hot path.
+	inGrace := agent.PreviousKeyExpiresAt != nil && r.now().Before(*agent.PreviousKeyExpiresAt)
+	agent.SignedWithPreviousKey = inGrace && !signedWith(token, agent.PublicKey)
 	return agent, nil
 }
 
