@@ -40,8 +40,12 @@ type Config struct {
 	Name string
 	// Labels that job targets select on, e.g. role=web.
 	Labels map[string]string
-	// Capacity is how many tasks run at once (default 4).
+	// Capacity is how many tasks run at once on this host (default 4).
 	Capacity int
+	// RemoteCapacity is how many remote-host tasks (over SSH, from this
+	// agent as a jump host) run at once besides (default 256): they mostly
+	// wait on the network.
+	RemoteCapacity int
 	// PollWait is how long one long-poll may wait for work (default 30s).
 	PollWait time.Duration
 	// KeyMaxAge: a key older than this is rotated at start (0: never).
@@ -79,6 +83,9 @@ func New(cfg Config, st state.Store, exec executor.Executor, client *http.Client
 	}
 	if cfg.Capacity <= 0 {
 		cfg.Capacity = 4
+	}
+	if cfg.RemoteCapacity <= 0 {
+		cfg.RemoteCapacity = 256
 	}
 	if cfg.PollWait <= 0 {
 		cfg.PollWait = 30 * time.Second
@@ -152,7 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("connect to control plane %s: %w", a.cfg.ServerURL, err)
 	}
 	a.logger.Info("connected", zap.String("agent_id", id.AgentID), zap.String("agent_name", a.cfg.Name),
-		zap.String("server_version", hello.Msg.GetServerVersion()), zap.Int("capacity", a.cfg.Capacity))
+		zap.String("server_version", hello.Msg.GetServerVersion()), zap.Int("capacity", a.cfg.Capacity), zap.Int("remote_capacity", a.cfg.RemoteCapacity))
 	run := runner.New(client, a.executor, a.cfg.Safety, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{
 		LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration(), AgentName: a.cfg.Name, Journal: a.journal,
 	})
@@ -165,25 +172,27 @@ func (a *Agent) Run(ctx context.Context) error {
 		running    = map[string]context.CancelCauseFunc{} // task id -> stop it
 		cancelling = map[string]bool{}                    // cancels already acted on
 		gens       = map[string]int64{}                   // task id -> lease generation running
+		remote     = map[string]bool{}                    // running tasks that reach a remote host
 		slotFree   = make(chan struct{}, 1)
 	)
 	defer wg.Wait()
 	backoff := time.Second
 	for ctx.Err() == nil {
 		mu.Lock()
-		free := a.cfg.Capacity - len(running)
+		free := a.cfg.Capacity - (len(running) - len(remote))
+		freeRemote := a.cfg.RemoteCapacity - len(remote)
 		var stopping []string
 		for id := range cancelling {
 			stopping = append(stopping, id)
 		}
 		mu.Unlock()
 
-		// A poll at full capacity asks only for control messages; when a
+		// A poll at full capacity (of either kind) asks for less; when a
 		// slot frees, it is cut short so new work is asked for at once.
 		// The deadline guards against a connection that silently died: the
 		// server answers well within the wait it was asked for.
 		pollCtx, cancelPoll := context.WithTimeout(ctx, a.cfg.PollWait+30*time.Second)
-		if free == 0 {
+		if free == 0 || freeRemote == 0 {
 			go func() {
 				select {
 				case <-slotFree:
@@ -192,7 +201,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				}
 			}()
 		}
-		resp, err := client.Poll(pollCtx, connect.NewRequest(&agentv1.PollRequest{FreeSlots: int32(free), Wait: durationpb.New(a.cfg.PollWait),
+		resp, err := client.Poll(pollCtx, connect.NewRequest(&agentv1.PollRequest{FreeSlots: int32(free), FreeRemoteSlots: int32(freeRemote), Wait: durationpb.New(a.cfg.PollWait),
 			CancellingTaskIds: stopping}))
 		cutShort := errors.Is(pollCtx.Err(), context.Canceled) && ctx.Err() == nil
 		cancelPoll()
@@ -228,6 +237,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			mu.Lock()
 			running[t.GetTaskId()] = stop
 			gens[t.GetTaskId()] = t.GetLeaseGeneration()
+			if t.GetRemoteHost() != "" {
+				remote[t.GetTaskId()] = true
+			} else {
+				delete(remote, t.GetTaskId())
+			}
 			delete(cancelling, t.GetTaskId())
 			mu.Unlock()
 			wg.Add(1)
@@ -243,6 +257,7 @@ func (a *Agent) Run(ctx context.Context) error {
 					delete(running, t.GetTaskId())
 					delete(cancelling, t.GetTaskId())
 					delete(gens, t.GetTaskId())
+					delete(remote, t.GetTaskId())
 				}
 				mu.Unlock()
 				select {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -191,6 +192,7 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 		wait = min(w.AsDuration(), g.cfg.MaxPollWait)
 	}
 	freeSlots := min(int(req.Msg.GetFreeSlots()), g.cfg.MaxClaim)
+	freeRemote := min(int(req.Msg.GetFreeRemoteSlots()), g.cfg.MaxClaim)
 
 	// Subscribe before the first look so a wake-up between the look and
 	// the wait is not lost.
@@ -214,15 +216,15 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 		}
 		// A draining or paused agent finishes what runs and takes nothing
 		// new; the state is read on every look, so a resume is seen soon.
-		slots := freeSlots
+		slots, remote := freeSlots, freeRemote
 		if st, err := g.registry.AgentState(ctx, a.ID); err != nil {
 			return nil, err
 		} else if st != registry.StateActive {
-			slots = 0
+			slots, remote = 0, 0
 		}
 		var tasks []*agentv1.TaskAssignment
-		if slots > 0 {
-			tasks, err = g.claim(ctx, a, slots)
+		if slots > 0 || remote > 0 {
+			tasks, err = g.claim(ctx, a, slots, remote)
 			if err != nil && len(tasks) == 0 {
 				return nil, err
 			}
@@ -246,8 +248,17 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 	}
 }
 
-func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots int) ([]*agentv1.TaskAssignment, error) {
-	claims, err := g.store.TaskClaimNext(ctx, a.ID, slots, g.cfg.LeaseDuration)
+func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots, remoteSlots int) ([]*agentv1.TaskAssignment, error) {
+	var claims []execution.Claim
+	var err error
+	if slots > 0 {
+		claims, err = g.store.TaskClaimNext(ctx, a.ID, slots, g.cfg.LeaseDuration)
+	}
+	if remoteSlots > 0 && err == nil {
+		var remote []execution.Claim
+		remote, err = g.store.TaskClaimRemote(ctx, a.ID, remoteSlots, g.cfg.LeaseDuration)
+		claims = append(claims, remote...)
+	}
 	var out []*agentv1.TaskAssignment
 	if len(claims) > 0 {
 		g.nudge()
@@ -300,10 +311,21 @@ func toAssignment(c execution.Claim, box *secretbox.Box) (*agentv1.TaskAssignmen
 		}
 		ta.Parameters, ta.SecretValues = values, secrets
 	}
+	var remote *opsconductorv1.RemoteEndpoint
+	if len(c.Task.Remote) > 0 {
+		remote = &opsconductorv1.RemoteEndpoint{}
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(c.Task.Remote, remote); err != nil {
+			return nil, fmt.Errorf("decode remote host of task %s: %w", c.Task.ID, err)
+		}
+		ta.RemoteHost = remote.GetName()
+	}
 	for i, a := range job.GetActions() {
 		a = proto.Clone(a).(*opsconductorv1.Action)
 		if a.GetName() == "" {
 			a.Name = fmt.Sprintf("action-%d", i+1)
+		}
+		if remote != nil {
+			aimAt(a, remote)
 		}
 		if a.GetPlugin() == "" {
 			a.Plugin = "shell"
@@ -317,6 +339,30 @@ func toAssignment(c execution.Claim, box *secretbox.Box) (*agentv1.TaskAssignmen
 		ta.Actions = append(ta.Actions, a)
 	}
 	return ta, nil
+}
+
+// aimAt points an action of a remote-host task at its host: without a
+// plugin of its own it runs through the host's transport, and its spec
+// gets the host's address, port, user and key, then the target's options
+// where the action's spec sets nothing.
+func aimAt(a *opsconductorv1.Action, r *opsconductorv1.RemoteEndpoint) {
+	if a.GetPlugin() == "" {
+		a.Plugin = r.GetTransport()
+	}
+	spec := map[string]string{}
+	for k, v := range r.GetOptions() {
+		spec[k] = v
+	}
+	for k, v := range a.GetSpec() {
+		spec[k] = v
+	}
+	spec["host"] = r.GetAddress()
+	spec["port"] = strconv.Itoa(int(r.GetPort()))
+	spec["user"] = r.GetUser()
+	if path, ok := strings.CutPrefix(r.GetCredential(), "agent:"); ok {
+		spec["key_file"] = path
+	}
+	a.Spec = spec
 }
 
 func leaseErr(err error) error {
@@ -411,6 +457,11 @@ func timePtr(t *timestamppb.Timestamp) *time.Time {
 // targets match, if there is one; otherwise it stays with its agent, which
 // may come back within the queue timeout.
 func (g *Gateway) reassign(ctx context.Context, lt execution.LostTask) {
+	if lt.Remote {
+		// Back in its jump agents' pool; wake them.
+		g.wakeQueued(ctx, lt.TaskID)
+		return
+	}
 	e, err := g.store.ExecutionGet(ctx, lt.ExecutionID)
 	if err != nil {
 		g.logger.Warn("reassign lost task", zap.String("task_id", lt.TaskID), zap.Error(err))

@@ -26,6 +26,7 @@ type job struct {
 type task struct {
 	ID        string `json:"id"`
 	AgentName string `json:"agentName"`
+	Host      string `json:"host"`
 	Status    string `json:"status"`
 	Error     string `json:"error"`
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/notify"
 	"github.com/opsconductor/opsconductor/controlplane/params"
 	"github.com/opsconductor/opsconductor/controlplane/policy"
+	"github.com/opsconductor/opsconductor/controlplane/registry"
 	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
@@ -202,12 +203,7 @@ func (s *Service) resolve(ctx context.Context, job *opsconductorv1.Job) ([]*opsc
 	if len(unmatched) > 0 {
 		var vs []apperr.Violation
 		for _, i := range unmatched {
-			t := job.GetTargets()[i]
-			what := "selector " + t.GetSelector()
-			if t.GetAgentId() != "" {
-				what = "agent_id " + t.GetAgentId()
-			}
-			vs = append(vs, apperr.Violation{Field: fmt.Sprintf("job.targets[%d]", i), Description: what + " matches no enrolled agent"})
+			vs = append(vs, apperr.Violation{Field: fmt.Sprintf("job.targets[%d]", i), Description: registry.Unmatched(job.GetTargets()[i])})
 		}
 		return nil, &apperr.Error{Kind: apperr.KindFailedPrecondition, Message: "job " + job.GetName() + " cannot run: " + apperr.Invalid("targets", vs).Error(), Violations: vs}
 	}
@@ -232,18 +228,44 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 // checkPlugins refuses a run on agents that reported their executors and
 // lack one the job's actions need: the task would only fail there. Agents
 // that never reported (older versions) are not checked.
+//
+// A remote host keeps only the jump agents that have every plugin its
+// actions need (an action without one runs through the host's transport);
+// none left is refused the same way.
 func checkPlugins(job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent) error {
-	for _, a := range agents {
+	lacks := func(a *opsconductorv1.ResolvedAgent, fallback string) (int, string) {
 		if len(a.GetPlugins()) == 0 {
-			continue
+			return -1, ""
 		}
 		for i, act := range job.GetActions() {
-			need := cmp.Or(act.GetPlugin(), "shell")
-			if !slices.Contains(a.GetPlugins(), need) {
+			if need := cmp.Or(act.GetPlugin(), fallback); !slices.Contains(a.GetPlugins(), need) {
+				return i, need
+			}
+		}
+		return -1, ""
+	}
+	for _, a := range agents {
+		r := a.GetRemote()
+		if r == nil {
+			if i, need := lacks(a, "shell"); i >= 0 {
 				return apperr.FailedPrecondition("agent %s cannot run job.actions[%d]: it has no plugin %q (it has %s)",
 					a.GetName(), i, need, strings.Join(a.GetPlugins(), ", "))
 			}
+			continue
 		}
+		var able []*opsconductorv1.ResolvedAgent
+		i, need := -1, ""
+		for _, j := range a.GetJumpAgents() {
+			if ji, jneed := lacks(j, r.GetTransport()); ji >= 0 {
+				i, need = ji, jneed
+				continue
+			}
+			able = append(able, j)
+		}
+		if len(able) == 0 {
+			return apperr.FailedPrecondition("no jump agent for host %s can run job.actions[%d]: none has plugin %q", a.GetName(), i, need)
+		}
+		a.JumpAgents = able
 	}
 	return nil
 }
@@ -284,16 +306,18 @@ func (s *Service) plan(ctx context.Context, job *opsconductorv1.Job, agents []*o
 // protected agents.
 func (s *Service) mayRun(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent) error {
 	principal, _ := auth.PrincipalFrom(ctx)
-	agentLabels := make([]map[string]string, len(agents))
-	for i, a := range agents {
-		agentLabels[i] = a.GetLabels()
+	// A remote host is reached through its jump agents: the caller needs
+	// the right on the host's labels and on every jump agent's.
+	var agentLabels []map[string]string
+	for _, a := range withJumpAgents(agents) {
+		agentLabels = append(agentLabels, a.GetLabels())
 	}
 	if !principal.CanOn(auth.PermExecutionsRun, job.GetLabels(), agentLabels) {
 		return apperr.PermissionDenied("%s may not run job %s on its %d targets: no role grants %s for the job's labels and every target's",
 			principal.Name, job.GetName(), len(agents), auth.PermExecutionsRun)
 	}
 	if len(s.cfg.Protected) > 0 && !principal.Can(auth.PermExecutionsRunProtected) {
-		for _, a := range agents {
+		for _, a := range withJumpAgents(agents) {
 			if s.cfg.Protected.Matches(a.GetLabels()) {
 				return apperr.PermissionDenied("%s may not run jobs on protected agents (%s matches %s); ask for permission %s",
 					principal.Name, a.GetName(), s.cfg.Protected, auth.PermExecutionsRunProtected)
@@ -301,6 +325,15 @@ func (s *Service) mayRun(ctx context.Context, job *opsconductorv1.Job, agents []
 		}
 	}
 	return nil
+}
+
+// withJumpAgents is agents followed by the jump agents of its remote hosts.
+func withJumpAgents(agents []*opsconductorv1.ResolvedAgent) []*opsconductorv1.ResolvedAgent {
+	out := slices.Clone(agents)
+	for _, a := range agents {
+		out = append(out, a.GetJumpAgents()...)
+	}
+	return out
 }
 
 func (s *Service) run(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.Execution, error) {
@@ -388,12 +421,28 @@ func (s *Service) run(ctx context.Context, job *opsconductorv1.Job, agents []*op
 			zap.String("principal", principal.Name), zap.String("reason", rec.DangerousReason), zap.String("correlation_id", rec.CorrelationID))
 	}
 	tasks := make([]TaskRecord, len(agents))
-	keys := make([]string, len(agents))
+	var keys []string
 	for i, a := range agents {
 		tasks[i] = TaskRecord{ID: uuid.Must(uuid.NewV7()).String(), AgentID: a.GetAgentId(), AgentName: a.GetName(), OutputLimit: s.cfg.OutputLimit,
 			QueueTimeout: pol.QueueTimeout}
-		keys[i] = notify.AgentKey(a.GetAgentId())
+		r := a.GetRemote()
+		if r == nil {
+			keys = append(keys, notify.AgentKey(a.GetAgentId()))
+			continue
+		}
+		endpoint, err := protojson.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("encode remote host %s: %w", r.GetName(), err)
+		}
+		tasks[i].AgentName, tasks[i].Host, tasks[i].Remote = "", r.GetName(), endpoint
+		tasks[i].TargetKey = fmt.Sprintf("remote:%s:%d", r.GetAddress(), r.GetPort())
+		for _, j := range a.GetJumpAgents() {
+			tasks[i].Candidates = append(tasks[i].Candidates, Candidate{AgentID: j.GetAgentId(), AgentName: j.GetName()})
+			keys = append(keys, notify.AgentKey(j.GetAgentId()))
+		}
 	}
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
 	existing, err := s.store.ExecutionCreate(ctx, rec, tasks, pol.Concurrency, func() { s.hub.Publish(context.WithoutCancel(ctx), keys...) })
 	var busy *BusyError
 	switch {
@@ -450,7 +499,11 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 	var targets []*opsconductorv1.Target
 	for _, t := range tasks {
 		if req.Msg.GetAllTargets() || retryable[t.Status] {
-			targets = append(targets, &opsconductorv1.Target{AgentId: t.AgentID})
+			target, err := taskTarget(t)
+			if err != nil {
+				return nil, err
+			}
+			targets = append(targets, target)
 		}
 	}
 	if len(targets) == 0 {
@@ -467,9 +520,9 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 	if len(unmatched) > 0 {
 		var gone []string
 		for _, i := range unmatched {
-			gone = append(gone, targets[i].GetAgentId())
+			gone = append(gone, registry.Unmatched(targets[i]))
 		}
-		return nil, apperr.FailedPrecondition("cannot retry on agents that are no longer enrolled: %s", strings.Join(gone, ", "))
+		return nil, apperr.FailedPrecondition("cannot retry: %s", strings.Join(gone, "; "))
 	}
 	// The retry reuses the parent's values, secret ones included.
 	var values map[string]string
@@ -494,6 +547,22 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 	return connect.NewResponse(&opsconductorv1.RetryExecutionResponse{Execution: e}), nil
 }
 
+// taskTarget is the target that runs a task again: its agent, or its
+// remote host through the same jump agents.
+func taskTarget(t TaskRecord) (*opsconductorv1.Target, error) {
+	if len(t.Remote) == 0 {
+		return &opsconductorv1.Target{AgentId: t.AgentID}, nil
+	}
+	r := &opsconductorv1.RemoteEndpoint{}
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(t.Remote, r); err != nil {
+		return nil, fmt.Errorf("decode remote host of task %s: %w", t.ID, err)
+	}
+	return &opsconductorv1.Target{Remote: &opsconductorv1.RemoteHosts{
+		Hosts: []*opsconductorv1.RemoteHost{{Address: r.GetAddress(), Port: r.GetPort(), Name: r.GetName(), User: r.GetUser(), Credential: r.GetCredential()}},
+		Via:   r.GetVia(), Transport: r.GetTransport(), Options: r.GetOptions(), Labels: r.GetLabels(),
+	}}, nil
+}
+
 // mayTouch checks the caller may run the execution's job on its targets
 // (those still enrolled), as starting it required.
 func (s *Service) mayTouch(ctx context.Context, id string) error {
@@ -514,7 +583,9 @@ func (s *Service) mayTouch(ctx context.Context, id string) error {
 	}
 	targets := make([]*opsconductorv1.Target, len(tasks))
 	for i, t := range tasks {
-		targets[i] = &opsconductorv1.Target{AgentId: t.AgentID}
+		if targets[i], err = taskTarget(t); err != nil {
+			return err
+		}
 	}
 	agents, _, err := s.resolver.ResolveTargets(ctx, targets)
 	if err != nil {
@@ -664,7 +735,7 @@ func toExecution(rec ExecutionRecord, tasks []TaskRecord) (*opsconductorv1.Execu
 
 func toTask(t TaskRecord) *opsconductorv1.Task {
 	return &opsconductorv1.Task{Id: t.ID, AgentId: t.AgentID, AgentName: t.AgentName, Status: t.Status, Error: t.Error,
-		StartTime: ts(t.StartedAt), EndTime: ts(t.FinishedAt)}
+		StartTime: ts(t.StartedAt), EndTime: ts(t.FinishedAt), Host: t.Host}
 }
 
 func ts(t *time.Time) *timestamppb.Timestamp {

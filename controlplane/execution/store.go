@@ -130,9 +130,21 @@ type TaskRecord struct {
 	// QueueTimeout is how long the task may wait for its agent once it
 	// may be claimed; then it ends expired.
 	QueueTimeout time.Duration
-	CreatedAt    time.Time
-	StartedAt    *time.Time
-	FinishedAt   *time.Time
+	// A remote-host task: the host's name, the resolved endpoint (protobuf
+	// JSON of opsconductor.v1.RemoteEndpoint) and, at creation, the jump
+	// agents that may claim it. AgentID is empty until one does.
+	Host       string
+	Remote     []byte
+	TargetKey  string
+	Candidates []Candidate
+	CreatedAt  time.Time
+	StartedAt  *time.Time
+	FinishedAt *time.Time
+}
+
+// Candidate is a jump agent that may claim a remote-host task.
+type Candidate struct {
+	AgentID, AgentName string
 }
 
 // ActionResult is the outcome of one action of a task.
@@ -283,10 +295,17 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 				expires = sql.NullTime{Time: e.CreatedAt.Add(t.QueueTimeout).UTC(), Valid: true}
 			}
 			if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at,
-				queue_timeout_seconds, queue_expires_at, batch, exclusive)
-				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)`,
-				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC(), int64(t.QueueTimeout/time.Second), expires, batch, e.Exclusive); err != nil {
-				return fmt.Errorf("insert task for agent %s: %w", t.AgentName, store.Translate(err))
+				queue_timeout_seconds, queue_expires_at, batch, exclusive, host, remote, target_key)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
+				t.ID, e.ID, t.AgentID, t.AgentName, TaskQueued, t.OutputLimit, e.CreatedAt.UTC(), int64(t.QueueTimeout/time.Second), expires, batch, e.Exclusive,
+				t.Host, string(t.Remote), cmp.Or(t.TargetKey, t.AgentID)); err != nil {
+				return fmt.Errorf("insert task for %s: %w", cmp.Or(t.Host, t.AgentName), store.Translate(err))
+			}
+			for _, c := range t.Candidates {
+				if _, err := tx.ExecContext(ctx, `INSERT INTO task_candidates (task_id, agent_id, agent_name) VALUES ($1, $2, $3)`,
+					t.ID, c.AgentID, c.AgentName); err != nil {
+					return fmt.Errorf("insert jump agent %s of task %s: %w", c.AgentName, t.ID, store.Translate(err))
+				}
 			}
 		}
 		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
@@ -447,14 +466,18 @@ func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, e
 }
 
 const taskColumns = `SELECT id, execution_id, agent_id, agent_name, status, error, lease_generation, lease_expires_at,
-	output_limit, output_bytes, output_truncated, created_at, started_at, finished_at FROM tasks`
+	output_limit, output_bytes, output_truncated, created_at, started_at, finished_at, host, remote, target_key FROM tasks`
 
 func scanTask(row interface{ Scan(...any) error }) (TaskRecord, error) {
 	var t TaskRecord
 	var lease, started, finished sql.NullTime
+	var remote string
 	if err := row.Scan(&t.ID, &t.ExecutionID, &t.AgentID, &t.AgentName, &t.Status, &t.Error, &t.LeaseGeneration, &lease,
-		&t.OutputLimit, &t.OutputBytes, &t.OutputTruncated, &t.CreatedAt, &started, &finished); err != nil {
+		&t.OutputLimit, &t.OutputBytes, &t.OutputTruncated, &t.CreatedAt, &started, &finished, &t.Host, &remote, &t.TargetKey); err != nil {
 		return TaskRecord{}, store.Translate(err)
+	}
+	if remote != "" {
+		t.Remote = []byte(remote)
 	}
 	t.CreatedAt = t.CreatedAt.UTC()
 	t.LeaseExpiresAt, t.StartedAt, t.FinishedAt = timePtr(lease), timePtr(started), timePtr(finished)
@@ -472,7 +495,7 @@ func (s *Store) TaskGet(ctx context.Context, id string) (TaskRecord, error) {
 
 // TaskListByExecution returns an execution's tasks by agent name.
 func (s *Store) TaskListByExecution(ctx context.Context, executionID string) ([]TaskRecord, error) {
-	rows, err := s.db.QueryContext(ctx, taskColumns+` WHERE execution_id = $1 ORDER BY agent_name, id`, executionID)
+	rows, err := s.db.QueryContext(ctx, taskColumns+` WHERE execution_id = $1 ORDER BY host, agent_name, id`, executionID)
 	if err != nil {
 		return nil, fmt.Errorf("list tasks of execution %s: %w", executionID, err)
 	}
@@ -538,10 +561,21 @@ func (s *Store) OutputByExecution(ctx context.Context, executionID string) (map[
 // concurrent claimers never take the same task and never wait on each
 // other). The lease runs until now+lease.
 func (s *Store) TaskClaimNext(ctx context.Context, agentID string, max int, lease time.Duration) ([]Claim, error) {
+	return s.claim(ctx, agentID, false, max, lease)
+}
+
+// TaskClaimRemote leases up to max queued remote-host tasks the agent is a
+// jump agent for. Each round takes from the execution the agent runs the
+// fewest tasks of, so one large run does not starve the others.
+func (s *Store) TaskClaimRemote(ctx context.Context, agentID string, max int, lease time.Duration) ([]Claim, error) {
+	return s.claim(ctx, agentID, true, max, lease)
+}
+
+func (s *Store) claim(ctx context.Context, agentID string, remote bool, max int, lease time.Duration) ([]Claim, error) {
 	var claims []Claim
 	var full []string // executions found at their max_parallel in this round
 	for len(claims) < max {
-		c, ok, err := s.claimOne(ctx, agentID, lease, full)
+		c, ok, err := s.claimOne(ctx, agentID, remote, lease, full)
 		var over *overParallel
 		if errors.As(err, &over) {
 			full = append(full, over.execution)
@@ -566,8 +600,10 @@ func (e *overParallel) Error() string { return "execution " + e.execution + " is
 
 // claimOne leases the agent's oldest claimable task: its execution is not
 // waiting for another, the task's batch has started, and the execution is
-// below its max_parallel. exclude lists executions to pass over.
-func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duration, exclude []string) (Claim, bool, error) {
+// below its max_parallel. exclude lists executions to pass over. remote
+// picks a remote-host task the agent is a candidate for instead of one of
+// its own.
+func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease time.Duration, exclude []string) (Claim, bool, error) {
 	var c Claim
 	found := false
 	err := s.db.InTx(ctx, func(tx *store.Tx) error {
@@ -579,19 +615,25 @@ func (s *Store) claimOne(ctx context.Context, agentID string, lease time.Duratio
 			args = append(args, id)
 			skip += fmt.Sprintf(" AND tk.execution_id <> $%d", len(args))
 		}
+		set, whose, order := "", `tk.agent_id = $4`, `tk.created_at, tk.id`
+		if remote {
+			set = `, agent_id = $4, agent_name = COALESCE((SELECT c.agent_name FROM task_candidates c WHERE c.task_id = tasks.id AND c.agent_id = $4), '')`
+			whose = `tk.agent_id = '' AND EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tk.id AND c.agent_id = $4)`
+			order = `(SELECT COUNT(*) FROM tasks f WHERE f.execution_id = tk.execution_id AND f.agent_id = $4 AND f.status = $1), ` + order
+		}
 		var taskID string
-		err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, lease_generation = lease_generation + 1, lease_expires_at = $2, started_at = $3
-			WHERE id = (SELECT tk.id FROM tasks tk WHERE tk.agent_id = $4 AND tk.status = $5`+skip+`
+		err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, lease_generation = lease_generation + 1, lease_expires_at = $2, started_at = $3`+set+`
+			WHERE id = (SELECT tk.id FROM tasks tk WHERE `+whose+` AND tk.status = $5`+skip+`
 				AND EXISTS (SELECT 1 FROM executions e WHERE e.id = tk.execution_id
 					AND e.waiting_for = ''
 					AND tk.batch <= e.current_batch
 					AND (e.batch_ready_at IS NULL OR e.batch_ready_at <= $3)
 					AND (e.max_parallel = 0 OR e.max_parallel > (SELECT COUNT(*) FROM tasks r WHERE r.execution_id = e.id AND r.status = $1))
-					AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.agent_id = tk.agent_id AND o.status = $1 AND o.exclusive = TRUE
+					AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.target_key = tk.target_key AND o.status = $1 AND o.exclusive = TRUE
 						AND o.execution_id <> tk.execution_id)
-					AND (tk.exclusive = FALSE OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.agent_id = tk.agent_id AND o.status = $1
+					AND (tk.exclusive = FALSE OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.target_key = tk.target_key AND o.status = $1
 						AND o.execution_id <> tk.execution_id)))
-				ORDER BY tk.created_at, tk.id LIMIT 1`+store.SkipLocked(tx)+`)
+				ORDER BY `+order+` LIMIT 1`+store.SkipLocked(tx)+`)
 			RETURNING id`, args...).Scan(&taskID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
@@ -914,12 +956,16 @@ type LostTask struct {
 	// Requeued: the execution's on_agent_loss policy put the task back in
 	// the queue (still for the same agent, until Reassign moves it).
 	Requeued bool
+	// Remote: a remote-host task, back in the pool of its jump agents.
+	Remote bool
 }
 
 // TaskExpireLeases deals with running tasks whose lease ran out before at:
 // they end lost, or, when their execution's on_agent_loss policy is
 // requeue, go back to the queue with a fresh queue deadline (a later claim
 // bumps the lease generation, so the old agent's reports are refused).
+// A remote-host task always goes back to its jump agents' pool, without
+// the agent that lost it when another remains.
 func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit func()) ([]LostTask, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, lease_generation FROM tasks WHERE status = $1 AND lease_expires_at < $2 ORDER BY lease_expires_at LIMIT 500`, TaskRunning, at.UTC())
 	if err != nil {
@@ -944,12 +990,12 @@ func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit 
 	for _, l := range expired {
 		err := s.db.InTx(ctx, func(tx *store.Tx) error {
 			var lt LostTask
-			var agentName, onLoss string
+			var agentName, onLoss, remote string
 			var queueSecs int64
-			err := tx.QueryRowContext(ctx, `SELECT t.execution_id, t.agent_id, t.agent_name, t.queue_timeout_seconds, e.on_agent_loss
+			err := tx.QueryRowContext(ctx, `SELECT t.execution_id, t.agent_id, t.agent_name, t.queue_timeout_seconds, e.on_agent_loss, t.remote
 				FROM tasks t JOIN executions e ON e.id = t.execution_id
 				WHERE t.id = $1 AND t.lease_generation = $2 AND t.status = $3 AND t.lease_expires_at < $4`+lockTaskRow(tx),
-				l.id, l.gen, TaskRunning, at.UTC()).Scan(&lt.ExecutionID, &lt.AgentID, &agentName, &queueSecs, &onLoss)
+				l.id, l.gen, TaskRunning, at.UTC()).Scan(&lt.ExecutionID, &lt.AgentID, &agentName, &queueSecs, &onLoss, &remote)
 			if errors.Is(err, sql.ErrNoRows) {
 				return nil // completed or extended meanwhile
 			}
@@ -958,18 +1004,31 @@ func (s *Store) TaskExpireLeases(ctx context.Context, at time.Time, afterCommit 
 			}
 			lt.TaskID = l.id
 			end := now()
-			if onLoss == "requeue" && !s.cancelRequested(ctx, tx, l.id) {
+			lt.Remote = remote != ""
+			if (onLoss == "requeue" || lt.Remote) && !s.cancelRequested(ctx, tx, l.id) {
 				var expires sql.NullTime
 				if queueSecs > 0 {
 					expires = sql.NullTime{Time: end.Add(time.Duration(queueSecs) * time.Second), Valid: true}
 				}
-				res, err := tx.ExecContext(ctx, `UPDATE tasks SET status = $1, error = $2, lease_expires_at = NULL, started_at = NULL, queue_expires_at = $3
+				// A remote-host task leaves its agent: any jump agent may
+				// take it again.
+				unassign := ""
+				if lt.Remote {
+					unassign = ", agent_id = '', agent_name = ''"
+				}
+				res, err := tx.ExecContext(ctx, `UPDATE tasks SET status = $1, error = $2, lease_expires_at = NULL, started_at = NULL, queue_expires_at = $3`+unassign+`
 					WHERE id = $4 AND lease_generation = $5 AND status = $6`, TaskQueued, why+"; re-queued", expires, l.id, l.gen, TaskRunning)
 				if err != nil {
 					return fmt.Errorf("requeue task %s: %w", l.id, err)
 				}
 				if n, _ := res.RowsAffected(); n != 1 {
 					return nil
+				}
+				if lt.Remote {
+					if _, err := tx.ExecContext(ctx, `DELETE FROM task_candidates WHERE task_id = $1 AND agent_id = $2
+						AND EXISTS (SELECT 1 FROM task_candidates o WHERE o.task_id = $1 AND o.agent_id <> $2)`, l.id, lt.AgentID); err != nil {
+						return fmt.Errorf("drop lost jump agent of task %s: %w", l.id, err)
+					}
 				}
 				lt.Requeued = true
 				lost = append(lost, lt)
@@ -1021,8 +1080,8 @@ func (s *Store) TaskReassign(ctx context.Context, taskID, from, toID, toName str
 	moved := false
 	err := s.db.InTx(ctx, func(tx *store.Tx) error {
 		var execID string
-		err := tx.QueryRowContext(ctx, `UPDATE tasks SET agent_id = $1, agent_name = $2
-			WHERE id = $3 AND agent_id = $4 AND status = $5 RETURNING execution_id`,
+		err := tx.QueryRowContext(ctx, `UPDATE tasks SET agent_id = $1, agent_name = $2, target_key = $1
+			WHERE id = $3 AND agent_id = $4 AND status = $5 AND remote = '' RETURNING execution_id`,
 			toID, toName, taskID, from, TaskQueued).Scan(&execID)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
@@ -1041,6 +1100,11 @@ func (s *Store) TaskReassign(ctx context.Context, taskID, from, toID, toName str
 // with reason (the agent was revoked) and returns how many. afterCommit
 // (may be nil) runs after each task's transaction.
 func (s *Store) TaskLoseByAgent(ctx context.Context, agentID, reason string, afterCommit func()) (int, error) {
+	// It no longer takes remote-host tasks; those queued stay for the other
+	// jump agents.
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM task_candidates WHERE agent_id = $1`, agentID); err != nil {
+		return 0, fmt.Errorf("drop agent %s from jump candidates: %w", agentID, err)
+	}
 	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tasks WHERE agent_id = $1 AND status IN ($2, $3)`, agentID, TaskQueued, TaskRunning)
 	if err != nil {
 		return 0, fmt.Errorf("find tasks of agent %s: %w", agentID, err)
@@ -1158,7 +1222,9 @@ func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end t
 // task ends they may have work they could not take before (a free
 // max_parallel slot, a new batch).
 func (s *Store) QueuedAgents(ctx context.Context, executionID string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT agent_id FROM tasks WHERE execution_id = $1 AND status = $2`, executionID, TaskQueued)
+	rows, err := s.db.QueryContext(ctx, `SELECT agent_id FROM tasks WHERE execution_id = $1 AND status = $2 AND agent_id <> ''
+		UNION SELECT c.agent_id FROM task_candidates c JOIN tasks t ON t.id = c.task_id
+		WHERE t.execution_id = $1 AND t.status = $2 AND t.agent_id = ''`, executionID, TaskQueued)
 	if err != nil {
 		return nil, fmt.Errorf("find queued agents of %s: %w", executionID, err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/auth"
 	"github.com/opsconductor/opsconductor/controlplane/label"
+	"github.com/opsconductor/opsconductor/controlplane/registry"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
@@ -275,7 +276,7 @@ func (s *Service) ValidateJob(ctx context.Context, req *connect.Request[opscondu
 		for _, i := range unmatched {
 			resp.UnmatchedTargets = append(resp.UnmatchedTargets, &opsconductorv1.FieldViolation{
 				Field:       fmt.Sprintf("job.targets[%d]", i),
-				Description: "matches no enrolled agent",
+				Description: registry.Unmatched(j.GetTargets()[i]),
 			})
 		}
 	}

@@ -90,18 +90,109 @@ func Validate(prefix string, j *opsconductorv1.Job, plugins ...string) []apperr.
 	}
 	for i, t := range j.GetTargets() {
 		p := fmt.Sprintf(".targets[%d]", i)
+		set := 0
+		for _, on := range []bool{t.GetAgentId() != "", t.GetSelector() != "", t.GetRemote() != nil} {
+			if on {
+				set++
+			}
+		}
 		switch {
-		case t.GetAgentId() == "" && t.GetSelector() == "":
-			add(p, "set agent_id or selector")
-		case t.GetAgentId() != "" && t.GetSelector() != "":
-			add(p, "set only one of agent_id and selector")
+		case set == 0:
+			add(p, "set agent_id, selector or remote")
+		case set > 1:
+			add(p, "set only one of agent_id, selector and remote")
 		case t.GetSelector() != "":
 			if _, err := label.ParseSelector(t.GetSelector()); err != nil {
 				add(p+".selector", "malformed label selector: %v", err)
 			}
+		case t.GetRemote() != nil:
+			validateRemote(t.GetRemote(), func(field, format string, args ...any) { add(p+".remote"+field, format, args...) })
 		}
 	}
 	return vs
+}
+
+// MaxRemoteHosts bounds the hosts of one remote target.
+const MaxRemoteHosts = 5000
+
+// Transports a remote target may name.
+var Transports = []string{"ssh"}
+
+// remoteOwnedOptions are executor options a remote target sets through its
+// own fields; options may not set them behind the fields' back.
+var remoteOwnedOptions = []string{"host", "port", "user", "key_file"}
+
+var addressPattern = regexp.MustCompile(`^[A-Za-z0-9._:%-]+$`)
+
+func validateRemote(r *opsconductorv1.RemoteHosts, add func(field, format string, args ...any)) {
+	if r.GetVia() == "" {
+		add(".via", "must name the jump agents that may reach these hosts, as a label selector such as role=jump")
+	} else if _, err := label.ParseSelector(r.GetVia()); err != nil {
+		add(".via", "malformed label selector: %v", err)
+	}
+	if tr := r.GetTransport(); tr != "" && !slices.Contains(Transports, tr) {
+		add(".transport", "must be one of %s, got %q", strings.Join(Transports, ", "), tr)
+	}
+	validatePort(r.GetPort(), ".port", add)
+	validateCredential(r.GetCredential(), ".credential", add)
+	for _, k := range remoteOwnedOptions {
+		if _, ok := r.GetOptions()[k]; ok {
+			add(".options["+k+"]", "is set by the target itself: use the hosts' address, port, user and credential fields")
+		}
+	}
+	for k, v := range r.GetLabels() {
+		if err := label.ValidateKey(k); err != nil {
+			add(".labels["+k+"]", "%v", err)
+		} else if err := label.ValidateValue(v); err != nil {
+			add(".labels["+k+"]", "%v", err)
+		}
+	}
+	switch n := len(r.GetHosts()); {
+	case n == 0:
+		add(".hosts", "must list at least one host")
+	case n > MaxRemoteHosts:
+		add(".hosts", "must list at most %d hosts, got %d", MaxRemoteHosts, n)
+	}
+	for i, h := range r.GetHosts() {
+		p := fmt.Sprintf(".hosts[%d]", i)
+		switch a := h.GetAddress(); {
+		case a == "":
+			add(p+".address", "must not be empty")
+		case len(a) > 253 || !addressPattern.MatchString(a) || strings.HasPrefix(a, "-"):
+			add(p+".address", "must be a host name or IP address, got %q", a)
+		}
+		validatePort(h.GetPort(), p+".port", add)
+		validateCredential(h.GetCredential(), p+".credential", add)
+		if len(h.GetName()) > MaxNameLength {
+			add(p+".name", "must be at most %d characters", MaxNameLength)
+		}
+		if strings.ContainsAny(h.GetUser(), " \t\n@:") {
+			add(p+".user", "must be a plain user name, got %q", h.GetUser())
+		}
+	}
+	if strings.ContainsAny(r.GetUser(), " \t\n@:") {
+		add(".user", "must be a plain user name, got %q", r.GetUser())
+	}
+}
+
+func validatePort(port int32, field string, add func(field, format string, args ...any)) {
+	if port < 0 || port > 65535 {
+		add(field, "must be between 1 and 65535 (0: the default), got %d", port)
+	}
+}
+
+// CredentialAgentPrefix marks a credential kept on the jump agent: the
+// rest is the path of a private key file there.
+const CredentialAgentPrefix = "agent:"
+
+func validateCredential(ref, field string, add func(field, format string, args ...any)) {
+	if ref == "" {
+		return
+	}
+	path, ok := strings.CutPrefix(ref, CredentialAgentPrefix)
+	if !ok || !strings.HasPrefix(path, "/") {
+		add(field, "must be agent:/path/to/key (a private key file on the jump agent), got %q", ref)
+	}
 }
 
 // MaxUploadBytes bounds an upload action's content (it travels in the

@@ -412,6 +412,9 @@ func (r *Registry) Resolve(ctx context.Context, targets []*opsconductorv1.Target
 	}
 	seen := map[string]bool{}
 	for i, t := range targets {
+		if t.GetRemote() != nil {
+			continue // hosts, not agents: ResolveTargets resolves them
+		}
 		matched := false
 		var sel label.Selector
 		if t.GetSelector() != "" {
@@ -440,7 +443,9 @@ func (r *Registry) Resolve(ctx context.Context, targets []*opsconductorv1.Target
 	return agents, unmatched, nil
 }
 
-// ResolveTargets implements job.TargetResolver.
+// ResolveTargets implements job.TargetResolver: the agents the targets
+// match, by name, then the remote hosts in the order the targets list them,
+// each with the jump agents that may reach it.
 func (r *Registry) ResolveTargets(ctx context.Context, targets []*opsconductorv1.Target) ([]*opsconductorv1.ResolvedAgent, []int, error) {
 	agents, unmatched, err := r.Resolve(ctx, targets)
 	if err != nil {
@@ -448,9 +453,23 @@ func (r *Registry) ResolveTargets(ctx context.Context, targets []*opsconductorv1
 	}
 	out := make([]*opsconductorv1.ResolvedAgent, len(agents))
 	for i, a := range agents {
-		out[i] = &opsconductorv1.ResolvedAgent{AgentId: a.ID, Name: a.Name, Online: r.Online(a), Labels: a.Labels, Plugins: a.Plugins}
+		out[i] = r.resolved(a)
 	}
-	return out, unmatched, nil
+	all, err := r.store.AgentList(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	hosts, noJump, err := r.resolveRemote(targets, all)
+	if err != nil {
+		return nil, nil, err
+	}
+	unmatched = append(unmatched, noJump...)
+	sort.Ints(unmatched)
+	return append(out, hosts...), unmatched, nil
+}
+
+func (r *Registry) resolved(a AgentRecord) *opsconductorv1.ResolvedAgent {
+	return &opsconductorv1.ResolvedAgent{AgentId: a.ID, Name: a.Name, Online: r.Online(a), Labels: a.Labels, Plugins: a.Plugins}
 }
 
 func randomSecret() string {

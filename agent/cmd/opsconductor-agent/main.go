@@ -55,7 +55,9 @@ func run(args []string) error {
 	stateDir := fs.String("state-dir", env("OPSCONDUCTOR_STATE_DIR", "/var/lib/opsconductor-agent"), "where the agent keeps its identity (env OPSCONDUCTOR_STATE_DIR)")
 	name := fs.String("name", env("OPSCONDUCTOR_AGENT_NAME", ""), "name shown to operators; default the hostname (env OPSCONDUCTOR_AGENT_NAME)")
 	labels := fs.String("labels", env("OPSCONDUCTOR_LABELS", ""), "labels jobs select on, e.g. role=web,env=prod (env OPSCONDUCTOR_LABELS)")
-	capacity := fs.Int("capacity", envInt("OPSCONDUCTOR_CAPACITY", 4), "tasks run at once (env OPSCONDUCTOR_CAPACITY)")
+	capacity := fs.Int("capacity", envInt("OPSCONDUCTOR_CAPACITY", 4), "tasks run at once on this host (env OPSCONDUCTOR_CAPACITY)")
+	remoteCapacity := fs.Int("remote-capacity", envInt("OPSCONDUCTOR_REMOTE_CAPACITY", 256),
+		"remote-host tasks (over SSH, as a jump host) run at once (env OPSCONDUCTOR_REMOTE_CAPACITY)")
 	keyMaxAge := fs.Duration("key-max-age", envDuration("OPSCONDUCTOR_KEY_MAX_AGE", 30*24*time.Hour), "rotate the agent key at start when it is older (0: never) (env OPSCONDUCTOR_KEY_MAX_AGE)")
 	pollWait := fs.Duration("poll-wait", envDuration("OPSCONDUCTOR_POLL_WAIT", 30*time.Second), "longest wait of one long-poll (env OPSCONDUCTOR_POLL_WAIT)")
 	logFormat := fs.String("log-format", env("OPSCONDUCTOR_LOG_FORMAT", "json"), "json or console (env OPSCONDUCTOR_LOG_FORMAT)")
@@ -135,7 +137,7 @@ func run(args []string) error {
 	slices.Sort(have[2:])
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
-		Capacity: *capacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker, Plugins: have,
+		Capacity: *capacity, RemoteCapacity: *remoteCapacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker, Plugins: have,
 	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: &executor.Shell{}, SSH: executor.SSH{}, Plugins: plugins}, client, logger)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -69,10 +70,11 @@ func FreePort(t testing.TB) string {
 	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
 }
 
-// Start starts sshd for the test and stops it when the test ends. Outside
-// CI it skips the test when not root or sshd is missing; in CI (CI set)
-// that is a failure.
-func Start(t testing.TB) *Server {
+// Start starts sshd for the test and stops it when the test ends. It
+// listens on 127.0.0.1 and on the extra loopback addresses given (such as
+// 127.0.0.2), all with the same port and host key. Outside CI it skips the
+// test when not root or sshd is missing; in CI (CI set) that is a failure.
+func Start(t testing.TB, extraAddresses ...string) *Server {
 	t.Helper()
 	sshd := "/usr/sbin/sshd"
 	if _, err := os.Stat(sshd); err != nil || os.Getuid() != 0 {
@@ -96,11 +98,50 @@ func Start(t testing.TB) *Server {
 		t.Fatal(err)
 	}
 	port := FreePort(t)
-	config := strings.Join([]string{
-		"Port " + port,
-		"ListenAddress 127.0.0.1",
-		"HostKey " + filepath.Join(dir, "host_key"),
-		"AuthorizedKeysFile " + filepath.Join(dir, "authorized_keys"),
+	addresses := append([]string{"127.0.0.1"}, extraAddresses...)
+	// OpenSSH caps one sshd at 16 listen sockets (MAX_LISTEN_SOCKS), so
+	// each 16 addresses get their own sshd, all with the same port, host
+	// key and settings.
+	for n := 0; n*maxListen < len(addresses); n++ {
+		group := addresses[n*maxListen : min((n+1)*maxListen, len(addresses))]
+		startSSHD(t, sshd, dir, port, n, group)
+	}
+	addr := knownhosts.Normalize("127.0.0.1:" + port)
+	var all []string
+	for _, a := range addresses {
+		all = append(all, knownhosts.Normalize(a+":"+port))
+	}
+	known := filepath.Join(dir, "known_hosts")
+	if err := os.WriteFile(known, []byte(knownhosts.Line(all, hostKey)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, "other_known_hosts")
+	otherKey := WriteKey(t, filepath.Join(dir, "unused_key"))
+	if err := os.WriteFile(other, []byte(knownhosts.Line([]string{addr}, otherKey)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return &Server{Port: port, KeyFile: filepath.Join(dir, "client_key"), KnownHosts: known, OtherHosts: other, HostKey: hostKey}
+}
+
+// maxListen is OpenSSH's MAX_LISTEN_SOCKS.
+const maxListen = 16
+
+// startSSHD runs one sshd on port at addresses, stopped when the test
+// ends, and waits until each address answers with the SSH banner.
+func startSSHD(t testing.TB, sshd, dir, port string, n int, addresses []string) {
+	t.Helper()
+	// Port comes first: a ListenAddress without a port uses the Port
+	// lines before it.
+	listen := []string{"Port " + port}
+	for _, a := range addresses {
+		listen = append(listen, "ListenAddress "+a)
+	}
+	config := strings.Join(append(listen,
+		// Many targets connect at once: no connection may be dropped as
+		// an unauthenticated flood.
+		"MaxStartups 500",
+		"HostKey "+filepath.Join(dir, "host_key"),
+		"AuthorizedKeysFile "+filepath.Join(dir, "authorized_keys"),
 		"PermitRootLogin prohibit-password",
 		"PasswordAuthentication yes",
 		"KbdInteractiveAuthentication no",
@@ -109,12 +150,12 @@ func Start(t testing.TB) *Server {
 		"PidFile none",
 		"AcceptEnv GREETING",
 		"LogLevel VERBOSE",
-	}, "\n") + "\n"
-	configFile := filepath.Join(dir, "sshd_config")
+	), "\n") + "\n"
+	configFile := filepath.Join(dir, fmt.Sprintf("sshd_config.%d", n))
 	if err := os.WriteFile(configFile, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logFile, err := os.Create(filepath.Join(dir, "sshd.log"))
+	logFile, err := os.Create(filepath.Join(dir, fmt.Sprintf("sshd.%d.log", n)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,37 +170,30 @@ func Start(t testing.TB) *Server {
 		logFile.Close()
 		if t.Failed() {
 			log, _ := os.ReadFile(logFile.Name())
-			t.Logf("sshd log:\n%s", log)
+			t.Logf("sshd %d log:\n%s", n, log)
 		}
 	})
-	// Ready when it answers with its banner.
 	deadline := time.Now().Add(10 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+port, time.Second)
-		if err == nil {
-			_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-			line, rerr := bufio.NewReader(conn).ReadString('\n')
-			conn.Close()
-			if rerr == nil && strings.HasPrefix(line, "SSH-2.0-") {
-				break
+	for _, a := range addresses {
+		for !answers(net.JoinHostPort(a, port)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("sshd did not start on %s port %s", a, port)
 			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sshd did not start on port %s", port)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	addr := knownhosts.Normalize("127.0.0.1:" + port)
-	known := filepath.Join(dir, "known_hosts")
-	if err := os.WriteFile(known, []byte(knownhosts.Line([]string{addr}, hostKey)+"\n"), 0o644); err != nil {
-		t.Fatal(err)
+}
+
+// answers reports whether an SSH server greets at addr.
+func answers(addr string) bool {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return false
 	}
-	other := filepath.Join(dir, "other_known_hosts")
-	otherKey := WriteKey(t, filepath.Join(dir, "unused_key"))
-	if err := os.WriteFile(other, []byte(knownhosts.Line([]string{addr}, otherKey)+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &Server{Port: port, KeyFile: filepath.Join(dir, "client_key"), KnownHosts: known, OtherHosts: other, HostKey: hostKey}
+	defer conn.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return err == nil && strings.HasPrefix(line, "SSH-2.0-")
 }
 
 // Spec is an ssh action spec for user on the server (root logs in with

@@ -699,12 +699,15 @@ func (x *RetryPolicy) GetNoJitter() bool {
 	return false
 }
 
-// Target selects agents: one agent by id, or every agent whose labels match
-// a selector such as "role=web,env=prod" (all pairs must match).
+// Target selects where a job runs: agents (one by id, or every agent whose
+// labels match a selector such as "role=web,env=prod": all pairs must
+// match), or remote hosts reached over SSH through jump agents. Set exactly
+// one of agent_id, selector and remote.
 type Target struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AgentId       string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
 	Selector      string                 `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
+	Remote        *RemoteHosts           `protobuf:"bytes,3,opt,name=remote,proto3" json:"remote,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -753,6 +756,321 @@ func (x *Target) GetSelector() string {
 	return ""
 }
 
+func (x *Target) GetRemote() *RemoteHosts {
+	if x != nil {
+		return x.Remote
+	}
+	return nil
+}
+
+// RemoteHosts are hosts that run no agent of ours. Each host becomes one
+// task that any agent matching `via` (and having the transport's plugin)
+// may claim, so jump agents share the load and cover for each other.
+type RemoteHosts struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Hosts []*RemoteHost          `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	// Label selector of the jump agents that may reach these hosts.
+	Via string `protobuf:"bytes,2,opt,name=via,proto3" json:"via,omitempty"`
+	// "ssh" (the default).
+	Transport string `protobuf:"bytes,3,opt,name=transport,proto3" json:"transport,omitempty"`
+	// Login user when a host sets none (default root).
+	User string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	// Port when a host sets none (default 22).
+	Port int32 `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	// Where the login key comes from when a host sets none: "agent:/path"
+	// is a private key file on the jump agent (it never leaves that host).
+	// For passwords, set options.password to a secret parameter such as
+	// "{{db_password}}".
+	Credential string `protobuf:"bytes,6,opt,name=credential,proto3" json:"credential,omitempty"`
+	// Options of the transport's executor for every host (for ssh:
+	// known_hosts, host_key_policy, become, proxy_jump, ...; see
+	// docs/engine.md). An action's own spec wins over these.
+	Options map[string]string `protobuf:"bytes,7,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Labels of these hosts: what RBAC scopes and protected-target rules
+	// see for them.
+	Labels        map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoteHosts) Reset() {
+	*x = RemoteHosts{}
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoteHosts) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoteHosts) ProtoMessage() {}
+
+func (x *RemoteHosts) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoteHosts.ProtoReflect.Descriptor instead.
+func (*RemoteHosts) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RemoteHosts) GetHosts() []*RemoteHost {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *RemoteHosts) GetVia() string {
+	if x != nil {
+		return x.Via
+	}
+	return ""
+}
+
+func (x *RemoteHosts) GetTransport() string {
+	if x != nil {
+		return x.Transport
+	}
+	return ""
+}
+
+func (x *RemoteHosts) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RemoteHosts) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RemoteHosts) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *RemoteHosts) GetOptions() map[string]string {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+func (x *RemoteHosts) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+// RemoteHost is one host of a RemoteHosts target; empty fields take the
+// target's defaults.
+type RemoteHost struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Host name or IP address.
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Port    int32  `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// How results name the host (default address, or address:port when the
+	// port is not the default).
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	Credential    string `protobuf:"bytes,5,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoteHost) Reset() {
+	*x = RemoteHost{}
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoteHost) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoteHost) ProtoMessage() {}
+
+func (x *RemoteHost) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoteHost.ProtoReflect.Descriptor instead.
+func (*RemoteHost) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RemoteHost) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *RemoteHost) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RemoteHost) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RemoteHost) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RemoteHost) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+// RemoteEndpoint is a remote host resolved for a run: every default
+// applied.
+type RemoteEndpoint struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Address    string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Port       int32                  `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	Transport  string                 `protobuf:"bytes,4,opt,name=transport,proto3" json:"transport,omitempty"`
+	User       string                 `protobuf:"bytes,5,opt,name=user,proto3" json:"user,omitempty"`
+	Credential string                 `protobuf:"bytes,6,opt,name=credential,proto3" json:"credential,omitempty"`
+	Options    map[string]string      `protobuf:"bytes,7,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels     map[string]string      `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The selector of the jump agents that may reach it.
+	Via           string `protobuf:"bytes,9,opt,name=via,proto3" json:"via,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoteEndpoint) Reset() {
+	*x = RemoteEndpoint{}
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoteEndpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoteEndpoint) ProtoMessage() {}
+
+func (x *RemoteEndpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoteEndpoint.ProtoReflect.Descriptor instead.
+func (*RemoteEndpoint) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RemoteEndpoint) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RemoteEndpoint) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *RemoteEndpoint) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RemoteEndpoint) GetTransport() string {
+	if x != nil {
+		return x.Transport
+	}
+	return ""
+}
+
+func (x *RemoteEndpoint) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *RemoteEndpoint) GetCredential() string {
+	if x != nil {
+		return x.Credential
+	}
+	return ""
+}
+
+func (x *RemoteEndpoint) GetOptions() map[string]string {
+	if x != nil {
+		return x.Options
+	}
+	return nil
+}
+
+func (x *RemoteEndpoint) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *RemoteEndpoint) GetVia() string {
+	if x != nil {
+		return x.Via
+	}
+	return ""
+}
+
 type CreateJobRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
@@ -762,7 +1080,7 @@ type CreateJobRequest struct {
 
 func (x *CreateJobRequest) Reset() {
 	*x = CreateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -774,7 +1092,7 @@ func (x *CreateJobRequest) String() string {
 func (*CreateJobRequest) ProtoMessage() {}
 
 func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[7]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -787,7 +1105,7 @@ func (x *CreateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobRequest.ProtoReflect.Descriptor instead.
 func (*CreateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateJobRequest) GetJob() *Job {
@@ -809,7 +1127,7 @@ type CreateJobResponse struct {
 
 func (x *CreateJobResponse) Reset() {
 	*x = CreateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +1139,7 @@ func (x *CreateJobResponse) String() string {
 func (*CreateJobResponse) ProtoMessage() {}
 
 func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[8]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1152,7 @@ func (x *CreateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJobResponse.ProtoReflect.Descriptor instead.
 func (*CreateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateJobResponse) GetJob() *Job {
@@ -865,7 +1183,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1195,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[9]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1208,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListJobsRequest) GetLabelSelector() string {
@@ -932,7 +1250,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -944,7 +1262,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -957,7 +1275,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -985,7 +1303,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1315,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1328,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -1036,7 +1354,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1366,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1379,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -1080,7 +1398,7 @@ type UpdateJobRequest struct {
 
 func (x *UpdateJobRequest) Reset() {
 	*x = UpdateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1092,7 +1410,7 @@ func (x *UpdateJobRequest) String() string {
 func (*UpdateJobRequest) ProtoMessage() {}
 
 func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1105,7 +1423,7 @@ func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdateJobRequest) GetJob() *Job {
@@ -1125,7 +1443,7 @@ type UpdateJobResponse struct {
 
 func (x *UpdateJobResponse) Reset() {
 	*x = UpdateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1455,7 @@ func (x *UpdateJobResponse) String() string {
 func (*UpdateJobResponse) ProtoMessage() {}
 
 func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1468,7 @@ func (x *UpdateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobResponse.ProtoReflect.Descriptor instead.
 func (*UpdateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UpdateJobResponse) GetJob() *Job {
@@ -1176,7 +1494,7 @@ type DeleteJobRequest struct {
 
 func (x *DeleteJobRequest) Reset() {
 	*x = DeleteJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1506,7 @@ func (x *DeleteJobRequest) String() string {
 func (*DeleteJobRequest) ProtoMessage() {}
 
 func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1519,7 @@ func (x *DeleteJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobRequest.ProtoReflect.Descriptor instead.
 func (*DeleteJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteJobRequest) GetId() string {
@@ -1219,7 +1537,7 @@ type DeleteJobResponse struct {
 
 func (x *DeleteJobResponse) Reset() {
 	*x = DeleteJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1231,7 +1549,7 @@ func (x *DeleteJobResponse) String() string {
 func (*DeleteJobResponse) ProtoMessage() {}
 
 func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1244,7 +1562,7 @@ func (x *DeleteJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteJobResponse.ProtoReflect.Descriptor instead.
 func (*DeleteJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
 }
 
 type ListJobVersionsRequest struct {
@@ -1256,7 +1574,7 @@ type ListJobVersionsRequest struct {
 
 func (x *ListJobVersionsRequest) Reset() {
 	*x = ListJobVersionsRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1268,7 +1586,7 @@ func (x *ListJobVersionsRequest) String() string {
 func (*ListJobVersionsRequest) ProtoMessage() {}
 
 func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1281,7 +1599,7 @@ func (x *ListJobVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListJobVersionsRequest) GetId() string {
@@ -1300,7 +1618,7 @@ type ListJobVersionsResponse struct {
 
 func (x *ListJobVersionsResponse) Reset() {
 	*x = ListJobVersionsResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1630,7 @@ func (x *ListJobVersionsResponse) String() string {
 func (*ListJobVersionsResponse) ProtoMessage() {}
 
 func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1643,7 @@ func (x *ListJobVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListJobVersionsResponse) GetVersions() []*Job {
@@ -1344,7 +1662,7 @@ type ValidateJobRequest struct {
 
 func (x *ValidateJobRequest) Reset() {
 	*x = ValidateJobRequest{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1674,7 @@ func (x *ValidateJobRequest) String() string {
 func (*ValidateJobRequest) ProtoMessage() {}
 
 func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1687,7 @@ func (x *ValidateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobRequest.ProtoReflect.Descriptor instead.
 func (*ValidateJobRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ValidateJobRequest) GetId() string {
@@ -1390,7 +1708,7 @@ type FieldViolation struct {
 
 func (x *FieldViolation) Reset() {
 	*x = FieldViolation{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1720,7 @@ func (x *FieldViolation) String() string {
 func (*FieldViolation) ProtoMessage() {}
 
 func (x *FieldViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1733,7 @@ func (x *FieldViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldViolation.ProtoReflect.Descriptor instead.
 func (*FieldViolation) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{20}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *FieldViolation) GetField() string {
@@ -1440,14 +1758,18 @@ type ResolvedAgent struct {
 	Labels  map[string]string      `protobuf:"bytes,4,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The executors the agent reported having; empty for agents that
 	// predate the report (not checked then).
-	Plugins       []string `protobuf:"bytes,5,rep,name=plugins,proto3" json:"plugins,omitempty"`
+	Plugins []string `protobuf:"bytes,5,rep,name=plugins,proto3" json:"plugins,omitempty"`
+	// For a remote host: the host (agent_id is empty and name is the
+	// host's), and the jump agents that may run its task.
+	Remote        *RemoteEndpoint  `protobuf:"bytes,6,opt,name=remote,proto3" json:"remote,omitempty"`
+	JumpAgents    []*ResolvedAgent `protobuf:"bytes,7,rep,name=jump_agents,json=jumpAgents,proto3" json:"jump_agents,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResolvedAgent) Reset() {
 	*x = ResolvedAgent{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1781,7 @@ func (x *ResolvedAgent) String() string {
 func (*ResolvedAgent) ProtoMessage() {}
 
 func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1794,7 @@ func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedAgent.ProtoReflect.Descriptor instead.
 func (*ResolvedAgent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{21}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ResolvedAgent) GetAgentId() string {
@@ -1510,6 +1832,20 @@ func (x *ResolvedAgent) GetPlugins() []string {
 	return nil
 }
 
+func (x *ResolvedAgent) GetRemote() *RemoteEndpoint {
+	if x != nil {
+		return x.Remote
+	}
+	return nil
+}
+
+func (x *ResolvedAgent) GetJumpAgents() []*ResolvedAgent {
+	if x != nil {
+		return x.JumpAgents
+	}
+	return nil
+}
+
 type ValidateJobResponse struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Valid      bool                   `protobuf:"varint,1,opt,name=valid,proto3" json:"valid,omitempty"`
@@ -1524,7 +1860,7 @@ type ValidateJobResponse struct {
 
 func (x *ValidateJobResponse) Reset() {
 	*x = ValidateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[22]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1872,7 @@ func (x *ValidateJobResponse) String() string {
 func (*ValidateJobResponse) ProtoMessage() {}
 
 func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[22]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1885,7 @@ func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobResponse.ProtoReflect.Descriptor instead.
 func (*ValidateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{22}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ValidateJobResponse) GetValid() bool {
@@ -1661,10 +1997,55 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"multiplier\x126\n" +
 	"\tmax_delay\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\bmaxDelay\x12\x19\n" +
 	"\bretry_on\x18\x05 \x03(\tR\aretryOn\x12\x1b\n" +
-	"\tno_jitter\x18\x06 \x01(\bR\bnoJitter\"?\n" +
+	"\tno_jitter\x18\x06 \x01(\bR\bnoJitter\"u\n" +
 	"\x06Target\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1a\n" +
-	"\bselector\x18\x02 \x01(\tR\bselector\":\n" +
+	"\bselector\x18\x02 \x01(\tR\bselector\x124\n" +
+	"\x06remote\x18\x03 \x01(\v2\x1c.opsconductor.v1.RemoteHostsR\x06remote\"\xb6\x03\n" +
+	"\vRemoteHosts\x121\n" +
+	"\x05hosts\x18\x01 \x03(\v2\x1b.opsconductor.v1.RemoteHostR\x05hosts\x12\x10\n" +
+	"\x03via\x18\x02 \x01(\tR\x03via\x12\x1c\n" +
+	"\ttransport\x18\x03 \x01(\tR\ttransport\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\x05R\x04port\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x06 \x01(\tR\n" +
+	"credential\x12C\n" +
+	"\aoptions\x18\a \x03(\v2).opsconductor.v1.RemoteHosts.OptionsEntryR\aoptions\x12@\n" +
+	"\x06labels\x18\b \x03(\v2(.opsconductor.v1.RemoteHosts.LabelsEntryR\x06labels\x1a:\n" +
+	"\fOptionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\n" +
+	"RemoteHost\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x12\n" +
+	"\x04user\x18\x04 \x01(\tR\x04user\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x05 \x01(\tR\n" +
+	"credential\"\xba\x03\n" +
+	"\x0eRemoteEndpoint\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\x05R\x04port\x12\x1c\n" +
+	"\ttransport\x18\x04 \x01(\tR\ttransport\x12\x12\n" +
+	"\x04user\x18\x05 \x01(\tR\x04user\x12\x1e\n" +
+	"\n" +
+	"credential\x18\x06 \x01(\tR\n" +
+	"credential\x12F\n" +
+	"\aoptions\x18\a \x03(\v2,.opsconductor.v1.RemoteEndpoint.OptionsEntryR\aoptions\x12C\n" +
+	"\x06labels\x18\b \x03(\v2+.opsconductor.v1.RemoteEndpoint.LabelsEntryR\x06labels\x12\x10\n" +
+	"\x03via\x18\t \x01(\tR\x03via\x1a:\n" +
+	"\fOptionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
 	"\x10CreateJobRequest\x12&\n" +
 	"\x03job\x18\x01 \x01(\v2\x14.opsconductor.v1.JobR\x03job\"\x84\x01\n" +
 	"\x11CreateJobResponse\x12&\n" +
@@ -1701,13 +2082,16 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
 	"\x0eFieldViolation\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
-	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xef\x01\n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xe9\x02\n" +
 	"\rResolvedAgent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
 	"\x06online\x18\x03 \x01(\bR\x06online\x12B\n" +
 	"\x06labels\x18\x04 \x03(\v2*.opsconductor.v1.ResolvedAgent.LabelsEntryR\x06labels\x12\x18\n" +
-	"\aplugins\x18\x05 \x03(\tR\aplugins\x1a9\n" +
+	"\aplugins\x18\x05 \x03(\tR\aplugins\x127\n" +
+	"\x06remote\x18\x06 \x01(\v2\x1f.opsconductor.v1.RemoteEndpointR\x06remote\x12?\n" +
+	"\vjump_agents\x18\a \x03(\v2\x1e.opsconductor.v1.ResolvedAgentR\n" +
+	"jumpAgents\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
@@ -1750,7 +2134,7 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
 	(*Parameter)(nil),               // 1: opsconductor.v1.Parameter
@@ -1759,82 +2143,97 @@ var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*FileUpload)(nil),              // 4: opsconductor.v1.FileUpload
 	(*RetryPolicy)(nil),             // 5: opsconductor.v1.RetryPolicy
 	(*Target)(nil),                  // 6: opsconductor.v1.Target
-	(*CreateJobRequest)(nil),        // 7: opsconductor.v1.CreateJobRequest
-	(*CreateJobResponse)(nil),       // 8: opsconductor.v1.CreateJobResponse
-	(*ListJobsRequest)(nil),         // 9: opsconductor.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 10: opsconductor.v1.ListJobsResponse
-	(*GetJobRequest)(nil),           // 11: opsconductor.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 12: opsconductor.v1.GetJobResponse
-	(*UpdateJobRequest)(nil),        // 13: opsconductor.v1.UpdateJobRequest
-	(*UpdateJobResponse)(nil),       // 14: opsconductor.v1.UpdateJobResponse
-	(*DeleteJobRequest)(nil),        // 15: opsconductor.v1.DeleteJobRequest
-	(*DeleteJobResponse)(nil),       // 16: opsconductor.v1.DeleteJobResponse
-	(*ListJobVersionsRequest)(nil),  // 17: opsconductor.v1.ListJobVersionsRequest
-	(*ListJobVersionsResponse)(nil), // 18: opsconductor.v1.ListJobVersionsResponse
-	(*ValidateJobRequest)(nil),      // 19: opsconductor.v1.ValidateJobRequest
-	(*FieldViolation)(nil),          // 20: opsconductor.v1.FieldViolation
-	(*ResolvedAgent)(nil),           // 21: opsconductor.v1.ResolvedAgent
-	(*ValidateJobResponse)(nil),     // 22: opsconductor.v1.ValidateJobResponse
-	nil,                             // 23: opsconductor.v1.Job.LabelsEntry
-	nil,                             // 24: opsconductor.v1.Action.EnvEntry
-	nil,                             // 25: opsconductor.v1.Action.SpecEntry
-	nil,                             // 26: opsconductor.v1.ResolvedAgent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 27: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 28: google.protobuf.Duration
-	(*SafetyFinding)(nil),           // 29: opsconductor.v1.SafetyFinding
+	(*RemoteHosts)(nil),             // 7: opsconductor.v1.RemoteHosts
+	(*RemoteHost)(nil),              // 8: opsconductor.v1.RemoteHost
+	(*RemoteEndpoint)(nil),          // 9: opsconductor.v1.RemoteEndpoint
+	(*CreateJobRequest)(nil),        // 10: opsconductor.v1.CreateJobRequest
+	(*CreateJobResponse)(nil),       // 11: opsconductor.v1.CreateJobResponse
+	(*ListJobsRequest)(nil),         // 12: opsconductor.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 13: opsconductor.v1.ListJobsResponse
+	(*GetJobRequest)(nil),           // 14: opsconductor.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 15: opsconductor.v1.GetJobResponse
+	(*UpdateJobRequest)(nil),        // 16: opsconductor.v1.UpdateJobRequest
+	(*UpdateJobResponse)(nil),       // 17: opsconductor.v1.UpdateJobResponse
+	(*DeleteJobRequest)(nil),        // 18: opsconductor.v1.DeleteJobRequest
+	(*DeleteJobResponse)(nil),       // 19: opsconductor.v1.DeleteJobResponse
+	(*ListJobVersionsRequest)(nil),  // 20: opsconductor.v1.ListJobVersionsRequest
+	(*ListJobVersionsResponse)(nil), // 21: opsconductor.v1.ListJobVersionsResponse
+	(*ValidateJobRequest)(nil),      // 22: opsconductor.v1.ValidateJobRequest
+	(*FieldViolation)(nil),          // 23: opsconductor.v1.FieldViolation
+	(*ResolvedAgent)(nil),           // 24: opsconductor.v1.ResolvedAgent
+	(*ValidateJobResponse)(nil),     // 25: opsconductor.v1.ValidateJobResponse
+	nil,                             // 26: opsconductor.v1.Job.LabelsEntry
+	nil,                             // 27: opsconductor.v1.Action.EnvEntry
+	nil,                             // 28: opsconductor.v1.Action.SpecEntry
+	nil,                             // 29: opsconductor.v1.RemoteHosts.OptionsEntry
+	nil,                             // 30: opsconductor.v1.RemoteHosts.LabelsEntry
+	nil,                             // 31: opsconductor.v1.RemoteEndpoint.OptionsEntry
+	nil,                             // 32: opsconductor.v1.RemoteEndpoint.LabelsEntry
+	nil,                             // 33: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 35: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 36: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
-	23, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
+	26, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
 	3,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
 	6,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	27, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	27, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	34, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	34, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
 	1,  // 6: opsconductor.v1.Job.parameters:type_name -> opsconductor.v1.Parameter
-	28, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
-	28, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
+	35, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
+	35, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
 	5,  // 9: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
-	28, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
-	28, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
-	24, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	28, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	35, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
+	35, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
+	27, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
+	35, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
 	5,  // 14: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
-	25, // 15: opsconductor.v1.Action.spec:type_name -> opsconductor.v1.Action.SpecEntry
+	28, // 15: opsconductor.v1.Action.spec:type_name -> opsconductor.v1.Action.SpecEntry
 	4,  // 16: opsconductor.v1.Action.upload:type_name -> opsconductor.v1.FileUpload
-	28, // 17: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	28, // 18: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
-	0,  // 19: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 20: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	29, // 21: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 22: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 23: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 24: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 25: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	29, // 26: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 27: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	26, // 28: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	20, // 29: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	21, // 30: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	20, // 31: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	7,  // 32: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	9,  // 33: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	11, // 34: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	13, // 35: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	15, // 36: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	17, // 37: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	19, // 38: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	8,  // 39: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	10, // 40: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	12, // 41: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	14, // 42: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	16, // 43: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	18, // 44: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	22, // 45: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	39, // [39:46] is the sub-list for method output_type
-	32, // [32:39] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	35, // 17: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	35, // 18: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	7,  // 19: opsconductor.v1.Target.remote:type_name -> opsconductor.v1.RemoteHosts
+	8,  // 20: opsconductor.v1.RemoteHosts.hosts:type_name -> opsconductor.v1.RemoteHost
+	29, // 21: opsconductor.v1.RemoteHosts.options:type_name -> opsconductor.v1.RemoteHosts.OptionsEntry
+	30, // 22: opsconductor.v1.RemoteHosts.labels:type_name -> opsconductor.v1.RemoteHosts.LabelsEntry
+	31, // 23: opsconductor.v1.RemoteEndpoint.options:type_name -> opsconductor.v1.RemoteEndpoint.OptionsEntry
+	32, // 24: opsconductor.v1.RemoteEndpoint.labels:type_name -> opsconductor.v1.RemoteEndpoint.LabelsEntry
+	0,  // 25: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 26: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
+	36, // 27: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 28: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 29: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 30: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 31: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	36, // 32: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 33: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	33, // 34: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	9,  // 35: opsconductor.v1.ResolvedAgent.remote:type_name -> opsconductor.v1.RemoteEndpoint
+	24, // 36: opsconductor.v1.ResolvedAgent.jump_agents:type_name -> opsconductor.v1.ResolvedAgent
+	23, // 37: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	24, // 38: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	23, // 39: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	10, // 40: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	12, // 41: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	14, // 42: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	16, // 43: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	18, // 44: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	20, // 45: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	22, // 46: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	11, // 47: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	13, // 48: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	15, // 49: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	17, // 50: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	19, // 51: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	21, // 52: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	25, // 53: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	47, // [47:54] is the sub-list for method output_type
+	40, // [40:47] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -1850,7 +2249,7 @@ func file_opsconductor_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

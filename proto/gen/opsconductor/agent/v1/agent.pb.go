@@ -451,8 +451,11 @@ type PollRequest struct {
 	Wait *durationpb.Duration `protobuf:"bytes,2,opt,name=wait,proto3" json:"wait,omitempty"`
 	// Cancelled tasks the agent is already stopping: not sent back again.
 	CancellingTaskIds []string `protobuf:"bytes,3,rep,name=cancelling_task_ids,json=cancellingTaskIds,proto3" json:"cancelling_task_ids,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// How many remote-host tasks (run over SSH from this agent) it can start
+	// now. They mostly wait on the network, so a jump agent takes hundreds.
+	FreeRemoteSlots int32 `protobuf:"varint,4,opt,name=free_remote_slots,json=freeRemoteSlots,proto3" json:"free_remote_slots,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PollRequest) Reset() {
@@ -504,6 +507,13 @@ func (x *PollRequest) GetCancellingTaskIds() []string {
 		return x.CancellingTaskIds
 	}
 	return nil
+}
+
+func (x *PollRequest) GetFreeRemoteSlots() int32 {
+	if x != nil {
+		return x.FreeRemoteSlots
+	}
+	return 0
 }
 
 type PollResponse struct {
@@ -582,7 +592,11 @@ type TaskAssignment struct {
 	// Values to mask in output: those of secret parameters.
 	SecretValues []string `protobuf:"bytes,11,rep,name=secret_values,json=secretValues,proto3" json:"secret_values,omitempty"`
 	// The whole task must end within this; 0: no limit beyond the actions'.
-	TaskTimeout   *durationpb.Duration `protobuf:"bytes,12,opt,name=task_timeout,json=taskTimeout,proto3" json:"task_timeout,omitempty"`
+	TaskTimeout *durationpb.Duration `protobuf:"bytes,12,opt,name=task_timeout,json=taskTimeout,proto3" json:"task_timeout,omitempty"`
+	// The remote host the task reaches ("" for a task on this agent's own
+	// host). Its actions already name the transport's plugin and carry the
+	// host in their spec.
+	RemoteHost    string `protobuf:"bytes,13,opt,name=remote_host,json=remoteHost,proto3" json:"remote_host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -699,6 +713,13 @@ func (x *TaskAssignment) GetTaskTimeout() *durationpb.Duration {
 		return x.TaskTimeout
 	}
 	return nil
+}
+
+func (x *TaskAssignment) GetRemoteHost() string {
+	if x != nil {
+		return x.RemoteHost
+	}
+	return ""
 }
 
 type ExtendLeaseRequest struct {
@@ -1230,15 +1251,16 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"x\n" +
 	"\rHelloResponse\x12%\n" +
 	"\x0eserver_version\x18\x01 \x01(\tR\rserverVersion\x12@\n" +
-	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"\x8b\x01\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"\xb7\x01\n" +
 	"\vPollRequest\x12\x1d\n" +
 	"\n" +
 	"free_slots\x18\x01 \x01(\x05R\tfreeSlots\x12-\n" +
 	"\x04wait\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x04wait\x12.\n" +
-	"\x13cancelling_task_ids\x18\x03 \x03(\tR\x11cancellingTaskIds\"s\n" +
+	"\x13cancelling_task_ids\x18\x03 \x03(\tR\x11cancellingTaskIds\x12*\n" +
+	"\x11free_remote_slots\x18\x04 \x01(\x05R\x0ffreeRemoteSlots\"s\n" +
 	"\fPollResponse\x12;\n" +
 	"\x05tasks\x18\x01 \x03(\v2%.opsconductor.agent.v1.TaskAssignmentR\x05tasks\x12&\n" +
-	"\x0fcancel_task_ids\x18\x02 \x03(\tR\rcancelTaskIds\"\x84\x05\n" +
+	"\x0fcancel_task_ids\x18\x02 \x03(\tR\rcancelTaskIds\"\xa5\x05\n" +
 	"\x0eTaskAssignment\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12!\n" +
 	"\fexecution_id\x18\x02 \x01(\tR\vexecutionId\x12\x19\n" +
@@ -1254,7 +1276,9 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	" \x03(\v25.opsconductor.agent.v1.TaskAssignment.ParametersEntryR\n" +
 	"parameters\x12#\n" +
 	"\rsecret_values\x18\v \x03(\tR\fsecretValues\x12<\n" +
-	"\ftask_timeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\vtaskTimeout\x1a=\n" +
+	"\ftask_timeout\x18\f \x01(\v2\x19.google.protobuf.DurationR\vtaskTimeout\x12\x1f\n" +
+	"\vremote_host\x18\r \x01(\tR\n" +
+	"remoteHost\x1a=\n" +
 	"\x0fParametersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +

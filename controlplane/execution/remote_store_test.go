@@ -1,0 +1,147 @@
+package execution
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/opsconductor/opsconductor/controlplane/storetest"
+)
+
+// makeRemote stores an execution with one remote-host task per host, each
+// claimable by the candidates.
+func (b testBundle) makeRemote(t *testing.T, id string, hosts int, candidates ...string) []TaskRecord {
+	t.Helper()
+	var tasks []TaskRecord
+	for i := range hosts {
+		host := fmt.Sprintf("10.0.0.%d", i+1)
+		tr := TaskRecord{ID: fmt.Sprintf("%s-t%03d", id, i), Host: host, Remote: []byte(`{"address":"` + host + `"}`),
+			TargetKey: "remote:" + host + ":22", OutputLimit: 64}
+		for _, c := range candidates {
+			tr.Candidates = append(tr.Candidates, Candidate{AgentID: c, AgentName: "name-" + c})
+		}
+		tasks = append(tasks, tr)
+	}
+	rec := ExecutionRecord{ID: id, JobID: "job-" + id, JobName: "job", JobVersion: 1, Snapshot: []byte(`{"name":"job"}`),
+		CorrelationID: "corr", CreatedAt: time.Now().UTC()}
+	if _, err := b.st.ExecutionCreate(b.ctx, rec, tasks, ConcurrencyAllow, nil); err != nil {
+		t.Fatal(err)
+	}
+	return tasks
+}
+
+func TestRemoteTasksContract(t *testing.T) {
+	for _, d := range storetest.Dialects() {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+
+			t.Run("only candidates claim, as remote work", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeRemote(t, "e1", 3, "j1", "j2")
+				if c, err := b.st.TaskClaimRemote(b.ctx, "other", 10, time.Minute); err != nil || len(c) != 0 {
+					t.Fatalf("a non-candidate claimed %d tasks (%v)", len(c), err)
+				}
+				if c, err := b.st.TaskClaimNext(b.ctx, "j1", 10, time.Minute); err != nil || len(c) != 0 {
+					t.Fatalf("a local claim took %d remote tasks (%v)", len(c), err)
+				}
+				c1, err := b.st.TaskClaimRemote(b.ctx, "j1", 2, time.Minute)
+				if err != nil || len(c1) != 2 {
+					t.Fatalf("j1 claimed %d (%v), want 2", len(c1), err)
+				}
+				if c1[0].Task.AgentID != "j1" || c1[0].Task.AgentName != "name-j1" || c1[0].Task.Host == "" || string(c1[0].Task.Remote) == "" {
+					t.Fatalf("claimed task = %+v", c1[0].Task)
+				}
+				c2, err := b.st.TaskClaimRemote(b.ctx, "j2", 10, time.Minute)
+				if err != nil || len(c2) != 1 || c2[0].Task.AgentID != "j2" {
+					t.Fatalf("j2 claimed %+v (%v), want the last one", c2, err)
+				}
+				queued, err := b.st.QueuedAgents(b.ctx, "e1")
+				if err != nil || len(queued) != 0 {
+					t.Fatalf("queued agents after all claimed = %v (%v)", queued, err)
+				}
+			})
+
+			t.Run("queued agents are the candidates", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeRemote(t, "e1", 2, "j1", "j2")
+				queued, err := b.st.QueuedAgents(b.ctx, "e1")
+				if err != nil || len(queued) != 2 {
+					t.Fatalf("queued agents = %v (%v), want j1 and j2", queued, err)
+				}
+			})
+
+			t.Run("a lost lease goes back to the pool without the agent that lost it", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeRemote(t, "e1", 1, "j1", "j2")
+				c, err := b.st.TaskClaimRemote(b.ctx, "j1", 1, time.Millisecond)
+				if err != nil || len(c) != 1 {
+					t.Fatalf("claim: %d, %v", len(c), err)
+				}
+				lost, err := b.st.TaskExpireLeases(b.ctx, time.Now().Add(time.Second), nil)
+				if err != nil || len(lost) != 1 || !lost[0].Remote || !lost[0].Requeued {
+					t.Fatalf("expired = %+v (%v), want one remote task requeued", lost, err)
+				}
+				task, err := b.st.TaskGet(b.ctx, c[0].Task.ID)
+				if err != nil || task.Status != TaskQueued || task.AgentID != "" {
+					t.Fatalf("task after loss = %+v (%v)", task, err)
+				}
+				if again, err := b.st.TaskClaimRemote(b.ctx, "j1", 1, time.Minute); err != nil || len(again) != 0 {
+					t.Fatalf("the agent that lost it claimed it again: %d (%v)", len(again), err)
+				}
+				again, err := b.st.TaskClaimRemote(b.ctx, "j2", 1, time.Minute)
+				if err != nil || len(again) != 1 || again[0].Task.LeaseGeneration != 2 {
+					t.Fatalf("j2 claim = %+v (%v), want generation 2", again, err)
+				}
+				// The old lease's reports are refused.
+				if err := b.st.TaskComplete(b.ctx, "j1", c[0].Task.ID, 1, TaskSucceeded, "", nil, nil); err == nil {
+					t.Fatal("a report of the lost lease was accepted")
+				}
+			})
+
+			t.Run("the last candidate keeps the task", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeRemote(t, "e1", 1, "j1")
+				if c, err := b.st.TaskClaimRemote(b.ctx, "j1", 1, time.Millisecond); err != nil || len(c) != 1 {
+					t.Fatalf("claim: %d, %v", len(c), err)
+				}
+				if _, err := b.st.TaskExpireLeases(b.ctx, time.Now().Add(time.Second), nil); err != nil {
+					t.Fatal(err)
+				}
+				if c, err := b.st.TaskClaimRemote(b.ctx, "j1", 1, time.Minute); err != nil || len(c) != 1 {
+					t.Fatalf("the only jump agent could not take the task back: %d (%v)", len(c), err)
+				}
+			})
+
+			t.Run("a revoked agent leaves the pool", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeRemote(t, "e1", 2, "j1", "j2")
+				if _, err := b.st.TaskLoseByAgent(b.ctx, "j1", "revoked", nil); err != nil {
+					t.Fatal(err)
+				}
+				if c, err := b.st.TaskClaimRemote(b.ctx, "j1", 5, time.Minute); err != nil || len(c) != 0 {
+					t.Fatalf("a revoked agent claimed %d (%v)", len(c), err)
+				}
+				if c, err := b.st.TaskClaimRemote(b.ctx, "j2", 5, time.Minute); err != nil || len(c) != 2 {
+					t.Fatalf("j2 claimed %d (%v), want 2", len(c), err)
+				}
+			})
+
+			t.Run("fair share: each claim takes from the execution the agent runs least of", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeRemote(t, "big", 10, "j1")
+				b.makeRemote(t, "small", 2, "j1")
+				c, err := b.st.TaskClaimRemote(b.ctx, "j1", 4, time.Minute)
+				if err != nil || len(c) != 4 {
+					t.Fatalf("claimed %d (%v)", len(c), err)
+				}
+				per := map[string]int{}
+				for _, x := range c {
+					per[x.Task.ExecutionID]++
+				}
+				if per["big"] != 2 || per["small"] != 2 {
+					t.Fatalf("claims per execution = %v, want 2 and 2 (the older big run must not take every slot)", per)
+				}
+			})
+		})
+	}
+}
