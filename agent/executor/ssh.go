@@ -482,8 +482,8 @@ func hostKeyCallback(spec map[string]string) (ssh.HostKeyCallback, error) {
 	}, nil
 }
 
-// authMethods are the ways to log in the spec offers: a key file, the
-// keys of an ssh-agent, a password (also for keyboard-interactive
+// authMethods are the ways to log in the spec offers: a key file, a key
+// sent by the control plane, the keys of an ssh-agent, a password (also for keyboard-interactive
 // prompts). The returned func closes the agent connection.
 func authMethods(spec map[string]string) ([]ssh.AuthMethod, func(), error) {
 	var methods []ssh.AuthMethod
@@ -496,6 +496,15 @@ func authMethods(spec map[string]string) ([]ssh.AuthMethod, func(), error) {
 		signer, err := ssh.ParsePrivateKey(pem)
 		if err != nil {
 			return nil, closeAll, fmt.Errorf("key_file %s: %w", path, err)
+		}
+		methods = append(methods, ssh.PublicKeys(signer))
+	}
+	if pem := spec["private_key"]; pem != "" {
+		// A stored credential the control plane sent with this task: it
+		// stays in memory; a parse error never quotes it.
+		signer, err := ssh.ParsePrivateKey([]byte(pem))
+		if err != nil {
+			return nil, closeAll, errors.New("private_key (a stored credential) is not a usable private key")
 		}
 		methods = append(methods, ssh.PublicKeys(signer))
 	}
@@ -523,7 +532,7 @@ func authMethods(spec map[string]string) ([]ssh.AuthMethod, func(), error) {
 		}))
 	}
 	if len(methods) == 0 {
-		return nil, closeAll, errors.New("spec needs key_file, agent_socket or password")
+		return nil, closeAll, errors.New("spec needs key_file, private_key, agent_socket or password")
 	}
 	return methods, closeAll, nil
 }

@@ -38,19 +38,24 @@ const (
 	PermTokensManage           = "tokens:manage"
 	PermUsersManage            = "users:manage"
 	PermAuditRead              = "audit:read"
+	// Credentials: read shows names and metadata (never values), manage
+	// writes them.
+	PermCredentialsRead   = "credentials:read"
+	PermCredentialsManage = "credentials:manage"
 )
 
 // Permissions lists every permission, for validating custom roles.
 var Permissions = []string{
 	PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected,
 	PermExecutionsDanger, PermAgentsRead, PermAgentsManage, PermTokensManage, PermUsersManage, PermAuditRead,
+	PermCredentialsRead, PermCredentialsManage,
 }
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
 	"admin":     {"*"},
-	"operator":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead},
-	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead},
+	"operator":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead, PermCredentialsRead},
+	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead},
 	"viewer":    {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead},
 	"auditor":   {PermSelfRead, PermAuditRead},
 }

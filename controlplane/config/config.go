@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/opsconductor/opsconductor/controlplane/label"
+	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 )
 
 // Config configures `opsconductor server`.
@@ -80,6 +81,9 @@ type Config struct {
 	Plugins string
 	// SecretKey (base64, 32 bytes) seals secret parameter values at rest.
 	SecretKey string
+	// CredentialKeys seal stored credentials: "id:base64,id2:base64", the
+	// first one current (credential store disabled when empty).
+	CredentialKeys string
 	// SafetyRules is a YAML/JSON file of extra dangerous-command rules and
 	// allow-lists (docs/safety.md).
 	SafetyRules string
@@ -147,6 +151,7 @@ func (c *Config) settings() []setting {
 		{flag: "metrics-token", env: "OPSCONDUCTOR_METRICS_TOKEN", help: "require this bearer token on /metrics (use the _FILE variant); empty: open", str: &c.MetricsToken, secret: true},
 		{flag: "plugins", env: "OPSCONDUCTOR_PLUGINS", help: "external executor plugins actions may name, comma-separated (agents pin their binaries)", str: &c.Plugins},
 		{flag: "secret-key", env: "OPSCONDUCTOR_SECRET_KEY", help: "base64 of 32 random bytes sealing secret parameter values at rest (use the _FILE variant); unset: a key per process", str: &c.SecretKey, secret: true},
+		{flag: "credential-keys", env: "OPSCONDUCTOR_CREDENTIAL_KEYS", help: "keys sealing stored credentials, id:base64-of-32-bytes comma-separated, the first current (use the _FILE variant); unset: no credential store", str: &c.CredentialKeys, secret: true},
 		{flag: "safety-rules", env: "OPSCONDUCTOR_SAFETY_RULES", help: "YAML/JSON file of extra dangerous-command rules and allow-lists", str: &c.SafetyRules},
 		{flag: "cors-origins", env: "OPSCONDUCTOR_CORS_ORIGINS", help: "browser origins allowed to call the API, comma-separated", str: &c.CORSOrigins},
 		{flag: "bootstrap-token-file", env: "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE", help: "also write the first admin token to this file (0600)", str: &c.BootstrapTokenFile},
@@ -303,6 +308,11 @@ func (c Config) Validate() error {
 	if c.SecretKey != "" {
 		if k, err := base64.StdEncoding.DecodeString(c.SecretKey); err != nil || len(k) != 32 {
 			bad("secret-key", "must be the base64 of 32 bytes (openssl rand -base64 32)")
+		}
+	}
+	if c.CredentialKeys != "" {
+		if _, err := secretbox.ParseKeyring(c.CredentialKeys); err != nil {
+			bad("credential-keys", "%v", err)
 		}
 	}
 	if c.AgentOnlineWindow <= 0 {

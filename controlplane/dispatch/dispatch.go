@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/credential"
 	"github.com/opsconductor/opsconductor/controlplane/execution"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
 	"github.com/opsconductor/opsconductor/controlplane/params"
@@ -57,6 +58,15 @@ type Config struct {
 	ClientCertVerified func(context.Context) bool
 	// Secrets opens sealed parameter values for the agents.
 	Secrets *secretbox.Box
+	// Credentials opens the stored credentials of remote hosts, for the
+	// agent that leased the host's task (nil: no credential store).
+	Credentials CredentialOpener
+}
+
+// CredentialOpener opens a stored credential for use on a host; the
+// credential service implements it.
+type CredentialOpener interface {
+	Open(ctx context.Context, name, address string) (credential.Secret, error)
 }
 
 func (c Config) withDefaults() Config {
@@ -264,7 +274,7 @@ func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots, remo
 		g.nudge()
 	}
 	for _, c := range claims {
-		ta, cerr := toAssignment(c, g.cfg.Secrets)
+		ta, cerr := g.toAssignment(ctx, c)
 		if cerr != nil {
 			// It cannot be delivered (a snapshot or sealed parameters this
 			// server cannot open): end it as failed, saying why, rather
@@ -289,7 +299,8 @@ func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots, remo
 	return out, nil
 }
 
-func toAssignment(c execution.Claim, box *secretbox.Box) (*agentv1.TaskAssignment, error) {
+func (g *Gateway) toAssignment(ctx context.Context, c execution.Claim) (*agentv1.TaskAssignment, error) {
+	box := g.cfg.Secrets
 	job := &opsconductorv1.Job{}
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(c.Snapshot, job); err != nil {
 		return nil, fmt.Errorf("decode snapshot of execution %s: %w", c.Task.ExecutionID, err)
@@ -319,13 +330,21 @@ func toAssignment(c execution.Claim, box *secretbox.Box) (*agentv1.TaskAssignmen
 		}
 		ta.RemoteHost = remote.GetName()
 	}
+	login, err := g.login(ctx, remote)
+	if err != nil {
+		return nil, err
+	}
+	if login.value != "" {
+		// Masked in output like a secret parameter.
+		ta.SecretValues = append(ta.SecretValues, login.value)
+	}
 	for i, a := range job.GetActions() {
 		a = proto.Clone(a).(*opsconductorv1.Action)
 		if a.GetName() == "" {
 			a.Name = fmt.Sprintf("action-%d", i+1)
 		}
 		if remote != nil {
-			aimAt(a, remote)
+			aimAt(a, remote, login)
 		}
 		if a.GetPlugin() == "" {
 			a.Plugin = "shell"
@@ -345,7 +364,7 @@ func toAssignment(c execution.Claim, box *secretbox.Box) (*agentv1.TaskAssignmen
 // plugin of its own it runs through the host's transport, and its spec
 // gets the host's address, port, user and key, then the target's options
 // where the action's spec sets nothing.
-func aimAt(a *opsconductorv1.Action, r *opsconductorv1.RemoteEndpoint) {
+func aimAt(a *opsconductorv1.Action, r *opsconductorv1.RemoteEndpoint, login secretLogin) {
 	if a.GetPlugin() == "" {
 		a.Plugin = r.GetTransport()
 	}
@@ -362,7 +381,37 @@ func aimAt(a *opsconductorv1.Action, r *opsconductorv1.RemoteEndpoint) {
 	if path, ok := strings.CutPrefix(r.GetCredential(), "agent:"); ok {
 		spec["key_file"] = path
 	}
+	if login.specKey != "" {
+		spec[login.specKey] = login.value
+	}
 	a.Spec = spec
+}
+
+// secretLogin is a stored credential opened for a task: the executor spec
+// key it goes in and its value.
+type secretLogin struct{ specKey, value string }
+
+// login opens the stored credential a remote host names, if any. It runs
+// only for the agent that just leased the task.
+func (g *Gateway) login(ctx context.Context, r *opsconductorv1.RemoteEndpoint) (secretLogin, error) {
+	name := r.GetCredential()
+	if r == nil || name == "" || strings.HasPrefix(name, "agent:") {
+		return secretLogin{}, nil
+	}
+	if g.cfg.Credentials == nil {
+		return secretLogin{}, fmt.Errorf("host %s names credential %q but this server has no credential store", r.GetName(), name)
+	}
+	sec, err := g.cfg.Credentials.Open(ctx, name, r.GetAddress())
+	if err != nil {
+		return secretLogin{}, err
+	}
+	switch sec.Kind {
+	case credential.KindSSHKey:
+		return secretLogin{specKey: "private_key", value: sec.Value}, nil
+	case credential.KindPassword:
+		return secretLogin{specKey: "password", value: sec.Value}, nil
+	}
+	return secretLogin{}, fmt.Errorf("credential %q has unknown kind %q", name, sec.Kind)
 }
 
 func leaseErr(err error) error {

@@ -71,6 +71,15 @@ type Config struct {
 	// Secrets seals secret parameter values for storage (required when a
 	// job has secret parameters).
 	Secrets *secretbox.Box
+	// Credentials checks the stored credentials remote hosts name (nil:
+	// none may be named).
+	Credentials CredentialChecker
+}
+
+// CredentialChecker tells whether a stored credential exists and may be
+// used for a host; the credential service implements it.
+type CredentialChecker interface {
+	Check(ctx context.Context, name, address string) error
 }
 
 // DefaultOutputLimit is the per-task output cap when none is configured.
@@ -217,6 +226,9 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 	if err := checkPlugins(job, agents); err != nil {
 		return nil, nil, err
 	}
+	if err := s.checkCredentials(ctx, agents); err != nil {
+		return nil, nil, err
+	}
 	if opts.dryRun {
 		plan, err := s.plan(ctx, job, agents, opts)
 		return nil, plan, err
@@ -266,6 +278,25 @@ func checkPlugins(job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgen
 			return apperr.FailedPrecondition("no jump agent for host %s can run job.actions[%d]: none has plugin %q", a.GetName(), i, need)
 		}
 		a.JumpAgents = able
+	}
+	return nil
+}
+
+// checkCredentials refuses a run whose remote hosts name a stored
+// credential that does not exist or may not be used for them: better now
+// than as a failed task.
+func (s *Service) checkCredentials(ctx context.Context, agents []*opsconductorv1.ResolvedAgent) error {
+	for _, a := range agents {
+		r := a.GetRemote()
+		if r == nil || r.GetCredential() == "" || strings.HasPrefix(r.GetCredential(), "agent:") {
+			continue
+		}
+		if s.cfg.Credentials == nil {
+			return apperr.FailedPrecondition("host %s names credential %q but this server has no credential store", r.GetName(), r.GetCredential())
+		}
+		if err := s.cfg.Credentials.Check(ctx, r.GetCredential(), r.GetAddress()); err != nil {
+			return err
+		}
 	}
 	return nil
 }

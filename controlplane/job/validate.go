@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/credential"
 	"github.com/opsconductor/opsconductor/controlplane/label"
 	"github.com/opsconductor/opsconductor/controlplane/params"
 	"github.com/opsconductor/opsconductor/controlplane/policy"
@@ -185,13 +186,20 @@ func validatePort(port int32, field string, add func(field, format string, args 
 // rest is the path of a private key file there.
 const CredentialAgentPrefix = "agent:"
 
+// validateCredential checks a credential reference: the name of a stored
+// credential, or agent:/path of a key file on the jump agent.
 func validateCredential(ref, field string, add func(field, format string, args ...any)) {
 	if ref == "" {
 		return
 	}
-	path, ok := strings.CutPrefix(ref, CredentialAgentPrefix)
-	if !ok || !strings.HasPrefix(path, "/") {
-		add(field, "must be agent:/path/to/key (a private key file on the jump agent), got %q", ref)
+	if path, ok := strings.CutPrefix(ref, CredentialAgentPrefix); ok {
+		if !strings.HasPrefix(path, "/") {
+			add(field, "must name an absolute key file path on the jump agent (agent:/etc/opsconductor/keys/id), got %q", ref)
+		}
+		return
+	}
+	if !credential.ValidName(ref) {
+		add(field, "must be the name of a stored credential or agent:/path/to/key (a key file on the jump agent), got %q", ref)
 	}
 }
 

@@ -40,6 +40,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/auth"
 	"github.com/opsconductor/opsconductor/controlplane/config"
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
+	"github.com/opsconductor/opsconductor/controlplane/credential"
 	"github.com/opsconductor/opsconductor/controlplane/dispatch"
 	"github.com/opsconductor/opsconductor/controlplane/execution"
 	"github.com/opsconductor/opsconductor/controlplane/interceptor"
@@ -109,6 +110,15 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	if err != nil {
 		return nil, err
 	}
+	credDB, err := a.openStore(ctx, credential.Schema, credential.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	var credKeys *secretbox.Keyring
+	if cfg.CredentialKeys != "" {
+		credKeys, _ = secretbox.ParseKeyring(cfg.CredentialKeys) // checked by Validate
+	}
+	creds := credential.NewService(credential.NewStore(credDB), credKeys, logger)
 	authStore := auth.NewStore(authDB)
 	if _, err := auth.Bootstrap(ctx, authStore, cfg.BootstrapTokenFile, logger); err != nil {
 		return nil, fmt.Errorf("bootstrap admin token: %w", err)
@@ -169,7 +179,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	}
 	protected, _ := label.ParseSelector(cfg.ProtectedLabels) // checked by Validate
 	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected, Secrets: box,
-		Nudge: func() { nudgeExecRelay() }})
+		Credentials: creds, Nudge: func() { nudgeExecRelay() }})
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
 	// and a counter. Audit and notifications subscribe here later.
@@ -191,6 +201,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	nudgeExecRelay = execRelay.Nudge
 	gwCfg := dispatch.Config{
 		Secrets:       box,
+		Credentials:   creds,
 		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
 	}
 	if cfg.AgentMTLS {
@@ -220,6 +231,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	add(agentv1connect.NewAgentServiceHandler(a.gateway, opts))
 	add(opsconductorv1connect.NewAuthServiceHandler(auth.NewService(authStore, logger), opts))
 	add(opsconductorv1connect.NewSafetyServiceHandler(safetySvc, opts))
+	add(opsconductorv1connect.NewCredentialServiceHandler(creds, opts))
 	var services []*vanguard.Service
 	for _, m := range mounts {
 		services = append(services, vanguard.NewService(m.path, m.handler))
@@ -258,6 +270,7 @@ func Services() []protoreflect.ServiceDescriptor {
 		opsconductorv1.File_opsconductor_v1_agent_registry_proto.Services().ByName("AgentRegistryService"),
 		opsconductorv1.File_opsconductor_v1_auth_proto.Services().ByName("AuthService"),
 		opsconductorv1.File_opsconductor_v1_safety_proto.Services().ByName("SafetyService"),
+		opsconductorv1.File_opsconductor_v1_credential_proto.Services().ByName("CredentialService"),
 		agentv1.File_opsconductor_agent_v1_agent_proto.Services().ByName("AgentService"),
 	}
 }
