@@ -162,4 +162,3 @@ func nonNil(s []string) []string {
 	}
 	return s
 }
-
