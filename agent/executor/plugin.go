@@ -123,10 +123,12 @@ func (p *Plugins) Execute(ctx context.Context, a Action, stdout, stderr io.Write
 }
 
 // Router sends each action to the executor its plugin names: "shell" (or
-// none) to the local shell, "ssh" to SSH, anything else to Plugins.
+// none) to the local shell, "ssh" to SSH, "winrm" to WinRM, anything else
+// to Plugins.
 type Router struct {
 	Shell   Executor
 	SSH     Executor
+	WinRM   Executor
 	Plugins *Plugins
 }
 
@@ -137,6 +139,9 @@ func (r Router) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	}
 	if a.Plugin == "ssh" && r.SSH != nil {
 		return r.SSH.Execute(ctx, a, stdout, stderr)
+	}
+	if a.Plugin == "winrm" && r.WinRM != nil {
+		return r.WinRM.Execute(ctx, a, stdout, stderr)
 	}
 	if a.Upload != nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("plugin %q: uploads are done by the shell and ssh executors only", a.Plugin)}

@@ -407,6 +407,9 @@ func (g *Gateway) login(ctx context.Context, r *opsconductorv1.RemoteEndpoint) (
 	}
 	switch sec.Kind {
 	case credential.KindSSHKey:
+		if r.GetTransport() != "ssh" {
+			return secretLogin{}, fmt.Errorf("credential %q is an SSH key; %s needs a password", name, r.GetTransport())
+		}
 		return secretLogin{specKey: "private_key", value: sec.Value}, nil
 	case credential.KindPassword:
 		return secretLogin{specKey: "password", value: sec.Value}, nil

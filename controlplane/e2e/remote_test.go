@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/base64"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -9,7 +10,9 @@ import (
 	"time"
 
 	"github.com/opsconductor/opsconductor/agent/executor/sshtest"
+	"github.com/opsconductor/opsconductor/agent/executor/winrmtest"
 	"github.com/opsconductor/opsconductor/controlplane/cptest"
+	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	"github.com/opsconductor/opsconductor/controlplane/storetest"
 )
@@ -79,5 +82,54 @@ func TestRemoteTargetsThroughJumpAgents(t *testing.T) {
 	cptest.Must(t, http.StatusBadRequest)(s.Do(t, "POST", "/api/v1/jobs/"+bad.ID+"/execute", map[string]any{}, &refusal))
 	if !strings.Contains(refusal.Message, "remote.via role=bastion matches no enrolled agent") {
 		t.Fatalf("refusal = %q", refusal.Message)
+	}
+}
+
+// TestWinRMThroughJumpAgent: a remote target with transport winrm runs
+// through a real jump agent process against the WS-Management emulator
+// (winrmtest: no Windows host exists here), logging in with a stored
+// password credential; a cmd command and a PowerShell script report their
+// output and exit codes per action.
+func TestWinRMThroughJumpAgent(t *testing.T) {
+	t.Parallel()
+	const password = "W1nRM-Cred-Value"
+	win := winrmtest.Start(t, "Administrator", password, false)
+	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite),
+		"OPSCONDUCTOR_CREDENTIAL_KEYS": "k1:" + base64.StdEncoding.EncodeToString(secretbox.NewKey())})
+	jump := s.StartAgent(t, "jump-win", "role=jump")
+	s.WaitAgents(t, 1)
+	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/credentials", map[string]any{
+		"credential": map[string]any{"name": "win-admin", "kind": "password", "hosts": []string{"127.0.0.1"}}, "value": password}, nil))
+	j := createJob(t, s, map[string]any{"name": "windows", "targets": []map[string]any{{"remote": map[string]any{
+		"via": "role=jump", "transport": "winrm", "port": win.Port, "credential": "win-admin",
+		"hosts": []map[string]any{{"address": "127.0.0.1", "name": "win-1"}}}}},
+		"actions": []map[string]any{
+			{"name": "cmd", "command": "echo hello from cmd"},
+			{"name": "ps", "script": "Write-Output 'hello from powershell'\nexit 4", "spec": map[string]string{"shell": "powershell"}},
+		}})
+	e := execute(t, s, j.ID)
+	r := waitFinished(t, s, e.ID, 60*time.Second)
+	if r.Execution.Status != "failed" || len(r.Results) != 1 || len(r.Results[0].Actions) != 2 {
+		t.Fatalf("execution = %+v", r)
+	}
+	res := r.Results[0]
+	if res.Task.Host != "win-1" || res.Task.AgentName != "jump-win" {
+		t.Fatalf("task = %+v", res.Task)
+	}
+	if a := res.Actions[0]; a.Status != "succeeded" || a.Stdout != "hello from cmd\r\n" {
+		t.Fatalf("cmd action = %+v", a)
+	}
+	if a := res.Actions[1]; a.Status != "failed" || a.ExitCode != 4 || a.Stdout != "hello from powershell\r\n" {
+		t.Fatalf("powershell action = %+v", a)
+	}
+	if strings.Contains(jump.Output(), password) || strings.Contains(s.Output(), password) {
+		t.Fatal("the WinRM password appears in a log")
+	}
+	var sawPS bool
+	for _, c := range win.Calls() {
+		sawPS = sawPS || strings.HasPrefix(c.Command, "powershell.exe -EncodedCommand ")
+	}
+	if !sawPS {
+		t.Fatalf("no PowerShell command reached the emulator: %+v", win.Calls())
 	}
 }

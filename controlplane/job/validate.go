@@ -29,7 +29,7 @@ const (
 )
 
 // BuiltinPlugins are the executors every agent has. "" means "shell".
-var BuiltinPlugins = []string{"shell", "ssh"}
+var BuiltinPlugins = []string{"shell", "ssh", "winrm"}
 
 var (
 	namePattern   = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
@@ -117,7 +117,7 @@ func Validate(prefix string, j *opsconductorv1.Job, plugins ...string) []apperr.
 const MaxRemoteHosts = 5000
 
 // Transports a remote target may name.
-var Transports = []string{"ssh"}
+var Transports = []string{"ssh", "winrm"}
 
 // remoteOwnedOptions are executor options a remote target sets through its
 // own fields; options may not set them behind the fields' back.
@@ -136,6 +136,17 @@ func validateRemote(r *opsconductorv1.RemoteHosts, add func(field, format string
 	}
 	validatePort(r.GetPort(), ".port", add)
 	validateCredential(r.GetCredential(), ".credential", add)
+	if r.GetTransport() == "winrm" {
+		// WinRM logs in with a password; a key file means nothing there.
+		if strings.HasPrefix(r.GetCredential(), CredentialAgentPrefix) {
+			add(".credential", "winrm logs in with a password: name a stored password credential, or set options.password")
+		}
+		for i, h := range r.GetHosts() {
+			if strings.HasPrefix(h.GetCredential(), CredentialAgentPrefix) {
+				add(fmt.Sprintf(".hosts[%d].credential", i), "winrm logs in with a password: name a stored password credential")
+			}
+		}
+	}
 	for _, k := range remoteOwnedOptions {
 		if _, ok := r.GetOptions()[k]; ok {
 			add(".options["+k+"]", "is set by the target itself: use the hosts' address, port, user and credential fields")

@@ -17,7 +17,19 @@ const (
 	DefaultTransport = "ssh"
 	DefaultSSHPort   = 22
 	DefaultSSHUser   = "root"
+	// WinRM over HTTP; options.https "true" wants the port set (5986).
+	DefaultWinRMPort = 5985
+	DefaultWinRMUser = "Administrator"
 )
+
+// transportDefaults are the port and user a transport uses when the
+// target sets none.
+func transportDefaults(transport string) (int32, string) {
+	if transport == "winrm" {
+		return DefaultWinRMPort, DefaultWinRMUser
+	}
+	return DefaultSSHPort, DefaultSSHUser
+}
 
 // resolveRemote turns the remote targets into one entry per host (a host
 // listed twice, by address and port, runs once), each with the jump agents
@@ -49,8 +61,9 @@ func (r *Registry) resolveRemote(targets []*opsconductorv1.Target, agents []Agen
 			unmatched = append(unmatched, i)
 			continue
 		}
+		defPort, defUser := transportDefaults(transport)
 		for _, h := range rt.GetHosts() {
-			port := cmp.Or(h.GetPort(), rt.GetPort(), DefaultSSHPort)
+			port := cmp.Or(h.GetPort(), rt.GetPort(), defPort)
 			key := h.GetAddress() + ":" + strconv.Itoa(int(port))
 			if seen[key] {
 				continue
@@ -59,7 +72,7 @@ func (r *Registry) resolveRemote(targets []*opsconductorv1.Target, agents []Agen
 			name := h.GetName()
 			if name == "" {
 				name = h.GetAddress()
-				if port != DefaultSSHPort {
+				if port != defPort {
 					name = key
 				}
 			}
@@ -72,7 +85,7 @@ func (r *Registry) resolveRemote(targets []*opsconductorv1.Target, agents []Agen
 					Address:    h.GetAddress(),
 					Port:       port,
 					Transport:  transport,
-					User:       cmp.Or(h.GetUser(), rt.GetUser(), DefaultSSHUser),
+					User:       cmp.Or(h.GetUser(), rt.GetUser(), defUser),
 					Credential: cmp.Or(h.GetCredential(), rt.GetCredential()),
 					Options:    maps.Clone(rt.GetOptions()),
 					Labels:     maps.Clone(rt.GetLabels()),

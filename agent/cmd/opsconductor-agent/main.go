@@ -130,15 +130,15 @@ func run(args []string) error {
 	}
 	defer plugins.Close()
 	// What the agent tells the control plane it can run.
-	have := []string{"shell", "ssh"}
+	have := []string{"shell", "ssh", "winrm"}
 	for name := range plugins.Pins {
 		have = append(have, name)
 	}
-	slices.Sort(have[2:])
+	slices.Sort(have[3:])
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
 		Capacity: *capacity, RemoteCapacity: *remoteCapacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker, Plugins: have,
-	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: &executor.Shell{}, SSH: executor.SSH{}, Plugins: plugins}, client, logger)
+	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: &executor.Shell{}, SSH: executor.SSH{}, WinRM: executor.WinRM{}, Plugins: plugins}, client, logger)
 	if err != nil {
 		return err
 	}
