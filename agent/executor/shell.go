@@ -11,10 +11,18 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/opsconductor/opsconductor/agent/sandbox"
 )
 
 // Shell runs actions on the local host with /bin/sh, each in its own
 // process group so a timeout or cancel stops everything the action started.
+//
+// An action may ask for a sandbox in its spec (sandbox "true", and
+// sandbox_user, sandbox_memory such as 256M, sandbox_processes,
+// sandbox_cpu such as 30s, sandbox_open_files), and the agent may impose
+// one on every action (Sandbox); then an action's own limits may only be
+// lower. See package sandbox for what it confines.
 type Shell struct {
 	// ExtraEnv is added to every action's environment (after the agent's
 	// own, before the action's).
@@ -22,6 +30,14 @@ type Shell struct {
 	// KillGrace is how long a stopped action gets between SIGTERM and
 	// SIGKILL (default 3s).
 	KillGrace time.Duration
+	// Sandbox, when set, confines every action (the agent's policy).
+	Sandbox *sandbox.Limits
+	// Defaults are the user and limits of an action that asks for a
+	// sandbox when Sandbox is not set; its spec may change them.
+	Defaults *sandbox.Limits
+	// Helper is the binary that applies a sandbox (it must call
+	// sandbox.Main on sandbox.HelperArg); default this process's own.
+	Helper string
 }
 
 var _ Executor = (*Shell)(nil)
@@ -37,7 +53,14 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 		runCtx, cancel = context.WithTimeout(ctx, a.Timeout)
 		defer cancel()
 	}
-	name, args, cleanup, err := s.command(a)
+	limits, err := s.sandboxLimits(a.Spec)
+	if err != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
+	}
+	if limits != nil {
+		return s.executeSandboxed(ctx, runCtx, a, *limits, stdout, stderr)
+	}
+	name, args, cleanup, err := s.command(a, "", -1, -1)
 	if err != nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
 	}
@@ -47,6 +70,14 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	cmd.Dir = a.WorkingDir
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Env = os.Environ()
+	return s.run(ctx, runCtx, a, cmd, nil)
+}
+
+// run starts cmd (its Dir, output and environment set) with the action's
+// environment, in a process group of its own, and waits for it, stopping
+// the group when runCtx ends. sb, when set, is the action's sandbox: a
+// limit it hits stops the action and is reported.
+func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sandbox.Sandbox) Result {
 	for k, v := range s.ExtraEnv {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
@@ -63,10 +94,31 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
+	var tripped <-chan string
+	if sb != nil {
+		watch := make(chan string, 1)
+		tripped = watch
+		stopWatch := make(chan struct{})
+		defer close(stopWatch)
+		go watchSandbox(sb, watch, stopWatch)
+	}
 	select {
+	case reason := <-tripped:
+		// A limit was hit: stop everything now rather than let a fork
+		// bomb spin against its ceiling until the timeout.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		sb.Kill()
+		<-done
+		return Result{Status: StatusFailed, ExitCode: -1, Error: "stopped by the sandbox: " + reason}
 	case err := <-done:
 		// The action's leftovers (background children) go with it.
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if sb != nil {
+			sb.Kill()
+			if reason := sb.Tripped(); reason != "" {
+				return Result{Status: StatusFailed, ExitCode: -1, Error: "stopped by the sandbox: " + reason}
+			}
+		}
 		if errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState != nil {
 			// The shell exited; a child it left behind kept the output
 			// open and was stopped. The shell's own exit status counts.
@@ -80,6 +132,9 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	case <-runCtx.Done():
 	}
 	s.stopGroup(cmd.Process.Pid, done)
+	if sb != nil {
+		sb.Kill()
+	}
 	if ctx.Err() != nil {
 		return Result{Status: StatusCancelled, ExitCode: -1, Error: "cancelled"}
 	}
@@ -120,14 +175,15 @@ func exitResult(err error) Result {
 }
 
 // command returns how to run the action: `sh -c COMMAND`, `sh -c SCRIPT`,
-// or a script with its own #! line run from a temporary file.
-func (s *Shell) command(a Action) (string, []string, func(), error) {
+// or a script with its own #! line run from a temporary file (in dir,
+// owned by uid:gid when they are not -1).
+func (s *Shell) command(a Action, dir string, uid, gid int) (string, []string, func(), error) {
 	noop := func() {}
 	switch {
 	case a.Command != "":
 		return "/bin/sh", []string{"-c", a.Command}, noop, nil
 	case strings.HasPrefix(a.Script, "#!"):
-		f, err := os.CreateTemp("", "opsconductor-script-*")
+		f, err := os.CreateTemp(dir, "opsconductor-script-*")
 		if err != nil {
 			return "", nil, noop, fmt.Errorf("write script: %w", err)
 		}
@@ -138,6 +194,11 @@ func (s *Shell) command(a Action) (string, []string, func(), error) {
 			return "", nil, noop, fmt.Errorf("write script: %w", err)
 		}
 		if err := f.Chmod(0o700); err != nil {
+			f.Close()
+			cleanup()
+			return "", nil, noop, err
+		}
+		if err := f.Chown(uid, gid); err != nil {
 			f.Close()
 			cleanup()
 			return "", nil, noop, err

@@ -29,12 +29,17 @@ import (
 	"github.com/opsconductor/opsconductor/agent/executor"
 	"github.com/opsconductor/opsconductor/agent/logging"
 	"github.com/opsconductor/opsconductor/agent/safety"
+	"github.com/opsconductor/opsconductor/agent/sandbox"
 	"github.com/opsconductor/opsconductor/agent/state"
 	"github.com/opsconductor/opsconductor/agent/transport"
 	"github.com/opsconductor/opsconductor/proto/protocol"
 )
 
 func main() {
+	// The agent run again as the sandbox helper: confine, then exec.
+	if len(os.Args) > 1 && os.Args[1] == sandbox.HelperArg {
+		sandbox.Main()
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "opsconductor-agent:", err)
 		os.Exit(1)
@@ -69,6 +74,12 @@ func run(args []string) error {
 	safetyRules := fs.String("safety-rules", env("OPSCONDUCTOR_SAFETY_RULES", ""), "YAML/JSON file of extra dangerous-command rules and allow-lists (env OPSCONDUCTOR_SAFETY_RULES)")
 	pluginDir := fs.String("plugin-dir", env("OPSCONDUCTOR_PLUGIN_DIR", "/usr/lib/opsconductor/plugins"), "directory of external executor plugins (env OPSCONDUCTOR_PLUGIN_DIR)")
 	pins := fs.StringArray("plugin", nil, "allow the plugin NAME in --plugin-dir, pinned to the hex SHA-256 of its binary: NAME=SHA256 (repeat)")
+	sandboxAll := fs.Bool("sandbox", envBool("OPSCONDUCTOR_SANDBOX"), "run every local action in a sandbox (env OPSCONDUCTOR_SANDBOX); actions may also ask for one")
+	sandboxUser := fs.String("sandbox-user", env("OPSCONDUCTOR_SANDBOX_USER", "nobody"), "unprivileged user sandboxed actions run as (env OPSCONDUCTOR_SANDBOX_USER)")
+	sandboxMemory := fs.String("sandbox-memory", env("OPSCONDUCTOR_SANDBOX_MEMORY", "1G"), "memory of one sandboxed action, e.g. 512M (env OPSCONDUCTOR_SANDBOX_MEMORY)")
+	sandboxProcesses := fs.Int("sandbox-processes", envInt("OPSCONDUCTOR_SANDBOX_PROCESSES", 256), "processes of one sandboxed action at once (env OPSCONDUCTOR_SANDBOX_PROCESSES)")
+	sandboxCPU := fs.Duration("sandbox-cpu", envDuration("OPSCONDUCTOR_SANDBOX_CPU", time.Hour), "CPU time of each sandboxed process (env OPSCONDUCTOR_SANDBOX_CPU)")
+	sandboxFiles := fs.Int("sandbox-open-files", envInt("OPSCONDUCTOR_SANDBOX_OPEN_FILES", 1024), "open files of each sandboxed process (env OPSCONDUCTOR_SANDBOX_OPEN_FILES)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -129,6 +140,20 @@ func run(args []string) error {
 		plugins.Pins[name] = strings.ToLower(sum)
 	}
 	defer plugins.Close()
+	memory, err := sandbox.ParseBytes(*sandboxMemory)
+	if err != nil {
+		return fmt.Errorf("--sandbox-memory: %w", err)
+	}
+	limits := &sandbox.Limits{User: *sandboxUser, Memory: memory, Processes: *sandboxProcesses, CPU: *sandboxCPU, OpenFiles: *sandboxFiles}
+	shell := &executor.Shell{}
+	if *sandboxAll {
+		shell.Sandbox = limits
+		logger.Sugar().Infof("every local action runs in a sandbox: %s", limits.Describe())
+	} else {
+		// An action that asks for a sandbox gets the agent's user and
+		// limits unless it sets lower ones.
+		shell.Defaults = limits
+	}
 	// What the agent tells the control plane it can run.
 	have := []string{"shell", "ssh", "winrm"}
 	for name := range plugins.Pins {
@@ -138,7 +163,7 @@ func run(args []string) error {
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
 		Capacity: *capacity, RemoteCapacity: *remoteCapacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker, Plugins: have,
-	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: &executor.Shell{}, SSH: executor.SSH{}, WinRM: executor.WinRM{}, Plugins: plugins}, client, logger)
+	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: shell, SSH: executor.SSH{}, WinRM: executor.WinRM{}, Plugins: plugins}, client, logger)
 	if err != nil {
 		return err
 	}
@@ -181,4 +206,14 @@ func envDuration(name string, def time.Duration) time.Duration {
 		fmt.Fprintf(os.Stderr, "opsconductor-agent: ignoring %s=%q: not a duration\n", name, v)
 	}
 	return def
+}
+
+func envBool(name string) bool {
+	if v, ok := os.LookupEnv(name); ok {
+		if b, err := strconv.ParseBool(v); err == nil {
+			return b
+		}
+		fmt.Fprintf(os.Stderr, "opsconductor-agent: ignoring %s=%q: not true or false\n", name, v)
+	}
+	return false
 }
