@@ -42,21 +42,25 @@ const (
 	// writes them.
 	PermCredentialsRead   = "credentials:read"
 	PermCredentialsManage = "credentials:manage"
+	// The inventory of remote hosts and groups.
+	PermInventoryRead  = "inventory:read"
+	PermInventoryWrite = "inventory:write"
 )
 
 // Permissions lists every permission, for validating custom roles.
 var Permissions = []string{
 	PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected,
 	PermExecutionsDanger, PermAgentsRead, PermAgentsManage, PermTokensManage, PermUsersManage, PermAuditRead,
-	PermCredentialsRead, PermCredentialsManage,
+	PermCredentialsRead, PermCredentialsManage, PermInventoryRead, PermInventoryWrite,
 }
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
-	"admin":     {"*"},
-	"operator":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead, PermCredentialsRead},
-	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead},
-	"viewer":    {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead},
+	"admin": {"*"},
+	"operator": {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead, PermCredentialsRead,
+		PermInventoryRead, PermInventoryWrite},
+	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead, PermInventoryRead},
+	"viewer":    {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead},
 	"auditor":   {PermSelfRead, PermAuditRead},
 }
 

@@ -81,6 +81,11 @@ type Config struct {
 	Plugins string
 	// SecretKey (base64, 32 bytes) seals secret parameter values at rest.
 	SecretKey string
+	// InventoryURL is an external inventory imported every
+	// InventoryInterval (with InventoryToken as a bearer token).
+	InventoryURL      string
+	InventoryInterval time.Duration
+	InventoryToken    string
 	// CredentialKeys seal stored credentials: "id:base64,id2:base64", the
 	// first one current (credential store disabled when empty).
 	CredentialKeys string
@@ -105,6 +110,7 @@ func Default() Config {
 		ReapInterval:      5 * time.Second,
 		OutputLimit:       1 << 20,
 		AgentOnlineWindow: 90 * time.Second,
+		InventoryInterval: 5 * time.Minute,
 		RateLimit:         20,
 		RateBurst:         40,
 		MaxRequestBytes:   4 << 20,
@@ -151,6 +157,9 @@ func (c *Config) settings() []setting {
 		{flag: "metrics-token", env: "OPSCONDUCTOR_METRICS_TOKEN", help: "require this bearer token on /metrics (use the _FILE variant); empty: open", str: &c.MetricsToken, secret: true},
 		{flag: "plugins", env: "OPSCONDUCTOR_PLUGINS", help: "external executor plugins actions may name, comma-separated (agents pin their binaries)", str: &c.Plugins},
 		{flag: "secret-key", env: "OPSCONDUCTOR_SECRET_KEY", help: "base64 of 32 random bytes sealing secret parameter values at rest (use the _FILE variant); unset: a key per process", str: &c.SecretKey, secret: true},
+		{flag: "inventory-url", env: "OPSCONDUCTOR_INVENTORY_URL", help: "external inventory to import hosts from (GET returns an InventoryDocument as JSON); empty: none", str: &c.InventoryURL},
+		{flag: "inventory-interval", env: "OPSCONDUCTOR_INVENTORY_INTERVAL", help: "how often the external inventory is imported", dur: &c.InventoryInterval},
+		{flag: "inventory-token", env: "OPSCONDUCTOR_INVENTORY_TOKEN", help: "bearer token for --inventory-url (use the _FILE variant)", str: &c.InventoryToken, secret: true},
 		{flag: "credential-keys", env: "OPSCONDUCTOR_CREDENTIAL_KEYS", help: "keys sealing stored credentials, id:base64-of-32-bytes comma-separated, the first current (use the _FILE variant); unset: no credential store", str: &c.CredentialKeys, secret: true},
 		{flag: "safety-rules", env: "OPSCONDUCTOR_SAFETY_RULES", help: "YAML/JSON file of extra dangerous-command rules and allow-lists", str: &c.SafetyRules},
 		{flag: "cors-origins", env: "OPSCONDUCTOR_CORS_ORIGINS", help: "browser origins allowed to call the API, comma-separated", str: &c.CORSOrigins},

@@ -160,31 +160,60 @@ func validateRemote(r *opsconductorv1.RemoteHosts, add func(field, format string
 		}
 	}
 	switch n := len(r.GetHosts()); {
-	case n == 0:
-		add(".hosts", "must list at least one host")
+	case n == 0 && r.GetGroup() == "":
+		add(".hosts", "must list at least one host, or name an inventory group")
 	case n > MaxRemoteHosts:
 		add(".hosts", "must list at most %d hosts, got %d", MaxRemoteHosts, n)
 	}
 	for i, h := range r.GetHosts() {
-		p := fmt.Sprintf(".hosts[%d]", i)
-		switch a := h.GetAddress(); {
-		case a == "":
-			add(p+".address", "must not be empty")
-		case len(a) > 253 || !addressPattern.MatchString(a) || strings.HasPrefix(a, "-"):
-			add(p+".address", "must be a host name or IP address, got %q", a)
+		vs := ValidateHost(fmt.Sprintf(".hosts[%d]", i), h)
+		for _, v := range vs {
+			add(v.Field, "%s", v.Description)
 		}
-		validatePort(h.GetPort(), p+".port", add)
-		validateCredential(h.GetCredential(), p+".credential", add)
-		if len(h.GetName()) > MaxNameLength {
-			add(p+".name", "must be at most %d characters", MaxNameLength)
-		}
-		if strings.ContainsAny(h.GetUser(), " \t\n@:") {
-			add(p+".user", "must be a plain user name, got %q", h.GetUser())
-		}
+	}
+	if g := r.GetGroup(); g != "" && !namePattern.MatchString(g) {
+		add(".group", "must be an inventory group name, got %q", g)
 	}
 	if strings.ContainsAny(r.GetUser(), " \t\n@:") {
 		add(".user", "must be a plain user name, got %q", r.GetUser())
 	}
+}
+
+// ValidateHost checks one remote host's fields; violations name them
+// under prefix (".hosts[0]", say).
+func ValidateHost(prefix string, h *opsconductorv1.RemoteHost) []apperr.Violation {
+	var vs []apperr.Violation
+	add := func(field, format string, args ...any) {
+		vs = append(vs, apperr.Violation{Field: prefix + field, Description: fmt.Sprintf(format, args...)})
+	}
+	switch a := h.GetAddress(); {
+	case a == "":
+		add(".address", "must not be empty")
+	case len(a) > 253 || !addressPattern.MatchString(a) || strings.HasPrefix(a, "-"):
+		add(".address", "must be a host name or IP address, got %q", a)
+	}
+	validatePort(h.GetPort(), ".port", add)
+	validateCredential(h.GetCredential(), ".credential", add)
+	if len(h.GetName()) > MaxNameLength {
+		add(".name", "must be at most %d characters", MaxNameLength)
+	}
+	if strings.ContainsAny(h.GetUser(), " \t\n@:") {
+		add(".user", "must be a plain user name, got %q", h.GetUser())
+	}
+	if tr := h.GetTransport(); tr != "" && !slices.Contains(Transports, tr) {
+		add(".transport", "must be one of %s, got %q", strings.Join(Transports, ", "), tr)
+	}
+	if h.GetTransport() == "winrm" && strings.HasPrefix(h.GetCredential(), CredentialAgentPrefix) {
+		add(".credential", "winrm logs in with a password: name a stored password credential")
+	}
+	for k, v := range h.GetLabels() {
+		if err := label.ValidateKey(k); err != nil {
+			add(".labels["+k+"]", "%v", err)
+		} else if err := label.ValidateValue(v); err != nil {
+			add(".labels["+k+"]", "%v", err)
+		}
+	}
+	return vs
 }
 
 func validatePort(port int32, field string, add func(field, format string, args ...any)) {

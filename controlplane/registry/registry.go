@@ -48,6 +48,9 @@ type Config struct {
 	// KeyGrace is how long an agent's old key still verifies after a
 	// rotation (default 10m, twice the longest agent token).
 	KeyGrace time.Duration
+	// Inventory gives the hosts of the groups remote targets name (nil:
+	// no inventory; a target naming a group is refused).
+	Inventory HostSource
 }
 
 // TaskLoser ends the queued and running tasks of a revoked agent as lost
@@ -459,7 +462,7 @@ func (r *Registry) ResolveTargets(ctx context.Context, targets []*opsconductorv1
 	if err != nil {
 		return nil, nil, err
 	}
-	hosts, noJump, err := r.resolveRemote(targets, all)
+	hosts, noJump, err := r.resolveRemote(ctx, targets, all)
 	if err != nil {
 		return nil, nil, err
 	}

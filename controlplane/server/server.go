@@ -44,6 +44,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/dispatch"
 	"github.com/opsconductor/opsconductor/controlplane/execution"
 	"github.com/opsconductor/opsconductor/controlplane/interceptor"
+	"github.com/opsconductor/opsconductor/controlplane/inventory"
 	"github.com/opsconductor/opsconductor/controlplane/job"
 	"github.com/opsconductor/opsconductor/controlplane/label"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
@@ -70,6 +71,7 @@ type App struct {
 	hub     *notify.Hub
 	relays  []*outbox.Relay
 	gateway *dispatch.Gateway
+	sync    *inventory.Syncer // nil: no external inventory
 	handler http.Handler
 }
 
@@ -119,6 +121,15 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		credKeys, _ = secretbox.ParseKeyring(cfg.CredentialKeys) // checked by Validate
 	}
 	creds := credential.NewService(credential.NewStore(credDB), credKeys, logger)
+	invDB, err := a.openStore(ctx, inventory.Schema, inventory.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	invStore := inventory.NewStore(invDB)
+	if cfg.InventoryURL != "" {
+		a.sync = inventory.NewSyncer(invStore, inventory.SyncConfig{URL: cfg.InventoryURL, Interval: cfg.InventoryInterval, Token: cfg.InventoryToken}, nil, logger)
+	}
+	inv := inventory.NewService(invStore, a.sync, logger)
 	authStore := auth.NewStore(authDB)
 	if _, err := auth.Bootstrap(ctx, authStore, cfg.BootstrapTokenFile, logger); err != nil {
 		return nil, fmt.Errorf("bootstrap admin token: %w", err)
@@ -150,7 +161,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	loseTasks := func(ctx context.Context, agentID, reason string) (int, error) {
 		return execStore.TaskLoseByAgent(ctx, agentID, reason, func() { nudgeExecRelay() })
 	}
-	reg := registry.New(registry.NewStore(agentsDB), loseTasks, logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow})
+	reg := registry.New(registry.NewStore(agentsDB), loseTasks, logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow, Inventory: inv})
 	safetyCfg, err := safety.LoadConfig(cfg.SafetyRules)
 	if err != nil {
 		return nil, err
@@ -232,6 +243,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	add(opsconductorv1connect.NewAuthServiceHandler(auth.NewService(authStore, logger), opts))
 	add(opsconductorv1connect.NewSafetyServiceHandler(safetySvc, opts))
 	add(opsconductorv1connect.NewCredentialServiceHandler(creds, opts))
+	add(opsconductorv1connect.NewInventoryServiceHandler(inv, opts))
 	var services []*vanguard.Service
 	for _, m := range mounts {
 		services = append(services, vanguard.NewService(m.path, m.handler))
@@ -271,6 +283,7 @@ func Services() []protoreflect.ServiceDescriptor {
 		opsconductorv1.File_opsconductor_v1_auth_proto.Services().ByName("AuthService"),
 		opsconductorv1.File_opsconductor_v1_safety_proto.Services().ByName("SafetyService"),
 		opsconductorv1.File_opsconductor_v1_credential_proto.Services().ByName("CredentialService"),
+		opsconductorv1.File_opsconductor_v1_inventory_proto.Services().ByName("InventoryService"),
 		agentv1.File_opsconductor_agent_v1_agent_proto.Services().ByName("AgentService"),
 	}
 }
@@ -326,6 +339,9 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	background("reaper", a.gateway.RunReaper)
 	for _, r := range a.relays {
 		background("outbox", r.Run)
+	}
+	if a.sync != nil {
+		background("inventory-sync", a.sync.Loop)
 	}
 
 	errc := make(chan error, 1)

@@ -788,7 +788,10 @@ type RemoteHosts struct {
 	Options map[string]string `protobuf:"bytes,7,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Labels of these hosts: what RBAC scopes and protected-target rules
 	// see for them.
-	Labels        map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// An inventory group: its hosts join those listed. Their own fields win
+	// over this target's defaults; their labels and the group's add to these.
+	Group         string `protobuf:"bytes,9,opt,name=group,proto3" json:"group,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -879,6 +882,13 @@ func (x *RemoteHosts) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *RemoteHosts) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
 // RemoteHost is one host of a RemoteHosts target; empty fields take the
 // target's defaults.
 type RemoteHost struct {
@@ -888,9 +898,13 @@ type RemoteHost struct {
 	Port    int32  `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
 	// How results name the host (default address, or address:port when the
 	// port is not the default).
-	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
-	User          string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
-	Credential    string `protobuf:"bytes,5,opt,name=credential,proto3" json:"credential,omitempty"`
+	Name       string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	User       string `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	Credential string `protobuf:"bytes,5,opt,name=credential,proto3" json:"credential,omitempty"`
+	// Added to the target's labels for this host.
+	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// "ssh" or "winrm"; default the target's.
+	Transport     string `protobuf:"bytes,7,opt,name=transport,proto3" json:"transport,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -956,6 +970,20 @@ func (x *RemoteHost) GetUser() string {
 func (x *RemoteHost) GetCredential() string {
 	if x != nil {
 		return x.Credential
+	}
+	return ""
+}
+
+func (x *RemoteHost) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *RemoteHost) GetTransport() string {
+	if x != nil {
+		return x.Transport
 	}
 	return ""
 }
@@ -2001,7 +2029,7 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x06Target\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1a\n" +
 	"\bselector\x18\x02 \x01(\tR\bselector\x124\n" +
-	"\x06remote\x18\x03 \x01(\v2\x1c.opsconductor.v1.RemoteHostsR\x06remote\"\xb6\x03\n" +
+	"\x06remote\x18\x03 \x01(\v2\x1c.opsconductor.v1.RemoteHostsR\x06remote\"\xcc\x03\n" +
 	"\vRemoteHosts\x121\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x1b.opsconductor.v1.RemoteHostR\x05hosts\x12\x10\n" +
 	"\x03via\x18\x02 \x01(\tR\x03via\x12\x1c\n" +
@@ -2012,13 +2040,14 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"credential\x18\x06 \x01(\tR\n" +
 	"credential\x12C\n" +
 	"\aoptions\x18\a \x03(\v2).opsconductor.v1.RemoteHosts.OptionsEntryR\aoptions\x12@\n" +
-	"\x06labels\x18\b \x03(\v2(.opsconductor.v1.RemoteHosts.LabelsEntryR\x06labels\x1a:\n" +
+	"\x06labels\x18\b \x03(\v2(.opsconductor.v1.RemoteHosts.LabelsEntryR\x06labels\x12\x14\n" +
+	"\x05group\x18\t \x01(\tR\x05group\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x82\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9c\x02\n" +
 	"\n" +
 	"RemoteHost\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
@@ -2027,7 +2056,12 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x04user\x18\x04 \x01(\tR\x04user\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x05 \x01(\tR\n" +
-	"credential\"\xba\x03\n" +
+	"credential\x12?\n" +
+	"\x06labels\x18\x06 \x03(\v2'.opsconductor.v1.RemoteHost.LabelsEntryR\x06labels\x12\x1c\n" +
+	"\ttransport\x18\a \x01(\tR\ttransport\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xba\x03\n" +
 	"\x0eRemoteEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x12\n" +
@@ -2134,7 +2168,7 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
 	(*Parameter)(nil),               // 1: opsconductor.v1.Parameter
@@ -2167,73 +2201,75 @@ var file_opsconductor_v1_job_proto_goTypes = []any{
 	nil,                             // 28: opsconductor.v1.Action.SpecEntry
 	nil,                             // 29: opsconductor.v1.RemoteHosts.OptionsEntry
 	nil,                             // 30: opsconductor.v1.RemoteHosts.LabelsEntry
-	nil,                             // 31: opsconductor.v1.RemoteEndpoint.OptionsEntry
-	nil,                             // 32: opsconductor.v1.RemoteEndpoint.LabelsEntry
-	nil,                             // 33: opsconductor.v1.ResolvedAgent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 35: google.protobuf.Duration
-	(*SafetyFinding)(nil),           // 36: opsconductor.v1.SafetyFinding
+	nil,                             // 31: opsconductor.v1.RemoteHost.LabelsEntry
+	nil,                             // 32: opsconductor.v1.RemoteEndpoint.OptionsEntry
+	nil,                             // 33: opsconductor.v1.RemoteEndpoint.LabelsEntry
+	nil,                             // 34: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 36: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 37: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
 	26, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
 	3,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
 	6,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	34, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	34, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	35, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	35, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
 	1,  // 6: opsconductor.v1.Job.parameters:type_name -> opsconductor.v1.Parameter
-	35, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
-	35, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
+	36, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
+	36, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
 	5,  // 9: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
-	35, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
-	35, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
+	36, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
+	36, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
 	27, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	35, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	36, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
 	5,  // 14: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
 	28, // 15: opsconductor.v1.Action.spec:type_name -> opsconductor.v1.Action.SpecEntry
 	4,  // 16: opsconductor.v1.Action.upload:type_name -> opsconductor.v1.FileUpload
-	35, // 17: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	35, // 18: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	36, // 17: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	36, // 18: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
 	7,  // 19: opsconductor.v1.Target.remote:type_name -> opsconductor.v1.RemoteHosts
 	8,  // 20: opsconductor.v1.RemoteHosts.hosts:type_name -> opsconductor.v1.RemoteHost
 	29, // 21: opsconductor.v1.RemoteHosts.options:type_name -> opsconductor.v1.RemoteHosts.OptionsEntry
 	30, // 22: opsconductor.v1.RemoteHosts.labels:type_name -> opsconductor.v1.RemoteHosts.LabelsEntry
-	31, // 23: opsconductor.v1.RemoteEndpoint.options:type_name -> opsconductor.v1.RemoteEndpoint.OptionsEntry
-	32, // 24: opsconductor.v1.RemoteEndpoint.labels:type_name -> opsconductor.v1.RemoteEndpoint.LabelsEntry
-	0,  // 25: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 26: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	36, // 27: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 28: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
-	0,  // 29: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
-	0,  // 30: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
-	0,  // 31: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	36, // 32: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
-	0,  // 33: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	33, // 34: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	9,  // 35: opsconductor.v1.ResolvedAgent.remote:type_name -> opsconductor.v1.RemoteEndpoint
-	24, // 36: opsconductor.v1.ResolvedAgent.jump_agents:type_name -> opsconductor.v1.ResolvedAgent
-	23, // 37: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	24, // 38: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	23, // 39: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	10, // 40: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	12, // 41: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	14, // 42: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	16, // 43: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	18, // 44: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	20, // 45: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	22, // 46: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	11, // 47: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	13, // 48: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	15, // 49: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	17, // 50: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	19, // 51: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	21, // 52: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	25, // 53: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	47, // [47:54] is the sub-list for method output_type
-	40, // [40:47] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	31, // 23: opsconductor.v1.RemoteHost.labels:type_name -> opsconductor.v1.RemoteHost.LabelsEntry
+	32, // 24: opsconductor.v1.RemoteEndpoint.options:type_name -> opsconductor.v1.RemoteEndpoint.OptionsEntry
+	33, // 25: opsconductor.v1.RemoteEndpoint.labels:type_name -> opsconductor.v1.RemoteEndpoint.LabelsEntry
+	0,  // 26: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 27: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
+	37, // 28: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 29: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
+	0,  // 30: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
+	0,  // 31: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
+	0,  // 32: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
+	37, // 33: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	0,  // 34: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
+	34, // 35: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	9,  // 36: opsconductor.v1.ResolvedAgent.remote:type_name -> opsconductor.v1.RemoteEndpoint
+	24, // 37: opsconductor.v1.ResolvedAgent.jump_agents:type_name -> opsconductor.v1.ResolvedAgent
+	23, // 38: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	24, // 39: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	23, // 40: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	10, // 41: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	12, // 42: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	14, // 43: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	16, // 44: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	18, // 45: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	20, // 46: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	22, // 47: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	11, // 48: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	13, // 49: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	15, // 50: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	17, // 51: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	19, // 52: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	21, // 53: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	25, // 54: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	48, // [48:55] is the sub-list for method output_type
+	41, // [41:48] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -2249,7 +2285,7 @@ func file_opsconductor_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
