@@ -30,7 +30,9 @@ import (
 //	and keepalive_count_max (3), proxy_jump ("[user@]host[:port]" of a
 //	bastion to go through, same credentials) with proxy_jump_fingerprint
 //	(else known_hosts), become ("true": run with sudo,
-//	become_password or password as its password)
+//	become_password or password as its password), connect_only ("true":
+//	connect, verify the host key and log in, then stop: a reachability
+//	check that runs nothing)
 //
 // Host keys are verified strictly; a mismatch names the host and both
 // fingerprints. Failures to connect, to authenticate and a lost connection
@@ -123,6 +125,11 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 		defer client.Close()
 	}
 	defer session.Close()
+	if spec["connect_only"] == "true" {
+		// A reachability check: connected, host key verified, logged in.
+		fmt.Fprintf(stdout, "connected to %s as %s\n", addr, user)
+		return Result{Status: StatusSucceeded}
+	}
 	session.Stdout, session.Stderr = stdout, stderr
 	for k, v := range a.Env {
 		_ = session.Setenv(k, v) // servers may refuse; the command still runs

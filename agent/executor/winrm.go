@@ -23,8 +23,9 @@ import (
 //	("true"), ca_file (PEM bundle trusted for https; default the system
 //	roots), insecure_skip_verify ("true": accept any certificate, an
 //	explicit opt-out), auth ("basic", the default, or "ntlm"), shell
-//	("cmd", the default, or "powershell"), connect_timeout (10s) and
-//	operation_timeout (60s: one WS-Management call's limit)
+//	("cmd", the default, or "powershell"), connect_timeout (10s),
+//	operation_timeout (60s: one WS-Management call's limit) and
+//	connect_only ("true": open and close a shell, run nothing)
 //
 // A command runs in a remote shell that is created for the action and
 // deleted after it; PowerShell is sent as -EncodedCommand (UTF-16LE,
@@ -69,8 +70,9 @@ func (WinRM) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Re
 	if a.Upload != nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: "winrm: upload actions are not supported over WinRM"}
 	}
+	connectOnly := spec["connect_only"] == "true"
 	line, err := winrmCommand(a)
-	if err != nil {
+	if err != nil && !connectOnly {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: "winrm: " + err.Error()}
 	}
 	https := spec["https"] == "true"
@@ -147,6 +149,10 @@ func (WinRM) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Re
 		return ctxResult(ctx, a)
 	}
 	defer shell.Close() // deletes the remote shell
+	if connectOnly {
+		fmt.Fprintf(stdout, "connected to %s as %s\n", addr, user)
+		return Result{Status: StatusSucceeded}
+	}
 
 	cmd, err := shell.ExecuteWithContext(ctx, line)
 	if err != nil {

@@ -46,7 +46,18 @@ type Service struct {
 	resolver TargetResolver
 	warner   SafetyWarner
 	logger   *zap.Logger
+	checker  HostChecker // nil: ValidateJob cannot connect
 }
+
+// HostChecker has jump agents try each remote host of a job; the
+// executions service implements it.
+type HostChecker interface {
+	CheckHosts(ctx context.Context, job *opsconductorv1.Job, parameters map[string]string) ([]*opsconductorv1.HostCheck, string, error)
+}
+
+// SetHostChecker gives ValidateJob its connection checks. It is set after
+// construction because the executions service is built on this one.
+func (s *Service) SetHostChecker(c HostChecker) { s.checker = c }
 
 var _ opsconductorv1connect.JobServiceHandler = (*Service)(nil)
 
@@ -281,6 +292,19 @@ func (s *Service) ValidateJob(ctx context.Context, req *connect.Request[opscondu
 		}
 	}
 	resp.Valid = len(resp.Violations) == 0 && len(resp.UnmatchedTargets) == 0
+	if req.Msg.GetConnect() && resp.Valid {
+		if s.checker == nil {
+			return nil, apperr.FailedPrecondition("this server cannot check connections (no executions service)")
+		}
+		checks, executionID, err := s.checker.CheckHosts(ctx, j, req.Msg.GetParameters())
+		if err != nil {
+			return nil, err
+		}
+		resp.HostChecks, resp.CheckExecutionId = checks, executionID
+		for _, c := range checks {
+			resp.Valid = resp.Valid && c.GetReachable()
+		}
+	}
 	return connect.NewResponse(resp), nil
 }
 

@@ -191,6 +191,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	protected, _ := label.ParseSelector(cfg.ProtectedLabels) // checked by Validate
 	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected, Secrets: box,
 		Credentials: creds, Nudge: func() { nudgeExecRelay() }})
+	jobs.SetHostChecker(execs)
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
 	// and a counter. Audit and notifications subscribe here later.

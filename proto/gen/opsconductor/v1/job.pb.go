@@ -1682,8 +1682,14 @@ func (x *ListJobVersionsResponse) GetVersions() []*Job {
 }
 
 type ValidateJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Also have a jump agent connect to (and log in to) each remote host,
+	// running nothing: ?connect=true. It needs executions:run on the
+	// targets, and is recorded as an execution of its own.
+	Connect bool `protobuf:"varint,2,opt,name=connect,proto3" json:"connect,omitempty"`
+	// Parameter values the hosts' options need (a password parameter, say).
+	Parameters    map[string]string `protobuf:"bytes,3,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1725,6 +1731,100 @@ func (x *ValidateJobRequest) GetId() string {
 	return ""
 }
 
+func (x *ValidateJobRequest) GetConnect() bool {
+	if x != nil {
+		return x.Connect
+	}
+	return false
+}
+
+func (x *ValidateJobRequest) GetParameters() map[string]string {
+	if x != nil {
+		return x.Parameters
+	}
+	return nil
+}
+
+// HostCheck is one remote host's answer to a connection check.
+type HostCheck struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Host    string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	Address string                 `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// The jump agent that tried.
+	AgentName string `protobuf:"bytes,3,opt,name=agent_name,json=agentName,proto3" json:"agent_name,omitempty"`
+	Reachable bool   `protobuf:"varint,4,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	// Why not, as the executor put it (connection error, authentication
+	// failed, host key refused, ...).
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostCheck) Reset() {
+	*x = HostCheck{}
+	mi := &file_opsconductor_v1_job_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostCheck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostCheck) ProtoMessage() {}
+
+func (x *HostCheck) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_job_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostCheck.ProtoReflect.Descriptor instead.
+func (*HostCheck) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *HostCheck) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *HostCheck) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *HostCheck) GetAgentName() string {
+	if x != nil {
+		return x.AgentName
+	}
+	return ""
+}
+
+func (x *HostCheck) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
+func (x *HostCheck) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // FieldViolation names one bad field by its path, e.g. "job.actions[1].command".
 type FieldViolation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1736,7 +1836,7 @@ type FieldViolation struct {
 
 func (x *FieldViolation) Reset() {
 	*x = FieldViolation{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[23]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1848,7 @@ func (x *FieldViolation) String() string {
 func (*FieldViolation) ProtoMessage() {}
 
 func (x *FieldViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[23]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1861,7 @@ func (x *FieldViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldViolation.ProtoReflect.Descriptor instead.
 func (*FieldViolation) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{23}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FieldViolation) GetField() string {
@@ -1797,7 +1897,7 @@ type ResolvedAgent struct {
 
 func (x *ResolvedAgent) Reset() {
 	*x = ResolvedAgent{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[24]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1909,7 @@ func (x *ResolvedAgent) String() string {
 func (*ResolvedAgent) ProtoMessage() {}
 
 func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[24]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1922,7 @@ func (x *ResolvedAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResolvedAgent.ProtoReflect.Descriptor instead.
 func (*ResolvedAgent) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{24}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ResolvedAgent) GetAgentId() string {
@@ -1882,13 +1982,17 @@ type ValidateJobResponse struct {
 	Agents []*ResolvedAgent `protobuf:"bytes,3,rep,name=agents,proto3" json:"agents,omitempty"`
 	// Targets that match no agent, by their path.
 	UnmatchedTargets []*FieldViolation `protobuf:"bytes,4,rep,name=unmatched_targets,json=unmatchedTargets,proto3" json:"unmatched_targets,omitempty"`
+	// With connect: each remote host's answer, and the execution that
+	// carried the checks.
+	HostChecks       []*HostCheck `protobuf:"bytes,5,rep,name=host_checks,json=hostChecks,proto3" json:"host_checks,omitempty"`
+	CheckExecutionId string       `protobuf:"bytes,6,opt,name=check_execution_id,json=checkExecutionId,proto3" json:"check_execution_id,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ValidateJobResponse) Reset() {
 	*x = ValidateJobResponse{}
-	mi := &file_opsconductor_v1_job_proto_msgTypes[25]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2004,7 @@ func (x *ValidateJobResponse) String() string {
 func (*ValidateJobResponse) ProtoMessage() {}
 
 func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_job_proto_msgTypes[25]
+	mi := &file_opsconductor_v1_job_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2017,7 @@ func (x *ValidateJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateJobResponse.ProtoReflect.Descriptor instead.
 func (*ValidateJobResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{25}
+	return file_opsconductor_v1_job_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ValidateJobResponse) GetValid() bool {
@@ -1942,6 +2046,20 @@ func (x *ValidateJobResponse) GetUnmatchedTargets() []*FieldViolation {
 		return x.UnmatchedTargets
 	}
 	return nil
+}
+
+func (x *ValidateJobResponse) GetHostChecks() []*HostCheck {
+	if x != nil {
+		return x.HostChecks
+	}
+	return nil
+}
+
+func (x *ValidateJobResponse) GetCheckExecutionId() string {
+	if x != nil {
+		return x.CheckExecutionId
+	}
+	return ""
 }
 
 var File_opsconductor_v1_job_proto protoreflect.FileDescriptor
@@ -2111,9 +2229,23 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x16ListJobVersionsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"K\n" +
 	"\x17ListJobVersionsResponse\x120\n" +
-	"\bversions\x18\x01 \x03(\v2\x14.opsconductor.v1.JobR\bversions\"$\n" +
+	"\bversions\x18\x01 \x03(\v2\x14.opsconductor.v1.JobR\bversions\"\xd2\x01\n" +
 	"\x12ValidateJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"H\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aconnect\x18\x02 \x01(\bR\aconnect\x12S\n" +
+	"\n" +
+	"parameters\x18\x03 \x03(\v23.opsconductor.v1.ValidateJobRequest.ParametersEntryR\n" +
+	"parameters\x1a=\n" +
+	"\x0fParametersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x01\n" +
+	"\tHostCheck\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x1d\n" +
+	"\n" +
+	"agent_name\x18\x03 \x01(\tR\tagentName\x12\x1c\n" +
+	"\treachable\x18\x04 \x01(\bR\treachable\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"H\n" +
 	"\x0eFieldViolation\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xe9\x02\n" +
@@ -2128,14 +2260,17 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"jumpAgents\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf2\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xdd\x02\n" +
 	"\x13ValidateJobResponse\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\x12?\n" +
 	"\n" +
 	"violations\x18\x02 \x03(\v2\x1f.opsconductor.v1.FieldViolationR\n" +
 	"violations\x126\n" +
 	"\x06agents\x18\x03 \x03(\v2\x1e.opsconductor.v1.ResolvedAgentR\x06agents\x12L\n" +
-	"\x11unmatched_targets\x18\x04 \x03(\v2\x1f.opsconductor.v1.FieldViolationR\x10unmatchedTargets2\xac\a\n" +
+	"\x11unmatched_targets\x18\x04 \x03(\v2\x1f.opsconductor.v1.FieldViolationR\x10unmatchedTargets\x12;\n" +
+	"\vhost_checks\x18\x05 \x03(\v2\x1a.opsconductor.v1.HostCheckR\n" +
+	"hostChecks\x12,\n" +
+	"\x12check_execution_id\x18\x06 \x01(\tR\x10checkExecutionId2\xac\a\n" +
 	"\n" +
 	"JobService\x12\x7f\n" +
 	"\tCreateJob\x12!.opsconductor.v1.CreateJobRequest\x1a\".opsconductor.v1.CreateJobResponse\"+\x8a\xb5\x18\x0e\n" +
@@ -2168,7 +2303,7 @@ func file_opsconductor_v1_job_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_job_proto_rawDescData
 }
 
-var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_opsconductor_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*Job)(nil),                     // 0: opsconductor.v1.Job
 	(*Parameter)(nil),               // 1: opsconductor.v1.Parameter
@@ -2193,83 +2328,87 @@ var file_opsconductor_v1_job_proto_goTypes = []any{
 	(*ListJobVersionsRequest)(nil),  // 20: opsconductor.v1.ListJobVersionsRequest
 	(*ListJobVersionsResponse)(nil), // 21: opsconductor.v1.ListJobVersionsResponse
 	(*ValidateJobRequest)(nil),      // 22: opsconductor.v1.ValidateJobRequest
-	(*FieldViolation)(nil),          // 23: opsconductor.v1.FieldViolation
-	(*ResolvedAgent)(nil),           // 24: opsconductor.v1.ResolvedAgent
-	(*ValidateJobResponse)(nil),     // 25: opsconductor.v1.ValidateJobResponse
-	nil,                             // 26: opsconductor.v1.Job.LabelsEntry
-	nil,                             // 27: opsconductor.v1.Action.EnvEntry
-	nil,                             // 28: opsconductor.v1.Action.SpecEntry
-	nil,                             // 29: opsconductor.v1.RemoteHosts.OptionsEntry
-	nil,                             // 30: opsconductor.v1.RemoteHosts.LabelsEntry
-	nil,                             // 31: opsconductor.v1.RemoteHost.LabelsEntry
-	nil,                             // 32: opsconductor.v1.RemoteEndpoint.OptionsEntry
-	nil,                             // 33: opsconductor.v1.RemoteEndpoint.LabelsEntry
-	nil,                             // 34: opsconductor.v1.ResolvedAgent.LabelsEntry
-	(*timestamppb.Timestamp)(nil),   // 35: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 36: google.protobuf.Duration
-	(*SafetyFinding)(nil),           // 37: opsconductor.v1.SafetyFinding
+	(*HostCheck)(nil),               // 23: opsconductor.v1.HostCheck
+	(*FieldViolation)(nil),          // 24: opsconductor.v1.FieldViolation
+	(*ResolvedAgent)(nil),           // 25: opsconductor.v1.ResolvedAgent
+	(*ValidateJobResponse)(nil),     // 26: opsconductor.v1.ValidateJobResponse
+	nil,                             // 27: opsconductor.v1.Job.LabelsEntry
+	nil,                             // 28: opsconductor.v1.Action.EnvEntry
+	nil,                             // 29: opsconductor.v1.Action.SpecEntry
+	nil,                             // 30: opsconductor.v1.RemoteHosts.OptionsEntry
+	nil,                             // 31: opsconductor.v1.RemoteHosts.LabelsEntry
+	nil,                             // 32: opsconductor.v1.RemoteHost.LabelsEntry
+	nil,                             // 33: opsconductor.v1.RemoteEndpoint.OptionsEntry
+	nil,                             // 34: opsconductor.v1.RemoteEndpoint.LabelsEntry
+	nil,                             // 35: opsconductor.v1.ValidateJobRequest.ParametersEntry
+	nil,                             // 36: opsconductor.v1.ResolvedAgent.LabelsEntry
+	(*timestamppb.Timestamp)(nil),   // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 38: google.protobuf.Duration
+	(*SafetyFinding)(nil),           // 39: opsconductor.v1.SafetyFinding
 }
 var file_opsconductor_v1_job_proto_depIdxs = []int32{
-	26, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
+	27, // 0: opsconductor.v1.Job.labels:type_name -> opsconductor.v1.Job.LabelsEntry
 	3,  // 1: opsconductor.v1.Job.actions:type_name -> opsconductor.v1.Action
 	6,  // 2: opsconductor.v1.Job.targets:type_name -> opsconductor.v1.Target
-	35, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
-	35, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
+	37, // 3: opsconductor.v1.Job.create_time:type_name -> google.protobuf.Timestamp
+	37, // 4: opsconductor.v1.Job.update_time:type_name -> google.protobuf.Timestamp
 	2,  // 5: opsconductor.v1.Job.policy:type_name -> opsconductor.v1.ExecutionPolicy
 	1,  // 6: opsconductor.v1.Job.parameters:type_name -> opsconductor.v1.Parameter
-	36, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
-	36, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
+	38, // 7: opsconductor.v1.ExecutionPolicy.batch_pause:type_name -> google.protobuf.Duration
+	38, // 8: opsconductor.v1.ExecutionPolicy.queue_timeout:type_name -> google.protobuf.Duration
 	5,  // 9: opsconductor.v1.ExecutionPolicy.retry:type_name -> opsconductor.v1.RetryPolicy
-	36, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
-	36, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
-	27, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
-	36, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
+	38, // 10: opsconductor.v1.ExecutionPolicy.timeout:type_name -> google.protobuf.Duration
+	38, // 11: opsconductor.v1.ExecutionPolicy.task_timeout:type_name -> google.protobuf.Duration
+	28, // 12: opsconductor.v1.Action.env:type_name -> opsconductor.v1.Action.EnvEntry
+	38, // 13: opsconductor.v1.Action.timeout:type_name -> google.protobuf.Duration
 	5,  // 14: opsconductor.v1.Action.retry:type_name -> opsconductor.v1.RetryPolicy
-	28, // 15: opsconductor.v1.Action.spec:type_name -> opsconductor.v1.Action.SpecEntry
+	29, // 15: opsconductor.v1.Action.spec:type_name -> opsconductor.v1.Action.SpecEntry
 	4,  // 16: opsconductor.v1.Action.upload:type_name -> opsconductor.v1.FileUpload
-	36, // 17: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
-	36, // 18: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
+	38, // 17: opsconductor.v1.RetryPolicy.initial_delay:type_name -> google.protobuf.Duration
+	38, // 18: opsconductor.v1.RetryPolicy.max_delay:type_name -> google.protobuf.Duration
 	7,  // 19: opsconductor.v1.Target.remote:type_name -> opsconductor.v1.RemoteHosts
 	8,  // 20: opsconductor.v1.RemoteHosts.hosts:type_name -> opsconductor.v1.RemoteHost
-	29, // 21: opsconductor.v1.RemoteHosts.options:type_name -> opsconductor.v1.RemoteHosts.OptionsEntry
-	30, // 22: opsconductor.v1.RemoteHosts.labels:type_name -> opsconductor.v1.RemoteHosts.LabelsEntry
-	31, // 23: opsconductor.v1.RemoteHost.labels:type_name -> opsconductor.v1.RemoteHost.LabelsEntry
-	32, // 24: opsconductor.v1.RemoteEndpoint.options:type_name -> opsconductor.v1.RemoteEndpoint.OptionsEntry
-	33, // 25: opsconductor.v1.RemoteEndpoint.labels:type_name -> opsconductor.v1.RemoteEndpoint.LabelsEntry
+	30, // 21: opsconductor.v1.RemoteHosts.options:type_name -> opsconductor.v1.RemoteHosts.OptionsEntry
+	31, // 22: opsconductor.v1.RemoteHosts.labels:type_name -> opsconductor.v1.RemoteHosts.LabelsEntry
+	32, // 23: opsconductor.v1.RemoteHost.labels:type_name -> opsconductor.v1.RemoteHost.LabelsEntry
+	33, // 24: opsconductor.v1.RemoteEndpoint.options:type_name -> opsconductor.v1.RemoteEndpoint.OptionsEntry
+	34, // 25: opsconductor.v1.RemoteEndpoint.labels:type_name -> opsconductor.v1.RemoteEndpoint.LabelsEntry
 	0,  // 26: opsconductor.v1.CreateJobRequest.job:type_name -> opsconductor.v1.Job
 	0,  // 27: opsconductor.v1.CreateJobResponse.job:type_name -> opsconductor.v1.Job
-	37, // 28: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	39, // 28: opsconductor.v1.CreateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
 	0,  // 29: opsconductor.v1.ListJobsResponse.jobs:type_name -> opsconductor.v1.Job
 	0,  // 30: opsconductor.v1.GetJobResponse.job:type_name -> opsconductor.v1.Job
 	0,  // 31: opsconductor.v1.UpdateJobRequest.job:type_name -> opsconductor.v1.Job
 	0,  // 32: opsconductor.v1.UpdateJobResponse.job:type_name -> opsconductor.v1.Job
-	37, // 33: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
+	39, // 33: opsconductor.v1.UpdateJobResponse.safety_warnings:type_name -> opsconductor.v1.SafetyFinding
 	0,  // 34: opsconductor.v1.ListJobVersionsResponse.versions:type_name -> opsconductor.v1.Job
-	34, // 35: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
-	9,  // 36: opsconductor.v1.ResolvedAgent.remote:type_name -> opsconductor.v1.RemoteEndpoint
-	24, // 37: opsconductor.v1.ResolvedAgent.jump_agents:type_name -> opsconductor.v1.ResolvedAgent
-	23, // 38: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
-	24, // 39: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
-	23, // 40: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
-	10, // 41: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
-	12, // 42: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
-	14, // 43: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
-	16, // 44: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
-	18, // 45: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
-	20, // 46: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
-	22, // 47: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
-	11, // 48: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
-	13, // 49: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
-	15, // 50: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
-	17, // 51: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
-	19, // 52: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
-	21, // 53: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
-	25, // 54: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
-	48, // [48:55] is the sub-list for method output_type
-	41, // [41:48] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	35, // 35: opsconductor.v1.ValidateJobRequest.parameters:type_name -> opsconductor.v1.ValidateJobRequest.ParametersEntry
+	36, // 36: opsconductor.v1.ResolvedAgent.labels:type_name -> opsconductor.v1.ResolvedAgent.LabelsEntry
+	9,  // 37: opsconductor.v1.ResolvedAgent.remote:type_name -> opsconductor.v1.RemoteEndpoint
+	25, // 38: opsconductor.v1.ResolvedAgent.jump_agents:type_name -> opsconductor.v1.ResolvedAgent
+	24, // 39: opsconductor.v1.ValidateJobResponse.violations:type_name -> opsconductor.v1.FieldViolation
+	25, // 40: opsconductor.v1.ValidateJobResponse.agents:type_name -> opsconductor.v1.ResolvedAgent
+	24, // 41: opsconductor.v1.ValidateJobResponse.unmatched_targets:type_name -> opsconductor.v1.FieldViolation
+	23, // 42: opsconductor.v1.ValidateJobResponse.host_checks:type_name -> opsconductor.v1.HostCheck
+	10, // 43: opsconductor.v1.JobService.CreateJob:input_type -> opsconductor.v1.CreateJobRequest
+	12, // 44: opsconductor.v1.JobService.ListJobs:input_type -> opsconductor.v1.ListJobsRequest
+	14, // 45: opsconductor.v1.JobService.GetJob:input_type -> opsconductor.v1.GetJobRequest
+	16, // 46: opsconductor.v1.JobService.UpdateJob:input_type -> opsconductor.v1.UpdateJobRequest
+	18, // 47: opsconductor.v1.JobService.DeleteJob:input_type -> opsconductor.v1.DeleteJobRequest
+	20, // 48: opsconductor.v1.JobService.ListJobVersions:input_type -> opsconductor.v1.ListJobVersionsRequest
+	22, // 49: opsconductor.v1.JobService.ValidateJob:input_type -> opsconductor.v1.ValidateJobRequest
+	11, // 50: opsconductor.v1.JobService.CreateJob:output_type -> opsconductor.v1.CreateJobResponse
+	13, // 51: opsconductor.v1.JobService.ListJobs:output_type -> opsconductor.v1.ListJobsResponse
+	15, // 52: opsconductor.v1.JobService.GetJob:output_type -> opsconductor.v1.GetJobResponse
+	17, // 53: opsconductor.v1.JobService.UpdateJob:output_type -> opsconductor.v1.UpdateJobResponse
+	19, // 54: opsconductor.v1.JobService.DeleteJob:output_type -> opsconductor.v1.DeleteJobResponse
+	21, // 55: opsconductor.v1.JobService.ListJobVersions:output_type -> opsconductor.v1.ListJobVersionsResponse
+	26, // 56: opsconductor.v1.JobService.ValidateJob:output_type -> opsconductor.v1.ValidateJobResponse
+	50, // [50:57] is the sub-list for method output_type
+	43, // [43:50] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_job_proto_init() }
@@ -2285,7 +2424,7 @@ func file_opsconductor_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_job_proto_rawDesc), len(file_opsconductor_v1_job_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
