@@ -31,6 +31,7 @@ type Action struct {
 	Timeout    time.Duration     // zero means none
 	Spec       map[string]string // plugin-specific settings
 	Upload     *Upload           // instead of Command and Script: put a file in place
+	Task       string            // the task it belongs to (its actions may share a connection)
 }
 
 // Upload is a file an action puts on its target.

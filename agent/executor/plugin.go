@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -20,20 +21,16 @@ import (
 	pluginv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/plugin/v1"
 )
 
-// Plugins runs actions in external executor plugins: binaries in Dir,
-// each allowed only when pinned by its SHA-256 in Pins. A plugin process
-// is started on first use and kept; one that crashed is started again on
-// the next use. Plugins is safe for concurrent use.
-type Plugins struct {
-	Dir  string
-	Pins map[string]string // plugin name -> hex SHA-256 of its binary
-
+// pool keeps plugin processes: one per name, started on first use and
+// kept; one that exited is started again on the next use. It is safe for
+// concurrent use.
+type pool struct {
 	mu      sync.Mutex
 	clients map[string]*plugin.Client
 }
 
-// Close stops every plugin process.
-func (p *Plugins) Close() {
+// close stops every plugin process.
+func (p *pool) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for name, c := range p.clients {
@@ -42,7 +39,71 @@ func (p *Plugins) Close() {
 	}
 }
 
-// client returns a live connection to the named plugin, starting it.
+// client returns a live connection to the named plugin, starting it with
+// the configuration config makes.
+func (p *pool) client(name string, config func() *plugin.ClientConfig) (*sdk.Client, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.clients == nil {
+		p.clients = map[string]*plugin.Client{}
+	}
+	c := p.clients[name]
+	if c != nil && c.Exited() {
+		c.Kill()
+		c = nil
+	}
+	if c == nil {
+		c = plugin.NewClient(config())
+		p.clients[name] = c
+	}
+	rpc, err := c.Client()
+	if err != nil {
+		c.Kill()
+		delete(p.clients, name)
+		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
+			return nil, fmt.Errorf("plugin %q refused: its binary does not match its pinned SHA-256", name)
+		}
+		return nil, fmt.Errorf("start plugin %q: %w", name, err)
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		return nil, fmt.Errorf("plugin %q: %w", name, err)
+	}
+	return raw.(*sdk.Client), nil
+}
+
+// running returns the connection to the named plugin if it runs now
+// (none, not started, when it does not).
+func (p *pool) running(name string) []*sdk.Client {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := p.clients[name]
+	if c == nil || c.Exited() {
+		return nil
+	}
+	rpc, err := c.Client()
+	if err != nil {
+		return nil
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		return nil
+	}
+	return []*sdk.Client{raw.(*sdk.Client)}
+}
+
+// Plugins runs actions in external executor plugins: binaries in Dir,
+// each allowed only when pinned by its SHA-256 in Pins.
+type Plugins struct {
+	Dir  string
+	Pins map[string]string // plugin name -> hex SHA-256 of its binary
+
+	pool pool
+}
+
+// Close stops every plugin process.
+func (p *Plugins) Close() { p.pool.close() }
+
 func (p *Plugins) client(name string) (*sdk.Client, error) {
 	pin, ok := p.Pins[name]
 	if !ok {
@@ -56,18 +117,8 @@ func (p *Plugins) client(name string) (*sdk.Client, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("plugin %q: no binary at %s", name, path)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.clients == nil {
-		p.clients = map[string]*plugin.Client{}
-	}
-	c := p.clients[name]
-	if c != nil && c.Exited() {
-		c.Kill()
-		c = nil
-	}
-	if c == nil {
-		c = plugin.NewClient(&plugin.ClientConfig{
+	return p.pool.client(name, func() *plugin.ClientConfig {
+		return &plugin.ClientConfig{
 			HandshakeConfig:  sdk.Handshake,
 			Plugins:          plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
 			Cmd:              exec.Command(path),
@@ -76,23 +127,8 @@ func (p *Plugins) client(name string) (*sdk.Client, error) {
 			// that is not the pinned one never runs.
 			SecureConfig: &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()},
 			Logger:       hclog.New(&hclog.LoggerOptions{Name: "plugin." + name, Level: hclog.Warn, Output: os.Stderr}),
-		})
-		p.clients[name] = c
-	}
-	rpc, err := c.Client()
-	if err != nil {
-		c.Kill()
-		delete(p.clients, name)
-		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
-			return nil, fmt.Errorf("plugin %q refused: %s does not match its pinned SHA-256", name, path)
 		}
-		return nil, fmt.Errorf("start plugin %q: %w", name, err)
-	}
-	raw, err := rpc.Dispense(sdk.PluginName)
-	if err != nil {
-		return nil, fmt.Errorf("plugin %q: %w", name, err)
-	}
-	return raw.(*sdk.Client), nil
+	})
 }
 
 // Execute runs a in the plugin a.Plugin names.
@@ -107,11 +143,7 @@ func (p *Plugins) Execute(ctx context.Context, a Action, stdout, stderr io.Write
 		runCtx, cancel = context.WithTimeout(ctx, a.Timeout)
 		defer cancel()
 	}
-	action := &pluginv1.Action{Name: a.Name, Command: a.Command, Script: a.Script, Env: a.Env, WorkingDir: a.WorkingDir,
-		Spec: a.Spec}
-	if a.Timeout > 0 {
-		action.Timeout = durationpb.New(a.Timeout)
-	}
+	action := toPluginAction(a)
 	if vs := c.Validate(runCtx, action); len(vs) > 0 {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("plugin %s refused the action: %s: %s", a.Plugin, vs[0].GetField(), vs[0].GetDescription())}
 	}
@@ -120,6 +152,29 @@ func (p *Plugins) Execute(ctx context.Context, a Action, stdout, stderr io.Write
 		return Result{Status: StatusTimedOut, ExitCode: -1, Error: fmt.Sprintf("timed out after %s", a.Timeout)}
 	}
 	return Result{Status: res.Status, ExitCode: res.ExitCode, Error: res.Error}
+}
+
+// toPluginAction is a as the plugin protocol carries it.
+func toPluginAction(a Action) *pluginv1.Action {
+	action := &pluginv1.Action{Name: a.Name, Command: a.Command, Script: a.Script, Env: a.Env, WorkingDir: a.WorkingDir,
+		Spec: a.Spec, TaskId: a.Task}
+	if a.Timeout > 0 {
+		action.Timeout = durationpb.New(a.Timeout)
+	}
+	if u := a.Upload; u != nil {
+		action.Upload = &pluginv1.Upload{Destination: u.Destination, Content: u.Content, Mode: uint32(u.Mode.Perm())}
+	}
+	return action
+}
+
+// fromPluginAction is the inverse of toPluginAction.
+func fromPluginAction(p *pluginv1.Action) Action {
+	a := Action{Name: p.GetName(), Command: p.GetCommand(), Script: p.GetScript(), Env: p.GetEnv(), WorkingDir: p.GetWorkingDir(),
+		Spec: p.GetSpec(), Task: p.GetTaskId(), Timeout: p.GetTimeout().AsDuration()}
+	if u := p.GetUpload(); u != nil {
+		a.Upload = &Upload{Destination: u.GetDestination(), Content: u.GetContent(), Mode: os.FileMode(u.GetMode()).Perm()}
+	}
+	return a
 }
 
 // Router sends each action to the executor its plugin names: "shell" (or
@@ -151,3 +206,23 @@ func (r Router) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	}
 	return r.Plugins.Execute(ctx, a, stdout, stderr)
 }
+
+// EndTask tells the executors that share something between a task's
+// actions that the task is over.
+func (r Router) EndTask(ctx context.Context, taskID string) {
+	for _, e := range []Executor{r.Shell, r.SSH, r.WinRM} {
+		if te, ok := e.(TaskEnder); ok {
+			te.EndTask(ctx, taskID)
+		}
+	}
+}
+
+// TaskEnder is an executor that keeps something for a task's actions
+// (connections) until told the task is over.
+type TaskEnder interface {
+	EndTask(ctx context.Context, taskID string)
+}
+
+// hangGuard is how long past an action's own timeout the agent waits for a
+// built-in plugin to answer before giving up on it.
+const hangGuard = 30 * time.Second

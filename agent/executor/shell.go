@@ -38,6 +38,9 @@ type Shell struct {
 	// Helper is the binary that applies a sandbox (it must call
 	// sandbox.Main on sandbox.HelperArg); default this process's own.
 	Helper string
+	// DropEnv are variables (or prefixes, ending in "_") of this
+	// process's environment that actions must not see.
+	DropEnv []string
 }
 
 var _ Executor = (*Shell)(nil)
@@ -69,8 +72,30 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	cmd := exec.Command(name, args...)
 	cmd.Dir = a.WorkingDir
 	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.Env = os.Environ()
+	cmd.Env = s.environ()
 	return s.run(ctx, runCtx, a, cmd, nil)
+}
+
+// environ is this process's environment without DropEnv.
+func (s *Shell) environ() []string {
+	env := os.Environ()
+	if len(s.DropEnv) == 0 {
+		return env
+	}
+	out := env[:0:0]
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		drop := false
+		for _, d := range s.DropEnv {
+			if name == d || (strings.HasSuffix(d, "_") && strings.HasPrefix(name, d)) {
+				drop = true
+			}
+		}
+		if !drop {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // run starts cmd (its Dir, output and environment set) with the action's

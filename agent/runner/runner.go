@@ -141,6 +141,10 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 	conns := executor.NewConnCache()
 	status, errMsg, outcomes := r.runActions(executor.WithConnCache(taskCtx, conns), t, buf, log, note)
 	conns.Close()
+	if te, ok := r.executor.(executor.TaskEnder); ok {
+		// Executors in plugin processes keep theirs there.
+		te.EndTask(context.WithoutCancel(taskCtx), t.GetTaskId())
+	}
 	if r.cfg.Journal != nil {
 		entry.FinalStatus, entry.FinalError = status, errMsg
 		note(outcomes, -1)
@@ -213,7 +217,7 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			env[k] = v
 		}
 		act := executor.Action{
-			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: command, Script: script,
+			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: command, Script: script, Task: t.GetTaskId(),
 			Env: env, WorkingDir: dir, Timeout: a.GetTimeout().AsDuration(), Spec: spec,
 		}
 		if u := a.GetUpload(); u != nil {

@@ -53,6 +53,13 @@ func (s *server) Execute(req *pluginv1.ExecuteRequest, stream pluginv1.Executor_
 	}}})
 }
 
+func (s *server) EndTask(ctx context.Context, req *pluginv1.EndTaskRequest) (*pluginv1.EndTaskResponse, error) {
+	if te, ok := s.impl.(TaskEnder); ok {
+		te.EndTask(ctx, req.GetTaskId())
+	}
+	return &pluginv1.EndTaskResponse{}, nil
+}
+
 // Client is the agent's handle on a running plugin; it implements Executor.
 type Client struct {
 	rpc pluginv1.ExecutorClient
@@ -70,6 +77,12 @@ func (c *Client) Validate(ctx context.Context, action *pluginv1.Action) []*plugi
 		return []*pluginv1.Violation{{Field: "plugin", Description: err.Error()}}
 	}
 	return resp.GetViolations()
+}
+
+// EndTask tells the plugin a task is over (a plugin of an older SDK
+// without the call ignores it).
+func (c *Client) EndTask(ctx context.Context, taskID string) {
+	_, _ = c.rpc.EndTask(ctx, &pluginv1.EndTaskRequest{TaskId: taskID})
 }
 
 // Execute runs the action in the plugin. A plugin that dies or hangs up

@@ -53,6 +53,13 @@ type Executor interface {
 	Execute(ctx context.Context, action *pluginv1.Action, target *pluginv1.Target, stdout, stderr io.Writer) Result
 }
 
+// TaskEnder is an Executor that keeps something for the actions of one
+// task (Action.TaskId), a connection say; EndTask releases it. Executors
+// that share nothing need not implement it.
+type TaskEnder interface {
+	EndTask(ctx context.Context, taskID string)
+}
+
 // Serve runs impl as a plugin until the agent stops it. Call it from main.
 func Serve(impl Executor) {
 	plugin.Serve(&plugin.ServeConfig{

@@ -40,6 +40,11 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == sandbox.HelperArg {
 		sandbox.Main()
 	}
+	// The agent run again as one of its built-in executor plugins.
+	if len(os.Args) > 2 && os.Args[1] == executor.BuiltinArg {
+		executor.ServeBuiltin(os.Args[2])
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "opsconductor-agent:", err)
 		os.Exit(1)
@@ -145,14 +150,21 @@ func run(args []string) error {
 		return fmt.Errorf("--sandbox-memory: %w", err)
 	}
 	limits := &sandbox.Limits{User: *sandboxUser, Memory: memory, Processes: *sandboxProcesses, CPU: *sandboxCPU, OpenFiles: *sandboxFiles}
-	shell := &executor.Shell{}
+	// The built-in executors run in plugin processes of this same binary:
+	// one that crashes or hangs fails its action, not the agent.
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find the agent binary (to run its built-in executors): %w", err)
+	}
+	builtins := &executor.Builtins{Self: self}
+	defer builtins.Close()
 	if *sandboxAll {
-		shell.Sandbox = limits
+		builtins.Shell.Sandbox = limits
 		logger.Sugar().Infof("every local action runs in a sandbox: %s", limits.Describe())
 	} else {
 		// An action that asks for a sandbox gets the agent's user and
-		// limits unless it sets lower ones.
-		shell.Defaults = limits
+		// limits unless it sets others.
+		builtins.Shell.Defaults = limits
 	}
 	// What the agent tells the control plane it can run.
 	have := []string{"shell", "ssh", "winrm"}
@@ -163,7 +175,7 @@ func run(args []string) error {
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
 		Capacity: *capacity, RemoteCapacity: *remoteCapacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker, Plugins: have,
-	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: shell, SSH: executor.SSH{}, WinRM: executor.WinRM{}, Plugins: plugins}, client, logger)
+	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: builtins.Executor("shell"), SSH: builtins.Executor("ssh"), WinRM: builtins.Executor("winrm"), Plugins: plugins}, client, logger)
 	if err != nil {
 		return err
 	}

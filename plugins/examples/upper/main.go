@@ -18,7 +18,8 @@ import (
 type upper struct{}
 
 func (upper) Describe(context.Context) (*pluginv1.DescribeResponse, error) {
-	return &pluginv1.DescribeResponse{Name: "upper", Version: "1.0.0", Kinds: []string{"command"}, Transports: []string{"local"}}, nil
+	return &pluginv1.DescribeResponse{Name: "upper", Version: "1.0.0", Kinds: []string{"command"}, Transports: []string{"local"},
+		Spec: []*pluginv1.SpecKey{{Name: "suffix", Description: "text added after the shout", Default: ""}}}, nil
 }
 
 func (upper) Validate(_ context.Context, a *pluginv1.Action) []*pluginv1.Violation {
@@ -40,7 +41,7 @@ func (upper) Execute(ctx context.Context, a *pluginv1.Action, _ *pluginv1.Target
 		case <-time.After(wait):
 		}
 	}
-	fmt.Fprintln(stdout, strings.ToUpper(a.GetCommand()))
+	fmt.Fprintln(stdout, strings.ToUpper(a.GetCommand())+a.GetSpec()["suffix"])
 	return sdk.Result{Status: sdk.StatusSucceeded}
 }
 

@@ -65,7 +65,9 @@ type DescribeResponse struct {
 	// Action kinds it runs, e.g. "command", "script".
 	Kinds []string `protobuf:"bytes,3,rep,name=kinds,proto3" json:"kinds,omitempty"`
 	// Target transports it reaches, e.g. "local", "ssh".
-	Transports    []string `protobuf:"bytes,4,rep,name=transports,proto3" json:"transports,omitempty"`
+	Transports []string `protobuf:"bytes,4,rep,name=transports,proto3" json:"transports,omitempty"`
+	// The spec keys it understands.
+	Spec          []*SpecKey `protobuf:"bytes,5,rep,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -128,6 +130,82 @@ func (x *DescribeResponse) GetTransports() []string {
 	return nil
 }
 
+func (x *DescribeResponse) GetSpec() []*SpecKey {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+// SpecKey documents one key of an action's spec.
+type SpecKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Description   string                 `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	Required      bool                   `protobuf:"varint,3,opt,name=required,proto3" json:"required,omitempty"`
+	Default       string                 `protobuf:"bytes,4,opt,name=default,proto3" json:"default,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SpecKey) Reset() {
+	*x = SpecKey{}
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SpecKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SpecKey) ProtoMessage() {}
+
+func (x *SpecKey) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SpecKey.ProtoReflect.Descriptor instead.
+func (*SpecKey) Descriptor() ([]byte, []int) {
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SpecKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SpecKey) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *SpecKey) GetRequired() bool {
+	if x != nil {
+		return x.Required
+	}
+	return false
+}
+
+func (x *SpecKey) GetDefault() string {
+	if x != nil {
+		return x.Default
+	}
+	return ""
+}
+
 // Action is one action as the plugin sees it.
 type Action struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -138,14 +216,19 @@ type Action struct {
 	WorkingDir string                 `protobuf:"bytes,5,opt,name=working_dir,json=workingDir,proto3" json:"working_dir,omitempty"`
 	Timeout    *durationpb.Duration   `protobuf:"bytes,6,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// Plugin-specific settings.
-	Spec          map[string]string `protobuf:"bytes,7,rep,name=spec,proto3" json:"spec,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Spec map[string]string `protobuf:"bytes,7,rep,name=spec,proto3" json:"spec,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// A file to put in place instead of running a command.
+	Upload *Upload `protobuf:"bytes,8,opt,name=upload,proto3" json:"upload,omitempty"`
+	// The task the action belongs to: actions of one task may share a
+	// connection until EndTask.
+	TaskId        string `protobuf:"bytes,9,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Action) Reset() {
 	*x = Action{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[2]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -157,7 +240,7 @@ func (x *Action) String() string {
 func (*Action) ProtoMessage() {}
 
 func (x *Action) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[2]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -170,7 +253,7 @@ func (x *Action) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Action.ProtoReflect.Descriptor instead.
 func (*Action) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{2}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Action) GetName() string {
@@ -222,6 +305,162 @@ func (x *Action) GetSpec() map[string]string {
 	return nil
 }
 
+func (x *Action) GetUpload() *Upload {
+	if x != nil {
+		return x.Upload
+	}
+	return nil
+}
+
+func (x *Action) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+type Upload struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absolute path.
+	Destination string `protobuf:"bytes,1,opt,name=destination,proto3" json:"destination,omitempty"`
+	Content     []byte `protobuf:"bytes,2,opt,name=content,proto3" json:"content,omitempty"`
+	// Permission bits; 0 means 0644.
+	Mode          uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Upload) Reset() {
+	*x = Upload{}
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Upload) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Upload) ProtoMessage() {}
+
+func (x *Upload) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Upload.ProtoReflect.Descriptor instead.
+func (*Upload) Descriptor() ([]byte, []int) {
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Upload) GetDestination() string {
+	if x != nil {
+		return x.Destination
+	}
+	return ""
+}
+
+func (x *Upload) GetContent() []byte {
+	if x != nil {
+		return x.Content
+	}
+	return nil
+}
+
+func (x *Upload) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+type EndTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndTaskRequest) Reset() {
+	*x = EndTaskRequest{}
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndTaskRequest) ProtoMessage() {}
+
+func (x *EndTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndTaskRequest.ProtoReflect.Descriptor instead.
+func (*EndTaskRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *EndTaskRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+type EndTaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EndTaskResponse) Reset() {
+	*x = EndTaskResponse{}
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EndTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EndTaskResponse) ProtoMessage() {}
+
+func (x *EndTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EndTaskResponse.ProtoReflect.Descriptor instead.
+func (*EndTaskResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{6}
+}
+
 // Target is where the action runs: empty for the agent's own host.
 type Target struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -234,7 +473,7 @@ type Target struct {
 
 func (x *Target) Reset() {
 	*x = Target{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[3]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -246,7 +485,7 @@ func (x *Target) String() string {
 func (*Target) ProtoMessage() {}
 
 func (x *Target) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[3]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -259,7 +498,7 @@ func (x *Target) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Target.ProtoReflect.Descriptor instead.
 func (*Target) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{3}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Target) GetAddress() string {
@@ -292,7 +531,7 @@ type ValidateRequest struct {
 
 func (x *ValidateRequest) Reset() {
 	*x = ValidateRequest{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[4]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -304,7 +543,7 @@ func (x *ValidateRequest) String() string {
 func (*ValidateRequest) ProtoMessage() {}
 
 func (x *ValidateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[4]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -317,7 +556,7 @@ func (x *ValidateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateRequest.ProtoReflect.Descriptor instead.
 func (*ValidateRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{4}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ValidateRequest) GetAction() *Action {
@@ -337,7 +576,7 @@ type Violation struct {
 
 func (x *Violation) Reset() {
 	*x = Violation{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[5]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +588,7 @@ func (x *Violation) String() string {
 func (*Violation) ProtoMessage() {}
 
 func (x *Violation) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[5]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +601,7 @@ func (x *Violation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Violation.ProtoReflect.Descriptor instead.
 func (*Violation) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{5}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Violation) GetField() string {
@@ -388,7 +627,7 @@ type ValidateResponse struct {
 
 func (x *ValidateResponse) Reset() {
 	*x = ValidateResponse{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[6]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -400,7 +639,7 @@ func (x *ValidateResponse) String() string {
 func (*ValidateResponse) ProtoMessage() {}
 
 func (x *ValidateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[6]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -413,7 +652,7 @@ func (x *ValidateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateResponse.ProtoReflect.Descriptor instead.
 func (*ValidateResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{6}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ValidateResponse) GetViolations() []*Violation {
@@ -433,7 +672,7 @@ type ExecuteRequest struct {
 
 func (x *ExecuteRequest) Reset() {
 	*x = ExecuteRequest{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[7]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -445,7 +684,7 @@ func (x *ExecuteRequest) String() string {
 func (*ExecuteRequest) ProtoMessage() {}
 
 func (x *ExecuteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[7]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -458,7 +697,7 @@ func (x *ExecuteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteRequest.ProtoReflect.Descriptor instead.
 func (*ExecuteRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{7}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ExecuteRequest) GetAction() *Action {
@@ -488,7 +727,7 @@ type ExecuteResponse struct {
 
 func (x *ExecuteResponse) Reset() {
 	*x = ExecuteResponse{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[8]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -500,7 +739,7 @@ func (x *ExecuteResponse) String() string {
 func (*ExecuteResponse) ProtoMessage() {}
 
 func (x *ExecuteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[8]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -513,7 +752,7 @@ func (x *ExecuteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecuteResponse.ProtoReflect.Descriptor instead.
 func (*ExecuteResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{8}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExecuteResponse) GetEvent() isExecuteResponse_Event {
@@ -568,7 +807,7 @@ type Output struct {
 
 func (x *Output) Reset() {
 	*x = Output{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[9]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -580,7 +819,7 @@ func (x *Output) String() string {
 func (*Output) ProtoMessage() {}
 
 func (x *Output) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[9]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -593,7 +832,7 @@ func (x *Output) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Output.ProtoReflect.Descriptor instead.
 func (*Output) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{9}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Output) GetStream() string {
@@ -623,7 +862,7 @@ type Result struct {
 
 func (x *Result) Reset() {
 	*x = Result{}
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[10]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +874,7 @@ func (x *Result) String() string {
 func (*Result) ProtoMessage() {}
 
 func (x *Result) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[10]
+	mi := &file_opsconductor_plugin_v1_executor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +887,7 @@ func (x *Result) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Result.ProtoReflect.Descriptor instead.
 func (*Result) Descriptor() ([]byte, []int) {
-	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_plugin_v1_executor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Result) GetStatus() string {
@@ -677,14 +916,20 @@ var File_opsconductor_plugin_v1_executor_proto protoreflect.FileDescriptor
 const file_opsconductor_plugin_v1_executor_proto_rawDesc = "" +
 	"\n" +
 	"%opsconductor/plugin/v1/executor.proto\x12\x16opsconductor.plugin.v1\x1a\x1egoogle/protobuf/duration.proto\"\x11\n" +
-	"\x0fDescribeRequest\"v\n" +
+	"\x0fDescribeRequest\"\xab\x01\n" +
 	"\x10DescribeResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
 	"\x05kinds\x18\x03 \x03(\tR\x05kinds\x12\x1e\n" +
 	"\n" +
 	"transports\x18\x04 \x03(\tR\n" +
-	"transports\"\x8e\x03\n" +
+	"transports\x123\n" +
+	"\x04spec\x18\x05 \x03(\v2\x1f.opsconductor.plugin.v1.SpecKeyR\x04spec\"u\n" +
+	"\aSpecKey\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1a\n" +
+	"\brequired\x18\x03 \x01(\bR\brequired\x12\x18\n" +
+	"\adefault\x18\x04 \x01(\tR\adefault\"\xdf\x03\n" +
 	"\x06Action\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acommand\x18\x02 \x01(\tR\acommand\x12\x16\n" +
@@ -693,13 +938,22 @@ const file_opsconductor_plugin_v1_executor_proto_rawDesc = "" +
 	"\vworking_dir\x18\x05 \x01(\tR\n" +
 	"workingDir\x123\n" +
 	"\atimeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12<\n" +
-	"\x04spec\x18\a \x03(\v2(.opsconductor.plugin.v1.Action.SpecEntryR\x04spec\x1a6\n" +
+	"\x04spec\x18\a \x03(\v2(.opsconductor.plugin.v1.Action.SpecEntryR\x04spec\x126\n" +
+	"\x06upload\x18\b \x01(\v2\x1e.opsconductor.plugin.v1.UploadR\x06upload\x12\x17\n" +
+	"\atask_id\x18\t \x01(\tR\x06taskId\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a7\n" +
 	"\tSpecEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"T\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
+	"\x06Upload\x12 \n" +
+	"\vdestination\x18\x01 \x01(\tR\vdestination\x12\x18\n" +
+	"\acontent\x18\x02 \x01(\fR\acontent\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\")\n" +
+	"\x0eEndTaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\x11\n" +
+	"\x0fEndTaskResponse\"T\n" +
 	"\x06Target\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\x05R\x04port\x12\x1c\n" +
@@ -726,11 +980,12 @@ const file_opsconductor_plugin_v1_executor_proto_rawDesc = "" +
 	"\x06Result\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12\x1b\n" +
 	"\texit_code\x18\x02 \x01(\x05R\bexitCode\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error2\xa6\x02\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error2\x82\x03\n" +
 	"\bExecutor\x12]\n" +
 	"\bDescribe\x12'.opsconductor.plugin.v1.DescribeRequest\x1a(.opsconductor.plugin.v1.DescribeResponse\x12]\n" +
 	"\bValidate\x12'.opsconductor.plugin.v1.ValidateRequest\x1a(.opsconductor.plugin.v1.ValidateResponse\x12\\\n" +
-	"\aExecute\x12&.opsconductor.plugin.v1.ExecuteRequest\x1a'.opsconductor.plugin.v1.ExecuteResponse0\x01BPZNgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/plugin/v1;pluginv1b\x06proto3"
+	"\aExecute\x12&.opsconductor.plugin.v1.ExecuteRequest\x1a'.opsconductor.plugin.v1.ExecuteResponse0\x01\x12Z\n" +
+	"\aEndTask\x12&.opsconductor.plugin.v1.EndTaskRequest\x1a'.opsconductor.plugin.v1.EndTaskResponseBPZNgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/plugin/v1;pluginv1b\x06proto3"
 
 var (
 	file_opsconductor_plugin_v1_executor_proto_rawDescOnce sync.Once
@@ -744,44 +999,52 @@ func file_opsconductor_plugin_v1_executor_proto_rawDescGZIP() []byte {
 	return file_opsconductor_plugin_v1_executor_proto_rawDescData
 }
 
-var file_opsconductor_plugin_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_opsconductor_plugin_v1_executor_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_opsconductor_plugin_v1_executor_proto_goTypes = []any{
 	(*DescribeRequest)(nil),     // 0: opsconductor.plugin.v1.DescribeRequest
 	(*DescribeResponse)(nil),    // 1: opsconductor.plugin.v1.DescribeResponse
-	(*Action)(nil),              // 2: opsconductor.plugin.v1.Action
-	(*Target)(nil),              // 3: opsconductor.plugin.v1.Target
-	(*ValidateRequest)(nil),     // 4: opsconductor.plugin.v1.ValidateRequest
-	(*Violation)(nil),           // 5: opsconductor.plugin.v1.Violation
-	(*ValidateResponse)(nil),    // 6: opsconductor.plugin.v1.ValidateResponse
-	(*ExecuteRequest)(nil),      // 7: opsconductor.plugin.v1.ExecuteRequest
-	(*ExecuteResponse)(nil),     // 8: opsconductor.plugin.v1.ExecuteResponse
-	(*Output)(nil),              // 9: opsconductor.plugin.v1.Output
-	(*Result)(nil),              // 10: opsconductor.plugin.v1.Result
-	nil,                         // 11: opsconductor.plugin.v1.Action.EnvEntry
-	nil,                         // 12: opsconductor.plugin.v1.Action.SpecEntry
-	(*durationpb.Duration)(nil), // 13: google.protobuf.Duration
+	(*SpecKey)(nil),             // 2: opsconductor.plugin.v1.SpecKey
+	(*Action)(nil),              // 3: opsconductor.plugin.v1.Action
+	(*Upload)(nil),              // 4: opsconductor.plugin.v1.Upload
+	(*EndTaskRequest)(nil),      // 5: opsconductor.plugin.v1.EndTaskRequest
+	(*EndTaskResponse)(nil),     // 6: opsconductor.plugin.v1.EndTaskResponse
+	(*Target)(nil),              // 7: opsconductor.plugin.v1.Target
+	(*ValidateRequest)(nil),     // 8: opsconductor.plugin.v1.ValidateRequest
+	(*Violation)(nil),           // 9: opsconductor.plugin.v1.Violation
+	(*ValidateResponse)(nil),    // 10: opsconductor.plugin.v1.ValidateResponse
+	(*ExecuteRequest)(nil),      // 11: opsconductor.plugin.v1.ExecuteRequest
+	(*ExecuteResponse)(nil),     // 12: opsconductor.plugin.v1.ExecuteResponse
+	(*Output)(nil),              // 13: opsconductor.plugin.v1.Output
+	(*Result)(nil),              // 14: opsconductor.plugin.v1.Result
+	nil,                         // 15: opsconductor.plugin.v1.Action.EnvEntry
+	nil,                         // 16: opsconductor.plugin.v1.Action.SpecEntry
+	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
 }
 var file_opsconductor_plugin_v1_executor_proto_depIdxs = []int32{
-	11, // 0: opsconductor.plugin.v1.Action.env:type_name -> opsconductor.plugin.v1.Action.EnvEntry
-	13, // 1: opsconductor.plugin.v1.Action.timeout:type_name -> google.protobuf.Duration
-	12, // 2: opsconductor.plugin.v1.Action.spec:type_name -> opsconductor.plugin.v1.Action.SpecEntry
-	2,  // 3: opsconductor.plugin.v1.ValidateRequest.action:type_name -> opsconductor.plugin.v1.Action
-	5,  // 4: opsconductor.plugin.v1.ValidateResponse.violations:type_name -> opsconductor.plugin.v1.Violation
-	2,  // 5: opsconductor.plugin.v1.ExecuteRequest.action:type_name -> opsconductor.plugin.v1.Action
-	3,  // 6: opsconductor.plugin.v1.ExecuteRequest.target:type_name -> opsconductor.plugin.v1.Target
-	9,  // 7: opsconductor.plugin.v1.ExecuteResponse.output:type_name -> opsconductor.plugin.v1.Output
-	10, // 8: opsconductor.plugin.v1.ExecuteResponse.result:type_name -> opsconductor.plugin.v1.Result
-	0,  // 9: opsconductor.plugin.v1.Executor.Describe:input_type -> opsconductor.plugin.v1.DescribeRequest
-	4,  // 10: opsconductor.plugin.v1.Executor.Validate:input_type -> opsconductor.plugin.v1.ValidateRequest
-	7,  // 11: opsconductor.plugin.v1.Executor.Execute:input_type -> opsconductor.plugin.v1.ExecuteRequest
-	1,  // 12: opsconductor.plugin.v1.Executor.Describe:output_type -> opsconductor.plugin.v1.DescribeResponse
-	6,  // 13: opsconductor.plugin.v1.Executor.Validate:output_type -> opsconductor.plugin.v1.ValidateResponse
-	8,  // 14: opsconductor.plugin.v1.Executor.Execute:output_type -> opsconductor.plugin.v1.ExecuteResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	2,  // 0: opsconductor.plugin.v1.DescribeResponse.spec:type_name -> opsconductor.plugin.v1.SpecKey
+	15, // 1: opsconductor.plugin.v1.Action.env:type_name -> opsconductor.plugin.v1.Action.EnvEntry
+	17, // 2: opsconductor.plugin.v1.Action.timeout:type_name -> google.protobuf.Duration
+	16, // 3: opsconductor.plugin.v1.Action.spec:type_name -> opsconductor.plugin.v1.Action.SpecEntry
+	4,  // 4: opsconductor.plugin.v1.Action.upload:type_name -> opsconductor.plugin.v1.Upload
+	3,  // 5: opsconductor.plugin.v1.ValidateRequest.action:type_name -> opsconductor.plugin.v1.Action
+	9,  // 6: opsconductor.plugin.v1.ValidateResponse.violations:type_name -> opsconductor.plugin.v1.Violation
+	3,  // 7: opsconductor.plugin.v1.ExecuteRequest.action:type_name -> opsconductor.plugin.v1.Action
+	7,  // 8: opsconductor.plugin.v1.ExecuteRequest.target:type_name -> opsconductor.plugin.v1.Target
+	13, // 9: opsconductor.plugin.v1.ExecuteResponse.output:type_name -> opsconductor.plugin.v1.Output
+	14, // 10: opsconductor.plugin.v1.ExecuteResponse.result:type_name -> opsconductor.plugin.v1.Result
+	0,  // 11: opsconductor.plugin.v1.Executor.Describe:input_type -> opsconductor.plugin.v1.DescribeRequest
+	8,  // 12: opsconductor.plugin.v1.Executor.Validate:input_type -> opsconductor.plugin.v1.ValidateRequest
+	11, // 13: opsconductor.plugin.v1.Executor.Execute:input_type -> opsconductor.plugin.v1.ExecuteRequest
+	5,  // 14: opsconductor.plugin.v1.Executor.EndTask:input_type -> opsconductor.plugin.v1.EndTaskRequest
+	1,  // 15: opsconductor.plugin.v1.Executor.Describe:output_type -> opsconductor.plugin.v1.DescribeResponse
+	10, // 16: opsconductor.plugin.v1.Executor.Validate:output_type -> opsconductor.plugin.v1.ValidateResponse
+	12, // 17: opsconductor.plugin.v1.Executor.Execute:output_type -> opsconductor.plugin.v1.ExecuteResponse
+	6,  // 18: opsconductor.plugin.v1.Executor.EndTask:output_type -> opsconductor.plugin.v1.EndTaskResponse
+	15, // [15:19] is the sub-list for method output_type
+	11, // [11:15] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_plugin_v1_executor_proto_init() }
@@ -789,7 +1052,7 @@ func file_opsconductor_plugin_v1_executor_proto_init() {
 	if File_opsconductor_plugin_v1_executor_proto != nil {
 		return
 	}
-	file_opsconductor_plugin_v1_executor_proto_msgTypes[8].OneofWrappers = []any{
+	file_opsconductor_plugin_v1_executor_proto_msgTypes[12].OneofWrappers = []any{
 		(*ExecuteResponse_Output)(nil),
 		(*ExecuteResponse_Result)(nil),
 	}
@@ -799,7 +1062,7 @@ func file_opsconductor_plugin_v1_executor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_plugin_v1_executor_proto_rawDesc), len(file_opsconductor_plugin_v1_executor_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

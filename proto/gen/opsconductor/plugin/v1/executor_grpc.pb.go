@@ -22,6 +22,7 @@ const (
 	Executor_Describe_FullMethodName = "/opsconductor.plugin.v1.Executor/Describe"
 	Executor_Validate_FullMethodName = "/opsconductor.plugin.v1.Executor/Validate"
 	Executor_Execute_FullMethodName  = "/opsconductor.plugin.v1.Executor/Execute"
+	Executor_EndTask_FullMethodName  = "/opsconductor.plugin.v1.Executor/EndTask"
 )
 
 // ExecutorClient is the client API for Executor service.
@@ -39,6 +40,10 @@ type ExecutorClient interface {
 	// Execute runs one action on one target: output as it comes, then one
 	// result. Cancelling the call (or its deadline) must stop the action.
 	Execute(ctx context.Context, in *ExecuteRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExecuteResponse], error)
+	// EndTask says a task's actions are over: release what they shared (an
+	// SSH connection, say). Plugins that share nothing may leave it
+	// unimplemented.
+	EndTask(ctx context.Context, in *EndTaskRequest, opts ...grpc.CallOption) (*EndTaskResponse, error)
 }
 
 type executorClient struct {
@@ -88,6 +93,16 @@ func (c *executorClient) Execute(ctx context.Context, in *ExecuteRequest, opts .
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Executor_ExecuteClient = grpc.ServerStreamingClient[ExecuteResponse]
 
+func (c *executorClient) EndTask(ctx context.Context, in *EndTaskRequest, opts ...grpc.CallOption) (*EndTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EndTaskResponse)
+	err := c.cc.Invoke(ctx, Executor_EndTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ExecutorServer is the server API for Executor service.
 // All implementations must embed UnimplementedExecutorServer
 // for forward compatibility.
@@ -103,6 +118,10 @@ type ExecutorServer interface {
 	// Execute runs one action on one target: output as it comes, then one
 	// result. Cancelling the call (or its deadline) must stop the action.
 	Execute(*ExecuteRequest, grpc.ServerStreamingServer[ExecuteResponse]) error
+	// EndTask says a task's actions are over: release what they shared (an
+	// SSH connection, say). Plugins that share nothing may leave it
+	// unimplemented.
+	EndTask(context.Context, *EndTaskRequest) (*EndTaskResponse, error)
 	mustEmbedUnimplementedExecutorServer()
 }
 
@@ -121,6 +140,9 @@ func (UnimplementedExecutorServer) Validate(context.Context, *ValidateRequest) (
 }
 func (UnimplementedExecutorServer) Execute(*ExecuteRequest, grpc.ServerStreamingServer[ExecuteResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method Execute not implemented")
+}
+func (UnimplementedExecutorServer) EndTask(context.Context, *EndTaskRequest) (*EndTaskResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method EndTask not implemented")
 }
 func (UnimplementedExecutorServer) mustEmbedUnimplementedExecutorServer() {}
 func (UnimplementedExecutorServer) testEmbeddedByValue()                  {}
@@ -190,6 +212,24 @@ func _Executor_Execute_Handler(srv interface{}, stream grpc.ServerStream) error 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Executor_ExecuteServer = grpc.ServerStreamingServer[ExecuteResponse]
 
+func _Executor_EndTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EndTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExecutorServer).EndTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Executor_EndTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExecutorServer).EndTask(ctx, req.(*EndTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Executor_ServiceDesc is the grpc.ServiceDesc for Executor service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -204,6 +244,10 @@ var Executor_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Validate",
 			Handler:    _Executor_Validate_Handler,
+		},
+		{
+			MethodName: "EndTask",
+			Handler:    _Executor_EndTask_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
