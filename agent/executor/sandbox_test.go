@@ -150,3 +150,28 @@ func processesOf(t *testing.T, user string) int {
 }
 
 var sandboxLimitsForTest = sandbox.Limits{User: "nobody", Processes: 100, Memory: 1 << 30}
+
+// TestShellRunAs: spec run_as runs a local action as another user, in
+// their home, with their groups; a missing user is refused by name.
+func TestShellRunAs(t *testing.T) {
+	if os.Getuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("run_as needs root (.ci/run runs as root)")
+		}
+		t.Skip("needs root")
+	}
+	var out syncBuffer
+	res := (&Shell{}).Execute(context.Background(), Action{Command: "id -un; echo $HOME; pwd", Spec: map[string]string{"run_as": "opsconductor-test"}},
+		&out, &syncBuffer{})
+	if res.Status != StatusSucceeded || out.String() != "opsconductor-test\n/home/opsconductor-test\n/home/opsconductor-test\n" {
+		t.Fatalf("result %+v, stdout %q", res, out.String())
+	}
+	script := "#!/bin/sh\nid -un\n"
+	out = syncBuffer{}
+	if res := (&Shell{}).Execute(context.Background(), Action{Script: script, Spec: map[string]string{"run_as": "nobody"}}, &out, &syncBuffer{}); res.Status != StatusSucceeded || out.String() != "nobody\n" {
+		t.Fatalf("script as nobody: %+v %q", res, out.String())
+	}
+	if res := (&Shell{}).Execute(context.Background(), Action{Command: "true", Spec: map[string]string{"run_as": "no-such-user"}}, &syncBuffer{}, &syncBuffer{}); !strings.Contains(res.Error, "spec.run_as") {
+		t.Fatalf("missing user: %+v", res)
+	}
+}

@@ -7,7 +7,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -17,6 +19,9 @@ import (
 
 // Shell runs actions on the local host with /bin/sh, each in its own
 // process group so a timeout or cancel stops everything the action started.
+//
+// spec run_as names a user to run the action as (the agent must be root);
+// HOME and the default working directory are then that user's.
 //
 // An action may ask for a sandbox in its spec (sandbox "true", and
 // sandbox_user, sandbox_memory such as 256M, sandbox_processes,
@@ -63,7 +68,11 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	if limits != nil {
 		return s.executeSandboxed(ctx, runCtx, a, *limits, stdout, stderr)
 	}
-	name, args, cleanup, err := s.command(a, "", -1, -1)
+	runAs, err := lookupRunAs(a.Spec["run_as"])
+	if err != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
+	}
+	name, args, cleanup, err := s.command(a, "", runAs.uid, runAs.gid)
 	if err != nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
 	}
@@ -73,7 +82,17 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 	cmd.Dir = a.WorkingDir
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.Env = s.environ()
-	return s.run(ctx, runCtx, a, cmd, nil)
+	if runAs.cred != nil {
+		if cmd.Dir == "" {
+			cmd.Dir = "/"
+			if fi, err := os.Stat(runAs.home); err == nil && fi.IsDir() {
+				cmd.Dir = runAs.home
+			}
+		}
+		cmd.Env = append(cmd.Env, "HOME="+runAs.home, "USER="+runAs.name, "LOGNAME="+runAs.name)
+	}
+	res := s.run(ctx, runCtx, a, cmd, nil, runAs.cred)
+	return res
 }
 
 // environ is this process's environment without DropEnv.
@@ -102,14 +121,14 @@ func (s *Shell) environ() []string {
 // environment, in a process group of its own, and waits for it, stopping
 // the group when runCtx ends. sb, when set, is the action's sandbox: a
 // limit it hits stops the action and is reported.
-func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sandbox.Sandbox) Result {
+func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sandbox.Sandbox, cred *syscall.Credential) Result {
 	for k, v := range s.ExtraEnv {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
 	for k, v := range a.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	// A background child that keeps stdout open must not hold the action
 	// forever once the shell itself has exited.
 	cmd.WaitDelay = 2 * time.Second
@@ -267,4 +286,42 @@ func uploadLocal(u *Upload, stdout io.Writer) Result {
 	}
 	fmt.Fprintf(stdout, "uploaded %d bytes to %s\n", len(u.Content), u.Destination)
 	return Result{Status: StatusSucceeded}
+}
+
+// runAs is the user a local action runs as (spec run_as); the zero value
+// is the agent's own user.
+type runAs struct {
+	name, home string
+	uid, gid   int
+	cred       *syscall.Credential
+}
+
+// lookupRunAs resolves spec run_as: the user, its primary and
+// supplementary groups and home. Switching needs the agent to be root.
+func lookupRunAs(name string) (runAs, error) {
+	if name == "" {
+		return runAs{uid: -1, gid: -1}, nil
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return runAs{}, fmt.Errorf("spec.run_as: %w", err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return runAs{}, fmt.Errorf("spec.run_as: user %q has a non-numeric id", name)
+	}
+	if uint64(os.Getuid()) != uid && os.Getuid() != 0 {
+		return runAs{}, fmt.Errorf("spec.run_as: running as %q needs the agent to run as root", name)
+	}
+	var groups []uint32
+	if ids, err := u.GroupIds(); err == nil {
+		for _, g := range ids {
+			if n, err := strconv.ParseUint(g, 10, 32); err == nil {
+				groups = append(groups, uint32(n))
+			}
+		}
+	}
+	return runAs{name: name, home: u.HomeDir, uid: int(uid), gid: int(gid),
+		cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}}, nil
 }

@@ -120,7 +120,7 @@ func (s *Shell) executeSandboxed(ctx, runCtx context.Context, a Action, limits s
 	// plain one, the private directory, then the action's.
 	cmd.Env = append(cmd.Env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
 	cmd.Env = append(cmd.Env, sb.Env()...)
-	res := s.run(ctx, runCtx, a, cmd, sb)
+	res := s.run(ctx, runCtx, a, cmd, sb, nil)
 	if res.Error == "killed by signal "+syscall.SIGXCPU.String() {
 		res.Error = fmt.Sprintf("stopped by the sandbox: cpu time limit of %s reached", limits.CPU)
 	}
