@@ -196,3 +196,30 @@ func TestWinRMHTTPS(t *testing.T) {
 		t.Fatalf("with the explicit opt-out: %+v", res)
 	}
 }
+
+// TestWinRMNTLM: against an emulator that takes only NTLM, the executor
+// with auth ntlm completes the NTLMv2 handshake (the emulator verifies the
+// response against its password) and runs the command; a wrong password,
+// or Basic, is an authentication error.
+func TestWinRMNTLM(t *testing.T) {
+	t.Parallel()
+	srv := winrmtest.Start(t, "Administrator", "Ntlm-Pass-1", false)
+	srv.RequireNTLM()
+	var out timedWriter
+	res := WinRM{}.Execute(context.Background(), Action{Command: "echo over ntlm", Spec: winrmSpec(srv, "auth", "ntlm")}, &out, &timedWriter{})
+	if res.Status != StatusSucceeded || out.String() != "over ntlm\r\n" {
+		t.Fatalf("result %+v, stdout %q", res, out.String())
+	}
+	ntlm := false
+	for _, c := range srv.Calls() {
+		ntlm = ntlm || c.Action == "NTLM"
+	}
+	if !ntlm {
+		t.Fatal("no NTLM handshake reached the emulator")
+	}
+	for _, spec := range []map[string]string{winrmSpec(srv, "auth", "ntlm", "password", "wrong"), winrmSpec(srv)} {
+		if res := (WinRM{}).Execute(context.Background(), Action{Command: "echo x", Spec: spec}, &timedWriter{}, &timedWriter{}); !strings.Contains(res.Error, "winrm authentication failed") {
+			t.Fatalf("spec auth=%q password=%q: %+v", spec["auth"], spec["password"], res)
+		}
+	}
+}

@@ -2,8 +2,8 @@
 // No Windows host exists on our build machines, so the WinRM executor is
 // tested against this instead of Windows: it speaks the protocol the
 // masterzen/winrm client uses (shell create, command, receive, signal,
-// delete, the OperationTimeout fault) over HTTP or HTTPS with Basic
-// authentication, and "runs" commands with a tiny interpreter of a few
+// delete, the OperationTimeout fault) over HTTP or HTTPS with Basic or
+// NTLMv2 authentication, and "runs" commands with a tiny interpreter of a few
 // cmd and PowerShell statements (PowerShell arrives as -EncodedCommand, as
 // from a real client). It proves our protocol handling, output streaming,
 // exit codes, cancellation and error reporting; it proves nothing about
@@ -70,11 +70,14 @@ type Server struct {
 
 	srv *httptest.Server
 
-	mu       sync.Mutex
-	calls    []Call
-	shells   map[string]bool
-	commands map[string]*command
-	next     int
+	mu         sync.Mutex
+	ntlm       bool              // NTLM only (RequireNTLM)
+	challenges map[string][]byte // NTLM: connection -> challenge sent
+	authed     map[string]bool   // NTLM: authenticated connections
+	calls      []Call
+	shells     map[string]bool
+	commands   map[string]*command
+	next       int
 }
 
 // Start runs an emulator on a loopback port (HTTPS when tlsOn) until the
@@ -141,8 +144,14 @@ type envelope struct {
 }
 
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
-	user, pass, ok := r.BasicAuth()
-	if !ok || user != s.User || pass != s.Password {
+	s.mu.Lock()
+	ntlm := s.ntlm
+	s.mu.Unlock()
+	if ntlm {
+		if !s.ntlmAuth(w, r) {
+			return
+		}
+	} else if user, pass, ok := r.BasicAuth(); !ok || user != s.User || pass != s.Password {
 		w.Header().Set("WWW-Authenticate", `Basic realm="WSMAN"`)
 		http.Error(w, "access denied", http.StatusUnauthorized)
 		return
