@@ -12,8 +12,10 @@ import (
 // validator: neither may panic, and a job the decoder accepts gets a
 // verdict from the validator.
 func FuzzJobDecode(f *testing.F) {
-	if seed, err := os.ReadFile("../../docs/examples/hello.yaml"); err == nil {
-		f.Add(seed)
+	for _, name := range []string{"hello.yaml", "patch-lab.yaml"} {
+		if seed, err := os.ReadFile("../../docs/examples/" + name); err == nil {
+			f.Add(seed)
+		}
 	}
 	f.Add([]byte(`{"name":"x","actions":[{"command":"true","timeout":"-1s"}],"targets":[{"selector":"a=b,,c"}]}`))
 	f.Add([]byte("name: [unclosed"))
@@ -28,16 +30,18 @@ func FuzzJobDecode(f *testing.F) {
 }
 
 func TestParseJobFileExample(t *testing.T) {
-	raw, err := os.ReadFile("../../docs/examples/hello.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	j, err := ParseJobFile(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if vs := job.Validate("job", j); len(vs) != 0 {
-		t.Fatalf("the example job is invalid: %v", vs)
+	for _, name := range []string{"hello.yaml", "patch-lab.yaml"} {
+		raw, err := os.ReadFile("../../docs/examples/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		j, err := ParseJobFile(raw)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if vs := job.Validate("job", j); len(vs) != 0 {
+			t.Fatalf("the example job %s is invalid: %v", name, vs)
+		}
 	}
 }
 
