@@ -56,7 +56,13 @@ func (b *Builtins) client(name string) (*sdk.Client, error) {
 	return b.pool.client(name, func() *plugin.ClientConfig {
 		cmd := exec.Command(b.Self, BuiltinArg, name)
 		cfg, _ := json.Marshal(b.Shell)
-		cmd.Env = append(os.Environ(), builtinConfigEnv+"="+string(cfg))
+		// The join token is the agent's alone; actions never see it.
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "OPSCONDUCTOR_JOIN_TOKEN") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, builtinConfigEnv+"="+string(cfg))
 		return &plugin.ClientConfig{
 			HandshakeConfig:  sdk.Handshake,
 			Plugins:          plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},

@@ -38,6 +38,8 @@ func TestSandboxConfines(t *testing.T) {
 		Command: `id -un; ulimit -n; echo "$TMPDIR"; touch "$TMPDIR/x" && echo wrote; grep NoNewPrivs /proc/self/status; echo "secret=$OPSCONDUCTOR_AGENT_SECRET_FOR_TEST"`,
 		Timeout: 30 * time.Second,
 		Spec:    map[string]string{"sandbox": "true", "sandbox_user": "nobody", "sandbox_open_files": "100"},
+		// An action cannot rewrite the helper's instructions.
+		Env: map[string]string{"OPSCONDUCTOR_SANDBOX_CONFIG": `{"SwitchUser":false}`},
 	}, &out, &errOut)
 	if res.Status != StatusSucceeded {
 		t.Fatalf("result = %+v, stderr %q", res, errOut.String())
@@ -49,6 +51,13 @@ func TestSandboxConfines(t *testing.T) {
 	}
 	if _, err := os.Stat(lines[2]); !os.IsNotExist(err) {
 		t.Fatalf("the private temp dir %s outlived the action: %v", lines[2], err)
+	}
+	// The agent writes uploads itself: refused under a sandbox policy.
+	target := t.TempDir() + "/x"
+	res = (&Shell{Sandbox: &sandboxLimitsForTest}).Execute(context.Background(), Action{Upload: &Upload{Destination: target, Content: []byte("x")}},
+		&syncBuffer{}, &syncBuffer{})
+	if _, err := os.Stat(target); res.Status != StatusFailed || err == nil {
+		t.Fatalf("an upload under a sandbox policy: %+v", res)
 	}
 }
 
@@ -160,10 +169,11 @@ func TestShellRunAs(t *testing.T) {
 		}
 		t.Skip("needs root")
 	}
+	t.Setenv("OPSCONDUCTOR_AGENT_SECRET_FOR_TEST", "must-not-leak")
 	var out syncBuffer
-	res := (&Shell{}).Execute(context.Background(), Action{Command: "id -un; echo $HOME; pwd", Spec: map[string]string{"run_as": "opsconductor-test"}},
-		&out, &syncBuffer{})
-	if res.Status != StatusSucceeded || out.String() != "opsconductor-test\n/home/opsconductor-test\n/home/opsconductor-test\n" {
+	res := (&Shell{}).Execute(context.Background(), Action{Command: `id -un; echo $HOME; pwd; echo "secret=$OPSCONDUCTOR_AGENT_SECRET_FOR_TEST"`,
+		Spec: map[string]string{"run_as": "opsconductor-test"}}, &out, &syncBuffer{})
+	if res.Status != StatusSucceeded || out.String() != "opsconductor-test\n/home/opsconductor-test\n/home/opsconductor-test\nsecret=\n" {
 		t.Fatalf("result %+v, stdout %q", res, out.String())
 	}
 	script := "#!/bin/sh\nid -un\n"

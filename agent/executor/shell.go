@@ -52,7 +52,15 @@ var _ Executor = (*Shell)(nil)
 
 // Execute implements Executor.
 func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Result {
+	limits, err := s.sandboxLimits(a.Spec)
+	if err != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
+	}
 	if a.Upload != nil {
+		// The agent writes uploads itself: nothing to confine them.
+		if limits != nil || a.Spec["run_as"] != "" {
+			return Result{Status: StatusFailed, ExitCode: -1, Error: "uploads are not allowed in a sandbox or with run_as"}
+		}
 		return uploadLocal(a.Upload, stdout)
 	}
 	runCtx := ctx
@@ -60,10 +68,6 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 		var cancel context.CancelFunc
 		runCtx, cancel = context.WithTimeout(ctx, a.Timeout)
 		defer cancel()
-	}
-	limits, err := s.sandboxLimits(a.Spec)
-	if err != nil {
-		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
 	}
 	if limits != nil {
 		return s.executeSandboxed(ctx, runCtx, a, *limits, stdout, stderr)
@@ -89,10 +93,11 @@ func (s *Shell) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 				cmd.Dir = runAs.home
 			}
 		}
-		cmd.Env = append(cmd.Env, "HOME="+runAs.home, "USER="+runAs.name, "LOGNAME="+runAs.name)
+		// Not the agent's environment: it is root's business.
+		cmd.Env = append(plainEnv(), "HOME="+runAs.home, "USER="+runAs.name, "LOGNAME="+runAs.name)
 	}
-	res := s.run(ctx, runCtx, a, cmd, nil, runAs.cred)
-	return res
+	cmd.Env = append(cmd.Env, s.actionEnv(a)...)
+	return s.run(ctx, runCtx, a, cmd, nil, runAs.cred)
 }
 
 // environ is this process's environment without DropEnv.
@@ -117,17 +122,28 @@ func (s *Shell) environ() []string {
 	return out
 }
 
-// run starts cmd (its Dir, output and environment set) with the action's
-// environment, in a process group of its own, and waits for it, stopping
+// actionEnv is what an action adds to its environment: the executor's
+// ExtraEnv, then the action's own.
+func (s *Shell) actionEnv(a Action) []string {
+	var env []string
+	for k, v := range s.ExtraEnv {
+		env = append(env, k+"="+v)
+	}
+	for k, v := range a.Env {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+// plainEnv is the environment an action run as another user starts from.
+func plainEnv() []string {
+	return []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"}
+}
+
+// run starts cmd (its Dir, output and environment set) in a process group of its own, and waits for it, stopping
 // the group when runCtx ends. sb, when set, is the action's sandbox: a
 // limit it hits stops the action and is reported.
 func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sandbox.Sandbox, cred *syscall.Credential) Result {
-	for k, v := range s.ExtraEnv {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
-	for k, v := range a.Env {
-		cmd.Env = append(cmd.Env, k+"="+v)
-	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	// A background child that keeps stdout open must not hold the action
 	// forever once the shell itself has exited.

@@ -88,9 +88,6 @@ func (s *Shell) sandboxLimits(spec map[string]string) (*sandbox.Limits, error) {
 
 // executeSandboxed runs the action through the sandbox helper.
 func (s *Shell) executeSandboxed(ctx, runCtx context.Context, a Action, limits sandbox.Limits, stdout, stderr io.Writer) Result {
-	if a.Upload != nil {
-		return Result{Status: StatusFailed, ExitCode: -1, Error: "uploads are not allowed in a sandbox"}
-	}
 	sb, err := sandbox.New(limits)
 	if err != nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
@@ -108,7 +105,12 @@ func (s *Shell) executeSandboxed(ctx, runCtx context.Context, a Action, limits s
 			return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("sandbox helper: %v", err)}
 		}
 	}
-	cmd, err := sb.Command(helper, name, args...)
+	// Not the agent's environment (it may hold the agent's secrets): a
+	// plain one, the private directory, then the action's. It travels
+	// inside the helper's configuration, so nothing in it can reach the
+	// helper while it is still root.
+	env := append(append(plainEnv(), sb.Env()...), s.actionEnv(a)...)
+	cmd, err := sb.Command(helper, env, name, args...)
 	if err != nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: err.Error()}
 	}
@@ -116,10 +118,6 @@ func (s *Shell) executeSandboxed(ctx, runCtx context.Context, a Action, limits s
 		cmd.Dir = a.WorkingDir
 	}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
-	// Not the agent's environment (it may hold the agent's secrets): a
-	// plain one, the private directory, then the action's.
-	cmd.Env = append(cmd.Env, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
-	cmd.Env = append(cmd.Env, sb.Env()...)
 	res := s.run(ctx, runCtx, a, cmd, sb, nil)
 	if res.Error == "killed by signal "+syscall.SIGXCPU.String() {
 		res.Error = fmt.Sprintf("stopped by the sandbox: cpu time limit of %s reached", limits.CPU)

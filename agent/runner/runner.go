@@ -214,7 +214,11 @@ func (r *Runner) runActions(ctx context.Context, t *agentv1.TaskAssignment, buf 
 			env[k] = v
 		}
 		for k, v := range actionEnv {
-			env[k] = v
+			// The agent's own variables (OPSCONDUCTOR_TASK_ID finds an
+			// action's processes) are not the action's to change.
+			if _, reserved := env[k]; !reserved {
+				env[k] = v
+			}
 		}
 		act := executor.Action{
 			Index: i, Name: a.GetName(), Plugin: a.GetPlugin(), Command: command, Script: script, Task: t.GetTaskId(),

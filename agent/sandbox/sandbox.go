@@ -76,6 +76,7 @@ type config struct {
 	Processes   int      // RLIMIT_NPROC when no cgroup holds the count
 	CPUSeconds  uint64
 	OpenFiles   uint64
+	Env         []string // the action's whole environment
 }
 
 // Sandbox is the confinement of one action.
@@ -146,11 +147,14 @@ func (s *Sandbox) Owner() (int, int) { return int(s.cfg.UID), int(s.cfg.GID) }
 // HasCgroup reports whether a cgroup holds the memory and process limits.
 func (s *Sandbox) HasCgroup() bool { return s.cg != nil }
 
-// Command returns how to run name with args in the sandbox: through the
-// helper binary (the agent itself). The caller sets output, environment
-// and process attributes, and starts it.
-func (s *Sandbox) Command(helper, name string, args ...string) (*exec.Cmd, error) {
-	raw, err := json.Marshal(s.cfg)
+// Command returns how to run name with args, and env as its whole
+// environment, in the sandbox: through the helper binary (the agent
+// itself), whose own environment is only its configuration. The caller
+// sets output and process attributes (not Env), and starts it.
+func (s *Sandbox) Command(helper string, env []string, name string, args ...string) (*exec.Cmd, error) {
+	cfg := s.cfg
+	cfg.Env = env
+	raw, err := json.Marshal(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -250,11 +254,21 @@ func Main() {
 	if err := noNewPrivs(); err != nil {
 		fail("no_new_privs: %v", err)
 	}
-	path, err := exec.LookPath(os.Args[2])
-	if err != nil {
-		fail("%v", err)
+	path := os.Args[2]
+	if !strings.Contains(path, "/") {
+		// Looked up in the action's PATH, not the helper's (it has none).
+		for _, kv := range cfg.Env {
+			if dirs, ok := strings.CutPrefix(kv, "PATH="); ok {
+				for _, d := range strings.Split(dirs, ":") {
+					if fi, err := os.Stat(d + "/" + path); err == nil && !fi.IsDir() {
+						path = d + "/" + path
+						break
+					}
+				}
+			}
+		}
 	}
-	if err := syscall.Exec(path, os.Args[2:], os.Environ()); err != nil {
+	if err := syscall.Exec(path, os.Args[2:], cfg.Env); err != nil {
 		fail("exec %s: %v", path, err)
 	}
 }

@@ -292,8 +292,11 @@ func validateAction(a *opsconductorv1.Action, known []string, add func(field, fo
 		add("."+v.Field, "%s", v.Description)
 	}
 	for k := range a.GetEnv() {
-		if !envKeyPattern.MatchString(k) {
+		switch {
+		case !envKeyPattern.MatchString(k):
 			add(".env["+k+"]", "is not a valid environment variable name")
+		case strings.HasPrefix(k, "OPSCONDUCTOR_"):
+			add(".env["+k+"]", "OPSCONDUCTOR_ variables are set by the agent")
 		}
 	}
 	if t := a.GetTimeout(); t != nil {
