@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"path"
 	"regexp"
 	"slices"
@@ -100,8 +101,9 @@ func validate(c *opsconductorv1.Credential, value string, valueRequired bool) []
 		add("credential.hosts", "must list at most %d patterns", MaxHosts)
 	}
 	for i, h := range c.GetHosts() {
-		if _, err := path.Match(h, ""); err != nil || h == "" {
-			add(fmt.Sprintf("credential.hosts[%d]", i), "must be a host pattern such as 10.1.* or *.lab.example.com, got %q", h)
+		_, _, cidrErr := net.ParseCIDR(h)
+		if _, err := path.Match(h, ""); (err != nil || h == "") && cidrErr != nil {
+			add(fmt.Sprintf("credential.hosts[%d]", i), "must be a CIDR block such as 10.1.0.0/16 or a host pattern such as *.lab.example.com, got %q", h)
 		}
 	}
 	switch {
@@ -253,12 +255,51 @@ func (s *Service) RekeyCredentials(ctx context.Context, _ *connect.Request[opsco
 }
 
 // HostAllowed reports whether a credential restricted to patterns may be
-// used for address.
+// used for address. A pattern is a CIDR block (10.1.0.0/16: the address
+// must be an IP in it) or a name pattern matched label by label (a "*"
+// never spans a dot: 10.1.*.* and *.lab.example.com, never
+// 10.1.evil.com for 10.1.*).
 func HostAllowed(patterns []string, address string) bool {
-	return len(patterns) == 0 || slices.ContainsFunc(patterns, func(p string) bool {
-		ok, _ := path.Match(strings.ToLower(p), strings.ToLower(address))
-		return ok
-	})
+	return len(patterns) == 0 || slices.ContainsFunc(patterns, func(p string) bool { return hostMatches(p, address) })
+}
+
+func hostMatches(pattern, address string) bool {
+	if _, block, err := net.ParseCIDR(pattern); err == nil {
+		ip := net.ParseIP(address)
+		return ip != nil && block.Contains(ip)
+	}
+	pl := strings.Split(strings.ToLower(pattern), ".")
+	al := strings.Split(strings.ToLower(address), ".")
+	if len(pl) != len(al) {
+		return false
+	}
+	for i := range pl {
+		if ok, _ := path.Match(pl[i], al[i]); !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// CheckUse refuses executor settings under which a stored credential could
+// reach someone other than its host: a bastion in between (proxy_jump),
+// a host key trusted on first sight, a certificate not checked, a WinRM
+// password in clear over HTTP with Basic.
+func CheckUse(name, transport string, spec map[string]string) error {
+	refuse := func(why string) error {
+		return apperr.FailedPrecondition("credential %q may not be used with %s", name, why)
+	}
+	switch {
+	case spec["proxy_jump"] != "":
+		return refuse("proxy_jump (the bastion would receive it)")
+	case spec["host_key_policy"] == "tofu":
+		return refuse("host_key_policy tofu (an unknown host would be trusted)")
+	case spec["insecure_skip_verify"] == "true":
+		return refuse("insecure_skip_verify (the host's certificate would not be checked)")
+	case transport == "winrm" && spec["https"] != "true" && spec["auth"] != "ntlm":
+		return refuse("winrm Basic authentication over plain HTTP (the password would cross the network in clear): set https or auth ntlm")
+	}
+	return nil
 }
 
 // Check tells whether credential name exists and may be used for address,

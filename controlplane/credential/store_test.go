@@ -65,8 +65,15 @@ func TestHostAllowed(t *testing.T) {
 		want     bool
 	}{
 		{nil, "anything", true},
-		{[]string{"10.1.*"}, "10.1.2.3", true},
-		{[]string{"10.1.*"}, "10.2.0.1", false},
+		{[]string{"10.1.*.*"}, "10.1.2.3", true},
+		{[]string{"10.1.*.*"}, "10.2.0.1", false},
+		{[]string{"10.1.*"}, "10.1.evil", true},
+		{[]string{"10.1.*.*"}, "10.1.evil.com", true},
+		{[]string{"10.1.0.0/16"}, "10.1.evil.com", false},
+		{[]string{"10.1.0.0/16"}, "10.1.200.3", true},
+		{[]string{"10.1.0.0/16"}, "10.2.0.3", false},
+		{[]string{"10.1.*"}, "10.1.2.3", false},
+		{[]string{"*.lab.example.com"}, "a.b.lab.example.com", false},
 		{[]string{"*.lab.example.com"}, "DB1.lab.example.com", true},
 		{[]string{"*.lab.example.com"}, "lab.example.com.evil", false},
 		{[]string{"a", "b"}, "b", true},
@@ -74,6 +81,26 @@ func TestHostAllowed(t *testing.T) {
 	for _, tt := range tests {
 		if got := HostAllowed(tt.patterns, tt.address); got != tt.want {
 			t.Errorf("HostAllowed(%v, %q) = %v, want %v", tt.patterns, tt.address, got, tt.want)
+		}
+	}
+}
+
+func TestCheckUse(t *testing.T) {
+	for _, tt := range []struct {
+		transport string
+		spec      map[string]string
+		ok        bool
+	}{
+		{"ssh", map[string]string{"known_hosts": "/k"}, true},
+		{"ssh", map[string]string{"proxy_jump": "bastion"}, false},
+		{"ssh", map[string]string{"host_key_policy": "tofu"}, false},
+		{"winrm", map[string]string{"https": "true"}, true},
+		{"winrm", map[string]string{"auth": "ntlm"}, true},
+		{"winrm", map[string]string{}, false},
+		{"winrm", map[string]string{"https": "true", "insecure_skip_verify": "true"}, false},
+	} {
+		if err := CheckUse("c", tt.transport, tt.spec); (err == nil) != tt.ok {
+			t.Errorf("CheckUse(%s, %v) = %v, want ok=%v", tt.transport, tt.spec, err, tt.ok)
 		}
 	}
 }

@@ -345,6 +345,13 @@ func (g *Gateway) toAssignment(ctx context.Context, c execution.Claim) (*agentv1
 		}
 		if remote != nil {
 			aimAt(a, remote, login)
+			if login.value != "" {
+				// Checked at execute time too; the job may have changed
+				// nothing since, but this is the last word.
+				if err := credential.CheckUse(remote.GetCredential(), remote.GetTransport(), a.GetSpec()); err != nil {
+					return nil, err
+				}
+			}
 		}
 		if a.GetPlugin() == "" {
 			a.Plugin = "shell"

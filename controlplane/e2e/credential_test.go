@@ -128,6 +128,18 @@ func TestStoredCredentials(t *testing.T) {
 		t.Fatalf("misuse refusal = %s", refused)
 	}
 
+	// Nor through a bastion, which would receive it.
+	raw = call(http.StatusOK, "POST", "/api/v1/jobs", map[string]any{"name": "via-bastion", "targets": []map[string]any{
+		remote("127.0.0.1", sshtest.User, "lab-password", map[string]string{"proxy_jump": "127.0.0.2:" + sshd.Port})},
+		"actions": []map[string]any{{"command": "true"}}})
+	if err := json.Unmarshal(raw, &created); err != nil {
+		t.Fatal(err)
+	}
+	refused = call(http.StatusBadRequest, "POST", "/api/v1/jobs/"+created.Job.ID+"/execute", map[string]any{})
+	if !strings.Contains(string(refused), "may not be used with proxy_jump") {
+		t.Fatalf("credential through a bastion: %s", refused)
+	}
+
 	// Rotation: a second replica holds a new current key and the old one;
 	// rekey reseals everything, and runs through it still log in.
 	k2 := "k2:" + base64.StdEncoding.EncodeToString(secretbox.NewKey())

@@ -87,13 +87,15 @@ func TestRemoteTargetsThroughJumpAgents(t *testing.T) {
 
 // TestWinRMThroughJumpAgent: a remote target with transport winrm runs
 // through a real jump agent process against the WS-Management emulator
-// (winrmtest: no Windows host exists here), logging in with a stored
-// password credential; a cmd command and a PowerShell script report their
+// (winrmtest: no Windows host exists here), logging in over NTLM with a
+// stored password credential (Basic over plain HTTP is refused for a
+// stored password); a cmd command and a PowerShell script report their
 // output and exit codes per action.
 func TestWinRMThroughJumpAgent(t *testing.T) {
 	t.Parallel()
 	const password = "W1nRM-Cred-Value"
 	win := winrmtest.Start(t, "Administrator", password, false)
+	win.RequireNTLM()
 	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite),
 		"OPSCONDUCTOR_CREDENTIAL_KEYS": "k1:" + base64.StdEncoding.EncodeToString(secretbox.NewKey())})
 	jump := s.StartAgent(t, "jump-win", "role=jump")
@@ -101,7 +103,7 @@ func TestWinRMThroughJumpAgent(t *testing.T) {
 	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/credentials", map[string]any{
 		"credential": map[string]any{"name": "win-admin", "kind": "password", "hosts": []string{"127.0.0.1"}}, "value": password}, nil))
 	j := createJob(t, s, map[string]any{"name": "windows", "targets": []map[string]any{{"remote": map[string]any{
-		"via": "role=jump", "transport": "winrm", "port": win.Port, "credential": "win-admin",
+		"via": "role=jump", "transport": "winrm", "port": win.Port, "credential": "win-admin", "options": map[string]string{"auth": "ntlm"},
 		"hosts": []map[string]any{{"address": "127.0.0.1", "name": "win-1"}}}}},
 		"actions": []map[string]any{
 			{"name": "cmd", "command": "echo hello from cmd"},

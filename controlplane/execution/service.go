@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -26,6 +27,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/auth"
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
+	"github.com/opsconductor/opsconductor/controlplane/credential"
 	"github.com/opsconductor/opsconductor/controlplane/label"
 	"github.com/opsconductor/opsconductor/controlplane/notify"
 	"github.com/opsconductor/opsconductor/controlplane/params"
@@ -226,7 +228,7 @@ func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*
 	if err := checkPlugins(job, agents); err != nil {
 		return nil, nil, err
 	}
-	if err := s.checkCredentials(ctx, agents); err != nil {
+	if err := s.checkCredentials(ctx, job, agents); err != nil {
 		return nil, nil, err
 	}
 	if opts.dryRun {
@@ -285,7 +287,7 @@ func checkPlugins(job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgen
 // checkCredentials refuses a run whose remote hosts name a stored
 // credential that does not exist or may not be used for them: better now
 // than as a failed task.
-func (s *Service) checkCredentials(ctx context.Context, agents []*opsconductorv1.ResolvedAgent) error {
+func (s *Service) checkCredentials(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent) error {
 	for _, a := range agents {
 		r := a.GetRemote()
 		if r == nil || r.GetCredential() == "" || strings.HasPrefix(r.GetCredential(), "agent:") {
@@ -296,6 +298,18 @@ func (s *Service) checkCredentials(ctx context.Context, agents []*opsconductorv1
 		}
 		if err := s.cfg.Credentials.Check(ctx, r.GetCredential(), r.GetAddress()); err != nil {
 			return err
+		}
+		// The settings it would be used with, as the agent gets them:
+		// the target's options under each action's own spec.
+		for _, act := range job.GetActions() {
+			spec := maps.Clone(r.GetOptions())
+			if spec == nil {
+				spec = map[string]string{}
+			}
+			maps.Copy(spec, act.GetSpec())
+			if err := credential.CheckUse(r.GetCredential(), r.GetTransport(), spec); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

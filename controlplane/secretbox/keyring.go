@@ -52,9 +52,13 @@ func ParseKeyring(spec string) (*Keyring, error) {
 	return k, nil
 }
 
-// redact keeps a malformed key entry's id and hides the rest.
+// redact keeps a malformed key entry's id and hides the rest; an entry
+// without an id may be the key itself, so none of it is shown.
 func redact(part string) string {
-	id, _, _ := strings.Cut(part, ":")
+	id, _, ok := strings.Cut(part, ":")
+	if !ok || len(id) > 64 {
+		return "(an entry without an id)"
+	}
 	return id + ":…"
 }
 

@@ -31,9 +31,10 @@ type Credential struct {
 	// "ssh_key" (a PEM private key) or "password".
 	Kind        string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
-	// Host addresses it may be used for, as glob patterns such as
-	// "10.1.*" or "*.lab.example.com"; empty: any host. A password is sent
-	// to the host it logs in to, so restrict it to the hosts it belongs to.
+	// Host addresses it may be used for: CIDR blocks such as "10.1.0.0/16"
+	// or name patterns such as "*.lab.example.com" (a "*" stands for one
+	// label or part of one, never a dot); empty: any host. A password is
+	// sent to the host it logs in to, so restrict it to its hosts.
 	Hosts []string `protobuf:"bytes,4,rep,name=hosts,proto3" json:"hosts,omitempty"`
 	// The id of the key that seals the value.
 	KeyId         string                 `protobuf:"bytes,5,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
