@@ -94,7 +94,12 @@ func (e builtinExecutor) Execute(ctx context.Context, a Action, stdout, stderr i
 	}
 	res := c.Execute(runCtx, toPluginAction(a), &pluginv1.Target{Transport: e.name}, stdout, stderr)
 	if res.Status == StatusCancelled && ctx.Err() == nil && runCtx.Err() != nil {
-		return Result{Status: StatusTimedOut, ExitCode: -1, Error: fmt.Sprintf("the %s executor did not stop within %s of its %s timeout", e.name, hangGuard, a.Timeout)}
+		// It hangs: replace it rather than send it the next action.
+		e.b.pool.kill(e.name)
+		if e.name == "shell" {
+			KillTaskProcesses(a.Task)
+		}
+		return Result{Status: StatusTimedOut, ExitCode: -1, Error: fmt.Sprintf("the %s executor did not stop within %s of its %s timeout; it was restarted", e.name, hangGuard, a.Timeout)}
 	}
 	if res.Status == StatusFailed && strings.HasPrefix(res.Error, "plugin failed:") {
 		res.Error = fmt.Sprintf("the %s executor crashed during the action (%s); it is restarted for the next one", e.name, strings.TrimPrefix(res.Error, "plugin failed: "))

@@ -72,6 +72,27 @@ func (p *pool) client(name string, config func() *plugin.ClientConfig) (*sdk.Cli
 	return raw.(*sdk.Client), nil
 }
 
+// kill stops the named plugin's process (the next use starts a new one).
+func (p *pool) kill(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c := p.clients[name]; c != nil {
+		c.Kill()
+		delete(p.clients, name)
+	}
+}
+
+// names are the plugins started so far.
+func (p *pool) names() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for n := range p.clients {
+		out = append(out, n)
+	}
+	return out
+}
+
 // running returns the connection to the named plugin if it runs now
 // (none, not started, when it does not).
 func (p *pool) running(name string) []*sdk.Client {
@@ -208,11 +229,24 @@ func (r Router) Execute(ctx context.Context, a Action, stdout, stderr io.Writer)
 }
 
 // EndTask tells the executors that share something between a task's
-// actions that the task is over.
+// actions that the task is over: the built-in ones and the external
+// plugins running now.
 func (r Router) EndTask(ctx context.Context, taskID string) {
 	for _, e := range []Executor{r.Shell, r.SSH, r.WinRM} {
 		if te, ok := e.(TaskEnder); ok {
 			te.EndTask(ctx, taskID)
+		}
+	}
+	if r.Plugins != nil {
+		r.Plugins.EndTask(ctx, taskID)
+	}
+}
+
+// EndTask tells every external plugin running now that a task is over.
+func (p *Plugins) EndTask(ctx context.Context, taskID string) {
+	for _, name := range p.pool.names() {
+		for _, c := range p.pool.running(name) {
+			c.EndTask(ctx, taskID)
 		}
 	}
 }

@@ -12,6 +12,12 @@ import (
 // claimable by the candidates.
 func (b testBundle) makeRemote(t *testing.T, id string, hosts int, candidates ...string) []TaskRecord {
 	t.Helper()
+	return b.makeRemoteWith(t, ExecutionRecord{}, id, hosts, candidates...)
+}
+
+// makeRemoteWith is makeRemote with settings from base.
+func (b testBundle) makeRemoteWith(t *testing.T, base ExecutionRecord, id string, hosts int, candidates ...string) []TaskRecord {
+	t.Helper()
 	var tasks []TaskRecord
 	for i := range hosts {
 		host := fmt.Sprintf("10.0.0.%d", i+1)
@@ -22,8 +28,9 @@ func (b testBundle) makeRemote(t *testing.T, id string, hosts int, candidates ..
 		}
 		tasks = append(tasks, tr)
 	}
-	rec := ExecutionRecord{ID: id, JobID: "job-" + id, JobName: "job", JobVersion: 1, Snapshot: []byte(`{"name":"job"}`),
-		CorrelationID: "corr", CreatedAt: time.Now().UTC()}
+	rec := base
+	rec.ID, rec.JobID, rec.JobName, rec.JobVersion, rec.Snapshot, rec.CorrelationID, rec.CreatedAt =
+		id, "job-"+id, "job", 1, []byte(`{"name":"job"}`), "corr", time.Now().UTC()
 	if _, err := b.st.ExecutionCreate(b.ctx, rec, tasks, ConcurrencyAllow, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -123,6 +130,34 @@ func TestRemoteTasksContract(t *testing.T) {
 				}
 				if c, err := b.st.TaskClaimRemote(b.ctx, "j2", 5, time.Minute); err != nil || len(c) != 2 {
 					t.Fatalf("j2 claimed %d (%v), want 2", len(c), err)
+				}
+			})
+
+			t.Run("a task whose only jump agent is revoked ends", func(t *testing.T) {
+				b := setup(t, d)
+				tasks := b.makeRemote(t, "e1", 1, "j1")
+				n, err := b.st.TaskLoseByAgent(b.ctx, "j1", "agent revoked", nil)
+				if err != nil || n != 1 {
+					t.Fatalf("lost %d (%v), want the stranded task", n, err)
+				}
+				task, err := b.st.TaskGet(b.ctx, tasks[0].ID)
+				if err != nil || task.Status != TaskLost {
+					t.Fatalf("task = %+v (%v)", task, err)
+				}
+				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); !isFinal(e.Status) {
+					t.Fatalf("execution still %s", e.Status)
+				}
+			})
+
+			t.Run("exclusive runs on one remote host do not overlap", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeRemoteWith(t, ExecutionRecord{Exclusive: true}, "e1", 1, "j1")
+				b.makeRemoteWith(t, ExecutionRecord{Exclusive: true}, "e2", 1, "j2")
+				if c, err := b.st.TaskClaimRemote(b.ctx, "j1", 1, time.Minute); err != nil || len(c) != 1 {
+					t.Fatalf("j1 claimed %d (%v)", len(c), err)
+				}
+				if c, err := b.st.TaskClaimRemote(b.ctx, "j2", 1, time.Minute); err != nil || len(c) != 0 {
+					t.Fatalf("j2 claimed %d tasks on a host an exclusive run holds (%v)", len(c), err)
 				}
 			})
 

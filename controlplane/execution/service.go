@@ -225,6 +225,11 @@ func (s *Service) resolve(ctx context.Context, job *opsconductorv1.Job) ([]*opsc
 // agents, dangerous commands) and stores the execution with a task per
 // agent. parentID links a retry to the execution it retries.
 func (s *Service) start(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.Execution, *opsconductorv1.ExecutionPlan, error) {
+	// Authorisation first: what follows says things about agents and
+	// credentials a caller without the right should not learn.
+	if err := s.mayRun(ctx, job, agents); err != nil {
+		return nil, nil, err
+	}
 	if err := checkPlugins(job, agents); err != nil {
 		return nil, nil, err
 	}

@@ -672,6 +672,24 @@ func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease
 			found = false
 			return &overParallel{execution: task.ExecutionID}
 		}
+		if remote && tx.Dialect() == store.Postgres {
+			// Several jump agents claim tasks on one host at once: the
+			// exclusive check in the query cannot see a claim not yet
+			// committed. Claims on one host are serialised here and the
+			// check repeated (SQLite's single writer needs none of this).
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, task.TargetKey); err != nil {
+				return fmt.Errorf("lock target %s: %w", task.TargetKey, err)
+			}
+			var clash int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM tasks o WHERE o.target_key = $1 AND o.status = $2 AND o.execution_id <> $3
+				AND (o.exclusive = TRUE OR (SELECT m.exclusive FROM tasks m WHERE m.id = $4))`, task.TargetKey, TaskRunning, task.ExecutionID, task.ID).Scan(&clash); err != nil {
+				return fmt.Errorf("check exclusive runs on %s: %w", task.TargetKey, err)
+			}
+			if clash > 0 {
+				found = false
+				return &overParallel{execution: task.ExecutionID}
+			}
+		}
 		if execStatus == ExecQueued {
 			if _, err := tx.ExecContext(ctx, `UPDATE executions SET status = $1, started_at = $2 WHERE id = $3 AND status = $4`,
 				ExecRunning, t, task.ExecutionID, ExecQueued); err != nil {
@@ -1100,12 +1118,12 @@ func (s *Store) TaskReassign(ctx context.Context, taskID, from, toID, toName str
 // with reason (the agent was revoked) and returns how many. afterCommit
 // (may be nil) runs after each task's transaction.
 func (s *Store) TaskLoseByAgent(ctx context.Context, agentID, reason string, afterCommit func()) (int, error) {
-	// It no longer takes remote-host tasks; those queued stay for the other
-	// jump agents.
-	if _, err := s.db.ExecContext(ctx, `DELETE FROM task_candidates WHERE agent_id = $1`, agentID); err != nil {
-		return 0, fmt.Errorf("drop agent %s from jump candidates: %w", agentID, err)
-	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tasks WHERE agent_id = $1 AND status IN ($2, $3)`, agentID, TaskQueued, TaskRunning)
+	// It no longer takes remote-host tasks. Those queued stay for the
+	// other jump agents; those it was the only one for end with it rather
+	// than wait for no one.
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tasks WHERE (agent_id = $1 AND status IN ($2, $3))
+		OR (agent_id = '' AND status = $2 AND EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tasks.id AND c.agent_id = $1)
+			AND NOT EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tasks.id AND c.agent_id <> $1))`, agentID, TaskQueued, TaskRunning)
 	if err != nil {
 		return 0, fmt.Errorf("find tasks of agent %s: %w", agentID, err)
 	}
@@ -1119,6 +1137,9 @@ func (s *Store) TaskLoseByAgent(ctx context.Context, agentID, reason string, aft
 		ids = append(ids, id)
 	}
 	rows.Close()
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM task_candidates WHERE agent_id = $1`, agentID); err != nil {
+		return 0, fmt.Errorf("drop agent %s from jump candidates: %w", agentID, err)
+	}
 	n := 0
 	for _, id := range ids {
 		err := s.db.InTx(ctx, func(tx *store.Tx) error {

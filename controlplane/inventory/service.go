@@ -191,6 +191,13 @@ func (s *Service) UpdateHost(ctx context.Context, req *connect.Request[opsconduc
 }
 
 func (s *Service) DeleteHost(ctx context.Context, req *connect.Request[opsconductorv1.DeleteHostRequest]) (*connect.Response[opsconductorv1.DeleteHostResponse], error) {
+	cur, err := s.store.HostGet(ctx, req.Msg.GetName())
+	if err != nil {
+		return nil, hostErr(req.Msg.GetName(), err)
+	}
+	if cur.Source == SourceSync {
+		return nil, apperr.FailedPrecondition("host %s comes from the external inventory: remove it there (the next import would bring it back)", cur.Name)
+	}
 	if err := s.store.HostDelete(ctx, req.Msg.GetName()); err != nil {
 		return nil, hostErr(req.Msg.GetName(), err)
 	}
@@ -247,6 +254,9 @@ func (s *Service) UpdateGroup(ctx context.Context, req *connect.Request[opscondu
 		return nil, apperr.Invalid("group", vs)
 	}
 	g := req.Msg.GetGroup()
+	if cur, err := s.store.GroupGet(ctx, g.GetName()); err == nil && cur.Source == SourceSync {
+		return nil, apperr.FailedPrecondition("group %s comes from the external inventory: change it there", g.GetName())
+	}
 	if err := s.store.GroupUpdate(ctx, Group{Name: g.GetName(), Description: g.GetDescription(), Labels: g.GetLabels(),
 		UpdatedAt: time.Now().UTC().Truncate(time.Microsecond)}); errors.Is(err, store.ErrNotFound) {
 		return nil, apperr.NotFound("group %q not found", g.GetName())
@@ -281,7 +291,7 @@ func (s *Service) status(ctx context.Context) (*opsconductorv1.SyncStatus, error
 	out := &opsconductorv1.SyncStatus{LastAttemptTime: tsOrNil(st.LastAttempt), LastSuccessTime: tsOrNil(st.LastSuccess),
 		LastError: st.LastError, Hosts: int32(st.Hosts), Skipped: st.Skipped}
 	if s.sync != nil {
-		out.Url, out.Interval = s.sync.cfg.URL, durationpb.New(s.sync.cfg.Interval)
+		out.Url, out.Interval = RedactURL(s.sync.cfg.URL), durationpb.New(s.sync.cfg.Interval)
 	}
 	return out, nil
 }

@@ -338,6 +338,12 @@ func (s *Store) groups(ctx context.Context, where string, args ...any) ([]Group,
 func (s *Store) ReplaceSynced(ctx context.Context, hosts []Host, groups []Group, at time.Time) ([]string, error) {
 	var skipped []string
 	err := s.db.InTx(ctx, func(tx *store.Tx) error {
+		if tx.Dialect() == store.Postgres {
+			// Every replica imports; one at a time.
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtext('opsconductor.inventory.sync'))`); err != nil {
+				return fmt.Errorf("lock the import: %w", err)
+			}
+		}
 		// The import replaces the imported part wholesale.
 		if _, err := tx.ExecContext(ctx, `DELETE FROM host_groups WHERE host_name IN (SELECT name FROM hosts WHERE source = $1)`, SourceSync); err != nil {
 			return fmt.Errorf("clear imported memberships: %w", err)

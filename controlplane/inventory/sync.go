@@ -2,9 +2,11 @@ package inventory
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"time"
 
@@ -48,6 +50,22 @@ func NewSyncer(st *Store, cfg SyncConfig, client *http.Client, logger *zap.Logge
 	return &Syncer{store: st, cfg: cfg, client: client, logger: logger.Named("inventory-sync")}
 }
 
+// RedactURL hides what a URL may carry of secrets (user info, query) for
+// logs and the status.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	if u.User != nil {
+		u.User = url.User("…")
+	}
+	if u.RawQuery != "" {
+		u.RawQuery = "…"
+	}
+	return u.String()
+}
+
 // Loop imports at once and then every interval until ctx ends.
 func (y *Syncer) Loop(ctx context.Context) error {
 	t := time.NewTicker(y.cfg.Interval)
@@ -74,7 +92,7 @@ func (y *Syncer) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	y.logger.Warn("external inventory import failed; keeping the last good one", zap.String("url", y.cfg.URL), zap.Error(err))
+	y.logger.Warn("external inventory import failed; keeping the last good one", zap.String("url", RedactURL(y.cfg.URL)), zap.Error(err))
 	if rerr := y.store.SyncFailed(context.WithoutCancel(ctx), at, err.Error()); rerr != nil {
 		y.logger.Error("record failed import", zap.Error(rerr))
 	}
@@ -93,39 +111,43 @@ func (y *Syncer) fetch(ctx context.Context) ([]Host, []Group, error) {
 	}
 	resp, err := y.client.Do(req)
 	if err != nil {
-		return nil, nil, fmt.Errorf("fetch %s: %w", y.cfg.URL, err)
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err // its text repeats the whole URL
+		}
+		return nil, nil, fmt.Errorf("fetch %s: %w", RedactURL(y.cfg.URL), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("fetch %s: HTTP %d", y.cfg.URL, resp.StatusCode)
+		return nil, nil, fmt.Errorf("fetch %s: HTTP %d", RedactURL(y.cfg.URL), resp.StatusCode)
 	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, y.cfg.MaxBytes+1))
 	if err != nil {
-		return nil, nil, fmt.Errorf("read %s: %w", y.cfg.URL, err)
+		return nil, nil, fmt.Errorf("read %s: %w", RedactURL(y.cfg.URL), err)
 	}
 	if int64(len(raw)) > y.cfg.MaxBytes {
-		return nil, nil, fmt.Errorf("%s: the document is larger than %d bytes", y.cfg.URL, y.cfg.MaxBytes)
+		return nil, nil, fmt.Errorf("%s: the document is larger than %d bytes", RedactURL(y.cfg.URL), y.cfg.MaxBytes)
 	}
 	var doc opsconductorv1.InventoryDocument
 	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, &doc); err != nil {
-		return nil, nil, fmt.Errorf("%s: not an inventory document: %w", y.cfg.URL, err)
+		return nil, nil, fmt.Errorf("%s: not an inventory document: %w", RedactURL(y.cfg.URL), err)
 	}
 	var hosts []Host
 	seen := map[string]bool{}
 	groupSet := map[string]Group{}
 	for i, g := range doc.GetGroups() {
 		if vs := validateGroup(fmt.Sprintf("groups[%d]", i), g); len(vs) > 0 {
-			return nil, nil, fmt.Errorf("%s: %s %s", y.cfg.URL, vs[0].Field, vs[0].Description)
+			return nil, nil, fmt.Errorf("%s: %s %s", RedactURL(y.cfg.URL), vs[0].Field, vs[0].Description)
 		}
 		groupSet[g.GetName()] = Group{Name: g.GetName(), Description: g.GetDescription(), Labels: g.GetLabels(), Source: SourceSync}
 	}
 	for i, h := range doc.GetHosts() {
 		field := fmt.Sprintf("hosts[%d]", i)
 		if vs := validateHost(field, h); len(vs) > 0 {
-			return nil, nil, fmt.Errorf("%s: %s %s", y.cfg.URL, vs[0].Field, vs[0].Description)
+			return nil, nil, fmt.Errorf("%s: %s %s", RedactURL(y.cfg.URL), vs[0].Field, vs[0].Description)
 		}
 		if seen[h.GetName()] {
-			return nil, nil, fmt.Errorf("%s: %s.name %q appears twice", y.cfg.URL, field, h.GetName())
+			return nil, nil, fmt.Errorf("%s: %s.name %q appears twice", RedactURL(y.cfg.URL), field, h.GetName())
 		}
 		seen[h.GetName()] = true
 		rec := fromHostProto(h, SourceSync, time.Time{})
