@@ -129,6 +129,8 @@ func ServeBuiltin(name string) {
 	var exec Executor
 	switch name {
 	case "shell":
+		// A shell plugin before this one may have died mid-action.
+		sandbox.SweepCgroups()
 		// go-plugin's own settings (its client certificate among them)
 		// are not the actions' business.
 		exec = &Shell{Sandbox: cfg.Sandbox, Defaults: cfg.Defaults, DropEnv: []string{builtinConfigEnv, "OPSCONDUCTOR_PLUGIN", "PLUGIN_"}}

@@ -234,3 +234,26 @@ func (c *cgroup) remove() {
 	}
 	_ = errors.Join(errs...)
 }
+
+// SweepCgroups removes the action cgroups left empty by a helper or shell
+// plugin that died before cleaning up. A cgroup with processes in it is
+// refused by the kernel and stays.
+func SweepCgroups() {
+	var parents []string
+	if _, err := os.Stat(filepath.Join(cgroupRoot, "cgroup.controllers")); err == nil {
+		parents = []string{filepath.Join(cgroupRoot, "opsconductor")}
+	} else {
+		parents = []string{filepath.Join(cgroupRoot, "memory", "opsconductor"), filepath.Join(cgroupRoot, "pids", "opsconductor")}
+	}
+	for _, p := range parents {
+		entries, err := os.ReadDir(p)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if e.IsDir() && strings.HasPrefix(e.Name(), "action-") {
+				_ = os.Remove(filepath.Join(p, e.Name()))
+			}
+		}
+	}
+}
