@@ -45,23 +45,27 @@ const (
 	// The inventory of remote hosts and groups.
 	PermInventoryRead  = "inventory:read"
 	PermInventoryWrite = "inventory:write"
+	// Schedules that run jobs on a clock.
+	PermSchedulesRead  = "schedules:read"
+	PermSchedulesWrite = "schedules:write"
 )
 
 // Permissions lists every permission, for validating custom roles.
 var Permissions = []string{
 	PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected,
 	PermExecutionsDanger, PermAgentsRead, PermAgentsManage, PermTokensManage, PermUsersManage, PermAuditRead,
-	PermCredentialsRead, PermCredentialsManage, PermInventoryRead, PermInventoryWrite,
+	PermCredentialsRead, PermCredentialsManage, PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite,
 }
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
 	"admin": {"*"},
 	"operator": {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead, PermCredentialsRead,
-		PermInventoryRead, PermInventoryWrite},
-	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead, PermInventoryRead},
-	"viewer":    {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead},
-	"auditor":   {PermSelfRead, PermAuditRead},
+		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite},
+	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead, PermInventoryRead,
+		PermSchedulesRead, PermSchedulesWrite},
+	"viewer":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead, PermSchedulesRead},
+	"auditor": {PermSelfRead, PermAuditRead},
 }
 
 // BuiltinRoleNames lists the built-in roles.

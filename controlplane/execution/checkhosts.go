@@ -108,3 +108,11 @@ func (s *Service) hostChecks(ctx context.Context, executionID, pending string) (
 	}
 	return out, executionID, nil
 }
+
+// PlanRun checks that the caller may run job jobID with these parameter
+// values and targets (nil: the job's own), as a dry run does: the
+// scheduling service asks before it saves a schedule that will run it.
+func (s *Service) PlanRun(ctx context.Context, jobID string, parameters map[string]string, targets []*opsconductorv1.Target) error {
+	_, _, err := s.create(ctx, jobID, 0, "schedule.job_id", startOpts{targets: targets, parameters: parameters, dryRun: true})
+	return err
+}

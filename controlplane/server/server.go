@@ -52,6 +52,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/ratelimit"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
 	"github.com/opsconductor/opsconductor/controlplane/safety"
+	"github.com/opsconductor/opsconductor/controlplane/schedule"
 	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
@@ -192,6 +193,11 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected, Secrets: box,
 		Credentials: creds, Nudge: func() { nudgeExecRelay() }})
 	jobs.SetHostChecker(execs)
+	schedDB, err := a.openStore(ctx, schedule.Schema, schedule.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	schedules := schedule.NewService(schedule.NewStore(schedDB), execs, nil, logger)
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
 	// and a counter. Audit and notifications subscribe here later.
@@ -245,6 +251,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	add(opsconductorv1connect.NewSafetyServiceHandler(safetySvc, opts))
 	add(opsconductorv1connect.NewCredentialServiceHandler(creds, opts))
 	add(opsconductorv1connect.NewInventoryServiceHandler(inv, opts))
+	add(opsconductorv1connect.NewScheduleServiceHandler(schedules, opts))
 	var services []*vanguard.Service
 	for _, m := range mounts {
 		services = append(services, vanguard.NewService(m.path, m.handler))
@@ -285,6 +292,7 @@ func Services() []protoreflect.ServiceDescriptor {
 		opsconductorv1.File_opsconductor_v1_safety_proto.Services().ByName("SafetyService"),
 		opsconductorv1.File_opsconductor_v1_credential_proto.Services().ByName("CredentialService"),
 		opsconductorv1.File_opsconductor_v1_inventory_proto.Services().ByName("InventoryService"),
+		opsconductorv1.File_opsconductor_v1_schedule_proto.Services().ByName("ScheduleService"),
 		agentv1.File_opsconductor_agent_v1_agent_proto.Services().ByName("AgentService"),
 	}
 }
