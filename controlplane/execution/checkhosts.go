@@ -3,6 +3,7 @@ package execution
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -10,6 +11,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/opsconductor/opsconductor/controlplane/auth"
+	"github.com/opsconductor/opsconductor/controlplane/schedule"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
 
@@ -44,7 +47,7 @@ func (s *Service) CheckHosts(ctx context.Context, job *opsconductorv1.Job, param
 	if err != nil {
 		return nil, "", err
 	}
-	e, _, err := s.start(ctx, probe, agents, startOpts{parameters: parameters})
+	e, _, err := s.start(ctx, probe, agents, startOpts{parameters: parameters, trigger: "validate"})
 	if err != nil {
 		return nil, "", err
 	}
@@ -115,4 +118,29 @@ func (s *Service) hostChecks(ctx context.Context, executionID, pending string) (
 func (s *Service) PlanRun(ctx context.Context, jobID string, parameters map[string]string, targets []*opsconductorv1.Target) error {
 	_, _, err := s.create(ctx, jobID, 0, "schedule.job_id", startOpts{targets: targets, parameters: parameters, dryRun: true})
 	return err
+}
+
+// FireSchedule creates the execution of one schedule fire, as the
+// schedule: its creator's right to run the job was checked when it was
+// saved. The execution is idempotent on (schedule, slot): a fire retried
+// after a crash returns the execution the first try created.
+func (s *Service) FireSchedule(ctx context.Context, r schedule.Run) (string, error) {
+	p := auth.Principal{Name: "schedule:" + r.ScheduleID, Method: "schedule", Roles: []string{"scheduler"},
+		Grants: []auth.Grant{{Role: "scheduler", Permissions: []string{auth.PermExecutionsRun, auth.PermExecutionsRunProtected}}}}
+	opts := startOpts{targets: r.Targets, parameters: r.Parameters, idempotencyKey: strconv.FormatInt(r.Slot.UnixNano(), 10),
+		trigger: "schedule", scheduleID: r.ScheduleID}
+	if r.Queue {
+		opts.policy = &opsconductorv1.ExecutionPolicy{Concurrency: ConcurrencyQueue}
+	}
+	e, _, err := s.create(auth.WithPrincipal(ctx, p), r.JobID, 0, "job_id", opts)
+	if err != nil {
+		return "", err
+	}
+	return e.GetId(), nil
+}
+
+// ScheduleRunning reports whether an execution the schedule fired is still
+// queued or running.
+func (s *Service) ScheduleRunning(ctx context.Context, scheduleID string) (bool, error) {
+	return s.store.ScheduleRunning(ctx, scheduleID)
 }

@@ -176,6 +176,8 @@ type startOpts struct {
 	policy         *opsconductorv1.ExecutionPolicy
 	idempotencyKey string
 	parentID       string
+	trigger        string // "" means "api"
+	scheduleID     string
 }
 
 func (s *Service) create(ctx context.Context, jobID string, version int64, idField string, opts startOpts) (*opsconductorv1.Execution, *opsconductorv1.ExecutionPlan, error) {
@@ -455,6 +457,8 @@ func (s *Service) run(ctx context.Context, job *opsconductorv1.Job, agents []*op
 		BatchPause:     pol.BatchPause,
 		Timeout:        pol.Timeout,
 		Exclusive:      pol.Exclusive,
+		Trigger:        opts.trigger,
+		ScheduleID:     opts.scheduleID,
 		TaskTimeout:    pol.TaskTimeout,
 		CreatedAt:      time.Now().UTC().Truncate(time.Microsecond),
 	}
@@ -590,7 +594,7 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 			return nil, fmt.Errorf("decode policy of execution %s: %w", parent.ID, err)
 		}
 	}
-	e, err := s.run(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values, policy: pol})
+	e, err := s.run(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values, policy: pol, trigger: "retry"})
 	if err != nil {
 		return nil, err
 	}
@@ -762,7 +766,7 @@ func toExecution(rec ExecutionRecord, tasks []TaskRecord) (*opsconductorv1.Execu
 		Id: rec.ID, JobId: rec.JobID, JobName: rec.JobName, JobVersion: rec.JobVersion, Status: rec.Status,
 		CorrelationId: rec.CorrelationID, CreateTime: timestamppb.New(rec.CreatedAt), CreatedBy: rec.CreatedBy,
 		CancelledBy: rec.CancelledBy, CancelReason: rec.CancelReason, ParentId: rec.ParentID,
-		Reason: rec.Reason, WaitingFor: rec.WaitingFor,
+		Reason: rec.Reason, WaitingFor: rec.WaitingFor, Trigger: cmp.Or(rec.Trigger, "api"), ScheduleId: rec.ScheduleID,
 		StartTime: ts(rec.StartedAt), EndTime: ts(rec.FinishedAt), JobSnapshot: job,
 		TaskCounts: map[string]int32{},
 	}

@@ -108,7 +108,11 @@ type ExecutionRecord struct {
 	Timeout     time.Duration
 	TaskTimeout time.Duration
 	// Exclusive locks each target while a task of the execution runs on it.
-	Exclusive  bool
+	Exclusive bool
+	// Trigger is what started it ("api", "schedule", "retry", "validate";
+	// "" reads as "api") and ScheduleID the schedule that fired it.
+	Trigger    string
+	ScheduleID string
 	CreatedAt  time.Time
 	StartedAt  *time.Time
 	FinishedAt *time.Time
@@ -276,12 +280,13 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, event_seq, created_at,
 			created_by, allow_dangerous, dangerous_reason, parent_id, policy, waiting_for, idempotency_key,
-			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss, parameters, deadline_at, task_timeout_ms, exclusive)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)`,
+			max_parallel, batch_size, batch_pause_ms, max_failures, on_agent_loss, parameters, deadline_at, task_timeout_ms, exclusive,
+			trigger_kind, schedule_id)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)`,
 			e.ID, e.JobID, e.JobName, e.JobVersion, string(e.Snapshot), ExecQueued, e.CorrelationID, e.CreatedAt.UTC(),
 			e.CreatedBy, e.AllowDangerous, e.DangerousReason, e.ParentID, policyJSON, e.WaitingFor, key,
 			e.MaxParallel, e.BatchSize, e.BatchPause.Milliseconds(), maxFailures, cmp.Or(e.OnAgentLoss, "fail"), cmp.Or(string(e.Parameters), "{}"),
-			deadline, e.TaskTimeout.Milliseconds(), e.Exclusive); err != nil {
+			deadline, e.TaskTimeout.Milliseconds(), e.Exclusive, cmp.Or(e.Trigger, "api"), e.ScheduleID); err != nil {
 			return fmt.Errorf("insert execution: %w", store.Translate(err))
 		}
 		for i, t := range tasks {
@@ -329,6 +334,17 @@ func (s *Store) ExecutionCreate(ctx context.Context, e ExecutionRecord, tasks []
 		return nil
 	})
 	return existing, err
+}
+
+// ScheduleRunning reports whether an execution the schedule fired is
+// still queued or running.
+func (s *Store) ScheduleRunning(ctx context.Context, scheduleID string) (bool, error) {
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM executions WHERE schedule_id = $1 AND status IN ($2, $3)`,
+		scheduleID, ExecQueued, ExecRunning).Scan(&n); err != nil {
+		return false, fmt.Errorf("find running executions of schedule %s: %w", scheduleID, err)
+	}
+	return n > 0, nil
 }
 
 // ListParams filter and page ExecutionList.
@@ -453,9 +469,10 @@ func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, e
 	var snapshot, policyJSON, paramsJSON string
 	var started, finished sql.NullTime
 	err := s.db.QueryRowContext(ctx, `SELECT id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at,
-		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason, parent_id, policy, reason, waiting_for, parameters
+		created_by, allow_dangerous, dangerous_reason, cancelled_by, cancel_reason, parent_id, policy, reason, waiting_for, parameters, trigger_kind, schedule_id
 		FROM executions WHERE id = $1`, id).Scan(&e.ID, &e.JobID, &e.JobName, &e.JobVersion, &snapshot, &e.Status, &e.CorrelationID, &e.CreatedAt, &started, &finished,
-		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason, &e.ParentID, &policyJSON, &e.Reason, &e.WaitingFor, &paramsJSON)
+		&e.CreatedBy, &e.AllowDangerous, &e.DangerousReason, &e.CancelledBy, &e.CancelReason, &e.ParentID, &policyJSON, &e.Reason, &e.WaitingFor, &paramsJSON,
+		&e.Trigger, &e.ScheduleID)
 	if err != nil {
 		return ExecutionRecord{}, fmt.Errorf("get execution %s: %w", id, store.Translate(err))
 	}

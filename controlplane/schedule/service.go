@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/opsconductor/opsconductor/controlplane/apperr"
@@ -34,9 +35,8 @@ const (
 
 // Limits.
 const (
-	MaxJitter           = time.Hour
-	DefaultMisfireGrace = time.Hour
-	MaxPreview          = 100
+	MaxJitter  = time.Hour
+	MaxPreview = 100
 )
 
 // Planner checks that the caller may run a job with these parameters and
@@ -426,4 +426,30 @@ func Jitter(scheduleID string, slot time.Time, max time.Duration) time.Duration 
 	h := fnv.New64a()
 	fmt.Fprintf(h, "%s/%d", scheduleID, slot.UnixNano())
 	return time.Duration(h.Sum64() % uint64(max))
+}
+
+func (s *Service) ListScheduleFires(ctx context.Context, req *connect.Request[opsconductorv1.ListScheduleFiresRequest]) (*connect.Response[opsconductorv1.ListScheduleFiresResponse], error) {
+	if _, err := s.store.Get(ctx, req.Msg.GetId()); err != nil {
+		return nil, notFound(req.Msg.GetId(), err)
+	}
+	limit := int(req.Msg.GetLimit())
+	switch {
+	case limit == 0:
+		limit = 100
+	case limit < 0 || limit > 1000:
+		return nil, apperr.InvalidField("limit", "must be between 1 and 1000")
+	}
+	fires, err := s.store.Fires(ctx, req.Msg.GetId(), limit)
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ListScheduleFiresResponse{}
+	for _, f := range fires {
+		out := &opsconductorv1.ScheduleFire{ScheduledFor: timestamppb.New(f.ScheduledFor), Outcome: f.Outcome, Reason: f.Reason, ExecutionId: f.ExecutionID}
+		if f.FiredAt != nil {
+			out.FiredAt, out.Lateness = timestamppb.New(*f.FiredAt), durationpb.New(f.Lateness)
+		}
+		resp.Fires = append(resp.Fires, out)
+	}
+	return connect.NewResponse(resp), nil
 }

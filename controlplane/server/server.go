@@ -64,16 +64,17 @@ import (
 
 // App is a running control plane: every service in one process.
 type App struct {
-	cfg     config.Config
-	tls     *tls.Config
-	logger  *zap.Logger
-	dbs     []*store.DB
-	redis   *redis.Client
-	hub     *notify.Hub
-	relays  []*outbox.Relay
-	gateway *dispatch.Gateway
-	sync    *inventory.Syncer // nil: no external inventory
-	handler http.Handler
+	cfg       config.Config
+	tls       *tls.Config
+	logger    *zap.Logger
+	dbs       []*store.DB
+	redis     *redis.Client
+	hub       *notify.Hub
+	relays    []*outbox.Relay
+	gateway   *dispatch.Gateway
+	sync      *inventory.Syncer // nil: no external inventory
+	scheduler *schedule.Scheduler
+	handler   http.Handler
 }
 
 // New opens and migrates the stores and builds the services. Close
@@ -197,7 +198,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	if err != nil {
 		return nil, err
 	}
-	schedules := schedule.NewService(schedule.NewStore(schedDB), execs, nil, logger)
+	schedStore := schedule.NewStore(schedDB)
+	schedules := schedule.NewService(schedStore, execs, nil, logger)
+	a.scheduler = schedule.NewScheduler(schedDB, schedStore, execs, nil, logger, schedule.SchedulerConfig{})
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
 	// and a counter. Audit and notifications subscribe here later.
@@ -352,6 +355,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	if a.sync != nil {
 		background("inventory-sync", a.sync.Loop)
 	}
+	background("scheduler", a.scheduler.Run)
 
 	errc := make(chan error, 1)
 	go func() {

@@ -60,7 +60,12 @@ type Execution struct {
 	// (concurrency "queue").
 	WaitingFor string `protobuf:"bytes,20,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
 	// The parameter values in force; secret ones read "********".
-	Parameters    map[string]string `protobuf:"bytes,21,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Parameters map[string]string `protobuf:"bytes,21,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// What started it: "api" (a person or a token), "schedule", "retry" or
+	// "validate" (connection checks).
+	Trigger string `protobuf:"bytes,22,opt,name=trigger,proto3" json:"trigger,omitempty"`
+	// The schedule that fired it, for trigger "schedule".
+	ScheduleId    string `protobuf:"bytes,23,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -240,6 +245,20 @@ func (x *Execution) GetParameters() map[string]string {
 		return x.Parameters
 	}
 	return nil
+}
+
+func (x *Execution) GetTrigger() string {
+	if x != nil {
+		return x.Trigger
+	}
+	return ""
+}
+
+func (x *Execution) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
 }
 
 // Task is the run of an execution on one target.
@@ -1942,7 +1961,7 @@ var File_opsconductor_v1_execution_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"\n" +
-	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\x1a\x1copsconductor/v1/safety.proto\"\xa3\b\n" +
+	"\x1fopsconductor/v1/execution.proto\x12\x0fopsconductor.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1copsconductor/v1/access.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19opsconductor/v1/job.proto\x1a\x1copsconductor/v1/safety.proto\"\xde\b\n" +
 	"\tExecution\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x19\n" +
@@ -1973,7 +1992,10 @@ const file_opsconductor_v1_execution_proto_rawDesc = "" +
 	"waitingFor\x12J\n" +
 	"\n" +
 	"parameters\x18\x15 \x03(\v2*.opsconductor.v1.Execution.ParametersEntryR\n" +
-	"parameters\x1a=\n" +
+	"parameters\x12\x18\n" +
+	"\atrigger\x18\x16 \x01(\tR\atrigger\x12\x1f\n" +
+	"\vschedule_id\x18\x17 \x01(\tR\n" +
+	"scheduleId\x1a=\n" +
 	"\x0fTaskCountsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1a=\n" +

@@ -56,8 +56,10 @@ type Schedule struct {
 	Parameters map[string]string `protobuf:"bytes,14,rep,name=parameters,proto3" json:"parameters,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Instead of the job's targets.
 	Targets []*Target `protobuf:"bytes,15,rep,name=targets,proto3" json:"targets,omitempty"`
-	// After downtime: "skip" the missed fires (default) or "run_once" for
-	// the whole missed window, if within misfire_grace (default 1h).
+	// A fire later than misfire_grace (default 60s; the control plane was
+	// down, say) is missed: "skip" (default) records it and runs nothing,
+	// "run_once" runs the latest missed fire once. Of several fires due at
+	// once only the latest can run: the earlier are recorded missed.
 	MisfirePolicy string               `protobuf:"bytes,16,opt,name=misfire_policy,json=misfirePolicy,proto3" json:"misfire_policy,omitempty"`
 	MisfireGrace  *durationpb.Duration `protobuf:"bytes,17,opt,name=misfire_grace,json=misfireGrace,proto3" json:"misfire_grace,omitempty"`
 	// When the previous run of this schedule still runs: "allow", "skip"
@@ -935,6 +937,191 @@ func (x *ResumeScheduleResponse) GetSchedule() *Schedule {
 	return nil
 }
 
+type ListScheduleFiresRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// At most this many (default 100, at most 1000).
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListScheduleFiresRequest) Reset() {
+	*x = ListScheduleFiresRequest{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListScheduleFiresRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListScheduleFiresRequest) ProtoMessage() {}
+
+func (x *ListScheduleFiresRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListScheduleFiresRequest.ProtoReflect.Descriptor instead.
+func (*ListScheduleFiresRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListScheduleFiresRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ListScheduleFiresRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// ScheduleFire is one nominal fire time of a schedule and what became of it.
+type ScheduleFire struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ScheduledFor *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=scheduled_for,json=scheduledFor,proto3" json:"scheduled_for,omitempty"`
+	FiredAt      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=fired_at,json=firedAt,proto3" json:"fired_at,omitempty"`
+	// fired_at - scheduled_for.
+	Lateness *durationpb.Duration `protobuf:"bytes,3,opt,name=lateness,proto3" json:"lateness,omitempty"`
+	// fired, skipped, missed, failed (the execution could not be created)
+	// or firing (in progress).
+	Outcome       string `protobuf:"bytes,4,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	ExecutionId   string `protobuf:"bytes,6,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ScheduleFire) Reset() {
+	*x = ScheduleFire{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleFire) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleFire) ProtoMessage() {}
+
+func (x *ScheduleFire) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleFire.ProtoReflect.Descriptor instead.
+func (*ScheduleFire) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ScheduleFire) GetScheduledFor() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ScheduledFor
+	}
+	return nil
+}
+
+func (x *ScheduleFire) GetFiredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FiredAt
+	}
+	return nil
+}
+
+func (x *ScheduleFire) GetLateness() *durationpb.Duration {
+	if x != nil {
+		return x.Lateness
+	}
+	return nil
+}
+
+func (x *ScheduleFire) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *ScheduleFire) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ScheduleFire) GetExecutionId() string {
+	if x != nil {
+		return x.ExecutionId
+	}
+	return ""
+}
+
+type ListScheduleFiresResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Fires         []*ScheduleFire        `protobuf:"bytes,1,rep,name=fires,proto3" json:"fires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListScheduleFiresResponse) Reset() {
+	*x = ListScheduleFiresResponse{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListScheduleFiresResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListScheduleFiresResponse) ProtoMessage() {}
+
+func (x *ListScheduleFiresResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListScheduleFiresResponse.ProtoReflect.Descriptor instead.
+func (*ListScheduleFiresResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListScheduleFiresResponse) GetFires() []*ScheduleFire {
+	if x != nil {
+		return x.Fires
+	}
+	return nil
+}
+
 type ValidateScheduleRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Schedule *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
@@ -946,7 +1133,7 @@ type ValidateScheduleRequest struct {
 
 func (x *ValidateScheduleRequest) Reset() {
 	*x = ValidateScheduleRequest{}
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -958,7 +1145,7 @@ func (x *ValidateScheduleRequest) String() string {
 func (*ValidateScheduleRequest) ProtoMessage() {}
 
 func (x *ValidateScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -971,7 +1158,7 @@ func (x *ValidateScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateScheduleRequest.ProtoReflect.Descriptor instead.
 func (*ValidateScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ValidateScheduleRequest) GetSchedule() *Schedule {
@@ -1000,7 +1187,7 @@ type FireTime struct {
 
 func (x *FireTime) Reset() {
 	*x = FireTime{}
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1199,7 @@ func (x *FireTime) String() string {
 func (*FireTime) ProtoMessage() {}
 
 func (x *FireTime) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1212,7 @@ func (x *FireTime) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FireTime.ProtoReflect.Descriptor instead.
 func (*FireTime) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *FireTime) GetLocal() string {
@@ -1051,7 +1238,7 @@ type ValidateScheduleResponse struct {
 
 func (x *ValidateScheduleResponse) Reset() {
 	*x = ValidateScheduleResponse{}
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1250,7 @@ func (x *ValidateScheduleResponse) String() string {
 func (*ValidateScheduleResponse) ProtoMessage() {}
 
 func (x *ValidateScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1263,7 @@ func (x *ValidateScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateScheduleResponse.ProtoReflect.Descriptor instead.
 func (*ValidateScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ValidateScheduleResponse) GetNext() []*FireTime {
@@ -1155,7 +1342,19 @@ const file_opsconductor_v1_schedule_proto_rawDesc = "" +
 	"\x15ResumeScheduleRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"O\n" +
 	"\x16ResumeScheduleResponse\x125\n" +
-	"\bschedule\x18\x01 \x01(\v2\x19.opsconductor.v1.ScheduleR\bschedule\"f\n" +
+	"\bschedule\x18\x01 \x01(\v2\x19.opsconductor.v1.ScheduleR\bschedule\"@\n" +
+	"\x18ListScheduleFiresRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\x92\x02\n" +
+	"\fScheduleFire\x12?\n" +
+	"\rscheduled_for\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\fscheduledFor\x125\n" +
+	"\bfired_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\afiredAt\x125\n" +
+	"\blateness\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\blateness\x12\x18\n" +
+	"\aoutcome\x18\x04 \x01(\tR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12!\n" +
+	"\fexecution_id\x18\x06 \x01(\tR\vexecutionId\"P\n" +
+	"\x19ListScheduleFiresResponse\x123\n" +
+	"\x05fires\x18\x01 \x03(\v2\x1d.opsconductor.v1.ScheduleFireR\x05fires\"f\n" +
 	"\x17ValidateScheduleRequest\x125\n" +
 	"\bschedule\x18\x01 \x01(\v2\x19.opsconductor.v1.ScheduleR\bschedule\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x05R\x05count\"N\n" +
@@ -1163,7 +1362,7 @@ const file_opsconductor_v1_schedule_proto_rawDesc = "" +
 	"\x05local\x18\x01 \x01(\tR\x05local\x12,\n" +
 	"\x03utc\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03utc\"I\n" +
 	"\x18ValidateScheduleResponse\x12-\n" +
-	"\x04next\x18\x01 \x03(\v2\x19.opsconductor.v1.FireTimeR\x04next2\x99\v\n" +
+	"\x04next\x18\x01 \x03(\v2\x19.opsconductor.v1.FireTimeR\x04next2\xc0\f\n" +
 	"\x0fScheduleService\x12\x96\x01\n" +
 	"\x0eCreateSchedule\x12&.opsconductor.v1.CreateScheduleRequest\x1a'.opsconductor.v1.CreateScheduleResponse\"3\x8a\xb5\x18\x13\n" +
 	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/api/v1/schedules\x12\x8d\x01\n" +
@@ -1180,7 +1379,9 @@ const file_opsconductor_v1_schedule_proto_rawDesc = "" +
 	"\rPauseSchedule\x12%.opsconductor.v1.PauseScheduleRequest\x1a&.opsconductor.v1.PauseScheduleResponse\">\x8a\xb5\x18\x13\n" +
 	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/api/v1/schedules/{id}/pause\x12\xa2\x01\n" +
 	"\x0eResumeSchedule\x12&.opsconductor.v1.ResumeScheduleRequest\x1a'.opsconductor.v1.ResumeScheduleResponse\"?\x8a\xb5\x18\x13\n" +
-	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/api/v1/schedules/{id}/resume\x12\xa2\x01\n" +
+	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/api/v1/schedules/{id}/resume\x12\xa4\x01\n" +
+	"\x11ListScheduleFires\x12).opsconductor.v1.ListScheduleFiresRequest\x1a*.opsconductor.v1.ListScheduleFiresResponse\"8\x8a\xb5\x18\x10\n" +
+	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/schedules/{id}/fires\x12\xa2\x01\n" +
 	"\x10ValidateSchedule\x12(.opsconductor.v1.ValidateScheduleRequest\x1a).opsconductor.v1.ValidateScheduleResponse\"9\x8a\xb5\x18\x10\n" +
 	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/api/v1/schedules/validateBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
@@ -1196,46 +1397,49 @@ func file_opsconductor_v1_schedule_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_schedule_proto_rawDescData
 }
 
-var file_opsconductor_v1_schedule_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_opsconductor_v1_schedule_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_opsconductor_v1_schedule_proto_goTypes = []any{
-	(*Schedule)(nil),                 // 0: opsconductor.v1.Schedule
-	(*CreateScheduleRequest)(nil),    // 1: opsconductor.v1.CreateScheduleRequest
-	(*CreateScheduleResponse)(nil),   // 2: opsconductor.v1.CreateScheduleResponse
-	(*ListSchedulesRequest)(nil),     // 3: opsconductor.v1.ListSchedulesRequest
-	(*ListSchedulesResponse)(nil),    // 4: opsconductor.v1.ListSchedulesResponse
-	(*ListJobSchedulesRequest)(nil),  // 5: opsconductor.v1.ListJobSchedulesRequest
-	(*GetScheduleRequest)(nil),       // 6: opsconductor.v1.GetScheduleRequest
-	(*GetScheduleResponse)(nil),      // 7: opsconductor.v1.GetScheduleResponse
-	(*UpdateScheduleRequest)(nil),    // 8: opsconductor.v1.UpdateScheduleRequest
-	(*UpdateScheduleResponse)(nil),   // 9: opsconductor.v1.UpdateScheduleResponse
-	(*DeleteScheduleRequest)(nil),    // 10: opsconductor.v1.DeleteScheduleRequest
-	(*DeleteScheduleResponse)(nil),   // 11: opsconductor.v1.DeleteScheduleResponse
-	(*PauseScheduleRequest)(nil),     // 12: opsconductor.v1.PauseScheduleRequest
-	(*PauseScheduleResponse)(nil),    // 13: opsconductor.v1.PauseScheduleResponse
-	(*ResumeScheduleRequest)(nil),    // 14: opsconductor.v1.ResumeScheduleRequest
-	(*ResumeScheduleResponse)(nil),   // 15: opsconductor.v1.ResumeScheduleResponse
-	(*ValidateScheduleRequest)(nil),  // 16: opsconductor.v1.ValidateScheduleRequest
-	(*FireTime)(nil),                 // 17: opsconductor.v1.FireTime
-	(*ValidateScheduleResponse)(nil), // 18: opsconductor.v1.ValidateScheduleResponse
-	nil,                              // 19: opsconductor.v1.Schedule.ParametersEntry
-	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
-	(*Target)(nil),                   // 22: opsconductor.v1.Target
+	(*Schedule)(nil),                  // 0: opsconductor.v1.Schedule
+	(*CreateScheduleRequest)(nil),     // 1: opsconductor.v1.CreateScheduleRequest
+	(*CreateScheduleResponse)(nil),    // 2: opsconductor.v1.CreateScheduleResponse
+	(*ListSchedulesRequest)(nil),      // 3: opsconductor.v1.ListSchedulesRequest
+	(*ListSchedulesResponse)(nil),     // 4: opsconductor.v1.ListSchedulesResponse
+	(*ListJobSchedulesRequest)(nil),   // 5: opsconductor.v1.ListJobSchedulesRequest
+	(*GetScheduleRequest)(nil),        // 6: opsconductor.v1.GetScheduleRequest
+	(*GetScheduleResponse)(nil),       // 7: opsconductor.v1.GetScheduleResponse
+	(*UpdateScheduleRequest)(nil),     // 8: opsconductor.v1.UpdateScheduleRequest
+	(*UpdateScheduleResponse)(nil),    // 9: opsconductor.v1.UpdateScheduleResponse
+	(*DeleteScheduleRequest)(nil),     // 10: opsconductor.v1.DeleteScheduleRequest
+	(*DeleteScheduleResponse)(nil),    // 11: opsconductor.v1.DeleteScheduleResponse
+	(*PauseScheduleRequest)(nil),      // 12: opsconductor.v1.PauseScheduleRequest
+	(*PauseScheduleResponse)(nil),     // 13: opsconductor.v1.PauseScheduleResponse
+	(*ResumeScheduleRequest)(nil),     // 14: opsconductor.v1.ResumeScheduleRequest
+	(*ResumeScheduleResponse)(nil),    // 15: opsconductor.v1.ResumeScheduleResponse
+	(*ListScheduleFiresRequest)(nil),  // 16: opsconductor.v1.ListScheduleFiresRequest
+	(*ScheduleFire)(nil),              // 17: opsconductor.v1.ScheduleFire
+	(*ListScheduleFiresResponse)(nil), // 18: opsconductor.v1.ListScheduleFiresResponse
+	(*ValidateScheduleRequest)(nil),   // 19: opsconductor.v1.ValidateScheduleRequest
+	(*FireTime)(nil),                  // 20: opsconductor.v1.FireTime
+	(*ValidateScheduleResponse)(nil),  // 21: opsconductor.v1.ValidateScheduleResponse
+	nil,                               // 22: opsconductor.v1.Schedule.ParametersEntry
+	(*timestamppb.Timestamp)(nil),     // 23: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 24: google.protobuf.Duration
+	(*Target)(nil),                    // 25: opsconductor.v1.Target
 }
 var file_opsconductor_v1_schedule_proto_depIdxs = []int32{
-	20, // 0: opsconductor.v1.Schedule.at:type_name -> google.protobuf.Timestamp
-	21, // 1: opsconductor.v1.Schedule.every:type_name -> google.protobuf.Duration
-	20, // 2: opsconductor.v1.Schedule.anchor:type_name -> google.protobuf.Timestamp
-	20, // 3: opsconductor.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
-	20, // 4: opsconductor.v1.Schedule.end_time:type_name -> google.protobuf.Timestamp
-	21, // 5: opsconductor.v1.Schedule.jitter:type_name -> google.protobuf.Duration
-	19, // 6: opsconductor.v1.Schedule.parameters:type_name -> opsconductor.v1.Schedule.ParametersEntry
-	22, // 7: opsconductor.v1.Schedule.targets:type_name -> opsconductor.v1.Target
-	21, // 8: opsconductor.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
-	20, // 9: opsconductor.v1.Schedule.next_fire_time:type_name -> google.protobuf.Timestamp
-	20, // 10: opsconductor.v1.Schedule.last_fire_time:type_name -> google.protobuf.Timestamp
-	20, // 11: opsconductor.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
-	20, // 12: opsconductor.v1.Schedule.update_time:type_name -> google.protobuf.Timestamp
+	23, // 0: opsconductor.v1.Schedule.at:type_name -> google.protobuf.Timestamp
+	24, // 1: opsconductor.v1.Schedule.every:type_name -> google.protobuf.Duration
+	23, // 2: opsconductor.v1.Schedule.anchor:type_name -> google.protobuf.Timestamp
+	23, // 3: opsconductor.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
+	23, // 4: opsconductor.v1.Schedule.end_time:type_name -> google.protobuf.Timestamp
+	24, // 5: opsconductor.v1.Schedule.jitter:type_name -> google.protobuf.Duration
+	22, // 6: opsconductor.v1.Schedule.parameters:type_name -> opsconductor.v1.Schedule.ParametersEntry
+	25, // 7: opsconductor.v1.Schedule.targets:type_name -> opsconductor.v1.Target
+	24, // 8: opsconductor.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
+	23, // 9: opsconductor.v1.Schedule.next_fire_time:type_name -> google.protobuf.Timestamp
+	23, // 10: opsconductor.v1.Schedule.last_fire_time:type_name -> google.protobuf.Timestamp
+	23, // 11: opsconductor.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
+	23, // 12: opsconductor.v1.Schedule.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 13: opsconductor.v1.CreateScheduleRequest.schedule:type_name -> opsconductor.v1.Schedule
 	0,  // 14: opsconductor.v1.CreateScheduleResponse.schedule:type_name -> opsconductor.v1.Schedule
 	0,  // 15: opsconductor.v1.ListSchedulesResponse.schedules:type_name -> opsconductor.v1.Schedule
@@ -1244,32 +1448,38 @@ var file_opsconductor_v1_schedule_proto_depIdxs = []int32{
 	0,  // 18: opsconductor.v1.UpdateScheduleResponse.schedule:type_name -> opsconductor.v1.Schedule
 	0,  // 19: opsconductor.v1.PauseScheduleResponse.schedule:type_name -> opsconductor.v1.Schedule
 	0,  // 20: opsconductor.v1.ResumeScheduleResponse.schedule:type_name -> opsconductor.v1.Schedule
-	0,  // 21: opsconductor.v1.ValidateScheduleRequest.schedule:type_name -> opsconductor.v1.Schedule
-	20, // 22: opsconductor.v1.FireTime.utc:type_name -> google.protobuf.Timestamp
-	17, // 23: opsconductor.v1.ValidateScheduleResponse.next:type_name -> opsconductor.v1.FireTime
-	1,  // 24: opsconductor.v1.ScheduleService.CreateSchedule:input_type -> opsconductor.v1.CreateScheduleRequest
-	3,  // 25: opsconductor.v1.ScheduleService.ListSchedules:input_type -> opsconductor.v1.ListSchedulesRequest
-	5,  // 26: opsconductor.v1.ScheduleService.ListJobSchedules:input_type -> opsconductor.v1.ListJobSchedulesRequest
-	6,  // 27: opsconductor.v1.ScheduleService.GetSchedule:input_type -> opsconductor.v1.GetScheduleRequest
-	8,  // 28: opsconductor.v1.ScheduleService.UpdateSchedule:input_type -> opsconductor.v1.UpdateScheduleRequest
-	10, // 29: opsconductor.v1.ScheduleService.DeleteSchedule:input_type -> opsconductor.v1.DeleteScheduleRequest
-	12, // 30: opsconductor.v1.ScheduleService.PauseSchedule:input_type -> opsconductor.v1.PauseScheduleRequest
-	14, // 31: opsconductor.v1.ScheduleService.ResumeSchedule:input_type -> opsconductor.v1.ResumeScheduleRequest
-	16, // 32: opsconductor.v1.ScheduleService.ValidateSchedule:input_type -> opsconductor.v1.ValidateScheduleRequest
-	2,  // 33: opsconductor.v1.ScheduleService.CreateSchedule:output_type -> opsconductor.v1.CreateScheduleResponse
-	4,  // 34: opsconductor.v1.ScheduleService.ListSchedules:output_type -> opsconductor.v1.ListSchedulesResponse
-	4,  // 35: opsconductor.v1.ScheduleService.ListJobSchedules:output_type -> opsconductor.v1.ListSchedulesResponse
-	7,  // 36: opsconductor.v1.ScheduleService.GetSchedule:output_type -> opsconductor.v1.GetScheduleResponse
-	9,  // 37: opsconductor.v1.ScheduleService.UpdateSchedule:output_type -> opsconductor.v1.UpdateScheduleResponse
-	11, // 38: opsconductor.v1.ScheduleService.DeleteSchedule:output_type -> opsconductor.v1.DeleteScheduleResponse
-	13, // 39: opsconductor.v1.ScheduleService.PauseSchedule:output_type -> opsconductor.v1.PauseScheduleResponse
-	15, // 40: opsconductor.v1.ScheduleService.ResumeSchedule:output_type -> opsconductor.v1.ResumeScheduleResponse
-	18, // 41: opsconductor.v1.ScheduleService.ValidateSchedule:output_type -> opsconductor.v1.ValidateScheduleResponse
-	33, // [33:42] is the sub-list for method output_type
-	24, // [24:33] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	23, // 21: opsconductor.v1.ScheduleFire.scheduled_for:type_name -> google.protobuf.Timestamp
+	23, // 22: opsconductor.v1.ScheduleFire.fired_at:type_name -> google.protobuf.Timestamp
+	24, // 23: opsconductor.v1.ScheduleFire.lateness:type_name -> google.protobuf.Duration
+	17, // 24: opsconductor.v1.ListScheduleFiresResponse.fires:type_name -> opsconductor.v1.ScheduleFire
+	0,  // 25: opsconductor.v1.ValidateScheduleRequest.schedule:type_name -> opsconductor.v1.Schedule
+	23, // 26: opsconductor.v1.FireTime.utc:type_name -> google.protobuf.Timestamp
+	20, // 27: opsconductor.v1.ValidateScheduleResponse.next:type_name -> opsconductor.v1.FireTime
+	1,  // 28: opsconductor.v1.ScheduleService.CreateSchedule:input_type -> opsconductor.v1.CreateScheduleRequest
+	3,  // 29: opsconductor.v1.ScheduleService.ListSchedules:input_type -> opsconductor.v1.ListSchedulesRequest
+	5,  // 30: opsconductor.v1.ScheduleService.ListJobSchedules:input_type -> opsconductor.v1.ListJobSchedulesRequest
+	6,  // 31: opsconductor.v1.ScheduleService.GetSchedule:input_type -> opsconductor.v1.GetScheduleRequest
+	8,  // 32: opsconductor.v1.ScheduleService.UpdateSchedule:input_type -> opsconductor.v1.UpdateScheduleRequest
+	10, // 33: opsconductor.v1.ScheduleService.DeleteSchedule:input_type -> opsconductor.v1.DeleteScheduleRequest
+	12, // 34: opsconductor.v1.ScheduleService.PauseSchedule:input_type -> opsconductor.v1.PauseScheduleRequest
+	14, // 35: opsconductor.v1.ScheduleService.ResumeSchedule:input_type -> opsconductor.v1.ResumeScheduleRequest
+	16, // 36: opsconductor.v1.ScheduleService.ListScheduleFires:input_type -> opsconductor.v1.ListScheduleFiresRequest
+	19, // 37: opsconductor.v1.ScheduleService.ValidateSchedule:input_type -> opsconductor.v1.ValidateScheduleRequest
+	2,  // 38: opsconductor.v1.ScheduleService.CreateSchedule:output_type -> opsconductor.v1.CreateScheduleResponse
+	4,  // 39: opsconductor.v1.ScheduleService.ListSchedules:output_type -> opsconductor.v1.ListSchedulesResponse
+	4,  // 40: opsconductor.v1.ScheduleService.ListJobSchedules:output_type -> opsconductor.v1.ListSchedulesResponse
+	7,  // 41: opsconductor.v1.ScheduleService.GetSchedule:output_type -> opsconductor.v1.GetScheduleResponse
+	9,  // 42: opsconductor.v1.ScheduleService.UpdateSchedule:output_type -> opsconductor.v1.UpdateScheduleResponse
+	11, // 43: opsconductor.v1.ScheduleService.DeleteSchedule:output_type -> opsconductor.v1.DeleteScheduleResponse
+	13, // 44: opsconductor.v1.ScheduleService.PauseSchedule:output_type -> opsconductor.v1.PauseScheduleResponse
+	15, // 45: opsconductor.v1.ScheduleService.ResumeSchedule:output_type -> opsconductor.v1.ResumeScheduleResponse
+	18, // 46: opsconductor.v1.ScheduleService.ListScheduleFires:output_type -> opsconductor.v1.ListScheduleFiresResponse
+	21, // 47: opsconductor.v1.ScheduleService.ValidateSchedule:output_type -> opsconductor.v1.ValidateScheduleResponse
+	38, // [38:48] is the sub-list for method output_type
+	28, // [28:38] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_schedule_proto_init() }
@@ -1285,7 +1495,7 @@ func file_opsconductor_v1_schedule_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_schedule_proto_rawDesc), len(file_opsconductor_v1_schedule_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

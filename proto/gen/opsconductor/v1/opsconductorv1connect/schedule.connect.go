@@ -57,6 +57,9 @@ const (
 	// ScheduleServiceResumeScheduleProcedure is the fully-qualified name of the ScheduleService's
 	// ResumeSchedule RPC.
 	ScheduleServiceResumeScheduleProcedure = "/opsconductor.v1.ScheduleService/ResumeSchedule"
+	// ScheduleServiceListScheduleFiresProcedure is the fully-qualified name of the ScheduleService's
+	// ListScheduleFires RPC.
+	ScheduleServiceListScheduleFiresProcedure = "/opsconductor.v1.ScheduleService/ListScheduleFires"
 	// ScheduleServiceValidateScheduleProcedure is the fully-qualified name of the ScheduleService's
 	// ValidateSchedule RPC.
 	ScheduleServiceValidateScheduleProcedure = "/opsconductor.v1.ScheduleService/ValidateSchedule"
@@ -74,6 +77,9 @@ type ScheduleServiceClient interface {
 	DeleteSchedule(context.Context, *connect.Request[v1.DeleteScheduleRequest]) (*connect.Response[v1.DeleteScheduleResponse], error)
 	PauseSchedule(context.Context, *connect.Request[v1.PauseScheduleRequest]) (*connect.Response[v1.PauseScheduleResponse], error)
 	ResumeSchedule(context.Context, *connect.Request[v1.ResumeScheduleRequest]) (*connect.Response[v1.ResumeScheduleResponse], error)
+	// The schedule's fires, newest first: fired (with the execution),
+	// skipped, missed or failed, each with why.
+	ListScheduleFires(context.Context, *connect.Request[v1.ListScheduleFiresRequest]) (*connect.Response[v1.ListScheduleFiresResponse], error)
 	// Checks a schedule's timing without saving it, and returns its next
 	// fire times in its zone and in UTC.
 	ValidateSchedule(context.Context, *connect.Request[v1.ValidateScheduleRequest]) (*connect.Response[v1.ValidateScheduleResponse], error)
@@ -138,6 +144,12 @@ func NewScheduleServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(scheduleServiceMethods.ByName("ResumeSchedule")),
 			connect.WithClientOptions(opts...),
 		),
+		listScheduleFires: connect.NewClient[v1.ListScheduleFiresRequest, v1.ListScheduleFiresResponse](
+			httpClient,
+			baseURL+ScheduleServiceListScheduleFiresProcedure,
+			connect.WithSchema(scheduleServiceMethods.ByName("ListScheduleFires")),
+			connect.WithClientOptions(opts...),
+		),
 		validateSchedule: connect.NewClient[v1.ValidateScheduleRequest, v1.ValidateScheduleResponse](
 			httpClient,
 			baseURL+ScheduleServiceValidateScheduleProcedure,
@@ -149,15 +161,16 @@ func NewScheduleServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 
 // scheduleServiceClient implements ScheduleServiceClient.
 type scheduleServiceClient struct {
-	createSchedule   *connect.Client[v1.CreateScheduleRequest, v1.CreateScheduleResponse]
-	listSchedules    *connect.Client[v1.ListSchedulesRequest, v1.ListSchedulesResponse]
-	listJobSchedules *connect.Client[v1.ListJobSchedulesRequest, v1.ListSchedulesResponse]
-	getSchedule      *connect.Client[v1.GetScheduleRequest, v1.GetScheduleResponse]
-	updateSchedule   *connect.Client[v1.UpdateScheduleRequest, v1.UpdateScheduleResponse]
-	deleteSchedule   *connect.Client[v1.DeleteScheduleRequest, v1.DeleteScheduleResponse]
-	pauseSchedule    *connect.Client[v1.PauseScheduleRequest, v1.PauseScheduleResponse]
-	resumeSchedule   *connect.Client[v1.ResumeScheduleRequest, v1.ResumeScheduleResponse]
-	validateSchedule *connect.Client[v1.ValidateScheduleRequest, v1.ValidateScheduleResponse]
+	createSchedule    *connect.Client[v1.CreateScheduleRequest, v1.CreateScheduleResponse]
+	listSchedules     *connect.Client[v1.ListSchedulesRequest, v1.ListSchedulesResponse]
+	listJobSchedules  *connect.Client[v1.ListJobSchedulesRequest, v1.ListSchedulesResponse]
+	getSchedule       *connect.Client[v1.GetScheduleRequest, v1.GetScheduleResponse]
+	updateSchedule    *connect.Client[v1.UpdateScheduleRequest, v1.UpdateScheduleResponse]
+	deleteSchedule    *connect.Client[v1.DeleteScheduleRequest, v1.DeleteScheduleResponse]
+	pauseSchedule     *connect.Client[v1.PauseScheduleRequest, v1.PauseScheduleResponse]
+	resumeSchedule    *connect.Client[v1.ResumeScheduleRequest, v1.ResumeScheduleResponse]
+	listScheduleFires *connect.Client[v1.ListScheduleFiresRequest, v1.ListScheduleFiresResponse]
+	validateSchedule  *connect.Client[v1.ValidateScheduleRequest, v1.ValidateScheduleResponse]
 }
 
 // CreateSchedule calls opsconductor.v1.ScheduleService.CreateSchedule.
@@ -200,6 +213,11 @@ func (c *scheduleServiceClient) ResumeSchedule(ctx context.Context, req *connect
 	return c.resumeSchedule.CallUnary(ctx, req)
 }
 
+// ListScheduleFires calls opsconductor.v1.ScheduleService.ListScheduleFires.
+func (c *scheduleServiceClient) ListScheduleFires(ctx context.Context, req *connect.Request[v1.ListScheduleFiresRequest]) (*connect.Response[v1.ListScheduleFiresResponse], error) {
+	return c.listScheduleFires.CallUnary(ctx, req)
+}
+
 // ValidateSchedule calls opsconductor.v1.ScheduleService.ValidateSchedule.
 func (c *scheduleServiceClient) ValidateSchedule(ctx context.Context, req *connect.Request[v1.ValidateScheduleRequest]) (*connect.Response[v1.ValidateScheduleResponse], error) {
 	return c.validateSchedule.CallUnary(ctx, req)
@@ -217,6 +235,9 @@ type ScheduleServiceHandler interface {
 	DeleteSchedule(context.Context, *connect.Request[v1.DeleteScheduleRequest]) (*connect.Response[v1.DeleteScheduleResponse], error)
 	PauseSchedule(context.Context, *connect.Request[v1.PauseScheduleRequest]) (*connect.Response[v1.PauseScheduleResponse], error)
 	ResumeSchedule(context.Context, *connect.Request[v1.ResumeScheduleRequest]) (*connect.Response[v1.ResumeScheduleResponse], error)
+	// The schedule's fires, newest first: fired (with the execution),
+	// skipped, missed or failed, each with why.
+	ListScheduleFires(context.Context, *connect.Request[v1.ListScheduleFiresRequest]) (*connect.Response[v1.ListScheduleFiresResponse], error)
 	// Checks a schedule's timing without saving it, and returns its next
 	// fire times in its zone and in UTC.
 	ValidateSchedule(context.Context, *connect.Request[v1.ValidateScheduleRequest]) (*connect.Response[v1.ValidateScheduleResponse], error)
@@ -277,6 +298,12 @@ func NewScheduleServiceHandler(svc ScheduleServiceHandler, opts ...connect.Handl
 		connect.WithSchema(scheduleServiceMethods.ByName("ResumeSchedule")),
 		connect.WithHandlerOptions(opts...),
 	)
+	scheduleServiceListScheduleFiresHandler := connect.NewUnaryHandler(
+		ScheduleServiceListScheduleFiresProcedure,
+		svc.ListScheduleFires,
+		connect.WithSchema(scheduleServiceMethods.ByName("ListScheduleFires")),
+		connect.WithHandlerOptions(opts...),
+	)
 	scheduleServiceValidateScheduleHandler := connect.NewUnaryHandler(
 		ScheduleServiceValidateScheduleProcedure,
 		svc.ValidateSchedule,
@@ -301,6 +328,8 @@ func NewScheduleServiceHandler(svc ScheduleServiceHandler, opts ...connect.Handl
 			scheduleServicePauseScheduleHandler.ServeHTTP(w, r)
 		case ScheduleServiceResumeScheduleProcedure:
 			scheduleServiceResumeScheduleHandler.ServeHTTP(w, r)
+		case ScheduleServiceListScheduleFiresProcedure:
+			scheduleServiceListScheduleFiresHandler.ServeHTTP(w, r)
 		case ScheduleServiceValidateScheduleProcedure:
 			scheduleServiceValidateScheduleHandler.ServeHTTP(w, r)
 		default:
@@ -342,6 +371,10 @@ func (UnimplementedScheduleServiceHandler) PauseSchedule(context.Context, *conne
 
 func (UnimplementedScheduleServiceHandler) ResumeSchedule(context.Context, *connect.Request[v1.ResumeScheduleRequest]) (*connect.Response[v1.ResumeScheduleResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ScheduleService.ResumeSchedule is not implemented"))
+}
+
+func (UnimplementedScheduleServiceHandler) ListScheduleFires(context.Context, *connect.Request[v1.ListScheduleFiresRequest]) (*connect.Response[v1.ListScheduleFiresResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ScheduleService.ListScheduleFires is not implemented"))
 }
 
 func (UnimplementedScheduleServiceHandler) ValidateSchedule(context.Context, *connect.Request[v1.ValidateScheduleRequest]) (*connect.Response[v1.ValidateScheduleResponse], error) {

@@ -1,0 +1,135 @@
+package schedule
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/opsconductor/opsconductor/controlplane/outbox"
+	"github.com/opsconductor/opsconductor/controlplane/store"
+)
+
+// Fire outcomes.
+const (
+	OutcomeFiring  = "firing" // claimed, the execution not yet created
+	OutcomeFired   = "fired"
+	OutcomeSkipped = "skipped"
+	OutcomeMissed  = "missed"
+	OutcomeFailed  = "failed"
+)
+
+// FireRecord is one nominal fire of a schedule.
+type FireRecord struct {
+	ScheduleID   string
+	ScheduledFor time.Time
+	FiredAt      *time.Time
+	Lateness     time.Duration
+	Outcome      string
+	Reason       string
+	ExecutionID  string
+}
+
+// Due returns up to limit active schedules whose next fire time is at or
+// before now, earliest first (an index range, not a scan).
+func (s *Store) Due(ctx context.Context, now time.Time, limit int) ([]Record, error) {
+	rows, err := s.db.QueryContext(ctx, columns+` WHERE state = $1 AND next_fire_at <= $2 ORDER BY next_fire_at, id LIMIT $3`, StateActive, now.UTC(), limit)
+	if err != nil {
+		return nil, fmt.Errorf("find due schedules: %w", err)
+	}
+	defer rows.Close()
+	var out []Record
+	for rows.Next() {
+		r, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ClaimSlot records that the slot is being fired. It reports true when
+// this call claimed it; otherwise the slot's recorded outcome (a
+// "firing" left by a crash may be taken up again: the execution is
+// created idempotently).
+func (s *Store) ClaimSlot(ctx context.Context, scheduleID string, slot time.Time) (bool, string, error) {
+	res, err := s.db.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, outcome) VALUES ($1, $2, $3)
+		ON CONFLICT (schedule_id, scheduled_for) DO NOTHING`, scheduleID, slot.UTC(), OutcomeFiring)
+	if err != nil {
+		return false, "", fmt.Errorf("claim fire %s of schedule %s: %w", slot.UTC().Format(time.RFC3339Nano), scheduleID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return true, OutcomeFiring, nil
+	}
+	var outcome string
+	if err := s.db.QueryRowContext(ctx, `SELECT outcome FROM schedule_executions WHERE schedule_id = $1 AND scheduled_for = $2`,
+		scheduleID, slot.UTC()).Scan(&outcome); err != nil {
+		return false, "", fmt.Errorf("read fire of schedule %s: %w", scheduleID, err)
+	}
+	return false, outcome, nil
+}
+
+// RecordFire writes a slot's outcome (a claimed slot's, or a new one for
+// a skipped or missed slot) with an event; a final outcome already there
+// is kept.
+func (s *Store) RecordFire(ctx context.Context, f FireRecord) error {
+	return s.db.InTx(ctx, func(tx *store.Tx) error {
+		var fired sql.NullTime
+		if f.FiredAt != nil {
+			fired = sql.NullTime{Time: f.FiredAt.UTC(), Valid: true}
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, fired_at, lateness_ms, execution_id, outcome, reason)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)
+			ON CONFLICT (schedule_id, scheduled_for) DO UPDATE SET fired_at = excluded.fired_at, lateness_ms = excluded.lateness_ms,
+				execution_id = excluded.execution_id, outcome = excluded.outcome, reason = excluded.reason
+			WHERE schedule_executions.outcome = $8`,
+			f.ScheduleID, f.ScheduledFor.UTC(), fired, f.Lateness.Milliseconds(), f.ExecutionID, f.Outcome, f.Reason, OutcomeFiring)
+		if err != nil {
+			return fmt.Errorf("record fire of schedule %s: %w", f.ScheduleID, err)
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil // already final
+		}
+		_, err = outbox.Append(ctx, tx, "schedule."+f.Outcome, f.ScheduleID, 0, map[string]any{
+			"schedule_id": f.ScheduleID, "scheduled_for": f.ScheduledFor.UTC(), "outcome": f.Outcome, "reason": f.Reason,
+			"execution_id": f.ExecutionID, "lateness_ms": f.Lateness.Milliseconds(),
+		})
+		return err
+	})
+}
+
+// Fires returns a schedule's fires, newest first.
+func (s *Store) Fires(ctx context.Context, scheduleID string, limit int) ([]FireRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT scheduled_for, fired_at, lateness_ms, outcome, reason, execution_id FROM schedule_executions
+		WHERE schedule_id = $1 ORDER BY scheduled_for DESC LIMIT $2`, scheduleID, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list fires of schedule %s: %w", scheduleID, err)
+	}
+	defer rows.Close()
+	var out []FireRecord
+	for rows.Next() {
+		f := FireRecord{ScheduleID: scheduleID}
+		var fired sql.NullTime
+		var lateMS int64
+		if err := rows.Scan(&f.ScheduledFor, &fired, &lateMS, &f.Outcome, &f.Reason, &f.ExecutionID); err != nil {
+			return nil, err
+		}
+		f.ScheduledFor, f.FiredAt, f.Lateness = f.ScheduledFor.UTC(), timePtr(fired), time.Duration(lateMS)*time.Millisecond
+		out = append(out, f)
+	}
+	return out, rows.Err()
+}
+
+// Advance moves an active schedule past a fire: the next fire time (nil:
+// none, and state says completed), the last one. It changes nothing when
+// the schedule changed meanwhile (edited, paused, advanced by another).
+func (s *Store) Advance(ctx context.Context, id string, expect time.Time, next *time.Time, last time.Time, state string) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE schedules SET next_fire_at = $1, last_fire_at = $2, state = $3
+		WHERE id = $4 AND next_fire_at = $5 AND state = $6`, nullTime(next), last.UTC(), state, id, expect.UTC(), StateActive)
+	if err != nil {
+		return false, fmt.Errorf("advance schedule %s: %w", id, err)
+	}
+	n, _ := res.RowsAffected()
+	return n == 1, nil
+}

@@ -1,0 +1,240 @@
+package schedule
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opsconductor/opsconductor/controlplane/store"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+)
+
+// DefaultMisfireGrace is how late a fire may still run when a schedule
+// sets no misfire_grace.
+const DefaultMisfireGrace = time.Minute
+
+// maxCatchUp bounds the missed slots one pass records for a schedule (the
+// next pass goes on).
+const maxCatchUp = 10000
+
+// Run is one fire of a schedule, as the executions service gets it.
+type Run struct {
+	ScheduleID string
+	JobID      string
+	// Slot is the nominal fire time; with ScheduleID it makes the
+	// execution idempotent, so a retried fire never runs twice.
+	Slot       time.Time
+	Parameters map[string]string
+	Targets    []*opsconductorv1.Target
+	// Queue: wait for the job's running execution (overlap_policy queue).
+	Queue bool
+}
+
+// Firer creates the executions of fires; the executions service
+// implements it.
+type Firer interface {
+	FireSchedule(ctx context.Context, r Run) (string, error)
+	// ScheduleRunning reports whether an execution the schedule fired is
+	// still queued or running.
+	ScheduleRunning(ctx context.Context, scheduleID string) (bool, error)
+}
+
+// SchedulerConfig tunes the scheduler.
+type SchedulerConfig struct {
+	// Tick is how often the active scheduler looks for due schedules
+	// (default 200ms).
+	Tick time.Duration
+	// Retry is how often a standby replica tries to become active
+	// (default 1s): the bound on a fail-over.
+	Retry time.Duration
+}
+
+// Scheduler fires due schedules. Every replica runs one; a Postgres
+// advisory lock held on its own connection makes exactly one active (a
+// crashed holder's session ends and the lock with it; a standby takes
+// over within Retry). The unique (schedule, scheduled_for) key is the
+// second guard: a slot is fired once even if two replicas thought they
+// were active.
+type Scheduler struct {
+	db     *store.DB
+	store  *Store
+	firer  Firer
+	now    func() time.Time
+	cfg    SchedulerConfig
+	logger *zap.Logger
+}
+
+// NewScheduler builds a scheduler; now nil means time.Now.
+func NewScheduler(db *store.DB, st *Store, firer Firer, now func() time.Time, logger *zap.Logger, cfg SchedulerConfig) *Scheduler {
+	if now == nil {
+		now = time.Now
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = 200 * time.Millisecond
+	}
+	if cfg.Retry <= 0 {
+		cfg.Retry = time.Second
+	}
+	return &Scheduler{db: db, store: st, firer: firer, now: now, cfg: cfg, logger: logger.Named("scheduler")}
+}
+
+// lockKey names the scheduler's advisory lock.
+const lockKey = "opsconductor.scheduler"
+
+// Run takes part in the election and, while active, fires due schedules
+// until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		lock, ok, err := s.db.TryLock(ctx, lockKey)
+		if err != nil {
+			s.logger.Warn("scheduler election", zap.Error(err))
+		}
+		if ok {
+			s.logger.Info("this replica is the active scheduler")
+			s.active(ctx, lock)
+			lock.Release()
+			if ctx.Err() == nil {
+				s.logger.Warn("this replica is no longer the active scheduler")
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(s.cfg.Retry):
+		}
+	}
+	return nil
+}
+
+func (s *Scheduler) active(ctx context.Context, lock *store.SessionLock) {
+	t := time.NewTicker(s.cfg.Tick)
+	defer t.Stop()
+	for {
+		if !lock.Held(ctx) {
+			return
+		}
+		if err := s.FireDue(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Warn("fire due schedules", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// FireDue fires every schedule due now (the active scheduler calls it
+// every tick; tests call it with an injected clock).
+func (s *Scheduler) FireDue(ctx context.Context) error {
+	due, err := s.store.Due(ctx, s.now(), 1000)
+	if err != nil {
+		return err
+	}
+	for _, r := range due {
+		if err := s.fireSchedule(ctx, r); err != nil {
+			s.logger.Warn("fire schedule", zap.String("schedule_id", r.ID), zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// fireSchedule handles a due schedule: the slots that passed (missed, or
+// the latest fired), then the next fire time.
+func (s *Scheduler) fireSchedule(ctx context.Context, r Record) error {
+	sc, err := toProto(r)
+	if err != nil {
+		return err
+	}
+	spec, vs := SpecOf("schedule", sc)
+	if len(vs) > 0 {
+		// It was valid when saved; a zone database change could do this.
+		_, err := s.store.Advance(ctx, r.ID, *r.NextFireAt, nil, *r.NextFireAt, StateCompleted)
+		s.logger.Error("schedule can no longer be read; completing it", zap.String("schedule_id", r.ID), zap.String("why", vs[0].Description))
+		return err
+	}
+	now := s.now()
+	slot := *r.NextFireAt
+	// Jitter delays the fire, not its nominal time.
+	if now.Before(slot.Add(Jitter(r.ID, slot, sc.GetJitter().AsDuration()))) {
+		return nil
+	}
+	due := []time.Time{slot}
+	for t := slot; len(due) < maxCatchUp; {
+		next, ok := spec.Next(t)
+		if !ok || next.After(now) {
+			break
+		}
+		due, t = append(due, next), next
+	}
+	latest := due[len(due)-1]
+	for _, m := range due[:len(due)-1] {
+		if err := s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: m, Outcome: OutcomeMissed,
+			Reason: "a later fire was already due when the scheduler ran (it was not running at this time)"}); err != nil {
+			return err
+		}
+	}
+	grace := DefaultMisfireGrace
+	if g := sc.GetMisfireGrace(); g != nil {
+		grace = g.AsDuration()
+	}
+	switch late := now.Sub(latest); {
+	case late <= grace:
+		err = s.fireSlot(ctx, r, sc, latest, now, "")
+	case sc.GetMisfirePolicy() == MisfireRunOnce:
+		err = s.fireSlot(ctx, r, sc, latest, now, fmt.Sprintf("catch-up: %s late, past the misfire grace %s (misfire_policy run_once)", late.Round(time.Second), grace))
+	default:
+		err = s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: latest, Outcome: OutcomeMissed,
+			Reason: fmt.Sprintf("%s late, past the misfire grace %s (misfire_policy skip)", late.Round(time.Second), grace)})
+	}
+	if err != nil {
+		return err
+	}
+	state := StateActive
+	nextPtr := (*time.Time)(nil)
+	if next, ok := spec.Next(now); ok {
+		nextPtr = &next
+	} else {
+		state = StateCompleted
+	}
+	_, err = s.store.Advance(ctx, r.ID, slot, nextPtr, latest, state)
+	return err
+}
+
+// fireSlot creates the execution of one slot, once: the slot is claimed
+// first, and the execution is idempotent on (schedule, slot), so a fire
+// retried after a crash cannot run twice.
+func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.Schedule, slot, now time.Time, why string) error {
+	claimed, outcome, err := s.store.ClaimSlot(ctx, r.ID, slot)
+	if err != nil {
+		return err
+	}
+	if !claimed && outcome != OutcomeFiring {
+		return nil // fired (or skipped) already, by this replica or another
+	}
+	record := func(outcome, reason, executionID string) error {
+		at := s.now()
+		return s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: slot, FiredAt: &at, Lateness: at.Sub(slot),
+			Outcome: outcome, Reason: reason, ExecutionID: executionID})
+	}
+	overlap := sc.GetOverlapPolicy()
+	if overlap == "" || overlap == OverlapSkip {
+		running, err := s.firer.ScheduleRunning(ctx, r.ID)
+		if err != nil {
+			return err
+		}
+		if running {
+			return record(OutcomeSkipped, "the previous run of this schedule is still running (overlap_policy skip)", "")
+		}
+	}
+	id, err := s.firer.FireSchedule(ctx, Run{ScheduleID: r.ID, JobID: r.JobID, Slot: slot, Parameters: sc.GetParameters(),
+		Targets: sc.GetTargets(), Queue: overlap == OverlapQueue})
+	if err != nil {
+		s.logger.Warn("schedule fire refused", zap.String("schedule_id", r.ID), zap.Time("scheduled_for", slot), zap.Error(err))
+		return record(OutcomeFailed, err.Error(), "")
+	}
+	s.logger.Info("schedule fired", zap.String("schedule_id", r.ID), zap.Time("scheduled_for", slot), zap.String("execution_id", id),
+		zap.Duration("lateness", s.now().Sub(slot)))
+	return record(OutcomeFired, why, id)
+}

@@ -1,0 +1,177 @@
+package schedule
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/opsconductor/opsconductor/controlplane/storetest"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+)
+
+// fakeFirer records fires (a unit test of the scheduler alone; the
+// end-to-end test uses the real executions service).
+type fakeFirer struct {
+	mu      sync.Mutex
+	runs    []Run
+	running bool
+	fail    error
+}
+
+func (f *fakeFirer) FireSchedule(_ context.Context, r Run) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return "", f.fail
+	}
+	f.runs = append(f.runs, r)
+	return fmt.Sprintf("exec-%d", len(f.runs)), nil
+}
+
+func (f *fakeFirer) ScheduleRunning(context.Context, string) (bool, error) { return f.running, nil }
+
+// rig is a schedule service and scheduler on one SQLite store with a
+// clock the test moves.
+type rig struct {
+	now   time.Time
+	svc   *Service
+	sched *Scheduler
+	firer *fakeFirer
+	store *Store
+}
+
+func newRig(t *testing.T, start time.Time) *rig {
+	t.Helper()
+	db := storetest.Open(t, "sqlite", Schema, Migrations())
+	r := &rig{now: start, firer: &fakeFirer{}, store: NewStore(db)}
+	clock := func() time.Time { return r.now }
+	r.svc = NewService(r.store, plannerFunc(func(string) error { return nil }), clock, zap.NewNop())
+	r.sched = NewScheduler(db, r.store, r.firer, clock, zap.NewNop(), SchedulerConfig{})
+	return r
+}
+
+func (r *rig) create(t *testing.T, sc *opsconductorv1.Schedule) string {
+	t.Helper()
+	sc.JobId = "job-1"
+	resp, err := r.svc.CreateSchedule(context.Background(), connect.NewRequest(&opsconductorv1.CreateScheduleRequest{Schedule: sc}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Msg.GetSchedule().GetId()
+}
+
+// outcomes lists the fires oldest first as "HH:MM:SS outcome".
+func (r *rig) outcomes(t *testing.T, id string) []string {
+	t.Helper()
+	fires, err := r.store.Fires(context.Background(), id, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for i := len(fires) - 1; i >= 0; i-- {
+		out = append(out, fires[i].ScheduledFor.Format("15:04:05")+" "+fires[i].Outcome)
+	}
+	return out
+}
+
+func (r *rig) tick(t *testing.T) {
+	t.Helper()
+	if err := r.sched.FireDue(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func equal(a, b []string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
+
+func TestSchedulerFiresOnceEach(t *testing.T) {
+	r := newRig(t, utc("2026-01-01T10:00:00Z"))
+	id := r.create(t, &opsconductorv1.Schedule{Kind: KindInterval, Every: durationpb.New(10 * time.Second), Anchor: timestamppb.New(utc("2026-01-01T10:00:00Z"))})
+	r.tick(t) // nothing due yet
+	r.now = utc("2026-01-01T10:00:10.3Z")
+	r.tick(t)
+	r.tick(t) // a second look at the same moment fires nothing more
+	r.now = utc("2026-01-01T10:00:20.1Z")
+	r.tick(t)
+	if got := r.outcomes(t, id); !equal(got, []string{"10:00:10 fired", "10:00:20 fired"}) {
+		t.Fatalf("fires = %v", got)
+	}
+	if len(r.firer.runs) != 2 || !r.firer.runs[0].Slot.Equal(utc("2026-01-01T10:00:10Z")) {
+		t.Fatalf("runs = %+v", r.firer.runs)
+	}
+}
+
+// TestSchedulerMisfire: after downtime across several fire times, skip
+// runs nothing (every slot recorded missed) and run_once runs exactly one
+// catch-up (the latest slot); a slot still within the grace just runs late.
+func TestSchedulerMisfire(t *testing.T) {
+	for _, tt := range []struct {
+		policy string
+		want   []string
+		runs   int
+	}{
+		{MisfireSkip, []string{"10:01:00 missed", "10:02:00 missed", "10:03:00 missed"}, 0},
+		{MisfireRunOnce, []string{"10:01:00 missed", "10:02:00 missed", "10:03:00 fired"}, 1},
+	} {
+		t.Run(tt.policy, func(t *testing.T) {
+			r := newRig(t, utc("2026-01-01T10:00:30Z"))
+			id := r.create(t, &opsconductorv1.Schedule{Kind: KindCron, Cron: "* * * * *", MisfirePolicy: tt.policy, MisfireGrace: durationpb.New(20 * time.Second)})
+			// The control plane was down from 10:00:30 to 10:03:45.
+			r.now = utc("2026-01-01T10:03:45Z")
+			r.tick(t)
+			if got := r.outcomes(t, id); !equal(got, tt.want) || len(r.firer.runs) != tt.runs {
+				t.Fatalf("fires = %v, runs %d; want %v, %d", got, len(r.firer.runs), tt.want, tt.runs)
+			}
+			// It goes on from now.
+			r.now = utc("2026-01-01T10:04:05Z")
+			r.tick(t)
+			if got := r.outcomes(t, id); got[len(got)-1] != "10:04:00 fired" {
+				t.Fatalf("after catching up: %v", got)
+			}
+		})
+	}
+	r := newRig(t, utc("2026-01-01T10:00:30Z"))
+	id := r.create(t, &opsconductorv1.Schedule{Kind: KindCron, Cron: "* * * * *"})
+	r.now = utc("2026-01-01T10:02:40Z") // 10:01 missed, 10:02 within the default grace
+	r.tick(t)
+	if got := r.outcomes(t, id); !equal(got, []string{"10:01:00 missed", "10:02:00 fired"}) {
+		t.Fatalf("late within grace: %v", got)
+	}
+}
+
+// TestSchedulerOverlapAndFailures: overlap skip records skipped fires while
+// the previous run runs; a refused fire is recorded failed with why; a once
+// schedule completes after firing.
+func TestSchedulerOverlapAndFailures(t *testing.T) {
+	r := newRig(t, utc("2026-01-01T10:00:00Z"))
+	id := r.create(t, &opsconductorv1.Schedule{Kind: KindInterval, Every: durationpb.New(time.Minute), OverlapPolicy: OverlapSkip})
+	r.firer.running = true
+	r.now = utc("2026-01-01T10:01:00.5Z")
+	r.tick(t)
+	r.firer.running, r.firer.fail = false, errors.New("job nightly has dangerous commands")
+	r.now = utc("2026-01-01T10:02:00.5Z")
+	r.tick(t)
+	fires, _ := r.store.Fires(context.Background(), id, 10)
+	if len(fires) != 2 || fires[1].Outcome != OutcomeSkipped || fires[0].Outcome != OutcomeFailed || fires[0].Reason != "job nightly has dangerous commands" {
+		t.Fatalf("fires = %+v", fires)
+	}
+	if len(r.firer.runs) != 0 {
+		t.Fatalf("ran %d", len(r.firer.runs))
+	}
+
+	once := r.create(t, &opsconductorv1.Schedule{Kind: KindOnce, At: timestamppb.New(utc("2026-01-01T10:05:00Z"))})
+	r.firer.fail = nil
+	r.now = utc("2026-01-01T10:05:01Z")
+	r.tick(t)
+	rec, err := r.store.Get(context.Background(), once)
+	if err != nil || rec.State != StateCompleted || rec.NextFireAt != nil {
+		t.Fatalf("once after firing = %+v, %v", rec, err)
+	}
+}
