@@ -139,6 +139,15 @@ func (s *Service) FireSchedule(ctx context.Context, r schedule.Run) (string, err
 	return e.GetId(), nil
 }
 
+// JobLabels are the labels of the job's current version.
+func (s *Service) JobLabels(ctx context.Context, jobID string) (map[string]string, error) {
+	job, err := s.jobs.Get(ctx, jobID, 0)
+	if err != nil {
+		return nil, err
+	}
+	return job.GetLabels(), nil
+}
+
 // ScheduleRunning reports whether an execution the schedule fired is still
 // queued or running.
 func (s *Service) ScheduleRunning(ctx context.Context, scheduleID string) (bool, error) {

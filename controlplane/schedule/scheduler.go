@@ -39,6 +39,8 @@ type Firer interface {
 	// ScheduleRunning reports whether an execution the schedule fired is
 	// still queued or running.
 	ScheduleRunning(ctx context.Context, scheduleID string) (bool, error)
+	// JobLabels are the labels of the job (for blackout selectors).
+	JobLabels(ctx context.Context, jobID string) (map[string]string, error)
 }
 
 // SchedulerConfig tunes the scheduler.
@@ -129,11 +131,15 @@ func (s *Scheduler) active(ctx context.Context, lock *store.SessionLock) {
 // every tick; tests call it with an injected clock).
 func (s *Scheduler) FireDue(ctx context.Context) error {
 	due, err := s.store.Due(ctx, s.now(), 1000)
+	if err != nil || len(due) == 0 {
+		return err
+	}
+	blackouts, err := s.store.Blackouts(ctx)
 	if err != nil {
 		return err
 	}
 	for _, r := range due {
-		if err := s.fireSchedule(ctx, r); err != nil {
+		if err := s.fireSchedule(ctx, r, blackouts); err != nil {
 			s.logger.Warn("fire schedule", zap.String("schedule_id", r.ID), zap.Error(err))
 		}
 	}
@@ -142,7 +148,7 @@ func (s *Scheduler) FireDue(ctx context.Context) error {
 
 // fireSchedule handles a due schedule: the slots that passed (missed, or
 // the latest fired), then the next fire time.
-func (s *Scheduler) fireSchedule(ctx context.Context, r Record) error {
+func (s *Scheduler) fireSchedule(ctx context.Context, r Record, blackouts []*opsconductorv1.BlackoutWindow) error {
 	sc, err := toProto(r)
 	if err != nil {
 		return err
@@ -181,9 +187,9 @@ func (s *Scheduler) fireSchedule(ctx context.Context, r Record) error {
 	}
 	switch late := now.Sub(latest); {
 	case late <= grace:
-		err = s.fireSlot(ctx, r, sc, latest, now, "")
+		err = s.fireSlot(ctx, r, sc, latest, blackouts, "")
 	case sc.GetMisfirePolicy() == MisfireRunOnce:
-		err = s.fireSlot(ctx, r, sc, latest, now, fmt.Sprintf("catch-up: %s late, past the misfire grace %s (misfire_policy run_once)", late.Round(time.Second), grace))
+		err = s.fireSlot(ctx, r, sc, latest, blackouts, fmt.Sprintf("catch-up: %s late, past the misfire grace %s (misfire_policy run_once)", late.Round(time.Second), grace))
 	default:
 		err = s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: latest, Outcome: OutcomeMissed,
 			Reason: fmt.Sprintf("%s late, past the misfire grace %s (misfire_policy skip)", late.Round(time.Second), grace)})
@@ -205,7 +211,7 @@ func (s *Scheduler) fireSchedule(ctx context.Context, r Record) error {
 // fireSlot creates the execution of one slot, once: the slot is claimed
 // first, and the execution is idempotent on (schedule, slot), so a fire
 // retried after a crash cannot run twice.
-func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.Schedule, slot, now time.Time, why string) error {
+func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.Schedule, slot time.Time, blackouts []*opsconductorv1.BlackoutWindow, why string) error {
 	claimed, outcome, err := s.store.ClaimSlot(ctx, r.ID, slot)
 	if err != nil {
 		return err
@@ -217,6 +223,21 @@ func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.S
 		at := s.now()
 		return s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: slot, FiredAt: &at, Lateness: at.Sub(slot),
 			Outcome: outcome, Reason: reason, ExecutionID: executionID})
+	}
+	var labels map[string]string
+	jobLabels := func() map[string]string {
+		if labels == nil {
+			labels, _ = s.firer.JobLabels(ctx, r.JobID)
+			if labels == nil {
+				labels = map[string]string{}
+			}
+		}
+		return labels
+	}
+	for _, b := range blackouts {
+		if covers(b, slot) && applies(b, r.ID, jobLabels) {
+			return record(OutcomeSkipped, fmt.Sprintf("blackout window %q", b.GetName()), "")
+		}
 	}
 	overlap := sc.GetOverlapPolicy()
 	if overlap == "" || overlap == OverlapSkip {

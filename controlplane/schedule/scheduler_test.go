@@ -38,6 +38,10 @@ func (f *fakeFirer) FireSchedule(_ context.Context, r Run) (string, error) {
 
 func (f *fakeFirer) ScheduleRunning(context.Context, string) (bool, error) { return f.running, nil }
 
+func (f *fakeFirer) JobLabels(context.Context, string) (map[string]string, error) {
+	return map[string]string{"team": "payments"}, nil
+}
+
 // rig is a schedule service and scheduler on one SQLite store with a
 // clock the test moves.
 type rig struct {

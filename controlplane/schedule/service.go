@@ -453,3 +453,5 @@ func (s *Service) ListScheduleFires(ctx context.Context, req *connect.Request[op
 	}
 	return connect.NewResponse(resp), nil
 }
+
+func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }

@@ -1122,6 +1122,396 @@ func (x *ListScheduleFiresResponse) GetFires() []*ScheduleFire {
 	return nil
 }
 
+// BlackoutWindow is a time when schedules do not fire: a dated window (a
+// change freeze) or a recurring one (weekdays 09:00-17:00 in a zone). It
+// applies to every schedule, to one, or to those of jobs whose labels
+// match a selector.
+type BlackoutWindow struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Named in the skipped fires' reason.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Dated: from start_time to end_time.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Recurring: on these days ("mon" ... "sun"; none: every day), from
+	// start_clock to end_clock ("HH:MM"; end_clock may be "24:00") in
+	// time_zone (default UTC).
+	Days       []string `protobuf:"bytes,5,rep,name=days,proto3" json:"days,omitempty"`
+	StartClock string   `protobuf:"bytes,6,opt,name=start_clock,json=startClock,proto3" json:"start_clock,omitempty"`
+	EndClock   string   `protobuf:"bytes,7,opt,name=end_clock,json=endClock,proto3" json:"end_clock,omitempty"`
+	TimeZone   string   `protobuf:"bytes,8,opt,name=time_zone,json=timeZone,proto3" json:"time_zone,omitempty"`
+	// What it applies to (neither: every schedule).
+	ScheduleId    string                 `protobuf:"bytes,9,opt,name=schedule_id,json=scheduleId,proto3" json:"schedule_id,omitempty"`
+	JobSelector   string                 `protobuf:"bytes,10,opt,name=job_selector,json=jobSelector,proto3" json:"job_selector,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,11,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlackoutWindow) Reset() {
+	*x = BlackoutWindow{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlackoutWindow) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlackoutWindow) ProtoMessage() {}
+
+func (x *BlackoutWindow) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlackoutWindow.ProtoReflect.Descriptor instead.
+func (*BlackoutWindow) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *BlackoutWindow) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *BlackoutWindow) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *BlackoutWindow) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *BlackoutWindow) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *BlackoutWindow) GetDays() []string {
+	if x != nil {
+		return x.Days
+	}
+	return nil
+}
+
+func (x *BlackoutWindow) GetStartClock() string {
+	if x != nil {
+		return x.StartClock
+	}
+	return ""
+}
+
+func (x *BlackoutWindow) GetEndClock() string {
+	if x != nil {
+		return x.EndClock
+	}
+	return ""
+}
+
+func (x *BlackoutWindow) GetTimeZone() string {
+	if x != nil {
+		return x.TimeZone
+	}
+	return ""
+}
+
+func (x *BlackoutWindow) GetScheduleId() string {
+	if x != nil {
+		return x.ScheduleId
+	}
+	return ""
+}
+
+func (x *BlackoutWindow) GetJobSelector() string {
+	if x != nil {
+		return x.JobSelector
+	}
+	return ""
+}
+
+func (x *BlackoutWindow) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *BlackoutWindow) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+type CreateBlackoutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Blackout      *BlackoutWindow        `protobuf:"bytes,1,opt,name=blackout,proto3" json:"blackout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBlackoutRequest) Reset() {
+	*x = CreateBlackoutRequest{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBlackoutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBlackoutRequest) ProtoMessage() {}
+
+func (x *CreateBlackoutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBlackoutRequest.ProtoReflect.Descriptor instead.
+func (*CreateBlackoutRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CreateBlackoutRequest) GetBlackout() *BlackoutWindow {
+	if x != nil {
+		return x.Blackout
+	}
+	return nil
+}
+
+type CreateBlackoutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Blackout      *BlackoutWindow        `protobuf:"bytes,1,opt,name=blackout,proto3" json:"blackout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBlackoutResponse) Reset() {
+	*x = CreateBlackoutResponse{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBlackoutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBlackoutResponse) ProtoMessage() {}
+
+func (x *CreateBlackoutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBlackoutResponse.ProtoReflect.Descriptor instead.
+func (*CreateBlackoutResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CreateBlackoutResponse) GetBlackout() *BlackoutWindow {
+	if x != nil {
+		return x.Blackout
+	}
+	return nil
+}
+
+type ListBlackoutsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlackoutsRequest) Reset() {
+	*x = ListBlackoutsRequest{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlackoutsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlackoutsRequest) ProtoMessage() {}
+
+func (x *ListBlackoutsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlackoutsRequest.ProtoReflect.Descriptor instead.
+func (*ListBlackoutsRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{22}
+}
+
+type ListBlackoutsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Blackouts     []*BlackoutWindow      `protobuf:"bytes,1,rep,name=blackouts,proto3" json:"blackouts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBlackoutsResponse) Reset() {
+	*x = ListBlackoutsResponse{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBlackoutsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBlackoutsResponse) ProtoMessage() {}
+
+func (x *ListBlackoutsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBlackoutsResponse.ProtoReflect.Descriptor instead.
+func (*ListBlackoutsResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListBlackoutsResponse) GetBlackouts() []*BlackoutWindow {
+	if x != nil {
+		return x.Blackouts
+	}
+	return nil
+}
+
+type DeleteBlackoutRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBlackoutRequest) Reset() {
+	*x = DeleteBlackoutRequest{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBlackoutRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBlackoutRequest) ProtoMessage() {}
+
+func (x *DeleteBlackoutRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBlackoutRequest.ProtoReflect.Descriptor instead.
+func (*DeleteBlackoutRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *DeleteBlackoutRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteBlackoutResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBlackoutResponse) Reset() {
+	*x = DeleteBlackoutResponse{}
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBlackoutResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBlackoutResponse) ProtoMessage() {}
+
+func (x *DeleteBlackoutResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBlackoutResponse.ProtoReflect.Descriptor instead.
+func (*DeleteBlackoutResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{25}
+}
+
 type ValidateScheduleRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Schedule *Schedule              `protobuf:"bytes,1,opt,name=schedule,proto3" json:"schedule,omitempty"`
@@ -1133,7 +1523,7 @@ type ValidateScheduleRequest struct {
 
 func (x *ValidateScheduleRequest) Reset() {
 	*x = ValidateScheduleRequest{}
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1535,7 @@ func (x *ValidateScheduleRequest) String() string {
 func (*ValidateScheduleRequest) ProtoMessage() {}
 
 func (x *ValidateScheduleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1548,7 @@ func (x *ValidateScheduleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateScheduleRequest.ProtoReflect.Descriptor instead.
 func (*ValidateScheduleRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ValidateScheduleRequest) GetSchedule() *Schedule {
@@ -1187,7 +1577,7 @@ type FireTime struct {
 
 func (x *FireTime) Reset() {
 	*x = FireTime{}
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1589,7 @@ func (x *FireTime) String() string {
 func (*FireTime) ProtoMessage() {}
 
 func (x *FireTime) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1602,7 @@ func (x *FireTime) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FireTime.ProtoReflect.Descriptor instead.
 func (*FireTime) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{20}
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FireTime) GetLocal() string {
@@ -1238,7 +1628,7 @@ type ValidateScheduleResponse struct {
 
 func (x *ValidateScheduleResponse) Reset() {
 	*x = ValidateScheduleResponse{}
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1250,7 +1640,7 @@ func (x *ValidateScheduleResponse) String() string {
 func (*ValidateScheduleResponse) ProtoMessage() {}
 
 func (x *ValidateScheduleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_schedule_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_schedule_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1263,7 +1653,7 @@ func (x *ValidateScheduleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateScheduleResponse.ProtoReflect.Descriptor instead.
 func (*ValidateScheduleResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{21}
+	return file_opsconductor_v1_schedule_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ValidateScheduleResponse) GetNext() []*FireTime {
@@ -1354,7 +1744,36 @@ const file_opsconductor_v1_schedule_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12!\n" +
 	"\fexecution_id\x18\x06 \x01(\tR\vexecutionId\"P\n" +
 	"\x19ListScheduleFiresResponse\x123\n" +
-	"\x05fires\x18\x01 \x03(\v2\x1d.opsconductor.v1.ScheduleFireR\x05fires\"f\n" +
+	"\x05fires\x18\x01 \x03(\v2\x1d.opsconductor.v1.ScheduleFireR\x05fires\"\xb5\x03\n" +
+	"\x0eBlackoutWindow\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x129\n" +
+	"\n" +
+	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x12\n" +
+	"\x04days\x18\x05 \x03(\tR\x04days\x12\x1f\n" +
+	"\vstart_clock\x18\x06 \x01(\tR\n" +
+	"startClock\x12\x1b\n" +
+	"\tend_clock\x18\a \x01(\tR\bendClock\x12\x1b\n" +
+	"\ttime_zone\x18\b \x01(\tR\btimeZone\x12\x1f\n" +
+	"\vschedule_id\x18\t \x01(\tR\n" +
+	"scheduleId\x12!\n" +
+	"\fjob_selector\x18\n" +
+	" \x01(\tR\vjobSelector\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\v \x01(\tR\tcreatedBy\x12;\n" +
+	"\vcreate_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"T\n" +
+	"\x15CreateBlackoutRequest\x12;\n" +
+	"\bblackout\x18\x01 \x01(\v2\x1f.opsconductor.v1.BlackoutWindowR\bblackout\"U\n" +
+	"\x16CreateBlackoutResponse\x12;\n" +
+	"\bblackout\x18\x01 \x01(\v2\x1f.opsconductor.v1.BlackoutWindowR\bblackout\"\x16\n" +
+	"\x14ListBlackoutsRequest\"V\n" +
+	"\x15ListBlackoutsResponse\x12=\n" +
+	"\tblackouts\x18\x01 \x03(\v2\x1f.opsconductor.v1.BlackoutWindowR\tblackouts\"'\n" +
+	"\x15DeleteBlackoutRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x18\n" +
+	"\x16DeleteBlackoutResponse\"f\n" +
 	"\x17ValidateScheduleRequest\x125\n" +
 	"\bschedule\x18\x01 \x01(\v2\x19.opsconductor.v1.ScheduleR\bschedule\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x05R\x05count\"N\n" +
@@ -1362,7 +1781,7 @@ const file_opsconductor_v1_schedule_proto_rawDesc = "" +
 	"\x05local\x18\x01 \x01(\tR\x05local\x12,\n" +
 	"\x03utc\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03utc\"I\n" +
 	"\x18ValidateScheduleResponse\x12-\n" +
-	"\x04next\x18\x01 \x03(\v2\x19.opsconductor.v1.FireTimeR\x04next2\xc0\f\n" +
+	"\x04next\x18\x01 \x03(\v2\x19.opsconductor.v1.FireTimeR\x04next2\x84\x10\n" +
 	"\x0fScheduleService\x12\x96\x01\n" +
 	"\x0eCreateSchedule\x12&.opsconductor.v1.CreateScheduleRequest\x1a'.opsconductor.v1.CreateScheduleResponse\"3\x8a\xb5\x18\x13\n" +
 	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/api/v1/schedules\x12\x8d\x01\n" +
@@ -1381,7 +1800,13 @@ const file_opsconductor_v1_schedule_proto_rawDesc = "" +
 	"\x0eResumeSchedule\x12&.opsconductor.v1.ResumeScheduleRequest\x1a'.opsconductor.v1.ResumeScheduleResponse\"?\x8a\xb5\x18\x13\n" +
 	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/api/v1/schedules/{id}/resume\x12\xa4\x01\n" +
 	"\x11ListScheduleFires\x12).opsconductor.v1.ListScheduleFiresRequest\x1a*.opsconductor.v1.ListScheduleFiresResponse\"8\x8a\xb5\x18\x10\n" +
-	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/schedules/{id}/fires\x12\xa2\x01\n" +
+	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/schedules/{id}/fires\x12\x96\x01\n" +
+	"\x0eCreateBlackout\x12&.opsconductor.v1.CreateBlackoutRequest\x1a'.opsconductor.v1.CreateBlackoutResponse\"3\x8a\xb5\x18\x13\n" +
+	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/api/v1/blackouts\x12\x8d\x01\n" +
+	"\rListBlackouts\x12%.opsconductor.v1.ListBlackoutsRequest\x1a&.opsconductor.v1.ListBlackoutsResponse\"-\x8a\xb5\x18\x10\n" +
+	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/blackouts\x12\x98\x01\n" +
+	"\x0eDeleteBlackout\x12&.opsconductor.v1.DeleteBlackoutRequest\x1a'.opsconductor.v1.DeleteBlackoutResponse\"5\x8a\xb5\x18\x13\n" +
+	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/blackouts/{id}\x12\xa2\x01\n" +
 	"\x10ValidateSchedule\x12(.opsconductor.v1.ValidateScheduleRequest\x1a).opsconductor.v1.ValidateScheduleResponse\"9\x8a\xb5\x18\x10\n" +
 	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/api/v1/schedules/validateBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
@@ -1397,7 +1822,7 @@ func file_opsconductor_v1_schedule_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_schedule_proto_rawDescData
 }
 
-var file_opsconductor_v1_schedule_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_opsconductor_v1_schedule_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_opsconductor_v1_schedule_proto_goTypes = []any{
 	(*Schedule)(nil),                  // 0: opsconductor.v1.Schedule
 	(*CreateScheduleRequest)(nil),     // 1: opsconductor.v1.CreateScheduleRequest
@@ -1418,28 +1843,35 @@ var file_opsconductor_v1_schedule_proto_goTypes = []any{
 	(*ListScheduleFiresRequest)(nil),  // 16: opsconductor.v1.ListScheduleFiresRequest
 	(*ScheduleFire)(nil),              // 17: opsconductor.v1.ScheduleFire
 	(*ListScheduleFiresResponse)(nil), // 18: opsconductor.v1.ListScheduleFiresResponse
-	(*ValidateScheduleRequest)(nil),   // 19: opsconductor.v1.ValidateScheduleRequest
-	(*FireTime)(nil),                  // 20: opsconductor.v1.FireTime
-	(*ValidateScheduleResponse)(nil),  // 21: opsconductor.v1.ValidateScheduleResponse
-	nil,                               // 22: opsconductor.v1.Schedule.ParametersEntry
-	(*timestamppb.Timestamp)(nil),     // 23: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 24: google.protobuf.Duration
-	(*Target)(nil),                    // 25: opsconductor.v1.Target
+	(*BlackoutWindow)(nil),            // 19: opsconductor.v1.BlackoutWindow
+	(*CreateBlackoutRequest)(nil),     // 20: opsconductor.v1.CreateBlackoutRequest
+	(*CreateBlackoutResponse)(nil),    // 21: opsconductor.v1.CreateBlackoutResponse
+	(*ListBlackoutsRequest)(nil),      // 22: opsconductor.v1.ListBlackoutsRequest
+	(*ListBlackoutsResponse)(nil),     // 23: opsconductor.v1.ListBlackoutsResponse
+	(*DeleteBlackoutRequest)(nil),     // 24: opsconductor.v1.DeleteBlackoutRequest
+	(*DeleteBlackoutResponse)(nil),    // 25: opsconductor.v1.DeleteBlackoutResponse
+	(*ValidateScheduleRequest)(nil),   // 26: opsconductor.v1.ValidateScheduleRequest
+	(*FireTime)(nil),                  // 27: opsconductor.v1.FireTime
+	(*ValidateScheduleResponse)(nil),  // 28: opsconductor.v1.ValidateScheduleResponse
+	nil,                               // 29: opsconductor.v1.Schedule.ParametersEntry
+	(*timestamppb.Timestamp)(nil),     // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 31: google.protobuf.Duration
+	(*Target)(nil),                    // 32: opsconductor.v1.Target
 }
 var file_opsconductor_v1_schedule_proto_depIdxs = []int32{
-	23, // 0: opsconductor.v1.Schedule.at:type_name -> google.protobuf.Timestamp
-	24, // 1: opsconductor.v1.Schedule.every:type_name -> google.protobuf.Duration
-	23, // 2: opsconductor.v1.Schedule.anchor:type_name -> google.protobuf.Timestamp
-	23, // 3: opsconductor.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
-	23, // 4: opsconductor.v1.Schedule.end_time:type_name -> google.protobuf.Timestamp
-	24, // 5: opsconductor.v1.Schedule.jitter:type_name -> google.protobuf.Duration
-	22, // 6: opsconductor.v1.Schedule.parameters:type_name -> opsconductor.v1.Schedule.ParametersEntry
-	25, // 7: opsconductor.v1.Schedule.targets:type_name -> opsconductor.v1.Target
-	24, // 8: opsconductor.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
-	23, // 9: opsconductor.v1.Schedule.next_fire_time:type_name -> google.protobuf.Timestamp
-	23, // 10: opsconductor.v1.Schedule.last_fire_time:type_name -> google.protobuf.Timestamp
-	23, // 11: opsconductor.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
-	23, // 12: opsconductor.v1.Schedule.update_time:type_name -> google.protobuf.Timestamp
+	30, // 0: opsconductor.v1.Schedule.at:type_name -> google.protobuf.Timestamp
+	31, // 1: opsconductor.v1.Schedule.every:type_name -> google.protobuf.Duration
+	30, // 2: opsconductor.v1.Schedule.anchor:type_name -> google.protobuf.Timestamp
+	30, // 3: opsconductor.v1.Schedule.start_time:type_name -> google.protobuf.Timestamp
+	30, // 4: opsconductor.v1.Schedule.end_time:type_name -> google.protobuf.Timestamp
+	31, // 5: opsconductor.v1.Schedule.jitter:type_name -> google.protobuf.Duration
+	29, // 6: opsconductor.v1.Schedule.parameters:type_name -> opsconductor.v1.Schedule.ParametersEntry
+	32, // 7: opsconductor.v1.Schedule.targets:type_name -> opsconductor.v1.Target
+	31, // 8: opsconductor.v1.Schedule.misfire_grace:type_name -> google.protobuf.Duration
+	30, // 9: opsconductor.v1.Schedule.next_fire_time:type_name -> google.protobuf.Timestamp
+	30, // 10: opsconductor.v1.Schedule.last_fire_time:type_name -> google.protobuf.Timestamp
+	30, // 11: opsconductor.v1.Schedule.create_time:type_name -> google.protobuf.Timestamp
+	30, // 12: opsconductor.v1.Schedule.update_time:type_name -> google.protobuf.Timestamp
 	0,  // 13: opsconductor.v1.CreateScheduleRequest.schedule:type_name -> opsconductor.v1.Schedule
 	0,  // 14: opsconductor.v1.CreateScheduleResponse.schedule:type_name -> opsconductor.v1.Schedule
 	0,  // 15: opsconductor.v1.ListSchedulesResponse.schedules:type_name -> opsconductor.v1.Schedule
@@ -1448,38 +1880,50 @@ var file_opsconductor_v1_schedule_proto_depIdxs = []int32{
 	0,  // 18: opsconductor.v1.UpdateScheduleResponse.schedule:type_name -> opsconductor.v1.Schedule
 	0,  // 19: opsconductor.v1.PauseScheduleResponse.schedule:type_name -> opsconductor.v1.Schedule
 	0,  // 20: opsconductor.v1.ResumeScheduleResponse.schedule:type_name -> opsconductor.v1.Schedule
-	23, // 21: opsconductor.v1.ScheduleFire.scheduled_for:type_name -> google.protobuf.Timestamp
-	23, // 22: opsconductor.v1.ScheduleFire.fired_at:type_name -> google.protobuf.Timestamp
-	24, // 23: opsconductor.v1.ScheduleFire.lateness:type_name -> google.protobuf.Duration
+	30, // 21: opsconductor.v1.ScheduleFire.scheduled_for:type_name -> google.protobuf.Timestamp
+	30, // 22: opsconductor.v1.ScheduleFire.fired_at:type_name -> google.protobuf.Timestamp
+	31, // 23: opsconductor.v1.ScheduleFire.lateness:type_name -> google.protobuf.Duration
 	17, // 24: opsconductor.v1.ListScheduleFiresResponse.fires:type_name -> opsconductor.v1.ScheduleFire
-	0,  // 25: opsconductor.v1.ValidateScheduleRequest.schedule:type_name -> opsconductor.v1.Schedule
-	23, // 26: opsconductor.v1.FireTime.utc:type_name -> google.protobuf.Timestamp
-	20, // 27: opsconductor.v1.ValidateScheduleResponse.next:type_name -> opsconductor.v1.FireTime
-	1,  // 28: opsconductor.v1.ScheduleService.CreateSchedule:input_type -> opsconductor.v1.CreateScheduleRequest
-	3,  // 29: opsconductor.v1.ScheduleService.ListSchedules:input_type -> opsconductor.v1.ListSchedulesRequest
-	5,  // 30: opsconductor.v1.ScheduleService.ListJobSchedules:input_type -> opsconductor.v1.ListJobSchedulesRequest
-	6,  // 31: opsconductor.v1.ScheduleService.GetSchedule:input_type -> opsconductor.v1.GetScheduleRequest
-	8,  // 32: opsconductor.v1.ScheduleService.UpdateSchedule:input_type -> opsconductor.v1.UpdateScheduleRequest
-	10, // 33: opsconductor.v1.ScheduleService.DeleteSchedule:input_type -> opsconductor.v1.DeleteScheduleRequest
-	12, // 34: opsconductor.v1.ScheduleService.PauseSchedule:input_type -> opsconductor.v1.PauseScheduleRequest
-	14, // 35: opsconductor.v1.ScheduleService.ResumeSchedule:input_type -> opsconductor.v1.ResumeScheduleRequest
-	16, // 36: opsconductor.v1.ScheduleService.ListScheduleFires:input_type -> opsconductor.v1.ListScheduleFiresRequest
-	19, // 37: opsconductor.v1.ScheduleService.ValidateSchedule:input_type -> opsconductor.v1.ValidateScheduleRequest
-	2,  // 38: opsconductor.v1.ScheduleService.CreateSchedule:output_type -> opsconductor.v1.CreateScheduleResponse
-	4,  // 39: opsconductor.v1.ScheduleService.ListSchedules:output_type -> opsconductor.v1.ListSchedulesResponse
-	4,  // 40: opsconductor.v1.ScheduleService.ListJobSchedules:output_type -> opsconductor.v1.ListSchedulesResponse
-	7,  // 41: opsconductor.v1.ScheduleService.GetSchedule:output_type -> opsconductor.v1.GetScheduleResponse
-	9,  // 42: opsconductor.v1.ScheduleService.UpdateSchedule:output_type -> opsconductor.v1.UpdateScheduleResponse
-	11, // 43: opsconductor.v1.ScheduleService.DeleteSchedule:output_type -> opsconductor.v1.DeleteScheduleResponse
-	13, // 44: opsconductor.v1.ScheduleService.PauseSchedule:output_type -> opsconductor.v1.PauseScheduleResponse
-	15, // 45: opsconductor.v1.ScheduleService.ResumeSchedule:output_type -> opsconductor.v1.ResumeScheduleResponse
-	18, // 46: opsconductor.v1.ScheduleService.ListScheduleFires:output_type -> opsconductor.v1.ListScheduleFiresResponse
-	21, // 47: opsconductor.v1.ScheduleService.ValidateSchedule:output_type -> opsconductor.v1.ValidateScheduleResponse
-	38, // [38:48] is the sub-list for method output_type
-	28, // [28:38] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	30, // 25: opsconductor.v1.BlackoutWindow.start_time:type_name -> google.protobuf.Timestamp
+	30, // 26: opsconductor.v1.BlackoutWindow.end_time:type_name -> google.protobuf.Timestamp
+	30, // 27: opsconductor.v1.BlackoutWindow.create_time:type_name -> google.protobuf.Timestamp
+	19, // 28: opsconductor.v1.CreateBlackoutRequest.blackout:type_name -> opsconductor.v1.BlackoutWindow
+	19, // 29: opsconductor.v1.CreateBlackoutResponse.blackout:type_name -> opsconductor.v1.BlackoutWindow
+	19, // 30: opsconductor.v1.ListBlackoutsResponse.blackouts:type_name -> opsconductor.v1.BlackoutWindow
+	0,  // 31: opsconductor.v1.ValidateScheduleRequest.schedule:type_name -> opsconductor.v1.Schedule
+	30, // 32: opsconductor.v1.FireTime.utc:type_name -> google.protobuf.Timestamp
+	27, // 33: opsconductor.v1.ValidateScheduleResponse.next:type_name -> opsconductor.v1.FireTime
+	1,  // 34: opsconductor.v1.ScheduleService.CreateSchedule:input_type -> opsconductor.v1.CreateScheduleRequest
+	3,  // 35: opsconductor.v1.ScheduleService.ListSchedules:input_type -> opsconductor.v1.ListSchedulesRequest
+	5,  // 36: opsconductor.v1.ScheduleService.ListJobSchedules:input_type -> opsconductor.v1.ListJobSchedulesRequest
+	6,  // 37: opsconductor.v1.ScheduleService.GetSchedule:input_type -> opsconductor.v1.GetScheduleRequest
+	8,  // 38: opsconductor.v1.ScheduleService.UpdateSchedule:input_type -> opsconductor.v1.UpdateScheduleRequest
+	10, // 39: opsconductor.v1.ScheduleService.DeleteSchedule:input_type -> opsconductor.v1.DeleteScheduleRequest
+	12, // 40: opsconductor.v1.ScheduleService.PauseSchedule:input_type -> opsconductor.v1.PauseScheduleRequest
+	14, // 41: opsconductor.v1.ScheduleService.ResumeSchedule:input_type -> opsconductor.v1.ResumeScheduleRequest
+	16, // 42: opsconductor.v1.ScheduleService.ListScheduleFires:input_type -> opsconductor.v1.ListScheduleFiresRequest
+	20, // 43: opsconductor.v1.ScheduleService.CreateBlackout:input_type -> opsconductor.v1.CreateBlackoutRequest
+	22, // 44: opsconductor.v1.ScheduleService.ListBlackouts:input_type -> opsconductor.v1.ListBlackoutsRequest
+	24, // 45: opsconductor.v1.ScheduleService.DeleteBlackout:input_type -> opsconductor.v1.DeleteBlackoutRequest
+	26, // 46: opsconductor.v1.ScheduleService.ValidateSchedule:input_type -> opsconductor.v1.ValidateScheduleRequest
+	2,  // 47: opsconductor.v1.ScheduleService.CreateSchedule:output_type -> opsconductor.v1.CreateScheduleResponse
+	4,  // 48: opsconductor.v1.ScheduleService.ListSchedules:output_type -> opsconductor.v1.ListSchedulesResponse
+	4,  // 49: opsconductor.v1.ScheduleService.ListJobSchedules:output_type -> opsconductor.v1.ListSchedulesResponse
+	7,  // 50: opsconductor.v1.ScheduleService.GetSchedule:output_type -> opsconductor.v1.GetScheduleResponse
+	9,  // 51: opsconductor.v1.ScheduleService.UpdateSchedule:output_type -> opsconductor.v1.UpdateScheduleResponse
+	11, // 52: opsconductor.v1.ScheduleService.DeleteSchedule:output_type -> opsconductor.v1.DeleteScheduleResponse
+	13, // 53: opsconductor.v1.ScheduleService.PauseSchedule:output_type -> opsconductor.v1.PauseScheduleResponse
+	15, // 54: opsconductor.v1.ScheduleService.ResumeSchedule:output_type -> opsconductor.v1.ResumeScheduleResponse
+	18, // 55: opsconductor.v1.ScheduleService.ListScheduleFires:output_type -> opsconductor.v1.ListScheduleFiresResponse
+	21, // 56: opsconductor.v1.ScheduleService.CreateBlackout:output_type -> opsconductor.v1.CreateBlackoutResponse
+	23, // 57: opsconductor.v1.ScheduleService.ListBlackouts:output_type -> opsconductor.v1.ListBlackoutsResponse
+	25, // 58: opsconductor.v1.ScheduleService.DeleteBlackout:output_type -> opsconductor.v1.DeleteBlackoutResponse
+	28, // 59: opsconductor.v1.ScheduleService.ValidateSchedule:output_type -> opsconductor.v1.ValidateScheduleResponse
+	47, // [47:60] is the sub-list for method output_type
+	34, // [34:47] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_schedule_proto_init() }
@@ -1495,7 +1939,7 @@ func file_opsconductor_v1_schedule_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_schedule_proto_rawDesc), len(file_opsconductor_v1_schedule_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -60,6 +60,15 @@ const (
 	// ScheduleServiceListScheduleFiresProcedure is the fully-qualified name of the ScheduleService's
 	// ListScheduleFires RPC.
 	ScheduleServiceListScheduleFiresProcedure = "/opsconductor.v1.ScheduleService/ListScheduleFires"
+	// ScheduleServiceCreateBlackoutProcedure is the fully-qualified name of the ScheduleService's
+	// CreateBlackout RPC.
+	ScheduleServiceCreateBlackoutProcedure = "/opsconductor.v1.ScheduleService/CreateBlackout"
+	// ScheduleServiceListBlackoutsProcedure is the fully-qualified name of the ScheduleService's
+	// ListBlackouts RPC.
+	ScheduleServiceListBlackoutsProcedure = "/opsconductor.v1.ScheduleService/ListBlackouts"
+	// ScheduleServiceDeleteBlackoutProcedure is the fully-qualified name of the ScheduleService's
+	// DeleteBlackout RPC.
+	ScheduleServiceDeleteBlackoutProcedure = "/opsconductor.v1.ScheduleService/DeleteBlackout"
 	// ScheduleServiceValidateScheduleProcedure is the fully-qualified name of the ScheduleService's
 	// ValidateSchedule RPC.
 	ScheduleServiceValidateScheduleProcedure = "/opsconductor.v1.ScheduleService/ValidateSchedule"
@@ -80,6 +89,11 @@ type ScheduleServiceClient interface {
 	// The schedule's fires, newest first: fired (with the execution),
 	// skipped, missed or failed, each with why.
 	ListScheduleFires(context.Context, *connect.Request[v1.ListScheduleFiresRequest]) (*connect.Response[v1.ListScheduleFiresResponse], error)
+	// Blackout windows: times when schedules do not fire (their fires are
+	// recorded skipped, naming the window).
+	CreateBlackout(context.Context, *connect.Request[v1.CreateBlackoutRequest]) (*connect.Response[v1.CreateBlackoutResponse], error)
+	ListBlackouts(context.Context, *connect.Request[v1.ListBlackoutsRequest]) (*connect.Response[v1.ListBlackoutsResponse], error)
+	DeleteBlackout(context.Context, *connect.Request[v1.DeleteBlackoutRequest]) (*connect.Response[v1.DeleteBlackoutResponse], error)
 	// Checks a schedule's timing without saving it, and returns its next
 	// fire times in its zone and in UTC.
 	ValidateSchedule(context.Context, *connect.Request[v1.ValidateScheduleRequest]) (*connect.Response[v1.ValidateScheduleResponse], error)
@@ -150,6 +164,24 @@ func NewScheduleServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(scheduleServiceMethods.ByName("ListScheduleFires")),
 			connect.WithClientOptions(opts...),
 		),
+		createBlackout: connect.NewClient[v1.CreateBlackoutRequest, v1.CreateBlackoutResponse](
+			httpClient,
+			baseURL+ScheduleServiceCreateBlackoutProcedure,
+			connect.WithSchema(scheduleServiceMethods.ByName("CreateBlackout")),
+			connect.WithClientOptions(opts...),
+		),
+		listBlackouts: connect.NewClient[v1.ListBlackoutsRequest, v1.ListBlackoutsResponse](
+			httpClient,
+			baseURL+ScheduleServiceListBlackoutsProcedure,
+			connect.WithSchema(scheduleServiceMethods.ByName("ListBlackouts")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteBlackout: connect.NewClient[v1.DeleteBlackoutRequest, v1.DeleteBlackoutResponse](
+			httpClient,
+			baseURL+ScheduleServiceDeleteBlackoutProcedure,
+			connect.WithSchema(scheduleServiceMethods.ByName("DeleteBlackout")),
+			connect.WithClientOptions(opts...),
+		),
 		validateSchedule: connect.NewClient[v1.ValidateScheduleRequest, v1.ValidateScheduleResponse](
 			httpClient,
 			baseURL+ScheduleServiceValidateScheduleProcedure,
@@ -170,6 +202,9 @@ type scheduleServiceClient struct {
 	pauseSchedule     *connect.Client[v1.PauseScheduleRequest, v1.PauseScheduleResponse]
 	resumeSchedule    *connect.Client[v1.ResumeScheduleRequest, v1.ResumeScheduleResponse]
 	listScheduleFires *connect.Client[v1.ListScheduleFiresRequest, v1.ListScheduleFiresResponse]
+	createBlackout    *connect.Client[v1.CreateBlackoutRequest, v1.CreateBlackoutResponse]
+	listBlackouts     *connect.Client[v1.ListBlackoutsRequest, v1.ListBlackoutsResponse]
+	deleteBlackout    *connect.Client[v1.DeleteBlackoutRequest, v1.DeleteBlackoutResponse]
 	validateSchedule  *connect.Client[v1.ValidateScheduleRequest, v1.ValidateScheduleResponse]
 }
 
@@ -218,6 +253,21 @@ func (c *scheduleServiceClient) ListScheduleFires(ctx context.Context, req *conn
 	return c.listScheduleFires.CallUnary(ctx, req)
 }
 
+// CreateBlackout calls opsconductor.v1.ScheduleService.CreateBlackout.
+func (c *scheduleServiceClient) CreateBlackout(ctx context.Context, req *connect.Request[v1.CreateBlackoutRequest]) (*connect.Response[v1.CreateBlackoutResponse], error) {
+	return c.createBlackout.CallUnary(ctx, req)
+}
+
+// ListBlackouts calls opsconductor.v1.ScheduleService.ListBlackouts.
+func (c *scheduleServiceClient) ListBlackouts(ctx context.Context, req *connect.Request[v1.ListBlackoutsRequest]) (*connect.Response[v1.ListBlackoutsResponse], error) {
+	return c.listBlackouts.CallUnary(ctx, req)
+}
+
+// DeleteBlackout calls opsconductor.v1.ScheduleService.DeleteBlackout.
+func (c *scheduleServiceClient) DeleteBlackout(ctx context.Context, req *connect.Request[v1.DeleteBlackoutRequest]) (*connect.Response[v1.DeleteBlackoutResponse], error) {
+	return c.deleteBlackout.CallUnary(ctx, req)
+}
+
 // ValidateSchedule calls opsconductor.v1.ScheduleService.ValidateSchedule.
 func (c *scheduleServiceClient) ValidateSchedule(ctx context.Context, req *connect.Request[v1.ValidateScheduleRequest]) (*connect.Response[v1.ValidateScheduleResponse], error) {
 	return c.validateSchedule.CallUnary(ctx, req)
@@ -238,6 +288,11 @@ type ScheduleServiceHandler interface {
 	// The schedule's fires, newest first: fired (with the execution),
 	// skipped, missed or failed, each with why.
 	ListScheduleFires(context.Context, *connect.Request[v1.ListScheduleFiresRequest]) (*connect.Response[v1.ListScheduleFiresResponse], error)
+	// Blackout windows: times when schedules do not fire (their fires are
+	// recorded skipped, naming the window).
+	CreateBlackout(context.Context, *connect.Request[v1.CreateBlackoutRequest]) (*connect.Response[v1.CreateBlackoutResponse], error)
+	ListBlackouts(context.Context, *connect.Request[v1.ListBlackoutsRequest]) (*connect.Response[v1.ListBlackoutsResponse], error)
+	DeleteBlackout(context.Context, *connect.Request[v1.DeleteBlackoutRequest]) (*connect.Response[v1.DeleteBlackoutResponse], error)
 	// Checks a schedule's timing without saving it, and returns its next
 	// fire times in its zone and in UTC.
 	ValidateSchedule(context.Context, *connect.Request[v1.ValidateScheduleRequest]) (*connect.Response[v1.ValidateScheduleResponse], error)
@@ -304,6 +359,24 @@ func NewScheduleServiceHandler(svc ScheduleServiceHandler, opts ...connect.Handl
 		connect.WithSchema(scheduleServiceMethods.ByName("ListScheduleFires")),
 		connect.WithHandlerOptions(opts...),
 	)
+	scheduleServiceCreateBlackoutHandler := connect.NewUnaryHandler(
+		ScheduleServiceCreateBlackoutProcedure,
+		svc.CreateBlackout,
+		connect.WithSchema(scheduleServiceMethods.ByName("CreateBlackout")),
+		connect.WithHandlerOptions(opts...),
+	)
+	scheduleServiceListBlackoutsHandler := connect.NewUnaryHandler(
+		ScheduleServiceListBlackoutsProcedure,
+		svc.ListBlackouts,
+		connect.WithSchema(scheduleServiceMethods.ByName("ListBlackouts")),
+		connect.WithHandlerOptions(opts...),
+	)
+	scheduleServiceDeleteBlackoutHandler := connect.NewUnaryHandler(
+		ScheduleServiceDeleteBlackoutProcedure,
+		svc.DeleteBlackout,
+		connect.WithSchema(scheduleServiceMethods.ByName("DeleteBlackout")),
+		connect.WithHandlerOptions(opts...),
+	)
 	scheduleServiceValidateScheduleHandler := connect.NewUnaryHandler(
 		ScheduleServiceValidateScheduleProcedure,
 		svc.ValidateSchedule,
@@ -330,6 +403,12 @@ func NewScheduleServiceHandler(svc ScheduleServiceHandler, opts ...connect.Handl
 			scheduleServiceResumeScheduleHandler.ServeHTTP(w, r)
 		case ScheduleServiceListScheduleFiresProcedure:
 			scheduleServiceListScheduleFiresHandler.ServeHTTP(w, r)
+		case ScheduleServiceCreateBlackoutProcedure:
+			scheduleServiceCreateBlackoutHandler.ServeHTTP(w, r)
+		case ScheduleServiceListBlackoutsProcedure:
+			scheduleServiceListBlackoutsHandler.ServeHTTP(w, r)
+		case ScheduleServiceDeleteBlackoutProcedure:
+			scheduleServiceDeleteBlackoutHandler.ServeHTTP(w, r)
 		case ScheduleServiceValidateScheduleProcedure:
 			scheduleServiceValidateScheduleHandler.ServeHTTP(w, r)
 		default:
@@ -375,6 +454,18 @@ func (UnimplementedScheduleServiceHandler) ResumeSchedule(context.Context, *conn
 
 func (UnimplementedScheduleServiceHandler) ListScheduleFires(context.Context, *connect.Request[v1.ListScheduleFiresRequest]) (*connect.Response[v1.ListScheduleFiresResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ScheduleService.ListScheduleFires is not implemented"))
+}
+
+func (UnimplementedScheduleServiceHandler) CreateBlackout(context.Context, *connect.Request[v1.CreateBlackoutRequest]) (*connect.Response[v1.CreateBlackoutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ScheduleService.CreateBlackout is not implemented"))
+}
+
+func (UnimplementedScheduleServiceHandler) ListBlackouts(context.Context, *connect.Request[v1.ListBlackoutsRequest]) (*connect.Response[v1.ListBlackoutsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ScheduleService.ListBlackouts is not implemented"))
+}
+
+func (UnimplementedScheduleServiceHandler) DeleteBlackout(context.Context, *connect.Request[v1.DeleteBlackoutRequest]) (*connect.Response[v1.DeleteBlackoutResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.ScheduleService.DeleteBlackout is not implemented"))
 }
 
 func (UnimplementedScheduleServiceHandler) ValidateSchedule(context.Context, *connect.Request[v1.ValidateScheduleRequest]) (*connect.Response[v1.ValidateScheduleResponse], error) {
