@@ -28,6 +28,9 @@ type FireRecord struct {
 	Outcome      string
 	Reason       string
 	ExecutionID  string
+	// Late: fired later than the scheduler's alert threshold (an extra
+	// schedule.late event).
+	Late bool
 }
 
 // Due returns up to limit active schedules whose next fire time is at or
@@ -91,10 +94,16 @@ func (s *Store) RecordFire(ctx context.Context, f FireRecord) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return nil // already final
 		}
-		_, err = outbox.Append(ctx, tx, "schedule."+f.Outcome, f.ScheduleID, 0, map[string]any{
+		event := map[string]any{
 			"schedule_id": f.ScheduleID, "scheduled_for": f.ScheduledFor.UTC(), "outcome": f.Outcome, "reason": f.Reason,
 			"execution_id": f.ExecutionID, "lateness_ms": f.Lateness.Milliseconds(),
-		})
+		}
+		if _, err := outbox.Append(ctx, tx, "schedule."+f.Outcome, f.ScheduleID, 0, event); err != nil {
+			return err
+		}
+		if f.Late {
+			_, err = outbox.Append(ctx, tx, "schedule.late", f.ScheduleID, 0, event)
+		}
 		return err
 	})
 }

@@ -51,6 +51,9 @@ type SchedulerConfig struct {
 	// Retry is how often a standby replica tries to become active
 	// (default 1s): the bound on a fail-over.
 	Retry time.Duration
+	// LateAfter: a fire later than this also emits a schedule.late event
+	// (default 30s).
+	LateAfter time.Duration
 }
 
 // Scheduler fires due schedules. Every replica runs one; a Postgres
@@ -78,6 +81,9 @@ func NewScheduler(db *store.DB, st *Store, firer Firer, now func() time.Time, lo
 	}
 	if cfg.Retry <= 0 {
 		cfg.Retry = time.Second
+	}
+	if cfg.LateAfter <= 0 {
+		cfg.LateAfter = 30 * time.Second
 	}
 	return &Scheduler{db: db, store: st, firer: firer, now: now, cfg: cfg, logger: logger.Named("scheduler")}
 }
@@ -222,7 +228,7 @@ func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.S
 	record := func(outcome, reason, executionID string) error {
 		at := s.now()
 		return s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: slot, FiredAt: &at, Lateness: at.Sub(slot),
-			Outcome: outcome, Reason: reason, ExecutionID: executionID})
+			Outcome: outcome, Reason: reason, ExecutionID: executionID, Late: outcome == OutcomeFired && at.Sub(slot) > s.cfg.LateAfter})
 	}
 	var labels map[string]string
 	jobLabels := func() map[string]string {

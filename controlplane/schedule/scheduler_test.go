@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -147,6 +148,21 @@ func TestSchedulerMisfire(t *testing.T) {
 	r.tick(t)
 	if got := r.outcomes(t, id); !equal(got, []string{"10:01:00 missed", "10:02:00 fired"}) {
 		t.Fatalf("late within grace: %v", got)
+	}
+	// 40s late is past the alert threshold: an event says so.
+	var topics []string
+	rows, err := r.store.db.QueryContext(context.Background(), `SELECT topic FROM outbox ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var topic string
+		_ = rows.Scan(&topic)
+		topics = append(topics, topic)
+	}
+	rows.Close()
+	if got := fmt.Sprint(topics); !strings.Contains(got, "schedule.missed schedule.fired schedule.late") {
+		t.Fatalf("events = %s", got)
 	}
 }
 
