@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/cptest"
 	"github.com/opsconductor/opsconductor/controlplane/store"
@@ -91,4 +93,50 @@ func TestScheduleAPI(t *testing.T) {
 	}
 	cptest.Must(t, http.StatusOK)(s.Do(t, "DELETE", "/api/v1/schedules/"+id, nil, nil))
 	cptest.Must(t, http.StatusNotFound)(s.Do(t, "GET", "/api/v1/schedules/"+id, nil, nil))
+}
+
+// TestScheduleCLI: opsconductor schedule preview, create, list, fires,
+// pause and delete, the way an operator would type them; the embedded
+// (SQLite) store's single node fires the schedule.
+func TestScheduleCLI(t *testing.T) {
+	t.Parallel()
+	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite)})
+	s.StartAgent(t, "clock-agent", "role=clock")
+	s.WaitAgents(t, 1)
+	createJob(t, s, map[string]any{"name": "clocked", "targets": []map[string]any{{"selector": "role=clock"}},
+		"actions": []map[string]any{{"command": "date"}}})
+
+	// New York springs forward on 10 March 2030: 02:30 does not exist and
+	// fires at 03:00 EDT. (A date far enough ahead that the test keeps
+	// working for years: the preview starts at the window's start or now.)
+	out, errOut, code := cli(t, s, "schedule", "preview", "--cron", "30 2 * * *", "--zone", "America/New_York", "--start", "2030-03-09T00:00:00Z", "--count", "2")
+	if code != 0 || !strings.Contains(out, "2030-03-10T03:00:00-04:00") || !strings.Contains(out, "2030-03-10T07:00:00Z") {
+		t.Fatalf("preview across the spring-forward night: code %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = cli(t, s, "schedule", "preview", "--cron", "0 9 * * *", "--zone", "Mars/Olympus")
+	if code == 0 || !strings.Contains(errOut, "unknown IANA time zone") {
+		t.Fatalf("a bad zone: code %d\n%s%s", code, out, errOut)
+	}
+	out, errOut, code = cli(t, s, "schedule", "create", "--job", "clocked", "--cron", "@every 1s", "--overlap", "allow", "--name", "every second")
+	if code != 0 || !strings.Contains(out, "created for job clocked") {
+		t.Fatalf("create: code %d\n%s%s", code, out, errOut)
+	}
+	id := strings.Fields(out)[1]
+	cptest.Eventually(t, 30*time.Second, func() error {
+		out, _, _ := cli(t, s, "schedule", "fires", id)
+		if strings.Count(out, " fired ") < 2 {
+			return fmt.Errorf("fires so far:\n%s", out)
+		}
+		return nil
+	})
+	out, _, _ = cli(t, s, "schedule", "list", "--job", "clocked")
+	if !strings.Contains(out, id) || !strings.Contains(out, "@every 1s") || !strings.Contains(out, "active") {
+		t.Fatalf("list:\n%s", out)
+	}
+	if out, errOut, code = cli(t, s, "schedule", "pause", id); code != 0 {
+		t.Fatalf("pause: %s%s", out, errOut)
+	}
+	if out, errOut, code = cli(t, s, "schedule", "delete", id); code != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("delete: %s%s", out, errOut)
+	}
 }
