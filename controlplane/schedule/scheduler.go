@@ -3,6 +3,7 @@ package schedule
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -54,6 +55,9 @@ type SchedulerConfig struct {
 	// LateAfter: a fire later than this also emits a schedule.late event
 	// (default 30s).
 	LateAfter time.Duration
+	// Workers fire that many due schedules at once (default 8): a minute
+	// when thousands are due is not dispatched one by one.
+	Workers int
 }
 
 // Scheduler fires due schedules. Every replica runs one; a Postgres
@@ -84,6 +88,9 @@ func NewScheduler(db *store.DB, st *Store, firer Firer, now func() time.Time, lo
 	}
 	if cfg.LateAfter <= 0 {
 		cfg.LateAfter = 30 * time.Second
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = 8
 	}
 	return &Scheduler{db: db, store: st, firer: firer, now: now, cfg: cfg, logger: logger.Named("scheduler")}
 }
@@ -144,11 +151,26 @@ func (s *Scheduler) FireDue(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, r := range due {
-		if err := s.fireSchedule(ctx, r, blackouts); err != nil {
-			s.logger.Warn("fire schedule", zap.String("schedule_id", r.ID), zap.Error(err))
-		}
+	// Schedules are independent (each slot has its own unique key), so
+	// they fire side by side.
+	work := make(chan Record)
+	var wg sync.WaitGroup
+	for range min(s.cfg.Workers, len(due)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for r := range work {
+				if err := s.fireSchedule(ctx, r, blackouts); err != nil {
+					s.logger.Warn("fire schedule", zap.String("schedule_id", r.ID), zap.Error(err))
+				}
+			}
+		}()
 	}
+	for _, r := range due {
+		work <- r
+	}
+	close(work)
+	wg.Wait()
 	return nil
 }
 

@@ -195,3 +195,24 @@ func TestSchedulerOverlapAndFailures(t *testing.T) {
 		t.Fatalf("once after firing = %+v, %v", rec, err)
 	}
 }
+
+// TestSchedulerBulk: many schedules due in the same second all fire, each
+// once, in one pass.
+func TestSchedulerBulk(t *testing.T) {
+	r := newRig(t, utc("2026-01-01T09:59:30Z"))
+	var ids []string
+	for range 200 {
+		ids = append(ids, r.create(t, &opsconductorv1.Schedule{Kind: KindCron, Cron: "0 10 * * *", OverlapPolicy: OverlapAllow}))
+	}
+	r.now = utc("2026-01-01T10:00:00.5Z")
+	r.tick(t)
+	r.tick(t)
+	if len(r.firer.runs) != 200 {
+		t.Fatalf("%d runs for 200 schedules due at once", len(r.firer.runs))
+	}
+	for _, id := range ids {
+		if got := r.outcomes(t, id); !equal(got, []string{"10:00:00 fired"}) {
+			t.Fatalf("schedule %s: %v", id, got)
+		}
+	}
+}
