@@ -133,3 +133,60 @@ func TestSchedulerFailover(t *testing.T) {
 	}
 	t.Logf("%d slots: %d fired, the rest missed across the fail-over", len(got), fired)
 }
+
+// TestScheduleOverlapSkip: an @every 1s schedule of a job that takes 3s,
+// with overlap_policy skip, records skipped fires while its run is still
+// going, and starts no extra runs.
+func TestScheduleOverlapSkip(t *testing.T) {
+	t.Parallel()
+	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite)})
+	s.StartAgent(t, "slow-agent", "role=slow")
+	s.WaitAgents(t, 1)
+	j := createJob(t, s, map[string]any{"name": "slow", "targets": []map[string]any{{"selector": "role=slow"}},
+		"actions": []map[string]any{{"command": "sleep 3"}}})
+	var created struct {
+		Schedule struct {
+			ID string `json:"id"`
+		} `json:"schedule"`
+	}
+	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/schedules", map[string]any{"schedule": map[string]any{
+		"jobId": j.ID, "kind": "cron", "cron": "@every 1s", "overlapPolicy": "skip"}}, &created))
+	id := created.Schedule.ID
+	cptest.Eventually(t, 30*time.Second, func() error {
+		skipped := 0
+		for _, f := range fires(t, s, id) {
+			if f.Outcome == "skipped" && strings.Contains(f.Reason, "still running") {
+				skipped++
+			}
+		}
+		if skipped < 3 {
+			return fmt.Errorf("%d skipped fires", skipped)
+		}
+		return nil
+	})
+	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/schedules/"+id+"/pause", map[string]any{}, nil))
+	fired := 0
+	for _, f := range fires(t, s, id) {
+		if f.Outcome == "fired" {
+			fired++
+		}
+	}
+	var list struct {
+		Executions []struct {
+			ID        string    `json:"id"`
+			CreatedAt time.Time `json:"createTime"`
+			EndTime   time.Time `json:"endTime"`
+		} `json:"executions"`
+	}
+	cptest.Must(t, http.StatusOK)(s.Do(t, "GET", "/api/v1/executions?jobId="+j.ID+"&pageSize=100", nil, &list))
+	if len(list.Executions) != fired {
+		t.Fatalf("%d executions for %d fired slots", len(list.Executions), fired)
+	}
+	// No two runs of the schedule overlapped.
+	for i := 1; i < len(list.Executions); i++ {
+		newer, older := list.Executions[i-1], list.Executions[i]
+		if !older.EndTime.IsZero() && newer.CreatedAt.Before(older.EndTime) {
+			t.Fatalf("execution %s started at %s, before %s ended at %s", newer.ID, newer.CreatedAt, older.ID, older.EndTime)
+		}
+	}
+}
