@@ -15,6 +15,7 @@ package auth
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
@@ -48,6 +49,8 @@ const (
 	// Schedules that run jobs on a clock.
 	PermSchedulesRead  = "schedules:read"
 	PermSchedulesWrite = "schedules:write"
+	// Blackout windows silence schedules, global ones all of them.
+	PermSchedulesBlackouts = "schedules:blackouts"
 )
 
 // Permissions lists every permission, for validating custom roles.
@@ -55,13 +58,14 @@ var Permissions = []string{
 	PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected,
 	PermExecutionsDanger, PermAgentsRead, PermAgentsManage, PermTokensManage, PermUsersManage, PermAuditRead,
 	PermCredentialsRead, PermCredentialsManage, PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite,
+	PermSchedulesBlackouts,
 }
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
 	"admin": {"*"},
 	"operator": {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead, PermCredentialsRead,
-		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite},
+		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite, PermSchedulesBlackouts},
 	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead, PermInventoryRead,
 		PermSchedulesRead, PermSchedulesWrite},
 	"viewer":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead, PermSchedulesRead},
@@ -170,4 +174,43 @@ func WithPrincipal(ctx context.Context, p Principal) context.Context {
 func PrincipalFrom(ctx context.Context) (Principal, bool) {
 	p, ok := ctx.Value(principalKey{}).(Principal)
 	return p, ok
+}
+
+// grantJSON is a Grant as stored: its scopes as selector text.
+type grantJSON struct {
+	Role        string   `json:"role"`
+	Permissions []string `json:"permissions"`
+	JobScope    string   `json:"job_scope,omitempty"`
+	TargetScope string   `json:"target_scope,omitempty"`
+}
+
+// EncodeGrants stores what p may do, so work done later on its behalf (a
+// schedule's fires) can be held to the same rights.
+func EncodeGrants(p Principal) ([]byte, error) {
+	out := make([]grantJSON, len(p.Grants))
+	for i, g := range p.Grants {
+		out[i] = grantJSON{Role: g.Role, Permissions: g.Permissions, JobScope: g.JobScope.String(), TargetScope: g.TargetScope.String()}
+	}
+	return json.Marshal(out)
+}
+
+// DecodeGrants reads what EncodeGrants stored.
+func DecodeGrants(raw []byte) ([]Grant, error) {
+	var in []grantJSON
+	if err := json.Unmarshal(raw, &in); err != nil {
+		return nil, fmt.Errorf("decode grants: %w", err)
+	}
+	out := make([]Grant, len(in))
+	for i, g := range in {
+		job, err := label.ParseSelector(g.JobScope)
+		if err != nil {
+			return nil, fmt.Errorf("decode grants: job scope: %w", err)
+		}
+		target, err := label.ParseSelector(g.TargetScope)
+		if err != nil {
+			return nil, fmt.Errorf("decode grants: target scope: %w", err)
+		}
+		out[i] = Grant{Role: g.Role, Permissions: g.Permissions, JobScope: job, TargetScope: target}
+	}
+	return out, nil
 }

@@ -190,3 +190,64 @@ func TestScheduleOverlapSkip(t *testing.T) {
 		}
 	}
 }
+
+// TestScheduleKeepsItsCreatorsRights: a developer schedules a job on dev
+// agents, then changes the job to reach production (protected) agents,
+// which developers may not run on. The schedule's later fires fail, saying
+// why; nothing runs on production.
+func TestScheduleKeepsItsCreatorsRights(t *testing.T) {
+	t.Parallel()
+	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite)})
+	s.StartAgent(t, "prod-1", "env=prod")
+	s.StartAgent(t, "dev-1", "env=dev")
+	s.WaitAgents(t, 2)
+	dev := token(t, s, "dev-scheduler", "developer")
+	var created struct {
+		Job job `json:"job"`
+	}
+	body := map[string]any{"name": "sneaky", "targets": []map[string]any{{"selector": "env=dev"}}, "actions": []map[string]any{{"command": "true"}}}
+	cptest.Must(t, http.StatusOK)(as(t, s, dev, "POST", "/api/v1/jobs", body, &created))
+	var sched struct {
+		Schedule struct {
+			ID string `json:"id"`
+		} `json:"schedule"`
+	}
+	cptest.Must(t, http.StatusOK)(as(t, s, dev, "POST", "/api/v1/schedules", map[string]any{"schedule": map[string]any{
+		"jobId": created.Job.ID, "kind": "cron", "cron": "@every 1s", "overlapPolicy": "allow"}}, &sched))
+	id := sched.Schedule.ID
+	cptest.Eventually(t, 30*time.Second, func() error {
+		for _, f := range fires(t, s, id) {
+			if f.Outcome == "fired" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no fire yet")
+	})
+	body["id"], body["version"] = created.Job.ID, "1"
+	body["targets"] = []map[string]any{{"selector": "env=prod"}}
+	cptest.Must(t, http.StatusOK)(as(t, s, dev, "PUT", "/api/v1/jobs/"+created.Job.ID, body, nil))
+	cptest.Eventually(t, 30*time.Second, func() error {
+		for _, f := range fires(t, s, id) {
+			if f.Outcome == "failed" && strings.Contains(f.Reason, "executions:run-protected") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no refused fire yet")
+	})
+	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/schedules/"+id+"/pause", map[string]any{}, nil))
+	var list struct {
+		Executions []struct {
+			Tasks []struct {
+				AgentName string `json:"agentName"`
+			} `json:"tasks"`
+		} `json:"executions"`
+	}
+	cptest.Must(t, http.StatusOK)(s.Do(t, "GET", "/api/v1/executions?jobId="+created.Job.ID+"&pageSize=100", nil, &list))
+	for _, e := range list.Executions {
+		for _, task := range e.Tasks {
+			if task.AgentName == "prod-1" {
+				t.Fatal("the schedule ran the job on a protected agent")
+			}
+		}
+	}
+}

@@ -2,6 +2,7 @@ package execution
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,8 +12,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/auth"
 	"github.com/opsconductor/opsconductor/controlplane/schedule"
+	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
 
@@ -120,14 +123,18 @@ func (s *Service) PlanRun(ctx context.Context, jobID string, parameters map[stri
 	return err
 }
 
-// FireSchedule creates the execution of one schedule fire, as the
-// schedule: its creator's right to run the job was checked when it was
-// saved. The execution is idempotent on (schedule, slot): a fire retried
-// after a crash returns the execution the first try created.
+// FireSchedule creates the execution of one schedule fire, with the
+// rights of whoever last saved or resumed the schedule (r.As): a job
+// changed since to reach agents they may not run on is refused, as their
+// own run would be. The execution is idempotent on (schedule, slot): a
+// fire retried after a crash returns the execution the first try created.
 func (s *Service) FireSchedule(ctx context.Context, r schedule.Run) (string, error) {
-	p := auth.Principal{Name: "schedule:" + r.ScheduleID, Method: "schedule", Roles: []string{"scheduler"},
-		Grants: []auth.Grant{{Role: "scheduler", Permissions: []string{auth.PermExecutionsRun, auth.PermExecutionsRunProtected}}}}
-	opts := startOpts{targets: r.Targets, parameters: r.Parameters, idempotencyKey: strconv.FormatInt(r.Slot.UnixNano(), 10),
+	grants, err := auth.DecodeGrants(r.As)
+	if err != nil || len(grants) == 0 {
+		return "", apperr.FailedPrecondition("schedule %s has no recorded rights to run with: update or resume it", r.ScheduleID)
+	}
+	p := auth.Principal{Name: schedulePrincipal(r.ScheduleID), Method: "schedule", Roles: []string{"schedule"}, Grants: grants}
+	opts := startOpts{targets: r.Targets, parameters: r.Parameters, idempotencyKey: scheduleKey(r),
 		trigger: "schedule", scheduleID: r.ScheduleID}
 	if r.Queue {
 		opts.policy = &opsconductorv1.ExecutionPolicy{Concurrency: ConcurrencyQueue}
@@ -137,6 +144,20 @@ func (s *Service) FireSchedule(ctx context.Context, r schedule.Run) (string, err
 		return "", err
 	}
 	return e.GetId(), nil
+}
+
+func schedulePrincipal(id string) string { return "schedule:" + id }
+
+func scheduleKey(r schedule.Run) string { return strconv.FormatInt(r.Slot.UnixNano(), 10) }
+
+// FiredExecution is the execution FireSchedule made for the slot, "" when
+// none.
+func (s *Service) FiredExecution(ctx context.Context, r schedule.Run) (string, error) {
+	id, err := s.store.ExecutionIDByIdempotencyKey(ctx, schedulePrincipal(r.ScheduleID)+"/"+scheduleKey(r))
+	if errors.Is(err, store.ErrNotFound) {
+		return "", nil
+	}
+	return id, err
 }
 
 // JobLabels are the labels of the job's current version.

@@ -3,6 +3,7 @@ package schedule
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -56,9 +57,12 @@ func (s *Store) Due(ctx context.Context, now time.Time, limit int) ([]Record, er
 // this call claimed it; otherwise the slot's recorded outcome (a
 // "firing" left by a crash may be taken up again: the execution is
 // created idempotently).
-func (s *Store) ClaimSlot(ctx context.Context, scheduleID string, slot time.Time) (bool, string, error) {
-	res, err := s.db.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, outcome) VALUES ($1, $2, $3)
-		ON CONFLICT (schedule_id, scheduled_for) DO NOTHING`, scheduleID, slot.UTC(), OutcomeFiring)
+func (s *Store) ClaimSlot(ctx context.Context, scheduleID string, first, slot time.Time) (bool, string, error) {
+	// Only while the schedule is still active at this fire: a pause or an
+	// edit since wins.
+	res, err := s.db.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, outcome)
+		SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM schedules WHERE id = $1 AND state = $4 AND next_fire_at = $5)
+		ON CONFLICT (schedule_id, scheduled_for) DO NOTHING`, scheduleID, slot.UTC(), OutcomeFiring, StateActive, first.UTC())
 	if err != nil {
 		return false, "", fmt.Errorf("claim fire %s of schedule %s: %w", slot.UTC().Format(time.RFC3339Nano), scheduleID, err)
 	}
@@ -66,8 +70,12 @@ func (s *Store) ClaimSlot(ctx context.Context, scheduleID string, slot time.Time
 		return true, OutcomeFiring, nil
 	}
 	var outcome string
-	if err := s.db.QueryRowContext(ctx, `SELECT outcome FROM schedule_executions WHERE schedule_id = $1 AND scheduled_for = $2`,
-		scheduleID, slot.UTC()).Scan(&outcome); err != nil {
+	err = s.db.QueryRowContext(ctx, `SELECT outcome FROM schedule_executions WHERE schedule_id = $1 AND scheduled_for = $2`,
+		scheduleID, slot.UTC()).Scan(&outcome)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, "", nil // the schedule changed
+	}
+	if err != nil {
 		return false, "", fmt.Errorf("read fire of schedule %s: %w", scheduleID, err)
 	}
 	return false, outcome, nil

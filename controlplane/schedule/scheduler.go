@@ -16,10 +16,6 @@ import (
 // sets no misfire_grace.
 const DefaultMisfireGrace = time.Minute
 
-// maxCatchUp bounds the missed slots one pass records for a schedule (the
-// next pass goes on).
-const maxCatchUp = 10000
-
 // Run is one fire of a schedule, as the executions service gets it.
 type Run struct {
 	ScheduleID string
@@ -31,6 +27,9 @@ type Run struct {
 	Targets    []*opsconductorv1.Target
 	// Queue: wait for the job's running execution (overlap_policy queue).
 	Queue bool
+	// As is what the schedule may do: the grants of whoever last saved or
+	// resumed it (see RunAs).
+	As []byte
 }
 
 // Firer creates the executions of fires; the executions service
@@ -42,6 +41,9 @@ type Firer interface {
 	ScheduleRunning(ctx context.Context, scheduleID string) (bool, error)
 	// JobLabels are the labels of the job (for blackout selectors).
 	JobLabels(ctx context.Context, jobID string) (map[string]string, error)
+	// FiredExecution is the execution FireSchedule made for the slot, if
+	// any ("" when none): a fire taken up again after a crash finds it.
+	FiredExecution(ctx context.Context, r Run) (string, error)
 }
 
 // SchedulerConfig tunes the scheduler.
@@ -58,6 +60,9 @@ type SchedulerConfig struct {
 	// Workers fire that many due schedules at once (default 8): a minute
 	// when thousands are due is not dispatched one by one.
 	Workers int
+	// MaxCatchUp bounds the missed slots one pass records for a schedule
+	// (default 10000); the next pass goes on from there.
+	MaxCatchUp int
 }
 
 // Scheduler fires due schedules. Every replica runs one; a Postgres
@@ -91,6 +96,9 @@ func NewScheduler(db *store.DB, st *Store, firer Firer, now func() time.Time, lo
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 8
+	}
+	if cfg.MaxCatchUp <= 0 {
+		cfg.MaxCatchUp = 10000
 	}
 	return &Scheduler{db: db, store: st, firer: firer, now: now, cfg: cfg, logger: logger.Named("scheduler")}
 }
@@ -190,34 +198,53 @@ func (s *Scheduler) fireSchedule(ctx context.Context, r Record, blackouts []*ops
 	}
 	now := s.now()
 	slot := *r.NextFireAt
+	jitter := sc.GetJitter().AsDuration()
 	// Jitter delays the fire, not its nominal time.
-	if now.Before(slot.Add(Jitter(r.ID, slot, sc.GetJitter().AsDuration()))) {
+	if now.Before(slot.Add(Jitter(r.ID, slot, jitter))) {
 		return nil
 	}
 	due := []time.Time{slot}
-	for t := slot; len(due) < maxCatchUp; {
+	capped := false
+	for t := slot; ; {
 		next, ok := spec.Next(t)
 		if !ok || next.After(now) {
+			break
+		}
+		if len(due) == s.cfg.MaxCatchUp {
+			capped = true
 			break
 		}
 		due, t = append(due, next), next
 	}
 	latest := due[len(due)-1]
-	for _, m := range due[:len(due)-1] {
+	missed := due[:len(due)-1]
+	if capped {
+		// More than one pass's worth: record these and go on from the
+		// next slot in the next pass; nothing runs for them.
+		missed = due
+	}
+	for _, m := range missed {
 		if err := s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: m, Outcome: OutcomeMissed,
 			Reason: "a later fire was already due when the scheduler ran (it was not running at this time)"}); err != nil {
 			return err
 		}
 	}
+	if capped {
+		next, _ := spec.Next(latest)
+		_, err := s.store.Advance(ctx, r.ID, slot, &next, latest, StateActive)
+		return err
+	}
 	grace := DefaultMisfireGrace
 	if g := sc.GetMisfireGrace(); g != nil {
 		grace = g.AsDuration()
 	}
-	switch late := now.Sub(latest); {
+	// Lateness counts from when the fire was meant to happen: the slot
+	// plus its jitter.
+	switch late := now.Sub(latest.Add(Jitter(r.ID, latest, jitter))); {
 	case late <= grace:
-		err = s.fireSlot(ctx, r, sc, latest, blackouts, "")
+		err = s.fireSlot(ctx, r, sc, slot, latest, blackouts, "")
 	case sc.GetMisfirePolicy() == MisfireRunOnce:
-		err = s.fireSlot(ctx, r, sc, latest, blackouts, fmt.Sprintf("catch-up: %s late, past the misfire grace %s (misfire_policy run_once)", late.Round(time.Second), grace))
+		err = s.fireSlot(ctx, r, sc, slot, latest, blackouts, fmt.Sprintf("catch-up: %s late, past the misfire grace %s (misfire_policy run_once)", late.Round(time.Second), grace))
 	default:
 		err = s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: latest, Outcome: OutcomeMissed,
 			Reason: fmt.Sprintf("%s late, past the misfire grace %s (misfire_policy skip)", late.Round(time.Second), grace)})
@@ -239,24 +266,42 @@ func (s *Scheduler) fireSchedule(ctx context.Context, r Record, blackouts []*ops
 // fireSlot creates the execution of one slot, once: the slot is claimed
 // first, and the execution is idempotent on (schedule, slot), so a fire
 // retried after a crash cannot run twice.
-func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.Schedule, slot time.Time, blackouts []*opsconductorv1.BlackoutWindow, why string) error {
-	claimed, outcome, err := s.store.ClaimSlot(ctx, r.ID, slot)
+//
+// first is the schedule's next fire time as read: the claim only happens
+// while it still is (a pause or an edit since wins).
+func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.Schedule, first, slot time.Time, blackouts []*opsconductorv1.BlackoutWindow, why string) error {
+	claimed, outcome, err := s.store.ClaimSlot(ctx, r.ID, first, slot)
 	if err != nil {
 		return err
 	}
 	if !claimed && outcome != OutcomeFiring {
-		return nil // fired (or skipped) already, by this replica or another
+		return nil // fired or skipped already, or the schedule changed
 	}
+	jitter := Jitter(r.ID, slot, sc.GetJitter().AsDuration())
 	record := func(outcome, reason, executionID string) error {
 		at := s.now()
+		late := at.Sub(slot.Add(jitter))
 		return s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: slot, FiredAt: &at, Lateness: at.Sub(slot),
-			Outcome: outcome, Reason: reason, ExecutionID: executionID, Late: outcome == OutcomeFired && at.Sub(slot) > s.cfg.LateAfter})
+			Outcome: outcome, Reason: reason, ExecutionID: executionID, Late: outcome == OutcomeFired && late > s.cfg.LateAfter})
+	}
+	run := Run{ScheduleID: r.ID, JobID: r.JobID, Slot: slot, Parameters: sc.GetParameters(), Targets: sc.GetTargets(),
+		Queue: sc.GetOverlapPolicy() == OverlapQueue, As: r.RunAs}
+	if !claimed {
+		// Taken up again (a crash, or another replica that also thought
+		// it was active): the execution may exist already.
+		id, err := s.firer.FiredExecution(ctx, run)
+		if err != nil {
+			return err
+		}
+		if id != "" {
+			return record(OutcomeFired, why, id)
+		}
 	}
 	var labels map[string]string
+	var labelsErr error
 	jobLabels := func() map[string]string {
-		if labels == nil {
-			labels, _ = s.firer.JobLabels(ctx, r.JobID)
-			if labels == nil {
+		if labels == nil && labelsErr == nil {
+			if labels, labelsErr = s.firer.JobLabels(ctx, r.JobID); labels == nil {
 				labels = map[string]string{}
 			}
 		}
@@ -266,6 +311,10 @@ func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.S
 		if covers(b, slot) && applies(b, r.ID, jobLabels) {
 			return record(OutcomeSkipped, fmt.Sprintf("blackout window %q", b.GetName()), "")
 		}
+	}
+	if labelsErr != nil {
+		// A blackout might have applied: do not guess.
+		return record(OutcomeFailed, "could not read the job's labels to apply blackout windows: "+labelsErr.Error(), "")
 	}
 	overlap := sc.GetOverlapPolicy()
 	if overlap == "" || overlap == OverlapSkip {
@@ -277,8 +326,7 @@ func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.S
 			return record(OutcomeSkipped, "the previous run of this schedule is still running (overlap_policy skip)", "")
 		}
 	}
-	id, err := s.firer.FireSchedule(ctx, Run{ScheduleID: r.ID, JobID: r.JobID, Slot: slot, Parameters: sc.GetParameters(),
-		Targets: sc.GetTargets(), Queue: overlap == OverlapQueue})
+	id, err := s.firer.FireSchedule(ctx, run)
 	if err != nil {
 		s.logger.Warn("schedule fire refused", zap.String("schedule_id", r.ID), zap.Time("scheduled_for", slot), zap.Error(err))
 		return record(OutcomeFailed, err.Error(), "")

@@ -21,10 +21,11 @@ import (
 // fakeFirer records fires (a unit test of the scheduler alone; the
 // end-to-end test uses the real executions service).
 type fakeFirer struct {
-	mu      sync.Mutex
-	runs    []Run
-	running bool
-	fail    error
+	mu       sync.Mutex
+	runs     []Run
+	running  bool
+	fail     error
+	existing map[int64]string // slot (Unix) -> an execution made before a crash
 }
 
 func (f *fakeFirer) FireSchedule(_ context.Context, r Run) (string, error) {
@@ -38,6 +39,12 @@ func (f *fakeFirer) FireSchedule(_ context.Context, r Run) (string, error) {
 }
 
 func (f *fakeFirer) ScheduleRunning(context.Context, string) (bool, error) { return f.running, nil }
+
+func (f *fakeFirer) FiredExecution(_ context.Context, r Run) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.existing[r.Slot.Unix()], nil
+}
 
 func (f *fakeFirer) JobLabels(context.Context, string) (map[string]string, error) {
 	return map[string]string{"team": "payments"}, nil
@@ -215,4 +222,73 @@ func TestSchedulerBulk(t *testing.T) {
 			t.Fatalf("schedule %s: %v", id, got)
 		}
 	}
+}
+
+// TestSchedulerEdges: jitter delays a fire without making it late; a fire
+// claimed before a crash is recorded with the execution it already made,
+// not run again; a pause between reading and claiming wins; a long
+// downtime is caught up in bounded passes without losing a slot.
+func TestSchedulerEdges(t *testing.T) {
+	ctx := context.Background()
+	t.Run("jitter", func(t *testing.T) {
+		r := newRig(t, utc("2026-01-01T10:00:00Z"))
+		id := r.create(t, &opsconductorv1.Schedule{Kind: KindInterval, Every: durationpb.New(10 * time.Minute), Jitter: durationpb.New(5 * time.Minute),
+			Anchor: timestamppb.New(utc("2026-01-01T10:00:00Z"))})
+		slot := utc("2026-01-01T10:10:00Z")
+		j := Jitter(id, slot, 5*time.Minute)
+		r.now = slot.Add(j - time.Second)
+		r.tick(t)
+		if len(r.firer.runs) != 0 {
+			t.Fatal("fired before its jitter")
+		}
+		r.now = slot.Add(j + time.Second)
+		r.tick(t)
+		if got := r.outcomes(t, id); !equal(got, []string{"10:10:00 fired"}) {
+			t.Fatalf("fires = %v (jitter %s)", got, j)
+		}
+	})
+	t.Run("a claimed slot taken up again", func(t *testing.T) {
+		r := newRig(t, utc("2026-01-01T10:00:00Z"))
+		id := r.create(t, &opsconductorv1.Schedule{Kind: KindCron, Cron: "* * * * *"})
+		slot := utc("2026-01-01T10:01:00Z")
+		if claimed, _, err := r.store.ClaimSlot(ctx, id, slot, slot); err != nil || !claimed {
+			t.Fatalf("claim: %v %v", claimed, err)
+		}
+		r.firer.existing = map[int64]string{slot.Unix(): "exec-before-crash"}
+		r.now = slot.Add(time.Second)
+		r.tick(t)
+		fires, _ := r.store.Fires(ctx, id, 5)
+		if len(r.firer.runs) != 0 || len(fires) != 1 || fires[0].Outcome != OutcomeFired || fires[0].ExecutionID != "exec-before-crash" {
+			t.Fatalf("runs %d, fires %+v", len(r.firer.runs), fires)
+		}
+	})
+	t.Run("a pause wins over a claim", func(t *testing.T) {
+		r := newRig(t, utc("2026-01-01T10:00:00Z"))
+		id := r.create(t, &opsconductorv1.Schedule{Kind: KindCron, Cron: "* * * * *"})
+		if _, err := r.svc.PauseSchedule(ctx, connect.NewRequest(&opsconductorv1.PauseScheduleRequest{Id: id})); err != nil {
+			t.Fatal(err)
+		}
+		slot := utc("2026-01-01T10:01:00Z")
+		if claimed, outcome, err := r.store.ClaimSlot(ctx, id, slot, slot); err != nil || claimed || outcome != "" {
+			t.Fatalf("claim of a paused schedule: %v %q %v", claimed, outcome, err)
+		}
+	})
+	t.Run("long downtime in bounded passes", func(t *testing.T) {
+		r := newRig(t, utc("2026-01-01T10:00:00Z"))
+		r.sched.cfg.MaxCatchUp = 4
+		id := r.create(t, &opsconductorv1.Schedule{Kind: KindCron, Cron: "* * * * *"})
+		r.now = utc("2026-01-01T10:10:30Z") // 10 slots passed
+		for range 4 {
+			r.tick(t)
+		}
+		got := r.outcomes(t, id)
+		if len(got) != 10 || got[9] != "10:10:00 fired" {
+			t.Fatalf("fires = %v", got)
+		}
+		for i, f := range got[:9] {
+			if want := fmt.Sprintf("10:%02d:00 missed", i+1); f != want {
+				t.Fatalf("fire %d = %q, want %q (%v)", i, f, want, got)
+			}
+		}
+	})
 }

@@ -72,8 +72,11 @@ func SpecOf(prefix string, sc *opsconductorv1.Schedule) (*Spec, []apperr.Violati
 	add := func(field, format string, args ...any) {
 		vs = append(vs, apperr.Violation{Field: prefix + "." + field, Description: fmt.Sprintf(format, args...)})
 	}
-	spec := &Spec{Kind: sc.GetKind(), Cron: sc.GetCron(), At: sc.GetAt().AsTime(), Every: sc.GetEvery().AsDuration(),
-		Start: sc.GetStartTime().AsTime(), End: sc.GetEndTime().AsTime(), Anchor: sc.GetAnchor().AsTime()}
+	// Schedules work in whole seconds (as cron does): finer instants would
+	// not survive a round trip through Postgres's microseconds intact.
+	spec := &Spec{Kind: sc.GetKind(), Cron: sc.GetCron(), At: sc.GetAt().AsTime().Truncate(time.Second), Every: sc.GetEvery().AsDuration(),
+		Start: sc.GetStartTime().AsTime().Truncate(time.Second), End: sc.GetEndTime().AsTime().Truncate(time.Second),
+		Anchor: sc.GetAnchor().AsTime().Truncate(time.Second)}
 	if sc.GetAt() == nil {
 		spec.At = time.Time{}
 	}
@@ -109,6 +112,8 @@ func SpecOf(prefix string, sc *opsconductorv1.Schedule) (*Spec, []apperr.Violati
 	case KindInterval:
 		if sc.GetEvery() == nil {
 			add("every", "is required for an interval schedule (such as 300s)")
+		} else if sc.GetEvery().AsDuration()%time.Second != 0 {
+			add("every", "must be a whole number of seconds")
 		}
 	}
 	if spec.Kind != KindCron && sc.GetCron() != "" {
@@ -159,15 +164,31 @@ func validate(sc *opsconductorv1.Schedule, now time.Time) (*Spec, []apperr.Viola
 	if p := sc.GetMisfirePolicy(); p != "" && p != MisfireSkip && p != MisfireRunOnce {
 		add("misfire_policy", "must be %s or %s, got %q", MisfireSkip, MisfireRunOnce, p)
 	}
-	if g := sc.GetMisfireGrace().AsDuration(); g < 0 {
-		add("misfire_grace", "must not be negative")
+	if g := sc.GetMisfireGrace(); g != nil && g.AsDuration() <= 0 {
+		add("misfire_grace", "must be positive (unset: 60s)")
 	}
 	if p := sc.GetOverlapPolicy(); p != "" && !slices.Contains([]string{OverlapAllow, OverlapSkip, OverlapQueue}, p) {
 		add("overlap_policy", "must be %s, %s or %s, got %q", OverlapAllow, OverlapSkip, OverlapQueue, p)
 	}
 	if spec != nil {
-		if _, ok := spec.Next(now); !ok {
+		first, ok := spec.Next(now)
+		if !ok {
 			add(map[bool]string{true: "at", false: "end_time"}[spec.Kind == KindOnce], "the schedule would never fire after now (%s)", now.UTC().Format(time.RFC3339))
+		}
+		// A delay as long as the gap to the next fire would run into it.
+		if j := sc.GetJitter().AsDuration(); ok && j > 0 {
+			at := first
+			for range 5 {
+				next, more := spec.Next(at)
+				if !more {
+					break
+				}
+				if gap := next.Sub(at); j >= gap {
+					add("jitter", "must be shorter than the time between fires (%s)", gap)
+					break
+				}
+				at = next
+			}
 		}
 	}
 	return spec, vs
@@ -231,9 +252,13 @@ func (s *Service) CreateSchedule(ctx context.Context, req *connect.Request[opsco
 		return nil, err
 	}
 	principal, _ := auth.PrincipalFrom(ctx)
+	as, err := auth.EncodeGrants(principal)
+	if err != nil {
+		return nil, err
+	}
 	now := s.now().UTC().Truncate(time.Microsecond)
 	r := Record{ID: uuid.Must(uuid.NewV7()).String(), Version: 1, JobID: sc.GetJobId(), Definition: def, State: StateActive, NextFireAt: &next,
-		CreatedBy: principal.Name, CreatedAt: now, UpdatedAt: now}
+		RunAs: as, CreatedBy: principal.Name, CreatedAt: now, UpdatedAt: now}
 	if err := s.store.Create(ctx, r); err != nil {
 		return nil, err
 	}
@@ -304,6 +329,10 @@ func (s *Service) UpdateSchedule(ctx context.Context, req *connect.Request[opsco
 	if err != nil {
 		return nil, err
 	}
+	principal, _ := auth.PrincipalFrom(ctx)
+	if cur.RunAs, err = auth.EncodeGrants(principal); err != nil {
+		return nil, err
+	}
 	cur.Definition, cur.JobID, cur.NextFireAt, cur.UpdatedAt = def, sc.GetJobId(), &next, s.now().UTC().Truncate(time.Microsecond)
 	if cur.State == StateCompleted {
 		cur.State = StateActive
@@ -330,7 +359,29 @@ func save[T any](ctx context.Context, s *Service, r Record, topic string, wrap f
 	return wrap(out), nil
 }
 
+// mayManage checks the caller may run the schedule's job as it would run:
+// pausing, resuming or deleting another team's schedules needs that.
+func (s *Service) mayManage(ctx context.Context, r Record) error {
+	if s.planner == nil {
+		return nil
+	}
+	sc, err := toProto(r)
+	if err != nil {
+		return err
+	}
+	return s.planner.PlanRun(ctx, sc.GetJobId(), sc.GetParameters(), sc.GetTargets())
+}
+
 func (s *Service) DeleteSchedule(ctx context.Context, req *connect.Request[opsconductorv1.DeleteScheduleRequest]) (*connect.Response[opsconductorv1.DeleteScheduleResponse], error) {
+	r, err := s.store.Get(ctx, req.Msg.GetId())
+	if err != nil {
+		return nil, notFound(req.Msg.GetId(), err)
+	}
+	// A schedule whose job is gone can still be deleted; one the caller
+	// may not run cannot.
+	if err := s.mayManage(ctx, r); denied(err) {
+		return nil, err
+	}
 	if err := s.store.Delete(ctx, req.Msg.GetId()); err != nil {
 		return nil, notFound(req.Msg.GetId(), err)
 	}
@@ -344,6 +395,9 @@ func (s *Service) PauseSchedule(ctx context.Context, req *connect.Request[opscon
 	}
 	if r.State != StateActive {
 		return nil, apperr.FailedPrecondition("schedule %s is %s, not active", r.ID, r.State)
+	}
+	if err := s.mayManage(ctx, r); err != nil {
+		return nil, err
 	}
 	r.State, r.UpdatedAt = StatePaused, s.now().UTC().Truncate(time.Microsecond)
 	return save(ctx, s, r, "schedule.paused", func(out *opsconductorv1.Schedule) *connect.Response[opsconductorv1.PauseScheduleResponse] {
@@ -368,6 +422,14 @@ func (s *Service) ResumeSchedule(ctx context.Context, req *connect.Request[opsco
 	spec, vs := SpecOf("schedule", sc)
 	if len(vs) > 0 {
 		return nil, apperr.Invalid("schedule", vs)
+	}
+	// Resuming hands the schedule the resumer's rights: checked as a run.
+	if err := s.mayManage(ctx, r); err != nil {
+		return nil, err
+	}
+	principal, _ := auth.PrincipalFrom(ctx)
+	if r.RunAs, err = auth.EncodeGrants(principal); err != nil {
+		return nil, err
 	}
 	now := s.now()
 	next, ok := spec.Next(now)
@@ -455,3 +517,9 @@ func (s *Service) ListScheduleFires(ctx context.Context, req *connect.Request[op
 }
 
 func isNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }
+
+// denied reports whether err refuses the caller's rights.
+func denied(err error) bool {
+	var ae *apperr.Error
+	return errors.As(err, &ae) && ae.Kind == apperr.KindPermissionDenied
+}

@@ -37,9 +37,12 @@ type Record struct {
 	State      string
 	NextFireAt *time.Time
 	LastFireAt *time.Time
-	CreatedBy  string
-	CreatedAt  time.Time
-	UpdatedAt  time.Time
+	// RunAs is what its fires may do: the grants (JSON) of whoever last
+	// saved or resumed it.
+	RunAs     []byte
+	CreatedBy string
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Store keeps schedules and their fires in the scheduling schema.
@@ -60,9 +63,9 @@ type change struct {
 // Create stores a new schedule (version 1).
 func (s *Store) Create(ctx context.Context, r Record) error {
 	return s.db.InTx(ctx, func(tx *store.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO schedules (id, version, job_id, definition, state, next_fire_at, created_by, created_at, updated_at)
-			VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8)`, r.ID, r.JobID, string(r.Definition), r.State, nullTime(r.NextFireAt), r.CreatedBy,
-			r.CreatedAt.UTC(), r.UpdatedAt.UTC()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schedules (id, version, job_id, definition, state, next_fire_at, created_by, created_at, updated_at, run_as)
+			VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8, $9)`, r.ID, r.JobID, string(r.Definition), r.State, nullTime(r.NextFireAt), r.CreatedBy,
+			r.CreatedAt.UTC(), r.UpdatedAt.UTC(), runAs(r.RunAs)); err != nil {
 			return fmt.Errorf("insert schedule: %w", store.Translate(err))
 		}
 		_, err := outbox.Append(ctx, tx, "schedule.created", r.ID, 1, change{ID: r.ID, JobID: r.JobID, Version: 1, State: r.State})
@@ -76,9 +79,9 @@ func (s *Store) Create(ctx context.Context, r Record) error {
 func (s *Store) Update(ctx context.Context, r Record, topic string) (int64, error) {
 	var version int64
 	err := s.db.InTx(ctx, func(tx *store.Tx) error {
-		err := tx.QueryRowContext(ctx, `UPDATE schedules SET version = version + 1, job_id = $1, definition = $2, state = $3, next_fire_at = $4, updated_at = $5
-			WHERE id = $6 AND version = $7 RETURNING version`, r.JobID, string(r.Definition), r.State, nullTime(r.NextFireAt), r.UpdatedAt.UTC(),
-			r.ID, r.Version).Scan(&version)
+		err := tx.QueryRowContext(ctx, `UPDATE schedules SET version = version + 1, job_id = $1, definition = $2, state = $3, next_fire_at = $4, updated_at = $5,
+			run_as = $8 WHERE id = $6 AND version = $7 RETURNING version`, r.JobID, string(r.Definition), r.State, nullTime(r.NextFireAt), r.UpdatedAt.UTC(),
+			r.ID, r.Version, runAs(r.RunAs)).Scan(&version)
 		if err == sql.ErrNoRows {
 			if _, gerr := getRecord(ctx, tx, r.ID); gerr != nil {
 				return gerr
@@ -109,15 +112,16 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	})
 }
 
-const columns = `SELECT id, version, job_id, definition, state, next_fire_at, last_fire_at, created_by, created_at, updated_at FROM schedules`
+const columns = `SELECT id, version, job_id, definition, state, next_fire_at, last_fire_at, created_by, created_at, updated_at, run_as FROM schedules`
 
 func scan(row interface{ Scan(...any) error }) (Record, error) {
 	var r Record
-	var def string
+	var def, as string
 	var next, last sql.NullTime
-	if err := row.Scan(&r.ID, &r.Version, &r.JobID, &def, &r.State, &next, &last, &r.CreatedBy, &r.CreatedAt, &r.UpdatedAt); err != nil {
+	if err := row.Scan(&r.ID, &r.Version, &r.JobID, &def, &r.State, &next, &last, &r.CreatedBy, &r.CreatedAt, &r.UpdatedAt, &as); err != nil {
 		return Record{}, store.Translate(err)
 	}
+	r.RunAs = []byte(as)
 	r.Definition = []byte(def)
 	r.NextFireAt, r.LastFireAt = timePtr(next), timePtr(last)
 	r.CreatedAt, r.UpdatedAt = r.CreatedAt.UTC(), r.UpdatedAt.UTC()
@@ -154,6 +158,13 @@ func (s *Store) List(ctx context.Context, jobID, state string) ([]Record, error)
 		out = append(out, r)
 	}
 	return out, rows.Err()
+}
+
+func runAs(raw []byte) string {
+	if len(raw) == 0 {
+		return "[]"
+	}
+	return string(raw)
 }
 
 func timePtr(t sql.NullTime) *time.Time {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
+	"time"
 )
 
 // SessionLock is a Postgres session-level advisory lock held on a
@@ -33,6 +34,12 @@ func (db *DB) TryLock(ctx context.Context, key string) (*SessionLock, bool, erro
 		conn.Close()
 		return nil, false, nil
 	}
+	// A holder whose host vanishes without closing the connection is
+	// noticed by the server's keepalives in about 11s, not the
+	// operating system's default two hours.
+	for _, set := range []string{`SET tcp_keepalives_idle = 5`, `SET tcp_keepalives_interval = 2`, `SET tcp_keepalives_count = 3`} {
+		_, _ = conn.ExecContext(ctx, set)
+	}
 	return &SessionLock{conn: conn}, true, nil
 }
 
@@ -41,6 +48,8 @@ func (l *SessionLock) Held(ctx context.Context) bool {
 	if l.conn == nil {
 		return true
 	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	return l.conn.PingContext(ctx) == nil
 }
 

@@ -1781,7 +1781,7 @@ const file_opsconductor_v1_schedule_proto_rawDesc = "" +
 	"\x05local\x18\x01 \x01(\tR\x05local\x12,\n" +
 	"\x03utc\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x03utc\"I\n" +
 	"\x18ValidateScheduleResponse\x12-\n" +
-	"\x04next\x18\x01 \x03(\v2\x19.opsconductor.v1.FireTimeR\x04next2\x84\x10\n" +
+	"\x04next\x18\x01 \x03(\v2\x19.opsconductor.v1.FireTimeR\x04next2\x8c\x10\n" +
 	"\x0fScheduleService\x12\x96\x01\n" +
 	"\x0eCreateSchedule\x12&.opsconductor.v1.CreateScheduleRequest\x1a'.opsconductor.v1.CreateScheduleResponse\"3\x8a\xb5\x18\x13\n" +
 	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/api/v1/schedules\x12\x8d\x01\n" +
@@ -1800,13 +1800,13 @@ const file_opsconductor_v1_schedule_proto_rawDesc = "" +
 	"\x0eResumeSchedule\x12&.opsconductor.v1.ResumeScheduleRequest\x1a'.opsconductor.v1.ResumeScheduleResponse\"?\x8a\xb5\x18\x13\n" +
 	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/api/v1/schedules/{id}/resume\x12\xa4\x01\n" +
 	"\x11ListScheduleFires\x12).opsconductor.v1.ListScheduleFiresRequest\x1a*.opsconductor.v1.ListScheduleFiresResponse\"8\x8a\xb5\x18\x10\n" +
-	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/schedules/{id}/fires\x12\x96\x01\n" +
-	"\x0eCreateBlackout\x12&.opsconductor.v1.CreateBlackoutRequest\x1a'.opsconductor.v1.CreateBlackoutResponse\"3\x8a\xb5\x18\x13\n" +
-	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/api/v1/blackouts\x12\x8d\x01\n" +
+	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x1e\x12\x1c/api/v1/schedules/{id}/fires\x12\x9a\x01\n" +
+	"\x0eCreateBlackout\x12&.opsconductor.v1.CreateBlackoutRequest\x1a'.opsconductor.v1.CreateBlackoutResponse\"7\x8a\xb5\x18\x17\n" +
+	"\x13schedules:blackouts\x10\x01\x82\xd3\xe4\x93\x02\x16:\x01*\"\x11/api/v1/blackouts\x12\x8d\x01\n" +
 	"\rListBlackouts\x12%.opsconductor.v1.ListBlackoutsRequest\x1a&.opsconductor.v1.ListBlackoutsResponse\"-\x8a\xb5\x18\x10\n" +
-	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/blackouts\x12\x98\x01\n" +
-	"\x0eDeleteBlackout\x12&.opsconductor.v1.DeleteBlackoutRequest\x1a'.opsconductor.v1.DeleteBlackoutResponse\"5\x8a\xb5\x18\x13\n" +
-	"\x0fschedules:write\x10\x01\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/blackouts/{id}\x12\xa2\x01\n" +
+	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x13\x12\x11/api/v1/blackouts\x12\x9c\x01\n" +
+	"\x0eDeleteBlackout\x12&.opsconductor.v1.DeleteBlackoutRequest\x1a'.opsconductor.v1.DeleteBlackoutResponse\"9\x8a\xb5\x18\x17\n" +
+	"\x13schedules:blackouts\x10\x01\x82\xd3\xe4\x93\x02\x18*\x16/api/v1/blackouts/{id}\x12\xa2\x01\n" +
 	"\x10ValidateSchedule\x12(.opsconductor.v1.ValidateScheduleRequest\x1a).opsconductor.v1.ValidateScheduleResponse\"9\x8a\xb5\x18\x10\n" +
 	"\x0eschedules:read\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/api/v1/schedules/validateBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
