@@ -62,7 +62,7 @@ lint: ## gofmt, go vet and the import boundaries.
 	@./.ci/check-imports
 
 .PHONY: test
-test: lint check-generate test-go test-race fuzz demo ## Run every test (needs PostgreSQL and Redis; see README).
+test: lint check-generate test-go test-race fuzz bench-smoke demo ## Run every test (needs PostgreSQL and Redis; see README).
 
 .PHONY: test-go
 test-go: ## go test ./... (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379).
@@ -76,6 +76,14 @@ test-race: ## The race detector on the concurrent packages.
 fuzz: ## Run the fuzz targets briefly (FUZZTIME, default 10s each).
 	go test -run='^$$' -fuzz=FuzzCheck -fuzztime=$(FUZZTIME) ./agent/safety/
 	go test -run='^$$' -fuzz=FuzzJobDecode -fuzztime=$(FUZZTIME) ./controlplane/cli/
+
+.PHONY: bench
+bench: ## Run the benchmarks (docs/benchmarks.md; BENCH=b6 runs one part); writes bench-results.json.
+	go run ./bench/cmd/bench -part $(or $(BENCH),all)
+
+.PHONY: bench-smoke
+bench-smoke: ## Each benchmark part once at a tiny size, so the harness cannot rot (part of make test).
+	go run ./bench/cmd/bench -size tiny -out $${TMPDIR:-/tmp}/bench-smoke.json
 
 .PHONY: demo
 demo: build ## Start `opsconductor dev`, run the example job with --follow, stop.

@@ -151,13 +151,27 @@ func (s *Scheduler) active(ctx context.Context, lock *store.SessionLock) {
 // FireDue fires every schedule due now (the active scheduler calls it
 // every tick; tests call it with an injected clock).
 func (s *Scheduler) FireDue(ctx context.Context) error {
-	due, err := s.store.Due(ctx, s.now(), 1000)
+	// A page at a time, until nothing is due (or a bound, should some
+	// schedule keep failing to advance): thousands due in the same second
+	// do not wait a tick per page.
+	for range 100 {
+		n, err := s.fireDuePage(ctx, 1000)
+		if err != nil || n < 1000 {
+			return err
+		}
+	}
+	return nil
+}
+
+// fireDuePage fires up to limit due schedules and says how many it saw.
+func (s *Scheduler) fireDuePage(ctx context.Context, limit int) (int, error) {
+	due, err := s.store.Due(ctx, s.now(), limit)
 	if err != nil || len(due) == 0 {
-		return err
+		return 0, err
 	}
 	blackouts, err := s.store.Blackouts(ctx)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	// Schedules are independent (each slot has its own unique key), so
 	// they fire side by side.
@@ -179,7 +193,7 @@ func (s *Scheduler) FireDue(ctx context.Context) error {
 	}
 	close(work)
 	wg.Wait()
-	return nil
+	return len(due), nil
 }
 
 // fireSchedule handles a due schedule: the slots that passed (missed, or
