@@ -58,9 +58,13 @@ func (s *Store) Due(ctx context.Context, now time.Time, limit int) ([]Record, er
 // "firing" left by a crash may be taken up again: the execution is
 // created idempotently).
 func (s *Store) ClaimSlot(ctx context.Context, scheduleID string, first, slot time.Time) (bool, string, error) {
+	return claimSlot(ctx, s.db, scheduleID, first, slot)
+}
+
+func claimSlot(ctx context.Context, q store.Querier, scheduleID string, first, slot time.Time) (bool, string, error) {
 	// Only while the schedule is still active at this fire: a pause or an
 	// edit since wins.
-	res, err := s.db.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, outcome)
+	res, err := q.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, outcome)
 		SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM schedules WHERE id = $1 AND state = $4 AND next_fire_at = $5)
 		ON CONFLICT (schedule_id, scheduled_for) DO NOTHING`, scheduleID, slot.UTC(), OutcomeFiring, StateActive, first.UTC())
 	if err != nil {
@@ -70,7 +74,7 @@ func (s *Store) ClaimSlot(ctx context.Context, scheduleID string, first, slot ti
 		return true, OutcomeFiring, nil
 	}
 	var outcome string
-	err = s.db.QueryRowContext(ctx, `SELECT outcome FROM schedule_executions WHERE schedule_id = $1 AND scheduled_for = $2`,
+	err = q.QueryRowContext(ctx, `SELECT outcome FROM schedule_executions WHERE schedule_id = $1 AND scheduled_for = $2`,
 		scheduleID, slot.UTC()).Scan(&outcome)
 	if errors.Is(err, sql.ErrNoRows) {
 		return false, "", nil // the schedule changed
@@ -85,7 +89,11 @@ func (s *Store) ClaimSlot(ctx context.Context, scheduleID string, first, slot ti
 // a skipped or missed slot) with an event; a final outcome already there
 // is kept.
 func (s *Store) RecordFire(ctx context.Context, f FireRecord) error {
-	return s.db.InTx(ctx, func(tx *store.Tx) error {
+	return s.db.InTx(ctx, func(tx *store.Tx) error { return recordFire(ctx, tx, f) })
+}
+
+func recordFire(ctx context.Context, tx *store.Tx, f FireRecord) error {
+	{
 		var fired sql.NullTime
 		if f.FiredAt != nil {
 			fired = sql.NullTime{Time: f.FiredAt.UTC(), Valid: true}
@@ -113,7 +121,7 @@ func (s *Store) RecordFire(ctx context.Context, f FireRecord) error {
 			_, err = outbox.Append(ctx, tx, "schedule.late", f.ScheduleID, 0, event)
 		}
 		return err
-	})
+	}
 }
 
 // Fires returns a schedule's fires, newest first.
@@ -142,11 +150,64 @@ func (s *Store) Fires(ctx context.Context, scheduleID string, limit int) ([]Fire
 // none, and state says completed), the last one. It changes nothing when
 // the schedule changed meanwhile (edited, paused, advanced by another).
 func (s *Store) Advance(ctx context.Context, id string, expect time.Time, next *time.Time, last time.Time, state string) (bool, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE schedules SET next_fire_at = $1, last_fire_at = $2, state = $3
+	return advance(ctx, s.db, id, expect, next, last, state)
+}
+
+func advance(ctx context.Context, q store.Querier, id string, expect time.Time, next *time.Time, last time.Time, state string) (bool, error) {
+	res, err := q.ExecContext(ctx, `UPDATE schedules SET next_fire_at = $1, last_fire_at = $2, state = $3
 		WHERE id = $4 AND next_fire_at = $5 AND state = $6`, nullTime(next), last.UTC(), state, id, expect.UTC(), StateActive)
 	if err != nil {
 		return false, fmt.Errorf("advance schedule %s: %w", id, err)
 	}
 	n, _ := res.RowsAffected()
 	return n == 1, nil
+}
+
+// step is what firing one due schedule decided: its slots' records and
+// how it moves on. CommitSteps writes many in one transaction.
+type step struct {
+	fires   []FireRecord
+	id      string
+	expect  time.Time // the next fire time it was read with
+	next    *time.Time
+	last    time.Time
+	state   string
+	advance bool
+}
+
+// ClaimSlots claims, in one transaction, the slot of each schedule in
+// ids (slots[i], while first[i] is still its next fire time), and returns
+// per schedule whether it was claimed and the slot's outcome otherwise.
+func (s *Store) ClaimSlots(ctx context.Context, ids []string, first, slots []time.Time) ([]bool, []string, error) {
+	claimed, outcomes := make([]bool, len(ids)), make([]string, len(ids))
+	err := s.db.InTx(ctx, func(tx *store.Tx) error {
+		for i := range ids {
+			var err error
+			if claimed[i], outcomes[i], err = claimSlot(ctx, tx, ids[i], first[i], slots[i]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return claimed, outcomes, err
+}
+
+// CommitSteps writes the records and advances of many fired schedules in
+// one transaction.
+func (s *Store) CommitSteps(ctx context.Context, steps []step) error {
+	return s.db.InTx(ctx, func(tx *store.Tx) error {
+		for _, st := range steps {
+			for _, f := range st.fires {
+				if err := recordFire(ctx, tx, f); err != nil {
+					return err
+				}
+			}
+			if st.advance {
+				if _, err := advance(ctx, tx, st.id, st.expect, st.next, st.last, st.state); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }

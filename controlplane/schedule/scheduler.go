@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
@@ -164,6 +165,9 @@ func (s *Scheduler) FireDue(ctx context.Context) error {
 }
 
 // fireDuePage fires up to limit due schedules and says how many it saw.
+// The page is split among the workers; each claims its share's slots in
+// one transaction, fires them, and records and advances them in one
+// more, so a fire costs a share of two commits, not three of its own.
 func (s *Scheduler) fireDuePage(ctx context.Context, limit int) (int, error) {
 	due, err := s.store.Due(ctx, s.now(), limit)
 	if err != nil || len(due) == 0 {
@@ -173,53 +177,60 @@ func (s *Scheduler) fireDuePage(ctx context.Context, limit int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	// Schedules are independent (each slot has its own unique key), so
-	// they fire side by side.
-	work := make(chan Record)
+	workers := min(s.cfg.Workers, len(due))
+	size := (len(due) + workers - 1) / workers
 	var wg sync.WaitGroup
-	for range min(s.cfg.Workers, len(due)) {
+	for start := 0; start < len(due); start += size {
+		chunk := due[start:min(start+size, len(due))]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for r := range work {
-				if err := s.fireSchedule(ctx, r, blackouts); err != nil {
-					s.logger.Warn("fire schedule", zap.String("schedule_id", r.ID), zap.Error(err))
-				}
+			if err := s.fireChunk(ctx, chunk, blackouts); err != nil && ctx.Err() == nil {
+				s.logger.Warn("fire schedules", zap.Int("schedules", len(chunk)), zap.Error(err))
 			}
 		}()
 	}
-	for _, r := range due {
-		work <- r
-	}
-	close(work)
 	wg.Wait()
 	return len(due), nil
 }
 
-// fireSchedule handles a due schedule: the slots that passed (missed, or
-// the latest fired), then the next fire time.
-func (s *Scheduler) fireSchedule(ctx context.Context, r Record, blackouts []*opsconductorv1.BlackoutWindow) error {
+// plan is what a due schedule comes to, worked out without the database:
+// its missed slots, whether its latest slot fires, and how it moves on.
+type plan struct {
+	r    Record
+	sc   *opsconductorv1.Schedule
+	st   step
+	fire bool      // the latest slot fires (if the claim succeeds)
+	slot time.Time // that slot
+	why  string    // said of the fire (a catch-up)
+}
+
+// planFor plans a due schedule at now; false when its jitter has not
+// passed yet.
+func (s *Scheduler) planFor(r Record, now time.Time) (plan, bool) {
+	first := *r.NextFireAt
+	p := plan{r: r, st: step{id: r.ID, expect: first, advance: true}}
 	sc, err := toProto(r)
-	if err != nil {
-		return err
+	var spec *Spec
+	var vs []apperr.Violation
+	if err == nil {
+		spec, vs = SpecOf("schedule", sc)
 	}
-	spec, vs := SpecOf("schedule", sc)
-	if len(vs) > 0 {
+	if err != nil || len(vs) > 0 {
 		// It was valid when saved; a zone database change could do this.
-		_, err := s.store.Advance(ctx, r.ID, *r.NextFireAt, nil, *r.NextFireAt, StateCompleted)
-		s.logger.Error("schedule can no longer be read; completing it", zap.String("schedule_id", r.ID), zap.String("why", vs[0].Description))
-		return err
+		s.logger.Error("schedule can no longer be read; completing it", zap.String("schedule_id", r.ID))
+		p.st.last, p.st.state = first, StateCompleted
+		return p, true
 	}
-	now := s.now()
-	slot := *r.NextFireAt
+	p.sc = sc
 	jitter := sc.GetJitter().AsDuration()
 	// Jitter delays the fire, not its nominal time.
-	if now.Before(slot.Add(Jitter(r.ID, slot, jitter))) {
-		return nil
+	if now.Before(first.Add(Jitter(r.ID, first, jitter))) {
+		return p, false
 	}
-	due := []time.Time{slot}
+	due := []time.Time{first}
 	capped := false
-	for t := slot; ; {
+	for t := first; ; {
 		next, ok := spec.Next(t)
 		if !ok || next.After(now) {
 			break
@@ -238,15 +249,14 @@ func (s *Scheduler) fireSchedule(ctx context.Context, r Record, blackouts []*ops
 		missed = due
 	}
 	for _, m := range missed {
-		if err := s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: m, Outcome: OutcomeMissed,
-			Reason: "a later fire was already due when the scheduler ran (it was not running at this time)"}); err != nil {
-			return err
-		}
+		p.st.fires = append(p.st.fires, FireRecord{ScheduleID: r.ID, ScheduledFor: m, Outcome: OutcomeMissed,
+			Reason: "a later fire was already due when the scheduler ran (it was not running at this time)"})
 	}
+	p.st.last, p.st.state = latest, StateActive
 	if capped {
 		next, _ := spec.Next(latest)
-		_, err := s.store.Advance(ctx, r.ID, slot, &next, latest, StateActive)
-		return err
+		p.st.next = &next
+		return p, true
 	}
 	grace := DefaultMisfireGrace
 	if g := sc.GetMisfireGrace(); g != nil {
@@ -256,59 +266,86 @@ func (s *Scheduler) fireSchedule(ctx context.Context, r Record, blackouts []*ops
 	// plus its jitter.
 	switch late := now.Sub(latest.Add(Jitter(r.ID, latest, jitter))); {
 	case late <= grace:
-		err = s.fireSlot(ctx, r, sc, slot, latest, blackouts, "")
+		p.fire, p.slot = true, latest
 	case sc.GetMisfirePolicy() == MisfireRunOnce:
-		err = s.fireSlot(ctx, r, sc, slot, latest, blackouts, fmt.Sprintf("catch-up: %s late, past the misfire grace %s (misfire_policy run_once)", late.Round(time.Second), grace))
+		p.fire, p.slot = true, latest
+		p.why = fmt.Sprintf("catch-up: %s late, past the misfire grace %s (misfire_policy run_once)", late.Round(time.Second), grace)
 	default:
-		err = s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: latest, Outcome: OutcomeMissed,
+		p.st.fires = append(p.st.fires, FireRecord{ScheduleID: r.ID, ScheduledFor: latest, Outcome: OutcomeMissed,
 			Reason: fmt.Sprintf("%s late, past the misfire grace %s (misfire_policy skip)", late.Round(time.Second), grace)})
 	}
-	if err != nil {
-		return err
-	}
-	state := StateActive
-	nextPtr := (*time.Time)(nil)
 	if next, ok := spec.Next(now); ok {
-		nextPtr = &next
+		p.st.next = &next
 	} else {
-		state = StateCompleted
+		p.st.state = StateCompleted
 	}
-	_, err = s.store.Advance(ctx, r.ID, slot, nextPtr, latest, state)
-	return err
+	return p, true
 }
 
-// fireSlot creates the execution of one slot, once: the slot is claimed
-// first, and the execution is idempotent on (schedule, slot), so a fire
-// retried after a crash cannot run twice.
-//
-// first is the schedule's next fire time as read: the claim only happens
-// while it still is (a pause or an edit since wins).
-func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.Schedule, first, slot time.Time, blackouts []*opsconductorv1.BlackoutWindow, why string) error {
-	claimed, outcome, err := s.store.ClaimSlot(ctx, r.ID, first, slot)
-	if err != nil {
-		return err
+// fireChunk plans, claims (one transaction), fires, and records and
+// advances (one transaction) a share of a page.
+func (s *Scheduler) fireChunk(ctx context.Context, chunk []Record, blackouts []*opsconductorv1.BlackoutWindow) error {
+	now := s.now()
+	var plans []plan
+	for _, r := range chunk {
+		if p, ok := s.planFor(r, now); ok {
+			plans = append(plans, p)
+		}
 	}
-	if !claimed && outcome != OutcomeFiring {
-		return nil // fired or skipped already, or the schedule changed
+	var ids []string
+	var firsts, slots []time.Time
+	var which []int
+	for i, p := range plans {
+		if p.fire {
+			ids, firsts, slots, which = append(ids, p.r.ID), append(firsts, p.st.expect), append(slots, p.slot), append(which, i)
+		}
 	}
-	jitter := Jitter(r.ID, slot, sc.GetJitter().AsDuration())
-	record := func(outcome, reason, executionID string) error {
-		at := s.now()
-		late := at.Sub(slot.Add(jitter))
-		return s.store.RecordFire(ctx, FireRecord{ScheduleID: r.ID, ScheduledFor: slot, FiredAt: &at, Lateness: at.Sub(slot),
-			Outcome: outcome, Reason: reason, ExecutionID: executionID, Late: outcome == OutcomeFired && late > s.cfg.LateAfter})
-	}
-	run := Run{ScheduleID: r.ID, JobID: r.JobID, Slot: slot, Parameters: sc.GetParameters(), Targets: sc.GetTargets(),
-		Queue: sc.GetOverlapPolicy() == OverlapQueue, As: r.RunAs}
-	if !claimed {
-		// Taken up again (a crash, or another replica that also thought
-		// it was active): the execution may exist already.
-		id, err := s.firer.FiredExecution(ctx, run)
+	if len(ids) > 0 {
+		claimed, outcomes, err := s.store.ClaimSlots(ctx, ids, firsts, slots)
 		if err != nil {
 			return err
 		}
+		for k, i := range which {
+			if !claimed[k] && outcomes[k] != OutcomeFiring {
+				continue // fired or skipped already, or the schedule changed
+			}
+			rec, err := s.fireSlot(ctx, plans[i], !claimed[k], blackouts)
+			if err != nil {
+				s.logger.Warn("fire schedule", zap.String("schedule_id", plans[i].r.ID), zap.Error(err))
+				plans[i].st.advance = false // the slot stays claimed: the next pass takes it up
+				continue
+			}
+			plans[i].st.fires = append(plans[i].st.fires, rec)
+		}
+	}
+	steps := make([]step, len(plans))
+	for i, p := range plans {
+		steps[i] = p.st
+	}
+	return s.store.CommitSteps(ctx, steps)
+}
+
+// fireSlot fires a plan's claimed slot and returns its record. retaken:
+// the slot was claimed before (a crash, or another replica that also
+// thought it was active), so its execution may exist already.
+func (s *Scheduler) fireSlot(ctx context.Context, p plan, retaken bool, blackouts []*opsconductorv1.BlackoutWindow) (FireRecord, error) {
+	r, sc, slot := p.r, p.sc, p.slot
+	jitter := Jitter(r.ID, slot, sc.GetJitter().AsDuration())
+	record := func(outcome, reason, executionID string) FireRecord {
+		at := s.now()
+		late := at.Sub(slot.Add(jitter))
+		return FireRecord{ScheduleID: r.ID, ScheduledFor: slot, FiredAt: &at, Lateness: at.Sub(slot),
+			Outcome: outcome, Reason: reason, ExecutionID: executionID, Late: outcome == OutcomeFired && late > s.cfg.LateAfter}
+	}
+	run := Run{ScheduleID: r.ID, JobID: r.JobID, Slot: slot, Parameters: sc.GetParameters(), Targets: sc.GetTargets(),
+		Queue: sc.GetOverlapPolicy() == OverlapQueue, As: r.RunAs}
+	if retaken {
+		id, err := s.firer.FiredExecution(ctx, run)
+		if err != nil {
+			return FireRecord{}, err
+		}
 		if id != "" {
-			return record(OutcomeFired, why, id)
+			return record(OutcomeFired, p.why, id), nil
 		}
 	}
 	var labels map[string]string
@@ -323,29 +360,28 @@ func (s *Scheduler) fireSlot(ctx context.Context, r Record, sc *opsconductorv1.S
 	}
 	for _, b := range blackouts {
 		if covers(b, slot) && applies(b, r.ID, jobLabels) {
-			return record(OutcomeSkipped, fmt.Sprintf("blackout window %q", b.GetName()), "")
+			return record(OutcomeSkipped, fmt.Sprintf("blackout window %q", b.GetName()), ""), nil
 		}
 	}
 	if labelsErr != nil {
 		// A blackout might have applied: do not guess.
-		return record(OutcomeFailed, "could not read the job's labels to apply blackout windows: "+labelsErr.Error(), "")
+		return record(OutcomeFailed, "could not read the job's labels to apply blackout windows: "+labelsErr.Error(), ""), nil
 	}
-	overlap := sc.GetOverlapPolicy()
-	if overlap == "" || overlap == OverlapSkip {
+	if overlap := sc.GetOverlapPolicy(); overlap == "" || overlap == OverlapSkip {
 		running, err := s.firer.ScheduleRunning(ctx, r.ID)
 		if err != nil {
-			return err
+			return FireRecord{}, err
 		}
 		if running {
-			return record(OutcomeSkipped, "the previous run of this schedule is still running (overlap_policy skip)", "")
+			return record(OutcomeSkipped, "the previous run of this schedule is still running (overlap_policy skip)", ""), nil
 		}
 	}
 	id, err := s.firer.FireSchedule(ctx, run)
 	if err != nil {
 		s.logger.Warn("schedule fire refused", zap.String("schedule_id", r.ID), zap.Time("scheduled_for", slot), zap.Error(err))
-		return record(OutcomeFailed, err.Error(), "")
+		return record(OutcomeFailed, err.Error(), ""), nil
 	}
-	s.logger.Info("schedule fired", zap.String("schedule_id", r.ID), zap.Time("scheduled_for", slot), zap.String("execution_id", id),
+	s.logger.Debug("schedule fired", zap.String("schedule_id", r.ID), zap.Time("scheduled_for", slot), zap.String("execution_id", id),
 		zap.Duration("lateness", s.now().Sub(slot)))
-	return record(OutcomeFired, why, id)
+	return record(OutcomeFired, p.why, id), nil
 }
