@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/opsconductor/opsconductor/controlplane/store"
 	"github.com/opsconductor/opsconductor/controlplane/storetest"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
@@ -62,7 +63,14 @@ type rig struct {
 
 func newRig(t *testing.T, start time.Time) *rig {
 	t.Helper()
-	db := storetest.Open(t, "sqlite", Schema, Migrations())
+	return newRigOn(t, "sqlite", start)
+}
+
+// newRigOn is newRig on a store of dialect d (Postgres takes the
+// multi-row path of the scheduler).
+func newRigOn(t *testing.T, d store.Dialect, start time.Time) *rig {
+	t.Helper()
+	db := storetest.Open(t, d, Schema, Migrations())
 	r := &rig{now: start, firer: &fakeFirer{}, store: NewStore(db)}
 	clock := func() time.Time { return r.now }
 	r.svc = NewService(r.store, plannerFunc(func(string) error { return nil }), clock, zap.NewNop())
@@ -291,4 +299,47 @@ func TestSchedulerEdges(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestSchedulerOnBothStores runs the core cases on Postgres too, whose
+// scheduler path claims and records with multi-row statements.
+func TestSchedulerOnBothStores(t *testing.T) {
+	for _, d := range storetest.Dialects() {
+		t.Run(string(d), func(t *testing.T) {
+			r := newRigOn(t, d, utc("2026-01-01T09:59:30Z"))
+			var ids []string
+			for range 50 {
+				ids = append(ids, r.create(t, &opsconductorv1.Schedule{Kind: KindCron, Cron: "0 * * * *", OverlapPolicy: OverlapAllow}))
+			}
+			skip := r.create(t, &opsconductorv1.Schedule{Kind: KindCron, Cron: "* * * * *", MisfireGrace: durationpb.New(10 * time.Second)})
+			r.now = utc("2026-01-01T10:00:00.5Z")
+			r.tick(t)
+			r.tick(t)
+			if len(r.firer.runs) != 51 {
+				t.Fatalf("%d runs, want 51", len(r.firer.runs))
+			}
+			for _, id := range ids {
+				if got := r.outcomes(t, id); !equal(got, []string{"10:00:00 fired"}) {
+					t.Fatalf("schedule %s: %v", id, got)
+				}
+			}
+			// Down for two minutes: the every-minute one misses 10:01 and,
+			// past its grace, 10:02; then it goes on.
+			r.now = utc("2026-01-01T10:02:30Z")
+			r.tick(t)
+			r.now = utc("2026-01-01T10:03:01Z")
+			r.tick(t)
+			if got := r.outcomes(t, skip); !equal(got, []string{"10:00:00 fired", "10:01:00 missed", "10:02:00 missed", "10:03:00 fired"}) {
+				t.Fatalf("every-minute schedule: %v", got)
+			}
+			rec, err := r.store.Get(context.Background(), ids[0])
+			if err != nil || !rec.NextFireAt.Equal(utc("2026-01-01T11:00:00Z")) || !rec.LastFireAt.Equal(utc("2026-01-01T10:00:00Z")) {
+				t.Fatalf("advanced to %v / %v (%v)", rec.NextFireAt, rec.LastFireAt, err)
+			}
+			var events int
+			if err := r.store.db.QueryRowContext(context.Background(), `SELECT COUNT(*) FROM outbox WHERE topic LIKE 'schedule.%'`).Scan(&events); err != nil || events < 55 {
+				t.Fatalf("%d schedule events (%v)", events, err)
+			}
+		})
+	}
 }
