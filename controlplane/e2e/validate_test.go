@@ -75,6 +75,12 @@ func TestValidateConnect(t *testing.T) {
 			t.Fatalf("the check ran %+v", res.Actions)
 		}
 	}
+	// The same check as a POST, its parameters in the body.
+	out.Valid, out.HostChecks = true, nil
+	cptest.Must(t, http.StatusOK)(s.Do(t, "POST", "/api/v1/jobs/"+j.ID+"/validate", map[string]any{"connect": true, "parameters": map[string]string{}}, &out))
+	if len(out.HostChecks) != 3 {
+		t.Fatalf("validate by POST = %+v", out)
+	}
 	viewer := token(t, s, "viewer-1", "viewer")
 	if code := as(t, s, viewer, "GET", "/api/v1/jobs/"+j.ID+"/validate?connect=true", nil, nil); code != http.StatusForbidden {
 		t.Fatalf("a viewer asking for connection checks: HTTP %d, want 403", code)

@@ -2270,7 +2270,7 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\x11unmatched_targets\x18\x04 \x03(\v2\x1f.opsconductor.v1.FieldViolationR\x10unmatchedTargets\x12;\n" +
 	"\vhost_checks\x18\x05 \x03(\v2\x1a.opsconductor.v1.HostCheckR\n" +
 	"hostChecks\x12,\n" +
-	"\x12check_execution_id\x18\x06 \x01(\tR\x10checkExecutionId2\xac\a\n" +
+	"\x12check_execution_id\x18\x06 \x01(\tR\x10checkExecutionId2\xcd\a\n" +
 	"\n" +
 	"JobService\x12\x7f\n" +
 	"\tCreateJob\x12!.opsconductor.v1.CreateJobRequest\x1a\".opsconductor.v1.CreateJobResponse\"+\x8a\xb5\x18\x0e\n" +
@@ -2287,9 +2287,9 @@ const file_opsconductor_v1_job_proto_rawDesc = "" +
 	"\n" +
 	"jobs:write\x10\x01\x82\xd3\xe4\x93\x02\x13*\x11/api/v1/jobs/{id}\x12\x97\x01\n" +
 	"\x0fListJobVersions\x12'.opsconductor.v1.ListJobVersionsRequest\x1a(.opsconductor.v1.ListJobVersionsResponse\"1\x8a\xb5\x18\v\n" +
-	"\tjobs:read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/jobs/{id}/versions\x12\x8b\x01\n" +
-	"\vValidateJob\x12#.opsconductor.v1.ValidateJobRequest\x1a$.opsconductor.v1.ValidateJobResponse\"1\x8a\xb5\x18\v\n" +
-	"\tjobs:read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/jobs/{id}/validateBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
+	"\tjobs:read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/api/v1/jobs/{id}/versions\x12\xac\x01\n" +
+	"\vValidateJob\x12#.opsconductor.v1.ValidateJobRequest\x1a$.opsconductor.v1.ValidateJobResponse\"R\x8a\xb5\x18\v\n" +
+	"\tjobs:read\x82\xd3\xe4\x93\x02=Z\x1f:\x01*\"\x1a/api/v1/jobs/{id}/validate\x12\x1a/api/v1/jobs/{id}/validateBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
 var (
 	file_opsconductor_v1_job_proto_rawDescOnce sync.Once
