@@ -64,6 +64,8 @@ type SchedulerConfig struct {
 	// MaxCatchUp bounds the missed slots one pass records for a schedule
 	// (default 10000); the next pass goes on from there.
 	MaxCatchUp int
+	// PageSize is how many due schedules one query reads (default 1000).
+	PageSize int
 }
 
 // Scheduler fires due schedules. Every replica runs one; a Postgres
@@ -100,6 +102,9 @@ func NewScheduler(db *store.DB, st *Store, firer Firer, now func() time.Time, lo
 	}
 	if cfg.MaxCatchUp <= 0 {
 		cfg.MaxCatchUp = 10000
+	}
+	if cfg.PageSize <= 0 {
+		cfg.PageSize = 1000
 	}
 	return &Scheduler{db: db, store: st, firer: firer, now: now, cfg: cfg, logger: logger.Named("scheduler")}
 }
@@ -156,8 +161,8 @@ func (s *Scheduler) FireDue(ctx context.Context) error {
 	// schedule keep failing to advance): thousands due in the same second
 	// do not wait a tick per page.
 	for range 100 {
-		n, err := s.fireDuePage(ctx, 1000)
-		if err != nil || n < 1000 {
+		n, err := s.fireDuePage(ctx, s.cfg.PageSize)
+		if err != nil || n < s.cfg.PageSize {
 			return err
 		}
 	}
