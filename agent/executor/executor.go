@@ -6,6 +6,7 @@ package executor
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"time"
@@ -64,4 +65,17 @@ type Result struct {
 // promptly after. Execute is safe for concurrent use.
 type Executor interface {
 	Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Result
+}
+
+// specDuration reads a duration spec key, def when unset.
+func specDuration(spec map[string]string, key string, def time.Duration) (time.Duration, error) {
+	v := spec[key]
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("spec.%s must be a positive duration such as 10s, got %q", key, v)
+	}
+	return d, nil
 }

@@ -56,13 +56,9 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 	port := cmpOr(spec["port"], "22")
 	addr := net.JoinHostPort(host, port)
 	user := cmpOr(spec["user"], "root")
-	timeout := 10 * time.Second
-	if v := spec["connect_timeout"]; v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("ssh: spec.connect_timeout %q is not a duration", v)}
-		}
-		timeout = d
+	timeout, err := specDuration(spec, "connect_timeout", 10*time.Second)
+	if err != nil {
+		return Result{Status: StatusFailed, ExitCode: -1, Error: "ssh: " + err.Error()}
 	}
 	keepalive, err := keepaliveSettings(spec)
 	if err != nil {

@@ -201,16 +201,3 @@ func classifyWinRM(addr, user string, err error) Result {
 	}
 	return winrmError("error", addr, err)
 }
-
-// specDuration reads a duration spec key, def when unset.
-func specDuration(spec map[string]string, key string, def time.Duration) (time.Duration, error) {
-	v := spec[key]
-	if v == "" {
-		return def, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("spec.%s must be a positive duration such as 10s, got %q", key, v)
-	}
-	return d, nil
-}

@@ -305,17 +305,23 @@ func CheckUse(name, transport string, spec map[string]string) error {
 // Check tells whether credential name exists and may be used for address,
 // as an error a caller can return (naming what is wrong, never a value).
 func (s *Service) Check(ctx context.Context, name, address string) error {
+	_, err := s.usable(ctx, name, address)
+	return err
+}
+
+// usable reads credential name and checks it may be used for address.
+func (s *Service) usable(ctx context.Context, name, address string) (Record, error) {
 	r, err := s.store.Get(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return apperr.FailedPrecondition("credential %q does not exist", name)
+		return Record{}, apperr.FailedPrecondition("credential %q does not exist", name)
 	}
 	if err != nil {
-		return err
+		return Record{}, err
 	}
 	if !HostAllowed(r.Hosts, address) {
-		return apperr.FailedPrecondition("credential %q may not be used for host %s (it is limited to %s)", name, address, strings.Join(r.Hosts, ", "))
+		return Record{}, apperr.FailedPrecondition("credential %q may not be used for host %s (it is limited to %s)", name, address, strings.Join(r.Hosts, ", "))
 	}
-	return nil
+	return r, nil
 }
 
 // Open returns the value of credential name for use on address.
@@ -323,10 +329,7 @@ func (s *Service) Open(ctx context.Context, name, address string) (Secret, error
 	if s.keys == nil {
 		return Secret{}, errNoKeys
 	}
-	if err := s.Check(ctx, name, address); err != nil {
-		return Secret{}, err
-	}
-	r, err := s.store.Get(ctx, name)
+	r, err := s.usable(ctx, name, address)
 	if err != nil {
 		return Secret{}, err
 	}

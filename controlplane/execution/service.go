@@ -330,9 +330,6 @@ func (s *Service) plan(ctx context.Context, job *opsconductorv1.Job, agents []*o
 	if vs = append(vs, pvs...); len(vs) > 0 {
 		return nil, apperr.Invalid("execution", vs)
 	}
-	if err := s.mayRun(ctx, job, agents); err != nil {
-		return nil, err
-	}
 	rendered := params.Render(job, values, secrets)
 	plan := &opsconductorv1.ExecutionPlan{JobName: job.GetName(), Policy: merged, Actions: rendered.GetActions(), Parameters: map[string]string{}}
 	for k, v := range values {
@@ -388,6 +385,8 @@ func withJumpAgents(agents []*opsconductorv1.ResolvedAgent) []*opsconductorv1.Re
 	return out
 }
 
+// run stores the execution; start, its only caller, has checked the
+// caller's rights, plugins and credentials.
 func (s *Service) run(ctx context.Context, job *opsconductorv1.Job, agents []*opsconductorv1.ResolvedAgent, opts startOpts) (*opsconductorv1.Execution, error) {
 	principal, _ := auth.PrincipalFrom(ctx)
 	override := opts.override
@@ -419,9 +418,6 @@ func (s *Service) run(ctx context.Context, job *opsconductorv1.Job, agents []*op
 		if findings := s.checker.CheckJob(params.Render(job, values, secrets)); len(findings) > 0 && !override.GetAllow() {
 			return nil, dangerousError(job.GetName(), findings)
 		}
-	}
-	if err := s.mayRun(ctx, job, agents); err != nil {
-		return nil, err
 	}
 	snapshot, err := protojson.Marshal(job)
 	if err != nil {
@@ -594,7 +590,9 @@ func (s *Service) RetryExecution(ctx context.Context, req *connect.Request[opsco
 			return nil, fmt.Errorf("decode policy of execution %s: %w", parent.ID, err)
 		}
 	}
-	e, err := s.run(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values, policy: pol, trigger: "retry"})
+	// Through start, like a first run: rights, plugins and credentials are
+	// checked again (they may have changed since).
+	e, _, err := s.start(ctx, job, agents, startOpts{override: override, parentID: parent.ID, parameters: values, policy: pol, trigger: "retry"})
 	if err != nil {
 		return nil, err
 	}

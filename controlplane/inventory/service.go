@@ -92,9 +92,7 @@ func validateGroup(prefix string, g *opsconductorv1.InventoryGroup) []apperr.Vio
 		vs = append(vs, apperr.Violation{Field: prefix + ".description", Description: "must be at most 4096 characters"})
 	}
 	for k, v := range g.GetLabels() {
-		if err := label.ValidateKey(k); err != nil {
-			vs = append(vs, apperr.Violation{Field: prefix + ".labels[" + k + "]", Description: err.Error()})
-		} else if err := label.ValidateValue(v); err != nil {
+		if err := label.ValidatePair(k, v); err != nil {
 			vs = append(vs, apperr.Violation{Field: prefix + ".labels[" + k + "]", Description: err.Error()})
 		}
 	}

@@ -63,9 +63,7 @@ func Validate(prefix string, j *opsconductorv1.Job, plugins ...string) []apperr.
 		add(".description", "must be at most %d characters", MaxDescriptionLength)
 	}
 	for k, v := range j.GetLabels() {
-		if err := label.ValidateKey(k); err != nil {
-			add(".labels["+k+"]", "%v", err)
-		} else if err := label.ValidateValue(v); err != nil {
+		if err := label.ValidatePair(k, v); err != nil {
 			add(".labels["+k+"]", "%v", err)
 		}
 	}
@@ -153,9 +151,7 @@ func validateRemote(r *opsconductorv1.RemoteHosts, add func(field, format string
 		}
 	}
 	for k, v := range r.GetLabels() {
-		if err := label.ValidateKey(k); err != nil {
-			add(".labels["+k+"]", "%v", err)
-		} else if err := label.ValidateValue(v); err != nil {
+		if err := label.ValidatePair(k, v); err != nil {
 			add(".labels["+k+"]", "%v", err)
 		}
 	}
@@ -207,9 +203,7 @@ func ValidateHost(prefix string, h *opsconductorv1.RemoteHost) []apperr.Violatio
 		add(".credential", "winrm logs in with a password: name a stored password credential")
 	}
 	for k, v := range h.GetLabels() {
-		if err := label.ValidateKey(k); err != nil {
-			add(".labels["+k+"]", "%v", err)
-		} else if err := label.ValidateValue(v); err != nil {
+		if err := label.ValidatePair(k, v); err != nil {
 			add(".labels["+k+"]", "%v", err)
 		}
 	}

@@ -55,6 +55,14 @@ func ParseSelector(s string) (Selector, error) {
 	return sel, nil
 }
 
+// ValidatePair checks a label's key, then its value.
+func ValidatePair(key, value string) error {
+	if err := ValidateKey(key); err != nil {
+		return err
+	}
+	return ValidateValue(value)
+}
+
 // ValidateKey checks a label key: 1-64 characters of letters, digits, '.',
 // '_', '-' and '/', starting and ending with a letter or digit.
 func ValidateKey(key string) error {

@@ -207,9 +207,7 @@ func (r *Registry) Enroll(ctx context.Context, joinToken, name string, labels ma
 func validateLabels(labels map[string]string) []apperr.Violation {
 	var vs []apperr.Violation
 	for k, v := range labels {
-		if err := label.ValidateKey(k); err != nil {
-			vs = append(vs, apperr.Violation{Field: "labels[" + k + "]", Description: err.Error()})
-		} else if err := label.ValidateValue(v); err != nil {
+		if err := label.ValidatePair(k, v); err != nil {
 			vs = append(vs, apperr.Violation{Field: "labels[" + k + "]", Description: err.Error()})
 		}
 	}
@@ -408,11 +406,16 @@ func (r *Registry) Touch(ctx context.Context, id string) error {
 // Resolve maps targets to enrolled, non-revoked agents (offline ones
 // included), each agent once, in name order. unmatched lists the indexes of
 // targets that matched no agent.
-func (r *Registry) Resolve(ctx context.Context, targets []*opsconductorv1.Target) (agents []AgentRecord, unmatched []int, err error) {
+func (r *Registry) Resolve(ctx context.Context, targets []*opsconductorv1.Target) ([]AgentRecord, []int, error) {
 	all, err := r.store.AgentList(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	return resolveAgents(all, targets)
+}
+
+// resolveAgents is Resolve on a list of agents already read.
+func resolveAgents(all []AgentRecord, targets []*opsconductorv1.Target) (agents []AgentRecord, unmatched []int, err error) {
 	seen := map[string]bool{}
 	for i, t := range targets {
 		if t.GetRemote() != nil {
@@ -450,17 +453,17 @@ func (r *Registry) Resolve(ctx context.Context, targets []*opsconductorv1.Target
 // match, by name, then the remote hosts in the order the targets list them,
 // each with the jump agents that may reach it.
 func (r *Registry) ResolveTargets(ctx context.Context, targets []*opsconductorv1.Target) ([]*opsconductorv1.ResolvedAgent, []int, error) {
-	agents, unmatched, err := r.Resolve(ctx, targets)
+	all, err := r.store.AgentList(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	agents, unmatched, err := resolveAgents(all, targets)
 	if err != nil {
 		return nil, nil, err
 	}
 	out := make([]*opsconductorv1.ResolvedAgent, len(agents))
 	for i, a := range agents {
 		out[i] = r.resolved(a)
-	}
-	all, err := r.store.AgentList(ctx)
-	if err != nil {
-		return nil, nil, err
 	}
 	hosts, noJump, err := r.resolveRemote(ctx, targets, all)
 	if err != nil {

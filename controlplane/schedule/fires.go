@@ -86,43 +86,37 @@ func claimSlot(ctx context.Context, q store.Querier, scheduleID string, first, s
 	return false, outcome, nil
 }
 
-// RecordFire writes a slot's outcome (a claimed slot's, or a new one for
-// a skipped or missed slot) with an event; a final outcome already there
+// recordFire writes a slot's outcome (a claimed slot's, or a new one for
+// a skipped or missed slot) with its events; a final outcome already there
 // is kept.
-func (s *Store) RecordFire(ctx context.Context, f FireRecord) error {
-	return s.db.InTx(ctx, func(tx *store.Tx) error { return recordFire(ctx, tx, f) })
-}
-
 func recordFire(ctx context.Context, tx *store.Tx, f FireRecord) error {
-	{
-		var fired sql.NullTime
-		if f.FiredAt != nil {
-			fired = sql.NullTime{Time: f.FiredAt.UTC(), Valid: true}
-		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, fired_at, lateness_ms, execution_id, outcome, reason)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)
-			ON CONFLICT (schedule_id, scheduled_for) DO UPDATE SET fired_at = excluded.fired_at, lateness_ms = excluded.lateness_ms,
-				execution_id = excluded.execution_id, outcome = excluded.outcome, reason = excluded.reason
-			WHERE schedule_executions.outcome = $8`,
-			f.ScheduleID, f.ScheduledFor.UTC(), fired, f.Lateness.Milliseconds(), f.ExecutionID, f.Outcome, f.Reason, OutcomeFiring)
-		if err != nil {
-			return fmt.Errorf("record fire of schedule %s: %w", f.ScheduleID, err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil // already final
-		}
-		event := map[string]any{
-			"schedule_id": f.ScheduleID, "scheduled_for": f.ScheduledFor.UTC(), "outcome": f.Outcome, "reason": f.Reason,
-			"execution_id": f.ExecutionID, "lateness_ms": f.Lateness.Milliseconds(),
-		}
-		if _, err := outbox.Append(ctx, tx, "schedule."+f.Outcome, f.ScheduleID, 0, event); err != nil {
-			return err
-		}
-		if f.Late {
-			_, err = outbox.Append(ctx, tx, "schedule.late", f.ScheduleID, 0, event)
-		}
+	var fired sql.NullTime
+	if f.FiredAt != nil {
+		fired = sql.NullTime{Time: f.FiredAt.UTC(), Valid: true}
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, fired_at, lateness_ms, execution_id, outcome, reason)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
+		ON CONFLICT (schedule_id, scheduled_for) DO UPDATE SET fired_at = excluded.fired_at, lateness_ms = excluded.lateness_ms,
+			execution_id = excluded.execution_id, outcome = excluded.outcome, reason = excluded.reason
+		WHERE schedule_executions.outcome = $8`,
+		f.ScheduleID, f.ScheduledFor.UTC(), fired, f.Lateness.Milliseconds(), f.ExecutionID, f.Outcome, f.Reason, OutcomeFiring)
+	if err != nil {
+		return fmt.Errorf("record fire of schedule %s: %w", f.ScheduleID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return nil // already final
+	}
+	event := map[string]any{
+		"schedule_id": f.ScheduleID, "scheduled_for": f.ScheduledFor.UTC(), "outcome": f.Outcome, "reason": f.Reason,
+		"execution_id": f.ExecutionID, "lateness_ms": f.Lateness.Milliseconds(),
+	}
+	if _, err := outbox.Append(ctx, tx, "schedule."+f.Outcome, f.ScheduleID, 0, event); err != nil {
 		return err
 	}
+	if f.Late {
+		_, err = outbox.Append(ctx, tx, "schedule.late", f.ScheduleID, 0, event)
+	}
+	return err
 }
 
 // Fires returns a schedule's fires, newest first.
@@ -147,13 +141,9 @@ func (s *Store) Fires(ctx context.Context, scheduleID string, limit int) ([]Fire
 	return out, rows.Err()
 }
 
-// Advance moves an active schedule past a fire: the next fire time (nil:
+// advance moves an active schedule past a fire: the next fire time (nil:
 // none, and state says completed), the last one. It changes nothing when
 // the schedule changed meanwhile (edited, paused, advanced by another).
-func (s *Store) Advance(ctx context.Context, id string, expect time.Time, next *time.Time, last time.Time, state string) (bool, error) {
-	return advance(ctx, s.db, id, expect, next, last, state)
-}
-
 func advance(ctx context.Context, q store.Querier, id string, expect time.Time, next *time.Time, last time.Time, state string) (bool, error) {
 	res, err := q.ExecContext(ctx, `UPDATE schedules SET next_fire_at = $1, last_fire_at = $2, state = $3
 		WHERE id = $4 AND next_fire_at = $5 AND state = $6`, nullTime(next), last.UTC(), state, id, expect.UTC(), StateActive)
