@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pluginv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/plugin/v1"
 )
@@ -95,6 +99,15 @@ func (c *Client) Execute(ctx context.Context, action *pluginv1.Action, target *p
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
+			if status.Code(err) == codes.DeadlineExceeded {
+				// The deadline travels with the call, and the plugin's side
+				// may notice it a moment before ours: let ours catch up so
+				// the caller sees its context ended.
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
 			switch {
 			case ctx.Err() != nil:
 				return Result{Status: StatusCancelled, ExitCode: -1, Error: "cancelled"}
