@@ -8,7 +8,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/opsconductor/opsconductor/controlplane/apperr"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
@@ -64,8 +63,13 @@ type SchedulerConfig struct {
 	// MaxCatchUp bounds the missed slots one pass records for a schedule
 	// (default 10000); the next pass goes on from there.
 	MaxCatchUp int
-	// PageSize is how many due schedules one query reads (default 1000).
+	// PageSize is how many schedules of the window one query reads
+	// (default 20000).
 	PageSize int
+	// Lookahead is how far ahead the active scheduler reads schedules
+	// into memory and claims their slots (default 2s), so that a fire
+	// waits for neither.
+	Lookahead time.Duration
 }
 
 // Scheduler fires due schedules. Every replica runs one; a Postgres
@@ -104,7 +108,10 @@ func NewScheduler(db *store.DB, st *Store, firer Firer, now func() time.Time, lo
 		cfg.MaxCatchUp = 10000
 	}
 	if cfg.PageSize <= 0 {
-		cfg.PageSize = 1000
+		cfg.PageSize = 20000
+	}
+	if cfg.Lookahead < cfg.Tick {
+		cfg.Lookahead = max(2*time.Second, cfg.Tick)
 	}
 	return &Scheduler{db: db, store: st, firer: firer, now: now, cfg: cfg, logger: logger.Named("scheduler")}
 }
@@ -137,106 +144,164 @@ func (s *Scheduler) Run(ctx context.Context) error {
 }
 
 func (s *Scheduler) active(ctx context.Context, lock *store.SessionLock) {
-	t := time.NewTicker(s.cfg.Tick)
-	defer t.Stop()
+	w := newWindow()
+	var blackouts []*opsconductorv1.BlackoutWindow
+	var refreshAt time.Time // zero: now
+	postponed := false
 	for {
-		if !lock.Held(ctx) {
-			return
+		now := s.now()
+		if !now.Before(refreshAt) {
+			// A refresh reads the whole window: not when a fire is due
+			// before it would be done (but not twice in a row, so that a
+			// window that is always about to fire is still re-read).
+			if first, ok := w.earliest(); ok && !postponed && first.Before(now.Add(s.cfg.Tick/2)) {
+				postponed, refreshAt = true, first
+			} else {
+				if !lock.Held(ctx) {
+					return // its claims made ahead are taken up by the next active one
+				}
+				// On an error the last blackouts read stay in force: a
+				// failed read must not let a fire through a freeze.
+				if b, err := s.prepare(ctx, w, now, now.Add(s.cfg.Lookahead)); err != nil {
+					if ctx.Err() == nil {
+						s.logger.Warn("read the schedules due soon", zap.Error(err))
+					}
+				} else {
+					blackouts = b
+				}
+				postponed, refreshAt = false, now.Add(s.cfg.Tick)
+			}
 		}
-		if err := s.FireDue(ctx); err != nil && ctx.Err() == nil {
-			s.logger.Warn("fire due schedules", zap.Error(err))
+		s.fireWindow(ctx, w, s.now(), blackouts)
+		wake := refreshAt
+		if first, ok := w.earliest(); ok && first.Before(wake) {
+			wake = first
 		}
-		select {
-		case <-ctx.Done():
+		if !s.sleep(ctx, wake) {
 			return
-		case <-t.C:
 		}
 	}
 }
 
-// FireDue fires every schedule due now (the active scheduler calls it
-// every tick; tests call it with an injected clock).
+// sleep waits until the instant (by the scheduler's clock); false when
+// ctx ended first.
+func (s *Scheduler) sleep(ctx context.Context, until time.Time) bool {
+	t := time.NewTimer(until.Sub(s.now()))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// prepare re-reads the window up to until, records the claims it gave up
+// and claims the slots due after now and up to until; it returns the
+// blackout windows to apply.
+func (s *Scheduler) prepare(ctx context.Context, w *window, now, until time.Time) ([]*opsconductorv1.BlackoutWindow, error) {
+	// Blackouts first: nothing enters the window before they are known.
+	blackouts, err := s.store.Blackouts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	releases, err := s.refresh(ctx, w, until)
+	if err != nil {
+		return nil, err
+	}
+	if len(releases) > 0 {
+		if err := s.store.CommitSteps(ctx, []step{{fires: releases}}); err != nil {
+			return nil, err
+		}
+	}
+	if until.After(now) {
+		s.claimAhead(ctx, w, now, until)
+	}
+	return blackouts, nil
+}
+
+// FireDue fires every schedule due now (the active scheduler does the
+// same each tick, ahead of time; tests call it with an injected clock).
 func (s *Scheduler) FireDue(ctx context.Context) error {
+	w := newWindow()
 	// A page at a time, until nothing is due (or a bound, should some
-	// schedule keep failing to advance): thousands due in the same second
-	// do not wait a tick per page.
+	// schedule keep failing to advance).
 	for range 100 {
-		n, err := s.fireDuePage(ctx, s.cfg.PageSize)
-		if err != nil || n < s.cfg.PageSize {
+		now := s.now()
+		blackouts, err := s.prepare(ctx, w, now, now)
+		if err != nil {
 			return err
+		}
+		if n := s.fireWindow(ctx, w, now, blackouts); n == 0 || !w.full {
+			return nil
 		}
 	}
 	return nil
 }
 
-// fireDuePage fires up to limit due schedules and says how many it saw.
-// The page is split among the workers; each claims its share's slots in
-// one transaction, fires them, and records and advances them in one
-// more, so a fire costs a share of two commits, not three of its own.
-func (s *Scheduler) fireDuePage(ctx context.Context, limit int) (int, error) {
-	due, err := s.store.Due(ctx, s.now(), limit)
-	if err != nil || len(due) == 0 {
-		return 0, err
+// fireWindow fires the entries of the window due at now, a share per
+// worker, and puts those that moved on back in the window at their next
+// fire time. It returns how many it fired.
+func (s *Scheduler) fireWindow(ctx context.Context, w *window, now time.Time, blackouts []*opsconductorv1.BlackoutWindow) int {
+	due := w.takeDue(now)
+	moved := make([][]*entry, len(due))
+	s.inParallel(len(due), func(lo, hi int) {
+		var err error
+		if moved[lo], err = s.fireChunk(ctx, due[lo:hi], now, blackouts); err != nil && ctx.Err() == nil {
+			s.logger.Warn("fire schedules", zap.Int("schedules", hi-lo), zap.Error(err))
+		}
+	})
+	for _, es := range moved {
+		for _, e := range es {
+			w.entries[e.r.ID] = e
+		}
 	}
-	blackouts, err := s.store.Blackouts(ctx)
-	if err != nil {
-		return 0, err
+	return len(due)
+}
+
+// inParallel splits n items among the workers and waits for them: f gets
+// a share [lo, hi).
+func (s *Scheduler) inParallel(n int, f func(lo, hi int)) {
+	if n == 0 {
+		return
 	}
-	workers := min(s.cfg.Workers, len(due))
-	size := (len(due) + workers - 1) / workers
+	workers := min(s.cfg.Workers, n)
+	size := (n + workers - 1) / workers
 	var wg sync.WaitGroup
-	for start := 0; start < len(due); start += size {
-		chunk := due[start:min(start+size, len(due))]
+	for lo := 0; lo < n; lo += size {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.fireChunk(ctx, chunk, blackouts); err != nil && ctx.Err() == nil {
-				s.logger.Warn("fire schedules", zap.Int("schedules", len(chunk)), zap.Error(err))
-			}
+			f(lo, min(lo+size, n))
 		}()
 	}
 	wg.Wait()
-	return len(due), nil
 }
 
 // plan is what a due schedule comes to, worked out without the database:
 // its missed slots, whether its latest slot fires, and how it moves on.
 type plan struct {
-	r    Record
-	sc   *opsconductorv1.Schedule
+	e    *entry
 	st   step
 	fire bool      // the latest slot fires (if the claim succeeds)
 	slot time.Time // that slot
 	why  string    // said of the fire (a catch-up)
 }
 
-// planFor plans a due schedule at now; false when its jitter has not
-// passed yet.
-func (s *Scheduler) planFor(r Record, now time.Time) (plan, bool) {
-	first := *r.NextFireAt
-	p := plan{r: r, st: step{id: r.ID, expect: first, advance: true}}
-	sc, err := toProto(r)
-	var spec *Spec
-	var vs []apperr.Violation
-	if err == nil {
-		spec, vs = SpecOf("schedule", sc)
-	}
-	if err != nil || len(vs) > 0 {
-		// It was valid when saved; a zone database change could do this.
+// planFor plans a due entry at now.
+func (s *Scheduler) planFor(e *entry, now time.Time) plan {
+	r, first := e.r, *e.r.NextFireAt
+	p := plan{e: e, st: step{id: r.ID, expect: first, advance: true}}
+	if e.spec == nil {
 		s.logger.Error("schedule can no longer be read; completing it", zap.String("schedule_id", r.ID))
 		p.st.last, p.st.state = first, StateCompleted
-		return p, true
+		return p
 	}
-	p.sc = sc
+	sc, spec := e.sc, e.spec
 	jitter := sc.GetJitter().AsDuration()
-	// Jitter delays the fire, not its nominal time.
-	if now.Before(first.Add(Jitter(r.ID, first, jitter))) {
-		return p, false
-	}
 	due := []time.Time{first}
 	capped := false
-	for t := first; ; {
-		next, ok := spec.Next(t)
+	for t, next, ok := first, e.after, e.afterOK; ; next, ok = spec.Next(t) {
 		if !ok || next.After(now) {
 			break
 		}
@@ -261,7 +326,7 @@ func (s *Scheduler) planFor(r Record, now time.Time) (plan, bool) {
 	if capped {
 		next, _ := spec.Next(latest)
 		p.st.next = &next
-		return p, true
+		return p
 	}
 	grace := DefaultMisfireGrace
 	if g := sc.GetMisfireGrace(); g != nil {
@@ -279,62 +344,89 @@ func (s *Scheduler) planFor(r Record, now time.Time) (plan, bool) {
 		p.st.fires = append(p.st.fires, FireRecord{ScheduleID: r.ID, ScheduledFor: latest, Outcome: OutcomeMissed,
 			Reason: fmt.Sprintf("%s late, past the misfire grace %s (misfire_policy skip)", late.Round(time.Second), grace)})
 	}
-	if next, ok := spec.Next(now); ok {
+	next, ok := e.after, e.afterOK
+	if len(due) > 1 || (ok && !next.After(now)) {
+		next, ok = spec.Next(now) // caught up: the slot after the latest
+	}
+	if ok {
 		p.st.next = &next
 	} else {
 		p.st.state = StateCompleted
 	}
-	return p, true
+	return p
 }
 
-// fireChunk plans, claims (one transaction), fires, and records and
-// advances (one transaction) a share of a page.
-func (s *Scheduler) fireChunk(ctx context.Context, chunk []Record, blackouts []*opsconductorv1.BlackoutWindow) error {
-	now := s.now()
-	var plans []plan
-	for _, r := range chunk {
-		if p, ok := s.planFor(r, now); ok {
-			plans = append(plans, p)
-		}
+// fireChunk plans, claims what was not claimed ahead (one transaction),
+// fires, and records and advances (one transaction) a share of the due
+// entries. It returns the entries that moved on to a next fire, placed
+// there.
+func (s *Scheduler) fireChunk(ctx context.Context, chunk []*entry, now time.Time, blackouts []*opsconductorv1.BlackoutWindow) ([]*entry, error) {
+	plans := make([]plan, len(chunk))
+	for i, e := range chunk {
+		plans[i] = s.planFor(e, now)
 	}
+	claimed := make([]bool, len(plans))
+	outcomes := make([]string, len(plans))
 	var ids []string
 	var firsts, slots []time.Time
 	var which []int
 	for i, p := range plans {
-		if p.fire {
-			ids, firsts, slots, which = append(ids, p.r.ID), append(firsts, p.st.expect), append(slots, p.slot), append(which, i)
+		switch {
+		case !p.fire:
+		case p.e.claimed.Equal(p.slot):
+			claimed[i], outcomes[i] = true, OutcomeFiring
+		default:
+			ids, firsts, slots, which = append(ids, p.e.r.ID), append(firsts, p.st.expect), append(slots, p.slot), append(which, i)
 		}
 	}
 	if len(ids) > 0 {
-		claimed, outcomes, err := s.store.ClaimSlots(ctx, ids, firsts, slots)
+		c, o, err := s.store.ClaimSlots(ctx, ids, firsts, slots)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		for k, i := range which {
-			if !claimed[k] && outcomes[k] != OutcomeFiring {
-				continue // fired or skipped already, or the schedule changed
-			}
-			rec, err := s.fireSlot(ctx, plans[i], !claimed[k], blackouts)
-			if err != nil {
-				s.logger.Warn("fire schedule", zap.String("schedule_id", plans[i].r.ID), zap.Error(err))
-				plans[i].st.advance = false // the slot stays claimed: the next pass takes it up
-				continue
-			}
-			plans[i].st.fires = append(plans[i].st.fires, rec)
+			claimed[i], outcomes[i] = c[k], o[k]
 		}
+	}
+	for i := range plans {
+		if !plans[i].fire || (!claimed[i] && outcomes[i] != OutcomeFiring) {
+			continue // fired or skipped already, or the schedule changed
+		}
+		// Claimed ahead by this scheduler: not fired yet. Claimed before
+		// (a crash, or another replica that also thought it was active):
+		// its execution may exist already.
+		retaken := !claimed[i]
+		rec, err := s.fireSlot(ctx, plans[i], retaken, blackouts)
+		if err != nil {
+			s.logger.Warn("fire schedule", zap.String("schedule_id", plans[i].e.r.ID), zap.Error(err))
+			plans[i].st.advance = false // the slot stays claimed: the next pass takes it up
+			continue
+		}
+		plans[i].st.fires = append(plans[i].st.fires, rec)
 	}
 	steps := make([]step, len(plans))
 	for i, p := range plans {
 		steps[i] = p.st
 	}
-	return s.store.CommitSteps(ctx, steps)
+	if err := s.store.CommitSteps(ctx, steps); err != nil {
+		return nil, err
+	}
+	var moved []*entry
+	for _, p := range plans {
+		if p.st.advance && p.st.state == StateActive && p.st.next != nil {
+			p.e.claimed = time.Time{}
+			s.place(p.e, *p.st.next)
+			moved = append(moved, p.e)
+		}
+	}
+	return moved, nil
 }
 
 // fireSlot fires a plan's claimed slot and returns its record. retaken:
 // the slot was claimed before (a crash, or another replica that also
 // thought it was active), so its execution may exist already.
 func (s *Scheduler) fireSlot(ctx context.Context, p plan, retaken bool, blackouts []*opsconductorv1.BlackoutWindow) (FireRecord, error) {
-	r, sc, slot := p.r, p.sc, p.slot
+	r, sc, slot := p.e.r, p.e.sc, p.slot
 	jitter := Jitter(r.ID, slot, sc.GetJitter().AsDuration())
 	record := func(outcome, reason, executionID string) FireRecord {
 		at := s.now()

@@ -343,3 +343,92 @@ func TestSchedulerOnBothStores(t *testing.T) {
 		})
 	}
 }
+
+// TestSchedulerWindow covers the active scheduler's window: slots claimed
+// ahead of their fire, a claim given up (and recorded) when its schedule
+// is paused or moved meanwhile, an edit that keeps the slot, and a claim
+// left by a scheduler that went away, fired once by the next.
+func TestSchedulerWindow(t *testing.T) {
+	for _, d := range storetest.Dialects() {
+		t.Run(string(d), func(t *testing.T) {
+			ctx := context.Background()
+			anchor := utc("2026-01-01T10:00:00Z")
+			r := newRigOn(t, d, anchor)
+			every := func() *opsconductorv1.Schedule {
+				return &opsconductorv1.Schedule{Kind: KindInterval, Every: durationpb.New(10 * time.Second), Anchor: timestamppb.New(anchor),
+					OverlapPolicy: OverlapAllow}
+			}
+			kept, paused, edited := r.create(t, every()), r.create(t, every()), r.create(t, every())
+			w := newWindow()
+			r.now = utc("2026-01-01T10:00:09Z")
+			if _, err := r.sched.prepare(ctx, w, r.now, r.now.Add(2*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range []string{kept, paused, edited} {
+				if got := r.outcomes(t, id); !equal(got, []string{"10:00:10 firing"}) {
+					t.Fatalf("schedule %s before its fire: %v, want the slot claimed ahead", id, got)
+				}
+				if e := w.entries[id]; e == nil || !e.claimed.Equal(utc("2026-01-01T10:00:10Z")) {
+					t.Fatalf("schedule %s: the window does not hold its claim: %+v", id, e)
+				}
+			}
+			if _, err := r.svc.PauseSchedule(ctx, connect.NewRequest(&opsconductorv1.PauseScheduleRequest{Id: paused})); err != nil {
+				t.Fatal(err)
+			}
+			got, err := r.svc.GetSchedule(ctx, connect.NewRequest(&opsconductorv1.GetScheduleRequest{Id: edited}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc := got.Msg.GetSchedule()
+			sc.Parameters = map[string]string{"edition": "2"}
+			if _, err := r.svc.UpdateSchedule(ctx, connect.NewRequest(&opsconductorv1.UpdateScheduleRequest{Schedule: sc})); err != nil {
+				t.Fatal(err)
+			}
+			r.now = utc("2026-01-01T10:00:09.5Z")
+			if _, err := r.sched.prepare(ctx, w, r.now, r.now.Add(2*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			r.now = utc("2026-01-01T10:00:10.02Z")
+			if n := r.sched.fireWindow(ctx, w, r.now, nil); n != 2 {
+				t.Fatalf("%d fired at 10:00:10, want 2 (the paused one not)", n)
+			}
+			if got := r.outcomes(t, paused); !equal(got, []string{"10:00:10 skipped"}) {
+				t.Fatalf("paused schedule: %v, want its claim recorded skipped", got)
+			}
+			fires, err := r.store.Fires(ctx, paused, 10)
+			if err != nil || fires[0].Reason != released {
+				t.Fatalf("paused schedule's fire: %+v (%v)", fires, err)
+			}
+			for _, id := range []string{kept, edited} {
+				if got := r.outcomes(t, id); !equal(got, []string{"10:00:10 fired"}) {
+					t.Fatalf("schedule %s: %v", id, got)
+				}
+			}
+			for _, run := range r.firer.runs {
+				if run.ScheduleID == edited && run.Parameters["edition"] != "2" {
+					t.Fatalf("the edited schedule fired with %v, want its new parameters", run.Parameters)
+				}
+			}
+			if e := w.entries[kept]; e == nil || !e.r.NextFireAt.Equal(utc("2026-01-01T10:00:20Z")) {
+				t.Fatalf("after firing, the window holds %+v for the kept schedule, want its next fire", e)
+			}
+
+			// A scheduler claims 10:00:20 ahead and goes away; the next one
+			// fires that slot once, late but within the grace.
+			r.now = utc("2026-01-01T10:00:19Z")
+			if _, err := r.sched.prepare(ctx, newWindow(), r.now, r.now.Add(2*time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			before := len(r.firer.runs)
+			r.now = utc("2026-01-01T10:00:21Z")
+			r.tick(t)
+			r.tick(t)
+			if n := len(r.firer.runs) - before; n != 2 {
+				t.Fatalf("%d fires of 10:00:20 by the next scheduler, want 2 (kept and edited)", n)
+			}
+			if got := r.outcomes(t, kept); !equal(got, []string{"10:00:10 fired", "10:00:20 fired"}) {
+				t.Fatalf("kept schedule: %v", got)
+			}
+		})
+	}
+}
