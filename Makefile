@@ -62,10 +62,10 @@ lint: ## gofmt, go vet and the import boundaries.
 	@./.ci/check-imports
 
 .PHONY: test
-test: lint check-generate test-go test-race fuzz bench-smoke demo ## Run every test (needs PostgreSQL and Redis; see README).
+test: lint check-generate test-go test-race fuzz bench-smoke demo ## Run every test (needs PostgreSQL, Redis and RabbitMQ; see README).
 
 .PHONY: test-go
-test-go: ## go test ./... (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379).
+test-go: ## go test ./... (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379, RabbitMQ at 127.0.0.1:5672).
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 15m ./...
 
 .PHONY: test-race

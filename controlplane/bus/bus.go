@@ -5,8 +5,8 @@
 // replays an event once its consumer is fixed.
 //
 // One contract, several brokers: Redis Streams (NewRedis) for a
-// deployment with Redis, and an in-process bus (NewMemory) for the
-// embedded single node. Every group gets every event of the families it
+// deployment with Redis, RabbitMQ (NewRabbit) for shops that run it, and
+// an in-process bus (NewMemory) for the embedded single node. Every group gets every event of the families it
 // consumes; within a group each event goes to one consumer at a time.
 // Delivery is at least once: a consumer that dies before acknowledging
 // gets the event again (or another consumer of its group does), so
@@ -82,9 +82,14 @@ type Bus interface {
 	// Publish hands events to the broker; when it returns nil they are
 	// stored there (they survive the publisher).
 	Publish(ctx context.Context, events ...Event) error
-	// Consume delivers the events of the families to h as a member of
-	// group, until ctx ends. A group that did not exist starts at the
-	// oldest event the broker still holds.
+	// Declare makes sure group exists and gets the families' events
+	// published from now on, whether or not a consumer is running (a
+	// service declares its groups before anything is published). On
+	// Redis and in-process, a new group also gets what the streams still
+	// hold; on RabbitMQ, only what is published after.
+	Declare(ctx context.Context, group string, families []string) error
+	// Consume declares the group and delivers the events of the families
+	// to h as a member of it, until ctx ends.
 	Consume(ctx context.Context, group string, families []string, h Handler) error
 	// DeadLetters lists a group's dead letters, oldest first.
 	DeadLetters(ctx context.Context, group string) ([]DeadLetter, error)

@@ -131,6 +131,15 @@ func (m *Memory) next(g *memGroup, families []string, now time.Time) (*memPendin
 	return nil, retry
 }
 
+// Declare creates the group if need be; a new group starts at the oldest
+// event held.
+func (m *Memory) Declare(_ context.Context, group string, _ []string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.group(group)
+	return nil
+}
+
 // Consume delivers the families' events to h as a member of group until
 // ctx ends.
 func (m *Memory) Consume(ctx context.Context, group string, families []string, h Handler) error {

@@ -65,6 +65,17 @@ func (r *Redis) Publish(ctx context.Context, events ...Event) error {
 	return nil
 }
 
+// Declare creates the group on the families' streams (and its replay
+// stream) if need be, starting at the oldest entry they hold.
+func (r *Redis) Declare(ctx context.Context, group string, families []string) error {
+	c := &redisConsumer{r: r, group: group}
+	for _, f := range families {
+		c.streams = append(c.streams, r.stream(f))
+	}
+	c.streams = append(c.streams, r.replayKey(group))
+	return c.createGroups(ctx)
+}
+
 // Consume reads the families' streams as a member of group until ctx
 // ends. Redis going away is waited out (and logged), not returned.
 func (r *Redis) Consume(ctx context.Context, group string, families []string, h Handler) error {

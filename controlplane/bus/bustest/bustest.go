@@ -13,6 +13,10 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/bus"
 )
 
+// Groups are the consumer groups the contract uses (for a broker whose
+// test removes them afterwards).
+var Groups = []string{"all", "exec", "workers", "flaky", "audit", "g"}
+
 // Open returns a fresh bus (its own streams, queues and groups) with the
 // options; it is closed when the test ends.
 type Open func(t *testing.T, opts bus.Options) bus.Bus
@@ -99,9 +103,12 @@ func (c *Tally) Duplicates() []string {
 	return out
 }
 
-// consume runs a consumer until the test ends.
+// consume declares the group and runs a consumer until the test ends.
 func consume(t *testing.T, b bus.Bus, group string, families []string, h bus.Handler) context.CancelFunc {
 	t.Helper()
+	if err := b.Declare(context.Background(), group, families); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.Consume(ctx, group, families, h) }()
@@ -126,7 +133,12 @@ func publish(t *testing.T, b bus.Bus, events []bus.Event) {
 func everyGroupOnce(t *testing.T, open Open) {
 	b := open(t, bus.Options{RetryAfter: time.Second})
 	jobs, execs := Events("job", "j", 50), Events("execution", "e", 50)
-	// Published before any group exists: a new group starts at the oldest.
+	// Published after the groups are declared, before any consumer runs.
+	for group, families := range map[string][]string{"all": {"job", "execution"}, "exec": {"execution"}} {
+		if err := b.Declare(context.Background(), group, families); err != nil {
+			t.Fatal(err)
+		}
+	}
 	publish(t, b, jobs[:20])
 	all, onlyExec := NewTally(), NewTally()
 	consume(t, b, "all", []string{"job", "execution"}, func(_ context.Context, e bus.Event) error { all.Add(e.ID); return nil })
