@@ -26,6 +26,13 @@ type Config struct {
 	DatabaseURL string
 	// RedisURL enables cross-replica wake-ups; empty means in-process only.
 	RedisURL string
+	// Bus carries the services' events to their consumers (the audit
+	// service): memory (one node), redis (Streams on RedisURL) or
+	// rabbitmq (RabbitMQURL). Empty: redis when RedisURL is set, else
+	// memory.
+	Bus string
+	// RabbitMQURL is amqp://user:pass@host:port/vhost, for Bus rabbitmq.
+	RabbitMQURL string
 	// LogFormat is json or console; LogLevel debug, info, warn or error.
 	LogFormat string
 	LogLevel  string
@@ -133,6 +140,8 @@ func (c *Config) settings() []setting {
 		{flag: "addr", env: "OPSCONDUCTOR_ADDR", help: "listen address of the API", str: &c.Addr},
 		{flag: "database-url", env: "DATABASE_URL", help: "postgres://user@host/db or sqlite:DIR (embedded)", str: &c.DatabaseURL},
 		{flag: "redis-url", env: "REDIS_URL", help: "redis://host:port; needed when several replicas share a database", str: &c.RedisURL},
+		{flag: "bus", env: "OPSCONDUCTOR_BUS", help: "event bus: memory, redis or rabbitmq (default: redis with --redis-url, else memory)", str: &c.Bus},
+		{flag: "rabbitmq-url", env: "OPSCONDUCTOR_RABBITMQ_URL", help: "amqp://user:pass@host:5672/ for --bus rabbitmq", str: &c.RabbitMQURL, secret: true},
 		{flag: "log-format", env: "OPSCONDUCTOR_LOG_FORMAT", help: "json or console", str: &c.LogFormat},
 		{flag: "log-level", env: "OPSCONDUCTOR_LOG_LEVEL", help: "debug, info, warn or error", str: &c.LogLevel},
 		{flag: "lease-duration", env: "OPSCONDUCTOR_LEASE_DURATION", help: "how long a task stays an agent's without news", dur: &c.LeaseDuration},
@@ -264,6 +273,19 @@ func (c Config) Validate() error {
 	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
 		bad("redis-url", "must start with redis:// or rediss://")
 	}
+	switch c.EventBus() {
+	case "memory":
+	case "redis":
+		if c.RedisURL == "" {
+			bad("bus", "redis needs --redis-url")
+		}
+	case "rabbitmq":
+		if !strings.HasPrefix(c.RabbitMQURL, "amqp://") && !strings.HasPrefix(c.RabbitMQURL, "amqps://") {
+			bad("rabbitmq-url", "must start with amqp:// or amqps:// for --bus rabbitmq")
+		}
+	default:
+		bad("bus", "must be memory, redis or rabbitmq, not %q", c.Bus)
+	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("log-format", "must be json or console, not %q", c.LogFormat)
 	}
@@ -338,4 +360,15 @@ func Reference() [][3]string {
 		rows = append(rows, [3]string{"--" + s.flag, s.env, s.help})
 	}
 	return rows
+}
+
+// EventBus is the bus in use: Bus, or its default.
+func (c Config) EventBus() string {
+	switch {
+	case c.Bus != "":
+		return c.Bus
+	case c.RedisURL != "":
+		return "redis"
+	}
+	return "memory"
 }

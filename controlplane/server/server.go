@@ -37,7 +37,9 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	agentsafety "github.com/opsconductor/opsconductor/agent/safety"
+	"github.com/opsconductor/opsconductor/controlplane/audit"
 	"github.com/opsconductor/opsconductor/controlplane/auth"
+	"github.com/opsconductor/opsconductor/controlplane/bus"
 	"github.com/opsconductor/opsconductor/controlplane/config"
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
 	"github.com/opsconductor/opsconductor/controlplane/credential"
@@ -64,17 +66,22 @@ import (
 
 // App is a running control plane: every service in one process.
 type App struct {
-	cfg       config.Config
-	tls       *tls.Config
-	logger    *zap.Logger
-	dbs       []*store.DB
-	redis     *redis.Client
-	hub       *notify.Hub
-	relays    []*outbox.Relay
-	gateway   *dispatch.Gateway
-	sync      *inventory.Syncer // nil: no external inventory
-	scheduler *schedule.Scheduler
-	handler   http.Handler
+	cfg    config.Config
+	tls    *tls.Config
+	logger *zap.Logger
+	dbs    []*store.DB
+	redis  *redis.Client
+	hub    *notify.Hub
+	relays []*outbox.Relay
+	// The services' events go from their outboxes (publishers) over the
+	// bus to the audit service's store (auditor).
+	publishers []*outbox.Publisher
+	auditor    *audit.Consumer
+	rabbit     *bus.Rabbit // nil unless --bus rabbitmq
+	gateway    *dispatch.Gateway
+	sync       *inventory.Syncer // nil: no external inventory
+	scheduler  *schedule.Scheduler
+	handler    http.Handler
 }
 
 // New opens and migrates the stores and builds the services. Close
@@ -156,6 +163,22 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	}
 	a.hub = notify.New(a.redis, logger)
 
+	auditDB, err := a.openStore(ctx, audit.Schema, audit.Migrations())
+	if err != nil {
+		return nil, err
+	}
+	var eventBus bus.Bus
+	switch cfg.EventBus() {
+	case "redis":
+		eventBus = bus.NewRedis(a.redis, "opsconductor", bus.Options{}, logger)
+	case "rabbitmq":
+		a.rabbit = bus.NewRabbit(cfg.RabbitMQURL, "opsconductor", bus.Options{}, logger)
+		eventBus = a.rabbit
+	default:
+		eventBus = bus.NewMemory(bus.Options{})
+	}
+	a.auditor = audit.NewConsumer(audit.NewStore(auditDB), eventBus, logger)
+
 	metricsReg := prometheus.NewRegistry()
 	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	execStore := execution.NewStore(execDB)
@@ -220,6 +243,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		a.relays = append(a.relays, r)
 	}
 	nudgeExecRelay = execRelay.Nudge
+	for _, db := range a.dbs {
+		a.publishers = append(a.publishers, outbox.NewPublisher(db, eventBus, db.Schema(), logger, outbox.RelayConfig{}))
+	}
 	gwCfg := dispatch.Config{
 		Secrets:       box,
 		Credentials:   creds,
@@ -352,6 +378,35 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	for _, r := range a.relays {
 		background("outbox", r.Run)
 	}
+	// The audit group exists before anything is published (on RabbitMQ a
+	// queue only gets what comes after it).
+	declared := make(chan struct{})
+	background("audit", func(ctx context.Context) error {
+		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
+			err := a.auditor.Declare(ctx)
+			if err == nil {
+				break
+			}
+			a.logger.Warn("declare the audit service's consumer group; retrying", zap.Error(err), zap.Duration("retry_in", backoff))
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+		}
+		close(declared)
+		return a.auditor.Run(ctx)
+	})
+	for _, p := range a.publishers {
+		background("publisher", func(ctx context.Context) error {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-declared:
+			}
+			return p.Run(ctx)
+		})
+	}
 	if a.sync != nil {
 		background("inventory-sync", a.sync.Loop)
 	}
@@ -430,6 +485,9 @@ func (a *App) Close() {
 	}
 	if a.redis != nil {
 		_ = a.redis.Close()
+	}
+	if a.rabbit != nil {
+		_ = a.rabbit.Close()
 	}
 }
 

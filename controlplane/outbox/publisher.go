@@ -1,0 +1,181 @@
+package outbox
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opsconductor/opsconductor/controlplane/bus"
+	"github.com/opsconductor/opsconductor/controlplane/store"
+)
+
+// Publisher sends one service's committed outbox events to the bus, in
+// sequence order and at least once: its position is kept in the schema
+// (table outbox_position) and moves only after the bus has stored the
+// events, so a publisher that dies is followed by one that starts where
+// it stopped (a few events may go twice; consumers drop them by id).
+// Every replica runs one per schema; an advisory lock makes one of them
+// publish, the others stand by. A first start publishes the whole outbox.
+type Publisher struct {
+	db     *store.DB
+	bus    bus.Bus
+	source string
+	cfg    RelayConfig
+	logger *zap.Logger
+	nudge  chan struct{}
+}
+
+// NewPublisher builds a publisher of db's outbox; source names the
+// service in the events (jobs, executions, ...).
+func NewPublisher(db *store.DB, b bus.Bus, source string, logger *zap.Logger, cfg RelayConfig) *Publisher {
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 500 * time.Millisecond
+	}
+	if cfg.GapTimeout <= 0 {
+		cfg.GapTimeout = 5 * time.Second
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 500
+	}
+	return &Publisher{db: db, bus: b, source: source, cfg: cfg, logger: logger.Named("publisher").With(zap.String("schema", db.Schema())),
+		nudge: make(chan struct{}, 1)}
+}
+
+// Nudge makes the publisher read the outbox now. It never blocks.
+func (p *Publisher) Nudge() {
+	select {
+	case p.nudge <- struct{}{}:
+	default:
+	}
+}
+
+// EventID is the bus id of an outbox event: stable, so a republished
+// event is recognised.
+func EventID(source string, seq int64) string { return fmt.Sprintf("%s-%d", source, seq) }
+
+// ToBus is the bus form of an outbox event.
+func ToBus(source string, e Event) bus.Event {
+	return bus.Event{ID: EventID(source, e.Seq), Type: e.Topic, Source: source, Subject: e.AggregateID, Time: e.CreatedAt.UTC(),
+		Version: 1, Payload: e.Payload}
+}
+
+// ensurePosition creates the position table; it belongs to this package,
+// not to a service, so it is made here rather than in every service's
+// migrations.
+func (p *Publisher) ensurePosition(ctx context.Context) error {
+	_, err := p.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS outbox_position (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)`)
+	if err != nil {
+		return fmt.Errorf("create outbox_position: %w", err)
+	}
+	return nil
+}
+
+// Position is how far the publisher has published (0: nothing yet).
+func (p *Publisher) Position(ctx context.Context) (int64, error) {
+	var seq int64
+	err := p.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM outbox_position WHERE name = $1`, "bus").Scan(&seq)
+	if err != nil {
+		return 0, fmt.Errorf("read the publisher's position: %w", err)
+	}
+	return seq, nil
+}
+
+func (p *Publisher) setPosition(ctx context.Context, seq int64) error {
+	// What the bus has is recorded even when the publisher is being
+	// stopped: a graceful stop publishes nothing twice.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	_, err := p.db.ExecContext(ctx, `INSERT INTO outbox_position (name, seq) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET seq = excluded.seq`, "bus", seq)
+	if err != nil {
+		return fmt.Errorf("store the publisher's position: %w", err)
+	}
+	return nil
+}
+
+// Run publishes until ctx ends, taking part in the election of the
+// schema's publisher.
+func (p *Publisher) Run(ctx context.Context) error {
+	lockKey := "opsconductor.publisher." + p.db.Schema()
+	for ctx.Err() == nil {
+		if err := p.ensurePosition(ctx); err != nil {
+			p.logger.Warn("outbox publisher", zap.Error(err))
+		} else if lock, ok, err := p.db.TryLock(ctx, lockKey); err != nil {
+			p.logger.Warn("outbox publisher election", zap.Error(err))
+		} else if ok {
+			p.active(ctx, lock)
+			lock.Release()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
+func (p *Publisher) active(ctx context.Context, lock *store.SessionLock) {
+	cursor, err := p.Position(ctx)
+	if err != nil {
+		p.logger.Warn("outbox publisher", zap.Error(err))
+		return
+	}
+	var gapSince time.Time
+	tick := time.NewTicker(p.cfg.PollInterval)
+	defer tick.Stop()
+	for lock.Held(ctx) {
+		var err error
+		if cursor, gapSince, err = p.publish(ctx, cursor, gapSince); err != nil && ctx.Err() == nil {
+			p.logger.Warn("publish outbox events; retrying", zap.Int64("after", cursor), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.nudge:
+		case <-tick.C:
+		}
+	}
+}
+
+// publish sends what it can after cursor, a batch at a time, and returns
+// the new cursor. A missing sequence number holds back the events after
+// it for GapTimeout (a transaction that took it may still commit), then
+// is taken for a rollback and skipped.
+func (p *Publisher) publish(ctx context.Context, cursor int64, gapSince time.Time) (int64, time.Time, error) {
+	for {
+		events, err := ListAfter(ctx, p.db, cursor, p.cfg.Batch)
+		if err != nil || len(events) == 0 {
+			return cursor, time.Time{}, err
+		}
+		var batch []bus.Event
+		last := cursor
+		for _, e := range events {
+			if e.Seq != last+1 {
+				if gapSince.IsZero() {
+					gapSince = time.Now()
+				}
+				if time.Since(gapSince) < p.cfg.GapTimeout {
+					break
+				}
+			}
+			gapSince = time.Time{}
+			batch = append(batch, ToBus(p.source, e))
+			last = e.Seq
+		}
+		if len(batch) == 0 {
+			return cursor, gapSince, nil
+		}
+		if err := p.bus.Publish(ctx, batch...); err != nil {
+			return cursor, gapSince, err
+		}
+		if err := p.setPosition(ctx, last); err != nil {
+			return cursor, gapSince, err
+		}
+		cursor = last
+		if len(batch) < len(events) || len(events) < p.cfg.Batch {
+			return cursor, gapSince, nil
+		}
+	}
+}
