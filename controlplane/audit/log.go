@@ -1,0 +1,180 @@
+package audit
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/opsconductor/opsconductor/controlplane/store"
+)
+
+// Record is one entry of the audit log: a call that changed (or tried to
+// change) something, or a refused call.
+type Record struct {
+	Seq  int64     `json:"seq"`
+	Time time.Time `json:"time"`
+	// Actor is the user, token or agent that called ("" when the caller
+	// could not be authenticated); ActorKind says which.
+	Actor     string `json:"actor"`
+	ActorKind string `json:"actor_kind"`
+	Roles     string `json:"roles"`
+	// Action is the RPC, e.g. /opsconductor.v1.JobService/CreateJob.
+	Action   string `json:"action"`
+	Resource string `json:"resource"`
+	// Outcome is "ok", or the error code (permission_denied, ...).
+	Outcome       string `json:"outcome"`
+	Reason        string `json:"reason"`
+	Peer          string `json:"peer"`
+	UserAgent     string `json:"user_agent"`
+	CorrelationID string `json:"correlation_id"`
+	// Request is a summary of the request (JSON), secret values replaced
+	// by keyed hashes.
+	Request  string `json:"request"`
+	PrevHash string `json:"prev_hash"`
+	Hash     string `json:"-"`
+}
+
+// chainHash is the hash a record must carry: SHA-256 over its JSON form
+// (every field but the hash itself, in a fixed order), which includes the
+// previous record's hash.
+func chainHash(r Record) string {
+	r.Time = r.Time.UTC()
+	body, _ := json.Marshal(r) // a struct of strings, ints and a time: cannot fail
+	sum := sha256.Sum256(body)
+	return hex.EncodeToString(sum[:])
+}
+
+// Log is the hash-chained audit log in the audit schema.
+type Log struct {
+	db  *store.DB
+	now func() time.Time
+}
+
+// NewLog wraps a migrated audit database.
+func NewLog(db *store.DB) *Log { return &Log{db: db, now: time.Now} }
+
+const logColumns = `seq, at, actor, actor_kind, roles, action, resource, outcome, reason, peer, user_agent, correlation_id, request, prev_hash, hash`
+
+// Append adds a record at the end of the chain and returns it as stored
+// (numbered and hashed). Appends are serialised on the chain's head.
+func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
+	// The database keeps microseconds: hash what will be read back.
+	r.Time = l.now().UTC().Truncate(time.Microsecond)
+	err := l.db.InTx(ctx, func(tx *store.Tx) error {
+		var seq int64
+		var prev string
+		if err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`+store.ForUpdate(tx)).Scan(&seq, &prev); err != nil {
+			return fmt.Errorf("read the audit log's head: %w", err)
+		}
+		r.Seq, r.PrevHash = seq+1, prev
+		r.Hash = chainHash(r)
+		if _, err := tx.ExecContext(ctx, `INSERT INTO audit_log (`+logColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+			r.Seq, r.Time, r.Actor, r.ActorKind, r.Roles, r.Action, r.Resource, r.Outcome, r.Reason, r.Peer, r.UserAgent, r.CorrelationID,
+			r.Request, r.PrevHash, r.Hash); err != nil {
+			return fmt.Errorf("write audit record %d: %w", r.Seq, err)
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1`, r.Seq, r.Hash); err != nil {
+			return fmt.Errorf("move the audit log's head: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return Record{}, err
+	}
+	return r, nil
+}
+
+func scanRecord(row interface{ Scan(...any) error }) (Record, error) {
+	var r Record
+	err := row.Scan(&r.Seq, &r.Time, &r.Actor, &r.ActorKind, &r.Roles, &r.Action, &r.Resource, &r.Outcome, &r.Reason, &r.Peer,
+		&r.UserAgent, &r.CorrelationID, &r.Request, &r.PrevHash, &r.Hash)
+	r.Time = r.Time.UTC()
+	return r, err
+}
+
+// Verification is what Verify found.
+type Verification struct {
+	// Records is how many records were checked; Head the last one's hash.
+	Records int64
+	Head    string
+	// OK: the chain is whole. Otherwise BadSeq is the first record that is
+	// wrong (or missing) and Problem says how.
+	OK      bool
+	BadSeq  int64
+	Problem string
+}
+
+// Verify walks the whole chain in order and reports the first record that
+// was edited, deleted or moved: a record whose hash does not match its
+// contents, a number missing from the sequence, a record that does not
+// carry its predecessor's hash, or a chain that ends before its head says.
+func (l *Log) Verify(ctx context.Context) (Verification, error) {
+	var v Verification
+	var headSeq int64
+	var headHash string
+	if err := l.db.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`).Scan(&headSeq, &headHash); err != nil {
+		return v, fmt.Errorf("read the audit log's head: %w", err)
+	}
+	rows, err := l.db.QueryContext(ctx, `SELECT `+logColumns+` FROM audit_log ORDER BY seq`)
+	if err != nil {
+		return v, fmt.Errorf("read the audit log: %w", err)
+	}
+	defer rows.Close()
+	bad := func(seq int64, format string, args ...any) (Verification, error) {
+		v.BadSeq, v.Problem = seq, fmt.Sprintf(format, args...)
+		return v, nil
+	}
+	want, prev := int64(1), ""
+	for rows.Next() {
+		r, err := scanRecord(rows)
+		if err != nil {
+			return v, fmt.Errorf("read audit record: %w", err)
+		}
+		switch {
+		case r.Seq != want:
+			return bad(want, "record %d is missing (the next one is %d): deleted", want, r.Seq)
+		case r.PrevHash != prev:
+			return bad(r.Seq, "record %d does not follow record %d (it carries another previous hash): records were removed, reordered or edited", r.Seq, r.Seq-1)
+		case chainHash(r) != r.Hash:
+			return bad(r.Seq, "record %d does not match its hash: it was edited", r.Seq)
+		}
+		v.Records, v.Head = r.Seq, r.Hash
+		want, prev = r.Seq+1, r.Hash
+	}
+	if err := rows.Err(); err != nil {
+		return v, fmt.Errorf("read the audit log: %w", err)
+	}
+	if v.Records != headSeq || v.Head != headHash {
+		return bad(v.Records+1, "the log ends at record %d but its head says %d: records were removed from the end", v.Records, headSeq)
+	}
+	v.OK = true
+	return v, nil
+}
+
+// List returns records newest first, at most limit, before seq (0: from
+// the newest).
+func (l *Log) List(ctx context.Context, before int64, limit int) ([]Record, error) {
+	if limit <= 0 || limit > 1000 {
+		limit = 100
+	}
+	if before <= 0 {
+		before = 1 << 62
+	}
+	rows, err := l.db.QueryContext(ctx, `SELECT `+logColumns+` FROM audit_log WHERE seq < $1 ORDER BY seq DESC LIMIT $2`, before, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list audit records: %w", err)
+	}
+	defer rows.Close()
+	var out []Record
+	for rows.Next() {
+		r, err := scanRecord(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read audit record: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
