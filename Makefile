@@ -70,7 +70,7 @@ test-go: ## go test ./... (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379
 
 .PHONY: test-race
 test-race: ## The race detector on the concurrent packages.
-	go test -race -count=1 -timeout 15m ./controlplane/dispatch/... ./controlplane/notify/... ./controlplane/bus/... ./controlplane/execution/... ./controlplane/schedule/... ./controlplane/server/... ./agent/...
+	go test -race -count=1 -timeout 15m ./controlplane/dispatch/... ./controlplane/notify/... ./controlplane/bus/... ./controlplane/audit/... ./controlplane/execution/... ./controlplane/schedule/... ./controlplane/server/... ./agent/...
 
 .PHONY: fuzz
 fuzz: ## Run the fuzz targets briefly (FUZZTIME, default 10s each).

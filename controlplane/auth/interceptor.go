@@ -113,6 +113,7 @@ func (i *Interceptor) Check(ctx context.Context, what, perm string, header inter
 		}
 		return ctx, err
 	}
+	noteCaller(ctx, p)
 	if err := i.limit(ctx, "principal:"+p.Name, p.Name); err != nil {
 		return ctx, err
 	}

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"sync"
 
 	"github.com/opsconductor/opsconductor/controlplane/label"
 )
@@ -168,6 +169,40 @@ type principalKey struct{}
 // WithPrincipal returns ctx carrying p.
 func WithPrincipal(ctx context.Context, p Principal) context.Context {
 	return context.WithValue(ctx, principalKey{}, p)
+}
+
+// CallerNote is filled by the interceptor once it has authenticated the
+// caller, whether or not the call is then allowed: an interceptor outside
+// it (the audit recorder) learns who called a refused call.
+type CallerNote struct {
+	mu sync.Mutex
+	p  *Principal
+}
+
+type callerNoteKey struct{}
+
+// WithCallerNote returns ctx carrying an empty note.
+func WithCallerNote(ctx context.Context) (context.Context, *CallerNote) {
+	n := &CallerNote{}
+	return context.WithValue(ctx, callerNoteKey{}, n), n
+}
+
+// Caller is who the interceptor authenticated, if anyone.
+func (n *CallerNote) Caller() (Principal, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.p == nil {
+		return Principal{}, false
+	}
+	return *n.p, true
+}
+
+func noteCaller(ctx context.Context, p Principal) {
+	if n, ok := ctx.Value(callerNoteKey{}).(*CallerNote); ok {
+		n.mu.Lock()
+		n.p = &p
+		n.mu.Unlock()
+	}
 }
 
 // PrincipalFrom returns the authenticated caller in ctx, if any.

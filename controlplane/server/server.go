@@ -12,6 +12,7 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
@@ -257,8 +258,13 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	a.gateway = dispatch.New(reg, execStore, a.hub, execRelay.Nudge, metricsReg, logger, gwCfg)
 
 	authz := auth.NewInterceptor(authn, authStore, a.limiter(), logger)
+	// The audit log's keyed hashes of secret values use a key derived from
+	// the secret key (a key per process when none is set: hashes then only
+	// compare within one run).
+	auditKey := sha256.Sum256(append([]byte("opsconductor audit hmac\x00"), key...))
+	recorder := audit.NewRecorder(audit.NewLog(auditDB), auditKey[:], logger)
 	opts := connect.WithHandlerOptions(
-		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), authz),
+		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), recorder, authz),
 		connect.WithReadMaxBytes(int(cfg.MaxRequestBytes)),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.Error("handler panic", zap.String("procedure", spec.Procedure), zap.Any("panic", p),

@@ -29,6 +29,7 @@ import (
 type testServer struct {
 	url   string
 	token string // bootstrap admin
+	dbURL string
 }
 
 // do sends a REST call as the admin.
@@ -71,7 +72,7 @@ func startApp(t *testing.T, d store.Dialect, tweak ...func(*config.Config)) test
 	if err != nil {
 		t.Fatal(err)
 	}
-	return testServer{url: "http://" + ln.Addr().String(), token: strings.TrimSpace(string(raw))}
+	return testServer{url: "http://" + ln.Addr().String(), token: strings.TrimSpace(string(raw)), dbURL: cfg.DatabaseURL}
 }
 
 type rpcStatus struct {

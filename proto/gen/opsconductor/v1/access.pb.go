@@ -22,6 +22,57 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AuditMode int32
+
+const (
+	// A record per call when it mutates or is refused.
+	AuditMode_AUDIT_MODE_UNSPECIFIED AuditMode = 0
+	// The agent data plane (lease extensions, output, completions): its
+	// effects are domain events (task.status, ...) that the audit service
+	// keeps; a chained record per call would serialise every agent's
+	// reports. Refused calls are still recorded.
+	AuditMode_AUDIT_MODE_EVENTS_ONLY AuditMode = 1
+)
+
+// Enum value maps for AuditMode.
+var (
+	AuditMode_name = map[int32]string{
+		0: "AUDIT_MODE_UNSPECIFIED",
+		1: "AUDIT_MODE_EVENTS_ONLY",
+	}
+	AuditMode_value = map[string]int32{
+		"AUDIT_MODE_UNSPECIFIED": 0,
+		"AUDIT_MODE_EVENTS_ONLY": 1,
+	}
+)
+
+func (x AuditMode) Enum() *AuditMode {
+	p := new(AuditMode)
+	*p = x
+	return p
+}
+
+func (x AuditMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AuditMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_opsconductor_v1_access_proto_enumTypes[0].Descriptor()
+}
+
+func (AuditMode) Type() protoreflect.EnumType {
+	return &file_opsconductor_v1_access_proto_enumTypes[0]
+}
+
+func (x AuditMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AuditMode.Descriptor instead.
+func (AuditMode) EnumDescriptor() ([]byte, []int) {
+	return file_opsconductor_v1_access_proto_rawDescGZIP(), []int{0}
+}
+
 type Caller int32
 
 const (
@@ -58,11 +109,11 @@ func (x Caller) String() string {
 }
 
 func (Caller) Descriptor() protoreflect.EnumDescriptor {
-	return file_opsconductor_v1_access_proto_enumTypes[0].Descriptor()
+	return file_opsconductor_v1_access_proto_enumTypes[1].Descriptor()
 }
 
 func (Caller) Type() protoreflect.EnumType {
-	return &file_opsconductor_v1_access_proto_enumTypes[0]
+	return &file_opsconductor_v1_access_proto_enumTypes[1]
 }
 
 func (x Caller) Number() protoreflect.EnumNumber {
@@ -71,7 +122,7 @@ func (x Caller) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Caller.Descriptor instead.
 func (Caller) EnumDescriptor() ([]byte, []int) {
-	return file_opsconductor_v1_access_proto_rawDescGZIP(), []int{0}
+	return file_opsconductor_v1_access_proto_rawDescGZIP(), []int{1}
 }
 
 // Access declares who may call an RPC. Every RPC carries one; the server's
@@ -85,7 +136,10 @@ type Access struct {
 	// Whether the call changes state (the audit trail records these).
 	Mutates bool `protobuf:"varint,2,opt,name=mutates,proto3" json:"mutates,omitempty"`
 	// Who calls it.
-	Caller        Caller `protobuf:"varint,3,opt,name=caller,proto3,enum=opsconductor.v1.Caller" json:"caller,omitempty"`
+	Caller Caller `protobuf:"varint,3,opt,name=caller,proto3,enum=opsconductor.v1.Caller" json:"caller,omitempty"`
+	// How the audit log records it. By default every call that mutates (and
+	// every refused call) is written to the hash-chained audit log.
+	Audit         AuditMode `protobuf:"varint,4,opt,name=audit,proto3,enum=opsconductor.v1.AuditMode" json:"audit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -141,6 +195,13 @@ func (x *Access) GetCaller() Caller {
 	return Caller_CALLER_UNSPECIFIED
 }
 
+func (x *Access) GetAudit() AuditMode {
+	if x != nil {
+		return x.Audit
+	}
+	return AuditMode_AUDIT_MODE_UNSPECIFIED
+}
+
 var file_opsconductor_v1_access_proto_extTypes = []protoimpl.ExtensionInfo{
 	{
 		ExtendedType:  (*descriptorpb.MethodOptions)(nil),
@@ -162,13 +223,17 @@ var File_opsconductor_v1_access_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_access_proto_rawDesc = "" +
 	"\n" +
-	"\x1copsconductor/v1/access.proto\x12\x0fopsconductor.v1\x1a google/protobuf/descriptor.proto\"s\n" +
+	"\x1copsconductor/v1/access.proto\x12\x0fopsconductor.v1\x1a google/protobuf/descriptor.proto\"\xa5\x01\n" +
 	"\x06Access\x12\x1e\n" +
 	"\n" +
 	"permission\x18\x01 \x01(\tR\n" +
 	"permission\x12\x18\n" +
 	"\amutates\x18\x02 \x01(\bR\amutates\x12/\n" +
-	"\x06caller\x18\x03 \x01(\x0e2\x17.opsconductor.v1.CallerR\x06caller*E\n" +
+	"\x06caller\x18\x03 \x01(\x0e2\x17.opsconductor.v1.CallerR\x06caller\x120\n" +
+	"\x05audit\x18\x04 \x01(\x0e2\x1a.opsconductor.v1.AuditModeR\x05audit*C\n" +
+	"\tAuditMode\x12\x1a\n" +
+	"\x16AUDIT_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16AUDIT_MODE_EVENTS_ONLY\x10\x01*E\n" +
 	"\x06Caller\x12\x16\n" +
 	"\x12CALLER_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rCALLER_PUBLIC\x10\x01\x12\x10\n" +
@@ -187,22 +252,24 @@ func file_opsconductor_v1_access_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_access_proto_rawDescData
 }
 
-var file_opsconductor_v1_access_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_opsconductor_v1_access_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_opsconductor_v1_access_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
 var file_opsconductor_v1_access_proto_goTypes = []any{
-	(Caller)(0),                        // 0: opsconductor.v1.Caller
-	(*Access)(nil),                     // 1: opsconductor.v1.Access
-	(*descriptorpb.MethodOptions)(nil), // 2: google.protobuf.MethodOptions
+	(AuditMode)(0),                     // 0: opsconductor.v1.AuditMode
+	(Caller)(0),                        // 1: opsconductor.v1.Caller
+	(*Access)(nil),                     // 2: opsconductor.v1.Access
+	(*descriptorpb.MethodOptions)(nil), // 3: google.protobuf.MethodOptions
 }
 var file_opsconductor_v1_access_proto_depIdxs = []int32{
-	0, // 0: opsconductor.v1.Access.caller:type_name -> opsconductor.v1.Caller
-	2, // 1: opsconductor.v1.access:extendee -> google.protobuf.MethodOptions
-	1, // 2: opsconductor.v1.access:type_name -> opsconductor.v1.Access
-	3, // [3:3] is the sub-list for method output_type
-	3, // [3:3] is the sub-list for method input_type
-	2, // [2:3] is the sub-list for extension type_name
-	1, // [1:2] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	1, // 0: opsconductor.v1.Access.caller:type_name -> opsconductor.v1.Caller
+	0, // 1: opsconductor.v1.Access.audit:type_name -> opsconductor.v1.AuditMode
+	3, // 2: opsconductor.v1.access:extendee -> google.protobuf.MethodOptions
+	2, // 3: opsconductor.v1.access:type_name -> opsconductor.v1.Access
+	4, // [4:4] is the sub-list for method output_type
+	4, // [4:4] is the sub-list for method input_type
+	3, // [3:4] is the sub-list for extension type_name
+	2, // [2:3] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_access_proto_init() }
@@ -215,7 +282,7 @@ func file_opsconductor_v1_access_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_access_proto_rawDesc), len(file_opsconductor_v1_access_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   1,
 			NumExtensions: 1,
 			NumServices:   0,

@@ -1314,15 +1314,18 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12>\n" +
 	"\aactions\x18\x05 \x03(\v2$.opsconductor.agent.v1.ActionOutcomeR\aactions\"\x16\n" +
-	"\x14CompleteTaskResponse2\xe6\x05\n" +
+	"\x14CompleteTaskResponse2\xec\x05\n" +
 	"\fAgentService\x12_\n" +
 	"\x06Enroll\x12$.opsconductor.agent.v1.EnrollRequest\x1a%.opsconductor.agent.v1.EnrollResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x01\x12\\\n" +
 	"\x05Hello\x12#.opsconductor.agent.v1.HelloRequest\x1a$.opsconductor.agent.v1.HelloResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12W\n" +
-	"\x04Poll\x12\".opsconductor.agent.v1.PollRequest\x1a#.opsconductor.agent.v1.PollResponse\"\x06\x8a\xb5\x18\x02\x18\x02\x12n\n" +
-	"\vExtendLease\x12).opsconductor.agent.v1.ExtendLeaseRequest\x1a*.opsconductor.agent.v1.ExtendLeaseResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12q\n" +
-	"\fReportOutput\x12*.opsconductor.agent.v1.ReportOutputRequest\x1a+.opsconductor.agent.v1.ReportOutputResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12h\n" +
-	"\tRotateKey\x12'.opsconductor.agent.v1.RotateKeyRequest\x1a(.opsconductor.agent.v1.RotateKeyResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12q\n" +
-	"\fCompleteTask\x12*.opsconductor.agent.v1.CompleteTaskRequest\x1a+.opsconductor.agent.v1.CompleteTaskResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02BNZLgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1;agentv1b\x06proto3"
+	"\x04Poll\x12\".opsconductor.agent.v1.PollRequest\x1a#.opsconductor.agent.v1.PollResponse\"\x06\x8a\xb5\x18\x02\x18\x02\x12p\n" +
+	"\vExtendLease\x12).opsconductor.agent.v1.ExtendLeaseRequest\x1a*.opsconductor.agent.v1.ExtendLeaseResponse\"\n" +
+	"\x8a\xb5\x18\x06\x10\x01\x18\x02 \x01\x12s\n" +
+	"\fReportOutput\x12*.opsconductor.agent.v1.ReportOutputRequest\x1a+.opsconductor.agent.v1.ReportOutputResponse\"\n" +
+	"\x8a\xb5\x18\x06\x10\x01\x18\x02 \x01\x12h\n" +
+	"\tRotateKey\x12'.opsconductor.agent.v1.RotateKeyRequest\x1a(.opsconductor.agent.v1.RotateKeyResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x02\x12s\n" +
+	"\fCompleteTask\x12*.opsconductor.agent.v1.CompleteTaskRequest\x1a+.opsconductor.agent.v1.CompleteTaskResponse\"\n" +
+	"\x8a\xb5\x18\x06\x10\x01\x18\x02 \x01BNZLgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_opsconductor_agent_v1_agent_proto_rawDescOnce sync.Once
