@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/store"
@@ -154,27 +155,67 @@ func (l *Log) Verify(ctx context.Context) (Verification, error) {
 	return v, nil
 }
 
-// List returns records newest first, at most limit, before seq (0: from
-// the newest).
-func (l *Log) List(ctx context.Context, before int64, limit int) ([]Record, error) {
-	if limit <= 0 || limit > 1000 {
+// LogFilter selects audit records; zero fields select everything.
+type LogFilter struct {
+	Actor, Action, Resource, Outcome, CorrelationID string
+	From, To                                        time.Time // [From, To)
+	// Before continues a listing: records older than this seq.
+	Before int64
+	Limit  int // default 100, at most 1000
+}
+
+// List returns records newest first and the seq to continue from (0:
+// none left).
+func (l *Log) List(ctx context.Context, f LogFilter) ([]Record, int64, error) {
+	limit := f.Limit
+	if limit <= 0 {
 		limit = 100
 	}
-	if before <= 0 {
-		before = 1 << 62
+	limit = min(limit, 1000)
+	var where []string
+	var args []any
+	arg := func(v any) string {
+		args = append(args, v)
+		return fmt.Sprintf("$%d", len(args))
 	}
-	rows, err := l.db.QueryContext(ctx, `SELECT `+logColumns+` FROM audit_log WHERE seq < $1 ORDER BY seq DESC LIMIT $2`, before, limit)
+	for col, v := range map[string]string{"actor": f.Actor, "action": f.Action, "resource": f.Resource, "outcome": f.Outcome, "correlation_id": f.CorrelationID} {
+		if v != "" {
+			where = append(where, col+" = "+arg(v))
+		}
+	}
+	if !f.From.IsZero() {
+		where = append(where, "at >= "+arg(f.From.UTC()))
+	}
+	if !f.To.IsZero() {
+		where = append(where, "at < "+arg(f.To.UTC()))
+	}
+	if f.Before > 0 {
+		where = append(where, "seq < "+arg(f.Before))
+	}
+	q := `SELECT ` + logColumns + ` FROM audit_log`
+	if len(where) > 0 {
+		q += " WHERE " + strings.Join(where, " AND ")
+	}
+	q += " ORDER BY seq DESC LIMIT " + arg(limit+1)
+	rows, err := l.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("list audit records: %w", err)
+		return nil, 0, fmt.Errorf("list audit records: %w", err)
 	}
 	defer rows.Close()
 	var out []Record
 	for rows.Next() {
 		r, err := scanRecord(rows)
 		if err != nil {
-			return nil, fmt.Errorf("read audit record: %w", err)
+			return nil, 0, fmt.Errorf("read audit record: %w", err)
 		}
 		out = append(out, r)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, 0, err
+	}
+	if len(out) <= limit {
+		return out, 0, nil
+	}
+	out = out[:limit]
+	return out, out[limit-1].Seq, nil
 }

@@ -96,7 +96,7 @@ func exec(t *testing.T, db *store.DB, q string, args ...any) {
 
 func all(t *testing.T, log *Log) []Record {
 	t.Helper()
-	recs, err := log.List(context.Background(), 0, 100)
+	recs, _, err := log.List(context.Background(), LogFilter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -177,13 +177,30 @@ func (r *Recorder) summary(m proto.Message) (string, string) {
 	if len(s) > summaryLimit {
 		s = s[:summaryLimit] + "…"
 	}
-	resource := ""
+	return s, resourceOf(m, true)
+}
+
+// resourceOf is the id or name a request is about: a top-level field, or
+// one of the message it carries (CreateJob's job.name).
+func resourceOf(m proto.Message, nested bool) string {
 	for _, f := range []string{"id", "job_id", "execution_id", "schedule_id", "agent_id", "name"} {
-		if resource = stringField(m, f); resource != "" {
-			break
+		if v := stringField(m, f); v != "" {
+			return v
 		}
 	}
-	return s, resource
+	if !nested {
+		return ""
+	}
+	fields := m.ProtoReflect().Descriptor().Fields()
+	for i := 0; i < fields.Len(); i++ {
+		fd := fields.Get(i)
+		if fd.Kind() == protoreflect.MessageKind && !fd.IsList() && !fd.IsMap() && m.ProtoReflect().Has(fd) {
+			if v := resourceOf(m.ProtoReflect().Get(fd).Message().Interface(), false); v != "" {
+				return v
+			}
+		}
+	}
+	return ""
 }
 
 // keyed is what a secret value becomes: an HMAC an auditor holding the

@@ -52,6 +52,10 @@ const (
 	PermSchedulesWrite = "schedules:write"
 	// Blackout windows silence schedules, global ones all of them.
 	PermSchedulesBlackouts = "schedules:blackouts"
+	// The services' domain events (GET /api/v1/events); write: log an
+	// external system's event.
+	PermEventsRead  = "events:read"
+	PermEventsWrite = "events:write"
 )
 
 // Permissions lists every permission, for validating custom roles.
@@ -59,18 +63,18 @@ var Permissions = []string{
 	PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected,
 	PermExecutionsDanger, PermAgentsRead, PermAgentsManage, PermTokensManage, PermUsersManage, PermAuditRead,
 	PermCredentialsRead, PermCredentialsManage, PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite,
-	PermSchedulesBlackouts,
+	PermSchedulesBlackouts, PermEventsRead, PermEventsWrite,
 }
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
 	"admin": {"*"},
 	"operator": {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead, PermCredentialsRead,
-		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite, PermSchedulesBlackouts},
+		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite, PermSchedulesBlackouts, PermEventsRead, PermEventsWrite},
 	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead, PermInventoryRead,
-		PermSchedulesRead, PermSchedulesWrite},
-	"viewer":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead, PermSchedulesRead},
-	"auditor": {PermSelfRead, PermAuditRead},
+		PermSchedulesRead, PermSchedulesWrite, PermEventsRead},
+	"viewer":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead, PermSchedulesRead, PermEventsRead},
+	"auditor": {PermSelfRead, PermAuditRead, PermEventsRead},
 }
 
 // BuiltinRoleNames lists the built-in roles.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/audit"
 	"github.com/opsconductor/opsconductor/controlplane/auth"
@@ -54,7 +55,7 @@ func TestEveryMutatingCallIsAudited(t *testing.T) {
 	}
 	defer db.Close()
 	log := audit.NewLog(db)
-	recs, err := log.List(context.Background(), 0, 1000)
+	recs, _, err := log.List(context.Background(), audit.LogFilter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,5 +93,82 @@ func TestEveryMutatingCallIsAudited(t *testing.T) {
 	v, err := log.Verify(context.Background())
 	if err != nil || !v.OK || v.Records != int64(len(recs)) {
 		t.Fatalf("verify: %+v (%v)", v, err)
+	}
+}
+
+// TestEventsAndAuditAPI: the REST paths over what the audit service
+// keeps: the services' events (through the bus), an external event,
+// the audit log paged, and its verification.
+func TestEventsAndAuditAPI(t *testing.T) {
+	srv := startApp(t, store.SQLite)
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/jobs", validJob("audited"), nil))
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/jobs", validJob("audited-too"), nil))
+
+	var st rpcStatus
+	cptest.Must(t, http.StatusBadRequest)(srv.do(t, "POST", "/api/v1/events", map[string]any{"type": "execution.completed"}, &st))
+	if fmt.Sprint(st.fields()) != "[type]" {
+		t.Fatalf("a service family from outside: %+v", st)
+	}
+	var pub struct {
+		ID string `json:"id"`
+	}
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/events", map[string]any{"type": "external.deploy_finished", "subject": "web",
+		"correlationId": "change-42", "payload": map[string]any{"version": "1.2.3"}}, &pub))
+	type eventsPage struct {
+		Events []struct {
+			ID, Type, Source, Subject, CorrelationID string
+			Payload                                  map[string]any
+		} `json:"events"`
+		NextPageToken string `json:"nextPageToken"`
+	}
+	var ext eventsPage
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/events?type=external.*", nil, &ext))
+	if len(ext.Events) != 1 || ext.Events[0].ID != pub.ID || ext.Events[0].Payload["version"] != "1.2.3" || ext.Events[0].CorrelationID != "change-42" ||
+		!strings.HasPrefix(ext.Events[0].Source, "external:") {
+		t.Fatalf("external events: %+v", ext)
+	}
+	// The services' own events arrive through the outbox and the bus.
+	cptest.Eventually(t, 20*time.Second, func() error {
+		var jobs eventsPage
+		if code := srv.do(t, "GET", "/api/v1/events?type=job.created", nil, &jobs); code != http.StatusOK {
+			return fmt.Errorf("HTTP %d", code)
+		}
+		if len(jobs.Events) != 2 {
+			return fmt.Errorf("%d job.created events", len(jobs.Events))
+		}
+		return nil
+	})
+
+	// The audit log, a record a page.
+	type auditPage struct {
+		Records []struct {
+			Seq     string `json:"seq"`
+			Action  string `json:"action"`
+			Outcome string `json:"outcome"`
+		} `json:"records"`
+		NextPageToken string `json:"nextPageToken"`
+	}
+	var actions []string
+	token := ""
+	for range 10 {
+		var page auditPage
+		cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/audit?action=/opsconductor.v1.JobService/CreateJob&pageSize=1&pageToken="+token, nil, &page))
+		for _, r := range page.Records {
+			actions = append(actions, r.Action+" "+r.Outcome)
+		}
+		if token = page.NextPageToken; token == "" {
+			break
+		}
+	}
+	if fmt.Sprint(actions) != "[/opsconductor.v1.JobService/CreateJob ok /opsconductor.v1.JobService/CreateJob ok]" {
+		t.Fatalf("audit records of CreateJob: %v", actions)
+	}
+	var v struct {
+		OK      bool   `json:"ok"`
+		Records string `json:"records"`
+	}
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/audit/verify", map[string]any{}, &v))
+	if !v.OK || v.Records == "" || v.Records == "0" {
+		t.Fatalf("verify: %+v", v)
 	}
 }

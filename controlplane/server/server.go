@@ -178,7 +178,10 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	default:
 		eventBus = bus.NewMemory(bus.Options{})
 	}
-	a.auditor = audit.NewConsumer(audit.NewStore(auditDB), eventBus, logger)
+	auditEvents := audit.NewStore(auditDB)
+	auditLog := audit.NewLog(auditDB)
+	a.auditor = audit.NewConsumer(auditEvents, eventBus, logger)
+	auditSvc := audit.NewService(auditEvents, auditLog, eventBus, logger)
 
 	metricsReg := prometheus.NewRegistry()
 	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -262,7 +265,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	// the secret key (a key per process when none is set: hashes then only
 	// compare within one run).
 	auditKey := sha256.Sum256(append([]byte("opsconductor audit hmac\x00"), key...))
-	recorder := audit.NewRecorder(audit.NewLog(auditDB), auditKey[:], logger)
+	recorder := audit.NewRecorder(auditLog, auditKey[:], logger)
 	opts := connect.WithHandlerOptions(
 		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), recorder, authz),
 		connect.WithReadMaxBytes(int(cfg.MaxRequestBytes)),
@@ -287,6 +290,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	add(opsconductorv1connect.NewCredentialServiceHandler(creds, opts))
 	add(opsconductorv1connect.NewInventoryServiceHandler(inv, opts))
 	add(opsconductorv1connect.NewScheduleServiceHandler(schedules, opts))
+	add(opsconductorv1connect.NewAuditServiceHandler(auditSvc, opts))
 	var services []*vanguard.Service
 	for _, m := range mounts {
 		services = append(services, vanguard.NewService(m.path, m.handler))
@@ -328,6 +332,7 @@ func Services() []protoreflect.ServiceDescriptor {
 		opsconductorv1.File_opsconductor_v1_credential_proto.Services().ByName("CredentialService"),
 		opsconductorv1.File_opsconductor_v1_inventory_proto.Services().ByName("InventoryService"),
 		opsconductorv1.File_opsconductor_v1_schedule_proto.Services().ByName("ScheduleService"),
+		opsconductorv1.File_opsconductor_v1_audit_proto.Services().ByName("AuditService"),
 		agentv1.File_opsconductor_agent_v1_agent_proto.Services().ByName("AgentService"),
 	}
 }

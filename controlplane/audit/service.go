@@ -1,0 +1,206 @@
+package audit
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/google/uuid"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/opsconductor/opsconductor/controlplane/apperr"
+	"github.com/opsconductor/opsconductor/controlplane/auth"
+	"github.com/opsconductor/opsconductor/controlplane/bus"
+	"github.com/opsconductor/opsconductor/controlplane/correlation"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
+)
+
+// Service serves AuditService: the events and the audit log, read; and
+// external systems' events, written.
+type Service struct {
+	events *Store
+	log    *Log
+	bus    bus.Bus
+	logger *zap.Logger
+}
+
+var _ opsconductorv1connect.AuditServiceHandler = (*Service)(nil)
+
+// NewService builds the service.
+func NewService(events *Store, log *Log, b bus.Bus, logger *zap.Logger) *Service {
+	return &Service{events: events, log: log, bus: b, logger: logger.Named("audit")}
+}
+
+func toEvent(e bus.Event) *opsconductorv1.Event {
+	out := &opsconductorv1.Event{Id: e.ID, Type: e.Type, Source: e.Source, Subject: e.Subject, Time: timestamppb.New(e.Time),
+		CorrelationId: e.CorrelationID, Version: int32(e.Version)}
+	if len(e.Payload) > 0 {
+		v := &structpb.Value{}
+		if err := protojson.Unmarshal(e.Payload, v); err == nil {
+			out.Payload = v
+		}
+	}
+	return out
+}
+
+func timeOf(ts *timestamppb.Timestamp) time.Time {
+	if ts == nil {
+		return time.Time{}
+	}
+	return ts.AsTime()
+}
+
+// ListEvents lists events newest first.
+func (s *Service) ListEvents(ctx context.Context, req *connect.Request[opsconductorv1.ListEventsRequest]) (*connect.Response[opsconductorv1.ListEventsResponse], error) {
+	m := req.Msg
+	if m.GetPageSize() < 0 || m.GetPageSize() > 1000 {
+		return nil, apperr.InvalidField("page_size", "must be between 0 and 1000, not %d", m.GetPageSize())
+	}
+	f := Filter{Type: m.GetType(), Source: m.GetSource(), Subject: m.GetSubject(), CorrelationID: m.GetCorrelationId(),
+		From: timeOf(m.GetStartTime()), To: timeOf(m.GetEndTime()), Limit: int(m.GetPageSize())}
+	if tok := m.GetPageToken(); tok != "" {
+		c, err := decodeEventCursor(tok)
+		if err != nil {
+			return nil, apperr.InvalidField("page_token", "is not one this server gave out")
+		}
+		f.Before = &c
+	}
+	events, next, err := s.events.List(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ListEventsResponse{}
+	for _, e := range events {
+		resp.Events = append(resp.Events, toEvent(e))
+	}
+	if next != nil {
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(next.Time.Format(time.RFC3339Nano) + "|" + next.ID))
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func decodeEventCursor(tok string) (Cursor, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return Cursor{}, err
+	}
+	at, id, ok := strings.Cut(string(raw), "|")
+	if !ok {
+		return Cursor{}, fmt.Errorf("no separator")
+	}
+	t, err := time.Parse(time.RFC3339Nano, at)
+	return Cursor{Time: t, ID: id}, err
+}
+
+var externalType = regexp.MustCompile(`^external\.[a-z0-9_]+(\.[a-z0-9_]+)*$`)
+
+// maxExternalPayload bounds an external event's payload (as JSON).
+const maxExternalPayload = 64 << 10
+
+// PublishEvent stores an external system's event and puts it on the bus.
+func (s *Service) PublishEvent(ctx context.Context, req *connect.Request[opsconductorv1.PublishEventRequest]) (*connect.Response[opsconductorv1.PublishEventResponse], error) {
+	m := req.Msg
+	var vs []apperr.Violation
+	if !externalType.MatchString(m.GetType()) || len(m.GetType()) > 128 {
+		vs = append(vs, apperr.Violation{Field: "type", Description: fmt.Sprintf("%q must be external.WHAT (lower case, digits, underscores; at most 128 characters), e.g. external.deploy_finished: the other families are the services' own", m.GetType())})
+	}
+	if len(m.GetSubject()) > 256 {
+		vs = append(vs, apperr.Violation{Field: "subject", Description: "is longer than 256 characters"})
+	}
+	if len(m.GetCorrelationId()) > 128 {
+		vs = append(vs, apperr.Violation{Field: "correlation_id", Description: "is longer than 128 characters"})
+	}
+	payload := []byte("null")
+	if m.GetPayload() != nil {
+		var err error
+		if payload, err = protojson.Marshal(m.GetPayload()); err != nil {
+			vs = append(vs, apperr.Violation{Field: "payload", Description: "is not JSON: " + err.Error()})
+		}
+	}
+	if len(payload) > maxExternalPayload {
+		vs = append(vs, apperr.Violation{Field: "payload", Description: fmt.Sprintf("is %d bytes as JSON; at most %d", len(payload), maxExternalPayload)})
+	}
+	if m.GetVersion() < 0 {
+		vs = append(vs, apperr.Violation{Field: "version", Description: "must not be negative"})
+	}
+	if len(vs) > 0 {
+		return nil, apperr.Invalid("event", vs)
+	}
+	caller := "anonymous"
+	if p, ok := auth.PrincipalFrom(ctx); ok {
+		caller = p.Name
+	}
+	corr := m.GetCorrelationId()
+	if corr == "" {
+		corr = correlation.ID(ctx)
+	}
+	e := bus.Event{ID: "external-" + uuid.NewString(), Type: m.GetType(), Source: "external:" + caller, Subject: m.GetSubject(),
+		Time: time.Now().UTC(), CorrelationID: corr, Version: max(int(m.GetVersion()), 1), Payload: json.RawMessage(payload)}
+	if _, err := s.events.Record(ctx, e); err != nil {
+		return nil, err
+	}
+	// Other consumers get it from the bus; it is stored already, so a bus
+	// that is down delays them, it does not fail the call.
+	if err := s.bus.Publish(ctx, e); err != nil {
+		s.logger.Warn("external event stored but not yet on the bus", zap.String("event", e.ID), zap.Error(err))
+	}
+	return connect.NewResponse(&opsconductorv1.PublishEventResponse{Id: e.ID}), nil
+}
+
+// ListAuditRecords lists the audit log newest first.
+func (s *Service) ListAuditRecords(ctx context.Context, req *connect.Request[opsconductorv1.ListAuditRecordsRequest]) (*connect.Response[opsconductorv1.ListAuditRecordsResponse], error) {
+	m := req.Msg
+	if m.GetPageSize() < 0 || m.GetPageSize() > 1000 {
+		return nil, apperr.InvalidField("page_size", "must be between 0 and 1000, not %d", m.GetPageSize())
+	}
+	f := LogFilter{Actor: m.GetActor(), Action: m.GetAction(), Resource: m.GetResource(), Outcome: m.GetOutcome(), CorrelationID: m.GetCorrelationId(),
+		From: timeOf(m.GetStartTime()), To: timeOf(m.GetEndTime()), Limit: int(m.GetPageSize())}
+	if tok := m.GetPageToken(); tok != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(tok)
+		seq, perr := strconv.ParseInt(string(raw), 10, 64)
+		if err != nil || perr != nil || seq <= 0 {
+			return nil, apperr.InvalidField("page_token", "is not one this server gave out")
+		}
+		f.Before = seq
+	}
+	recs, next, err := s.log.List(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ListAuditRecordsResponse{}
+	for _, r := range recs {
+		var roles []string
+		if r.Roles != "" {
+			roles = strings.Split(r.Roles, ",")
+		}
+		resp.Records = append(resp.Records, &opsconductorv1.AuditRecord{Seq: r.Seq, Time: timestamppb.New(r.Time), Actor: r.Actor, ActorKind: r.ActorKind,
+			Roles: roles, Action: r.Action, Resource: r.Resource, Outcome: r.Outcome, Reason: r.Reason, Peer: r.Peer, UserAgent: r.UserAgent,
+			CorrelationId: r.CorrelationID, Request: r.Request, PrevHash: r.PrevHash, Hash: r.Hash})
+	}
+	if next > 0 {
+		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(next, 10)))
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// VerifyAuditLog checks the whole chain.
+func (s *Service) VerifyAuditLog(ctx context.Context, _ *connect.Request[opsconductorv1.VerifyAuditLogRequest]) (*connect.Response[opsconductorv1.VerifyAuditLogResponse], error) {
+	v, err := s.log.Verify(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !v.OK {
+		s.logger.Error("audit log verification failed", zap.Int64("record", v.BadSeq), zap.String("problem", v.Problem))
+	}
+	return connect.NewResponse(&opsconductorv1.VerifyAuditLogResponse{Ok: v.OK, Records: v.Records, HeadHash: v.Head, BadSeq: v.BadSeq, Problem: v.Problem}), nil
+}

@@ -1,0 +1,168 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
+)
+
+func (g *globals) audit() opsconductorv1connect.AuditServiceClient {
+	return opsconductorv1connect.NewAuditServiceClient(g.client, g.server, g.withToken())
+}
+
+// window is the --since/--until flags of a listing.
+type window struct {
+	since, until time.Duration
+	limit        int32
+}
+
+func (w *window) flags(cmd *cobra.Command) {
+	cmd.Flags().DurationVar(&w.since, "since", 0, "only what happened in this last span, e.g. 24h")
+	cmd.Flags().DurationVar(&w.until, "until", 0, "only what happened before this long ago")
+	cmd.Flags().Int32Var(&w.limit, "limit", 50, "at most this many, newest first (1-1000)")
+}
+
+func (w *window) bounds() (*timestamppb.Timestamp, *timestamppb.Timestamp) {
+	var from, to *timestamppb.Timestamp
+	if w.since > 0 {
+		from = timestamppb.New(time.Now().Add(-w.since))
+	}
+	if w.until > 0 {
+		to = timestamppb.New(time.Now().Add(-w.until))
+	}
+	return from, to
+}
+
+func newAuditCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the audit log of calls that changed something or were refused"}
+	verify := &cobra.Command{
+		Use:   "verify",
+		Short: "Check the audit log's hash chain; exit 4 when a record was edited, deleted or moved",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := g.audit().VerifyAuditLog(cmd.Context(), connect.NewRequest(&opsconductorv1.VerifyAuditLogRequest{}))
+			if err != nil {
+				return err
+			}
+			v := resp.Msg
+			if g.output == "json" {
+				if err := g.printJSON(v); err != nil {
+					return err
+				}
+			} else if v.GetOk() {
+				fmt.Fprintf(g.stdout, "audit log intact: %d records, head %s\n", v.GetRecords(), v.GetHeadHash())
+			}
+			if !v.GetOk() {
+				return &exitError{code: 4, err: fmt.Errorf("audit log broken at record %d: %s", v.GetBadSeq(), v.GetProblem())}
+			}
+			return nil
+		},
+	}
+	var w window
+	var actor, action, resource, outcome, corr string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List audit records, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			from, to := w.bounds()
+			resp, err := g.audit().ListAuditRecords(cmd.Context(), connect.NewRequest(&opsconductorv1.ListAuditRecordsRequest{Actor: actor, Action: action,
+				Resource: resource, Outcome: outcome, CorrelationId: corr, StartTime: from, EndTime: to, PageSize: w.limit}))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg)
+			}
+			for _, r := range resp.Msg.GetRecords() {
+				who := r.GetActor()
+				if who == "" {
+					who = r.GetActorKind()
+				}
+				fmt.Fprintf(g.stdout, "%6d  %s  %-20s %-10s %s %s\n", r.GetSeq(), r.GetTime().AsTime().Local().Format(time.DateTime), who, r.GetOutcome(),
+					strings.TrimPrefix(r.GetAction(), "/opsconductor."), r.GetResource())
+			}
+			return nil
+		},
+	}
+	w.flags(list)
+	list.Flags().StringVar(&actor, "actor", "", "only this user, token or agent")
+	list.Flags().StringVar(&action, "action", "", "only this RPC, e.g. /opsconductor.v1.JobService/CreateJob")
+	list.Flags().StringVar(&resource, "resource", "", "only calls about this id or name")
+	list.Flags().StringVar(&outcome, "outcome", "", "only this outcome: ok, permission_denied, ...")
+	list.Flags().StringVar(&corr, "correlation-id", "", "only this request")
+	cmd.AddCommand(verify, list)
+	return cmd
+}
+
+func newEventsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "events", Short: "Read the services' domain events; log an external system's"}
+	var w window
+	var typ, source, subject, corr string
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List events, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			from, to := w.bounds()
+			resp, err := g.audit().ListEvents(cmd.Context(), connect.NewRequest(&opsconductorv1.ListEventsRequest{Type: typ, Source: source, Subject: subject,
+				CorrelationId: corr, StartTime: from, EndTime: to, PageSize: w.limit}))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg)
+			}
+			for _, e := range resp.Msg.GetEvents() {
+				fmt.Fprintf(g.stdout, "%s  %-28s %-12s %s\n", e.GetTime().AsTime().Local().Format(time.DateTime), e.GetType(), e.GetSource(), e.GetSubject())
+			}
+			return nil
+		},
+	}
+	w.flags(list)
+	list.Flags().StringVar(&typ, "type", "", "a type (execution.completed) or a family (execution.*)")
+	list.Flags().StringVar(&source, "source", "", "only from this service")
+	list.Flags().StringVar(&subject, "subject", "", "only about this id")
+	list.Flags().StringVar(&corr, "correlation-id", "", "only this request's")
+	var payload string
+	publish := &cobra.Command{
+		Use:   "publish TYPE [SUBJECT]",
+		Short: "Log an external system's event (TYPE external.WHAT, --payload JSON)",
+		Args:  cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &opsconductorv1.PublishEventRequest{Type: args[0], CorrelationId: corr}
+			if len(args) == 2 {
+				req.Subject = args[1]
+			}
+			if payload != "" {
+				if !json.Valid([]byte(payload)) {
+					return fmt.Errorf("--payload is not JSON")
+				}
+				req.Payload = &structpb.Value{}
+				if err := protojson.Unmarshal([]byte(payload), req.Payload); err != nil {
+					return fmt.Errorf("--payload: %w", err)
+				}
+			}
+			resp, err := g.audit().PublishEvent(cmd.Context(), connect.NewRequest(req))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(g.stdout, resp.Msg.GetId())
+			return nil
+		},
+	}
+	publish.Flags().StringVar(&payload, "payload", "", "the event's data as JSON")
+	publish.Flags().StringVar(&corr, "correlation-id", "", "ties it to a change or request")
+	cmd.AddCommand(list, publish)
+	return cmd
+}
