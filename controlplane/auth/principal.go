@@ -56,6 +56,8 @@ const (
 	// external system's event.
 	PermEventsRead  = "events:read"
 	PermEventsWrite = "events:write"
+	// The business metrics (GET /api/v1/metrics).
+	PermMetricsRead = "metrics:read"
 )
 
 // Permissions lists every permission, for validating custom roles.
@@ -63,18 +65,18 @@ var Permissions = []string{
 	PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected,
 	PermExecutionsDanger, PermAgentsRead, PermAgentsManage, PermTokensManage, PermUsersManage, PermAuditRead,
 	PermCredentialsRead, PermCredentialsManage, PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite,
-	PermSchedulesBlackouts, PermEventsRead, PermEventsWrite,
+	PermSchedulesBlackouts, PermEventsRead, PermEventsWrite, PermMetricsRead,
 }
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
 	"admin": {"*"},
 	"operator": {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead, PermCredentialsRead,
-		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite, PermSchedulesBlackouts, PermEventsRead, PermEventsWrite},
+		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite, PermSchedulesBlackouts, PermEventsRead, PermEventsWrite, PermMetricsRead},
 	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead, PermInventoryRead,
-		PermSchedulesRead, PermSchedulesWrite, PermEventsRead},
-	"viewer":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead, PermSchedulesRead, PermEventsRead},
-	"auditor": {PermSelfRead, PermAuditRead, PermEventsRead},
+		PermSchedulesRead, PermSchedulesWrite, PermEventsRead, PermMetricsRead},
+	"viewer":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead, PermSchedulesRead, PermEventsRead, PermMetricsRead},
+	"auditor": {PermSelfRead, PermAuditRead, PermEventsRead, PermMetricsRead},
 }
 
 // BuiltinRoleNames lists the built-in roles.

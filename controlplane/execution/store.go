@@ -1552,3 +1552,37 @@ func nullTime(t *time.Time) sql.NullTime {
 	}
 	return sql.NullTime{Time: t.UTC(), Valid: true}
 }
+
+// Summary is an execution as the business metrics see it.
+type Summary struct {
+	JobID, JobName, Status string
+	StartedAt, FinishedAt  *time.Time
+}
+
+// Summaries lists the executions created in [from, to).
+func (s *Store) Summaries(ctx context.Context, from, to time.Time) ([]Summary, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT job_id, job_name, status, started_at, finished_at FROM executions
+		WHERE created_at >= $1 AND created_at < $2`, from.UTC(), to.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("summarise executions: %w", err)
+	}
+	defer rows.Close()
+	var out []Summary
+	for rows.Next() {
+		var e Summary
+		var started, finished sql.NullTime
+		if err := rows.Scan(&e.JobID, &e.JobName, &e.Status, &started, &finished); err != nil {
+			return nil, fmt.Errorf("scan execution summary: %w", err)
+		}
+		if started.Valid {
+			t := started.Time.UTC()
+			e.StartedAt = &t
+		}
+		if finished.Valid {
+			t := finished.Time.UTC()
+			e.FinishedAt = &t
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}

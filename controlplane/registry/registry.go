@@ -160,6 +160,25 @@ func (r *Registry) status(a AgentRecord) string {
 	return "offline"
 }
 
+// AgentCounts counts the enrolled, not revoked agents by whether they
+// are online (for the business metrics).
+func (r *Registry) AgentCounts(ctx context.Context) (online, offline int64, err error) {
+	agents, err := r.store.AgentList(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, a := range agents {
+		switch {
+		case a.Revoked:
+		case r.Online(a):
+			online++
+		default:
+			offline++
+		}
+	}
+	return online, offline, nil
+}
+
 // Online reports whether the agent polled within the online window.
 func (r *Registry) Online(a AgentRecord) bool { return r.now().Sub(a.LastSeenAt) <= r.cfg.OnlineWindow }
 

@@ -415,3 +415,28 @@ func commitStepsPostgres(ctx context.Context, tx *store.Tx, steps []step) error 
 	}
 	return nil
 }
+
+// FireStats counts the fires due in [from, to) by outcome and returns the
+// lateness of the fired ones (for the business metrics).
+func (s *Store) FireStats(ctx context.Context, from, to time.Time) (map[string]int64, []time.Duration, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT outcome, lateness_ms FROM schedule_executions WHERE scheduled_for >= $1 AND scheduled_for < $2`,
+		from.UTC(), to.UTC())
+	if err != nil {
+		return nil, nil, fmt.Errorf("summarise fires: %w", err)
+	}
+	defer rows.Close()
+	byOutcome := map[string]int64{}
+	var lateness []time.Duration
+	for rows.Next() {
+		var outcome string
+		var ms int64
+		if err := rows.Scan(&outcome, &ms); err != nil {
+			return nil, nil, fmt.Errorf("scan fire: %w", err)
+		}
+		byOutcome[outcome]++
+		if outcome == OutcomeFired {
+			lateness = append(lateness, time.Duration(ms)*time.Millisecond)
+		}
+	}
+	return byOutcome, lateness, rows.Err()
+}

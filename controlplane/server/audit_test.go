@@ -172,3 +172,130 @@ func TestEventsAndAuditAPI(t *testing.T) {
 		t.Fatalf("verify: %+v", v)
 	}
 }
+
+// TestMetricsMatchAHandCountedFixture writes executions, agents and
+// schedule fires straight into the services' stores and checks
+// GET /api/v1/metrics against numbers counted by hand (in the comments).
+func TestMetricsMatchAHandCountedFixture(t *testing.T) {
+	srv := startApp(t, store.SQLite)
+	ctx := context.Background()
+	open := func(schema string) *store.DB {
+		db, err := store.Open(ctx, srv.dbURL, schema, store.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = db.Close() })
+		return db
+	}
+	execDB, agentsDB, schedDB := open("executions"), open("agents"), open("scheduling")
+	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
+	// id, job, status, created (minutes after t0), duration (s; 0: not finished; -1: not started)
+	fixture := []struct {
+		id, job, status string
+		createdMin      int
+		durSec          int
+	}{
+		{"e1", "backup", "succeeded", 1, 10},
+		{"e2", "backup", "succeeded", 2, 20},
+		{"e3", "backup", "failed", 3, 30},
+		{"e4", "backup", "succeeded", 4, 40},
+		{"e5", "backup", "running", 5, 0},
+		{"e6", "deploy", "succeeded", 6, 60},
+		{"e7", "deploy", "cancelled", 7, 5},
+		{"e8", "deploy", "queued", 8, -1},
+		{"e9", "deploy", "succeeded", -1, 1000}, // before the window
+	}
+	for _, f := range fixture {
+		created := t0.Add(time.Duration(f.createdMin) * time.Minute)
+		var started, finished any
+		if f.durSec >= 0 {
+			started = created.Add(time.Second)
+		}
+		if f.durSec > 0 {
+			finished = created.Add(time.Second + time.Duration(f.durSec)*time.Second)
+		}
+		if _, err := execDB.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at)
+			VALUES ($1, $2, $3, 1, '{}', $4, '', $5, $6, $7)`, f.id, "job-"+f.job, f.job, f.status, created, started, finished); err != nil {
+			t.Fatal(err)
+		}
+	}
+	now := time.Now().UTC()
+	for i, a := range []struct {
+		seen    time.Time
+		revoked bool
+	}{{now, false}, {now.Add(-24 * time.Hour), false}, {now, true}} {
+		if _, err := agentsDB.ExecContext(ctx, `INSERT INTO agents (id, name, labels, hostname, os, arch, agent_version, credential_hash, enrolled_at, last_seen_at, revoked)
+			VALUES ($1, $2, '{}', 'h', 'linux', 'amd64', 'dev', 'x', $3, $4, $5)`, fmt.Sprintf("a%d", i), fmt.Sprintf("agent-%d", i), now, a.seen, a.revoked); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, f := range []struct {
+		outcome string
+		lateMS  int64
+		min     int
+	}{{"fired", 100, 1}, {"fired", 300, 2}, {"fired", 2000, 3}, {"missed", 0, 4}, {"skipped", 0, 5}, {"fired", 9000, -5}} {
+		if _, err := schedDB.ExecContext(ctx, `INSERT INTO schedule_executions (schedule_id, scheduled_for, lateness_ms, outcome) VALUES ($1, $2, $3, $4)`,
+			fmt.Sprintf("s%d", i), t0.Add(time.Duration(f.min)*time.Minute), f.lateMS, f.outcome); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var m struct {
+		Executions         string            `json:"executions"`
+		ExecutionsByStatus map[string]string `json:"executionsByStatus"`
+		SuccessRate        float64           `json:"successRate"`
+		Duration           struct {
+			Count                              string
+			P50Seconds, P95Seconds, MaxSeconds float64
+		} `json:"duration"`
+		Jobs []struct {
+			JobName     string            `json:"jobName"`
+			Executions  string            `json:"executions"`
+			ByStatus    map[string]string `json:"byStatus"`
+			SuccessRate float64           `json:"successRate"`
+			Duration    struct{ P50Seconds, P95Seconds float64 }
+		} `json:"jobs"`
+		AgentsOnline  string `json:"agentsOnline"`
+		AgentsOffline string `json:"agentsOffline"`
+		Schedules     struct {
+			FiresByOutcome                                             map[string]string
+			LatenessP50Seconds, LatenessP95Seconds, LatenessMaxSeconds float64
+		} `json:"schedules"`
+	}
+	q := "/api/v1/metrics?startTime=" + t0.Format(time.RFC3339) + "&endTime=" + t0.Add(time.Hour).Format(time.RFC3339)
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", q, nil, &m))
+	got := fmt.Sprintf("%+v", m)
+	check := func(what string, ok bool) {
+		t.Helper()
+		if !ok {
+			t.Errorf("%s is wrong in %s", what, got)
+		}
+	}
+	near := func(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+	// 8 in the window (e9 is before it): succeeded e1 e2 e4 e6, failed e3,
+	// cancelled e7, running e5, queued e8.
+	check("executions", m.Executions == "8")
+	check("by status", fmt.Sprint(m.ExecutionsByStatus) == "map[cancelled:1 failed:1 queued:1 running:1 succeeded:4]")
+	// 4 succeeded of 6 finished.
+	check("success rate", near(m.SuccessRate, 4.0/6))
+	// Finished durations 5 10 20 30 40 60: p50 (rank 3) 20, p95 (rank 6) 60.
+	check("durations", m.Duration.Count == "6" && near(m.Duration.P50Seconds, 20) && near(m.Duration.P95Seconds, 60) && near(m.Duration.MaxSeconds, 60))
+	// backup: 5, 3 of 4 finished succeeded, durations 10 20 30 40 (p50 rank
+	// 2: 20, p95 rank 4: 40); deploy: 3, 1 of 2, durations 5 60.
+	check("jobs", len(m.Jobs) == 2 && m.Jobs[0].JobName == "backup" && m.Jobs[0].Executions == "5" && near(m.Jobs[0].SuccessRate, 0.75) &&
+		near(m.Jobs[0].Duration.P50Seconds, 20) && near(m.Jobs[0].Duration.P95Seconds, 40) &&
+		m.Jobs[1].JobName == "deploy" && m.Jobs[1].Executions == "3" && near(m.Jobs[1].SuccessRate, 0.5) &&
+		near(m.Jobs[1].Duration.P50Seconds, 5) && near(m.Jobs[1].Duration.P95Seconds, 60))
+	// One seen now, one a day ago, one revoked (not counted).
+	check("agents", m.AgentsOnline == "1" && m.AgentsOffline == "1")
+	// In the window: fired 0.1 0.3 2 s (p50 rank 2: 0.3, p95 rank 3: 2),
+	// one missed, one skipped; the fire 5 minutes before is not counted.
+	check("schedules", fmt.Sprint(m.Schedules.FiresByOutcome) == "map[fired:3 missed:1 skipped:1]" && near(m.Schedules.LatenessP50Seconds, 0.3) &&
+		near(m.Schedules.LatenessP95Seconds, 2) && near(m.Schedules.LatenessMaxSeconds, 2))
+
+	var st rpcStatus
+	cptest.Must(t, http.StatusBadRequest)(srv.do(t, "GET", "/api/v1/metrics?startTime="+t0.Format(time.RFC3339)+"&endTime="+t0.Format(time.RFC3339), nil, &st))
+	if fmt.Sprint(st.fields()) != "[start_time]" {
+		t.Fatalf("an empty window: %+v", st)
+	}
+}

@@ -181,7 +181,6 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	auditEvents := audit.NewStore(auditDB)
 	auditLog := audit.NewLog(auditDB)
 	a.auditor = audit.NewConsumer(auditEvents, eventBus, logger)
-	auditSvc := audit.NewService(auditEvents, auditLog, eventBus, logger)
 
 	metricsReg := prometheus.NewRegistry()
 	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -226,6 +225,18 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		return nil, err
 	}
 	schedStore := schedule.NewStore(schedDB)
+	auditSvc := audit.NewService(auditEvents, auditLog, eventBus, audit.MetricSources{
+		Executions: func(ctx context.Context, from, to time.Time) ([]audit.Execution, error) {
+			sums, err := execStore.Summaries(ctx, from, to)
+			out := make([]audit.Execution, len(sums))
+			for i, e := range sums {
+				out[i] = audit.Execution{JobID: e.JobID, JobName: e.JobName, Status: e.Status, StartedAt: e.StartedAt, FinishedAt: e.FinishedAt}
+			}
+			return out, err
+		},
+		Agents: reg.AgentCounts,
+		Fires:  schedStore.FireStats,
+	}, logger)
 	schedules := schedule.NewService(schedStore, execs, nil, logger)
 	a.scheduler = schedule.NewScheduler(schedDB, schedStore, execs, nil, logger, schedule.SchedulerConfig{})
 	// Each service's outbox relay hands its committed events to in-process

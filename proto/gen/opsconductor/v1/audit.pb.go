@@ -845,6 +845,403 @@ func (x *VerifyAuditLogResponse) GetProblem() string {
 	return ""
 }
 
+type GetMetricsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Executions created, and fires due, at or after start_time and before
+	// end_time; default the 24 hours up to now.
+	StartTime     *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMetricsRequest) Reset() {
+	*x = GetMetricsRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMetricsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMetricsRequest) ProtoMessage() {}
+
+func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMetricsRequest.ProtoReflect.Descriptor instead.
+func (*GetMetricsRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *GetMetricsRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *GetMetricsRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+// Durations of finished executions (started to finished), in seconds;
+// percentiles by nearest rank.
+type DurationStats struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Count         int64                  `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	P50Seconds    float64                `protobuf:"fixed64,2,opt,name=p50_seconds,json=p50Seconds,proto3" json:"p50_seconds,omitempty"`
+	P95Seconds    float64                `protobuf:"fixed64,3,opt,name=p95_seconds,json=p95Seconds,proto3" json:"p95_seconds,omitempty"`
+	MaxSeconds    float64                `protobuf:"fixed64,4,opt,name=max_seconds,json=maxSeconds,proto3" json:"max_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DurationStats) Reset() {
+	*x = DurationStats{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DurationStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DurationStats) ProtoMessage() {}
+
+func (x *DurationStats) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DurationStats.ProtoReflect.Descriptor instead.
+func (*DurationStats) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *DurationStats) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *DurationStats) GetP50Seconds() float64 {
+	if x != nil {
+		return x.P50Seconds
+	}
+	return 0
+}
+
+func (x *DurationStats) GetP95Seconds() float64 {
+	if x != nil {
+		return x.P95Seconds
+	}
+	return 0
+}
+
+func (x *DurationStats) GetMaxSeconds() float64 {
+	if x != nil {
+		return x.MaxSeconds
+	}
+	return 0
+}
+
+type JobMetrics struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	JobId      string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	JobName    string                 `protobuf:"bytes,2,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	Executions int64                  `protobuf:"varint,3,opt,name=executions,proto3" json:"executions,omitempty"`
+	ByStatus   map[string]int64       `protobuf:"bytes,4,rep,name=by_status,json=byStatus,proto3" json:"by_status,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// succeeded / finished (succeeded, failed, cancelled); 0 when none finished.
+	SuccessRate   float64        `protobuf:"fixed64,5,opt,name=success_rate,json=successRate,proto3" json:"success_rate,omitempty"`
+	Duration      *DurationStats `protobuf:"bytes,6,opt,name=duration,proto3" json:"duration,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobMetrics) Reset() {
+	*x = JobMetrics{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobMetrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobMetrics) ProtoMessage() {}
+
+func (x *JobMetrics) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobMetrics.ProtoReflect.Descriptor instead.
+func (*JobMetrics) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *JobMetrics) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobMetrics) GetJobName() string {
+	if x != nil {
+		return x.JobName
+	}
+	return ""
+}
+
+func (x *JobMetrics) GetExecutions() int64 {
+	if x != nil {
+		return x.Executions
+	}
+	return 0
+}
+
+func (x *JobMetrics) GetByStatus() map[string]int64 {
+	if x != nil {
+		return x.ByStatus
+	}
+	return nil
+}
+
+func (x *JobMetrics) GetSuccessRate() float64 {
+	if x != nil {
+		return x.SuccessRate
+	}
+	return 0
+}
+
+func (x *JobMetrics) GetDuration() *DurationStats {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+type ScheduleMetrics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// fired, skipped, missed, failed.
+	FiresByOutcome map[string]int64 `protobuf:"bytes,1,rep,name=fires_by_outcome,json=firesByOutcome,proto3" json:"fires_by_outcome,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Of the fired ones: fired_at - scheduled_for.
+	LatenessP50Seconds float64 `protobuf:"fixed64,2,opt,name=lateness_p50_seconds,json=latenessP50Seconds,proto3" json:"lateness_p50_seconds,omitempty"`
+	LatenessP95Seconds float64 `protobuf:"fixed64,3,opt,name=lateness_p95_seconds,json=latenessP95Seconds,proto3" json:"lateness_p95_seconds,omitempty"`
+	LatenessMaxSeconds float64 `protobuf:"fixed64,4,opt,name=lateness_max_seconds,json=latenessMaxSeconds,proto3" json:"lateness_max_seconds,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ScheduleMetrics) Reset() {
+	*x = ScheduleMetrics{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ScheduleMetrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ScheduleMetrics) ProtoMessage() {}
+
+func (x *ScheduleMetrics) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ScheduleMetrics.ProtoReflect.Descriptor instead.
+func (*ScheduleMetrics) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ScheduleMetrics) GetFiresByOutcome() map[string]int64 {
+	if x != nil {
+		return x.FiresByOutcome
+	}
+	return nil
+}
+
+func (x *ScheduleMetrics) GetLatenessP50Seconds() float64 {
+	if x != nil {
+		return x.LatenessP50Seconds
+	}
+	return 0
+}
+
+func (x *ScheduleMetrics) GetLatenessP95Seconds() float64 {
+	if x != nil {
+		return x.LatenessP95Seconds
+	}
+	return 0
+}
+
+func (x *ScheduleMetrics) GetLatenessMaxSeconds() float64 {
+	if x != nil {
+		return x.LatenessMaxSeconds
+	}
+	return 0
+}
+
+type GetMetricsResponse struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	StartTime          *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime            *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	Executions         int64                  `protobuf:"varint,3,opt,name=executions,proto3" json:"executions,omitempty"`
+	ExecutionsByStatus map[string]int64       `protobuf:"bytes,4,rep,name=executions_by_status,json=executionsByStatus,proto3" json:"executions_by_status,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	SuccessRate        float64                `protobuf:"fixed64,5,opt,name=success_rate,json=successRate,proto3" json:"success_rate,omitempty"`
+	Duration           *DurationStats         `protobuf:"bytes,6,opt,name=duration,proto3" json:"duration,omitempty"`
+	// Per job, most executions first.
+	Jobs []*JobMetrics `protobuf:"bytes,7,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// Enrolled, not revoked: online when seen within the online window.
+	AgentsOnline  int64            `protobuf:"varint,8,opt,name=agents_online,json=agentsOnline,proto3" json:"agents_online,omitempty"`
+	AgentsOffline int64            `protobuf:"varint,9,opt,name=agents_offline,json=agentsOffline,proto3" json:"agents_offline,omitempty"`
+	Schedules     *ScheduleMetrics `protobuf:"bytes,10,opt,name=schedules,proto3" json:"schedules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetMetricsResponse) Reset() {
+	*x = GetMetricsResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetMetricsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetMetricsResponse) ProtoMessage() {}
+
+func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetMetricsResponse.ProtoReflect.Descriptor instead.
+func (*GetMetricsResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetMetricsResponse) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *GetMetricsResponse) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *GetMetricsResponse) GetExecutions() int64 {
+	if x != nil {
+		return x.Executions
+	}
+	return 0
+}
+
+func (x *GetMetricsResponse) GetExecutionsByStatus() map[string]int64 {
+	if x != nil {
+		return x.ExecutionsByStatus
+	}
+	return nil
+}
+
+func (x *GetMetricsResponse) GetSuccessRate() float64 {
+	if x != nil {
+		return x.SuccessRate
+	}
+	return 0
+}
+
+func (x *GetMetricsResponse) GetDuration() *DurationStats {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *GetMetricsResponse) GetJobs() []*JobMetrics {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *GetMetricsResponse) GetAgentsOnline() int64 {
+	if x != nil {
+		return x.AgentsOnline
+	}
+	return 0
+}
+
+func (x *GetMetricsResponse) GetAgentsOffline() int64 {
+	if x != nil {
+		return x.AgentsOffline
+	}
+	return 0
+}
+
+func (x *GetMetricsResponse) GetSchedules() *ScheduleMetrics {
+	if x != nil {
+		return x.Schedules
+	}
+	return nil
+}
+
 var File_opsconductor_v1_audit_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_audit_proto_rawDesc = "" +
@@ -921,7 +1318,58 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\arecords\x18\x02 \x01(\x03R\arecords\x12\x1b\n" +
 	"\thead_hash\x18\x03 \x01(\tR\bheadHash\x12\x17\n" +
 	"\abad_seq\x18\x04 \x01(\x03R\x06badSeq\x12\x18\n" +
-	"\aproblem\x18\x05 \x01(\tR\aproblem2\xc1\x04\n" +
+	"\aproblem\x18\x05 \x01(\tR\aproblem\"\x85\x01\n" +
+	"\x11GetMetricsRequest\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\x88\x01\n" +
+	"\rDurationStats\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\x12\x1f\n" +
+	"\vp50_seconds\x18\x02 \x01(\x01R\n" +
+	"p50Seconds\x12\x1f\n" +
+	"\vp95_seconds\x18\x03 \x01(\x01R\n" +
+	"p95Seconds\x12\x1f\n" +
+	"\vmax_seconds\x18\x04 \x01(\x01R\n" +
+	"maxSeconds\"\xc2\x02\n" +
+	"\n" +
+	"JobMetrics\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x19\n" +
+	"\bjob_name\x18\x02 \x01(\tR\ajobName\x12\x1e\n" +
+	"\n" +
+	"executions\x18\x03 \x01(\x03R\n" +
+	"executions\x12F\n" +
+	"\tby_status\x18\x04 \x03(\v2).opsconductor.v1.JobMetrics.ByStatusEntryR\bbyStatus\x12!\n" +
+	"\fsuccess_rate\x18\x05 \x01(\x01R\vsuccessRate\x12:\n" +
+	"\bduration\x18\x06 \x01(\v2\x1e.opsconductor.v1.DurationStatsR\bduration\x1a;\n" +
+	"\rByStatusEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xca\x02\n" +
+	"\x0fScheduleMetrics\x12^\n" +
+	"\x10fires_by_outcome\x18\x01 \x03(\v24.opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntryR\x0efiresByOutcome\x120\n" +
+	"\x14lateness_p50_seconds\x18\x02 \x01(\x01R\x12latenessP50Seconds\x120\n" +
+	"\x14lateness_p95_seconds\x18\x03 \x01(\x01R\x12latenessP95Seconds\x120\n" +
+	"\x14lateness_max_seconds\x18\x04 \x01(\x01R\x12latenessMaxSeconds\x1aA\n" +
+	"\x13FiresByOutcomeEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xf8\x04\n" +
+	"\x12GetMetricsResponse\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1e\n" +
+	"\n" +
+	"executions\x18\x03 \x01(\x03R\n" +
+	"executions\x12m\n" +
+	"\x14executions_by_status\x18\x04 \x03(\v2;.opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntryR\x12executionsByStatus\x12!\n" +
+	"\fsuccess_rate\x18\x05 \x01(\x01R\vsuccessRate\x12:\n" +
+	"\bduration\x18\x06 \x01(\v2\x1e.opsconductor.v1.DurationStatsR\bduration\x12/\n" +
+	"\x04jobs\x18\a \x03(\v2\x1b.opsconductor.v1.JobMetricsR\x04jobs\x12#\n" +
+	"\ragents_online\x18\b \x01(\x03R\fagentsOnline\x12%\n" +
+	"\x0eagents_offline\x18\t \x01(\x03R\ragentsOffline\x12>\n" +
+	"\tschedules\x18\n" +
+	" \x01(\v2 .opsconductor.v1.ScheduleMetricsR\tschedules\x1aE\n" +
+	"\x17ExecutionsByStatusEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x012\xc4\x05\n" +
 	"\fAuditService\x12~\n" +
 	"\n" +
 	"ListEvents\x12\".opsconductor.v1.ListEventsRequest\x1a#.opsconductor.v1.ListEventsResponse\"'\x8a\xb5\x18\r\n" +
@@ -930,7 +1378,10 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\fevents:write\x10\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/api/v1/events\x12\x8e\x01\n" +
 	"\x10ListAuditRecords\x12(.opsconductor.v1.ListAuditRecordsRequest\x1a).opsconductor.v1.ListAuditRecordsResponse\"%\x8a\xb5\x18\f\n" +
 	"\n" +
-	"audit:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/audit\x12\x92\x01\n" +
+	"audit:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/audit\x12\x80\x01\n" +
+	"\n" +
+	"GetMetrics\x12\".opsconductor.v1.GetMetricsRequest\x1a#.opsconductor.v1.GetMetricsResponse\")\x8a\xb5\x18\x0e\n" +
+	"\fmetrics:read\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/metrics\x12\x92\x01\n" +
 	"\x0eVerifyAuditLog\x12&.opsconductor.v1.VerifyAuditLogRequest\x1a'.opsconductor.v1.VerifyAuditLogResponse\"/\x8a\xb5\x18\f\n" +
 	"\n" +
 	"audit:read\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/api/v1/audit/verifyBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
@@ -947,7 +1398,7 @@ func file_opsconductor_v1_audit_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_audit_proto_rawDescData
 }
 
-var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_opsconductor_v1_audit_proto_goTypes = []any{
 	(*Event)(nil),                    // 0: opsconductor.v1.Event
 	(*ListEventsRequest)(nil),        // 1: opsconductor.v1.ListEventsRequest
@@ -959,33 +1410,54 @@ var file_opsconductor_v1_audit_proto_goTypes = []any{
 	(*ListAuditRecordsResponse)(nil), // 7: opsconductor.v1.ListAuditRecordsResponse
 	(*VerifyAuditLogRequest)(nil),    // 8: opsconductor.v1.VerifyAuditLogRequest
 	(*VerifyAuditLogResponse)(nil),   // 9: opsconductor.v1.VerifyAuditLogResponse
-	(*timestamppb.Timestamp)(nil),    // 10: google.protobuf.Timestamp
-	(*structpb.Value)(nil),           // 11: google.protobuf.Value
+	(*GetMetricsRequest)(nil),        // 10: opsconductor.v1.GetMetricsRequest
+	(*DurationStats)(nil),            // 11: opsconductor.v1.DurationStats
+	(*JobMetrics)(nil),               // 12: opsconductor.v1.JobMetrics
+	(*ScheduleMetrics)(nil),          // 13: opsconductor.v1.ScheduleMetrics
+	(*GetMetricsResponse)(nil),       // 14: opsconductor.v1.GetMetricsResponse
+	nil,                              // 15: opsconductor.v1.JobMetrics.ByStatusEntry
+	nil,                              // 16: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	nil,                              // 17: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	(*timestamppb.Timestamp)(nil),    // 18: google.protobuf.Timestamp
+	(*structpb.Value)(nil),           // 19: google.protobuf.Value
 }
 var file_opsconductor_v1_audit_proto_depIdxs = []int32{
-	10, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
-	11, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
-	10, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	10, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	18, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	19, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
+	18, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	18, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: opsconductor.v1.ListEventsResponse.events:type_name -> opsconductor.v1.Event
-	11, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
-	10, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	10, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
-	10, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
+	19, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
+	18, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	18, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
+	18, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 9: opsconductor.v1.ListAuditRecordsResponse.records:type_name -> opsconductor.v1.AuditRecord
-	1,  // 10: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
-	3,  // 11: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
-	6,  // 12: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
-	8,  // 13: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
-	2,  // 14: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
-	4,  // 15: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
-	7,  // 16: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
-	9,  // 17: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
-	14, // [14:18] is the sub-list for method output_type
-	10, // [10:14] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	18, // 10: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
+	18, // 11: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
+	15, // 12: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
+	11, // 13: opsconductor.v1.JobMetrics.duration:type_name -> opsconductor.v1.DurationStats
+	16, // 14: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	18, // 15: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
+	18, // 16: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
+	17, // 17: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	11, // 18: opsconductor.v1.GetMetricsResponse.duration:type_name -> opsconductor.v1.DurationStats
+	12, // 19: opsconductor.v1.GetMetricsResponse.jobs:type_name -> opsconductor.v1.JobMetrics
+	13, // 20: opsconductor.v1.GetMetricsResponse.schedules:type_name -> opsconductor.v1.ScheduleMetrics
+	1,  // 21: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
+	3,  // 22: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
+	6,  // 23: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
+	10, // 24: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
+	8,  // 25: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
+	2,  // 26: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
+	4,  // 27: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
+	7,  // 28: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
+	14, // 29: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
+	9,  // 30: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
+	26, // [26:31] is the sub-list for method output_type
+	21, // [21:26] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_audit_proto_init() }
@@ -1000,7 +1472,7 @@ func file_opsconductor_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_audit_proto_rawDesc), len(file_opsconductor_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

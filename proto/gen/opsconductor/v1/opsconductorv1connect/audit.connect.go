@@ -41,6 +41,8 @@ const (
 	// AuditServiceListAuditRecordsProcedure is the fully-qualified name of the AuditService's
 	// ListAuditRecords RPC.
 	AuditServiceListAuditRecordsProcedure = "/opsconductor.v1.AuditService/ListAuditRecords"
+	// AuditServiceGetMetricsProcedure is the fully-qualified name of the AuditService's GetMetrics RPC.
+	AuditServiceGetMetricsProcedure = "/opsconductor.v1.AuditService/GetMetrics"
 	// AuditServiceVerifyAuditLogProcedure is the fully-qualified name of the AuditService's
 	// VerifyAuditLog RPC.
 	AuditServiceVerifyAuditLogProcedure = "/opsconductor.v1.AuditService/VerifyAuditLog"
@@ -56,6 +58,10 @@ type AuditServiceClient interface {
 	PublishEvent(context.Context, *connect.Request[v1.PublishEventRequest]) (*connect.Response[v1.PublishEventResponse], error)
 	// ListAuditRecords lists the audit log newest first.
 	ListAuditRecords(context.Context, *connect.Request[v1.ListAuditRecordsRequest]) (*connect.Response[v1.ListAuditRecordsResponse], error)
+	// GetMetrics sums up a window (default the last 24 hours): executions
+	// by status, success rate and durations per job and overall, agents
+	// online and offline, schedule fires and their lateness.
+	GetMetrics(context.Context, *connect.Request[v1.GetMetricsRequest]) (*connect.Response[v1.GetMetricsResponse], error)
 	// VerifyAuditLog walks the whole chain and names the first record that
 	// was edited, deleted or moved.
 	VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error)
@@ -90,6 +96,12 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(auditServiceMethods.ByName("ListAuditRecords")),
 			connect.WithClientOptions(opts...),
 		),
+		getMetrics: connect.NewClient[v1.GetMetricsRequest, v1.GetMetricsResponse](
+			httpClient,
+			baseURL+AuditServiceGetMetricsProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("GetMetrics")),
+			connect.WithClientOptions(opts...),
+		),
 		verifyAuditLog: connect.NewClient[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse](
 			httpClient,
 			baseURL+AuditServiceVerifyAuditLogProcedure,
@@ -104,6 +116,7 @@ type auditServiceClient struct {
 	listEvents       *connect.Client[v1.ListEventsRequest, v1.ListEventsResponse]
 	publishEvent     *connect.Client[v1.PublishEventRequest, v1.PublishEventResponse]
 	listAuditRecords *connect.Client[v1.ListAuditRecordsRequest, v1.ListAuditRecordsResponse]
+	getMetrics       *connect.Client[v1.GetMetricsRequest, v1.GetMetricsResponse]
 	verifyAuditLog   *connect.Client[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse]
 }
 
@@ -122,6 +135,11 @@ func (c *auditServiceClient) ListAuditRecords(ctx context.Context, req *connect.
 	return c.listAuditRecords.CallUnary(ctx, req)
 }
 
+// GetMetrics calls opsconductor.v1.AuditService.GetMetrics.
+func (c *auditServiceClient) GetMetrics(ctx context.Context, req *connect.Request[v1.GetMetricsRequest]) (*connect.Response[v1.GetMetricsResponse], error) {
+	return c.getMetrics.CallUnary(ctx, req)
+}
+
 // VerifyAuditLog calls opsconductor.v1.AuditService.VerifyAuditLog.
 func (c *auditServiceClient) VerifyAuditLog(ctx context.Context, req *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error) {
 	return c.verifyAuditLog.CallUnary(ctx, req)
@@ -137,6 +155,10 @@ type AuditServiceHandler interface {
 	PublishEvent(context.Context, *connect.Request[v1.PublishEventRequest]) (*connect.Response[v1.PublishEventResponse], error)
 	// ListAuditRecords lists the audit log newest first.
 	ListAuditRecords(context.Context, *connect.Request[v1.ListAuditRecordsRequest]) (*connect.Response[v1.ListAuditRecordsResponse], error)
+	// GetMetrics sums up a window (default the last 24 hours): executions
+	// by status, success rate and durations per job and overall, agents
+	// online and offline, schedule fires and their lateness.
+	GetMetrics(context.Context, *connect.Request[v1.GetMetricsRequest]) (*connect.Response[v1.GetMetricsResponse], error)
 	// VerifyAuditLog walks the whole chain and names the first record that
 	// was edited, deleted or moved.
 	VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error)
@@ -167,6 +189,12 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(auditServiceMethods.ByName("ListAuditRecords")),
 		connect.WithHandlerOptions(opts...),
 	)
+	auditServiceGetMetricsHandler := connect.NewUnaryHandler(
+		AuditServiceGetMetricsProcedure,
+		svc.GetMetrics,
+		connect.WithSchema(auditServiceMethods.ByName("GetMetrics")),
+		connect.WithHandlerOptions(opts...),
+	)
 	auditServiceVerifyAuditLogHandler := connect.NewUnaryHandler(
 		AuditServiceVerifyAuditLogProcedure,
 		svc.VerifyAuditLog,
@@ -181,6 +209,8 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 			auditServicePublishEventHandler.ServeHTTP(w, r)
 		case AuditServiceListAuditRecordsProcedure:
 			auditServiceListAuditRecordsHandler.ServeHTTP(w, r)
+		case AuditServiceGetMetricsProcedure:
+			auditServiceGetMetricsHandler.ServeHTTP(w, r)
 		case AuditServiceVerifyAuditLogProcedure:
 			auditServiceVerifyAuditLogHandler.ServeHTTP(w, r)
 		default:
@@ -202,6 +232,10 @@ func (UnimplementedAuditServiceHandler) PublishEvent(context.Context, *connect.R
 
 func (UnimplementedAuditServiceHandler) ListAuditRecords(context.Context, *connect.Request[v1.ListAuditRecordsRequest]) (*connect.Response[v1.ListAuditRecordsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.ListAuditRecords is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) GetMetrics(context.Context, *connect.Request[v1.GetMetricsRequest]) (*connect.Response[v1.GetMetricsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.GetMetrics is not implemented"))
 }
 
 func (UnimplementedAuditServiceHandler) VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error) {
