@@ -28,18 +28,20 @@ import (
 // Service serves AuditService: the events and the audit log, read; and
 // external systems' events, written.
 type Service struct {
-	events  *Store
-	log     *Log
-	bus     bus.Bus
-	sources MetricSources
-	logger  *zap.Logger
+	events   *Store
+	log      *Log
+	bus      bus.Bus
+	sources  MetricSources
+	notifier *Notifier
+	logger   *zap.Logger
 }
 
 var _ opsconductorv1connect.AuditServiceHandler = (*Service)(nil)
 
-// NewService builds the service; sources feed GET /api/v1/metrics.
-func NewService(events *Store, log *Log, b bus.Bus, sources MetricSources, logger *zap.Logger) *Service {
-	return &Service{events: events, log: log, bus: b, sources: sources, logger: logger.Named("audit")}
+// NewService builds the service; sources feed GET /api/v1/metrics,
+// notifier keeps the webhooks.
+func NewService(events *Store, log *Log, b bus.Bus, sources MetricSources, notifier *Notifier, logger *zap.Logger) *Service {
+	return &Service{events: events, log: log, bus: b, sources: sources, notifier: notifier, logger: logger.Named("audit")}
 }
 
 func toEvent(e bus.Event) *opsconductorv1.Event {

@@ -58,6 +58,8 @@ const (
 	PermEventsWrite = "events:write"
 	// The business metrics (GET /api/v1/metrics).
 	PermMetricsRead = "metrics:read"
+	// Webhook subscriptions and their delivery logs.
+	PermWebhooksManage = "webhooks:manage"
 )
 
 // Permissions lists every permission, for validating custom roles.
@@ -65,14 +67,15 @@ var Permissions = []string{
 	PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected,
 	PermExecutionsDanger, PermAgentsRead, PermAgentsManage, PermTokensManage, PermUsersManage, PermAuditRead,
 	PermCredentialsRead, PermCredentialsManage, PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite,
-	PermSchedulesBlackouts, PermEventsRead, PermEventsWrite, PermMetricsRead,
+	PermSchedulesBlackouts, PermEventsRead, PermEventsWrite, PermMetricsRead, PermWebhooksManage,
 }
 
 // builtinRoles maps each built-in role to its permissions; "*" is all.
 var builtinRoles = map[string][]string{
 	"admin": {"*"},
 	"operator": {PermSelfRead, PermJobsRead, PermExecutionsRead, PermExecutionsRun, PermExecutionsRunProtected, PermAgentsRead, PermCredentialsRead,
-		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite, PermSchedulesBlackouts, PermEventsRead, PermEventsWrite, PermMetricsRead},
+		PermInventoryRead, PermInventoryWrite, PermSchedulesRead, PermSchedulesWrite, PermSchedulesBlackouts, PermEventsRead, PermEventsWrite, PermMetricsRead,
+		PermWebhooksManage},
 	"developer": {PermSelfRead, PermJobsRead, PermJobsWrite, PermExecutionsRead, PermExecutionsRun, PermAgentsRead, PermCredentialsRead, PermInventoryRead,
 		PermSchedulesRead, PermSchedulesWrite, PermEventsRead, PermMetricsRead},
 	"viewer":  {PermSelfRead, PermJobsRead, PermExecutionsRead, PermAgentsRead, PermInventoryRead, PermSchedulesRead, PermEventsRead, PermMetricsRead},

@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -298,4 +300,58 @@ func TestMetricsMatchAHandCountedFixture(t *testing.T) {
 	if fmt.Sprint(st.fields()) != "[start_time]" {
 		t.Fatalf("an empty window: %+v", st)
 	}
+}
+
+// TestWebhookOverREST: a webhook made through the API gets the job.created
+// event of a job made through the API, signed with its secret.
+func TestWebhookOverREST(t *testing.T) {
+	srv := startApp(t, store.SQLite)
+	const secret = "a-secret-of-some-length"
+	got := make(chan string, 10)
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if err := audit.VerifySignature(secret, r.Header.Get("X-OpsConductor-Signature"), body, time.Now(), time.Minute); err != nil {
+			got <- "bad signature: " + err.Error()
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		got <- r.Header.Get("X-OpsConductor-Event")
+	}))
+	defer receiver.Close()
+	var created struct {
+		Webhook struct {
+			ID string `json:"id"`
+		} `json:"webhook"`
+	}
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/webhooks", map[string]any{"webhook": map[string]any{"name": "chat", "url": receiver.URL,
+		"eventTypes": []string{"job.created"}}, "secret": secret}, &created))
+	var listed struct {
+		Webhooks []map[string]any `json:"webhooks"`
+	}
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/webhooks", nil, &listed))
+	if len(listed.Webhooks) != 1 || fmt.Sprint(listed.Webhooks[0]["secret"]) != "<nil>" {
+		t.Fatalf("webhooks: %+v", listed)
+	}
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/jobs", validJob("announced"), nil))
+	select {
+	case e := <-got:
+		if e != "job.created" {
+			t.Fatalf("the receiver got %q", e)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no delivery")
+	}
+	cptest.Eventually(t, 10*time.Second, func() error {
+		var log struct {
+			Attempts []struct {
+				StatusCode int    `json:"statusCode"`
+				State      string `json:"state"`
+			} `json:"attempts"`
+		}
+		cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/webhooks/"+created.Webhook.ID+"/deliveries", nil, &log))
+		if len(log.Attempts) != 1 || log.Attempts[0].StatusCode != 200 || log.Attempts[0].State != "delivered" {
+			return fmt.Errorf("delivery log: %+v", log)
+		}
+		return nil
+	})
 }

@@ -78,6 +78,8 @@ type App struct {
 	// bus to the audit service's store (auditor).
 	publishers []*outbox.Publisher
 	auditor    *audit.Consumer
+	notifier   *audit.Notifier
+	eventBus   bus.Bus
 	rabbit     *bus.Rabbit // nil unless --bus rabbitmq
 	gateway    *dispatch.Gateway
 	sync       *inventory.Syncer // nil: no external inventory
@@ -181,6 +183,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	auditEvents := audit.NewStore(auditDB)
 	auditLog := audit.NewLog(auditDB)
 	a.auditor = audit.NewConsumer(auditEvents, eventBus, logger)
+	a.eventBus = eventBus
 
 	metricsReg := prometheus.NewRegistry()
 	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -225,6 +228,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		return nil, err
 	}
 	schedStore := schedule.NewStore(schedDB)
+	a.notifier = audit.NewNotifier(auditDB, box, logger, audit.NotifierConfig{})
 	auditSvc := audit.NewService(auditEvents, auditLog, eventBus, audit.MetricSources{
 		Executions: func(ctx context.Context, from, to time.Time) ([]audit.Execution, error) {
 			sums, err := execStore.Summaries(ctx, from, to)
@@ -236,7 +240,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		},
 		Agents: reg.AgentCounts,
 		Fires:  schedStore.FireStats,
-	}, logger)
+	}, a.notifier, logger)
 	schedules := schedule.NewService(schedStore, execs, nil, logger)
 	a.scheduler = schedule.NewScheduler(schedDB, schedStore, execs, nil, logger, schedule.SchedulerConfig{})
 	// Each service's outbox relay hands its committed events to in-process
@@ -400,16 +404,19 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	for _, r := range a.relays {
 		background("outbox", r.Run)
 	}
-	// The audit group exists before anything is published (on RabbitMQ a
-	// queue only gets what comes after it).
+	// The audit and notification groups exist before anything is
+	// published (on RabbitMQ a queue only gets what comes after it).
 	declared := make(chan struct{})
 	background("audit", func(ctx context.Context) error {
 		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
 			err := a.auditor.Declare(ctx)
 			if err == nil {
+				err = a.notifier.Declare(ctx, a.eventBus)
+			}
+			if err == nil {
 				break
 			}
-			a.logger.Warn("declare the audit service's consumer group; retrying", zap.Error(err), zap.Duration("retry_in", backoff))
+			a.logger.Warn("declare the audit service's consumer groups; retrying", zap.Error(err), zap.Duration("retry_in", backoff))
 			select {
 			case <-ctx.Done():
 				return nil
@@ -419,6 +426,15 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		close(declared)
 		return a.auditor.Run(ctx)
 	})
+	background("webhooks", func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-declared:
+		}
+		return a.notifier.Consume(ctx, a.eventBus)
+	})
+	background("webhook-deliveries", a.notifier.Run)
 	for _, p := range a.publishers {
 		background("publisher", func(ctx context.Context) error {
 			select {

@@ -1242,6 +1242,654 @@ func (x *GetMetricsResponse) GetSchedules() *ScheduleMetrics {
 	return nil
 }
 
+type Webhook struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name  string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// http:// or https://.
+	Url string `protobuf:"bytes,3,opt,name=url,proto3" json:"url,omitempty"`
+	// Types (execution.completed), families (execution.*) or *.
+	EventTypes []string `protobuf:"bytes,4,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
+	// active, or disabled (after persistent failures; see disabled_reason).
+	State string `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
+	// Events in a row it failed to take.
+	Failures       int32                  `protobuf:"varint,6,opt,name=failures,proto3" json:"failures,omitempty"`
+	DisabledReason string                 `protobuf:"bytes,7,opt,name=disabled_reason,json=disabledReason,proto3" json:"disabled_reason,omitempty"`
+	CreatedBy      string                 `protobuf:"bytes,8,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	CreateTime     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Webhook) Reset() {
+	*x = Webhook{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Webhook) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Webhook) ProtoMessage() {}
+
+func (x *Webhook) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
+func (*Webhook) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Webhook) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Webhook) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Webhook) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *Webhook) GetEventTypes() []string {
+	if x != nil {
+		return x.EventTypes
+	}
+	return nil
+}
+
+func (x *Webhook) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Webhook) GetFailures() int32 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *Webhook) GetDisabledReason() string {
+	if x != nil {
+		return x.DisabledReason
+	}
+	return ""
+}
+
+func (x *Webhook) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Webhook) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+type CreateWebhookRequest struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Webhook *Webhook               `protobuf:"bytes,1,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	// At least 16 characters; write-only (never shown again).
+	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWebhookRequest) Reset() {
+	*x = CreateWebhookRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWebhookRequest) ProtoMessage() {}
+
+func (x *CreateWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWebhookRequest.ProtoReflect.Descriptor instead.
+func (*CreateWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *CreateWebhookRequest) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+func (x *CreateWebhookRequest) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+type CreateWebhookResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Webhook       *Webhook               `protobuf:"bytes,1,opt,name=webhook,proto3" json:"webhook,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateWebhookResponse) Reset() {
+	*x = CreateWebhookResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateWebhookResponse) ProtoMessage() {}
+
+func (x *CreateWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateWebhookResponse.ProtoReflect.Descriptor instead.
+func (*CreateWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *CreateWebhookResponse) GetWebhook() *Webhook {
+	if x != nil {
+		return x.Webhook
+	}
+	return nil
+}
+
+type ListWebhooksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhooksRequest) Reset() {
+	*x = ListWebhooksRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhooksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhooksRequest) ProtoMessage() {}
+
+func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhooksRequest.ProtoReflect.Descriptor instead.
+func (*ListWebhooksRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{18}
+}
+
+type ListWebhooksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Webhooks      []*Webhook             `protobuf:"bytes,1,rep,name=webhooks,proto3" json:"webhooks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhooksResponse) Reset() {
+	*x = ListWebhooksResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhooksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhooksResponse) ProtoMessage() {}
+
+func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhooksResponse.ProtoReflect.Descriptor instead.
+func (*ListWebhooksResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListWebhooksResponse) GetWebhooks() []*Webhook {
+	if x != nil {
+		return x.Webhooks
+	}
+	return nil
+}
+
+type DeleteWebhookRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWebhookRequest) Reset() {
+	*x = DeleteWebhookRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWebhookRequest) ProtoMessage() {}
+
+func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWebhookRequest.ProtoReflect.Descriptor instead.
+func (*DeleteWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DeleteWebhookRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type DeleteWebhookResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteWebhookResponse) Reset() {
+	*x = DeleteWebhookResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteWebhookResponse) ProtoMessage() {}
+
+func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteWebhookResponse.ProtoReflect.Descriptor instead.
+func (*DeleteWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{21}
+}
+
+type EnableWebhookRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableWebhookRequest) Reset() {
+	*x = EnableWebhookRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableWebhookRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableWebhookRequest) ProtoMessage() {}
+
+func (x *EnableWebhookRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableWebhookRequest.ProtoReflect.Descriptor instead.
+func (*EnableWebhookRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *EnableWebhookRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type EnableWebhookResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableWebhookResponse) Reset() {
+	*x = EnableWebhookResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableWebhookResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableWebhookResponse) ProtoMessage() {}
+
+func (x *EnableWebhookResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableWebhookResponse.ProtoReflect.Descriptor instead.
+func (*EnableWebhookResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{23}
+}
+
+type WebhookAttempt struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	EventId   string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	EventType string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// The delivery's state: pending, delivered or failed.
+	State   string                 `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	Attempt int32                  `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Time    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// 0 when no answer came.
+	StatusCode      int32   `protobuf:"varint,6,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	Error           string  `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
+	DurationSeconds float64 `protobuf:"fixed64,8,opt,name=duration_seconds,json=durationSeconds,proto3" json:"duration_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WebhookAttempt) Reset() {
+	*x = WebhookAttempt{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookAttempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookAttempt) ProtoMessage() {}
+
+func (x *WebhookAttempt) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookAttempt.ProtoReflect.Descriptor instead.
+func (*WebhookAttempt) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *WebhookAttempt) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *WebhookAttempt) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *WebhookAttempt) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *WebhookAttempt) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *WebhookAttempt) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *WebhookAttempt) GetStatusCode() int32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+func (x *WebhookAttempt) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *WebhookAttempt) GetDurationSeconds() float64 {
+	if x != nil {
+		return x.DurationSeconds
+	}
+	return 0
+}
+
+type ListWebhookDeliveriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Default 100, at most 1000.
+	Limit         int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhookDeliveriesRequest) Reset() {
+	*x = ListWebhookDeliveriesRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhookDeliveriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhookDeliveriesRequest) ProtoMessage() {}
+
+func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhookDeliveriesRequest.ProtoReflect.Descriptor instead.
+func (*ListWebhookDeliveriesRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListWebhookDeliveriesRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ListWebhookDeliveriesRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+type ListWebhookDeliveriesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attempts      []*WebhookAttempt      `protobuf:"bytes,1,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWebhookDeliveriesResponse) Reset() {
+	*x = ListWebhookDeliveriesResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWebhookDeliveriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWebhookDeliveriesResponse) ProtoMessage() {}
+
+func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWebhookDeliveriesResponse.ProtoReflect.Descriptor instead.
+func (*ListWebhookDeliveriesResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListWebhookDeliveriesResponse) GetAttempts() []*WebhookAttempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
 var File_opsconductor_v1_audit_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_audit_proto_rawDesc = "" +
@@ -1369,7 +2017,50 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	" \x01(\v2 .opsconductor.v1.ScheduleMetricsR\tschedules\x1aE\n" +
 	"\x17ExecutionsByStatusEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x012\xc4\x05\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x97\x02\n" +
+	"\aWebhook\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x10\n" +
+	"\x03url\x18\x03 \x01(\tR\x03url\x12\x1f\n" +
+	"\vevent_types\x18\x04 \x03(\tR\n" +
+	"eventTypes\x12\x14\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x12\x1a\n" +
+	"\bfailures\x18\x06 \x01(\x05R\bfailures\x12'\n" +
+	"\x0fdisabled_reason\x18\a \x01(\tR\x0edisabledReason\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\b \x01(\tR\tcreatedBy\x12;\n" +
+	"\vcreate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"b\n" +
+	"\x14CreateWebhookRequest\x122\n" +
+	"\awebhook\x18\x01 \x01(\v2\x18.opsconductor.v1.WebhookR\awebhook\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\"K\n" +
+	"\x15CreateWebhookResponse\x122\n" +
+	"\awebhook\x18\x01 \x01(\v2\x18.opsconductor.v1.WebhookR\awebhook\"\x15\n" +
+	"\x13ListWebhooksRequest\"L\n" +
+	"\x14ListWebhooksResponse\x124\n" +
+	"\bwebhooks\x18\x01 \x03(\v2\x18.opsconductor.v1.WebhookR\bwebhooks\"&\n" +
+	"\x14DeleteWebhookRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
+	"\x15DeleteWebhookResponse\"&\n" +
+	"\x14EnableWebhookRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x17\n" +
+	"\x15EnableWebhookResponse\"\x8c\x02\n" +
+	"\x0eWebhookAttempt\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\x05R\aattempt\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1f\n" +
+	"\vstatus_code\x18\x06 \x01(\x05R\n" +
+	"statusCode\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\x12)\n" +
+	"\x10duration_seconds\x18\b \x01(\x01R\x0fdurationSeconds\"D\n" +
+	"\x1cListWebhookDeliveriesRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\\\n" +
+	"\x1dListWebhookDeliveriesResponse\x12;\n" +
+	"\battempts\x18\x01 \x03(\v2\x1f.opsconductor.v1.WebhookAttemptR\battempts2\xd6\v\n" +
 	"\fAuditService\x12~\n" +
 	"\n" +
 	"ListEvents\x12\".opsconductor.v1.ListEventsRequest\x1a#.opsconductor.v1.ListEventsResponse\"'\x8a\xb5\x18\r\n" +
@@ -1382,6 +2073,16 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\n" +
 	"GetMetrics\x12\".opsconductor.v1.GetMetricsRequest\x1a#.opsconductor.v1.GetMetricsResponse\")\x8a\xb5\x18\x0e\n" +
 	"\fmetrics:read\x82\xd3\xe4\x93\x02\x11\x12\x0f/api/v1/metrics\x12\x92\x01\n" +
+	"\rCreateWebhook\x12%.opsconductor.v1.CreateWebhookRequest\x1a&.opsconductor.v1.CreateWebhookResponse\"2\x8a\xb5\x18\x13\n" +
+	"\x0fwebhooks:manage\x10\x01\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/api/v1/webhooks\x12\x8a\x01\n" +
+	"\fListWebhooks\x12$.opsconductor.v1.ListWebhooksRequest\x1a%.opsconductor.v1.ListWebhooksResponse\"-\x8a\xb5\x18\x11\n" +
+	"\x0fwebhooks:manage\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/webhooks\x12\x94\x01\n" +
+	"\rDeleteWebhook\x12%.opsconductor.v1.DeleteWebhookRequest\x1a&.opsconductor.v1.DeleteWebhookResponse\"4\x8a\xb5\x18\x13\n" +
+	"\x0fwebhooks:manage\x10\x01\x82\xd3\xe4\x93\x02\x17*\x15/api/v1/webhooks/{id}\x12\x9e\x01\n" +
+	"\rEnableWebhook\x12%.opsconductor.v1.EnableWebhookRequest\x1a&.opsconductor.v1.EnableWebhookResponse\">\x8a\xb5\x18\x13\n" +
+	"\x0fwebhooks:manage\x10\x01\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/api/v1/webhooks/{id}/enable\x12\xb5\x01\n" +
+	"\x15ListWebhookDeliveries\x12-.opsconductor.v1.ListWebhookDeliveriesRequest\x1a..opsconductor.v1.ListWebhookDeliveriesResponse\"=\x8a\xb5\x18\x11\n" +
+	"\x0fwebhooks:manage\x82\xd3\xe4\x93\x02\"\x12 /api/v1/webhooks/{id}/deliveries\x12\x92\x01\n" +
 	"\x0eVerifyAuditLog\x12&.opsconductor.v1.VerifyAuditLogRequest\x1a'.opsconductor.v1.VerifyAuditLogResponse\"/\x8a\xb5\x18\f\n" +
 	"\n" +
 	"audit:read\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/api/v1/audit/verifyBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
@@ -1398,66 +2099,94 @@ func file_opsconductor_v1_audit_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_audit_proto_rawDescData
 }
 
-var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_opsconductor_v1_audit_proto_goTypes = []any{
-	(*Event)(nil),                    // 0: opsconductor.v1.Event
-	(*ListEventsRequest)(nil),        // 1: opsconductor.v1.ListEventsRequest
-	(*ListEventsResponse)(nil),       // 2: opsconductor.v1.ListEventsResponse
-	(*PublishEventRequest)(nil),      // 3: opsconductor.v1.PublishEventRequest
-	(*PublishEventResponse)(nil),     // 4: opsconductor.v1.PublishEventResponse
-	(*AuditRecord)(nil),              // 5: opsconductor.v1.AuditRecord
-	(*ListAuditRecordsRequest)(nil),  // 6: opsconductor.v1.ListAuditRecordsRequest
-	(*ListAuditRecordsResponse)(nil), // 7: opsconductor.v1.ListAuditRecordsResponse
-	(*VerifyAuditLogRequest)(nil),    // 8: opsconductor.v1.VerifyAuditLogRequest
-	(*VerifyAuditLogResponse)(nil),   // 9: opsconductor.v1.VerifyAuditLogResponse
-	(*GetMetricsRequest)(nil),        // 10: opsconductor.v1.GetMetricsRequest
-	(*DurationStats)(nil),            // 11: opsconductor.v1.DurationStats
-	(*JobMetrics)(nil),               // 12: opsconductor.v1.JobMetrics
-	(*ScheduleMetrics)(nil),          // 13: opsconductor.v1.ScheduleMetrics
-	(*GetMetricsResponse)(nil),       // 14: opsconductor.v1.GetMetricsResponse
-	nil,                              // 15: opsconductor.v1.JobMetrics.ByStatusEntry
-	nil,                              // 16: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	nil,                              // 17: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
-	(*timestamppb.Timestamp)(nil),    // 18: google.protobuf.Timestamp
-	(*structpb.Value)(nil),           // 19: google.protobuf.Value
+	(*Event)(nil),                         // 0: opsconductor.v1.Event
+	(*ListEventsRequest)(nil),             // 1: opsconductor.v1.ListEventsRequest
+	(*ListEventsResponse)(nil),            // 2: opsconductor.v1.ListEventsResponse
+	(*PublishEventRequest)(nil),           // 3: opsconductor.v1.PublishEventRequest
+	(*PublishEventResponse)(nil),          // 4: opsconductor.v1.PublishEventResponse
+	(*AuditRecord)(nil),                   // 5: opsconductor.v1.AuditRecord
+	(*ListAuditRecordsRequest)(nil),       // 6: opsconductor.v1.ListAuditRecordsRequest
+	(*ListAuditRecordsResponse)(nil),      // 7: opsconductor.v1.ListAuditRecordsResponse
+	(*VerifyAuditLogRequest)(nil),         // 8: opsconductor.v1.VerifyAuditLogRequest
+	(*VerifyAuditLogResponse)(nil),        // 9: opsconductor.v1.VerifyAuditLogResponse
+	(*GetMetricsRequest)(nil),             // 10: opsconductor.v1.GetMetricsRequest
+	(*DurationStats)(nil),                 // 11: opsconductor.v1.DurationStats
+	(*JobMetrics)(nil),                    // 12: opsconductor.v1.JobMetrics
+	(*ScheduleMetrics)(nil),               // 13: opsconductor.v1.ScheduleMetrics
+	(*GetMetricsResponse)(nil),            // 14: opsconductor.v1.GetMetricsResponse
+	(*Webhook)(nil),                       // 15: opsconductor.v1.Webhook
+	(*CreateWebhookRequest)(nil),          // 16: opsconductor.v1.CreateWebhookRequest
+	(*CreateWebhookResponse)(nil),         // 17: opsconductor.v1.CreateWebhookResponse
+	(*ListWebhooksRequest)(nil),           // 18: opsconductor.v1.ListWebhooksRequest
+	(*ListWebhooksResponse)(nil),          // 19: opsconductor.v1.ListWebhooksResponse
+	(*DeleteWebhookRequest)(nil),          // 20: opsconductor.v1.DeleteWebhookRequest
+	(*DeleteWebhookResponse)(nil),         // 21: opsconductor.v1.DeleteWebhookResponse
+	(*EnableWebhookRequest)(nil),          // 22: opsconductor.v1.EnableWebhookRequest
+	(*EnableWebhookResponse)(nil),         // 23: opsconductor.v1.EnableWebhookResponse
+	(*WebhookAttempt)(nil),                // 24: opsconductor.v1.WebhookAttempt
+	(*ListWebhookDeliveriesRequest)(nil),  // 25: opsconductor.v1.ListWebhookDeliveriesRequest
+	(*ListWebhookDeliveriesResponse)(nil), // 26: opsconductor.v1.ListWebhookDeliveriesResponse
+	nil,                                   // 27: opsconductor.v1.JobMetrics.ByStatusEntry
+	nil,                                   // 28: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	nil,                                   // 29: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	(*timestamppb.Timestamp)(nil),         // 30: google.protobuf.Timestamp
+	(*structpb.Value)(nil),                // 31: google.protobuf.Value
 }
 var file_opsconductor_v1_audit_proto_depIdxs = []int32{
-	18, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
-	19, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
-	18, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	18, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	30, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	31, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
+	30, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	30, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: opsconductor.v1.ListEventsResponse.events:type_name -> opsconductor.v1.Event
-	19, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
-	18, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	18, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
-	18, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
+	31, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
+	30, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	30, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
+	30, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 9: opsconductor.v1.ListAuditRecordsResponse.records:type_name -> opsconductor.v1.AuditRecord
-	18, // 10: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
-	18, // 11: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
-	15, // 12: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
+	30, // 10: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
+	30, // 11: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
+	27, // 12: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
 	11, // 13: opsconductor.v1.JobMetrics.duration:type_name -> opsconductor.v1.DurationStats
-	16, // 14: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	18, // 15: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
-	18, // 16: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
-	17, // 17: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	28, // 14: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	30, // 15: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
+	30, // 16: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
+	29, // 17: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
 	11, // 18: opsconductor.v1.GetMetricsResponse.duration:type_name -> opsconductor.v1.DurationStats
 	12, // 19: opsconductor.v1.GetMetricsResponse.jobs:type_name -> opsconductor.v1.JobMetrics
 	13, // 20: opsconductor.v1.GetMetricsResponse.schedules:type_name -> opsconductor.v1.ScheduleMetrics
-	1,  // 21: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
-	3,  // 22: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
-	6,  // 23: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
-	10, // 24: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
-	8,  // 25: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
-	2,  // 26: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
-	4,  // 27: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
-	7,  // 28: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
-	14, // 29: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
-	9,  // 30: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
-	26, // [26:31] is the sub-list for method output_type
-	21, // [21:26] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	30, // 21: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	15, // 22: opsconductor.v1.CreateWebhookRequest.webhook:type_name -> opsconductor.v1.Webhook
+	15, // 23: opsconductor.v1.CreateWebhookResponse.webhook:type_name -> opsconductor.v1.Webhook
+	15, // 24: opsconductor.v1.ListWebhooksResponse.webhooks:type_name -> opsconductor.v1.Webhook
+	30, // 25: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
+	24, // 26: opsconductor.v1.ListWebhookDeliveriesResponse.attempts:type_name -> opsconductor.v1.WebhookAttempt
+	1,  // 27: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
+	3,  // 28: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
+	6,  // 29: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
+	10, // 30: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
+	16, // 31: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
+	18, // 32: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
+	20, // 33: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
+	22, // 34: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
+	25, // 35: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
+	8,  // 36: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
+	2,  // 37: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
+	4,  // 38: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
+	7,  // 39: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
+	14, // 40: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
+	17, // 41: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
+	19, // 42: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
+	21, // 43: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
+	23, // 44: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
+	26, // 45: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
+	9,  // 46: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
+	37, // [37:47] is the sub-list for method output_type
+	27, // [27:37] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_audit_proto_init() }
@@ -1472,7 +2201,7 @@ func file_opsconductor_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_audit_proto_rawDesc), len(file_opsconductor_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -43,6 +43,21 @@ const (
 	AuditServiceListAuditRecordsProcedure = "/opsconductor.v1.AuditService/ListAuditRecords"
 	// AuditServiceGetMetricsProcedure is the fully-qualified name of the AuditService's GetMetrics RPC.
 	AuditServiceGetMetricsProcedure = "/opsconductor.v1.AuditService/GetMetrics"
+	// AuditServiceCreateWebhookProcedure is the fully-qualified name of the AuditService's
+	// CreateWebhook RPC.
+	AuditServiceCreateWebhookProcedure = "/opsconductor.v1.AuditService/CreateWebhook"
+	// AuditServiceListWebhooksProcedure is the fully-qualified name of the AuditService's ListWebhooks
+	// RPC.
+	AuditServiceListWebhooksProcedure = "/opsconductor.v1.AuditService/ListWebhooks"
+	// AuditServiceDeleteWebhookProcedure is the fully-qualified name of the AuditService's
+	// DeleteWebhook RPC.
+	AuditServiceDeleteWebhookProcedure = "/opsconductor.v1.AuditService/DeleteWebhook"
+	// AuditServiceEnableWebhookProcedure is the fully-qualified name of the AuditService's
+	// EnableWebhook RPC.
+	AuditServiceEnableWebhookProcedure = "/opsconductor.v1.AuditService/EnableWebhook"
+	// AuditServiceListWebhookDeliveriesProcedure is the fully-qualified name of the AuditService's
+	// ListWebhookDeliveries RPC.
+	AuditServiceListWebhookDeliveriesProcedure = "/opsconductor.v1.AuditService/ListWebhookDeliveries"
 	// AuditServiceVerifyAuditLogProcedure is the fully-qualified name of the AuditService's
 	// VerifyAuditLog RPC.
 	AuditServiceVerifyAuditLogProcedure = "/opsconductor.v1.AuditService/VerifyAuditLog"
@@ -62,6 +77,17 @@ type AuditServiceClient interface {
 	// by status, success rate and durations per job and overall, agents
 	// online and offline, schedule fires and their lateness.
 	GetMetrics(context.Context, *connect.Request[v1.GetMetricsRequest]) (*connect.Response[v1.GetMetricsResponse], error)
+	// CreateWebhook subscribes a URL to events: each is POSTed as JSON,
+	// signed (X-OpsConductor-Signature: t=UNIX,v1=HMAC-SHA256 of
+	// "UNIX.BODY" with the secret), retried with exponential backoff.
+	CreateWebhook(context.Context, *connect.Request[v1.CreateWebhookRequest]) (*connect.Response[v1.CreateWebhookResponse], error)
+	ListWebhooks(context.Context, *connect.Request[v1.ListWebhooksRequest]) (*connect.Response[v1.ListWebhooksResponse], error)
+	DeleteWebhook(context.Context, *connect.Request[v1.DeleteWebhookRequest]) (*connect.Response[v1.DeleteWebhookResponse], error)
+	// EnableWebhook makes a webhook disabled after persistent failures
+	// active again.
+	EnableWebhook(context.Context, *connect.Request[v1.EnableWebhookRequest]) (*connect.Response[v1.EnableWebhookResponse], error)
+	// ListWebhookDeliveries is a webhook's delivery log, newest first.
+	ListWebhookDeliveries(context.Context, *connect.Request[v1.ListWebhookDeliveriesRequest]) (*connect.Response[v1.ListWebhookDeliveriesResponse], error)
 	// VerifyAuditLog walks the whole chain and names the first record that
 	// was edited, deleted or moved.
 	VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error)
@@ -102,6 +128,36 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(auditServiceMethods.ByName("GetMetrics")),
 			connect.WithClientOptions(opts...),
 		),
+		createWebhook: connect.NewClient[v1.CreateWebhookRequest, v1.CreateWebhookResponse](
+			httpClient,
+			baseURL+AuditServiceCreateWebhookProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("CreateWebhook")),
+			connect.WithClientOptions(opts...),
+		),
+		listWebhooks: connect.NewClient[v1.ListWebhooksRequest, v1.ListWebhooksResponse](
+			httpClient,
+			baseURL+AuditServiceListWebhooksProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("ListWebhooks")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteWebhook: connect.NewClient[v1.DeleteWebhookRequest, v1.DeleteWebhookResponse](
+			httpClient,
+			baseURL+AuditServiceDeleteWebhookProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("DeleteWebhook")),
+			connect.WithClientOptions(opts...),
+		),
+		enableWebhook: connect.NewClient[v1.EnableWebhookRequest, v1.EnableWebhookResponse](
+			httpClient,
+			baseURL+AuditServiceEnableWebhookProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("EnableWebhook")),
+			connect.WithClientOptions(opts...),
+		),
+		listWebhookDeliveries: connect.NewClient[v1.ListWebhookDeliveriesRequest, v1.ListWebhookDeliveriesResponse](
+			httpClient,
+			baseURL+AuditServiceListWebhookDeliveriesProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("ListWebhookDeliveries")),
+			connect.WithClientOptions(opts...),
+		),
 		verifyAuditLog: connect.NewClient[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse](
 			httpClient,
 			baseURL+AuditServiceVerifyAuditLogProcedure,
@@ -113,11 +169,16 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 
 // auditServiceClient implements AuditServiceClient.
 type auditServiceClient struct {
-	listEvents       *connect.Client[v1.ListEventsRequest, v1.ListEventsResponse]
-	publishEvent     *connect.Client[v1.PublishEventRequest, v1.PublishEventResponse]
-	listAuditRecords *connect.Client[v1.ListAuditRecordsRequest, v1.ListAuditRecordsResponse]
-	getMetrics       *connect.Client[v1.GetMetricsRequest, v1.GetMetricsResponse]
-	verifyAuditLog   *connect.Client[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse]
+	listEvents            *connect.Client[v1.ListEventsRequest, v1.ListEventsResponse]
+	publishEvent          *connect.Client[v1.PublishEventRequest, v1.PublishEventResponse]
+	listAuditRecords      *connect.Client[v1.ListAuditRecordsRequest, v1.ListAuditRecordsResponse]
+	getMetrics            *connect.Client[v1.GetMetricsRequest, v1.GetMetricsResponse]
+	createWebhook         *connect.Client[v1.CreateWebhookRequest, v1.CreateWebhookResponse]
+	listWebhooks          *connect.Client[v1.ListWebhooksRequest, v1.ListWebhooksResponse]
+	deleteWebhook         *connect.Client[v1.DeleteWebhookRequest, v1.DeleteWebhookResponse]
+	enableWebhook         *connect.Client[v1.EnableWebhookRequest, v1.EnableWebhookResponse]
+	listWebhookDeliveries *connect.Client[v1.ListWebhookDeliveriesRequest, v1.ListWebhookDeliveriesResponse]
+	verifyAuditLog        *connect.Client[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse]
 }
 
 // ListEvents calls opsconductor.v1.AuditService.ListEvents.
@@ -140,6 +201,31 @@ func (c *auditServiceClient) GetMetrics(ctx context.Context, req *connect.Reques
 	return c.getMetrics.CallUnary(ctx, req)
 }
 
+// CreateWebhook calls opsconductor.v1.AuditService.CreateWebhook.
+func (c *auditServiceClient) CreateWebhook(ctx context.Context, req *connect.Request[v1.CreateWebhookRequest]) (*connect.Response[v1.CreateWebhookResponse], error) {
+	return c.createWebhook.CallUnary(ctx, req)
+}
+
+// ListWebhooks calls opsconductor.v1.AuditService.ListWebhooks.
+func (c *auditServiceClient) ListWebhooks(ctx context.Context, req *connect.Request[v1.ListWebhooksRequest]) (*connect.Response[v1.ListWebhooksResponse], error) {
+	return c.listWebhooks.CallUnary(ctx, req)
+}
+
+// DeleteWebhook calls opsconductor.v1.AuditService.DeleteWebhook.
+func (c *auditServiceClient) DeleteWebhook(ctx context.Context, req *connect.Request[v1.DeleteWebhookRequest]) (*connect.Response[v1.DeleteWebhookResponse], error) {
+	return c.deleteWebhook.CallUnary(ctx, req)
+}
+
+// EnableWebhook calls opsconductor.v1.AuditService.EnableWebhook.
+func (c *auditServiceClient) EnableWebhook(ctx context.Context, req *connect.Request[v1.EnableWebhookRequest]) (*connect.Response[v1.EnableWebhookResponse], error) {
+	return c.enableWebhook.CallUnary(ctx, req)
+}
+
+// ListWebhookDeliveries calls opsconductor.v1.AuditService.ListWebhookDeliveries.
+func (c *auditServiceClient) ListWebhookDeliveries(ctx context.Context, req *connect.Request[v1.ListWebhookDeliveriesRequest]) (*connect.Response[v1.ListWebhookDeliveriesResponse], error) {
+	return c.listWebhookDeliveries.CallUnary(ctx, req)
+}
+
 // VerifyAuditLog calls opsconductor.v1.AuditService.VerifyAuditLog.
 func (c *auditServiceClient) VerifyAuditLog(ctx context.Context, req *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error) {
 	return c.verifyAuditLog.CallUnary(ctx, req)
@@ -159,6 +245,17 @@ type AuditServiceHandler interface {
 	// by status, success rate and durations per job and overall, agents
 	// online and offline, schedule fires and their lateness.
 	GetMetrics(context.Context, *connect.Request[v1.GetMetricsRequest]) (*connect.Response[v1.GetMetricsResponse], error)
+	// CreateWebhook subscribes a URL to events: each is POSTed as JSON,
+	// signed (X-OpsConductor-Signature: t=UNIX,v1=HMAC-SHA256 of
+	// "UNIX.BODY" with the secret), retried with exponential backoff.
+	CreateWebhook(context.Context, *connect.Request[v1.CreateWebhookRequest]) (*connect.Response[v1.CreateWebhookResponse], error)
+	ListWebhooks(context.Context, *connect.Request[v1.ListWebhooksRequest]) (*connect.Response[v1.ListWebhooksResponse], error)
+	DeleteWebhook(context.Context, *connect.Request[v1.DeleteWebhookRequest]) (*connect.Response[v1.DeleteWebhookResponse], error)
+	// EnableWebhook makes a webhook disabled after persistent failures
+	// active again.
+	EnableWebhook(context.Context, *connect.Request[v1.EnableWebhookRequest]) (*connect.Response[v1.EnableWebhookResponse], error)
+	// ListWebhookDeliveries is a webhook's delivery log, newest first.
+	ListWebhookDeliveries(context.Context, *connect.Request[v1.ListWebhookDeliveriesRequest]) (*connect.Response[v1.ListWebhookDeliveriesResponse], error)
 	// VerifyAuditLog walks the whole chain and names the first record that
 	// was edited, deleted or moved.
 	VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error)
@@ -195,6 +292,36 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(auditServiceMethods.ByName("GetMetrics")),
 		connect.WithHandlerOptions(opts...),
 	)
+	auditServiceCreateWebhookHandler := connect.NewUnaryHandler(
+		AuditServiceCreateWebhookProcedure,
+		svc.CreateWebhook,
+		connect.WithSchema(auditServiceMethods.ByName("CreateWebhook")),
+		connect.WithHandlerOptions(opts...),
+	)
+	auditServiceListWebhooksHandler := connect.NewUnaryHandler(
+		AuditServiceListWebhooksProcedure,
+		svc.ListWebhooks,
+		connect.WithSchema(auditServiceMethods.ByName("ListWebhooks")),
+		connect.WithHandlerOptions(opts...),
+	)
+	auditServiceDeleteWebhookHandler := connect.NewUnaryHandler(
+		AuditServiceDeleteWebhookProcedure,
+		svc.DeleteWebhook,
+		connect.WithSchema(auditServiceMethods.ByName("DeleteWebhook")),
+		connect.WithHandlerOptions(opts...),
+	)
+	auditServiceEnableWebhookHandler := connect.NewUnaryHandler(
+		AuditServiceEnableWebhookProcedure,
+		svc.EnableWebhook,
+		connect.WithSchema(auditServiceMethods.ByName("EnableWebhook")),
+		connect.WithHandlerOptions(opts...),
+	)
+	auditServiceListWebhookDeliveriesHandler := connect.NewUnaryHandler(
+		AuditServiceListWebhookDeliveriesProcedure,
+		svc.ListWebhookDeliveries,
+		connect.WithSchema(auditServiceMethods.ByName("ListWebhookDeliveries")),
+		connect.WithHandlerOptions(opts...),
+	)
 	auditServiceVerifyAuditLogHandler := connect.NewUnaryHandler(
 		AuditServiceVerifyAuditLogProcedure,
 		svc.VerifyAuditLog,
@@ -211,6 +338,16 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 			auditServiceListAuditRecordsHandler.ServeHTTP(w, r)
 		case AuditServiceGetMetricsProcedure:
 			auditServiceGetMetricsHandler.ServeHTTP(w, r)
+		case AuditServiceCreateWebhookProcedure:
+			auditServiceCreateWebhookHandler.ServeHTTP(w, r)
+		case AuditServiceListWebhooksProcedure:
+			auditServiceListWebhooksHandler.ServeHTTP(w, r)
+		case AuditServiceDeleteWebhookProcedure:
+			auditServiceDeleteWebhookHandler.ServeHTTP(w, r)
+		case AuditServiceEnableWebhookProcedure:
+			auditServiceEnableWebhookHandler.ServeHTTP(w, r)
+		case AuditServiceListWebhookDeliveriesProcedure:
+			auditServiceListWebhookDeliveriesHandler.ServeHTTP(w, r)
 		case AuditServiceVerifyAuditLogProcedure:
 			auditServiceVerifyAuditLogHandler.ServeHTTP(w, r)
 		default:
@@ -236,6 +373,26 @@ func (UnimplementedAuditServiceHandler) ListAuditRecords(context.Context, *conne
 
 func (UnimplementedAuditServiceHandler) GetMetrics(context.Context, *connect.Request[v1.GetMetricsRequest]) (*connect.Response[v1.GetMetricsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.GetMetrics is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) CreateWebhook(context.Context, *connect.Request[v1.CreateWebhookRequest]) (*connect.Response[v1.CreateWebhookResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.CreateWebhook is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) ListWebhooks(context.Context, *connect.Request[v1.ListWebhooksRequest]) (*connect.Response[v1.ListWebhooksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.ListWebhooks is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) DeleteWebhook(context.Context, *connect.Request[v1.DeleteWebhookRequest]) (*connect.Response[v1.DeleteWebhookResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.DeleteWebhook is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) EnableWebhook(context.Context, *connect.Request[v1.EnableWebhookRequest]) (*connect.Response[v1.EnableWebhookResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.EnableWebhook is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) ListWebhookDeliveries(context.Context, *connect.Request[v1.ListWebhookDeliveriesRequest]) (*connect.Response[v1.ListWebhookDeliveriesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.ListWebhookDeliveries is not implemented"))
 }
 
 func (UnimplementedAuditServiceHandler) VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error) {
