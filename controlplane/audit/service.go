@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -206,4 +207,51 @@ func (s *Service) VerifyAuditLog(ctx context.Context, _ *connect.Request[opscond
 		s.logger.Error("audit log verification failed", zap.Int64("record", v.BadSeq), zap.String("problem", v.Problem))
 	}
 	return connect.NewResponse(&opsconductorv1.VerifyAuditLogResponse{Ok: v.OK, Records: v.Records, HeadHash: v.Head, BadSeq: v.BadSeq, Problem: v.Problem}), nil
+}
+
+// groups are the consumer groups whose dead letters the API shows.
+var groups = map[string]bool{Group: true, NotifyGroup: true}
+
+func groupOf(g string) (string, error) {
+	if g == "" {
+		return Group, nil
+	}
+	if !groups[g] {
+		return "", apperr.InvalidField("group", "%q is not a consumer group: audit or notifications", g)
+	}
+	return g, nil
+}
+
+// ListDeadLetters lists a group's dead letters.
+func (s *Service) ListDeadLetters(ctx context.Context, req *connect.Request[opsconductorv1.ListDeadLettersRequest]) (*connect.Response[opsconductorv1.ListDeadLettersResponse], error) {
+	g, err := groupOf(req.Msg.GetGroup())
+	if err != nil {
+		return nil, err
+	}
+	dead, err := s.bus.DeadLetters(ctx, g)
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ListDeadLettersResponse{}
+	for _, d := range dead {
+		resp.DeadLetters = append(resp.DeadLetters, &opsconductorv1.DeadLetter{Ref: d.Ref, Event: toEvent(d.Event), Deliveries: int32(d.Deliveries),
+			LastError: d.LastError, DeadTime: timestamppb.New(d.DeadAt)})
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// ReplayDeadLetter sends a dead letter to its group again.
+func (s *Service) ReplayDeadLetter(ctx context.Context, req *connect.Request[opsconductorv1.ReplayDeadLetterRequest]) (*connect.Response[opsconductorv1.ReplayDeadLetterResponse], error) {
+	g, err := groupOf(req.Msg.GetGroup())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.bus.Replay(ctx, g, req.Msg.GetRef()); err != nil {
+		if errors.Is(err, bus.ErrNoDeadLetter) {
+			return nil, apperr.NotFound("group %s has no dead letter %q", g, req.Msg.GetRef())
+		}
+		return nil, err
+	}
+	s.logger.Info("dead letter replayed", zap.String("group", g), zap.String("ref", req.Msg.GetRef()))
+	return connect.NewResponse(&opsconductorv1.ReplayDeadLetterResponse{}), nil
 }

@@ -163,6 +163,40 @@ func newEventsCmd(g *globals) *cobra.Command {
 	}
 	publish.Flags().StringVar(&payload, "payload", "", "the event's data as JSON")
 	publish.Flags().StringVar(&corr, "correlation-id", "", "ties it to a change or request")
-	cmd.AddCommand(list, publish)
+	var group string
+	dead := &cobra.Command{
+		Use:   "dead-letters",
+		Short: "List the events a consumer group gave up on, with the last error",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := g.audit().ListDeadLetters(cmd.Context(), connect.NewRequest(&opsconductorv1.ListDeadLettersRequest{Group: group}))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return g.printJSON(resp.Msg)
+			}
+			for _, d := range resp.Msg.GetDeadLetters() {
+				fmt.Fprintf(g.stdout, "%s  %s %s  after %d deliveries: %s\n", d.GetRef(), d.GetEvent().GetId(), d.GetEvent().GetType(), d.GetDeliveries(), d.GetLastError())
+			}
+			return nil
+		},
+	}
+	replay := &cobra.Command{
+		Use:   "replay REF",
+		Short: "Deliver a dead letter to its group once more (after fixing what failed)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if _, err := g.audit().ReplayDeadLetter(cmd.Context(), connect.NewRequest(&opsconductorv1.ReplayDeadLetterRequest{Group: group, Ref: args[0]})); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "replayed %s\n", args[0])
+			return nil
+		},
+	}
+	for _, c := range []*cobra.Command{dead, replay} {
+		c.Flags().StringVar(&group, "group", "audit", "the consumer group: audit or notifications")
+	}
+	cmd.AddCommand(list, publish, dead, replay)
 	return cmd
 }

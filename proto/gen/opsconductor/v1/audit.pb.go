@@ -1890,6 +1890,260 @@ func (x *ListWebhookDeliveriesResponse) GetAttempts() []*WebhookAttempt {
 	return nil
 }
 
+type DeadLetter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What ReplayDeadLetter takes.
+	Ref           string                 `protobuf:"bytes,1,opt,name=ref,proto3" json:"ref,omitempty"`
+	Event         *Event                 `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	Deliveries    int32                  `protobuf:"varint,3,opt,name=deliveries,proto3" json:"deliveries,omitempty"`
+	LastError     string                 `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	DeadTime      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=dead_time,json=deadTime,proto3" json:"dead_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DeadLetter) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetDeliveries() int32 {
+	if x != nil {
+		return x.Deliveries
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetDeadTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeadTime
+	}
+	return nil
+}
+
+type ListDeadLettersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The consumer group: audit or notifications (default audit).
+	Group         string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersRequest) Reset() {
+	*x = ListDeadLettersRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersRequest) ProtoMessage() {}
+
+func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListDeadLettersRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+type ListDeadLettersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetters   []*DeadLetter          `protobuf:"bytes,1,rep,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersResponse) Reset() {
+	*x = ListDeadLettersResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersResponse) ProtoMessage() {}
+
+func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return nil
+}
+
+type ReplayDeadLetterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Ref           string                 `protobuf:"bytes,2,opt,name=ref,proto3" json:"ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayDeadLetterRequest) Reset() {
+	*x = ReplayDeadLetterRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayDeadLetterRequest) ProtoMessage() {}
+
+func (x *ReplayDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*ReplayDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ReplayDeadLetterRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ReplayDeadLetterRequest) GetRef() string {
+	if x != nil {
+		return x.Ref
+	}
+	return ""
+}
+
+type ReplayDeadLetterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayDeadLetterResponse) Reset() {
+	*x = ReplayDeadLetterResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayDeadLetterResponse) ProtoMessage() {}
+
+func (x *ReplayDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*ReplayDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{31}
+}
+
 var File_opsconductor_v1_audit_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_audit_proto_rawDesc = "" +
@@ -2060,13 +2314,35 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05limit\x18\x02 \x01(\x05R\x05limit\"\\\n" +
 	"\x1dListWebhookDeliveriesResponse\x12;\n" +
-	"\battempts\x18\x01 \x03(\v2\x1f.opsconductor.v1.WebhookAttemptR\battempts2\xd6\v\n" +
+	"\battempts\x18\x01 \x03(\v2\x1f.opsconductor.v1.WebhookAttemptR\battempts\"\xc4\x01\n" +
+	"\n" +
+	"DeadLetter\x12\x10\n" +
+	"\x03ref\x18\x01 \x01(\tR\x03ref\x12,\n" +
+	"\x05event\x18\x02 \x01(\v2\x16.opsconductor.v1.EventR\x05event\x12\x1e\n" +
+	"\n" +
+	"deliveries\x18\x03 \x01(\x05R\n" +
+	"deliveries\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x127\n" +
+	"\tdead_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bdeadTime\".\n" +
+	"\x16ListDeadLettersRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\"Y\n" +
+	"\x17ListDeadLettersResponse\x12>\n" +
+	"\fdead_letters\x18\x01 \x03(\v2\x1b.opsconductor.v1.DeadLetterR\vdeadLetters\"A\n" +
+	"\x17ReplayDeadLetterRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x10\n" +
+	"\x03ref\x18\x02 \x01(\tR\x03ref\"\x1a\n" +
+	"\x18ReplayDeadLetterResponse2\xa6\x0e\n" +
 	"\fAuditService\x12~\n" +
 	"\n" +
 	"ListEvents\x12\".opsconductor.v1.ListEventsRequest\x1a#.opsconductor.v1.ListEventsResponse\"'\x8a\xb5\x18\r\n" +
 	"\vevents:read\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/events\x12\x8a\x01\n" +
 	"\fPublishEvent\x12$.opsconductor.v1.PublishEventRequest\x1a%.opsconductor.v1.PublishEventResponse\"-\x8a\xb5\x18\x10\n" +
-	"\fevents:write\x10\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/api/v1/events\x12\x8e\x01\n" +
+	"\fevents:write\x10\x01\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/api/v1/events\x12\x9a\x01\n" +
+	"\x0fListDeadLetters\x12'.opsconductor.v1.ListDeadLettersRequest\x1a(.opsconductor.v1.ListDeadLettersResponse\"4\x8a\xb5\x18\r\n" +
+	"\vevents:read\x82\xd3\xe4\x93\x02\x1d\x12\x1b/api/v1/events/dead-letters\x12\xb0\x01\n" +
+	"\x10ReplayDeadLetter\x12(.opsconductor.v1.ReplayDeadLetterRequest\x1a).opsconductor.v1.ReplayDeadLetterResponse\"G\x8a\xb5\x18\x10\n" +
+	"\fevents:write\x10\x01\x82\xd3\xe4\x93\x02-:\x01*\"(/api/v1/events/dead-letters/{ref}/replay\x12\x8e\x01\n" +
 	"\x10ListAuditRecords\x12(.opsconductor.v1.ListAuditRecordsRequest\x1a).opsconductor.v1.ListAuditRecordsResponse\"%\x8a\xb5\x18\f\n" +
 	"\n" +
 	"audit:read\x82\xd3\xe4\x93\x02\x0f\x12\r/api/v1/audit\x12\x80\x01\n" +
@@ -2099,7 +2375,7 @@ func file_opsconductor_v1_audit_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_audit_proto_rawDescData
 }
 
-var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_opsconductor_v1_audit_proto_goTypes = []any{
 	(*Event)(nil),                         // 0: opsconductor.v1.Event
 	(*ListEventsRequest)(nil),             // 1: opsconductor.v1.ListEventsRequest
@@ -2128,65 +2404,77 @@ var file_opsconductor_v1_audit_proto_goTypes = []any{
 	(*WebhookAttempt)(nil),                // 24: opsconductor.v1.WebhookAttempt
 	(*ListWebhookDeliveriesRequest)(nil),  // 25: opsconductor.v1.ListWebhookDeliveriesRequest
 	(*ListWebhookDeliveriesResponse)(nil), // 26: opsconductor.v1.ListWebhookDeliveriesResponse
-	nil,                                   // 27: opsconductor.v1.JobMetrics.ByStatusEntry
-	nil,                                   // 28: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	nil,                                   // 29: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
-	(*timestamppb.Timestamp)(nil),         // 30: google.protobuf.Timestamp
-	(*structpb.Value)(nil),                // 31: google.protobuf.Value
+	(*DeadLetter)(nil),                    // 27: opsconductor.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),        // 28: opsconductor.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),       // 29: opsconductor.v1.ListDeadLettersResponse
+	(*ReplayDeadLetterRequest)(nil),       // 30: opsconductor.v1.ReplayDeadLetterRequest
+	(*ReplayDeadLetterResponse)(nil),      // 31: opsconductor.v1.ReplayDeadLetterResponse
+	nil,                                   // 32: opsconductor.v1.JobMetrics.ByStatusEntry
+	nil,                                   // 33: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	nil,                                   // 34: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	(*timestamppb.Timestamp)(nil),         // 35: google.protobuf.Timestamp
+	(*structpb.Value)(nil),                // 36: google.protobuf.Value
 }
 var file_opsconductor_v1_audit_proto_depIdxs = []int32{
-	30, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
-	31, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
-	30, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	30, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	35, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	36, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
+	35, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	35, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: opsconductor.v1.ListEventsResponse.events:type_name -> opsconductor.v1.Event
-	31, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
-	30, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	30, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
-	30, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
+	36, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
+	35, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	35, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
+	35, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 9: opsconductor.v1.ListAuditRecordsResponse.records:type_name -> opsconductor.v1.AuditRecord
-	30, // 10: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
-	30, // 11: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
-	27, // 12: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
+	35, // 10: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
+	35, // 11: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
+	32, // 12: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
 	11, // 13: opsconductor.v1.JobMetrics.duration:type_name -> opsconductor.v1.DurationStats
-	28, // 14: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	30, // 15: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
-	30, // 16: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
-	29, // 17: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	33, // 14: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	35, // 15: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
+	35, // 16: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
+	34, // 17: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
 	11, // 18: opsconductor.v1.GetMetricsResponse.duration:type_name -> opsconductor.v1.DurationStats
 	12, // 19: opsconductor.v1.GetMetricsResponse.jobs:type_name -> opsconductor.v1.JobMetrics
 	13, // 20: opsconductor.v1.GetMetricsResponse.schedules:type_name -> opsconductor.v1.ScheduleMetrics
-	30, // 21: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	35, // 21: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
 	15, // 22: opsconductor.v1.CreateWebhookRequest.webhook:type_name -> opsconductor.v1.Webhook
 	15, // 23: opsconductor.v1.CreateWebhookResponse.webhook:type_name -> opsconductor.v1.Webhook
 	15, // 24: opsconductor.v1.ListWebhooksResponse.webhooks:type_name -> opsconductor.v1.Webhook
-	30, // 25: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
+	35, // 25: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
 	24, // 26: opsconductor.v1.ListWebhookDeliveriesResponse.attempts:type_name -> opsconductor.v1.WebhookAttempt
-	1,  // 27: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
-	3,  // 28: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
-	6,  // 29: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
-	10, // 30: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
-	16, // 31: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
-	18, // 32: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
-	20, // 33: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
-	22, // 34: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
-	25, // 35: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
-	8,  // 36: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
-	2,  // 37: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
-	4,  // 38: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
-	7,  // 39: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
-	14, // 40: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
-	17, // 41: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
-	19, // 42: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
-	21, // 43: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
-	23, // 44: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
-	26, // 45: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
-	9,  // 46: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
-	37, // [37:47] is the sub-list for method output_type
-	27, // [27:37] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	0,  // 27: opsconductor.v1.DeadLetter.event:type_name -> opsconductor.v1.Event
+	35, // 28: opsconductor.v1.DeadLetter.dead_time:type_name -> google.protobuf.Timestamp
+	27, // 29: opsconductor.v1.ListDeadLettersResponse.dead_letters:type_name -> opsconductor.v1.DeadLetter
+	1,  // 30: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
+	3,  // 31: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
+	28, // 32: opsconductor.v1.AuditService.ListDeadLetters:input_type -> opsconductor.v1.ListDeadLettersRequest
+	30, // 33: opsconductor.v1.AuditService.ReplayDeadLetter:input_type -> opsconductor.v1.ReplayDeadLetterRequest
+	6,  // 34: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
+	10, // 35: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
+	16, // 36: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
+	18, // 37: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
+	20, // 38: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
+	22, // 39: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
+	25, // 40: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
+	8,  // 41: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
+	2,  // 42: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
+	4,  // 43: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
+	29, // 44: opsconductor.v1.AuditService.ListDeadLetters:output_type -> opsconductor.v1.ListDeadLettersResponse
+	31, // 45: opsconductor.v1.AuditService.ReplayDeadLetter:output_type -> opsconductor.v1.ReplayDeadLetterResponse
+	7,  // 46: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
+	14, // 47: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
+	17, // 48: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
+	19, // 49: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
+	21, // 50: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
+	23, // 51: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
+	26, // 52: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
+	9,  // 53: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
+	42, // [42:54] is the sub-list for method output_type
+	30, // [30:42] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_audit_proto_init() }
@@ -2201,7 +2489,7 @@ func file_opsconductor_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_audit_proto_rawDesc), len(file_opsconductor_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,6 +38,12 @@ const (
 	// AuditServicePublishEventProcedure is the fully-qualified name of the AuditService's PublishEvent
 	// RPC.
 	AuditServicePublishEventProcedure = "/opsconductor.v1.AuditService/PublishEvent"
+	// AuditServiceListDeadLettersProcedure is the fully-qualified name of the AuditService's
+	// ListDeadLetters RPC.
+	AuditServiceListDeadLettersProcedure = "/opsconductor.v1.AuditService/ListDeadLetters"
+	// AuditServiceReplayDeadLetterProcedure is the fully-qualified name of the AuditService's
+	// ReplayDeadLetter RPC.
+	AuditServiceReplayDeadLetterProcedure = "/opsconductor.v1.AuditService/ReplayDeadLetter"
 	// AuditServiceListAuditRecordsProcedure is the fully-qualified name of the AuditService's
 	// ListAuditRecords RPC.
 	AuditServiceListAuditRecordsProcedure = "/opsconductor.v1.AuditService/ListAuditRecords"
@@ -71,6 +77,11 @@ type AuditServiceClient interface {
 	// PublishEvent logs an external system's event (type external.WHAT);
 	// it reaches the bus like the services' own.
 	PublishEvent(context.Context, *connect.Request[v1.PublishEventRequest]) (*connect.Response[v1.PublishEventResponse], error)
+	// ListDeadLetters lists the events a consumer group gave up on (after
+	// its delivery limit), oldest first.
+	ListDeadLetters(context.Context, *connect.Request[v1.ListDeadLettersRequest]) (*connect.Response[v1.ListDeadLettersResponse], error)
+	// ReplayDeadLetter delivers a dead letter to its group once more.
+	ReplayDeadLetter(context.Context, *connect.Request[v1.ReplayDeadLetterRequest]) (*connect.Response[v1.ReplayDeadLetterResponse], error)
 	// ListAuditRecords lists the audit log newest first.
 	ListAuditRecords(context.Context, *connect.Request[v1.ListAuditRecordsRequest]) (*connect.Response[v1.ListAuditRecordsResponse], error)
 	// GetMetrics sums up a window (default the last 24 hours): executions
@@ -114,6 +125,18 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			httpClient,
 			baseURL+AuditServicePublishEventProcedure,
 			connect.WithSchema(auditServiceMethods.ByName("PublishEvent")),
+			connect.WithClientOptions(opts...),
+		),
+		listDeadLetters: connect.NewClient[v1.ListDeadLettersRequest, v1.ListDeadLettersResponse](
+			httpClient,
+			baseURL+AuditServiceListDeadLettersProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("ListDeadLetters")),
+			connect.WithClientOptions(opts...),
+		),
+		replayDeadLetter: connect.NewClient[v1.ReplayDeadLetterRequest, v1.ReplayDeadLetterResponse](
+			httpClient,
+			baseURL+AuditServiceReplayDeadLetterProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("ReplayDeadLetter")),
 			connect.WithClientOptions(opts...),
 		),
 		listAuditRecords: connect.NewClient[v1.ListAuditRecordsRequest, v1.ListAuditRecordsResponse](
@@ -171,6 +194,8 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 type auditServiceClient struct {
 	listEvents            *connect.Client[v1.ListEventsRequest, v1.ListEventsResponse]
 	publishEvent          *connect.Client[v1.PublishEventRequest, v1.PublishEventResponse]
+	listDeadLetters       *connect.Client[v1.ListDeadLettersRequest, v1.ListDeadLettersResponse]
+	replayDeadLetter      *connect.Client[v1.ReplayDeadLetterRequest, v1.ReplayDeadLetterResponse]
 	listAuditRecords      *connect.Client[v1.ListAuditRecordsRequest, v1.ListAuditRecordsResponse]
 	getMetrics            *connect.Client[v1.GetMetricsRequest, v1.GetMetricsResponse]
 	createWebhook         *connect.Client[v1.CreateWebhookRequest, v1.CreateWebhookResponse]
@@ -189,6 +214,16 @@ func (c *auditServiceClient) ListEvents(ctx context.Context, req *connect.Reques
 // PublishEvent calls opsconductor.v1.AuditService.PublishEvent.
 func (c *auditServiceClient) PublishEvent(ctx context.Context, req *connect.Request[v1.PublishEventRequest]) (*connect.Response[v1.PublishEventResponse], error) {
 	return c.publishEvent.CallUnary(ctx, req)
+}
+
+// ListDeadLetters calls opsconductor.v1.AuditService.ListDeadLetters.
+func (c *auditServiceClient) ListDeadLetters(ctx context.Context, req *connect.Request[v1.ListDeadLettersRequest]) (*connect.Response[v1.ListDeadLettersResponse], error) {
+	return c.listDeadLetters.CallUnary(ctx, req)
+}
+
+// ReplayDeadLetter calls opsconductor.v1.AuditService.ReplayDeadLetter.
+func (c *auditServiceClient) ReplayDeadLetter(ctx context.Context, req *connect.Request[v1.ReplayDeadLetterRequest]) (*connect.Response[v1.ReplayDeadLetterResponse], error) {
+	return c.replayDeadLetter.CallUnary(ctx, req)
 }
 
 // ListAuditRecords calls opsconductor.v1.AuditService.ListAuditRecords.
@@ -239,6 +274,11 @@ type AuditServiceHandler interface {
 	// PublishEvent logs an external system's event (type external.WHAT);
 	// it reaches the bus like the services' own.
 	PublishEvent(context.Context, *connect.Request[v1.PublishEventRequest]) (*connect.Response[v1.PublishEventResponse], error)
+	// ListDeadLetters lists the events a consumer group gave up on (after
+	// its delivery limit), oldest first.
+	ListDeadLetters(context.Context, *connect.Request[v1.ListDeadLettersRequest]) (*connect.Response[v1.ListDeadLettersResponse], error)
+	// ReplayDeadLetter delivers a dead letter to its group once more.
+	ReplayDeadLetter(context.Context, *connect.Request[v1.ReplayDeadLetterRequest]) (*connect.Response[v1.ReplayDeadLetterResponse], error)
 	// ListAuditRecords lists the audit log newest first.
 	ListAuditRecords(context.Context, *connect.Request[v1.ListAuditRecordsRequest]) (*connect.Response[v1.ListAuditRecordsResponse], error)
 	// GetMetrics sums up a window (default the last 24 hours): executions
@@ -278,6 +318,18 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 		AuditServicePublishEventProcedure,
 		svc.PublishEvent,
 		connect.WithSchema(auditServiceMethods.ByName("PublishEvent")),
+		connect.WithHandlerOptions(opts...),
+	)
+	auditServiceListDeadLettersHandler := connect.NewUnaryHandler(
+		AuditServiceListDeadLettersProcedure,
+		svc.ListDeadLetters,
+		connect.WithSchema(auditServiceMethods.ByName("ListDeadLetters")),
+		connect.WithHandlerOptions(opts...),
+	)
+	auditServiceReplayDeadLetterHandler := connect.NewUnaryHandler(
+		AuditServiceReplayDeadLetterProcedure,
+		svc.ReplayDeadLetter,
+		connect.WithSchema(auditServiceMethods.ByName("ReplayDeadLetter")),
 		connect.WithHandlerOptions(opts...),
 	)
 	auditServiceListAuditRecordsHandler := connect.NewUnaryHandler(
@@ -334,6 +386,10 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 			auditServiceListEventsHandler.ServeHTTP(w, r)
 		case AuditServicePublishEventProcedure:
 			auditServicePublishEventHandler.ServeHTTP(w, r)
+		case AuditServiceListDeadLettersProcedure:
+			auditServiceListDeadLettersHandler.ServeHTTP(w, r)
+		case AuditServiceReplayDeadLetterProcedure:
+			auditServiceReplayDeadLetterHandler.ServeHTTP(w, r)
 		case AuditServiceListAuditRecordsProcedure:
 			auditServiceListAuditRecordsHandler.ServeHTTP(w, r)
 		case AuditServiceGetMetricsProcedure:
@@ -365,6 +421,14 @@ func (UnimplementedAuditServiceHandler) ListEvents(context.Context, *connect.Req
 
 func (UnimplementedAuditServiceHandler) PublishEvent(context.Context, *connect.Request[v1.PublishEventRequest]) (*connect.Response[v1.PublishEventResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.PublishEvent is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) ListDeadLetters(context.Context, *connect.Request[v1.ListDeadLettersRequest]) (*connect.Response[v1.ListDeadLettersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.ListDeadLetters is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) ReplayDeadLetter(context.Context, *connect.Request[v1.ReplayDeadLetterRequest]) (*connect.Response[v1.ReplayDeadLetterResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.ReplayDeadLetter is not implemented"))
 }
 
 func (UnimplementedAuditServiceHandler) ListAuditRecords(context.Context, *connect.Request[v1.ListAuditRecordsRequest]) (*connect.Response[v1.ListAuditRecordsResponse], error) {
