@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/sumdb/tlog"
+
 	"github.com/opsconductor/opsconductor/controlplane/store"
 )
 
@@ -80,7 +82,7 @@ func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
 		if _, err := tx.ExecContext(ctx, `UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1`, r.Seq, r.Hash); err != nil {
 			return fmt.Errorf("move the audit log's head: %w", err)
 		}
-		return nil
+		return addLeaf(ctx, tx, r.Seq-1, r.Hash)
 	})
 	if err != nil {
 		return Record{}, err
@@ -129,6 +131,7 @@ func (l *Log) Verify(ctx context.Context) (Verification, error) {
 		return v, nil
 	}
 	want, prev := int64(1), ""
+	var leaves []string
 	for rows.Next() {
 		r, err := scanRecord(rows)
 		if err != nil {
@@ -144,12 +147,24 @@ func (l *Log) Verify(ctx context.Context) (Verification, error) {
 		}
 		v.Records, v.Head = r.Seq, r.Hash
 		want, prev = r.Seq+1, r.Hash
+		leaves = append(leaves, r.Hash)
 	}
 	if err := rows.Err(); err != nil {
 		return v, fmt.Errorf("read the audit log: %w", err)
 	}
 	if v.Records != headSeq || v.Head != headHash {
 		return bad(v.Records+1, "the log ends at record %d but its head says %d: records were removed from the end", v.Records, headSeq)
+	}
+	// The Merkle tree that checkpoints sign must be the records' own.
+	if v.Records > 0 {
+		want, err := treeHashOfLeaves(leaves)
+		if err != nil {
+			return v, err
+		}
+		stored, err := tlog.TreeHash(v.Records, hashReader{ctx, l.db})
+		if err != nil || stored != want {
+			return bad(v.Records, "the log's Merkle tree does not match its records (%v): it was rewritten", err)
+		}
 	}
 	v.OK = true
 	return v, nil

@@ -197,16 +197,44 @@ func (s *Service) ListAuditRecords(ctx context.Context, req *connect.Request[ops
 	return connect.NewResponse(resp), nil
 }
 
-// VerifyAuditLog checks the whole chain.
-func (s *Service) VerifyAuditLog(ctx context.Context, _ *connect.Request[opsconductorv1.VerifyAuditLogRequest]) (*connect.Response[opsconductorv1.VerifyAuditLogResponse], error) {
+// VerifyAuditLog checks the whole chain and, given a checkpoint, that the
+// log still extends it.
+func (s *Service) VerifyAuditLog(ctx context.Context, req *connect.Request[opsconductorv1.VerifyAuditLogRequest]) (*connect.Response[opsconductorv1.VerifyAuditLogResponse], error) {
+	if req.Msg.GetCheckpoint() != "" && req.Msg.GetVerifierKey() == "" {
+		return nil, apperr.InvalidField("verifier_key", "is required with a checkpoint: the key its signature must verify with")
+	}
 	v, err := s.log.Verify(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if !v.OK {
-		s.logger.Error("audit log verification failed", zap.Int64("record", v.BadSeq), zap.String("problem", v.Problem))
+	resp := &opsconductorv1.VerifyAuditLogResponse{Ok: v.OK, Records: v.Records, HeadHash: v.Head, BadSeq: v.BadSeq, Problem: v.Problem}
+	if req.Msg.GetCheckpoint() != "" {
+		problem, err := s.log.VerifyAgainst(ctx, req.Msg.GetCheckpoint(), req.Msg.GetVerifierKey())
+		if err != nil {
+			return nil, apperr.InvalidField("verifier_key", "%v", err)
+		}
+		if resp.CheckpointProblem = problem; problem != "" {
+			resp.Ok = false
+		}
 	}
-	return connect.NewResponse(&opsconductorv1.VerifyAuditLogResponse{Ok: v.OK, Records: v.Records, HeadHash: v.Head, BadSeq: v.BadSeq, Problem: v.Problem}), nil
+	if !resp.Ok {
+		s.logger.Error("audit log verification failed", zap.Int64("record", v.BadSeq), zap.String("problem", v.Problem),
+			zap.String("checkpoint_problem", resp.CheckpointProblem))
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// GetAuditCheckpoint returns the newest signed checkpoint.
+func (s *Service) GetAuditCheckpoint(ctx context.Context, _ *connect.Request[opsconductorv1.GetAuditCheckpointRequest]) (*connect.Response[opsconductorv1.GetAuditCheckpointResponse], error) {
+	cp, err := s.log.LatestCheckpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.GetAuditCheckpointResponse{Size: cp.Size, TreeHash: cp.TreeHash, Note: cp.Note}
+	if cp.Size > 0 {
+		resp.Time = timestamppb.New(cp.At)
+	}
+	return connect.NewResponse(resp), nil
 }
 
 // groups are the consumer groups whose dead letters the API shows.

@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/opsconductor/opsconductor/controlplane/audit"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
 )
@@ -45,12 +47,21 @@ func (w *window) bounds() (*timestamppb.Timestamp, *timestamppb.Timestamp) {
 
 func newAuditCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the audit log of calls that changed something or were refused"}
+	var checkpointFile, verifierKey string
 	verify := &cobra.Command{
-		Use:   "verify",
-		Short: "Check the audit log's hash chain; exit 4 when a record was edited, deleted or moved",
+		Use:   "verify [--checkpoint FILE --verifier-key KEY]",
+		Short: "Check the audit log's hash chain (and that it extends a kept checkpoint); exit 4 when it does not hold",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			resp, err := g.audit().VerifyAuditLog(cmd.Context(), connect.NewRequest(&opsconductorv1.VerifyAuditLogRequest{}))
+			req := &opsconductorv1.VerifyAuditLogRequest{VerifierKey: verifierKey}
+			if checkpointFile != "" {
+				raw, err := os.ReadFile(checkpointFile)
+				if err != nil {
+					return err
+				}
+				req.Checkpoint = string(raw)
+			}
+			resp, err := g.audit().VerifyAuditLog(cmd.Context(), connect.NewRequest(req))
 			if err != nil {
 				return err
 			}
@@ -61,10 +72,47 @@ func newAuditCmd(g *globals) *cobra.Command {
 				}
 			} else if v.GetOk() {
 				fmt.Fprintf(g.stdout, "audit log intact: %d records, head %s\n", v.GetRecords(), v.GetHeadHash())
+				if checkpointFile != "" {
+					fmt.Fprintf(g.stdout, "and it extends the checkpoint in %s\n", checkpointFile)
+				}
 			}
-			if !v.GetOk() {
+			switch {
+			case v.GetProblem() != "":
 				return &exitError{code: 4, err: fmt.Errorf("audit log broken at record %d: %s", v.GetBadSeq(), v.GetProblem())}
+			case v.GetCheckpointProblem() != "":
+				return &exitError{code: 4, err: fmt.Errorf("audit log does not hold against the checkpoint: %s", v.GetCheckpointProblem())}
 			}
+			return nil
+		},
+	}
+	verify.Flags().StringVar(&checkpointFile, "checkpoint", "", "a checkpoint kept earlier (opsconductor audit checkpoint > FILE)")
+	verify.Flags().StringVar(&verifierKey, "verifier-key", "", "the key the checkpoint's signature must verify with")
+	checkpoint := &cobra.Command{
+		Use:   "checkpoint",
+		Short: "Print the newest signed checkpoint of the audit log (keep it somewhere the server cannot write)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := g.audit().GetAuditCheckpoint(cmd.Context(), connect.NewRequest(&opsconductorv1.GetAuditCheckpointRequest{}))
+			if err != nil {
+				return err
+			}
+			if resp.Msg.GetSize() == 0 {
+				return fmt.Errorf("no checkpoint yet: the server needs --audit-signing-key, and records")
+			}
+			fmt.Fprint(g.stdout, resp.Msg.GetNote())
+			return nil
+		},
+	}
+	keygen := &cobra.Command{
+		Use:   "keygen",
+		Short: "Make a key pair for signing audit checkpoints (the signer for the server, the verifier for auditors)",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			signer, verifier, err := audit.GenerateCheckpointKey()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "signer (--audit-signing-key, keep it secret): %s\nverifier (for auditors): %s\n", signer, verifier)
 			return nil
 		},
 	}
@@ -101,7 +149,7 @@ func newAuditCmd(g *globals) *cobra.Command {
 	list.Flags().StringVar(&resource, "resource", "", "only calls about this id or name")
 	list.Flags().StringVar(&outcome, "outcome", "", "only this outcome: ok, permission_denied, ...")
 	list.Flags().StringVar(&corr, "correlation-id", "", "only this request")
-	cmd.AddCommand(verify, list)
+	cmd.AddCommand(verify, list, checkpoint, keygen)
 	return cmd
 }
 

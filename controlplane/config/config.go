@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"golang.org/x/mod/sumdb/note"
 	"os"
 	"strconv"
 	"strings"
@@ -33,6 +34,13 @@ type Config struct {
 	Bus string
 	// RabbitMQURL is amqp://user:pass@host:port/vhost, for Bus rabbitmq.
 	RabbitMQURL string
+	// AuditSigningKey signs checkpoints of the audit log (a
+	// golang.org/x/mod/sumdb/note signer key: opsconductor audit keygen);
+	// empty: no checkpoints.
+	AuditSigningKey string
+	// AuditCheckpointInterval is how often a checkpoint is signed while
+	// the log grows.
+	AuditCheckpointInterval time.Duration
 	// LogFormat is json or console; LogLevel debug, info, warn or error.
 	LogFormat string
 	LogLevel  string
@@ -107,21 +115,22 @@ type Config struct {
 // Default returns the configuration of a single node on the embedded store.
 func Default() Config {
 	return Config{
-		Addr:              "127.0.0.1:8080",
-		DatabaseURL:       "sqlite:./opsconductor-data",
-		LogFormat:         "json",
-		LogLevel:          "info",
-		LeaseDuration:     30 * time.Second,
-		PollMaxWait:       60 * time.Second,
-		PollRecheck:       5 * time.Second,
-		ReapInterval:      5 * time.Second,
-		OutputLimit:       1 << 20,
-		AgentOnlineWindow: 90 * time.Second,
-		InventoryInterval: 5 * time.Minute,
-		RateLimit:         20,
-		RateBurst:         40,
-		MaxRequestBytes:   4 << 20,
-		ProtectedLabels:   "env=prod",
+		Addr:                    "127.0.0.1:8080",
+		DatabaseURL:             "sqlite:./opsconductor-data",
+		LogFormat:               "json",
+		LogLevel:                "info",
+		LeaseDuration:           30 * time.Second,
+		PollMaxWait:             60 * time.Second,
+		PollRecheck:             5 * time.Second,
+		ReapInterval:            5 * time.Second,
+		OutputLimit:             1 << 20,
+		AgentOnlineWindow:       90 * time.Second,
+		InventoryInterval:       5 * time.Minute,
+		AuditCheckpointInterval: time.Minute,
+		RateLimit:               20,
+		RateBurst:               40,
+		MaxRequestBytes:         4 << 20,
+		ProtectedLabels:         "env=prod",
 	}
 }
 
@@ -142,6 +151,8 @@ func (c *Config) settings() []setting {
 		{flag: "redis-url", env: "REDIS_URL", help: "redis://host:port; needed when several replicas share a database", str: &c.RedisURL},
 		{flag: "bus", env: "OPSCONDUCTOR_BUS", help: "event bus: memory, redis or rabbitmq (default: redis with --redis-url, else memory)", str: &c.Bus},
 		{flag: "rabbitmq-url", env: "OPSCONDUCTOR_RABBITMQ_URL", help: "amqp://user:pass@host:5672/ for --bus rabbitmq", str: &c.RabbitMQURL, secret: true},
+		{flag: "audit-signing-key", env: "OPSCONDUCTOR_AUDIT_SIGNING_KEY", help: "signs checkpoints of the audit log (opsconductor audit keygen; use the _FILE variant)", str: &c.AuditSigningKey, secret: true},
+		{flag: "audit-checkpoint-interval", env: "OPSCONDUCTOR_AUDIT_CHECKPOINT_INTERVAL", help: "how often the audit log's head is signed while it grows", dur: &c.AuditCheckpointInterval},
 		{flag: "log-format", env: "OPSCONDUCTOR_LOG_FORMAT", help: "json or console", str: &c.LogFormat},
 		{flag: "log-level", env: "OPSCONDUCTOR_LOG_LEVEL", help: "debug, info, warn or error", str: &c.LogLevel},
 		{flag: "lease-duration", env: "OPSCONDUCTOR_LEASE_DURATION", help: "how long a task stays an agent's without news", dur: &c.LeaseDuration},
@@ -285,6 +296,14 @@ func (c Config) Validate() error {
 		}
 	default:
 		bad("bus", "must be memory, redis or rabbitmq, not %q", c.Bus)
+	}
+	if c.AuditSigningKey != "" {
+		if _, err := note.NewSigner(c.AuditSigningKey); err != nil {
+			bad("audit-signing-key", "is not a signer key (make one with opsconductor audit keygen): %v", err)
+		}
+	}
+	if c.AuditCheckpointInterval < time.Second {
+		bad("audit-checkpoint-interval", "must be at least 1s, not %s", c.AuditCheckpointInterval)
 	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("log-format", "must be json or console, not %q", c.LogFormat)

@@ -2,8 +2,12 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/audit"
 	"github.com/opsconductor/opsconductor/controlplane/cptest"
@@ -17,11 +21,17 @@ import (
 func TestAuditCLI(t *testing.T) {
 	t.Parallel()
 	dbURL := storetest.NewURL(t, store.SQLite)
-	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": dbURL})
+	out, errOut, code := cliNoServer(t, "audit", "keygen")
+	signer, verifier := keyAfter(out, "signer (--audit-signing-key, keep it secret): "), keyAfter(out, "verifier (for auditors): ")
+	if code != 0 || signer == "" || verifier == "" {
+		t.Fatalf("audit keygen: code %d\n%s%s", code, out, errOut)
+	}
+	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": dbURL, "OPSCONDUCTOR_AUDIT_SIGNING_KEY": signer,
+		"OPSCONDUCTOR_AUDIT_CHECKPOINT_INTERVAL": "1s"})
 	createJob(t, s, map[string]any{"name": "audited", "targets": []map[string]any{{"selector": "role=none"}},
 		"actions": []map[string]any{{"command": "true"}}})
 
-	out, errOut, code := cli(t, s, "events", "publish", "external.deploy_finished", "web", "--payload", `{"version":"1.2.3"}`, "--correlation-id", "change-7")
+	out, errOut, code = cli(t, s, "events", "publish", "external.deploy_finished", "web", "--payload", `{"version":"1.2.3"}`, "--correlation-id", "change-7")
 	if code != 0 || !strings.HasPrefix(out, "external-") {
 		t.Fatalf("events publish: code %d\n%s%s", code, out, errOut)
 	}
@@ -36,6 +46,20 @@ func TestAuditCLI(t *testing.T) {
 	out, errOut, code = cli(t, s, "audit", "verify")
 	if code != 0 || !strings.Contains(out, "audit log intact") {
 		t.Fatalf("audit verify: code %d\n%s%s", code, out, errOut)
+	}
+	// An auditor keeps a signed checkpoint; the log still extends it.
+	var kept string
+	cptest.Eventually(t, 20*time.Second, func() error {
+		out, errOut, code := cli(t, s, "audit", "checkpoint")
+		if code != 0 || !strings.HasPrefix(out, "opsconductor audit log\n") {
+			return fmt.Errorf("audit checkpoint: code %d\n%s%s", code, out, errOut)
+		}
+		kept = filepath.Join(t.TempDir(), "checkpoint")
+		return os.WriteFile(kept, []byte(out), 0o600)
+	})
+	out, errOut, code = cli(t, s, "audit", "verify", "--checkpoint", kept, "--verifier-key", verifier)
+	if code != 0 || !strings.Contains(out, "extends the checkpoint") {
+		t.Fatalf("audit verify against the checkpoint: code %d\n%s%s", code, out, errOut)
 	}
 
 	// Someone with database access rewrites who made the job.
@@ -56,4 +80,14 @@ func TestAuditCLI(t *testing.T) {
 	if code != 4 || !strings.Contains(errOut, "broken at record "+seq) || !strings.Contains(errOut, "edited") {
 		t.Fatalf("verify after tampering: code %d\n%s%s", code, out, errOut)
 	}
+}
+
+// keyAfter is the rest of the line of out that starts with prefix.
+func keyAfter(out, prefix string) string {
+	for _, line := range strings.Split(out, "\n") {
+		if k, ok := strings.CutPrefix(line, prefix); ok {
+			return strings.TrimSpace(k)
+		}
+	}
+	return ""
 }

@@ -20,7 +20,18 @@ import (
 // stderr and exit code.
 func cli(t *testing.T, s *cptest.Server, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(cptest.Binaries(t), "opsconductor"), append([]string{"--server", s.URL, "--token", s.Token}, args...)...)
+	return runCLI(t, append([]string{"--server", s.URL, "--token", s.Token}, args...)...)
+}
+
+// cliNoServer runs a command that needs no server (keygen, --local).
+func cliNoServer(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	return runCLI(t, args...)
+}
+
+func runCLI(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(cptest.Binaries(t), "opsconductor"), args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -78,6 +78,7 @@ type App struct {
 	// bus to the audit service's store (auditor).
 	publishers []*outbox.Publisher
 	auditor    *audit.Consumer
+	auditLog   *audit.Log
 	notifier   *audit.Notifier
 	eventBus   bus.Bus
 	rabbit     *bus.Rabbit // nil unless --bus rabbitmq
@@ -182,6 +183,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	}
 	auditEvents := audit.NewStore(auditDB)
 	auditLog := audit.NewLog(auditDB)
+	a.auditLog = auditLog
 	a.auditor = audit.NewConsumer(auditEvents, eventBus, logger)
 	a.eventBus = eventBus
 
@@ -435,6 +437,13 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		return a.notifier.Consume(ctx, a.eventBus)
 	})
 	background("webhook-deliveries", a.notifier.Run)
+	if a.cfg.AuditSigningKey != "" {
+		background("audit-checkpoints", func(ctx context.Context) error {
+			return a.auditLog.RunCheckpoints(ctx, a.cfg.AuditSigningKey, a.cfg.AuditCheckpointInterval, a.logger)
+		})
+	} else {
+		a.logger.Warn("no --audit-signing-key: the audit log is hash-chained but no signed checkpoints are made")
+	}
 	for _, p := range a.publishers {
 		background("publisher", func(ctx context.Context) error {
 			select {

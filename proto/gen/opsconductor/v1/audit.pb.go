@@ -732,7 +732,12 @@ func (x *ListAuditRecordsResponse) GetNextPageToken() string {
 }
 
 type VerifyAuditLogRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A signed checkpoint kept earlier (GetAuditCheckpoint's note): also
+	// check that the log still extends it.
+	Checkpoint string `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// The key its signature must verify with (the auditor's copy).
+	VerifierKey   string `protobuf:"bytes,2,opt,name=verifier_key,json=verifierKey,proto3" json:"verifier_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -767,6 +772,20 @@ func (*VerifyAuditLogRequest) Descriptor() ([]byte, []int) {
 	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{8}
 }
 
+func (x *VerifyAuditLogRequest) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *VerifyAuditLogRequest) GetVerifierKey() string {
+	if x != nil {
+		return x.VerifierKey
+	}
+	return ""
+}
+
 type VerifyAuditLogResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Ok    bool                   `protobuf:"varint,1,opt,name=ok,proto3" json:"ok,omitempty"`
@@ -774,10 +793,13 @@ type VerifyAuditLogResponse struct {
 	Records  int64  `protobuf:"varint,2,opt,name=records,proto3" json:"records,omitempty"`
 	HeadHash string `protobuf:"bytes,3,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
 	// When not ok: the first bad (or missing) record and what is wrong.
-	BadSeq        int64  `protobuf:"varint,4,opt,name=bad_seq,json=badSeq,proto3" json:"bad_seq,omitempty"`
-	Problem       string `protobuf:"bytes,5,opt,name=problem,proto3" json:"problem,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	BadSeq  int64  `protobuf:"varint,4,opt,name=bad_seq,json=badSeq,proto3" json:"bad_seq,omitempty"`
+	Problem string `protobuf:"bytes,5,opt,name=problem,proto3" json:"problem,omitempty"`
+	// With a checkpoint: what is wrong with it or with the log against it
+	// ("" when the log extends it; ok is then false too).
+	CheckpointProblem string `protobuf:"bytes,6,opt,name=checkpoint_problem,json=checkpointProblem,proto3" json:"checkpoint_problem,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *VerifyAuditLogResponse) Reset() {
@@ -845,6 +867,119 @@ func (x *VerifyAuditLogResponse) GetProblem() string {
 	return ""
 }
 
+func (x *VerifyAuditLogResponse) GetCheckpointProblem() string {
+	if x != nil {
+		return x.CheckpointProblem
+	}
+	return ""
+}
+
+type GetAuditCheckpointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAuditCheckpointRequest) Reset() {
+	*x = GetAuditCheckpointRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAuditCheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAuditCheckpointRequest) ProtoMessage() {}
+
+func (x *GetAuditCheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAuditCheckpointRequest.ProtoReflect.Descriptor instead.
+func (*GetAuditCheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{10}
+}
+
+type GetAuditCheckpointResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 0 when none was made yet (no --audit-signing-key, or an empty log).
+	Size     int64  `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	TreeHash string `protobuf:"bytes,2,opt,name=tree_hash,json=treeHash,proto3" json:"tree_hash,omitempty"`
+	// The signed note, as an auditor keeps it.
+	Note          string                 `protobuf:"bytes,3,opt,name=note,proto3" json:"note,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAuditCheckpointResponse) Reset() {
+	*x = GetAuditCheckpointResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAuditCheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAuditCheckpointResponse) ProtoMessage() {}
+
+func (x *GetAuditCheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAuditCheckpointResponse.ProtoReflect.Descriptor instead.
+func (*GetAuditCheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *GetAuditCheckpointResponse) GetSize() int64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *GetAuditCheckpointResponse) GetTreeHash() string {
+	if x != nil {
+		return x.TreeHash
+	}
+	return ""
+}
+
+func (x *GetAuditCheckpointResponse) GetNote() string {
+	if x != nil {
+		return x.Note
+	}
+	return ""
+}
+
+func (x *GetAuditCheckpointResponse) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
 type GetMetricsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Executions created, and fires due, at or after start_time and before
@@ -857,7 +992,7 @@ type GetMetricsRequest struct {
 
 func (x *GetMetricsRequest) Reset() {
 	*x = GetMetricsRequest{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +1004,7 @@ func (x *GetMetricsRequest) String() string {
 func (*GetMetricsRequest) ProtoMessage() {}
 
 func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[10]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1017,7 @@ func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{10}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetMetricsRequest) GetStartTime() *timestamppb.Timestamp {
@@ -913,7 +1048,7 @@ type DurationStats struct {
 
 func (x *DurationStats) Reset() {
 	*x = DurationStats{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1060,7 @@ func (x *DurationStats) String() string {
 func (*DurationStats) ProtoMessage() {}
 
 func (x *DurationStats) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[11]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1073,7 @@ func (x *DurationStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DurationStats.ProtoReflect.Descriptor instead.
 func (*DurationStats) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{11}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DurationStats) GetCount() int64 {
@@ -984,7 +1119,7 @@ type JobMetrics struct {
 
 func (x *JobMetrics) Reset() {
 	*x = JobMetrics{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1131,7 @@ func (x *JobMetrics) String() string {
 func (*JobMetrics) ProtoMessage() {}
 
 func (x *JobMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[12]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1144,7 @@ func (x *JobMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobMetrics.ProtoReflect.Descriptor instead.
 func (*JobMetrics) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{12}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JobMetrics) GetJobId() string {
@@ -1068,7 +1203,7 @@ type ScheduleMetrics struct {
 
 func (x *ScheduleMetrics) Reset() {
 	*x = ScheduleMetrics{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1215,7 @@ func (x *ScheduleMetrics) String() string {
 func (*ScheduleMetrics) ProtoMessage() {}
 
 func (x *ScheduleMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[13]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1228,7 @@ func (x *ScheduleMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScheduleMetrics.ProtoReflect.Descriptor instead.
 func (*ScheduleMetrics) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{13}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ScheduleMetrics) GetFiresByOutcome() map[string]int64 {
@@ -1144,7 +1279,7 @@ type GetMetricsResponse struct {
 
 func (x *GetMetricsResponse) Reset() {
 	*x = GetMetricsResponse{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1156,7 +1291,7 @@ func (x *GetMetricsResponse) String() string {
 func (*GetMetricsResponse) ProtoMessage() {}
 
 func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[14]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1169,7 +1304,7 @@ func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{14}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetMetricsResponse) GetStartTime() *timestamppb.Timestamp {
@@ -1263,7 +1398,7 @@ type Webhook struct {
 
 func (x *Webhook) Reset() {
 	*x = Webhook{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1410,7 @@ func (x *Webhook) String() string {
 func (*Webhook) ProtoMessage() {}
 
 func (x *Webhook) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[15]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1423,7 @@ func (x *Webhook) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Webhook.ProtoReflect.Descriptor instead.
 func (*Webhook) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{15}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Webhook) GetId() string {
@@ -1365,7 +1500,7 @@ type CreateWebhookRequest struct {
 
 func (x *CreateWebhookRequest) Reset() {
 	*x = CreateWebhookRequest{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1512,7 @@ func (x *CreateWebhookRequest) String() string {
 func (*CreateWebhookRequest) ProtoMessage() {}
 
 func (x *CreateWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[16]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1525,7 @@ func (x *CreateWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateWebhookRequest.ProtoReflect.Descriptor instead.
 func (*CreateWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{16}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateWebhookRequest) GetWebhook() *Webhook {
@@ -1416,7 +1551,7 @@ type CreateWebhookResponse struct {
 
 func (x *CreateWebhookResponse) Reset() {
 	*x = CreateWebhookResponse{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1563,7 @@ func (x *CreateWebhookResponse) String() string {
 func (*CreateWebhookResponse) ProtoMessage() {}
 
 func (x *CreateWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[17]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1576,7 @@ func (x *CreateWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateWebhookResponse.ProtoReflect.Descriptor instead.
 func (*CreateWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{17}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateWebhookResponse) GetWebhook() *Webhook {
@@ -1459,7 +1594,7 @@ type ListWebhooksRequest struct {
 
 func (x *ListWebhooksRequest) Reset() {
 	*x = ListWebhooksRequest{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1606,7 @@ func (x *ListWebhooksRequest) String() string {
 func (*ListWebhooksRequest) ProtoMessage() {}
 
 func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[18]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1619,7 @@ func (x *ListWebhooksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhooksRequest.ProtoReflect.Descriptor instead.
 func (*ListWebhooksRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{18}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{20}
 }
 
 type ListWebhooksResponse struct {
@@ -1496,7 +1631,7 @@ type ListWebhooksResponse struct {
 
 func (x *ListWebhooksResponse) Reset() {
 	*x = ListWebhooksResponse{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1643,7 @@ func (x *ListWebhooksResponse) String() string {
 func (*ListWebhooksResponse) ProtoMessage() {}
 
 func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[19]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1656,7 @@ func (x *ListWebhooksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhooksResponse.ProtoReflect.Descriptor instead.
 func (*ListWebhooksResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{19}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListWebhooksResponse) GetWebhooks() []*Webhook {
@@ -1540,7 +1675,7 @@ type DeleteWebhookRequest struct {
 
 func (x *DeleteWebhookRequest) Reset() {
 	*x = DeleteWebhookRequest{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1687,7 @@ func (x *DeleteWebhookRequest) String() string {
 func (*DeleteWebhookRequest) ProtoMessage() {}
 
 func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[20]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1700,7 @@ func (x *DeleteWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWebhookRequest.ProtoReflect.Descriptor instead.
 func (*DeleteWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{20}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteWebhookRequest) GetId() string {
@@ -1583,7 +1718,7 @@ type DeleteWebhookResponse struct {
 
 func (x *DeleteWebhookResponse) Reset() {
 	*x = DeleteWebhookResponse{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1595,7 +1730,7 @@ func (x *DeleteWebhookResponse) String() string {
 func (*DeleteWebhookResponse) ProtoMessage() {}
 
 func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[21]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1608,7 +1743,7 @@ func (x *DeleteWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteWebhookResponse.ProtoReflect.Descriptor instead.
 func (*DeleteWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{21}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{23}
 }
 
 type EnableWebhookRequest struct {
@@ -1620,7 +1755,7 @@ type EnableWebhookRequest struct {
 
 func (x *EnableWebhookRequest) Reset() {
 	*x = EnableWebhookRequest{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[22]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1767,7 @@ func (x *EnableWebhookRequest) String() string {
 func (*EnableWebhookRequest) ProtoMessage() {}
 
 func (x *EnableWebhookRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[22]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1780,7 @@ func (x *EnableWebhookRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableWebhookRequest.ProtoReflect.Descriptor instead.
 func (*EnableWebhookRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{22}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *EnableWebhookRequest) GetId() string {
@@ -1663,7 +1798,7 @@ type EnableWebhookResponse struct {
 
 func (x *EnableWebhookResponse) Reset() {
 	*x = EnableWebhookResponse{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[23]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1810,7 @@ func (x *EnableWebhookResponse) String() string {
 func (*EnableWebhookResponse) ProtoMessage() {}
 
 func (x *EnableWebhookResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[23]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1823,7 @@ func (x *EnableWebhookResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnableWebhookResponse.ProtoReflect.Descriptor instead.
 func (*EnableWebhookResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{23}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{25}
 }
 
 type WebhookAttempt struct {
@@ -1709,7 +1844,7 @@ type WebhookAttempt struct {
 
 func (x *WebhookAttempt) Reset() {
 	*x = WebhookAttempt{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[24]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1856,7 @@ func (x *WebhookAttempt) String() string {
 func (*WebhookAttempt) ProtoMessage() {}
 
 func (x *WebhookAttempt) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[24]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1869,7 @@ func (x *WebhookAttempt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookAttempt.ProtoReflect.Descriptor instead.
 func (*WebhookAttempt) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{24}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WebhookAttempt) GetEventId() string {
@@ -1804,7 +1939,7 @@ type ListWebhookDeliveriesRequest struct {
 
 func (x *ListWebhookDeliveriesRequest) Reset() {
 	*x = ListWebhookDeliveriesRequest{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[25]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +1951,7 @@ func (x *ListWebhookDeliveriesRequest) String() string {
 func (*ListWebhookDeliveriesRequest) ProtoMessage() {}
 
 func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[25]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +1964,7 @@ func (x *ListWebhookDeliveriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhookDeliveriesRequest.ProtoReflect.Descriptor instead.
 func (*ListWebhookDeliveriesRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{25}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListWebhookDeliveriesRequest) GetId() string {
@@ -1855,7 +1990,7 @@ type ListWebhookDeliveriesResponse struct {
 
 func (x *ListWebhookDeliveriesResponse) Reset() {
 	*x = ListWebhookDeliveriesResponse{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[26]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2002,7 @@ func (x *ListWebhookDeliveriesResponse) String() string {
 func (*ListWebhookDeliveriesResponse) ProtoMessage() {}
 
 func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[26]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2015,7 @@ func (x *ListWebhookDeliveriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWebhookDeliveriesResponse.ProtoReflect.Descriptor instead.
 func (*ListWebhookDeliveriesResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{26}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListWebhookDeliveriesResponse) GetAttempts() []*WebhookAttempt {
@@ -1904,7 +2039,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[27]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2051,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[27]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2064,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{27}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeadLetter) GetRef() string {
@@ -1977,7 +2112,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[28]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2124,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[28]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2137,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{28}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListDeadLettersRequest) GetGroup() string {
@@ -2021,7 +2156,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[29]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2168,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[29]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2181,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{29}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
@@ -2066,7 +2201,7 @@ type ReplayDeadLetterRequest struct {
 
 func (x *ReplayDeadLetterRequest) Reset() {
 	*x = ReplayDeadLetterRequest{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[30]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2078,7 +2213,7 @@ func (x *ReplayDeadLetterRequest) String() string {
 func (*ReplayDeadLetterRequest) ProtoMessage() {}
 
 func (x *ReplayDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[30]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2091,7 +2226,7 @@ func (x *ReplayDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{30}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReplayDeadLetterRequest) GetGroup() string {
@@ -2116,7 +2251,7 @@ type ReplayDeadLetterResponse struct {
 
 func (x *ReplayDeadLetterResponse) Reset() {
 	*x = ReplayDeadLetterResponse{}
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[31]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2128,7 +2263,7 @@ func (x *ReplayDeadLetterResponse) String() string {
 func (*ReplayDeadLetterResponse) ProtoMessage() {}
 
 func (x *ReplayDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_opsconductor_v1_audit_proto_msgTypes[31]
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2141,7 +2276,7 @@ func (x *ReplayDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplayDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*ReplayDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{31}
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{33}
 }
 
 var File_opsconductor_v1_audit_proto protoreflect.FileDescriptor
@@ -2213,14 +2348,25 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"page_token\x18\t \x01(\tR\tpageToken\"z\n" +
 	"\x18ListAuditRecordsResponse\x126\n" +
 	"\arecords\x18\x01 \x03(\v2\x1c.opsconductor.v1.AuditRecordR\arecords\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x17\n" +
-	"\x15VerifyAuditLogRequest\"\x92\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"Z\n" +
+	"\x15VerifyAuditLogRequest\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\tR\n" +
+	"checkpoint\x12!\n" +
+	"\fverifier_key\x18\x02 \x01(\tR\vverifierKey\"\xc1\x01\n" +
 	"\x16VerifyAuditLogResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\x03R\arecords\x12\x1b\n" +
 	"\thead_hash\x18\x03 \x01(\tR\bheadHash\x12\x17\n" +
 	"\abad_seq\x18\x04 \x01(\x03R\x06badSeq\x12\x18\n" +
-	"\aproblem\x18\x05 \x01(\tR\aproblem\"\x85\x01\n" +
+	"\aproblem\x18\x05 \x01(\tR\aproblem\x12-\n" +
+	"\x12checkpoint_problem\x18\x06 \x01(\tR\x11checkpointProblem\"\x1b\n" +
+	"\x19GetAuditCheckpointRequest\"\x91\x01\n" +
+	"\x1aGetAuditCheckpointResponse\x12\x12\n" +
+	"\x04size\x18\x01 \x01(\x03R\x04size\x12\x1b\n" +
+	"\ttree_hash\x18\x02 \x01(\tR\btreeHash\x12\x12\n" +
+	"\x04note\x18\x03 \x01(\tR\x04note\x12.\n" +
+	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"\x85\x01\n" +
 	"\x11GetMetricsRequest\x129\n" +
 	"\n" +
 	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
@@ -2332,7 +2478,7 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\x17ReplayDeadLetterRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\"\x1a\n" +
-	"\x18ReplayDeadLetterResponse2\xa6\x0e\n" +
+	"\x18ReplayDeadLetterResponse2\xc8\x0f\n" +
 	"\fAuditService\x12~\n" +
 	"\n" +
 	"ListEvents\x12\".opsconductor.v1.ListEventsRequest\x1a#.opsconductor.v1.ListEventsResponse\"'\x8a\xb5\x18\r\n" +
@@ -2358,7 +2504,10 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\rEnableWebhook\x12%.opsconductor.v1.EnableWebhookRequest\x1a&.opsconductor.v1.EnableWebhookResponse\">\x8a\xb5\x18\x13\n" +
 	"\x0fwebhooks:manage\x10\x01\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/api/v1/webhooks/{id}/enable\x12\xb5\x01\n" +
 	"\x15ListWebhookDeliveries\x12-.opsconductor.v1.ListWebhookDeliveriesRequest\x1a..opsconductor.v1.ListWebhookDeliveriesResponse\"=\x8a\xb5\x18\x11\n" +
-	"\x0fwebhooks:manage\x82\xd3\xe4\x93\x02\"\x12 /api/v1/webhooks/{id}/deliveries\x12\x92\x01\n" +
+	"\x0fwebhooks:manage\x82\xd3\xe4\x93\x02\"\x12 /api/v1/webhooks/{id}/deliveries\x12\x9f\x01\n" +
+	"\x12GetAuditCheckpoint\x12*.opsconductor.v1.GetAuditCheckpointRequest\x1a+.opsconductor.v1.GetAuditCheckpointResponse\"0\x8a\xb5\x18\f\n" +
+	"\n" +
+	"audit:read\x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/audit/checkpoint\x12\x92\x01\n" +
 	"\x0eVerifyAuditLog\x12&.opsconductor.v1.VerifyAuditLogRequest\x1a'.opsconductor.v1.VerifyAuditLogResponse\"/\x8a\xb5\x18\f\n" +
 	"\n" +
 	"audit:read\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/api/v1/audit/verifyBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
@@ -2375,7 +2524,7 @@ func file_opsconductor_v1_audit_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_audit_proto_rawDescData
 }
 
-var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_opsconductor_v1_audit_proto_goTypes = []any{
 	(*Event)(nil),                         // 0: opsconductor.v1.Event
 	(*ListEventsRequest)(nil),             // 1: opsconductor.v1.ListEventsRequest
@@ -2387,94 +2536,99 @@ var file_opsconductor_v1_audit_proto_goTypes = []any{
 	(*ListAuditRecordsResponse)(nil),      // 7: opsconductor.v1.ListAuditRecordsResponse
 	(*VerifyAuditLogRequest)(nil),         // 8: opsconductor.v1.VerifyAuditLogRequest
 	(*VerifyAuditLogResponse)(nil),        // 9: opsconductor.v1.VerifyAuditLogResponse
-	(*GetMetricsRequest)(nil),             // 10: opsconductor.v1.GetMetricsRequest
-	(*DurationStats)(nil),                 // 11: opsconductor.v1.DurationStats
-	(*JobMetrics)(nil),                    // 12: opsconductor.v1.JobMetrics
-	(*ScheduleMetrics)(nil),               // 13: opsconductor.v1.ScheduleMetrics
-	(*GetMetricsResponse)(nil),            // 14: opsconductor.v1.GetMetricsResponse
-	(*Webhook)(nil),                       // 15: opsconductor.v1.Webhook
-	(*CreateWebhookRequest)(nil),          // 16: opsconductor.v1.CreateWebhookRequest
-	(*CreateWebhookResponse)(nil),         // 17: opsconductor.v1.CreateWebhookResponse
-	(*ListWebhooksRequest)(nil),           // 18: opsconductor.v1.ListWebhooksRequest
-	(*ListWebhooksResponse)(nil),          // 19: opsconductor.v1.ListWebhooksResponse
-	(*DeleteWebhookRequest)(nil),          // 20: opsconductor.v1.DeleteWebhookRequest
-	(*DeleteWebhookResponse)(nil),         // 21: opsconductor.v1.DeleteWebhookResponse
-	(*EnableWebhookRequest)(nil),          // 22: opsconductor.v1.EnableWebhookRequest
-	(*EnableWebhookResponse)(nil),         // 23: opsconductor.v1.EnableWebhookResponse
-	(*WebhookAttempt)(nil),                // 24: opsconductor.v1.WebhookAttempt
-	(*ListWebhookDeliveriesRequest)(nil),  // 25: opsconductor.v1.ListWebhookDeliveriesRequest
-	(*ListWebhookDeliveriesResponse)(nil), // 26: opsconductor.v1.ListWebhookDeliveriesResponse
-	(*DeadLetter)(nil),                    // 27: opsconductor.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),        // 28: opsconductor.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),       // 29: opsconductor.v1.ListDeadLettersResponse
-	(*ReplayDeadLetterRequest)(nil),       // 30: opsconductor.v1.ReplayDeadLetterRequest
-	(*ReplayDeadLetterResponse)(nil),      // 31: opsconductor.v1.ReplayDeadLetterResponse
-	nil,                                   // 32: opsconductor.v1.JobMetrics.ByStatusEntry
-	nil,                                   // 33: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	nil,                                   // 34: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
-	(*timestamppb.Timestamp)(nil),         // 35: google.protobuf.Timestamp
-	(*structpb.Value)(nil),                // 36: google.protobuf.Value
+	(*GetAuditCheckpointRequest)(nil),     // 10: opsconductor.v1.GetAuditCheckpointRequest
+	(*GetAuditCheckpointResponse)(nil),    // 11: opsconductor.v1.GetAuditCheckpointResponse
+	(*GetMetricsRequest)(nil),             // 12: opsconductor.v1.GetMetricsRequest
+	(*DurationStats)(nil),                 // 13: opsconductor.v1.DurationStats
+	(*JobMetrics)(nil),                    // 14: opsconductor.v1.JobMetrics
+	(*ScheduleMetrics)(nil),               // 15: opsconductor.v1.ScheduleMetrics
+	(*GetMetricsResponse)(nil),            // 16: opsconductor.v1.GetMetricsResponse
+	(*Webhook)(nil),                       // 17: opsconductor.v1.Webhook
+	(*CreateWebhookRequest)(nil),          // 18: opsconductor.v1.CreateWebhookRequest
+	(*CreateWebhookResponse)(nil),         // 19: opsconductor.v1.CreateWebhookResponse
+	(*ListWebhooksRequest)(nil),           // 20: opsconductor.v1.ListWebhooksRequest
+	(*ListWebhooksResponse)(nil),          // 21: opsconductor.v1.ListWebhooksResponse
+	(*DeleteWebhookRequest)(nil),          // 22: opsconductor.v1.DeleteWebhookRequest
+	(*DeleteWebhookResponse)(nil),         // 23: opsconductor.v1.DeleteWebhookResponse
+	(*EnableWebhookRequest)(nil),          // 24: opsconductor.v1.EnableWebhookRequest
+	(*EnableWebhookResponse)(nil),         // 25: opsconductor.v1.EnableWebhookResponse
+	(*WebhookAttempt)(nil),                // 26: opsconductor.v1.WebhookAttempt
+	(*ListWebhookDeliveriesRequest)(nil),  // 27: opsconductor.v1.ListWebhookDeliveriesRequest
+	(*ListWebhookDeliveriesResponse)(nil), // 28: opsconductor.v1.ListWebhookDeliveriesResponse
+	(*DeadLetter)(nil),                    // 29: opsconductor.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),        // 30: opsconductor.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),       // 31: opsconductor.v1.ListDeadLettersResponse
+	(*ReplayDeadLetterRequest)(nil),       // 32: opsconductor.v1.ReplayDeadLetterRequest
+	(*ReplayDeadLetterResponse)(nil),      // 33: opsconductor.v1.ReplayDeadLetterResponse
+	nil,                                   // 34: opsconductor.v1.JobMetrics.ByStatusEntry
+	nil,                                   // 35: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	nil,                                   // 36: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	(*timestamppb.Timestamp)(nil),         // 37: google.protobuf.Timestamp
+	(*structpb.Value)(nil),                // 38: google.protobuf.Value
 }
 var file_opsconductor_v1_audit_proto_depIdxs = []int32{
-	35, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
-	36, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
-	35, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	35, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	37, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	38, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
+	37, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	37, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: opsconductor.v1.ListEventsResponse.events:type_name -> opsconductor.v1.Event
-	36, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
-	35, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	35, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
-	35, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
+	38, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
+	37, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	37, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
+	37, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 9: opsconductor.v1.ListAuditRecordsResponse.records:type_name -> opsconductor.v1.AuditRecord
-	35, // 10: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
-	35, // 11: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
-	32, // 12: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
-	11, // 13: opsconductor.v1.JobMetrics.duration:type_name -> opsconductor.v1.DurationStats
-	33, // 14: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	35, // 15: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
-	35, // 16: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
-	34, // 17: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
-	11, // 18: opsconductor.v1.GetMetricsResponse.duration:type_name -> opsconductor.v1.DurationStats
-	12, // 19: opsconductor.v1.GetMetricsResponse.jobs:type_name -> opsconductor.v1.JobMetrics
-	13, // 20: opsconductor.v1.GetMetricsResponse.schedules:type_name -> opsconductor.v1.ScheduleMetrics
-	35, // 21: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
-	15, // 22: opsconductor.v1.CreateWebhookRequest.webhook:type_name -> opsconductor.v1.Webhook
-	15, // 23: opsconductor.v1.CreateWebhookResponse.webhook:type_name -> opsconductor.v1.Webhook
-	15, // 24: opsconductor.v1.ListWebhooksResponse.webhooks:type_name -> opsconductor.v1.Webhook
-	35, // 25: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
-	24, // 26: opsconductor.v1.ListWebhookDeliveriesResponse.attempts:type_name -> opsconductor.v1.WebhookAttempt
-	0,  // 27: opsconductor.v1.DeadLetter.event:type_name -> opsconductor.v1.Event
-	35, // 28: opsconductor.v1.DeadLetter.dead_time:type_name -> google.protobuf.Timestamp
-	27, // 29: opsconductor.v1.ListDeadLettersResponse.dead_letters:type_name -> opsconductor.v1.DeadLetter
-	1,  // 30: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
-	3,  // 31: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
-	28, // 32: opsconductor.v1.AuditService.ListDeadLetters:input_type -> opsconductor.v1.ListDeadLettersRequest
-	30, // 33: opsconductor.v1.AuditService.ReplayDeadLetter:input_type -> opsconductor.v1.ReplayDeadLetterRequest
-	6,  // 34: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
-	10, // 35: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
-	16, // 36: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
-	18, // 37: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
-	20, // 38: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
-	22, // 39: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
-	25, // 40: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
-	8,  // 41: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
-	2,  // 42: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
-	4,  // 43: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
-	29, // 44: opsconductor.v1.AuditService.ListDeadLetters:output_type -> opsconductor.v1.ListDeadLettersResponse
-	31, // 45: opsconductor.v1.AuditService.ReplayDeadLetter:output_type -> opsconductor.v1.ReplayDeadLetterResponse
-	7,  // 46: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
-	14, // 47: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
-	17, // 48: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
-	19, // 49: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
-	21, // 50: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
-	23, // 51: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
-	26, // 52: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
-	9,  // 53: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
-	42, // [42:54] is the sub-list for method output_type
-	30, // [30:42] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	37, // 10: opsconductor.v1.GetAuditCheckpointResponse.time:type_name -> google.protobuf.Timestamp
+	37, // 11: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
+	37, // 12: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
+	34, // 13: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
+	13, // 14: opsconductor.v1.JobMetrics.duration:type_name -> opsconductor.v1.DurationStats
+	35, // 15: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	37, // 16: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
+	37, // 17: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
+	36, // 18: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	13, // 19: opsconductor.v1.GetMetricsResponse.duration:type_name -> opsconductor.v1.DurationStats
+	14, // 20: opsconductor.v1.GetMetricsResponse.jobs:type_name -> opsconductor.v1.JobMetrics
+	15, // 21: opsconductor.v1.GetMetricsResponse.schedules:type_name -> opsconductor.v1.ScheduleMetrics
+	37, // 22: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	17, // 23: opsconductor.v1.CreateWebhookRequest.webhook:type_name -> opsconductor.v1.Webhook
+	17, // 24: opsconductor.v1.CreateWebhookResponse.webhook:type_name -> opsconductor.v1.Webhook
+	17, // 25: opsconductor.v1.ListWebhooksResponse.webhooks:type_name -> opsconductor.v1.Webhook
+	37, // 26: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
+	26, // 27: opsconductor.v1.ListWebhookDeliveriesResponse.attempts:type_name -> opsconductor.v1.WebhookAttempt
+	0,  // 28: opsconductor.v1.DeadLetter.event:type_name -> opsconductor.v1.Event
+	37, // 29: opsconductor.v1.DeadLetter.dead_time:type_name -> google.protobuf.Timestamp
+	29, // 30: opsconductor.v1.ListDeadLettersResponse.dead_letters:type_name -> opsconductor.v1.DeadLetter
+	1,  // 31: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
+	3,  // 32: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
+	30, // 33: opsconductor.v1.AuditService.ListDeadLetters:input_type -> opsconductor.v1.ListDeadLettersRequest
+	32, // 34: opsconductor.v1.AuditService.ReplayDeadLetter:input_type -> opsconductor.v1.ReplayDeadLetterRequest
+	6,  // 35: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
+	12, // 36: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
+	18, // 37: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
+	20, // 38: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
+	22, // 39: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
+	24, // 40: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
+	27, // 41: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
+	10, // 42: opsconductor.v1.AuditService.GetAuditCheckpoint:input_type -> opsconductor.v1.GetAuditCheckpointRequest
+	8,  // 43: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
+	2,  // 44: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
+	4,  // 45: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
+	31, // 46: opsconductor.v1.AuditService.ListDeadLetters:output_type -> opsconductor.v1.ListDeadLettersResponse
+	33, // 47: opsconductor.v1.AuditService.ReplayDeadLetter:output_type -> opsconductor.v1.ReplayDeadLetterResponse
+	7,  // 48: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
+	16, // 49: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
+	19, // 50: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
+	21, // 51: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
+	23, // 52: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
+	25, // 53: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
+	28, // 54: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
+	11, // 55: opsconductor.v1.AuditService.GetAuditCheckpoint:output_type -> opsconductor.v1.GetAuditCheckpointResponse
+	9,  // 56: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
+	44, // [44:57] is the sub-list for method output_type
+	31, // [31:44] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_audit_proto_init() }
@@ -2489,7 +2643,7 @@ func file_opsconductor_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_audit_proto_rawDesc), len(file_opsconductor_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

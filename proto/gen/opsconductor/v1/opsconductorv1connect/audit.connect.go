@@ -64,6 +64,9 @@ const (
 	// AuditServiceListWebhookDeliveriesProcedure is the fully-qualified name of the AuditService's
 	// ListWebhookDeliveries RPC.
 	AuditServiceListWebhookDeliveriesProcedure = "/opsconductor.v1.AuditService/ListWebhookDeliveries"
+	// AuditServiceGetAuditCheckpointProcedure is the fully-qualified name of the AuditService's
+	// GetAuditCheckpoint RPC.
+	AuditServiceGetAuditCheckpointProcedure = "/opsconductor.v1.AuditService/GetAuditCheckpoint"
 	// AuditServiceVerifyAuditLogProcedure is the fully-qualified name of the AuditService's
 	// VerifyAuditLog RPC.
 	AuditServiceVerifyAuditLogProcedure = "/opsconductor.v1.AuditService/VerifyAuditLog"
@@ -99,6 +102,10 @@ type AuditServiceClient interface {
 	EnableWebhook(context.Context, *connect.Request[v1.EnableWebhookRequest]) (*connect.Response[v1.EnableWebhookResponse], error)
 	// ListWebhookDeliveries is a webhook's delivery log, newest first.
 	ListWebhookDeliveries(context.Context, *connect.Request[v1.ListWebhookDeliveriesRequest]) (*connect.Response[v1.ListWebhookDeliveriesResponse], error)
+	// GetAuditCheckpoint returns the newest signed checkpoint of the audit
+	// log's Merkle tree: auditors keep them, to prove later that the log
+	// still extends them.
+	GetAuditCheckpoint(context.Context, *connect.Request[v1.GetAuditCheckpointRequest]) (*connect.Response[v1.GetAuditCheckpointResponse], error)
 	// VerifyAuditLog walks the whole chain and names the first record that
 	// was edited, deleted or moved.
 	VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error)
@@ -181,6 +188,12 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(auditServiceMethods.ByName("ListWebhookDeliveries")),
 			connect.WithClientOptions(opts...),
 		),
+		getAuditCheckpoint: connect.NewClient[v1.GetAuditCheckpointRequest, v1.GetAuditCheckpointResponse](
+			httpClient,
+			baseURL+AuditServiceGetAuditCheckpointProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("GetAuditCheckpoint")),
+			connect.WithClientOptions(opts...),
+		),
 		verifyAuditLog: connect.NewClient[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse](
 			httpClient,
 			baseURL+AuditServiceVerifyAuditLogProcedure,
@@ -203,6 +216,7 @@ type auditServiceClient struct {
 	deleteWebhook         *connect.Client[v1.DeleteWebhookRequest, v1.DeleteWebhookResponse]
 	enableWebhook         *connect.Client[v1.EnableWebhookRequest, v1.EnableWebhookResponse]
 	listWebhookDeliveries *connect.Client[v1.ListWebhookDeliveriesRequest, v1.ListWebhookDeliveriesResponse]
+	getAuditCheckpoint    *connect.Client[v1.GetAuditCheckpointRequest, v1.GetAuditCheckpointResponse]
 	verifyAuditLog        *connect.Client[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse]
 }
 
@@ -261,6 +275,11 @@ func (c *auditServiceClient) ListWebhookDeliveries(ctx context.Context, req *con
 	return c.listWebhookDeliveries.CallUnary(ctx, req)
 }
 
+// GetAuditCheckpoint calls opsconductor.v1.AuditService.GetAuditCheckpoint.
+func (c *auditServiceClient) GetAuditCheckpoint(ctx context.Context, req *connect.Request[v1.GetAuditCheckpointRequest]) (*connect.Response[v1.GetAuditCheckpointResponse], error) {
+	return c.getAuditCheckpoint.CallUnary(ctx, req)
+}
+
 // VerifyAuditLog calls opsconductor.v1.AuditService.VerifyAuditLog.
 func (c *auditServiceClient) VerifyAuditLog(ctx context.Context, req *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error) {
 	return c.verifyAuditLog.CallUnary(ctx, req)
@@ -296,6 +315,10 @@ type AuditServiceHandler interface {
 	EnableWebhook(context.Context, *connect.Request[v1.EnableWebhookRequest]) (*connect.Response[v1.EnableWebhookResponse], error)
 	// ListWebhookDeliveries is a webhook's delivery log, newest first.
 	ListWebhookDeliveries(context.Context, *connect.Request[v1.ListWebhookDeliveriesRequest]) (*connect.Response[v1.ListWebhookDeliveriesResponse], error)
+	// GetAuditCheckpoint returns the newest signed checkpoint of the audit
+	// log's Merkle tree: auditors keep them, to prove later that the log
+	// still extends them.
+	GetAuditCheckpoint(context.Context, *connect.Request[v1.GetAuditCheckpointRequest]) (*connect.Response[v1.GetAuditCheckpointResponse], error)
 	// VerifyAuditLog walks the whole chain and names the first record that
 	// was edited, deleted or moved.
 	VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error)
@@ -374,6 +397,12 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(auditServiceMethods.ByName("ListWebhookDeliveries")),
 		connect.WithHandlerOptions(opts...),
 	)
+	auditServiceGetAuditCheckpointHandler := connect.NewUnaryHandler(
+		AuditServiceGetAuditCheckpointProcedure,
+		svc.GetAuditCheckpoint,
+		connect.WithSchema(auditServiceMethods.ByName("GetAuditCheckpoint")),
+		connect.WithHandlerOptions(opts...),
+	)
 	auditServiceVerifyAuditLogHandler := connect.NewUnaryHandler(
 		AuditServiceVerifyAuditLogProcedure,
 		svc.VerifyAuditLog,
@@ -404,6 +433,8 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 			auditServiceEnableWebhookHandler.ServeHTTP(w, r)
 		case AuditServiceListWebhookDeliveriesProcedure:
 			auditServiceListWebhookDeliveriesHandler.ServeHTTP(w, r)
+		case AuditServiceGetAuditCheckpointProcedure:
+			auditServiceGetAuditCheckpointHandler.ServeHTTP(w, r)
 		case AuditServiceVerifyAuditLogProcedure:
 			auditServiceVerifyAuditLogHandler.ServeHTTP(w, r)
 		default:
@@ -457,6 +488,10 @@ func (UnimplementedAuditServiceHandler) EnableWebhook(context.Context, *connect.
 
 func (UnimplementedAuditServiceHandler) ListWebhookDeliveries(context.Context, *connect.Request[v1.ListWebhookDeliveriesRequest]) (*connect.Response[v1.ListWebhookDeliveriesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.ListWebhookDeliveries is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) GetAuditCheckpoint(context.Context, *connect.Request[v1.GetAuditCheckpointRequest]) (*connect.Response[v1.GetAuditCheckpointResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.GetAuditCheckpoint is not implemented"))
 }
 
 func (UnimplementedAuditServiceHandler) VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error) {
