@@ -98,6 +98,8 @@ type Gateway struct {
 	pollsWaiting prometheus.Gauge
 	tasksLeased  prometheus.Counter
 	tasksLost    prometheus.Counter
+	tasksDone    *prometheus.CounterVec
+	latency      prometheus.Histogram
 }
 
 var _ agentv1connect.AgentServiceHandler = (*Gateway)(nil)
@@ -117,7 +119,14 @@ func New(reg *registry.Registry, st *execution.Store, hub *notify.Hub, nudge fun
 			Name: "opsconductor_tasks_lost_total", Help: "Tasks whose lease expired, found by this replica's reaper.",
 		}),
 	}
-	metrics.MustRegister(g.pollsWaiting, g.tasksLeased, g.tasksLost)
+	g.tasksDone = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "opsconductor_tasks_completed_total", Help: "Tasks agents reported finished to this replica, by outcome.",
+	}, []string{"status"})
+	g.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "opsconductor_dispatch_latency_seconds", Help: "From a task queued to its lease by an agent (includes waiting for a free slot or a batch).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300},
+	})
+	metrics.MustRegister(g.pollsWaiting, g.tasksLeased, g.tasksLost, g.tasksDone, g.latency)
 	return g
 }
 
@@ -292,6 +301,7 @@ func (g *Gateway) claim(ctx context.Context, a registry.AgentRecord, slots, remo
 			zap.String("agent_id", a.ID), zap.Int64("lease_generation", c.Task.LeaseGeneration), zap.String("correlation_id", c.CorrelationID))
 		out = append(out, ta)
 		g.tasksLeased.Inc()
+		g.latency.Observe(time.Since(c.Task.CreatedAt).Seconds())
 	}
 	if err != nil {
 		return out, fmt.Errorf("claim tasks for agent %s: %w", a.ID, err)
@@ -499,6 +509,7 @@ func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1
 	if err != nil {
 		return nil, leaseErr(err)
 	}
+	g.tasksDone.WithLabelValues(req.Msg.GetStatus()).Inc()
 	g.logger.Info("task completed", zap.String("task_id", req.Msg.GetTaskId()), zap.String("agent_id", a.ID), zap.String("status", req.Msg.GetStatus()))
 	g.wakeQueued(ctx, req.Msg.GetTaskId())
 	return connect.NewResponse(&agentv1.CompleteTaskResponse{}), nil

@@ -75,4 +75,25 @@ func TestReplicasShareWork(t *testing.T) {
 		t.Fatalf("job executed through B took %s to run on an agent polling A", took)
 	}
 	t.Logf("executed through B, ran on A's agent, finished in %s", took)
+
+	// What Prometheus scrapes from A, the replica the agent polls.
+	cptest.Eventually(t, 20*time.Second, func() error {
+		resp, err := http.Get(a.URL + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, want := range []string{
+			"opsconductor_rpc_calls_total{", "opsconductor_dispatch_latency_seconds_count 1", `opsconductor_tasks_completed_total{status="succeeded"} 1`,
+			"opsconductor_tasks_queued 0", `opsconductor_outbox_unpublished{schema="executions"}`, `opsconductor_outbox_publish_errors_total{schema="jobs"}`,
+			`opsconductor_db_connections_open{schema="jobs"}`, "opsconductor_redis_pool_connections", `opsconductor_bus_published_total{bus="redis"}`,
+			"opsconductor_schedule_lateness_seconds_count", "opsconductor_agent_polls_waiting",
+		} {
+			if !strings.Contains(string(body), want) {
+				return fmt.Errorf("/metrics lacks %s", want)
+			}
+		}
+		return nil
+	})
 }

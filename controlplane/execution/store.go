@@ -1586,3 +1586,12 @@ func (s *Store) Summaries(ctx context.Context, from, to time.Time) ([]Summary, e
 	}
 	return out, rows.Err()
 }
+
+// QueuedTasks counts the tasks waiting for an agent (the queue depth).
+func (s *Store) QueuedTasks(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM tasks WHERE status = $1`, TaskQueued).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count queued tasks: %w", err)
+	}
+	return n, nil
+}

@@ -3,6 +3,7 @@ package outbox
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,6 +26,7 @@ type Publisher struct {
 	cfg    RelayConfig
 	logger *zap.Logger
 	nudge  chan struct{}
+	errors atomic.Int64
 }
 
 // NewPublisher builds a publisher of db's outbox; source names the
@@ -95,6 +97,29 @@ func (p *Publisher) setPosition(ctx context.Context, seq int64) error {
 	return nil
 }
 
+// Errors counts failed attempts to publish (the broker down, say).
+func (p *Publisher) Errors() int64 { return p.errors.Load() }
+
+// Schema is the schema whose outbox it publishes.
+func (p *Publisher) Schema() string { return p.db.Schema() }
+
+// Lag is how many committed events are not published yet (an estimate:
+// the highest sequence number written less the published position).
+func (p *Publisher) Lag(ctx context.Context) (int64, error) {
+	if err := p.ensurePosition(ctx); err != nil {
+		return 0, err
+	}
+	top, err := MaxSeq(ctx, p.db)
+	if err != nil {
+		return 0, err
+	}
+	at, err := p.Position(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return max(top-at, 0), nil
+}
+
 // Run publishes until ctx ends, taking part in the election of the
 // schema's publisher.
 func (p *Publisher) Run(ctx context.Context) error {
@@ -128,6 +153,7 @@ func (p *Publisher) active(ctx context.Context, lock *store.SessionLock) {
 	for lock.Held(ctx) {
 		var err error
 		if cursor, gapSince, err = p.publish(ctx, cursor, gapSince); err != nil && ctx.Err() == nil {
+			p.errors.Add(1)
 			p.logger.Warn("publish outbox events; retrying", zap.Int64("after", cursor), zap.Error(err))
 		}
 		select {

@@ -66,6 +66,9 @@ type SchedulerConfig struct {
 	// PageSize is how many schedules of the window one query reads
 	// (default 20000).
 	PageSize int
+	// Lateness, if set, observes each fire's lateness in seconds (fired_at
+	// - scheduled_for), for the Prometheus histogram.
+	Lateness interface{ Observe(float64) }
 	// Lookahead is how far ahead the active scheduler reads schedules
 	// into memory and claims their slots (default 2s), so that a fire
 	// waits for neither.
@@ -478,7 +481,11 @@ func (s *Scheduler) fireSlot(ctx context.Context, p plan, retaken bool, blackout
 		s.logger.Warn("schedule fire refused", zap.String("schedule_id", r.ID), zap.Time("scheduled_for", slot), zap.Error(err))
 		return record(OutcomeFailed, err.Error(), ""), nil
 	}
+	rec := record(OutcomeFired, p.why, id)
+	if s.cfg.Lateness != nil {
+		s.cfg.Lateness.Observe(rec.Lateness.Seconds())
+	}
 	s.logger.Debug("schedule fired", zap.String("schedule_id", r.ID), zap.Time("scheduled_for", slot), zap.String("execution_id", id),
-		zap.Duration("lateness", s.now().Sub(slot)))
-	return record(OutcomeFired, p.why, id), nil
+		zap.Duration("lateness", rec.Lateness))
+	return rec, nil
 }

@@ -171,6 +171,8 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	if err != nil {
 		return nil, err
 	}
+	metricsReg := prometheus.NewRegistry()
+	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var eventBus bus.Bus
 	switch cfg.EventBus() {
 	case "redis":
@@ -181,14 +183,13 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	default:
 		eventBus = bus.NewMemory(bus.Options{})
 	}
+	eventBus = bus.Instrument(eventBus, cfg.EventBus(), metricsReg)
 	auditEvents := audit.NewStore(auditDB)
 	auditLog := audit.NewLog(auditDB)
 	a.auditLog = auditLog
 	a.auditor = audit.NewConsumer(auditEvents, eventBus, logger)
 	a.eventBus = eventBus
 
-	metricsReg := prometheus.NewRegistry()
-	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	execStore := execution.NewStore(execDB)
 	var nudgeExecRelay func() // set below, once the relays exist
 	loseTasks := func(ctx context.Context, agentID, reason string) (int, error) {
@@ -244,7 +245,11 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		Fires:  schedStore.FireStats,
 	}, a.notifier, logger)
 	schedules := schedule.NewService(schedStore, execs, nil, logger)
-	a.scheduler = schedule.NewScheduler(schedDB, schedStore, execs, nil, logger, schedule.SchedulerConfig{})
+	lateness := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "opsconductor_schedule_lateness_seconds",
+		Help:    "From a schedule's nominal fire time to its execution's creation, as this replica fired them.",
+		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}})
+	metricsReg.MustRegister(lateness)
+	a.scheduler = schedule.NewScheduler(schedDB, schedStore, execs, nil, logger, schedule.SchedulerConfig{Lateness: lateness})
 	// Each service's outbox relay hands its committed events to in-process
 	// subscribers: a wake-up for an execution's watchers on this replica,
 	// and a counter. Audit and notifications subscribe here later.
@@ -267,6 +272,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	for _, db := range a.dbs {
 		a.publishers = append(a.publishers, outbox.NewPublisher(db, eventBus, db.Schema(), logger, outbox.RelayConfig{}))
 	}
+	a.registerInfraMetrics(metricsReg, execStore.QueuedTasks)
 	gwCfg := dispatch.Config{
 		Secrets:       box,
 		Credentials:   creds,

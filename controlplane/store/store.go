@@ -176,6 +176,9 @@ func (tx *Tx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.R
 // to wake waiters about the rows it wrote. It does not run on rollback.
 func (tx *Tx) AfterCommit(fn func()) { tx.after = append(tx.after, fn) }
 
+// Stats is the connection pool's state, for Prometheus.
+func (db *DB) Stats() sql.DBStats { return db.sql.Stats() }
+
 // InTx runs fn in a transaction, committing when fn returns nil and rolling
 // back otherwise. On SQLite the transaction takes the write lock at once.
 func (db *DB) InTx(ctx context.Context, fn func(tx *Tx) error) error {
