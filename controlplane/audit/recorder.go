@@ -103,7 +103,9 @@ func (r *Recorder) write(ctx context.Context, spec connect.Spec, header interfac
 	}
 	if m, ok := msg.(proto.Message); ok {
 		rec.Request, rec.Resource = r.summary(m)
-		if rec.ActorKind == "agent" && rec.Actor == "" {
+		// An agent's id in the request is only its claim: it names the
+		// actor when the gateway accepted the call, not when it refused it.
+		if rec.ActorKind == "agent" && rec.Actor == "" && callErr == nil {
 			rec.Actor = stringField(m, "agent_id")
 		}
 	}
@@ -175,7 +177,8 @@ func (r *Recorder) summary(m proto.Message) (string, string) {
 	}
 	s := string(body)
 	if len(s) > summaryLimit {
-		s = s[:summaryLimit] + "…"
+		// Cut on a character boundary: Postgres refuses invalid UTF-8.
+		s = strings.ToValidUTF8(s[:summaryLimit], "") + "…"
 	}
 	return s, resourceOf(m, true)
 }

@@ -324,41 +324,41 @@ func (n *Notifier) Run(ctx context.Context) error {
 	}
 }
 
-// sendDue takes up to 20 due deliveries, sends them and records how it
-// went; it returns how many it took.
+// sendDue sends up to 20 due deliveries, one after the other, and
+// records how each went; it returns how many it looked at. Each is leased
+// just before it is sent (its next attempt pushed past the attempt's
+// timeout, only if it is still due), so another replica does not send it
+// too, and a lease never runs out while earlier ones are being sent.
 func (n *Notifier) sendDue(ctx context.Context) (int, error) {
 	now := n.now().UTC()
-	var batch []due
-	err := n.db.InTx(ctx, func(tx *store.Tx) error {
-		batch = batch[:0]
-		rows, err := tx.QueryContext(ctx, `SELECT id, webhook_id, event_id, event_type, body, attempts FROM webhook_deliveries
-			WHERE state = $1 AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT 20`+store.SkipLocked(tx), DeliveryPending, now)
-		if err != nil {
-			return fmt.Errorf("find due deliveries: %w", err)
-		}
-		for rows.Next() {
-			var d due
-			if err := rows.Scan(&d.id, &d.webhookID, &d.eventID, &d.eventType, &d.body, &d.attempts); err != nil {
-				rows.Close()
-				return err
-			}
-			batch = append(batch, d)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		for _, d := range batch {
-			if _, err := tx.ExecContext(ctx, `UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE id = $2`, now.Add(2*n.cfg.Timeout), d.id); err != nil {
-				return fmt.Errorf("lease delivery %d: %w", d.id, err)
-			}
-		}
-		return nil
-	})
+	rows, err := n.db.QueryContext(ctx, `SELECT id, webhook_id, event_id, event_type, body, attempts FROM webhook_deliveries
+		WHERE state = $1 AND next_attempt_at <= $2 ORDER BY next_attempt_at, id LIMIT 20`, DeliveryPending, now)
 	if err != nil {
+		return 0, fmt.Errorf("find due deliveries: %w", err)
+	}
+	var batch []due
+	for rows.Next() {
+		var d due
+		if err := rows.Scan(&d.id, &d.webhookID, &d.eventID, &d.eventType, &d.body, &d.attempts); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		batch = append(batch, d)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
 		return 0, err
 	}
 	for _, d := range batch {
+		leaseAt := n.now().UTC()
+		res, err := n.db.ExecContext(ctx, `UPDATE webhook_deliveries SET next_attempt_at = $1 WHERE id = $2 AND state = $3 AND attempts = $4 AND next_attempt_at <= $5`,
+			leaseAt.Add(2*n.cfg.Timeout), d.id, DeliveryPending, d.attempts, leaseAt)
+		if err != nil {
+			return len(batch), fmt.Errorf("lease delivery %d: %w", d.id, err)
+		}
+		if k, _ := res.RowsAffected(); k != 1 {
+			continue // another replica has it
+		}
 		if err := n.attempt(ctx, d); err != nil {
 			return len(batch), err
 		}
@@ -425,7 +425,9 @@ func (n *Notifier) attempt(ctx context.Context, d due) error {
 func (n *Notifier) record(ctx context.Context, d due, w Webhook, code int, errMsg string, took time.Duration) error {
 	now := n.now().UTC()
 	attempt := d.attempts + 1
-	return n.db.InTx(context.WithoutCancel(ctx), func(tx *store.Tx) error {
+	// Recorded even when the notifier is stopping: the attempt was made.
+	ctx = context.WithoutCancel(ctx)
+	return n.db.InTx(ctx, func(tx *store.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms) VALUES ($1, $2, $3, $4, $5, $6)`,
 			d.id, attempt, now, code, errMsg, took.Milliseconds()); err != nil {
 			return fmt.Errorf("log attempt: %w", err)

@@ -101,6 +101,9 @@ func (r *Redis) Consume(ctx context.Context, group string, families []string, h 
 		if err == nil {
 			err = c.readNew(ctx)
 		}
+		if err != nil && strings.Contains(err.Error(), "NOGROUP") {
+			ready = false // the stream or group went away (a flush, a restart without persistence): make them again
+		}
 		if err != nil && ctx.Err() == nil {
 			r.logger.Warn("consume events", zap.String("group", group), zap.Error(err), zap.Duration("retry_in", backoff))
 			select {

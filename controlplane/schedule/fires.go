@@ -440,3 +440,46 @@ func (s *Store) FireStats(ctx context.Context, from, to time.Time) (map[string]i
 	}
 	return byOutcome, lateness, rows.Err()
 }
+
+// current is what the scheduler checks of a schedule just before firing a
+// slot it claimed ahead.
+type current struct {
+	version int64
+	state   string
+	next    *time.Time
+}
+
+// Current reads the version, state and next fire time of the schedules
+// with these ids (absent: deleted).
+func (s *Store) Current(ctx context.Context, ids []string) (map[string]current, error) {
+	out := make(map[string]current, len(ids))
+	if s.db.Dialect() != store.Postgres {
+		for _, id := range ids {
+			r, err := s.Get(ctx, id)
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			out[id] = current{version: r.Version, state: r.State, next: r.NextFireAt}
+		}
+		return out, nil
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT id, version, state, next_fire_at FROM schedules WHERE id = ANY($1::text[])`, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read %d schedules: %w", len(ids), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var c current
+		var next sql.NullTime
+		if err := rows.Scan(&id, &c.version, &c.state, &next); err != nil {
+			return nil, err
+		}
+		c.next = timePtr(next)
+		out[id] = c
+	}
+	return out, rows.Err()
+}

@@ -152,6 +152,8 @@ func (s *Scheduler) active(ctx context.Context, lock *store.SessionLock) {
 	var refreshAt time.Time // zero: now
 	postponed := false
 	for {
+		// What is due fires first: a refresh never delays it.
+		s.fireWindow(ctx, w, s.now(), blackouts)
 		now := s.now()
 		if !now.Before(refreshAt) {
 			// A refresh reads the whole window: not when a fire is due
@@ -175,7 +177,6 @@ func (s *Scheduler) active(ctx context.Context, lock *store.SessionLock) {
 				postponed, refreshAt = false, now.Add(s.cfg.Tick)
 			}
 		}
-		s.fireWindow(ctx, w, s.now(), blackouts)
 		wake := refreshAt
 		if first, ok := w.earliest(); ok && first.Before(wake) {
 			wake = first
@@ -382,6 +383,9 @@ func (s *Scheduler) fireChunk(ctx context.Context, chunk []*entry, now time.Time
 			ids, firsts, slots, which = append(ids, p.e.r.ID), append(firsts, p.st.expect), append(slots, p.slot), append(which, i)
 		}
 	}
+	if err := s.recheck(ctx, plans, claimed); err != nil {
+		return nil, err
+	}
 	if len(ids) > 0 {
 		c, o, err := s.store.ClaimSlots(ctx, ids, firsts, slots)
 		if err != nil {
@@ -423,6 +427,44 @@ func (s *Scheduler) fireChunk(ctx context.Context, chunk []*entry, now time.Time
 		}
 	}
 	return moved, nil
+}
+
+// recheck reads, in one query, the schedules whose slot was claimed
+// ahead (up to a tick before they were last read): one paused, deleted or
+// moved to another time since is not fired, and its claim is recorded
+// skipped; one edited but still at this slot waits for the next pass,
+// which fires it with its new definition.
+func (s *Scheduler) recheck(ctx context.Context, plans []plan, claimed []bool) error {
+	var ids []string
+	for i, p := range plans {
+		if claimed[i] {
+			ids = append(ids, p.e.r.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	cur, err := s.store.Current(ctx, ids)
+	if err != nil {
+		return err
+	}
+	for i := range plans {
+		if !claimed[i] {
+			continue
+		}
+		p := &plans[i]
+		c, ok := cur[p.e.r.ID]
+		switch {
+		case ok && c.state == StateActive && c.next != nil && c.next.Equal(p.st.expect) && c.version == p.e.r.Version:
+			continue // as read: fire it
+		case ok && c.state == StateActive && c.next != nil && c.next.Equal(p.st.expect):
+			// Edited, same slot: the claim stays for the next pass.
+		default:
+			p.st.fires = append(p.st.fires, FireRecord{ScheduleID: p.e.r.ID, ScheduledFor: p.slot, Outcome: OutcomeSkipped, Reason: released})
+		}
+		p.fire, p.st.advance, claimed[i] = false, false, false
+	}
+	return nil
 }
 
 // fireSlot fires a plan's claimed slot and returns its record. retaken:

@@ -358,13 +358,13 @@ func TestSchedulerWindow(t *testing.T) {
 				return &opsconductorv1.Schedule{Kind: KindInterval, Every: durationpb.New(10 * time.Second), Anchor: timestamppb.New(anchor),
 					OverlapPolicy: OverlapAllow}
 			}
-			kept, paused, edited := r.create(t, every()), r.create(t, every()), r.create(t, every())
+			kept, paused, edited, late := r.create(t, every()), r.create(t, every()), r.create(t, every()), r.create(t, every())
 			w := newWindow()
 			r.now = utc("2026-01-01T10:00:09Z")
 			if _, err := r.sched.prepare(ctx, w, r.now, r.now.Add(2*time.Second)); err != nil {
 				t.Fatal(err)
 			}
-			for _, id := range []string{kept, paused, edited} {
+			for _, id := range []string{kept, paused, edited, late} {
 				if got := r.outcomes(t, id); !equal(got, []string{"10:00:10 firing"}) {
 					t.Fatalf("schedule %s before its fire: %v, want the slot claimed ahead", id, got)
 				}
@@ -388,9 +388,19 @@ func TestSchedulerWindow(t *testing.T) {
 			if _, err := r.sched.prepare(ctx, w, r.now, r.now.Add(2*time.Second)); err != nil {
 				t.Fatal(err)
 			}
+			// Paused after the last refresh, just before its fire: the fire
+			// re-checks and does not run it.
+			if _, err := r.svc.PauseSchedule(ctx, connect.NewRequest(&opsconductorv1.PauseScheduleRequest{Id: late})); err != nil {
+				t.Fatal(err)
+			}
 			r.now = utc("2026-01-01T10:00:10.02Z")
-			if n := r.sched.fireWindow(ctx, w, r.now, nil); n != 2 {
-				t.Fatalf("%d fired at 10:00:10, want 2 (the paused one not)", n)
+			before := len(r.firer.runs)
+			r.sched.fireWindow(ctx, w, r.now, nil)
+			if n := len(r.firer.runs) - before; n != 2 {
+				t.Fatalf("%d fired at 10:00:10, want 2 (the paused ones not)", n)
+			}
+			if got := r.outcomes(t, late); !equal(got, []string{"10:00:10 skipped"}) {
+				t.Fatalf("schedule paused just before its fire: %v, want its claim recorded skipped", got)
 			}
 			if got := r.outcomes(t, paused); !equal(got, []string{"10:00:10 skipped"}) {
 				t.Fatalf("paused schedule: %v, want its claim recorded skipped", got)
@@ -419,7 +429,7 @@ func TestSchedulerWindow(t *testing.T) {
 			if _, err := r.sched.prepare(ctx, newWindow(), r.now, r.now.Add(2*time.Second)); err != nil {
 				t.Fatal(err)
 			}
-			before := len(r.firer.runs)
+			before = len(r.firer.runs)
 			r.now = utc("2026-01-01T10:00:21Z")
 			r.tick(t)
 			r.tick(t)

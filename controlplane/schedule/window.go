@@ -54,10 +54,15 @@ func (s *Scheduler) refresh(ctx context.Context, w *window, until time.Time) ([]
 		return nil, err
 	}
 	// A full page may leave schedules out that are still due: only those
-	// up to the page's last next fire time are known to have moved on.
-	known := until
+	// up to the page's last row are known to have moved on
+	// (by next fire time, then id: the page's order).
+	known, knownID := until, ""
 	if w.full = len(rows) == s.cfg.PageSize; w.full {
-		known = rows[len(rows)-1].next
+		known, knownID = rows[len(rows)-1].next, rows[len(rows)-1].id
+	}
+	movedOn := func(e *entry) bool {
+		next := *e.r.NextFireAt
+		return !w.full && !next.After(known) || next.Before(known) || next.Equal(known) && e.r.ID <= knownID
 	}
 	next := make(map[string]*entry, len(rows))
 	var stale []string
@@ -94,7 +99,7 @@ func (s *Scheduler) refresh(ctx context.Context, w *window, until time.Time) ([]
 		}
 	}
 	for id, old := range w.entries {
-		if _, ok := next[id]; !ok && !old.r.NextFireAt.After(known) {
+		if _, ok := next[id]; !ok && movedOn(old) {
 			releases = append(releases, releaseOf(old)...)
 		}
 		if e := next[id]; e != nil && e != old && !e.claimed.Equal(old.claimed) {
