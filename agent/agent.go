@@ -55,6 +55,8 @@ type Config struct {
 	// Safety refuses dangerous commands the control plane did not
 	// explicitly allow; nil means the built-in rules.
 	Safety *safety.Checker
+	// Metrics, if set, counts the agent's work for Prometheus.
+	Metrics *Metrics
 }
 
 // Agent is a running agent.
@@ -209,6 +211,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			if ctx.Err() != nil || cutShort {
 				continue
 			}
+			if m := a.cfg.Metrics; m != nil {
+				m.pollErrors.Inc()
+			}
 			code := connect.CodeOf(err)
 			if code == connect.CodeUnauthenticated || code == connect.CodePermissionDenied || code == connect.CodeFailedPrecondition {
 				return fmt.Errorf("control plane refused this agent: %w", err)
@@ -223,6 +228,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			continue
 		}
 		backoff = time.Second
+		if m := a.cfg.Metrics; m != nil {
+			m.polls.Inc()
+		}
 		mu.Lock()
 		for _, id := range resp.Msg.GetCancelTaskIds() {
 			if stop, ok := running[id]; ok && !cancelling[id] {
@@ -245,10 +253,17 @@ func (a *Agent) Run(ctx context.Context) error {
 			delete(cancelling, t.GetTaskId())
 			mu.Unlock()
 			wg.Add(1)
+			if m := a.cfg.Metrics; m != nil {
+				m.tasksStarted.Inc()
+				m.tasksRunning.Inc()
+			}
 			go func() {
 				defer wg.Done()
 				defer stop(nil)
 				run.Run(taskCtx, t)
+				if m := a.cfg.Metrics; m != nil {
+					m.tasksRunning.Dec()
+				}
 				mu.Lock()
 				// Only our own entry: the task may have been leased to this
 				// agent again (a newer generation) while this attempt wound

@@ -50,7 +50,8 @@ func TestReplicasShareWork(t *testing.T) {
 	a := cptest.StartServer(t, "server-a", env)
 	b := cptest.StartServer(t, "server-b", env)
 	b.Token = a.Token // one bootstrap for the shared database
-	a.StartAgent(t, "edge", "role=edge", "--poll-wait", "60s")
+	agentMetrics := cptest.FreeAddr(t)
+	a.StartAgent(t, "edge", "role=edge", "--poll-wait", "60s", "--metrics-addr", agentMetrics)
 	a.WaitAgents(t, 1)
 	// The agent's long-poll is now waiting on server A.
 	cptest.Eventually(t, 30*time.Second, func() error {
@@ -92,6 +93,22 @@ func TestReplicasShareWork(t *testing.T) {
 		} {
 			if !strings.Contains(string(body), want) {
 				return fmt.Errorf("/metrics lacks %s", want)
+			}
+		}
+		return nil
+	})
+	// And from the agent (--metrics-addr).
+	cptest.Eventually(t, 20*time.Second, func() error {
+		resp, err := http.Get("http://" + agentMetrics + "/metrics")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		for _, want := range []string{"opsconductor_agent_tasks_started_total 1", "opsconductor_agent_tasks_running 0", "opsconductor_agent_polls_total",
+			"process_resident_memory_bytes", "go_goroutines"} {
+			if !strings.Contains(string(body), want) {
+				return fmt.Errorf("the agent's /metrics lacks %s", want)
 			}
 		}
 		return nil

@@ -14,6 +14,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
@@ -22,7 +24,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/pflag"
+	"go.uber.org/zap"
 	"sigs.k8s.io/yaml"
 
 	"github.com/opsconductor/opsconductor/agent"
@@ -85,6 +91,7 @@ func run(args []string) error {
 	sandboxProcesses := fs.Int("sandbox-processes", envInt("OPSCONDUCTOR_SANDBOX_PROCESSES", 256), "processes of one sandboxed action at once (env OPSCONDUCTOR_SANDBOX_PROCESSES)")
 	sandboxCPU := fs.Duration("sandbox-cpu", envDuration("OPSCONDUCTOR_SANDBOX_CPU", time.Hour), "CPU time of each sandboxed process (env OPSCONDUCTOR_SANDBOX_CPU)")
 	sandboxFiles := fs.Int("sandbox-open-files", envInt("OPSCONDUCTOR_SANDBOX_OPEN_FILES", 1024), "open files of each sandboxed process (env OPSCONDUCTOR_SANDBOX_OPEN_FILES)")
+	metricsAddr := fs.String("metrics-addr", env("OPSCONDUCTOR_METRICS_ADDR", ""), "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9102 (default off) (env OPSCONDUCTOR_METRICS_ADDR)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -172,15 +179,32 @@ func run(args []string) error {
 		have = append(have, name)
 	}
 	slices.Sort(have[3:])
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var metrics *agent.Metrics
+	if *metricsAddr != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		metrics = agent.NewMetrics(reg)
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		logger.Info("serving metrics", zap.String("addr", ln.Addr().String()))
+	}
 	a, err := agent.New(agent.Config{
 		ServerURL: strings.TrimRight(*server, "/"), JoinToken: *joinToken, Name: *name, Labels: labelMap,
 		Capacity: *capacity, RemoteCapacity: *remoteCapacity, PollWait: *pollWait, KeyMaxAge: *keyMaxAge, Safety: checker, Plugins: have,
+		Metrics: metrics,
 	}, state.FileStore{Dir: *stateDir}, executor.Router{Shell: builtins.Executor("shell"), SSH: builtins.Executor("ssh"), WinRM: builtins.Executor("winrm"), Plugins: plugins}, client, logger)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	return a.Run(ctx)
 }
 
