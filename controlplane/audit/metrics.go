@@ -29,6 +29,17 @@ type MetricSources struct {
 	// Fires counts the schedule fires due in [from, to) by outcome, with
 	// the lateness of those that fired.
 	Fires func(ctx context.Context, from, to time.Time) (map[string]int64, []time.Duration, error)
+	// Runs lists the executions created in [from, to), oldest first, for
+	// the compliance export.
+	Runs func(ctx context.Context, from, to time.Time) ([]Run, error)
+}
+
+// Run is an execution as the compliance export shows it.
+type Run struct {
+	ID, JobName, CreatedBy, Status string
+	CreatedAt                      time.Time
+	Targets                        []string
+	DangerousReason                string
 }
 
 // finished statuses count toward the success rate.

@@ -161,6 +161,61 @@ func (s *Service) PublishEvent(ctx context.Context, req *connect.Request[opscond
 	return connect.NewResponse(&opsconductorv1.PublishEventResponse{Id: e.ID}), nil
 }
 
+func toAuditRecord(r Record) *opsconductorv1.AuditRecord {
+	var roles []string
+	if r.Roles != "" {
+		roles = strings.Split(r.Roles, ",")
+	}
+	return &opsconductorv1.AuditRecord{Seq: r.Seq, Time: timestamppb.New(r.Time), Actor: r.Actor, ActorKind: r.ActorKind,
+		Roles: roles, Action: r.Action, Resource: r.Resource, Outcome: r.Outcome, Reason: r.Reason, Peer: r.Peer, UserAgent: r.UserAgent,
+		CorrelationId: r.CorrelationID, Request: r.Request, PrevHash: r.PrevHash, Hash: r.Hash}
+}
+
+// ExportAudit is the compliance report of a time range.
+func (s *Service) ExportAudit(ctx context.Context, req *connect.Request[opsconductorv1.ExportAuditRequest]) (*connect.Response[opsconductorv1.ExportAuditResponse], error) {
+	m := req.Msg
+	if m.GetStartTime() == nil || m.GetEndTime() == nil {
+		return nil, apperr.InvalidField("start_time", "start_time and end_time are both required")
+	}
+	from, to := m.GetStartTime().AsTime(), m.GetEndTime().AsTime()
+	if !from.Before(to) {
+		return nil, apperr.InvalidField("start_time", "must be before end_time")
+	}
+	if s.sources.Runs == nil {
+		return nil, apperr.FailedPrecondition("the executions are not wired on this server")
+	}
+	recs, prev, err := s.log.Range(ctx, from, to)
+	if err != nil {
+		return nil, apperr.FailedPrecondition("%v", err)
+	}
+	v, err := s.log.Verify(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cp, err := s.log.LatestCheckpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	runs, err := s.sources.Runs(ctx, from, to)
+	if err != nil {
+		return nil, err
+	}
+	resp := &opsconductorv1.ExportAuditResponse{StartTime: timestamppb.New(from), EndTime: timestamppb.New(to), PrevHash: prev, HashMethod: HashMethod,
+		ChainVerified: v.OK, ChainProblem: v.Problem, ChainRecords: v.Records, HeadHash: v.Head, Checkpoint: cp.Note}
+	for _, r := range recs {
+		resp.Records = append(resp.Records, toAuditRecord(r))
+	}
+	for _, r := range runs {
+		resp.Executions = append(resp.Executions, &opsconductorv1.ExecutionRun{ExecutionId: r.ID, JobName: r.JobName, CreatedBy: r.CreatedBy, Status: r.Status,
+			CreateTime: timestamppb.New(r.CreatedAt), Targets: r.Targets})
+		if r.DangerousReason != "" {
+			resp.DangerousOverrides = append(resp.DangerousOverrides, &opsconductorv1.OverrideRecord{ExecutionId: r.ID, JobName: r.JobName,
+				CreatedBy: r.CreatedBy, Reason: r.DangerousReason, CreateTime: timestamppb.New(r.CreatedAt)})
+		}
+	}
+	return connect.NewResponse(resp), nil
+}
+
 // ListAuditRecords lists the audit log newest first.
 func (s *Service) ListAuditRecords(ctx context.Context, req *connect.Request[opsconductorv1.ListAuditRecordsRequest]) (*connect.Response[opsconductorv1.ListAuditRecordsResponse], error) {
 	m := req.Msg
@@ -183,13 +238,7 @@ func (s *Service) ListAuditRecords(ctx context.Context, req *connect.Request[ops
 	}
 	resp := &opsconductorv1.ListAuditRecordsResponse{}
 	for _, r := range recs {
-		var roles []string
-		if r.Roles != "" {
-			roles = strings.Split(r.Roles, ",")
-		}
-		resp.Records = append(resp.Records, &opsconductorv1.AuditRecord{Seq: r.Seq, Time: timestamppb.New(r.Time), Actor: r.Actor, ActorKind: r.ActorKind,
-			Roles: roles, Action: r.Action, Resource: r.Resource, Outcome: r.Outcome, Reason: r.Reason, Peer: r.Peer, UserAgent: r.UserAgent,
-			CorrelationId: r.CorrelationID, Request: r.Request, PrevHash: r.PrevHash, Hash: r.Hash})
+		resp.Records = append(resp.Records, toAuditRecord(r))
 	}
 	if next > 0 {
 		resp.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(strconv.FormatInt(next, 10)))

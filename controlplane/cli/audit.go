@@ -1,9 +1,11 @@
 package cli
 
 import (
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -149,7 +151,81 @@ func newAuditCmd(g *globals) *cobra.Command {
 	list.Flags().StringVar(&resource, "resource", "", "only calls about this id or name")
 	list.Flags().StringVar(&outcome, "outcome", "", "only this outcome: ok, permission_denied, ...")
 	list.Flags().StringVar(&corr, "correlation-id", "", "only this request")
-	cmd.AddCommand(verify, list, checkpoint, keygen)
+	var fromS, toS, format, table string
+	var since time.Duration
+	export := &cobra.Command{
+		Use:   "export (--from TIME --to TIME | --since 720h) [--format json|csv] [--table records|executions|overrides]",
+		Short: "The compliance report of a time range: audit records with the chain proof, who ran what where, dangerous overrides",
+		Long: `Export what an auditor needs for a time range: every audit record in it
+with the hash before the first and each record's hash (recompute them as
+hash_method says), the whole log verified at export time, the newest
+signed checkpoint, who ran which jobs on which targets, and every
+dangerous-command override with its reason.
+
+--format json (default) writes all of it; --format csv writes one table
+(--table records, executions or overrides).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			to := time.Now()
+			from := to.Add(-since)
+			var err error
+			if fromS != "" {
+				if from, err = time.Parse(time.RFC3339, fromS); err != nil {
+					return fmt.Errorf("--from: want RFC 3339 (2026-11-01T00:00:00Z): %w", err)
+				}
+			}
+			if toS != "" {
+				if to, err = time.Parse(time.RFC3339, toS); err != nil {
+					return fmt.Errorf("--to: want RFC 3339: %w", err)
+				}
+			}
+			resp, err := g.audit().ExportAudit(cmd.Context(), connect.NewRequest(&opsconductorv1.ExportAuditRequest{StartTime: timestamppb.New(from), EndTime: timestamppb.New(to)}))
+			if err != nil {
+				return err
+			}
+			x := resp.Msg
+			if !x.GetChainVerified() {
+				fmt.Fprintf(g.stderr, "warning: the audit log does not verify: %s\n", x.GetChainProblem())
+			}
+			switch format {
+			case "json":
+				return g.printJSON(x)
+			case "csv":
+			default:
+				return fmt.Errorf("--format: json or csv, not %q", format)
+			}
+			w := csv.NewWriter(g.stdout)
+			ts := func(t *timestamppb.Timestamp) string { return t.AsTime().UTC().Format(time.RFC3339Nano) }
+			switch table {
+			case "records":
+				_ = w.Write([]string{"seq", "time", "actor", "actor_kind", "roles", "action", "resource", "outcome", "reason", "peer", "user_agent", "correlation_id", "request", "prev_hash", "hash"})
+				for _, r := range x.GetRecords() {
+					_ = w.Write([]string{strconv.FormatInt(r.GetSeq(), 10), ts(r.GetTime()), r.GetActor(), r.GetActorKind(), strings.Join(r.GetRoles(), ","), r.GetAction(),
+						r.GetResource(), r.GetOutcome(), r.GetReason(), r.GetPeer(), r.GetUserAgent(), r.GetCorrelationId(), r.GetRequest(), r.GetPrevHash(), r.GetHash()})
+				}
+			case "executions":
+				_ = w.Write([]string{"execution_id", "time", "job", "created_by", "status", "targets"})
+				for _, e := range x.GetExecutions() {
+					_ = w.Write([]string{e.GetExecutionId(), ts(e.GetCreateTime()), e.GetJobName(), e.GetCreatedBy(), e.GetStatus(), strings.Join(e.GetTargets(), " ")})
+				}
+			case "overrides":
+				_ = w.Write([]string{"execution_id", "time", "job", "created_by", "reason"})
+				for _, o := range x.GetDangerousOverrides() {
+					_ = w.Write([]string{o.GetExecutionId(), ts(o.GetCreateTime()), o.GetJobName(), o.GetCreatedBy(), o.GetReason()})
+				}
+			default:
+				return fmt.Errorf("--table: records, executions or overrides, not %q", table)
+			}
+			w.Flush()
+			return w.Error()
+		},
+	}
+	export.Flags().StringVar(&fromS, "from", "", "start of the range (RFC 3339)")
+	export.Flags().StringVar(&toS, "to", "", "end of the range (RFC 3339; default now)")
+	export.Flags().DurationVar(&since, "since", 30*24*time.Hour, "without --from: this long before --to")
+	export.Flags().StringVar(&format, "format", "json", "json or csv")
+	export.Flags().StringVar(&table, "table", "records", "with csv: records, executions or overrides")
+	cmd.AddCommand(verify, list, checkpoint, keygen, export)
 	return cmd
 }
 

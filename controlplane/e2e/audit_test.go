@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,4 +94,95 @@ func keyAfter(out, prefix string) string {
 		}
 	}
 	return ""
+}
+
+// TestComplianceExport: after a plain run and a run with a dangerous-
+// command override on a real agent, `opsconductor audit export` gives the
+// records (whose hashes an auditor can recompute from the export alone,
+// linked from prev_hash), who ran which job on which agent, and the
+// override with its reason; the CSV table of overrides too.
+func TestComplianceExport(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	rules := filepath.Join(dir, "rules.yaml")
+	if err := os.WriteFile(rules, []byte("extra_rules:\n  - id: test.export-marker\n    severity: critical\n    reason: the export test marker\n    pattern: '^echo export-marker$'\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := cptest.StartServer(t, "server", map[string]string{"DATABASE_URL": storetest.NewURL(t, store.SQLite), "OPSCONDUCTOR_SAFETY_RULES": rules})
+	s.StartAgent(t, "exporter", "role=export", "--safety-rules", rules)
+	s.WaitAgents(t, 1)
+	for name, command := range map[string]string{"plain": "echo fine", "marked": "echo export-marker"} {
+		job := filepath.Join(dir, name+".yaml")
+		if err := os.WriteFile(job, []byte("name: "+name+"\nactions:\n  - command: "+command+"\ntargets:\n  - selector: role=export\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, errOut, code := cli(t, s, "job", "apply", "-f", job); code != 0 {
+			t.Fatalf("apply %s: %s", name, errOut)
+		}
+	}
+	if out, errOut, code := cli(t, s, "run", "plain", "--follow"); code != 0 {
+		t.Fatalf("run plain: %s%s", out, errOut)
+	}
+	if out, errOut, code := cli(t, s, "run", "marked", "--follow", "--allow-dangerous", "change 42, approved by the CAB"); code != 0 {
+		t.Fatalf("run marked: %s%s", out, errOut)
+	}
+
+	out, errOut, code := cli(t, s, "audit", "export", "--since", "1h")
+	if code != 0 {
+		t.Fatalf("audit export: code %d\n%s", code, errOut)
+	}
+	var x struct {
+		Records []struct {
+			Seq                                                                        string
+			Time                                                                       string
+			Actor, ActorKind                                                           string
+			Roles                                                                      []string
+			Action, Resource, Outcome, Reason, Peer, UserAgent, CorrelationID, Request string
+			PrevHash, Hash                                                             string
+		}
+		PrevHash, HashMethod string
+		ChainVerified        bool
+		Executions           []struct {
+			JobName, CreatedBy string
+			Targets            []string
+		}
+		DangerousOverrides []struct{ JobName, Reason string }
+	}
+	if err := json.Unmarshal([]byte(out), &x); err != nil {
+		t.Fatalf("export is not JSON: %v\n%s", err, out)
+	}
+	if !x.ChainVerified || len(x.Records) < 4 || x.HashMethod == "" || x.Records[0].PrevHash != x.PrevHash {
+		t.Fatalf("export: verified %v, %d records, prev %q", x.ChainVerified, len(x.Records), x.PrevHash)
+	}
+	// The auditor's side: recompute every hash from the export alone.
+	prev := x.PrevHash
+	for _, r := range x.Records {
+		seq, _ := strconv.ParseInt(r.Seq, 10, 64)
+		at, err := time.Parse(time.RFC3339Nano, r.Time)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := json.Marshal(audit.Record{Seq: seq, Time: at.UTC(), Actor: r.Actor, ActorKind: r.ActorKind, Roles: strings.Join(r.Roles, ","),
+			Action: r.Action, Resource: r.Resource, Outcome: r.Outcome, Reason: r.Reason, Peer: r.Peer, UserAgent: r.UserAgent,
+			CorrelationID: r.CorrelationID, Request: r.Request, PrevHash: r.PrevHash})
+		sum := sha256.Sum256(body)
+		if hex.EncodeToString(sum[:]) != r.Hash || r.PrevHash != prev {
+			t.Fatalf("record %s does not recompute from the export (or does not link)", r.Seq)
+		}
+		prev = r.Hash
+	}
+	ran := map[string]string{}
+	for _, e := range x.Executions {
+		ran[e.JobName] = e.CreatedBy + " on " + strings.Join(e.Targets, ",")
+	}
+	if !strings.HasSuffix(ran["plain"], " on exporter") || !strings.HasSuffix(ran["marked"], " on exporter") || strings.HasPrefix(ran["plain"], " ") {
+		t.Fatalf("who ran what where: %v", ran)
+	}
+	if len(x.DangerousOverrides) != 1 || x.DangerousOverrides[0].JobName != "marked" || x.DangerousOverrides[0].Reason != "change 42, approved by the CAB" {
+		t.Fatalf("overrides: %+v", x.DangerousOverrides)
+	}
+	out, errOut, code = cli(t, s, "audit", "export", "--since", "1h", "--format", "csv", "--table", "overrides")
+	if code != 0 || !strings.HasPrefix(out, "execution_id,time,job,created_by,reason\n") || !strings.Contains(out, `"change 42, approved by the CAB"`) {
+		t.Fatalf("csv overrides: code %d\n%s%s", code, out, errOut)
+	}
 }

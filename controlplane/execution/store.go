@@ -1595,3 +1595,52 @@ func (s *Store) QueuedTasks(ctx context.Context) (int64, error) {
 	}
 	return n, nil
 }
+
+// Run is an execution as the compliance export shows it: who ran which
+// job on which targets, and any dangerous-command override.
+type Run struct {
+	ID, JobName, CreatedBy, Status string
+	CreatedAt                      time.Time
+	Targets                        []string // agent names, or the remote hosts
+	DangerousReason                string   // "" when no override
+}
+
+// Runs lists the executions created in [from, to), oldest first.
+func (s *Store) Runs(ctx context.Context, from, to time.Time) ([]Run, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT e.id, e.job_name, e.created_by, e.status, e.created_at, e.allow_dangerous, e.dangerous_reason,
+		COALESCE(t.agent_name, ''), COALESCE(t.host, '')
+		FROM executions e LEFT JOIN tasks t ON t.execution_id = e.id
+		WHERE e.created_at >= $1 AND e.created_at < $2 ORDER BY e.created_at, e.id, t.agent_name, t.host`, from.UTC(), to.UTC())
+	if err != nil {
+		return nil, fmt.Errorf("list runs: %w", err)
+	}
+	defer rows.Close()
+	var out []Run
+	for rows.Next() {
+		var r Run
+		var dangerous bool
+		var agent, host string
+		if err := rows.Scan(&r.ID, &r.JobName, &r.CreatedBy, &r.Status, &r.CreatedAt, &dangerous, &r.DangerousReason, &agent, &host); err != nil {
+			return nil, fmt.Errorf("scan run: %w", err)
+		}
+		if !dangerous {
+			r.DangerousReason = ""
+		}
+		target := agent
+		if host != "" {
+			target = host
+		}
+		if n := len(out); n > 0 && out[n-1].ID == r.ID {
+			if target != "" {
+				out[n-1].Targets = append(out[n-1].Targets, target)
+			}
+			continue
+		}
+		r.CreatedAt = r.CreatedAt.UTC()
+		if target != "" {
+			r.Targets = []string{target}
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

@@ -243,6 +243,15 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		},
 		Agents: reg.AgentCounts,
 		Fires:  schedStore.FireStats,
+		Runs: func(ctx context.Context, from, to time.Time) ([]audit.Run, error) {
+			runs, err := execStore.Runs(ctx, from, to)
+			out := make([]audit.Run, len(runs))
+			for i, r := range runs {
+				out[i] = audit.Run{ID: r.ID, JobName: r.JobName, CreatedBy: r.CreatedBy, Status: r.Status, CreatedAt: r.CreatedAt, Targets: r.Targets,
+					DangerousReason: r.DangerousReason}
+			}
+			return out, err
+		},
 	}, a.notifier, logger)
 	schedules := schedule.NewService(schedStore, execs, nil, logger)
 	lateness := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "opsconductor_schedule_lateness_seconds",

@@ -2279,6 +2279,359 @@ func (*ReplayDeadLetterResponse) Descriptor() ([]byte, []int) {
 	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{33}
 }
 
+type ExportAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records written, and executions created, at or after start_time and
+	// before end_time. Both required.
+	StartTime     *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime       *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportAuditRequest) Reset() {
+	*x = ExportAuditRequest{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportAuditRequest) ProtoMessage() {}
+
+func (x *ExportAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportAuditRequest.ProtoReflect.Descriptor instead.
+func (*ExportAuditRequest) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ExportAuditRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *ExportAuditRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+type ExecutionRun struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	ExecutionId string                 `protobuf:"bytes,1,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	JobName     string                 `protobuf:"bytes,2,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	CreatedBy   string                 `protobuf:"bytes,3,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Status      string                 `protobuf:"bytes,4,opt,name=status,proto3" json:"status,omitempty"`
+	CreateTime  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Agent names, or the remote hosts.
+	Targets       []string `protobuf:"bytes,6,rep,name=targets,proto3" json:"targets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecutionRun) Reset() {
+	*x = ExecutionRun{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecutionRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecutionRun) ProtoMessage() {}
+
+func (x *ExecutionRun) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecutionRun.ProtoReflect.Descriptor instead.
+func (*ExecutionRun) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ExecutionRun) GetExecutionId() string {
+	if x != nil {
+		return x.ExecutionId
+	}
+	return ""
+}
+
+func (x *ExecutionRun) GetJobName() string {
+	if x != nil {
+		return x.JobName
+	}
+	return ""
+}
+
+func (x *ExecutionRun) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *ExecutionRun) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *ExecutionRun) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *ExecutionRun) GetTargets() []string {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
+type OverrideRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ExecutionId   string                 `protobuf:"bytes,1,opt,name=execution_id,json=executionId,proto3" json:"execution_id,omitempty"`
+	JobName       string                 `protobuf:"bytes,2,opt,name=job_name,json=jobName,proto3" json:"job_name,omitempty"`
+	CreatedBy     string                 `protobuf:"bytes,3,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OverrideRecord) Reset() {
+	*x = OverrideRecord{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OverrideRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OverrideRecord) ProtoMessage() {}
+
+func (x *OverrideRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OverrideRecord.ProtoReflect.Descriptor instead.
+func (*OverrideRecord) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *OverrideRecord) GetExecutionId() string {
+	if x != nil {
+		return x.ExecutionId
+	}
+	return ""
+}
+
+func (x *OverrideRecord) GetJobName() string {
+	if x != nil {
+		return x.JobName
+	}
+	return ""
+}
+
+func (x *OverrideRecord) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *OverrideRecord) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *OverrideRecord) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+type ExportAuditResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Oldest first, contiguous in the chain.
+	Records []*AuditRecord `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
+	// The hash of the record before the first ("" at the log's start): the
+	// first record's prev_hash must equal it.
+	PrevHash string `protobuf:"bytes,4,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	// How each record's hash is computed, to recompute it.
+	HashMethod string `protobuf:"bytes,5,opt,name=hash_method,json=hashMethod,proto3" json:"hash_method,omitempty"`
+	// The whole log verified at export time.
+	ChainVerified bool   `protobuf:"varint,6,opt,name=chain_verified,json=chainVerified,proto3" json:"chain_verified,omitempty"`
+	ChainProblem  string `protobuf:"bytes,7,opt,name=chain_problem,json=chainProblem,proto3" json:"chain_problem,omitempty"`
+	ChainRecords  int64  `protobuf:"varint,8,opt,name=chain_records,json=chainRecords,proto3" json:"chain_records,omitempty"`
+	HeadHash      string `protobuf:"bytes,9,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
+	// The newest signed checkpoint ("" without --audit-signing-key).
+	Checkpoint         string            `protobuf:"bytes,10,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	Executions         []*ExecutionRun   `protobuf:"bytes,11,rep,name=executions,proto3" json:"executions,omitempty"`
+	DangerousOverrides []*OverrideRecord `protobuf:"bytes,12,rep,name=dangerous_overrides,json=dangerousOverrides,proto3" json:"dangerous_overrides,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *ExportAuditResponse) Reset() {
+	*x = ExportAuditResponse{}
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportAuditResponse) ProtoMessage() {}
+
+func (x *ExportAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_opsconductor_v1_audit_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportAuditResponse.ProtoReflect.Descriptor instead.
+func (*ExportAuditResponse) Descriptor() ([]byte, []int) {
+	return file_opsconductor_v1_audit_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ExportAuditResponse) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *ExportAuditResponse) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *ExportAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ExportAuditResponse) GetPrevHash() string {
+	if x != nil {
+		return x.PrevHash
+	}
+	return ""
+}
+
+func (x *ExportAuditResponse) GetHashMethod() string {
+	if x != nil {
+		return x.HashMethod
+	}
+	return ""
+}
+
+func (x *ExportAuditResponse) GetChainVerified() bool {
+	if x != nil {
+		return x.ChainVerified
+	}
+	return false
+}
+
+func (x *ExportAuditResponse) GetChainProblem() string {
+	if x != nil {
+		return x.ChainProblem
+	}
+	return ""
+}
+
+func (x *ExportAuditResponse) GetChainRecords() int64 {
+	if x != nil {
+		return x.ChainRecords
+	}
+	return 0
+}
+
+func (x *ExportAuditResponse) GetHeadHash() string {
+	if x != nil {
+		return x.HeadHash
+	}
+	return ""
+}
+
+func (x *ExportAuditResponse) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *ExportAuditResponse) GetExecutions() []*ExecutionRun {
+	if x != nil {
+		return x.Executions
+	}
+	return nil
+}
+
+func (x *ExportAuditResponse) GetDangerousOverrides() []*OverrideRecord {
+	if x != nil {
+		return x.DangerousOverrides
+	}
+	return nil
+}
+
 var File_opsconductor_v1_audit_proto protoreflect.FileDescriptor
 
 const file_opsconductor_v1_audit_proto_rawDesc = "" +
@@ -2478,7 +2831,48 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\x17ReplayDeadLetterRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x10\n" +
 	"\x03ref\x18\x02 \x01(\tR\x03ref\"\x1a\n" +
-	"\x18ReplayDeadLetterResponse2\xc8\x0f\n" +
+	"\x18ReplayDeadLetterResponse\"\x86\x01\n" +
+	"\x12ExportAuditRequest\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\"\xda\x01\n" +
+	"\fExecutionRun\x12!\n" +
+	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x19\n" +
+	"\bjob_name\x18\x02 \x01(\tR\ajobName\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x03 \x01(\tR\tcreatedBy\x12\x16\n" +
+	"\x06status\x18\x04 \x01(\tR\x06status\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12\x18\n" +
+	"\atargets\x18\x06 \x03(\tR\atargets\"\xc2\x01\n" +
+	"\x0eOverrideRecord\x12!\n" +
+	"\fexecution_id\x18\x01 \x01(\tR\vexecutionId\x12\x19\n" +
+	"\bjob_name\x18\x02 \x01(\tR\ajobName\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x03 \x01(\tR\tcreatedBy\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"\xbc\x04\n" +
+	"\x13ExportAuditResponse\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x126\n" +
+	"\arecords\x18\x03 \x03(\v2\x1c.opsconductor.v1.AuditRecordR\arecords\x12\x1b\n" +
+	"\tprev_hash\x18\x04 \x01(\tR\bprevHash\x12\x1f\n" +
+	"\vhash_method\x18\x05 \x01(\tR\n" +
+	"hashMethod\x12%\n" +
+	"\x0echain_verified\x18\x06 \x01(\bR\rchainVerified\x12#\n" +
+	"\rchain_problem\x18\a \x01(\tR\fchainProblem\x12#\n" +
+	"\rchain_records\x18\b \x01(\x03R\fchainRecords\x12\x1b\n" +
+	"\thead_hash\x18\t \x01(\tR\bheadHash\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\n" +
+	" \x01(\tR\n" +
+	"checkpoint\x12=\n" +
+	"\n" +
+	"executions\x18\v \x03(\v2\x1d.opsconductor.v1.ExecutionRunR\n" +
+	"executions\x12P\n" +
+	"\x13dangerous_overrides\x18\f \x03(\v2\x1f.opsconductor.v1.OverrideRecordR\x12dangerousOverrides2\xd1\x10\n" +
 	"\fAuditService\x12~\n" +
 	"\n" +
 	"ListEvents\x12\".opsconductor.v1.ListEventsRequest\x1a#.opsconductor.v1.ListEventsResponse\"'\x8a\xb5\x18\r\n" +
@@ -2507,7 +2901,10 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\x0fwebhooks:manage\x82\xd3\xe4\x93\x02\"\x12 /api/v1/webhooks/{id}/deliveries\x12\x9f\x01\n" +
 	"\x12GetAuditCheckpoint\x12*.opsconductor.v1.GetAuditCheckpointRequest\x1a+.opsconductor.v1.GetAuditCheckpointResponse\"0\x8a\xb5\x18\f\n" +
 	"\n" +
-	"audit:read\x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/audit/checkpoint\x12\x92\x01\n" +
+	"audit:read\x82\xd3\xe4\x93\x02\x1a\x12\x18/api/v1/audit/checkpoint\x12\x86\x01\n" +
+	"\vExportAudit\x12#.opsconductor.v1.ExportAuditRequest\x1a$.opsconductor.v1.ExportAuditResponse\",\x8a\xb5\x18\f\n" +
+	"\n" +
+	"audit:read\x82\xd3\xe4\x93\x02\x16\x12\x14/api/v1/audit/export\x12\x92\x01\n" +
 	"\x0eVerifyAuditLog\x12&.opsconductor.v1.VerifyAuditLogRequest\x1a'.opsconductor.v1.VerifyAuditLogResponse\"/\x8a\xb5\x18\f\n" +
 	"\n" +
 	"audit:read\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/api/v1/audit/verifyBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
@@ -2524,7 +2921,7 @@ func file_opsconductor_v1_audit_proto_rawDescGZIP() []byte {
 	return file_opsconductor_v1_audit_proto_rawDescData
 }
 
-var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_opsconductor_v1_audit_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_opsconductor_v1_audit_proto_goTypes = []any{
 	(*Event)(nil),                         // 0: opsconductor.v1.Event
 	(*ListEventsRequest)(nil),             // 1: opsconductor.v1.ListEventsRequest
@@ -2560,75 +2957,90 @@ var file_opsconductor_v1_audit_proto_goTypes = []any{
 	(*ListDeadLettersResponse)(nil),       // 31: opsconductor.v1.ListDeadLettersResponse
 	(*ReplayDeadLetterRequest)(nil),       // 32: opsconductor.v1.ReplayDeadLetterRequest
 	(*ReplayDeadLetterResponse)(nil),      // 33: opsconductor.v1.ReplayDeadLetterResponse
-	nil,                                   // 34: opsconductor.v1.JobMetrics.ByStatusEntry
-	nil,                                   // 35: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	nil,                                   // 36: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
-	(*timestamppb.Timestamp)(nil),         // 37: google.protobuf.Timestamp
-	(*structpb.Value)(nil),                // 38: google.protobuf.Value
+	(*ExportAuditRequest)(nil),            // 34: opsconductor.v1.ExportAuditRequest
+	(*ExecutionRun)(nil),                  // 35: opsconductor.v1.ExecutionRun
+	(*OverrideRecord)(nil),                // 36: opsconductor.v1.OverrideRecord
+	(*ExportAuditResponse)(nil),           // 37: opsconductor.v1.ExportAuditResponse
+	nil,                                   // 38: opsconductor.v1.JobMetrics.ByStatusEntry
+	nil,                                   // 39: opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	nil,                                   // 40: opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	(*timestamppb.Timestamp)(nil),         // 41: google.protobuf.Timestamp
+	(*structpb.Value)(nil),                // 42: google.protobuf.Value
 }
 var file_opsconductor_v1_audit_proto_depIdxs = []int32{
-	37, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
-	38, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
-	37, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
-	37, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
+	41, // 0: opsconductor.v1.Event.time:type_name -> google.protobuf.Timestamp
+	42, // 1: opsconductor.v1.Event.payload:type_name -> google.protobuf.Value
+	41, // 2: opsconductor.v1.ListEventsRequest.start_time:type_name -> google.protobuf.Timestamp
+	41, // 3: opsconductor.v1.ListEventsRequest.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 4: opsconductor.v1.ListEventsResponse.events:type_name -> opsconductor.v1.Event
-	38, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
-	37, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	37, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
-	37, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
+	42, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
+	41, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	41, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
+	41, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
 	5,  // 9: opsconductor.v1.ListAuditRecordsResponse.records:type_name -> opsconductor.v1.AuditRecord
-	37, // 10: opsconductor.v1.GetAuditCheckpointResponse.time:type_name -> google.protobuf.Timestamp
-	37, // 11: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
-	37, // 12: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
-	34, // 13: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
+	41, // 10: opsconductor.v1.GetAuditCheckpointResponse.time:type_name -> google.protobuf.Timestamp
+	41, // 11: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
+	41, // 12: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
+	38, // 13: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
 	13, // 14: opsconductor.v1.JobMetrics.duration:type_name -> opsconductor.v1.DurationStats
-	35, // 15: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	37, // 16: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
-	37, // 17: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
-	36, // 18: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	39, // 15: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	41, // 16: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
+	41, // 17: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
+	40, // 18: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
 	13, // 19: opsconductor.v1.GetMetricsResponse.duration:type_name -> opsconductor.v1.DurationStats
 	14, // 20: opsconductor.v1.GetMetricsResponse.jobs:type_name -> opsconductor.v1.JobMetrics
 	15, // 21: opsconductor.v1.GetMetricsResponse.schedules:type_name -> opsconductor.v1.ScheduleMetrics
-	37, // 22: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	41, // 22: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
 	17, // 23: opsconductor.v1.CreateWebhookRequest.webhook:type_name -> opsconductor.v1.Webhook
 	17, // 24: opsconductor.v1.CreateWebhookResponse.webhook:type_name -> opsconductor.v1.Webhook
 	17, // 25: opsconductor.v1.ListWebhooksResponse.webhooks:type_name -> opsconductor.v1.Webhook
-	37, // 26: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
+	41, // 26: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
 	26, // 27: opsconductor.v1.ListWebhookDeliveriesResponse.attempts:type_name -> opsconductor.v1.WebhookAttempt
 	0,  // 28: opsconductor.v1.DeadLetter.event:type_name -> opsconductor.v1.Event
-	37, // 29: opsconductor.v1.DeadLetter.dead_time:type_name -> google.protobuf.Timestamp
+	41, // 29: opsconductor.v1.DeadLetter.dead_time:type_name -> google.protobuf.Timestamp
 	29, // 30: opsconductor.v1.ListDeadLettersResponse.dead_letters:type_name -> opsconductor.v1.DeadLetter
-	1,  // 31: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
-	3,  // 32: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
-	30, // 33: opsconductor.v1.AuditService.ListDeadLetters:input_type -> opsconductor.v1.ListDeadLettersRequest
-	32, // 34: opsconductor.v1.AuditService.ReplayDeadLetter:input_type -> opsconductor.v1.ReplayDeadLetterRequest
-	6,  // 35: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
-	12, // 36: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
-	18, // 37: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
-	20, // 38: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
-	22, // 39: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
-	24, // 40: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
-	27, // 41: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
-	10, // 42: opsconductor.v1.AuditService.GetAuditCheckpoint:input_type -> opsconductor.v1.GetAuditCheckpointRequest
-	8,  // 43: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
-	2,  // 44: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
-	4,  // 45: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
-	31, // 46: opsconductor.v1.AuditService.ListDeadLetters:output_type -> opsconductor.v1.ListDeadLettersResponse
-	33, // 47: opsconductor.v1.AuditService.ReplayDeadLetter:output_type -> opsconductor.v1.ReplayDeadLetterResponse
-	7,  // 48: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
-	16, // 49: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
-	19, // 50: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
-	21, // 51: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
-	23, // 52: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
-	25, // 53: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
-	28, // 54: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
-	11, // 55: opsconductor.v1.AuditService.GetAuditCheckpoint:output_type -> opsconductor.v1.GetAuditCheckpointResponse
-	9,  // 56: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
-	44, // [44:57] is the sub-list for method output_type
-	31, // [31:44] is the sub-list for method input_type
-	31, // [31:31] is the sub-list for extension type_name
-	31, // [31:31] is the sub-list for extension extendee
-	0,  // [0:31] is the sub-list for field type_name
+	41, // 31: opsconductor.v1.ExportAuditRequest.start_time:type_name -> google.protobuf.Timestamp
+	41, // 32: opsconductor.v1.ExportAuditRequest.end_time:type_name -> google.protobuf.Timestamp
+	41, // 33: opsconductor.v1.ExecutionRun.create_time:type_name -> google.protobuf.Timestamp
+	41, // 34: opsconductor.v1.OverrideRecord.create_time:type_name -> google.protobuf.Timestamp
+	41, // 35: opsconductor.v1.ExportAuditResponse.start_time:type_name -> google.protobuf.Timestamp
+	41, // 36: opsconductor.v1.ExportAuditResponse.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 37: opsconductor.v1.ExportAuditResponse.records:type_name -> opsconductor.v1.AuditRecord
+	35, // 38: opsconductor.v1.ExportAuditResponse.executions:type_name -> opsconductor.v1.ExecutionRun
+	36, // 39: opsconductor.v1.ExportAuditResponse.dangerous_overrides:type_name -> opsconductor.v1.OverrideRecord
+	1,  // 40: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
+	3,  // 41: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
+	30, // 42: opsconductor.v1.AuditService.ListDeadLetters:input_type -> opsconductor.v1.ListDeadLettersRequest
+	32, // 43: opsconductor.v1.AuditService.ReplayDeadLetter:input_type -> opsconductor.v1.ReplayDeadLetterRequest
+	6,  // 44: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
+	12, // 45: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
+	18, // 46: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
+	20, // 47: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
+	22, // 48: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
+	24, // 49: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
+	27, // 50: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
+	10, // 51: opsconductor.v1.AuditService.GetAuditCheckpoint:input_type -> opsconductor.v1.GetAuditCheckpointRequest
+	34, // 52: opsconductor.v1.AuditService.ExportAudit:input_type -> opsconductor.v1.ExportAuditRequest
+	8,  // 53: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
+	2,  // 54: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
+	4,  // 55: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
+	31, // 56: opsconductor.v1.AuditService.ListDeadLetters:output_type -> opsconductor.v1.ListDeadLettersResponse
+	33, // 57: opsconductor.v1.AuditService.ReplayDeadLetter:output_type -> opsconductor.v1.ReplayDeadLetterResponse
+	7,  // 58: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
+	16, // 59: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
+	19, // 60: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
+	21, // 61: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
+	23, // 62: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
+	25, // 63: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
+	28, // 64: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
+	11, // 65: opsconductor.v1.AuditService.GetAuditCheckpoint:output_type -> opsconductor.v1.GetAuditCheckpointResponse
+	37, // 66: opsconductor.v1.AuditService.ExportAudit:output_type -> opsconductor.v1.ExportAuditResponse
+	9,  // 67: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
+	54, // [54:68] is the sub-list for method output_type
+	40, // [40:54] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_audit_proto_init() }
@@ -2643,7 +3055,7 @@ func file_opsconductor_v1_audit_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_opsconductor_v1_audit_proto_rawDesc), len(file_opsconductor_v1_audit_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

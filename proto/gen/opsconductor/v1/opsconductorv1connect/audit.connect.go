@@ -67,6 +67,9 @@ const (
 	// AuditServiceGetAuditCheckpointProcedure is the fully-qualified name of the AuditService's
 	// GetAuditCheckpoint RPC.
 	AuditServiceGetAuditCheckpointProcedure = "/opsconductor.v1.AuditService/GetAuditCheckpoint"
+	// AuditServiceExportAuditProcedure is the fully-qualified name of the AuditService's ExportAudit
+	// RPC.
+	AuditServiceExportAuditProcedure = "/opsconductor.v1.AuditService/ExportAudit"
 	// AuditServiceVerifyAuditLogProcedure is the fully-qualified name of the AuditService's
 	// VerifyAuditLog RPC.
 	AuditServiceVerifyAuditLogProcedure = "/opsconductor.v1.AuditService/VerifyAuditLog"
@@ -106,6 +109,12 @@ type AuditServiceClient interface {
 	// log's Merkle tree: auditors keep them, to prove later that the log
 	// still extends them.
 	GetAuditCheckpoint(context.Context, *connect.Request[v1.GetAuditCheckpointRequest]) (*connect.Response[v1.GetAuditCheckpointResponse], error)
+	// ExportAudit is the compliance report of a time range: every audit
+	// record in it with what proves the chain (the hash before the first,
+	// each record's hash, a verification of the whole log, the newest
+	// signed checkpoint), who ran which jobs on which targets, and every
+	// dangerous-command override with its reason.
+	ExportAudit(context.Context, *connect.Request[v1.ExportAuditRequest]) (*connect.Response[v1.ExportAuditResponse], error)
 	// VerifyAuditLog walks the whole chain and names the first record that
 	// was edited, deleted or moved.
 	VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error)
@@ -194,6 +203,12 @@ func NewAuditServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(auditServiceMethods.ByName("GetAuditCheckpoint")),
 			connect.WithClientOptions(opts...),
 		),
+		exportAudit: connect.NewClient[v1.ExportAuditRequest, v1.ExportAuditResponse](
+			httpClient,
+			baseURL+AuditServiceExportAuditProcedure,
+			connect.WithSchema(auditServiceMethods.ByName("ExportAudit")),
+			connect.WithClientOptions(opts...),
+		),
 		verifyAuditLog: connect.NewClient[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse](
 			httpClient,
 			baseURL+AuditServiceVerifyAuditLogProcedure,
@@ -217,6 +232,7 @@ type auditServiceClient struct {
 	enableWebhook         *connect.Client[v1.EnableWebhookRequest, v1.EnableWebhookResponse]
 	listWebhookDeliveries *connect.Client[v1.ListWebhookDeliveriesRequest, v1.ListWebhookDeliveriesResponse]
 	getAuditCheckpoint    *connect.Client[v1.GetAuditCheckpointRequest, v1.GetAuditCheckpointResponse]
+	exportAudit           *connect.Client[v1.ExportAuditRequest, v1.ExportAuditResponse]
 	verifyAuditLog        *connect.Client[v1.VerifyAuditLogRequest, v1.VerifyAuditLogResponse]
 }
 
@@ -280,6 +296,11 @@ func (c *auditServiceClient) GetAuditCheckpoint(ctx context.Context, req *connec
 	return c.getAuditCheckpoint.CallUnary(ctx, req)
 }
 
+// ExportAudit calls opsconductor.v1.AuditService.ExportAudit.
+func (c *auditServiceClient) ExportAudit(ctx context.Context, req *connect.Request[v1.ExportAuditRequest]) (*connect.Response[v1.ExportAuditResponse], error) {
+	return c.exportAudit.CallUnary(ctx, req)
+}
+
 // VerifyAuditLog calls opsconductor.v1.AuditService.VerifyAuditLog.
 func (c *auditServiceClient) VerifyAuditLog(ctx context.Context, req *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error) {
 	return c.verifyAuditLog.CallUnary(ctx, req)
@@ -319,6 +340,12 @@ type AuditServiceHandler interface {
 	// log's Merkle tree: auditors keep them, to prove later that the log
 	// still extends them.
 	GetAuditCheckpoint(context.Context, *connect.Request[v1.GetAuditCheckpointRequest]) (*connect.Response[v1.GetAuditCheckpointResponse], error)
+	// ExportAudit is the compliance report of a time range: every audit
+	// record in it with what proves the chain (the hash before the first,
+	// each record's hash, a verification of the whole log, the newest
+	// signed checkpoint), who ran which jobs on which targets, and every
+	// dangerous-command override with its reason.
+	ExportAudit(context.Context, *connect.Request[v1.ExportAuditRequest]) (*connect.Response[v1.ExportAuditResponse], error)
 	// VerifyAuditLog walks the whole chain and names the first record that
 	// was edited, deleted or moved.
 	VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error)
@@ -403,6 +430,12 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(auditServiceMethods.ByName("GetAuditCheckpoint")),
 		connect.WithHandlerOptions(opts...),
 	)
+	auditServiceExportAuditHandler := connect.NewUnaryHandler(
+		AuditServiceExportAuditProcedure,
+		svc.ExportAudit,
+		connect.WithSchema(auditServiceMethods.ByName("ExportAudit")),
+		connect.WithHandlerOptions(opts...),
+	)
 	auditServiceVerifyAuditLogHandler := connect.NewUnaryHandler(
 		AuditServiceVerifyAuditLogProcedure,
 		svc.VerifyAuditLog,
@@ -435,6 +468,8 @@ func NewAuditServiceHandler(svc AuditServiceHandler, opts ...connect.HandlerOpti
 			auditServiceListWebhookDeliveriesHandler.ServeHTTP(w, r)
 		case AuditServiceGetAuditCheckpointProcedure:
 			auditServiceGetAuditCheckpointHandler.ServeHTTP(w, r)
+		case AuditServiceExportAuditProcedure:
+			auditServiceExportAuditHandler.ServeHTTP(w, r)
 		case AuditServiceVerifyAuditLogProcedure:
 			auditServiceVerifyAuditLogHandler.ServeHTTP(w, r)
 		default:
@@ -492,6 +527,10 @@ func (UnimplementedAuditServiceHandler) ListWebhookDeliveries(context.Context, *
 
 func (UnimplementedAuditServiceHandler) GetAuditCheckpoint(context.Context, *connect.Request[v1.GetAuditCheckpointRequest]) (*connect.Response[v1.GetAuditCheckpointResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.GetAuditCheckpoint is not implemented"))
+}
+
+func (UnimplementedAuditServiceHandler) ExportAudit(context.Context, *connect.Request[v1.ExportAuditRequest]) (*connect.Response[v1.ExportAuditResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("opsconductor.v1.AuditService.ExportAudit is not implemented"))
 }
 
 func (UnimplementedAuditServiceHandler) VerifyAuditLog(context.Context, *connect.Request[v1.VerifyAuditLogRequest]) (*connect.Response[v1.VerifyAuditLogResponse], error) {
