@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/opsconductor/opsconductor/controlplane/correlation"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 )
 
@@ -32,6 +33,8 @@ type Event struct {
 	AggregateSeq int64  // the event's number within its aggregate
 	Payload      []byte // JSON
 	CreatedAt    time.Time
+	// CorrelationID is the request's that wrote it ("" for background work).
+	CorrelationID string
 }
 
 // Append writes an event in the caller's transaction and returns its
@@ -43,8 +46,8 @@ func Append(ctx context.Context, q store.Querier, topic, aggregateID string, agg
 	}
 	var seq int64
 	err = q.QueryRowContext(ctx,
-		`INSERT INTO outbox (topic, aggregate_id, aggregate_seq, payload, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING seq`,
-		topic, aggregateID, aggregateSeq, string(body), time.Now().UTC()).Scan(&seq)
+		`INSERT INTO outbox (topic, aggregate_id, aggregate_seq, payload, created_at, correlation_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq`,
+		topic, aggregateID, aggregateSeq, string(body), time.Now().UTC(), correlation.ID(ctx)).Scan(&seq)
 	if err != nil {
 		return 0, fmt.Errorf("append %s event: %w", topic, err)
 	}
@@ -53,14 +56,14 @@ func Append(ctx context.Context, q store.Querier, topic, aggregateID string, agg
 
 // ListAfter returns up to limit events with seq > after, in order.
 func ListAfter(ctx context.Context, q store.Querier, after int64, limit int) ([]Event, error) {
-	return list(ctx, q, `SELECT seq, topic, aggregate_id, aggregate_seq, payload, created_at
+	return list(ctx, q, `SELECT seq, topic, aggregate_id, aggregate_seq, payload, created_at, correlation_id
 		FROM outbox WHERE seq > $1 ORDER BY seq LIMIT $2`, after, limit)
 }
 
 // ListAggregateAfter returns up to limit events of one aggregate with
 // aggregate_seq > after, in order.
 func ListAggregateAfter(ctx context.Context, q store.Querier, aggregateID string, after int64, limit int) ([]Event, error) {
-	return list(ctx, q, `SELECT seq, topic, aggregate_id, aggregate_seq, payload, created_at
+	return list(ctx, q, `SELECT seq, topic, aggregate_id, aggregate_seq, payload, created_at, correlation_id
 		FROM outbox WHERE aggregate_id = $1 AND aggregate_seq > $2 ORDER BY aggregate_seq LIMIT $3`, aggregateID, after, limit)
 }
 
@@ -74,7 +77,7 @@ func list(ctx context.Context, q store.Querier, query string, args ...any) ([]Ev
 	for rows.Next() {
 		var e Event
 		var payload string
-		if err := rows.Scan(&e.Seq, &e.Topic, &e.AggregateID, &e.AggregateSeq, &payload, &e.CreatedAt); err != nil {
+		if err := rows.Scan(&e.Seq, &e.Topic, &e.AggregateID, &e.AggregateSeq, &payload, &e.CreatedAt, &e.CorrelationID); err != nil {
 			return nil, fmt.Errorf("scan outbox: %w", err)
 		}
 		e.Payload = []byte(payload)

@@ -60,7 +60,7 @@ func EventID(source string, seq int64) string { return fmt.Sprintf("%s-%d", sour
 // ToBus is the bus form of an outbox event.
 func ToBus(source string, e Event) bus.Event {
 	return bus.Event{ID: EventID(source, e.Seq), Type: e.Topic, Source: source, Subject: e.AggregateID, Time: e.CreatedAt.UTC(),
-		Version: 1, Payload: e.Payload}
+		CorrelationID: e.CorrelationID, Version: 1, Payload: e.Payload}
 }
 
 // ensurePosition creates the position table; it belongs to this package,

@@ -18,9 +18,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var testMigrations = fstest.MapFS{
 	"postgres/0001_outbox.sql": {Data: []byte(`CREATE TABLE outbox (seq BIGSERIAL PRIMARY KEY, topic TEXT NOT NULL, aggregate_id TEXT NOT NULL,
-		aggregate_seq BIGINT NOT NULL, payload TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL)`)},
+		aggregate_seq BIGINT NOT NULL, payload TEXT NOT NULL, created_at TIMESTAMPTZ NOT NULL, correlation_id TEXT NOT NULL DEFAULT '')`)},
 	"sqlite/0001_outbox.sql": {Data: []byte(`CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, aggregate_id TEXT NOT NULL,
-		aggregate_seq INTEGER NOT NULL, payload TEXT NOT NULL, created_at TIMESTAMP NOT NULL)`)},
+		aggregate_seq INTEGER NOT NULL, payload TEXT NOT NULL, created_at TIMESTAMP NOT NULL, correlation_id TEXT NOT NULL DEFAULT '')`)},
 }
 
 type collector struct {

@@ -104,7 +104,8 @@ func TestEveryMutatingCallIsAudited(t *testing.T) {
 func TestEventsAndAuditAPI(t *testing.T) {
 	srv := startApp(t, store.SQLite)
 	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/jobs", validJob("audited"), nil))
-	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/jobs", validJob("audited-too"), nil))
+	cptest.Must(t, http.StatusOK)(cptest.DoJSONHeader(t, "POST", srv.url+"/api/v1/jobs",
+		http.Header{"Authorization": {"Bearer " + srv.token}, "X-Request-ID": {"change-1234"}}, validJob("audited-too"), nil))
 
 	var st rpcStatus
 	cptest.Must(t, http.StatusBadRequest)(srv.do(t, "POST", "/api/v1/events", map[string]any{"type": "execution.completed"}, &st))
@@ -140,6 +141,12 @@ func TestEventsAndAuditAPI(t *testing.T) {
 		}
 		return nil
 	})
+	// The event carries the request's correlation id.
+	var byRequest eventsPage
+	cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/events?correlationId=change-1234", nil, &byRequest))
+	if len(byRequest.Events) != 1 || byRequest.Events[0].Type != "job.created" {
+		t.Fatalf("events of request change-1234: %+v", byRequest)
+	}
 
 	// The audit log, a record a page.
 	type auditPage struct {
