@@ -193,3 +193,15 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return err
 	})
 }
+
+// PurgeEvents deletes up to batch events that happened before before and
+// says how many.
+func (s *Store) PurgeEvents(ctx context.Context, before time.Time, batch int) (int, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM events WHERE id IN (SELECT id FROM events WHERE occurred_at < $1 ORDER BY occurred_at LIMIT $2)`,
+		before.UTC(), batch)
+	if err != nil {
+		return 0, fmt.Errorf("purge events: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}

@@ -41,6 +41,11 @@ type Config struct {
 	// AuditCheckpointInterval is how often a checkpoint is signed while
 	// the log grows.
 	AuditCheckpointInterval time.Duration
+	// Retention (0: keep): finished executions with their output and
+	// events, the audit service's events, and published outbox rows.
+	RetainExecutions, RetainEvents, RetainOutbox time.Duration
+	// RetentionInterval is how often the retention policy runs.
+	RetentionInterval time.Duration
 	// LogFormat is json or console; LogLevel debug, info, warn or error.
 	LogFormat string
 	LogLevel  string
@@ -127,6 +132,8 @@ func Default() Config {
 		AgentOnlineWindow:       90 * time.Second,
 		InventoryInterval:       5 * time.Minute,
 		AuditCheckpointInterval: time.Minute,
+		RetainOutbox:            7 * 24 * time.Hour,
+		RetentionInterval:       time.Hour,
 		RateLimit:               20,
 		RateBurst:               40,
 		MaxRequestBytes:         4 << 20,
@@ -153,6 +160,10 @@ func (c *Config) settings() []setting {
 		{flag: "rabbitmq-url", env: "OPSCONDUCTOR_RABBITMQ_URL", help: "amqp://user:pass@host:5672/ for --bus rabbitmq", str: &c.RabbitMQURL, secret: true},
 		{flag: "audit-signing-key", env: "OPSCONDUCTOR_AUDIT_SIGNING_KEY", help: "signs checkpoints of the audit log (opsconductor audit keygen; use the _FILE variant)", str: &c.AuditSigningKey, secret: true},
 		{flag: "audit-checkpoint-interval", env: "OPSCONDUCTOR_AUDIT_CHECKPOINT_INTERVAL", help: "how often the audit log's head is signed while it grows", dur: &c.AuditCheckpointInterval},
+		{flag: "retain-executions", env: "OPSCONDUCTOR_RETAIN_EXECUTIONS", help: "delete finished executions (output, events) older than this (0: keep)", dur: &c.RetainExecutions},
+		{flag: "retain-events", env: "OPSCONDUCTOR_RETAIN_EVENTS", help: "delete the audit service's events older than this (0: keep)", dur: &c.RetainEvents},
+		{flag: "retain-outbox", env: "OPSCONDUCTOR_RETAIN_OUTBOX", help: "delete published outbox rows older than this (0: keep)", dur: &c.RetainOutbox},
+		{flag: "retention-interval", env: "OPSCONDUCTOR_RETENTION_INTERVAL", help: "how often the retention policy runs", dur: &c.RetentionInterval},
 		{flag: "log-format", env: "OPSCONDUCTOR_LOG_FORMAT", help: "json or console", str: &c.LogFormat},
 		{flag: "log-level", env: "OPSCONDUCTOR_LOG_LEVEL", help: "debug, info, warn or error", str: &c.LogLevel},
 		{flag: "lease-duration", env: "OPSCONDUCTOR_LEASE_DURATION", help: "how long a task stays an agent's without news", dur: &c.LeaseDuration},
@@ -304,6 +315,14 @@ func (c Config) Validate() error {
 	}
 	if c.AuditCheckpointInterval < time.Second {
 		bad("audit-checkpoint-interval", "must be at least 1s, not %s", c.AuditCheckpointInterval)
+	}
+	for name, d := range map[string]time.Duration{"retain-executions": c.RetainExecutions, "retain-events": c.RetainEvents, "retain-outbox": c.RetainOutbox} {
+		if d < 0 {
+			bad(name, "must not be negative")
+		}
+	}
+	if c.RetentionInterval < time.Second {
+		bad("retention-interval", "must be at least 1s, not %s", c.RetentionInterval)
 	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("log-format", "must be json or console, not %q", c.LogFormat)

@@ -1644,3 +1644,62 @@ func (s *Store) Runs(ctx context.Context, from, to time.Time) ([]Run, error) {
 	}
 	return out, rows.Err()
 }
+
+// PurgeFinished deletes up to batch executions that finished before
+// before, with their tasks, results, output and events (one transaction);
+// it returns how many it deleted. Retention calls it until it returns
+// fewer than batch, so no transaction holds much for long.
+func (s *Store) PurgeFinished(ctx context.Context, before time.Time, batch int) (int, error) {
+	deleted := 0
+	err := s.db.InTx(ctx, func(tx *store.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2`,
+			before.UTC(), batch)
+		if err != nil {
+			return fmt.Errorf("find executions to purge: %w", err)
+		}
+		var ids []any
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			ids = append(ids, id)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil || len(ids) == 0 {
+			return err
+		}
+		in := placeholders(len(ids))
+		tasks := `SELECT id FROM tasks WHERE execution_id IN ` + in
+		for _, q := range []string{
+			`DELETE FROM action_results WHERE task_id IN (` + tasks + `)`,
+			`DELETE FROM task_output WHERE task_id IN (` + tasks + `)`,
+			`DELETE FROM task_candidates WHERE task_id IN (` + tasks + `)`,
+			`DELETE FROM tasks WHERE execution_id IN ` + in,
+			`DELETE FROM outbox WHERE aggregate_id IN ` + in,
+			`DELETE FROM executions WHERE id IN ` + in,
+		} {
+			if _, err := tx.ExecContext(ctx, q, ids...); err != nil {
+				return fmt.Errorf("purge executions: %w", err)
+			}
+		}
+		deleted = len(ids)
+		return nil
+	})
+	return deleted, err
+}
+
+// placeholders is "($1, $2, ..., $n)".
+func placeholders(n int) string {
+	var b strings.Builder
+	b.WriteString("(")
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "$%d", i+1)
+	}
+	b.WriteString(")")
+	return b.String()
+}

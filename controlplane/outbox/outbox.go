@@ -94,3 +94,16 @@ func MaxSeq(ctx context.Context, q store.Querier) (int64, error) {
 	}
 	return seq, nil
 }
+
+// Purge deletes up to batch outbox rows written before before and at or
+// below upTo (what the publisher has sent: nothing unpublished goes), and
+// says how many.
+func Purge(ctx context.Context, q store.Querier, upTo int64, before time.Time, batch int) (int, error) {
+	res, err := q.ExecContext(ctx, `DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= $1 AND created_at < $2 ORDER BY seq LIMIT $3)`,
+		upTo, before.UTC(), batch)
+	if err != nil {
+		return 0, fmt.Errorf("purge outbox: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}

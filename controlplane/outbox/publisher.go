@@ -100,6 +100,9 @@ func (p *Publisher) setPosition(ctx context.Context, seq int64) error {
 // Errors counts failed attempts to publish (the broker down, say).
 func (p *Publisher) Errors() int64 { return p.errors.Load() }
 
+// DB is the store whose outbox it publishes.
+func (p *Publisher) DB() *store.DB { return p.db }
+
 // Schema is the schema whose outbox it publishes.
 func (p *Publisher) Schema() string { return p.db.Schema() }
 

@@ -54,6 +54,7 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/outbox"
 	"github.com/opsconductor/opsconductor/controlplane/ratelimit"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
+	"github.com/opsconductor/opsconductor/controlplane/retention"
 	"github.com/opsconductor/opsconductor/controlplane/safety"
 	"github.com/opsconductor/opsconductor/controlplane/schedule"
 	"github.com/opsconductor/opsconductor/controlplane/secretbox"
@@ -79,6 +80,7 @@ type App struct {
 	publishers []*outbox.Publisher
 	auditor    *audit.Consumer
 	auditLog   *audit.Log
+	retention  *retention.Purger
 	notifier   *audit.Notifier
 	eventBus   bus.Bus
 	rabbit     *bus.Rabbit // nil unless --bus rabbitmq
@@ -282,6 +284,25 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		a.publishers = append(a.publishers, outbox.NewPublisher(db, eventBus, db.Schema(), logger, outbox.RelayConfig{}))
 	}
 	a.registerInfraMetrics(metricsReg, execStore.QueuedTasks)
+	targets := []retention.Target{
+		{Name: "executions", Keep: cfg.RetainExecutions, Purge: execStore.PurgeFinished},
+		{Name: "events", Keep: cfg.RetainEvents, Purge: auditEvents.PurgeEvents},
+	}
+	for _, p := range a.publishers {
+		if p.Schema() == execution.Schema {
+			continue // an execution's events are its history: they go with it
+		}
+		db := p.DB()
+		targets = append(targets, retention.Target{Name: "outbox." + p.Schema(), Keep: cfg.RetainOutbox,
+			Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
+				upTo, err := p.Position(ctx)
+				if err != nil {
+					return 0, err
+				}
+				return outbox.Purge(ctx, db, upTo, before, batch)
+			}})
+	}
+	a.retention = retention.New(auditDB, targets, retention.Config{Interval: cfg.RetentionInterval}, metricsReg, logger)
 	gwCfg := dispatch.Config{
 		Secrets:       box,
 		Credentials:   creds,
@@ -452,6 +473,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		return a.notifier.Consume(ctx, a.eventBus)
 	})
 	background("webhook-deliveries", a.notifier.Run)
+	background("retention", a.retention.Run)
 	if a.cfg.AuditSigningKey != "" {
 		background("audit-checkpoints", func(ctx context.Context) error {
 			return a.auditLog.RunCheckpoints(ctx, a.cfg.AuditSigningKey, a.cfg.AuditCheckpointInterval, a.logger)
