@@ -1,11 +1,14 @@
 package audit
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -116,9 +119,9 @@ type Verification struct {
 // carry its predecessor's hash, or a chain that ends before its head says.
 func (l *Log) Verify(ctx context.Context) (Verification, error) {
 	var v Verification
-	var headSeq int64
-	var headHash string
-	if err := l.db.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`).Scan(&headSeq, &headHash); err != nil {
+	var headSeq, floorSeq int64
+	var headHash, floorHash string
+	if err := l.db.QueryRowContext(ctx, `SELECT seq, hash, floor_seq, floor_hash FROM audit_head WHERE id = 1`).Scan(&headSeq, &headHash, &floorSeq, &floorHash); err != nil {
 		return v, fmt.Errorf("read the audit log's head: %w", err)
 	}
 	// Only up to the head just read: records appended meanwhile are the
@@ -132,7 +135,9 @@ func (l *Log) Verify(ctx context.Context) (Verification, error) {
 		v.BadSeq, v.Problem = seq, fmt.Sprintf(format, args...)
 		return v, nil
 	}
-	want, prev := int64(1), ""
+	// Records up to the floor were exported and deleted by retention.
+	want, prev := floorSeq+1, floorHash
+	v.Records, v.Head = floorSeq, floorHash
 	var leaves []string
 	for rows.Next() {
 		r, err := scanRecord(rows)
@@ -157,8 +162,24 @@ func (l *Log) Verify(ctx context.Context) (Verification, error) {
 	if v.Records != headSeq || v.Head != headHash {
 		return bad(v.Records+1, "the log ends at record %d but its head says %d: records were removed from the end", v.Records, headSeq)
 	}
-	// The Merkle tree that checkpoints sign must be the records' own.
-	if v.Records > 0 {
+	// The Merkle tree that checkpoints sign must be the records' own:
+	// recomputed whole while nothing was purged, leaf by leaf after.
+	if floorSeq > 0 && len(leaves) > 0 {
+		idx := make([]int64, len(leaves))
+		for i := range leaves {
+			idx[i] = tlog.StoredHashIndex(0, floorSeq+int64(i))
+		}
+		stored, err := hashReader{ctx, l.db}.ReadHashes(idx)
+		if err != nil {
+			return bad(floorSeq+1, "the log's Merkle tree lacks hashes (%v): it was cut", err)
+		}
+		for i, leaf := range leaves {
+			if stored[i] != tlog.RecordHash([]byte(leaf)) {
+				return bad(floorSeq+1+int64(i), "record %d is not the leaf the Merkle tree holds: it was rewritten", floorSeq+1+int64(i))
+			}
+		}
+	}
+	if floorSeq == 0 && v.Records > 0 {
 		want, err := treeHashOfLeaves(leaves)
 		if err != nil {
 			return v, err
@@ -275,4 +296,90 @@ func (l *Log) Range(ctx context.Context, from, to time.Time) ([]Record, string, 
 		return nil, "", nil
 	}
 	return out, out[0].PrevHash, nil
+}
+
+// PurgeBefore exports the records written before before (at most batch,
+// from the oldest) to a new file in dir and then deletes them, moving the
+// chain's floor past them; it returns how many. The file is written and
+// synced first: nothing is deleted that was not exported.
+func (l *Log) PurgeBefore(ctx context.Context, before time.Time, batch int, dir string) (int, error) {
+	var floor int64
+	if err := l.db.QueryRowContext(ctx, `SELECT floor_seq FROM audit_head WHERE id = 1`).Scan(&floor); err != nil {
+		return 0, fmt.Errorf("read the audit log's floor: %w", err)
+	}
+	rows, err := l.db.QueryContext(ctx, `SELECT `+logColumns+` FROM audit_log WHERE seq > $1 AND at < $2 ORDER BY seq LIMIT $3`, floor, before.UTC(), batch)
+	if err != nil {
+		return 0, fmt.Errorf("read audit records to purge: %w", err)
+	}
+	var recs []Record
+	for rows.Next() {
+		r, err := scanRecord(rows)
+		if err != nil {
+			rows.Close()
+			return 0, err
+		}
+		if r.Seq != floor+int64(len(recs))+1 {
+			break // only a run that starts at the floor
+		}
+		recs = append(recs, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil || len(recs) == 0 {
+		return 0, err
+	}
+	first, last := recs[0], recs[len(recs)-1]
+	if err := exportFile(dir, first.Seq, last.Seq, recs); err != nil {
+		return 0, err
+	}
+	err = l.db.InTx(ctx, func(tx *store.Tx) error {
+		var cur int64
+		if err := tx.QueryRowContext(ctx, `SELECT floor_seq FROM audit_head WHERE id = 1`+store.ForUpdate(tx)).Scan(&cur); err != nil {
+			return err
+		}
+		if cur != floor {
+			return fmt.Errorf("another replica purged the audit log meanwhile")
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM audit_log WHERE seq <= $1`, last.Seq); err != nil {
+			return fmt.Errorf("delete audit records: %w", err)
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE audit_head SET floor_seq = $1, floor_hash = $2 WHERE id = 1`, last.Seq, last.Hash)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(recs), nil
+}
+
+// exportFile writes records to DIR/audit-FIRST-LAST.jsonl (one JSON
+// record with its hash per line, after a header line saying how to check
+// them), synced to disk.
+func exportFile(dir string, first, last int64, recs []Record) error {
+	if dir == "" {
+		return fmt.Errorf("no audit export directory: records are not deleted without an export")
+	}
+	path := filepath.Join(dir, fmt.Sprintf("audit-%012d-%012d.jsonl", first, last))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("export audit records: %w", err)
+	}
+	w := bufio.NewWriter(f)
+	head, _ := json.Marshal(map[string]any{"first_seq": first, "last_seq": last, "prev_hash": recs[0].PrevHash, "hash_method": HashMethod})
+	w.Write(append(head, '\n'))
+	for _, r := range recs {
+		line, _ := json.Marshal(struct {
+			Record
+			Hash string `json:"hash"`
+		}{r, r.Hash})
+		w.Write(append(line, '\n'))
+	}
+	if err := w.Flush(); err != nil {
+		f.Close()
+		return fmt.Errorf("export audit records to %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	return f.Close()
 }

@@ -44,6 +44,10 @@ type Config struct {
 	// Retention (0: keep): finished executions with their output and
 	// events, the audit service's events, and published outbox rows.
 	RetainExecutions, RetainEvents, RetainOutbox time.Duration
+	// RetainAudit deletes audit records older than this (0: keep), each
+	// batch exported first to AuditExportDir.
+	RetainAudit    time.Duration
+	AuditExportDir string
 	// RetentionInterval is how often the retention policy runs.
 	RetentionInterval time.Duration
 	// LogFormat is json or console; LogLevel debug, info, warn or error.
@@ -163,6 +167,8 @@ func (c *Config) settings() []setting {
 		{flag: "retain-executions", env: "OPSCONDUCTOR_RETAIN_EXECUTIONS", help: "delete finished executions (output, events) older than this (0: keep)", dur: &c.RetainExecutions},
 		{flag: "retain-events", env: "OPSCONDUCTOR_RETAIN_EVENTS", help: "delete the audit service's events older than this (0: keep)", dur: &c.RetainEvents},
 		{flag: "retain-outbox", env: "OPSCONDUCTOR_RETAIN_OUTBOX", help: "delete published outbox rows older than this (0: keep)", dur: &c.RetainOutbox},
+		{flag: "retain-audit", env: "OPSCONDUCTOR_RETAIN_AUDIT", help: "delete audit records older than this, exported first to --audit-export-dir (0: keep)", dur: &c.RetainAudit},
+		{flag: "audit-export-dir", env: "OPSCONDUCTOR_AUDIT_EXPORT_DIR", help: "where audit records are exported before retention deletes them", str: &c.AuditExportDir},
 		{flag: "retention-interval", env: "OPSCONDUCTOR_RETENTION_INTERVAL", help: "how often the retention policy runs", dur: &c.RetentionInterval},
 		{flag: "log-format", env: "OPSCONDUCTOR_LOG_FORMAT", help: "json or console", str: &c.LogFormat},
 		{flag: "log-level", env: "OPSCONDUCTOR_LOG_LEVEL", help: "debug, info, warn or error", str: &c.LogLevel},
@@ -316,7 +322,13 @@ func (c Config) Validate() error {
 	if c.AuditCheckpointInterval < time.Second {
 		bad("audit-checkpoint-interval", "must be at least 1s, not %s", c.AuditCheckpointInterval)
 	}
-	for name, d := range map[string]time.Duration{"retain-executions": c.RetainExecutions, "retain-events": c.RetainEvents, "retain-outbox": c.RetainOutbox} {
+	if c.RetainAudit > 0 {
+		if st, err := os.Stat(c.AuditExportDir); c.AuditExportDir == "" || err != nil || !st.IsDir() {
+			bad("audit-export-dir", "must be an existing directory with --retain-audit: records are exported there before they are deleted")
+		}
+	}
+	for name, d := range map[string]time.Duration{"retain-executions": c.RetainExecutions, "retain-events": c.RetainEvents, "retain-outbox": c.RetainOutbox,
+		"retain-audit": c.RetainAudit} {
 		if d < 0 {
 			bad(name, "must not be negative")
 		}

@@ -287,6 +287,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	targets := []retention.Target{
 		{Name: "executions", Keep: cfg.RetainExecutions, Purge: execStore.PurgeFinished},
 		{Name: "events", Keep: cfg.RetainEvents, Purge: auditEvents.PurgeEvents},
+		{Name: "audit", Keep: cfg.RetainAudit, Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
+			return auditLog.PurgeBefore(ctx, before, batch, cfg.AuditExportDir)
+		}},
 	}
 	for _, p := range a.publishers {
 		if p.Schema() == execution.Schema {
