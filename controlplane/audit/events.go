@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/opsconductor/opsconductor/controlplane/bus"
+	"github.com/opsconductor/opsconductor/controlplane/outbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 )
 
@@ -65,6 +66,22 @@ func (s *Store) Record(ctx context.Context, events ...bus.Event) (int, error) {
 		return nil
 	})
 	return added, err
+}
+
+// RecordExternal stores an external system's event and, in the same
+// transaction, writes it to the audit schema's outbox, whose publisher
+// puts it on the bus as it is: other consumers get it even if the bus is
+// down now.
+func (s *Store) RecordExternal(ctx context.Context, e bus.Event) error {
+	return s.db.InTx(ctx, func(tx *store.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO events (id, type, source, subject, occurred_at, correlation_id, version, payload, received_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING`,
+			e.ID, e.Type, e.Source, e.Subject, e.Time.UTC(), e.CorrelationID, e.Version, string(e.Payload), time.Now().UTC()); err != nil {
+			return fmt.Errorf("record event %s: %w", e.ID, err)
+		}
+		_, err := outbox.Append(ctx, tx, e.Type, e.Subject, 0, e)
+		return err
+	})
 }
 
 // Filter selects events; zero fields select everything.

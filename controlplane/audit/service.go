@@ -150,13 +150,11 @@ func (s *Service) PublishEvent(ctx context.Context, req *connect.Request[opscond
 	}
 	e := bus.Event{ID: "external-" + uuid.NewString(), Type: m.GetType(), Source: "external:" + caller, Subject: m.GetSubject(),
 		Time: time.Now().UTC(), CorrelationID: corr, Version: max(int(m.GetVersion()), 1), Payload: json.RawMessage(payload)}
-	if _, err := s.events.Record(ctx, e); err != nil {
+	// Stored now (listable at once) and, in the same transaction, in the
+	// audit schema's outbox: its publisher puts it on the bus for the other
+	// consumers (webhooks), whenever the bus is there.
+	if err := s.events.RecordExternal(ctx, e); err != nil {
 		return nil, err
-	}
-	// Other consumers get it from the bus; it is stored already, so a bus
-	// that is down delays them, it does not fail the call.
-	if err := s.bus.Publish(ctx, e); err != nil {
-		s.logger.Warn("external event stored but not yet on the bus", zap.String("event", e.ID), zap.Error(err))
 	}
 	return connect.NewResponse(&opsconductorv1.PublishEventResponse{Id: e.ID}), nil
 }

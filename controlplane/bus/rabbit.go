@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -34,7 +35,20 @@ type Rabbit struct {
 	mu   sync.Mutex
 	conn *amqp.Connection
 	pub  *amqp.Channel // in confirm mode; nil until needed or after an error
+	// dials counts connections made (a reconnect after the first).
+	dials atomic.Int64
 }
+
+// Connected reports whether the connection to the broker is open.
+func (r *Rabbit) Connected() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.conn != nil && !r.conn.IsClosed()
+}
+
+// Dials is how many connections were made to the broker (more than one:
+// it went away and was dialled again).
+func (r *Rabbit) Dials() int64 { return r.dials.Load() }
 
 // NewRabbit returns a bus on the broker at url (amqp://user:pass@host:port/vhost);
 // prefix names its exchanges and queues (default "opsconductor").
@@ -71,6 +85,7 @@ func (r *Rabbit) channelLocked() (*amqp.Channel, error) {
 			return nil, fmt.Errorf("connect to rabbitmq: %w", err)
 		}
 		r.conn, r.pub = conn, nil
+		r.dials.Add(1)
 	}
 	ch, err := r.conn.Channel()
 	if err != nil {

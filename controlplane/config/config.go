@@ -34,6 +34,9 @@ type Config struct {
 	Bus string
 	// RabbitMQURL is amqp://user:pass@host:port/vhost, for Bus rabbitmq.
 	RabbitMQURL string
+	// BusPrefix names the bus's streams, exchanges and queues (default
+	// opsconductor): deployments sharing a broker use their own.
+	BusPrefix string
 	// AuditSigningKey signs checkpoints of the audit log (a
 	// golang.org/x/mod/sumdb/note signer key: opsconductor audit keygen);
 	// empty: no checkpoints.
@@ -138,6 +141,7 @@ func Default() Config {
 		AuditCheckpointInterval: time.Minute,
 		RetainOutbox:            7 * 24 * time.Hour,
 		RetentionInterval:       time.Hour,
+		BusPrefix:               "opsconductor",
 		RateLimit:               20,
 		RateBurst:               40,
 		MaxRequestBytes:         4 << 20,
@@ -161,6 +165,7 @@ func (c *Config) settings() []setting {
 		{flag: "database-url", env: "DATABASE_URL", help: "postgres://user@host/db or sqlite:DIR (embedded)", str: &c.DatabaseURL},
 		{flag: "redis-url", env: "REDIS_URL", help: "redis://host:port; needed when several replicas share a database", str: &c.RedisURL},
 		{flag: "bus", env: "OPSCONDUCTOR_BUS", help: "event bus: memory, redis or rabbitmq (default: redis with --redis-url, else memory)", str: &c.Bus},
+		{flag: "bus-prefix", env: "OPSCONDUCTOR_BUS_PREFIX", help: "names the event bus's streams, exchanges and queues (deployments sharing a broker use their own)", str: &c.BusPrefix},
 		{flag: "rabbitmq-url", env: "OPSCONDUCTOR_RABBITMQ_URL", help: "amqp://user:pass@host:5672/ for --bus rabbitmq", str: &c.RabbitMQURL, secret: true},
 		{flag: "audit-signing-key", env: "OPSCONDUCTOR_AUDIT_SIGNING_KEY", help: "signs checkpoints of the audit log (opsconductor audit keygen; use the _FILE variant)", str: &c.AuditSigningKey, secret: true},
 		{flag: "audit-checkpoint-interval", env: "OPSCONDUCTOR_AUDIT_CHECKPOINT_INTERVAL", help: "how often the audit log's head is signed while it grows", dur: &c.AuditCheckpointInterval},
@@ -300,6 +305,9 @@ func (c Config) Validate() error {
 	}
 	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
 		bad("redis-url", "must start with redis:// or rediss://")
+	}
+	if c.BusPrefix == "" || strings.ContainsAny(c.BusPrefix, " :*#") {
+		bad("bus-prefix", "must be a plain name (no spaces, :, * or #), not %q", c.BusPrefix)
 	}
 	switch c.EventBus() {
 	case "memory":

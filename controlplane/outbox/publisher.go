@@ -2,7 +2,9 @@ package outbox
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -57,8 +59,19 @@ func (p *Publisher) Nudge() {
 // event is recognised.
 func EventID(source string, seq int64) string { return fmt.Sprintf("%s-%d", source, seq) }
 
+// ExternalPrefix marks external systems' events (POST /api/v1/events):
+// their outbox row holds the whole bus event, sent as it is (with its own
+// id, source and correlation id).
+const ExternalPrefix = "external."
+
 // ToBus is the bus form of an outbox event.
 func ToBus(source string, e Event) bus.Event {
+	if strings.HasPrefix(e.Topic, ExternalPrefix) {
+		var ev bus.Event
+		if err := json.Unmarshal(e.Payload, &ev); err == nil && ev.ID != "" {
+			return ev
+		}
+	}
 	return bus.Event{ID: EventID(source, e.Seq), Type: e.Topic, Source: source, Subject: e.AggregateID, Time: e.CreatedAt.UTC(),
 		CorrelationID: e.CorrelationID, Version: 1, Payload: e.Payload}
 }

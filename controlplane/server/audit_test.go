@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/opsconductor/opsconductor/controlplane/audit"
 	"github.com/opsconductor/opsconductor/controlplane/auth"
+	"github.com/opsconductor/opsconductor/controlplane/config"
 	"github.com/opsconductor/opsconductor/controlplane/cptest"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
@@ -331,7 +334,7 @@ func TestWebhookOverREST(t *testing.T) {
 		} `json:"webhook"`
 	}
 	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/webhooks", map[string]any{"webhook": map[string]any{"name": "chat", "url": receiver.URL,
-		"eventTypes": []string{"job.created"}}, "secret": secret}, &created))
+		"eventTypes": []string{"job.created", "external.*"}}, "secret": secret}, &created))
 	var listed struct {
 		Webhooks []map[string]any `json:"webhooks"`
 	}
@@ -348,6 +351,17 @@ func TestWebhookOverREST(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no delivery")
 	}
+	// An external system's event reaches webhooks too (through the audit
+	// schema's outbox and the bus).
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/events", map[string]any{"type": "external.deploy_finished", "subject": "web"}, nil))
+	select {
+	case e := <-got:
+		if e != "external.deploy_finished" {
+			t.Fatalf("the receiver got %q", e)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no delivery of the external event")
+	}
 	cptest.Eventually(t, 10*time.Second, func() error {
 		var log struct {
 			Attempts []struct {
@@ -356,9 +370,61 @@ func TestWebhookOverREST(t *testing.T) {
 			} `json:"attempts"`
 		}
 		cptest.Must(t, http.StatusOK)(srv.do(t, "GET", "/api/v1/webhooks/"+created.Webhook.ID+"/deliveries", nil, &log))
-		if len(log.Attempts) != 1 || log.Attempts[0].StatusCode != 200 || log.Attempts[0].State != "delivered" {
+		if len(log.Attempts) != 2 || log.Attempts[0].StatusCode != 200 || log.Attempts[0].State != "delivered" {
 			return fmt.Errorf("delivery log: %+v", log)
 		}
 		return nil
 	})
+}
+
+// TestServerOnRabbitMQ: a whole control plane with --bus rabbitmq (the
+// machine's broker, a prefix of the test's own): a job's event reaches
+// the audit store through RabbitMQ, and /metrics shows the connection.
+func TestServerOnRabbitMQ(t *testing.T) {
+	prefix := "srvtest-" + fmt.Sprint(time.Now().UnixNano())
+	srv := startApp(t, store.SQLite, func(c *config.Config) {
+		c.Bus, c.RabbitMQURL, c.BusPrefix = "rabbitmq", "amqp://guest:guest@127.0.0.1:5672/", prefix
+	})
+	t.Cleanup(func() {
+		conn, err := amqp.Dial("amqp://guest:guest@127.0.0.1:5672/")
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		ch, err := conn.Channel()
+		if err != nil {
+			return
+		}
+		defer ch.Close()
+		for _, g := range []string{audit.Group, audit.NotifyGroup} {
+			_, _ = ch.QueueDelete(prefix+".group."+g, false, false, false)
+			_, _ = ch.QueueDelete(prefix+".dead."+g, false, false, false)
+		}
+		_ = ch.ExchangeDelete(prefix+".events", false, false)
+		_ = ch.ExchangeDelete(prefix+".dead", false, false)
+	})
+	cptest.Must(t, http.StatusOK)(srv.do(t, "POST", "/api/v1/jobs", validJob("through-rabbit"), nil))
+	cptest.Eventually(t, 30*time.Second, func() error {
+		var page struct {
+			Events []struct{ Subject string } `json:"events"`
+		}
+		if code := srv.do(t, "GET", "/api/v1/events?type=job.created", nil, &page); code != http.StatusOK {
+			return fmt.Errorf("HTTP %d", code)
+		}
+		if len(page.Events) != 1 {
+			return fmt.Errorf("%d job.created events", len(page.Events))
+		}
+		return nil
+	})
+	resp, err := http.Get(srv.url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{"opsconductor_rabbitmq_connected 1", `opsconductor_bus_published_total{bus="rabbitmq"}`} {
+		if !strings.Contains(string(body), want) {
+			t.Fatalf("/metrics lacks %s", want)
+		}
+	}
 }

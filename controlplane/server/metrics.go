@@ -101,6 +101,17 @@ func (a *App) registerInfraMetrics(reg prometheus.Registerer, queued func(contex
 	if a.redis != nil {
 		reg.MustRegister(newRedisCollector(a.redis))
 	}
+	if r := a.rabbit; r != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsconductor_rabbitmq_connected", Help: "1 when the connection to RabbitMQ is open."},
+			func() float64 {
+				if r.Connected() {
+					return 1
+				}
+				return 0
+			}),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "opsconductor_rabbitmq_connections_total", Help: "Connections made to RabbitMQ (more than one: it was lost and dialled again)."},
+				func() float64 { return float64(r.Dials()) }))
+	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsconductor_tasks_queued", Help: "Tasks waiting for an agent (the queue depth)."},
 		func() float64 {
 			ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)

@@ -178,9 +178,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	var eventBus bus.Bus
 	switch cfg.EventBus() {
 	case "redis":
-		eventBus = bus.NewRedis(a.redis, "opsconductor", bus.Options{}, logger)
+		eventBus = bus.NewRedis(a.redis, cfg.BusPrefix, bus.Options{}, logger)
 	case "rabbitmq":
-		a.rabbit = bus.NewRabbit(cfg.RabbitMQURL, "opsconductor", bus.Options{}, logger)
+		a.rabbit = bus.NewRabbit(cfg.RabbitMQURL, cfg.BusPrefix, bus.Options{}, logger)
 		eventBus = a.rabbit
 	default:
 		eventBus = bus.NewMemory(bus.Options{})
