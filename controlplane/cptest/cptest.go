@@ -7,6 +7,8 @@ package cptest
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -21,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/opsconductor/opsconductor/agent/transport"
 )
@@ -215,6 +219,16 @@ func startServer(t testing.TB, name string, env map[string]string, tlsFiles *TLS
 	for k, v := range env {
 		full[k] = v
 	}
+	if _, ok := full["OPSCONDUCTOR_BUS_PREFIX"]; !ok {
+		// Servers of one test (one database) share an event bus; tests
+		// sharing the machine's Redis or RabbitMQ do not see each other's.
+		sum := sha256.Sum256([]byte(full["DATABASE_URL"] + t.Name()))
+		full["OPSCONDUCTOR_BUS_PREFIX"] = "test-" + hex.EncodeToString(sum[:6])
+		if url := full["REDIS_URL"]; url != "" {
+			prefix := full["OPSCONDUCTOR_BUS_PREFIX"]
+			t.Cleanup(func() { dropRedisKeys(url, prefix) })
+		}
+	}
 	p := Start(t, name, filepath.Join(Binaries(t), "opsconductor"), []string{"server"}, full)
 	s.Process = p
 	Eventually(t, 30*time.Second, func() error {
@@ -370,5 +384,25 @@ func Eventually(t testing.TB, timeout time.Duration, check func() error) {
 			t.Fatalf("gave up after %s: %v", timeout, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// dropRedisKeys removes a test's event bus keys from a shared Redis.
+func dropRedisKeys(url, prefix string) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return
+	}
+	c := redis.NewClient(opts)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	iter := c.Scan(ctx, 0, prefix+":*", 1000).Iterator()
+	var keys []string
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if len(keys) > 0 {
+		c.Del(ctx, keys...)
 	}
 }
