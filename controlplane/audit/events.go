@@ -105,17 +105,10 @@ type Cursor struct {
 // List returns events newest first and, when there may be more, the
 // cursor of the next page.
 func (s *Store) List(ctx context.Context, f Filter) ([]bus.Event, *Cursor, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	limit = min(limit, 1000)
+	limit := pageLimit(f.Limit)
 	var where []string
 	var args []any
-	arg := func(v any) string {
-		args = append(args, v)
-		return fmt.Sprintf("$%d", len(args))
-	}
+	arg := argAdder(&args)
 	if family, ok := strings.CutSuffix(f.Type, ".*"); ok {
 		where = append(where, "type LIKE "+arg(family+".%"))
 	} else if f.Type != "" {
@@ -221,4 +214,21 @@ func (s *Store) PurgeEvents(ctx context.Context, before time.Time, batch int) (i
 	}
 	n, _ := res.RowsAffected()
 	return int(n), nil
+}
+
+// pageLimit is a listing's page size: default 100, at most 1000.
+func pageLimit(n int) int {
+	if n <= 0 {
+		return 100
+	}
+	return min(n, 1000)
+}
+
+// argAdder returns a function that appends a query argument and gives its
+// placeholder ($1, $2, ...).
+func argAdder(args *[]any) func(any) string {
+	return func(v any) string {
+		*args = append(*args, v)
+		return fmt.Sprintf("$%d", len(*args))
+	}
 }

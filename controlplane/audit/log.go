@@ -210,17 +210,10 @@ type LogFilter struct {
 // List returns records newest first and the seq to continue from (0:
 // none left).
 func (l *Log) List(ctx context.Context, f LogFilter) ([]Record, int64, error) {
-	limit := f.Limit
-	if limit <= 0 {
-		limit = 100
-	}
-	limit = min(limit, 1000)
+	limit := pageLimit(f.Limit)
 	var where []string
 	var args []any
-	arg := func(v any) string {
-		args = append(args, v)
-		return fmt.Sprintf("$%d", len(args))
-	}
+	arg := argAdder(&args)
 	for col, v := range map[string]string{"actor": f.Actor, "action": f.Action, "resource": f.Resource, "outcome": f.Outcome, "correlation_id": f.CorrelationID} {
 		if v != "" {
 			where = append(where, col+" = "+arg(v))

@@ -34,15 +34,7 @@ type Publisher struct {
 // NewPublisher builds a publisher of db's outbox; source names the
 // service in the events (jobs, executions, ...).
 func NewPublisher(db *store.DB, b bus.Bus, source string, logger *zap.Logger, cfg RelayConfig) *Publisher {
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 500 * time.Millisecond
-	}
-	if cfg.GapTimeout <= 0 {
-		cfg.GapTimeout = 5 * time.Second
-	}
-	if cfg.Batch <= 0 {
-		cfg.Batch = 500
-	}
+	cfg = cfg.withDefaults()
 	return &Publisher{db: db, bus: b, source: source, cfg: cfg, logger: logger.Named("publisher").With(zap.String("schema", db.Schema())),
 		nudge: make(chan struct{}, 1)}
 }

@@ -24,6 +24,19 @@ type RelayConfig struct {
 	Batch int
 }
 
+func (cfg RelayConfig) withDefaults() RelayConfig {
+	if cfg.PollInterval <= 0 {
+		cfg.PollInterval = 500 * time.Millisecond
+	}
+	if cfg.GapTimeout <= 0 {
+		cfg.GapTimeout = 5 * time.Second
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 500
+	}
+	return cfg
+}
+
 // Handler receives events in sequence order. It runs on the relay's
 // goroutine: it must be quick and must not block (hand work off instead).
 type Handler func(Event)
@@ -45,15 +58,7 @@ type Relay struct {
 
 // NewRelay builds a relay over db's outbox table.
 func NewRelay(db *store.DB, logger *zap.Logger, cfg RelayConfig) *Relay {
-	if cfg.PollInterval <= 0 {
-		cfg.PollInterval = 500 * time.Millisecond
-	}
-	if cfg.GapTimeout <= 0 {
-		cfg.GapTimeout = 5 * time.Second
-	}
-	if cfg.Batch <= 0 {
-		cfg.Batch = 500
-	}
+	cfg = cfg.withDefaults()
 	return &Relay{db: db, cfg: cfg, logger: logger.Named("outbox").With(zap.String("schema", db.Schema())), nudge: make(chan struct{}, 1), ready: make(chan struct{})}
 }
 
