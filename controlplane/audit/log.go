@@ -67,14 +67,16 @@ const logColumns = `seq, at, actor, actor_kind, roles, action, resource, outcome
 // Append adds a record at the end of the chain and returns it as stored
 // (numbered and hashed). Appends are serialised on the chain's head.
 func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
-	// The database keeps microseconds: hash what will be read back.
-	r.Time = l.now().UTC().Truncate(time.Microsecond)
 	err := l.db.InTx(ctx, func(tx *store.Tx) error {
 		var seq int64
 		var prev string
 		if err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`+store.ForUpdate(tx)).Scan(&seq, &prev); err != nil {
 			return fmt.Errorf("read the audit log's head: %w", err)
 		}
+		// Stamped under the head's lock, so times follow the order of
+		// the records (on one clock); the database keeps microseconds, so
+		// hash what will be read back.
+		r.Time = l.now().UTC().Truncate(time.Microsecond)
 		r.Seq, r.PrevHash = seq+1, prev
 		r.Hash = chainHash(r)
 		if _, err := tx.ExecContext(ctx, `INSERT INTO audit_log (`+logColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
@@ -118,31 +120,47 @@ type Verification struct {
 // contents, a number missing from the sequence, a record that does not
 // carry its predecessor's hash, or a chain that ends before its head says.
 func (l *Log) Verify(ctx context.Context) (Verification, error) {
+	// A purge moving the floor while the records are read makes the first
+	// one look missing: read again then (a few times at most).
+	for try := 0; ; try++ {
+		v, floor, err := l.verifyOnce(ctx)
+		if err != nil || v.OK || try == 3 {
+			return v, err
+		}
+		var now int64
+		if err := l.db.QueryRowContext(ctx, `SELECT floor_seq FROM audit_head WHERE id = 1`).Scan(&now); err != nil || now == floor {
+			return v, err
+		}
+	}
+}
+
+// verifyOnce is one verification and the floor it started from.
+func (l *Log) verifyOnce(ctx context.Context) (Verification, int64, error) {
 	var v Verification
 	var headSeq, floorSeq int64
 	var headHash, floorHash string
 	if err := l.db.QueryRowContext(ctx, `SELECT seq, hash, floor_seq, floor_hash FROM audit_head WHERE id = 1`).Scan(&headSeq, &headHash, &floorSeq, &floorHash); err != nil {
-		return v, fmt.Errorf("read the audit log's head: %w", err)
+		return v, 0, fmt.Errorf("read the audit log's head: %w", err)
 	}
 	// Only up to the head just read: records appended meanwhile are the
 	// next verification's.
 	rows, err := l.db.QueryContext(ctx, `SELECT `+logColumns+` FROM audit_log WHERE seq <= $1 ORDER BY seq`, headSeq)
 	if err != nil {
-		return v, fmt.Errorf("read the audit log: %w", err)
+		return v, floorSeq, fmt.Errorf("read the audit log: %w", err)
 	}
 	defer rows.Close()
-	bad := func(seq int64, format string, args ...any) (Verification, error) {
+	bad := func(seq int64, format string, args ...any) (Verification, int64, error) {
 		v.BadSeq, v.Problem = seq, fmt.Sprintf(format, args...)
-		return v, nil
+		return v, floorSeq, nil
 	}
 	// Records up to the floor were exported and deleted by retention.
 	want, prev := floorSeq+1, floorHash
 	v.Records, v.Head = floorSeq, floorHash
-	var leaves []string
+	var leaves []tlog.Hash
 	for rows.Next() {
 		r, err := scanRecord(rows)
 		if err != nil {
-			return v, fmt.Errorf("read audit record: %w", err)
+			return v, floorSeq, fmt.Errorf("read audit record: %w", err)
 		}
 		switch {
 		case r.Seq != want:
@@ -154,48 +172,52 @@ func (l *Log) Verify(ctx context.Context) (Verification, error) {
 		}
 		v.Records, v.Head = r.Seq, r.Hash
 		want, prev = r.Seq+1, r.Hash
-		leaves = append(leaves, r.Hash)
+		leaves = append(leaves, tlog.RecordHash([]byte(r.Hash)))
 	}
 	if err := rows.Err(); err != nil {
-		return v, fmt.Errorf("read the audit log: %w", err)
+		return v, floorSeq, fmt.Errorf("read the audit log: %w", err)
 	}
 	if v.Records != headSeq || v.Head != headHash {
 		return bad(v.Records+1, "the log ends at record %d but its head says %d: records were removed from the end", v.Records, headSeq)
 	}
-	// The Merkle tree that checkpoints sign must be the records' own:
-	// recomputed whole while nothing was purged, leaf by leaf after.
-	if floorSeq > 0 && len(leaves) > 0 {
-		idx := make([]int64, len(leaves))
-		for i := range leaves {
-			idx[i] = tlog.StoredHashIndex(0, floorSeq+int64(i))
-		}
-		stored, err := hashReader{ctx, l.db}.ReadHashes(idx)
-		if err != nil {
-			return bad(floorSeq+1, "the log's Merkle tree lacks hashes (%v): it was cut", err)
-		}
-		for i, leaf := range leaves {
-			if stored[i] != tlog.RecordHash([]byte(leaf)) {
-				return bad(floorSeq+1+int64(i), "record %d is not the leaf the Merkle tree holds: it was rewritten", floorSeq+1+int64(i))
-			}
-		}
+	if v.Records == 0 {
+		v.OK = true
+		return v, floorSeq, nil
 	}
-	if floorSeq == 0 && v.Records > 0 {
-		want, err := treeHashOfLeaves(leaves)
+	// The Merkle tree that checkpoints sign must be the records' own: it
+	// is rebuilt from the leaves (the purged records' from the tree's own
+	// bottom level, the kept ones' from the records) and compared with the
+	// stored head, which checkpoints and their proofs read.
+	r := hashReader{ctx, l.db}
+	if floorSeq > 0 {
+		idx := make([]int64, floorSeq)
+		for i := range idx {
+			idx[i] = tlog.StoredHashIndex(0, int64(i))
+		}
+		purged, err := r.ReadHashes(idx)
 		if err != nil {
-			return v, err
+			if strings.Contains(err.Error(), "missing") {
+				return bad(1, "the log's Merkle tree lacks hashes (%v): it was cut", err)
+			}
+			return v, floorSeq, err
 		}
-		stored, err := tlog.TreeHash(v.Records, hashReader{ctx, l.db})
-		switch {
-		case err != nil && strings.Contains(err.Error(), "missing"):
-			return bad(v.Records, "the log's Merkle tree lacks hashes (%v): it was cut", err)
-		case err != nil:
-			return v, fmt.Errorf("read the audit log's Merkle tree: %w", err)
-		case stored != want:
-			return bad(v.Records, "the log's Merkle tree does not match its records: it was rewritten")
-		}
+		leaves = append(purged, leaves...)
+	}
+	rebuilt, err := treeHashOfLeaves(leaves)
+	if err != nil {
+		return v, floorSeq, err
+	}
+	stored, err := tlog.TreeHash(v.Records, r)
+	switch {
+	case err != nil && strings.Contains(err.Error(), "missing"):
+		return bad(v.Records, "the log's Merkle tree lacks hashes (%v): it was cut", err)
+	case err != nil:
+		return v, floorSeq, fmt.Errorf("read the audit log's Merkle tree: %w", err)
+	case stored != rebuilt:
+		return bad(v.Records, "the log's Merkle tree does not match its records: it was rewritten")
 	}
 	v.OK = true
-	return v, nil
+	return v, floorSeq, nil
 }
 
 // LogFilter selects audit records; zero fields select everything.
@@ -258,7 +280,7 @@ func (l *Log) List(ctx context.Context, f LogFilter) ([]Record, int64, error) {
 
 // HashMethod says how a record's hash is made, for auditors who recompute
 // it from an export.
-const HashMethod = "hex(SHA-256(JSON of the record's fields in this order: seq, time (RFC 3339, UTC, microseconds), actor, actor_kind, roles (comma-separated), action, resource, outcome, reason, peer, user_agent, correlation_id, request, prev_hash))"
+const HashMethod = "hex(SHA-256(b)) where b is Go's encoding/json of the object {seq, time, actor, actor_kind, roles, action, resource, outcome, reason, peer, user_agent, correlation_id, request, prev_hash} in that order: no spaces; time in RFC 3339 UTC with the fraction's trailing zeros dropped (time.RFC3339Nano); roles comma-separated; strings escaped as encoding/json does (including <, > and & as \\u003c, \\u003e, \\u0026)"
 
 // maxExport bounds one export.
 const maxExport = 200000
@@ -266,7 +288,12 @@ const maxExport = 200000
 // Range returns the records written in [from, to), oldest first, and the
 // hash of the record before the first ("" at the log's start).
 func (l *Log) Range(ctx context.Context, from, to time.Time) ([]Record, string, error) {
-	rows, err := l.db.QueryContext(ctx, `SELECT `+logColumns+` FROM audit_log WHERE at >= $1 AND at < $2 ORDER BY seq LIMIT $3`, from.UTC(), to.UTC(), maxExport+1)
+	// Every record from the first written in the range to the last: a
+	// contiguous run of the chain, even if a replica's clock put one of
+	// them a little outside.
+	rows, err := l.db.QueryContext(ctx, `SELECT `+logColumns+` FROM audit_log
+		WHERE seq >= (SELECT MIN(seq) FROM audit_log WHERE at >= $1 AND at < $2) AND seq <= (SELECT MAX(seq) FROM audit_log WHERE at >= $1 AND at < $2)
+		ORDER BY seq LIMIT $3`, from.UTC(), to.UTC(), maxExport+1)
 	if err != nil {
 		return nil, "", fmt.Errorf("read audit records: %w", err)
 	}
@@ -352,7 +379,8 @@ func exportFile(dir string, first, last int64, recs []Record) error {
 		return fmt.Errorf("no audit export directory: records are not deleted without an export")
 	}
 	path := filepath.Join(dir, fmt.Sprintf("audit-%012d-%012d.jsonl", first, last))
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("export audit records: %w", err)
 	}
@@ -372,7 +400,23 @@ func exportFile(dir string, first, last int64, recs []Record) error {
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("sync %s: %w", path, err)
+		return fmt.Errorf("sync %s: %w", tmp, err)
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	// Renamed into place and the directory synced: the file survives a
+	// crash that follows the deletion.
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("export audit records: %w", err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }

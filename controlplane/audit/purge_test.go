@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/opsconductor/opsconductor/controlplane/storetest"
 )
@@ -94,6 +97,40 @@ func TestPurgeExportsFirst(t *testing.T) {
 			}
 			if v, _ := log.Verify(ctx); v.OK || v.BadSeq != 7 {
 				t.Fatalf("an edit after the floor: %+v", v)
+			}
+			// A careful rewrite: record 7 edited, 7..10 re-chained, the head
+			// and the tree's bottom level rewritten to match. Only the tree's
+			// upper levels (which checkpoints sign) still tell.
+			recs, _, err := log.List(ctx, LogFilter{Limit: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			prev = ""
+			for i := len(recs) - 1; i >= 0; i-- {
+				r := recs[i]
+				if r.Seq == 6 {
+					prev = r.Hash
+				}
+				if r.Seq < 7 {
+					continue
+				}
+				r.PrevHash = prev
+				r.Hash = chainHash(r)
+				prev = r.Hash
+				for q, args := range map[string][]any{
+					`UPDATE audit_log SET prev_hash = $1, hash = $2 WHERE seq = $3`: {r.PrevHash, r.Hash, r.Seq},
+					`UPDATE audit_tree SET hash = $1 WHERE idx = $2`:                {tlog.RecordHash([]byte(r.Hash)).String(), tlog.StoredHashIndex(0, r.Seq-1)},
+				} {
+					if _, err := db.ExecContext(ctx, q, args...); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if _, err := db.ExecContext(ctx, `UPDATE audit_head SET hash = $1 WHERE id = 1`, prev); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := log.Verify(ctx); err != nil || v.OK || !strings.Contains(v.Problem, "Merkle tree") {
+				t.Fatalf("a rewrite after the floor with the tree's bottom level: %+v (%v)", v, err)
 			}
 		})
 	}

@@ -33,7 +33,21 @@ type hashReader struct {
 	q   store.Querier
 }
 
+// readChunk bounds the placeholders of one query (SQLite allows 32,766).
+const readChunk = 1000
+
 func (h hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
+	if len(indexes) > readChunk {
+		out := make([]tlog.Hash, 0, len(indexes))
+		for lo := 0; lo < len(indexes); lo += readChunk {
+			part, err := h.ReadHashes(indexes[lo:min(lo+readChunk, len(indexes))])
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, part...)
+		}
+		return out, nil
+	}
 	if len(indexes) == 0 {
 		return nil, nil
 	}
@@ -204,9 +218,9 @@ func (l *Log) VerifyAgainst(ctx context.Context, signedNote, verifierKey string)
 	return "", nil
 }
 
-// treeHashOfLeaves is the tree hash of records' hashes computed from
-// scratch (for Verify: the stored tree must match the records).
-func treeHashOfLeaves(leaves []string) (tlog.Hash, error) {
+// treeHashOfLeaves is the tree hash computed from scratch over leaf
+// hashes (for Verify: the stored tree must be the records' own).
+func treeHashOfLeaves(leaves []tlog.Hash) (tlog.Hash, error) {
 	var stored []tlog.Hash
 	r := tlog.HashReaderFunc(func(idx []int64) ([]tlog.Hash, error) {
 		out := make([]tlog.Hash, len(idx))
@@ -216,7 +230,7 @@ func treeHashOfLeaves(leaves []string) (tlog.Hash, error) {
 		return out, nil
 	})
 	for i, leaf := range leaves {
-		hs, err := tlog.StoredHashes(int64(i), []byte(leaf), r)
+		hs, err := tlog.StoredHashesForRecordHash(int64(i), leaf, r)
 		if err != nil {
 			return tlog.Hash{}, err
 		}

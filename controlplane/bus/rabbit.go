@@ -35,15 +35,17 @@ type Rabbit struct {
 	mu   sync.Mutex
 	conn *amqp.Connection
 	pub  *amqp.Channel // in confirm mode; nil until needed or after an error
-	// dials counts connections made (a reconnect after the first).
+	// dials counts connections made (a reconnect after the first); live
+	// is the current connection, read without mu (a publish waiting on a
+	// blocked broker holds mu; a metrics scrape must not wait for it).
 	dials atomic.Int64
+	live  atomic.Pointer[amqp.Connection]
 }
 
 // Connected reports whether the connection to the broker is open.
 func (r *Rabbit) Connected() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.conn != nil && !r.conn.IsClosed()
+	c := r.live.Load()
+	return c != nil && !c.IsClosed()
 }
 
 // Dials is how many connections were made to the broker (more than one:
@@ -86,6 +88,7 @@ func (r *Rabbit) channelLocked() (*amqp.Channel, error) {
 		}
 		r.conn, r.pub = conn, nil
 		r.dials.Add(1)
+		r.live.Store(conn)
 	}
 	ch, err := r.conn.Channel()
 	if err != nil {

@@ -1647,13 +1647,16 @@ func (s *Store) Runs(ctx context.Context, from, to time.Time) ([]Run, error) {
 
 // PurgeFinished deletes up to batch executions that finished before
 // before, with their tasks, results, output and events (one transaction);
-// it returns how many it deleted. Retention calls it until it returns
-// fewer than batch, so no transaction holds much for long.
-func (s *Store) PurgeFinished(ctx context.Context, before time.Time, batch int) (int, error) {
+// it returns how many it deleted. An execution with events not yet
+// published (outbox rows above published) is kept for a later run.
+// Retention calls it until it returns fewer than batch, so no transaction
+// holds much for long.
+func (s *Store) PurgeFinished(ctx context.Context, before time.Time, published int64, batch int) (int, error) {
 	deleted := 0
 	err := s.db.InTx(ctx, func(tx *store.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT id FROM executions WHERE finished_at IS NOT NULL AND finished_at < $1 ORDER BY finished_at LIMIT $2`,
-			before.UTC(), batch)
+		rows, err := tx.QueryContext(ctx, `SELECT e.id FROM executions e WHERE e.finished_at IS NOT NULL AND e.finished_at < $1
+			AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.aggregate_id = e.id AND o.seq > $3)
+			ORDER BY e.finished_at LIMIT $2`, before.UTC(), batch, published)
 		if err != nil {
 			return fmt.Errorf("find executions to purge: %w", err)
 		}

@@ -7,6 +7,8 @@ package retention
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -95,6 +97,8 @@ func (p *Purger) Once(ctx context.Context) error {
 		return err
 	}
 	defer lock.Release()
+	// A target that fails does not keep the others from their turn.
+	var errs []error
 	for _, t := range p.targets {
 		if t.Keep <= 0 {
 			continue
@@ -106,14 +110,15 @@ func (p *Purger) Once(ctx context.Context) error {
 			total += n
 			p.deleted.WithLabelValues(t.Name).Add(float64(n))
 			if err != nil {
-				return err
+				errs = append(errs, fmt.Errorf("%s: %w", t.Name, err))
+				break
 			}
 			if n < p.cfg.Batch {
 				break
 			}
 			select {
 			case <-ctx.Done():
-				return nil
+				return errors.Join(errs...)
 			case <-time.After(p.cfg.Pause):
 			}
 		}
@@ -121,5 +126,5 @@ func (p *Purger) Once(ctx context.Context) error {
 			p.logger.Info("retention: deleted", zap.String("what", t.Name), zap.Int("rows", total), zap.Time("older_than", before))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -284,8 +284,20 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		a.publishers = append(a.publishers, outbox.NewPublisher(db, eventBus, db.Schema(), logger, outbox.RelayConfig{}))
 	}
 	a.registerInfraMetrics(metricsReg, execStore.QueuedTasks)
+	var execPublisher *outbox.Publisher
+	for _, p := range a.publishers {
+		if p.Schema() == execution.Schema {
+			execPublisher = p
+		}
+	}
 	targets := []retention.Target{
-		{Name: "executions", Keep: cfg.RetainExecutions, Purge: execStore.PurgeFinished},
+		{Name: "executions", Keep: cfg.RetainExecutions, Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
+			published, err := execPublisher.Position(ctx)
+			if err != nil {
+				return 0, err
+			}
+			return execStore.PurgeFinished(ctx, before, published, batch)
+		}},
 		{Name: "events", Keep: cfg.RetainEvents, Purge: auditEvents.PurgeEvents},
 		{Name: "audit", Keep: cfg.RetainAudit, Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
 			return auditLog.PurgeBefore(ctx, before, batch, cfg.AuditExportDir)
