@@ -60,6 +60,22 @@ lint: ## gofmt, go vet and the import boundaries.
 	@out="$$(gofmt -l $$(git ls-files '*.go' | grep -v '^proto/gen/'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	@./.ci/check-imports
+	shellcheck installer/install.sh .ci/run .ci/check-imports docs/examples/demo.sh
+
+# The agent for every platform the installers serve, with SHA256SUMS
+# (opsconductor server --dist-dir dist serves them at /downloads/).
+# Linux only so far: the agent's sandbox and process handling use Linux
+# system calls; windows/amd64 and darwin/arm64 come when they build.
+DIST_PLATFORMS := linux/amd64 linux/arm64
+.PHONY: dist
+dist: ## Build the agent for Linux amd64 and arm64 into dist/ with SHA256SUMS.
+	@mkdir -p dist && rm -f dist/opsconductor-agent-* dist/SHA256SUMS
+	@for p in $(DIST_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; ext=; [ "$$os" = windows ] && ext=.exe; \
+		echo "go build opsconductor-agent $$os/$$arch"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch go build -trimpath -ldflags "-s -w" -o dist/opsconductor-agent-$$os-$$arch$$ext ./agent/cmd/opsconductor-agent || exit 1; \
+	done
+	@cd dist && sha256sum opsconductor-agent-* > SHA256SUMS && cat SHA256SUMS
 
 .PHONY: test
 test: lint check-generate test-go test-race fuzz bench-smoke demo ## Run every test (needs PostgreSQL, Redis and RabbitMQ; see README).

@@ -34,6 +34,9 @@ type Config struct {
 	Bus string
 	// RabbitMQURL is amqp://user:pass@host:port/vhost, for Bus rabbitmq.
 	RabbitMQURL string
+	// DistDir holds the agent binaries and SHA256SUMS served at
+	// /downloads/ (make dist); empty: none served.
+	DistDir string
 	// BusPrefix names the bus's streams, exchanges and queues (default
 	// opsconductor): deployments sharing a broker use their own.
 	BusPrefix string
@@ -165,6 +168,7 @@ func (c *Config) settings() []setting {
 		{flag: "database-url", env: "DATABASE_URL", help: "postgres://user@host/db or sqlite:DIR (embedded)", str: &c.DatabaseURL},
 		{flag: "redis-url", env: "REDIS_URL", help: "redis://host:port; needed when several replicas share a database", str: &c.RedisURL},
 		{flag: "bus", env: "OPSCONDUCTOR_BUS", help: "event bus: memory, redis or rabbitmq (default: redis with --redis-url, else memory)", str: &c.Bus},
+		{flag: "dist-dir", env: "OPSCONDUCTOR_DIST_DIR", help: "agent binaries and SHA256SUMS to serve at /downloads/ (make dist); the installers fetch them", str: &c.DistDir},
 		{flag: "bus-prefix", env: "OPSCONDUCTOR_BUS_PREFIX", help: "names the event bus's streams, exchanges and queues (deployments sharing a broker use their own)", str: &c.BusPrefix},
 		{flag: "rabbitmq-url", env: "OPSCONDUCTOR_RABBITMQ_URL", help: "amqp://user:pass@host:5672/ for --bus rabbitmq", str: &c.RabbitMQURL, secret: true},
 		{flag: "audit-signing-key", env: "OPSCONDUCTOR_AUDIT_SIGNING_KEY", help: "signs checkpoints of the audit log (opsconductor audit keygen; use the _FILE variant)", str: &c.AuditSigningKey, secret: true},

@@ -376,6 +376,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	mux.Handle("GET /api/v1/executions/{id}/events", eventStream(authz, execs, logger))
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /version", version)
+	mountDownloads(mux, cfg.DistDir)
 	mux.Handle("GET /metrics", requireToken(cfg.MetricsToken, promhttp.HandlerFor(metricsReg, promhttp.HandlerOpts{})))
 	var origins []string
 	for _, o := range strings.Split(cfg.CORSOrigins, ",") {

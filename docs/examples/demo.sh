@@ -28,7 +28,8 @@ for _ in $(seq 1 100); do
 done
 [ -n "$url" ] || { cat "$log"; echo "opsconductor dev did not start within 10s" >&2; exit 1; }
 export OPSCONDUCTOR_SERVER="$url"
-export OPSCONDUCTOR_TOKEN="$(cat "${data}/admin-token")"
+OPSCONDUCTOR_TOKEN="$(cat "${data}/admin-token")"
+export OPSCONDUCTOR_TOKEN
 echo "   listening on $url (admin token in ${data}/admin-token)"
 for _ in $(seq 1 100); do
   if "$bin" agent list 2>/dev/null | grep -q ' online '; then break; fi

@@ -65,6 +65,12 @@ func env(name, def string) string {
 }
 
 func run(args []string) error {
+	// --env-file (or OPSCONDUCTOR_ENV_FILE) is read first: the flags'
+	// defaults come from the environment. A Windows service has no
+	// EnvironmentFile= as a systemd unit has; install.ps1 passes it.
+	if err := loadEnvFile(args); err != nil {
+		return err
+	}
 	fs := pflag.NewFlagSet("opsconductor-agent", pflag.ContinueOnError)
 	server := fs.String("server", env("OPSCONDUCTOR_SERVER", "http://127.0.0.1:8080"), "control plane URL (env OPSCONDUCTOR_SERVER)")
 	joinToken := fs.String("join-token", env("OPSCONDUCTOR_JOIN_TOKEN", ""), "join token for the first start (env OPSCONDUCTOR_JOIN_TOKEN, or a file in OPSCONDUCTOR_JOIN_TOKEN_FILE)")
@@ -92,6 +98,7 @@ func run(args []string) error {
 	sandboxCPU := fs.Duration("sandbox-cpu", envDuration("OPSCONDUCTOR_SANDBOX_CPU", time.Hour), "CPU time of each sandboxed process (env OPSCONDUCTOR_SANDBOX_CPU)")
 	sandboxFiles := fs.Int("sandbox-open-files", envInt("OPSCONDUCTOR_SANDBOX_OPEN_FILES", 1024), "open files of each sandboxed process (env OPSCONDUCTOR_SANDBOX_OPEN_FILES)")
 	metricsAddr := fs.String("metrics-addr", env("OPSCONDUCTOR_METRICS_ADDR", ""), "serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9102 (default off) (env OPSCONDUCTOR_METRICS_ADDR)")
+	_ = fs.String("env-file", env("OPSCONDUCTOR_ENV_FILE", ""), "read KEY=VALUE lines into the environment first (for a Windows service) (env OPSCONDUCTOR_ENV_FILE)")
 	version := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -252,4 +259,41 @@ func envBool(name string) bool {
 		fmt.Fprintf(os.Stderr, "opsconductor-agent: ignoring %s=%q: not true or false\n", name, v)
 	}
 	return false
+}
+
+// loadEnvFile sets the KEY=VALUE lines of the --env-file named in args
+// (or OPSCONDUCTOR_ENV_FILE) in the environment, without overriding a
+// variable already set; blank lines and # comments are skipped.
+func loadEnvFile(args []string) error {
+	path := os.Getenv("OPSCONDUCTOR_ENV_FILE")
+	for i, a := range args {
+		if v, ok := strings.CutPrefix(a, "--env-file="); ok {
+			path = v
+		} else if a == "--env-file" && i+1 < len(args) {
+			path = args[i+1]
+		}
+	}
+	if path == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--env-file: %w", err)
+	}
+	for n, line := range strings.Split(strings.ReplaceAll(string(raw), "\r\n", "\n"), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || strings.TrimSpace(k) == "" {
+			return fmt.Errorf("--env-file %s line %d: want KEY=VALUE", path, n+1)
+		}
+		if _, set := os.LookupEnv(strings.TrimSpace(k)); !set {
+			if err := os.Setenv(strings.TrimSpace(k), v); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
