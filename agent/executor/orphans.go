@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"os"
 	"strconv"
-	"syscall"
 	"time"
 )
 
@@ -42,7 +41,7 @@ func KillTaskProcesses(task string) int {
 			}
 			for _, kv := range bytes.Split(env, []byte{0}) {
 				if bytes.Equal(kv, marker) {
-					if syscall.Kill(pid, syscall.SIGKILL) == nil {
+					if killPID(pid) == nil {
 						found++
 					}
 					break

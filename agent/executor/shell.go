@@ -143,8 +143,8 @@ func plainEnv() []string {
 // run starts cmd (its Dir, output and environment set) in a process group of its own, and waits for it, stopping
 // the group when runCtx ends. sb, when set, is the action's sandbox: a
 // limit it hits stops the action and is reported.
-func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sandbox.Sandbox, cred *syscall.Credential) Result {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
+func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sandbox.Sandbox, cred *credential) Result {
+	cmd.SysProcAttr = procAttr(cred)
 	// A background child that keeps stdout open must not hold the action
 	// forever once the shell itself has exited.
 	cmd.WaitDelay = 2 * time.Second
@@ -166,13 +166,13 @@ func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sa
 	case reason := <-tripped:
 		// A limit was hit: stop everything now rather than let a fork
 		// bomb spin against its ceiling until the timeout.
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		signalGroup(cmd.Process.Pid, syscall.SIGKILL)
 		sb.Kill()
 		<-done
 		return Result{Status: StatusFailed, ExitCode: -1, Error: "stopped by the sandbox: " + reason}
 	case err := <-done:
 		// The action's leftovers (background children) go with it.
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		signalGroup(cmd.Process.Pid, syscall.SIGKILL)
 		if sb != nil {
 			sb.Kill()
 			if reason := sb.Tripped(); reason != "" {
@@ -208,14 +208,14 @@ func (s *Shell) stopGroup(pid int, done <-chan error) {
 	if grace <= 0 {
 		grace = 3 * time.Second
 	}
-	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	signalGroup(pid, syscall.SIGTERM)
 	select {
 	case <-done:
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		signalGroup(pid, syscall.SIGKILL)
 		return
 	case <-time.After(grace):
 	}
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	signalGroup(pid, syscall.SIGKILL)
 	<-done
 }
 
@@ -226,8 +226,8 @@ func exitResult(err error) Result {
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
 		code := exitErr.ExitCode()
-		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("killed by signal %s", ws.Signal())}
+		if sig, ok := signalOf(exitErr); ok {
+			return Result{Status: StatusFailed, ExitCode: -1, Error: "killed by signal " + sig}
 		}
 		return Result{Status: StatusFailed, ExitCode: code, Error: fmt.Sprintf("exited with code %d", code)}
 	}
@@ -309,7 +309,7 @@ func uploadLocal(u *Upload, stdout io.Writer) Result {
 type runAs struct {
 	name, home string
 	uid, gid   int
-	cred       *syscall.Credential
+	cred       *credential
 }
 
 // lookupRunAs resolves spec run_as: the user, its primary and
@@ -339,5 +339,5 @@ func lookupRunAs(name string) (runAs, error) {
 		}
 	}
 	return runAs{name: name, home: u.HomeDir, uid: int(uid), gid: int(gid),
-		cred: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: groups}}, nil
+		cred: newCredential(uint32(uid), uint32(gid), groups)}, nil
 }

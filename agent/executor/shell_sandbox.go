@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/opsconductor/opsconductor/agent/sandbox"
@@ -119,7 +118,7 @@ func (s *Shell) executeSandboxed(ctx, runCtx context.Context, a Action, limits s
 	}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	res := s.run(ctx, runCtx, a, cmd, sb, nil)
-	if res.Error == "killed by signal "+syscall.SIGXCPU.String() {
+	if cpuLimitSignal != "" && res.Error == "killed by signal "+cpuLimitSignal {
 		res.Error = fmt.Sprintf("stopped by the sandbox: cpu time limit of %s reached", limits.CPU)
 	}
 	return res
