@@ -51,11 +51,11 @@ func (h hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 	if len(indexes) == 0 {
 		return nil, nil
 	}
-	want := map[int64]int{}
+	at := map[int64][]int{} // index -> its positions in indexes
 	args := make([]string, len(indexes))
 	vals := make([]any, len(indexes))
 	for i, idx := range indexes {
-		want[idx] = i
+		at[idx] = append(at[idx], i)
 		args[i] = fmt.Sprintf("$%d", i+1)
 		vals[i] = idx
 	}
@@ -76,18 +76,16 @@ func (h hashReader) ReadHashes(indexes []int64) ([]tlog.Hash, error) {
 		if err != nil {
 			return nil, fmt.Errorf("audit tree hash %d: %w", idx, err)
 		}
-		for i, want := range indexes {
-			if want == idx {
-				out[i] = h
-			}
+		for _, i := range at[idx] {
+			out[i] = h
 		}
 		found++
 	}
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	if found < len(want) {
-		return nil, fmt.Errorf("audit tree: %d of %d hashes missing", len(want)-found, len(want))
+	if found < len(at) {
+		return nil, fmt.Errorf("audit tree: %d of %d hashes missing", len(at)-found, len(at))
 	}
 	return out, nil
 }

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -131,7 +132,9 @@ func scanWebhook(row interface{ Scan(...any) error }) (Webhook, error) {
 	return w, nil
 }
 
-var eventTypePattern = strings.NewReplacer("*", "x", ".", "", "_", "")
+// eventTypePattern is what a webhook may subscribe to: a type
+// (execution.completed), a family (execution.*) or everything (*).
+var eventTypePattern = regexp.MustCompile(`^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$`)
 
 // CreateWebhook validates and stores a subscription.
 func (n *Notifier) CreateWebhook(ctx context.Context, name, rawURL string, types []string, secret, createdBy string) (Webhook, error) {
@@ -146,7 +149,7 @@ func (n *Notifier) CreateWebhook(ctx context.Context, name, rawURL string, types
 		vs = append(vs, apperr.Violation{Field: "event_types", Description: "name at least one: a type (execution.completed), a family (execution.*) or *"})
 	}
 	for i, t := range types {
-		if t == "" || len(t) > 128 || strings.Trim(eventTypePattern.Replace(t), "abcdefghijklmnopqrstuvwxyz0123456789") != "" {
+		if len(t) > 128 || !eventTypePattern.MatchString(t) {
 			vs = append(vs, apperr.Violation{Field: fmt.Sprintf("event_types[%d]", i), Description: fmt.Sprintf("%q is not a type, a family.* or *", t)})
 		}
 	}

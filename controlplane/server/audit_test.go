@@ -54,12 +54,7 @@ func TestEveryMutatingCallIsAudited(t *testing.T) {
 	cptest.DoJSONHeader(t, "POST", srv.url+"/opsconductor.v1.CredentialService/CreateCredential",
 		http.Header{"Authorization": {"Bearer " + srv.token}, "Connect-Protocol-Version": {"1"}}, map[string]any{"credential": map[string]any{"name": "db"}, "value": "hunter2-very-secret"}, nil)
 
-	db, err := store.Open(context.Background(), srv.dbURL, audit.Schema, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	log := audit.NewLog(db)
+	log := audit.NewLog(srv.openSchema(t, audit.Schema))
 	recs, _, err := log.List(context.Background(), audit.LogFilter{Limit: 1000})
 	if err != nil {
 		t.Fatal(err)
@@ -191,15 +186,7 @@ func TestEventsAndAuditAPI(t *testing.T) {
 func TestMetricsMatchAHandCountedFixture(t *testing.T) {
 	srv := startApp(t, store.SQLite)
 	ctx := context.Background()
-	open := func(schema string) *store.DB {
-		db, err := store.Open(ctx, srv.dbURL, schema, store.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = db.Close() })
-		return db
-	}
-	execDB, agentsDB, schedDB := open("executions"), open("agents"), open("scheduling")
+	execDB, agentsDB, schedDB := srv.openSchema(t, "executions"), srv.openSchema(t, "agents"), srv.openSchema(t, "scheduling")
 	t0 := time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC)
 	// id, job, status, created (minutes after t0), duration (s; 0: not finished; -1: not started)
 	fixture := []struct {

@@ -27,16 +27,16 @@ type poolCollector struct {
 
 func newPoolCollector(dbs []*store.DB) *poolCollector {
 	d := func(name, help string) *prometheus.Desc {
-		return prometheus.NewDesc("opsconductor_db_"+name, help, []string{"schema"}, nil)
+		return prometheus.NewDesc(name, help, []string{"schema"}, nil)
 	}
 	return &poolCollector{dbs: dbs,
-		open:        d("connections_open", "Open connections of a service's store."),
-		inUse:       d("connections_in_use", "Connections in use."),
-		idle:        d("connections_idle", "Idle connections."),
-		waits:       d("connection_waits_total", "Times a connection was waited for."),
-		waitSeconds: d("connection_wait_seconds_total", "Time spent waiting for a connection."),
-		closedIdle:  d("connections_closed_idle_total", "Connections closed as idle too long or too many."),
-		closedT:     d("connections_closed_lifetime_total", "Connections closed at the end of their lifetime."),
+		open:        d("opsconductor_db_connections_open", "Open connections of a service's store."),
+		inUse:       d("opsconductor_db_connections_in_use", "Connections in use."),
+		idle:        d("opsconductor_db_connections_idle", "Idle connections."),
+		waits:       d("opsconductor_db_connection_waits_total", "Times a connection was waited for."),
+		waitSeconds: d("opsconductor_db_connection_wait_seconds_total", "Time spent waiting for a connection."),
+		closedIdle:  d("opsconductor_db_connections_closed_idle_total", "Connections closed as idle too long or too many."),
+		closedT:     d("opsconductor_db_connections_closed_lifetime_total", "Connections closed at the end of their lifetime."),
 	}
 }
 
@@ -71,10 +71,10 @@ func newRedisCollector(client *redis.Client) *redisCollector {
 		return prometheus.NewDesc("opsconductor_redis_pool_"+name, help, nil, nil)
 	}
 	return &redisCollector{client: client,
-		hits: d("hits_total", "Connections taken from the pool."), misses: d("misses_total", "Connections the pool had to open."),
-		timeouts: d("timeouts_total", "Waits for a connection that timed out."),
-		total:    d("connections", "Connections in the pool."), idle: d("idle_connections", "Idle connections in the pool."),
-		stale: d("stale_connections_total", "Stale connections removed from the pool."),
+		hits: d("opsconductor_redis_pool_hits_total", "Connections taken from the pool."), misses: d("opsconductor_redis_pool_misses_total", "Connections the pool had to open."),
+		timeouts: d("opsconductor_redis_pool_timeouts_total", "Waits for a connection that timed out."),
+		total:    d("opsconductor_redis_pool_connections", "Connections in the pool."), idle: d("opsconductor_redis_pool_idle_connections", "Idle connections in the pool."),
+		stale: d("opsconductor_redis_pool_stale_connections_total", "Stale connections removed from the pool."),
 	}
 }
 

@@ -24,15 +24,7 @@ func TestRetention(t *testing.T) {
 				c.RetainExecutions, c.RetainEvents, c.RetainOutbox, c.RetentionInterval = time.Hour, time.Hour, time.Hour, time.Second
 			})
 			ctx := context.Background()
-			open := func(schema string) *store.DB {
-				db, err := store.Open(ctx, srv.dbURL, schema, store.Options{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { _ = db.Close() })
-				return db
-			}
-			execDB, auditDB, jobsDB := open("executions"), open("audit"), open("jobs")
+			execDB, auditDB, jobsDB := srv.openSchema(t, "executions"), srv.openSchema(t, "audit"), srv.openSchema(t, "jobs")
 			exec := func(db *store.DB, q string, args ...any) {
 				t.Helper()
 				if _, err := db.ExecContext(ctx, q, args...); err != nil {

@@ -75,6 +75,18 @@ func startApp(t *testing.T, d store.Dialect, tweak ...func(*config.Config)) test
 	return testServer{url: "http://" + ln.Addr().String(), token: strings.TrimSpace(string(raw)), dbURL: cfg.DatabaseURL}
 }
 
+// openSchema opens the server's store of one service (for tests that
+// write fixtures or look underneath); closed when the test ends.
+func (s testServer) openSchema(t *testing.T, schema string) *store.DB {
+	t.Helper()
+	db, err := store.Open(context.Background(), s.dbURL, schema, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	return db
+}
+
 type rpcStatus struct {
 	Code    int    `json:"code"`
 	Message string `json:"message"`
