@@ -6,10 +6,11 @@
 #     --server https://CONTROL-PLANE --token JOIN-TOKEN --labels role=web,env=prod
 #
 # It downloads the agent for this OS and architecture from the same
-# server, refuses it unless its SHA-256 matches the server's SHA256SUMS,
-# creates a system user, writes the configuration (mode 0600) and a
-# hardened systemd unit, and starts the agent, which enrolls with the join
-# token. Run again to upgrade in place (the agent keeps its identity);
+# server and refuses it unless its SHA-256 matches the server's
+# SHA256SUMS. Then the downloaded agent installs itself
+# (`opsconductor-agent install`): it creates a system user, writes the
+# configuration (mode 0600) and a hardened systemd unit, and starts the
+# agent, which enrolls with the join token. Run again to upgrade in place (the agent keeps its identity);
 # --uninstall removes it (--purge also removes its identity and state).
 # Every option has an environment variable for unattended use; --dry-run
 # prints each step without doing it.
@@ -21,7 +22,9 @@ LABELS="${OPSCONDUCTOR_LABELS:-}"
 NAME="${OPSCONDUCTOR_AGENT_NAME:-}"
 FINGERPRINT="${OPSCONDUCTOR_SERVER_FINGERPRINT:-}"
 ROOT="${OPSCONDUCTOR_INSTALL_ROOT:-/}"
-RUN_AS_ROOT="${OPSCONDUCTOR_RUN_AS_ROOT:-no}"
+RUN_AS_ROOT=no
+case "${OPSCONDUCTOR_RUN_AS_ROOT:-}" in 1 | true | yes) RUN_AS_ROOT=yes ;; esac
+unset OPSCONDUCTOR_RUN_AS_ROOT # passed on as --run-as-root
 DRY_RUN=no
 UNINSTALL=no
 PURGE=no
@@ -52,15 +55,6 @@ say() {
 	echo "==> $*"
 }
 
-# run prints a step and, unless --dry-run, does it.
-run() {
-	if [ "$DRY_RUN" = yes ]; then
-		echo "    would run: $*"
-		return 0
-	fi
-	"$@"
-}
-
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--server) SERVER="${2:?--server needs a URL}"; shift 2 ;;
@@ -80,41 +74,35 @@ done
 
 ROOT="${ROOT%/}"
 BIN="$ROOT/usr/local/bin/opsconductor-agent"
-CONF_DIR="$ROOT/etc/opsconductor-agent"
-ENV_FILE="$CONF_DIR/agent.env"
-UNIT="$ROOT/etc/systemd/system/opsconductor-agent.service"
-STATE_DIR="$ROOT/var/lib/opsconductor-agent"
-USER_NAME=opsconductor-agent
 
-# A system user is created on the real system only: under --root the
-# image's own tooling owns its users.
-on_host() {
-	[ -z "$ROOT" ]
-}
+# The agent binary writes the configuration and the unit itself
+# (`opsconductor-agent install`, the same code for hosts that already have
+# the binary); this script finds, downloads and verifies it. The settings
+# reach it in the environment, not on a command line others can read.
+export OPSCONDUCTOR_SERVER="$SERVER" OPSCONDUCTOR_JOIN_TOKEN="$TOKEN" OPSCONDUCTOR_LABELS="$LABELS" \
+	OPSCONDUCTOR_AGENT_NAME="$NAME" OPSCONDUCTOR_SERVER_FINGERPRINT="$FINGERPRINT"
+set --
+[ -z "$ROOT" ] || set -- "$@" --root "$ROOT"
+[ "$DRY_RUN" = no ] || set -- "$@" --dry-run
 
 if [ "$UNINSTALL" = yes ]; then
-	say "stopping and removing the agent"
-	if command -v systemctl >/dev/null 2>&1; then
-		run systemctl disable --now opsconductor-agent.service || true
+	[ "$PURGE" = no ] || set -- "$@" --purge
+	if [ -x "$BIN" ]; then
+		exec "$BIN" uninstall "$@"
 	fi
-	run rm -f "$BIN" "$UNIT" "$ENV_FILE"
-	run rmdir "$CONF_DIR" 2>/dev/null || true
-	if [ "$PURGE" = yes ]; then
-		say "removing its identity and state ($STATE_DIR)"
-		run rm -rf "$STATE_DIR"
-		if on_host && id "$USER_NAME" >/dev/null 2>&1; then
-			run userdel "$USER_NAME"
-		fi
+	# No binary left to ask: remove what the unit and configuration were.
+	say "no agent binary at $BIN; removing its unit and configuration"
+	if [ "$DRY_RUN" = no ]; then
+		rm -f "$ROOT/etc/systemd/system/opsconductor-agent.service" "$ROOT/etc/opsconductor-agent/agent.env"
+		rmdir "$ROOT/etc/opsconductor-agent" 2>/dev/null || true
+		[ "$PURGE" = no ] || rm -rf "$ROOT/var/lib/opsconductor-agent"
 	fi
-	if command -v systemctl >/dev/null 2>&1; then
-		run systemctl daemon-reload || true
-	fi
-	say "uninstalled"
 	exit 0
 fi
 
 [ -n "$SERVER" ] || { usage >&2; die "--server is required"; }
 SERVER="${SERVER%/}"
+OPSCONDUCTOR_SERVER="$SERVER"
 
 os="$(uname -s | tr '[:upper:]' '[:lower:]')"
 [ "$os" = linux ] || die "this installer is for Linux (this is $os; Windows uses install.ps1)"
@@ -146,103 +134,7 @@ fetch "$SERVER/downloads/$file" "$tmp/$file" || die "cannot download $SERVER/dow
 got="$(sha256sum "$tmp/$file" | awk '{ print $1 }')"
 [ "$got" = "$want" ] || die "checksum mismatch for $file: got $got, the server lists $want; refusing to install it"
 say "checksum verified ($got)"
+chmod 0755 "$tmp/$file"
 
-upgrade=no
-[ -f "$BIN" ] && upgrade=yes
-
-if on_host && [ "$RUN_AS_ROOT" != yes ] && ! id "$USER_NAME" >/dev/null 2>&1; then
-	say "creating the system user $USER_NAME"
-	run useradd --system --no-create-home --home-dir /var/lib/opsconductor-agent --shell /usr/sbin/nologin "$USER_NAME"
-fi
-
-say "installing the agent at $BIN"
-run mkdir -p "$(dirname "$BIN")" "$CONF_DIR" "$STATE_DIR" "$(dirname "$UNIT")"
-run install -m 0755 "$tmp/$file" "$BIN.new"
-run mv -f "$BIN.new" "$BIN"
-run chmod 0700 "$STATE_DIR"
-if on_host && [ "$RUN_AS_ROOT" != yes ]; then
-	run chown "$USER_NAME" "$STATE_DIR"
-fi
-
-if [ "$upgrade" = yes ] && [ -f "$ENV_FILE" ]; then
-	say "keeping the configuration in $ENV_FILE (upgrade)"
-else
-	[ -n "$TOKEN" ] || die "--token is required for the first install (a join token: opsconductor agent token create)"
-	say "writing the configuration to $ENV_FILE (mode 0600)"
-	if [ "$DRY_RUN" = no ]; then
-		umask 077
-		{
-			echo "OPSCONDUCTOR_SERVER=$SERVER"
-			echo "OPSCONDUCTOR_JOIN_TOKEN=$TOKEN"
-			echo "OPSCONDUCTOR_LABELS=$LABELS"
-			echo "OPSCONDUCTOR_STATE_DIR=/var/lib/opsconductor-agent"
-			[ -z "$NAME" ] || echo "OPSCONDUCTOR_AGENT_NAME=$NAME"
-			[ -z "$FINGERPRINT" ] || echo "OPSCONDUCTOR_SERVER_FINGERPRINT=$FINGERPRINT"
-		} >"$ENV_FILE.new"
-		chmod 0600 "$ENV_FILE.new"
-		mv -f "$ENV_FILE.new" "$ENV_FILE"
-	fi
-fi
-
-say "writing the systemd unit $UNIT"
-user_line="User=$USER_NAME"
-[ "$RUN_AS_ROOT" = yes ] && user_line="# runs as root (--run-as-root)"
-if [ "$DRY_RUN" = no ]; then
-	cat >"$UNIT" <<EOF
-[Unit]
-Description=OpsConductor agent
-Documentation=https://github.com/opsconductor/opsconductor
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-Type=simple
-$user_line
-EnvironmentFile=/etc/opsconductor-agent/agent.env
-ExecStart=/usr/local/bin/opsconductor-agent
-Restart=on-failure
-RestartSec=5s
-# Hardening. Jobs that must change the system need more: install with
-# --run-as-root and loosen ProtectSystem (see docs/operations.md).
-NoNewPrivileges=yes
-PrivateTmp=yes
-ProtectSystem=full
-ProtectHome=read-only
-ReadWritePaths=/var/lib/opsconductor-agent
-StateDirectory=opsconductor-agent
-StateDirectoryMode=0700
-
-[Install]
-WantedBy=multi-user.target
-EOF
-fi
-
-if command -v systemctl >/dev/null 2>&1; then
-	run systemctl daemon-reload
-	if [ "$upgrade" = yes ]; then
-		say "restarting the agent (upgrade: it keeps its identity)"
-		run systemctl restart opsconductor-agent.service
-	else
-		say "starting the agent"
-		run systemctl enable --now opsconductor-agent.service
-	fi
-else
-	say "no systemctl here: start $BIN with the environment in $ENV_FILE"
-	exit 0
-fi
-
-if [ "$DRY_RUN" = yes ] || ! on_host; then
-	exit 0 # under --root the agent starts with the system it is installed in
-fi
-# The agent writes its identity once it has enrolled.
-i=0
-while [ $i -lt 30 ]; do
-	if [ -f "$STATE_DIR/identity.json" ]; then
-		id="$(sed -n 's/.*"agent_id": *"\([^"]*\)".*/\1/p' "$STATE_DIR/identity.json")"
-		say "agent enrolled: ${id:-see $STATE_DIR/identity.json}"
-		exit 0
-	fi
-	i=$((i + 1))
-	sleep 1
-done
-say "installed; the agent has not enrolled yet: journalctl -u opsconductor-agent"
+[ "$RUN_AS_ROOT" = no ] || set -- "$@" --run-as-root
+"$tmp/$file" install "$@"

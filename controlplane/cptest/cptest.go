@@ -63,6 +63,10 @@ func Binaries(t testing.TB) string {
 	return binDir
 }
 
+// ModuleRoot is the repository's root directory, for tests that read
+// files outside Go packages (deploy/, docs/).
+func ModuleRoot() string { return moduleRoot() }
+
 func moduleRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..")

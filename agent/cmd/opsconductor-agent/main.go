@@ -4,6 +4,14 @@
 //
 //	opsconductor-agent --server http://cp:8080 --join-token ocj_... --labels role=web,env=prod
 //
+// Its other verbs put it on a Linux host as a systemd service (the same
+// steps installer/install.sh takes once it has downloaded the binary):
+//
+//	opsconductor-agent install --server https://cp --token ocj_... [--labels ...] [--dry-run]
+//	opsconductor-agent uninstall [--purge]
+//	opsconductor-agent status
+//	opsconductor-agent version
+//
 // Every flag can also be set through the environment (OPSCONDUCTOR_SERVER,
 // OPSCONDUCTOR_JOIN_TOKEN or OPSCONDUCTOR_JOIN_TOKEN_FILE, OPSCONDUCTOR_STATE_DIR,
 // OPSCONDUCTOR_AGENT_NAME, OPSCONDUCTOR_LABELS, OPSCONDUCTOR_CAPACITY,
@@ -51,7 +59,14 @@ func main() {
 		executor.ServeBuiltin(os.Args[2])
 		return
 	}
-	if err := run(os.Args[1:]); err != nil {
+	args := os.Args[1:]
+	command := run
+	if len(args) > 0 {
+		if sub, ok := subcommands[args[0]]; ok {
+			command, args = sub, args[1:]
+		}
+	}
+	if err := command(args); err != nil {
 		fmt.Fprintln(os.Stderr, "opsconductor-agent:", err)
 		os.Exit(1)
 	}
