@@ -138,6 +138,13 @@ func (g *globals) validate() error {
 	if g.token == "" {
 		g.token = os.Getenv("OPSCONDUCTOR_TOKEN")
 	}
+	if path := os.Getenv("OPSCONDUCTOR_TOKEN_FILE"); g.token == "" && path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("OPSCONDUCTOR_TOKEN_FILE: %w", err)
+		}
+		g.token = strings.TrimSpace(string(raw))
+	}
 	client, err := transport.NewHTTPClient(transport.Options{CAFile: g.caFile, PinSHA256: g.pin})
 	if err != nil {
 		return err
@@ -172,10 +179,10 @@ See what it did:                            opsconductor execution results EXECU
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.server, "server", def, "control plane URL (env OPSCONDUCTOR_SERVER)")
-	root.PersistentFlags().StringVar(&g.token, "token", "", "API token or JWT (env OPSCONDUCTOR_TOKEN)")
+	root.PersistentFlags().StringVar(&g.token, "token", "", "API token or JWT (env OPSCONDUCTOR_TOKEN, or a file in OPSCONDUCTOR_TOKEN_FILE)")
 	root.PersistentFlags().StringVar(&g.caFile, "ca-file", os.Getenv("OPSCONDUCTOR_CA_FILE"), "PEM CA bundle for an HTTPS server (env OPSCONDUCTOR_CA_FILE)")
 	root.PersistentFlags().StringVar(&g.pin, "server-fingerprint", os.Getenv("OPSCONDUCTOR_SERVER_FINGERPRINT"), "hex SHA-256 of the server certificate to pin (env OPSCONDUCTOR_SERVER_FINGERPRINT)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(newServerCmd(), newDevCmd(g), newJobCmd(g), newRunCmd(g), newExecutionCmd(g), newAgentCmd(g), newTokenCmd(g), newWhoAmICmd(g), newSafetyCmd(g), newRoleCmd(g), newUserCmd(g), newExecCmd(g), newScheduleCmd(g), newAuditCmd(g), newEventsCmd(g))
+	root.AddCommand(newServerCmd(), newMigrateCmd(), newDevCmd(g), newJobCmd(g), newRunCmd(g), newExecutionCmd(g), newAgentCmd(g), newTokenCmd(g), newWhoAmICmd(g), newSafetyCmd(g), newRoleCmd(g), newUserCmd(g), newExecCmd(g), newScheduleCmd(g), newAuditCmd(g), newEventsCmd(g))
 	return root
 }

@@ -379,7 +379,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	var ttl time.Duration
 	var maxUses int32
 	var description string
-	var tokenLabels string
+	var tokenLabels, outFile string
 	token := &cobra.Command{Use: "token", Short: "Manage join tokens"}
 	create := &cobra.Command{
 		Use:   "create",
@@ -409,10 +409,17 @@ The token is shown once; only its hash is stored.`,
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
+			if outFile != "" {
+				// For scripts and deploy steps: the token in a file only
+				// its owner reads, written whole or not at all.
+				if err := writeSecretFile(outFile, resp.Msg.GetToken()+"\n"); err != nil {
+					return fmt.Errorf("--out: %w", err)
+				}
+			} else if g.output == "json" {
 				return g.printJSON(resp.Msg)
+			} else {
+				fmt.Fprintln(g.stdout, resp.Msg.GetToken())
 			}
-			fmt.Fprintln(g.stdout, resp.Msg.GetToken())
 			fmt.Fprintf(g.stderr, "join token %s expires %s; it is shown only now\n", resp.Msg.GetTokenId(), resp.Msg.GetExpireTime().AsTime().Format(time.RFC3339))
 			return nil
 		},
@@ -421,6 +428,7 @@ The token is shown once; only its hash is stored.`,
 	create.Flags().Int32Var(&maxUses, "max-uses", 0, "how many agents may enroll with it (0: unlimited)")
 	create.Flags().StringVar(&description, "description", "", "what the token is for")
 	create.Flags().StringVar(&tokenLabels, "labels", "", "labels every agent enrolled with it gets, over its own (e.g. env=prod)")
+	create.Flags().StringVar(&outFile, "out", "", "write the token to this file (mode 0600) instead of standard output")
 	token.AddCommand(create)
 	for _, verb := range []string{"drain", "pause", "resume"} {
 		cmd.AddCommand(newAgentStateCmd(g, verb))
@@ -544,4 +552,17 @@ func newExecutionListCmd(g *globals) *cobra.Command {
 	cmd.Flags().DurationVar(&since, "since", 0, "only executions created within this long, e.g. 24h")
 	cmd.Flags().Int32Var(&limit, "limit", 50, "how many")
 	return cmd
+}
+
+// writeSecretFile writes body to path with mode 0600 through a temporary
+// file and a rename.
+func writeSecretFile(path, body string) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }

@@ -53,6 +53,33 @@ replicas share the database.`,
 	return cmd
 }
 
+func newMigrateCmd() *cobra.Command {
+	cfg := config.Default()
+	cmd := &cobra.Command{
+		Use:   "migrate",
+		Short: "Bring the database's schemas up to this version, then exit",
+		Long: `Apply the migrations of every service's schema that have not run yet, then
+exit. Servers also migrate when they start; run this first (a Kubernetes
+Job, a deploy step) so a rollout does not wait on it. It takes the
+server's settings (DATABASE_URL above all) and is safe to run while older
+replicas serve: migrations only add.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cfg.ApplyEnv(os.LookupEnv, cmd.Flags().Changed); err != nil {
+				return fmt.Errorf("environment: %w", err)
+			}
+			logger, err := logging.New(cfg.LogFormat, cfg.LogLevel)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = logger.Sync() }()
+			return server.Migrate(cmd.Context(), cfg, logger)
+		},
+	}
+	cfg.BindFlags(cmd.Flags())
+	return cmd
+}
+
 // serve runs the control plane until ctx ends. ready, when not nil, is
 // called with the bound address once it listens.
 func serve(ctx context.Context, cfg config.Config, logger *zap.Logger, ready func(addr string)) error {
