@@ -60,7 +60,7 @@ lint: ## gofmt, go vet and the import boundaries.
 	@out="$$(gofmt -l $$(git ls-files '*.go' | grep -v '^proto/gen/'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	@./.ci/check-imports
-	shellcheck installer/install.sh .ci/run .ci/check-imports docs/examples/demo.sh
+	shellcheck installer/install.sh .ci/run .ci/check-imports docs/examples/demo.sh deploy/compose/gen-certs.sh
 
 .PHONY: cross
 cross: ## The agent still builds for Windows and macOS (vet of the code they use).
@@ -83,11 +83,17 @@ dist: ## Build the agent for linux amd64/arm64, windows amd64, darwin arm64 into
 	@cd dist && sha256sum opsconductor-agent-* > SHA256SUMS && cat SHA256SUMS
 
 .PHONY: test
-test: lint cross check-generate test-go test-race fuzz bench-smoke demo ## Run every test (needs PostgreSQL, Redis and RabbitMQ; see README).
+test: lint cross check-generate test-go test-deploy test-race fuzz bench-smoke demo ## Run every test (needs PostgreSQL, Redis and RabbitMQ; see README).
 
 .PHONY: test-go
 test-go: ## go test ./... (PostgreSQL at 127.0.0.1:5432, Redis at 127.0.0.1:6379, RabbitMQ at 127.0.0.1:5672).
 	go test $(GO_TEST_FLAGS) -count=1 -timeout 15m ./...
+
+# deploy/ is a module of its own: kustomize and the Kubernetes types stay
+# out of the main module's build.
+.PHONY: test-deploy
+test-deploy: ## The deployment files: kustomize render + strict k8s decoding, docker-compose config.
+	cd deploy && go vet ./... && go test -count=1 ./...
 
 .PHONY: test-race
 test-race: ## The race detector on the concurrent packages.

@@ -3,7 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -198,5 +200,34 @@ Press Ctrl-C to stop.
 	case <-ctx.Done():
 		<-agentErr
 		return <-serverErr
+	}
+}
+
+// newHealthCmd checks a control plane's /health, for container health
+// checks where there is no curl (the image has nothing but the binary).
+func newHealthCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "health",
+		Short: "Exit 0 when the control plane at --server reports itself healthy",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 5*time.Second)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.server+"/health", nil)
+			if err != nil {
+				return err
+			}
+			resp, err := g.client.Do(req)
+			if err != nil {
+				return fmt.Errorf("health: %w", err)
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+			fmt.Fprintln(g.stdout, strings.TrimSpace(string(body)))
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("health: %s", resp.Status)
+			}
+			return nil
+		},
 	}
 }

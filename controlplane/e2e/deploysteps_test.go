@@ -16,7 +16,8 @@ import (
 )
 
 // TestDeploySteps runs the steps deploy/compose and deploy/k8s take
-// besides `opsconductor server`: `opsconductor migrate` before the
+// besides `opsconductor server`: `opsconductor health` (the container
+// health check), `opsconductor migrate` before the
 // servers (a Job in Kubernetes; twice, as a re-run would), then a join
 // token written to a file by `agent token create --out` with the admin
 // token read from OPSCONDUCTOR_TOKEN_FILE, which an agent enrolls with
@@ -59,6 +60,15 @@ func TestDeploySteps(t *testing.T) {
 	conn.Close(context.Background())
 	if err != nil || strings.Join(served, ",") != strings.Join(migrated, ",") || len(migrated) < 8 {
 		t.Fatalf("migrate made schemas %v; the server uses %v (%v)", migrated, served, err)
+	}
+
+	// The container health check (no curl in the image): healthy, then
+	// not, against a port nothing listens on.
+	if out, err := exec.Command(bin, "--server", s.URL, "health").CombinedOutput(); err != nil || !strings.Contains(string(out), `"status":"ok"`) {
+		t.Fatalf("opsconductor health: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "--server", "http://"+cptest.FreeAddr(t), "health").CombinedOutput(); err == nil {
+		t.Fatalf("opsconductor health of nothing succeeded:\n%s", out)
 	}
 
 	dir := t.TempDir()
