@@ -22,16 +22,16 @@ import (
 // kinds are the API types the manifests may use, by apiVersion and kind.
 // A manifest of another kind fails the test: add its Go type here.
 var kinds = map[string]func() any{
-	"v1/ConfigMap":                             func() any { return &corev1.ConfigMap{} },
-	"v1/Secret":                                func() any { return &corev1.Secret{} },
-	"v1/Service":                               func() any { return &corev1.Service{} },
-	"v1/Namespace":                             func() any { return &corev1.Namespace{} },
-	"apps/v1/Deployment":                       func() any { return &appsv1.Deployment{} },
-	"apps/v1/DaemonSet":                        func() any { return &appsv1.DaemonSet{} },
-	"apps/v1/StatefulSet":                      func() any { return &appsv1.StatefulSet{} },
-	"batch/v1/Job":                             func() any { return &batchv1.Job{} },
-	"policy/v1/PodDisruptionBudget":            func() any { return &policyv1.PodDisruptionBudget{} },
-	"autoscaling/v2/HorizontalPodAutoscaler":   func() any { return &autoscalingv2.HorizontalPodAutoscaler{} },
+	"v1/ConfigMap":                           func() any { return &corev1.ConfigMap{} },
+	"v1/Secret":                              func() any { return &corev1.Secret{} },
+	"v1/Service":                             func() any { return &corev1.Service{} },
+	"v1/Namespace":                           func() any { return &corev1.Namespace{} },
+	"apps/v1/Deployment":                     func() any { return &appsv1.Deployment{} },
+	"apps/v1/DaemonSet":                      func() any { return &appsv1.DaemonSet{} },
+	"apps/v1/StatefulSet":                    func() any { return &appsv1.StatefulSet{} },
+	"batch/v1/Job":                           func() any { return &batchv1.Job{} },
+	"policy/v1/PodDisruptionBudget":          func() any { return &policyv1.PodDisruptionBudget{} },
+	"autoscaling/v2/HorizontalPodAutoscaler": func() any { return &autoscalingv2.HorizontalPodAutoscaler{} },
 }
 
 // rendered is one overlay's output, decoded.
