@@ -68,11 +68,16 @@ func ToBus(source string, e Event) bus.Event {
 		CorrelationID: e.CorrelationID, Version: 1, Payload: e.Payload}
 }
 
-// ensurePosition creates the position table; it belongs to this package,
-// not to a service, so it is made here rather than in every service's
-// migrations.
-func (p *Publisher) ensurePosition(ctx context.Context) error {
-	_, err := p.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS outbox_position (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)`)
+// ensurePosition creates the position table.
+func (p *Publisher) ensurePosition(ctx context.Context) error { return EnsureTables(ctx, p.db) }
+
+// EnsureTables creates the tables this package keeps in a service's
+// schema beside the service's own outbox (the publisher's position): they
+// belong to this package, not to a service, so they are made here rather
+// than in every service's migrations. Servers call it right after
+// migrating a schema, as does opsconductor store import.
+func EnsureTables(ctx context.Context, db *store.DB) error {
+	_, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS outbox_position (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)`)
 	if err != nil {
 		return fmt.Errorf("create outbox_position: %w", err)
 	}

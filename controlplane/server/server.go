@@ -406,15 +406,15 @@ func Services() []protoreflect.ServiceDescriptor {
 	}
 }
 
-// schemas are every service's schema with its migrations.
-func schemas() []struct {
-	name       string
-	migrations fs.FS
-} {
-	return []struct {
-		name       string
-		migrations fs.FS
-	}{
+// Schema is one service's schema and its migrations.
+type Schema struct {
+	Name       string
+	Migrations fs.FS
+}
+
+// Schemas are every service's schema with its migrations.
+func Schemas() []Schema {
+	return []Schema{
 		{job.Schema, job.Migrations()}, {execution.Schema, execution.Migrations()}, {registry.Schema, registry.Migrations()},
 		{auth.Schema, auth.Migrations()}, {credential.Schema, credential.Migrations()}, {inventory.Schema, inventory.Migrations()},
 		{audit.Schema, audit.Migrations()}, {schedule.Schema, schedule.Migrations()},
@@ -434,13 +434,22 @@ func Migrate(ctx context.Context, cfg config.Config, logger *zap.Logger) error {
 	}
 	a := &App{cfg: cfg, logger: logger}
 	defer a.Close()
-	for _, s := range schemas() {
-		if _, err := a.openStore(ctx, s.name, s.migrations); err != nil {
+	for _, s := range Schemas() {
+		if _, err := a.openStore(ctx, s.Name, s.Migrations); err != nil {
 			return err
 		}
-		logger.Info("schema migrated", zap.String("schema", s.name))
+		logger.Info("schema migrated", zap.String("schema", s.Name))
 	}
 	return nil
+}
+
+// MigrateSchema applies a service's migrations to db and creates the
+// outbox publisher's table beside them.
+func MigrateSchema(ctx context.Context, db *store.DB, migrations fs.FS) error {
+	if err := db.Migrate(ctx, migrations); err != nil {
+		return err
+	}
+	return outbox.EnsureTables(ctx, db)
 }
 
 func (a *App) openStore(ctx context.Context, schema string, migrations fs.FS) (*store.DB, error) {
@@ -449,7 +458,7 @@ func (a *App) openStore(ctx context.Context, schema string, migrations fs.FS) (*
 		return nil, fmt.Errorf("open %s store: %w", schema, err)
 	}
 	a.dbs = append(a.dbs, db)
-	if err := db.Migrate(ctx, migrations); err != nil {
+	if err := MigrateSchema(ctx, db, migrations); err != nil {
 		return nil, fmt.Errorf("migrate %s store: %w", schema, err)
 	}
 	return db, nil

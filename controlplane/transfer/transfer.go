@@ -1,0 +1,246 @@
+// Package transfer copies a control plane's whole state between
+// databases (opsconductor store export|import): typically from the
+// embedded SQLite store to PostgreSQL when a lab becomes production, or
+// between PostgreSQL servers. The export is one file of JSON lines,
+// gzip-compressed: a header, then per schema its migration version and
+// per table its columns, rows and row count. Import migrates the target
+// to this binary's version, refuses an export of another version or a
+// target that already holds data, and writes each schema in one
+// transaction, so a failed import leaves that schema empty.
+package transfer
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/opsconductor/opsconductor/controlplane/store"
+)
+
+// Format names the file format in its header.
+const Format = "opsconductor-store-export"
+
+// line is one line of the file; which fields are set says what it is.
+type line struct {
+	Format  string    `json:"format,omitempty"`  // header
+	Version int       `json:"version,omitempty"` // header: format version
+	Source  string    `json:"source,omitempty"`  // header: the source's engine
+	Created time.Time `json:"created,omitzero"`  // header
+
+	Schema    string   `json:"schema,omitempty"`    // schema start, table start and end
+	Migration int      `json:"migration,omitempty"` // schema start
+	Table     string   `json:"table,omitempty"`     // table start and end
+	Columns   []string `json:"columns,omitempty"`   // table start
+	Row       []any    `json:"row,omitempty"`       // a row of the current table
+	Rows      *int64   `json:"rows,omitempty"`      // table end: how many rows it had
+	End       bool     `json:"end,omitempty"`       // the last line
+}
+
+// Progress receives a line per table copied.
+type Progress func(schema, table string, rows int64)
+
+// Export writes every table of each schema at dbURL to w.
+func Export(ctx context.Context, dbURL string, schemas []string, w io.Writer, progress Progress) error {
+	zw := gzip.NewWriter(w)
+	bw := bufio.NewWriterSize(zw, 1<<16)
+	enc := json.NewEncoder(bw)
+	if err := enc.Encode(line{Format: Format, Version: 1, Source: dialectOf(dbURL), Created: time.Now().UTC()}); err != nil {
+		return err
+	}
+	for _, name := range schemas {
+		if err := exportSchema(ctx, dbURL, name, enc, progress); err != nil {
+			return err
+		}
+	}
+	if err := enc.Encode(line{End: true}); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+func exportSchema(ctx context.Context, dbURL, schema string, enc *json.Encoder, progress Progress) error {
+	db, err := store.Open(ctx, dbURL, schema, store.Options{MaxConns: 2})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	version, err := db.MigrationVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("%w (is this an OpsConductor database?)", err)
+	}
+	if err := enc.Encode(line{Schema: schema, Migration: version}); err != nil {
+		return err
+	}
+	tables, err := db.Tables(ctx)
+	if err != nil {
+		return err
+	}
+	for _, t := range tables {
+		cols := make([]string, len(t.Columns))
+		for i, c := range t.Columns {
+			cols[i] = c.Name
+		}
+		if err := enc.Encode(line{Schema: schema, Table: t.Name, Columns: cols}); err != nil {
+			return err
+		}
+		var n int64
+		if err := db.EachRow(ctx, t, func(row []any) error {
+			n++
+			return enc.Encode(line{Row: row})
+		}); err != nil {
+			return err
+		}
+		if err := enc.Encode(line{Schema: schema, Table: t.Name, Rows: &n}); err != nil {
+			return err
+		}
+		if progress != nil {
+			progress(schema, t.Name, n)
+		}
+	}
+	return nil
+}
+
+func dialectOf(url string) string {
+	if strings.HasPrefix(url, "sqlite:") {
+		return string(store.SQLite)
+	}
+	return string(store.Postgres)
+}
+
+// Migrator migrates one schema of a target (the server package's list of
+// every service's migrations) and returns the tables the migrations seed
+// with rows of their own.
+type Migrator func(ctx context.Context, db *store.DB, schema string) (seeded []string, err error)
+
+// Import reads an export from r into the database at dbURL, whose
+// schemas migrate brings to this version first. Every schema of the
+// target must be empty.
+func Import(ctx context.Context, dbURL string, r io.Reader, migrate Migrator, progress Progress) error {
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		return fmt.Errorf("not an export file (gzip): %w", err)
+	}
+	dec := json.NewDecoder(bufio.NewReaderSize(zr, 1<<16))
+	dec.UseNumber() // ids and counts beyond 2^53 stay exact
+	var head line
+	if err := dec.Decode(&head); err != nil || head.Format != Format {
+		return fmt.Errorf("not an export file: the first line is not an %s header (%v)", Format, err)
+	}
+	if head.Version != 1 {
+		return fmt.Errorf("export format version %d: this binary reads version 1", head.Version)
+	}
+	var next line
+	if err := dec.Decode(&next); err != nil {
+		return fmt.Errorf("read the export: %w", err)
+	}
+	for !next.End {
+		if next.Schema == "" || next.Table != "" {
+			return fmt.Errorf("read the export: expected a schema, got %+v", next)
+		}
+		if next, err = importSchema(ctx, dbURL, next, dec, migrate, progress); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// importSchema copies one schema in one transaction and returns the line
+// after it.
+func importSchema(ctx context.Context, dbURL string, start line, dec *json.Decoder, migrate Migrator, progress Progress) (line, error) {
+	schema := start.Schema
+	db, err := store.Open(ctx, dbURL, schema, store.Options{MaxConns: 2})
+	if err != nil {
+		return line{}, err
+	}
+	defer db.Close()
+	seeded, err := migrate(ctx, db, schema)
+	if err != nil {
+		return line{}, err
+	}
+	version, err := db.MigrationVersion(ctx)
+	if err != nil {
+		return line{}, err
+	}
+	if version != start.Migration {
+		return line{}, fmt.Errorf("schema %s: the export is at migration %d, this binary at %d: export and import with the same OpsConductor version",
+			schema, start.Migration, version)
+	}
+	empty, table, err := db.IsEmpty(ctx, seeded)
+	if err != nil {
+		return line{}, err
+	}
+	if !empty {
+		return line{}, fmt.Errorf("schema %s: table %s already has rows; import only into an empty database (before any server has started on it)", schema, table)
+	}
+	tables, err := db.Tables(ctx)
+	if err != nil {
+		return line{}, err
+	}
+	var after line
+	err = db.InTx(ctx, func(tx *store.Tx) error {
+		for {
+			var l line
+			if err := dec.Decode(&l); err != nil {
+				return fmt.Errorf("read the export (schema %s): %w", schema, err)
+			}
+			if l.Table == "" || l.Schema != schema {
+				after = l
+				break
+			}
+			target, ok := store.TableNamed(tables, l.Table)
+			if !ok {
+				return fmt.Errorf("schema %s: the export has a table %s this version does not", schema, l.Table)
+			}
+			ins, err := tx.NewInserter(target, l.Columns)
+			if err != nil {
+				return fmt.Errorf("schema %s: %w", schema, err)
+			}
+			if slices.Contains(seeded, l.Table) {
+				if err := ins.Clear(ctx); err != nil {
+					return err
+				}
+			}
+			var n int64
+			for {
+				var r line
+				if err := dec.Decode(&r); err != nil {
+					return fmt.Errorf("read the export (%s.%s): %w", schema, l.Table, err)
+				}
+				if r.Rows != nil {
+					if *r.Rows != n {
+						return fmt.Errorf("%s.%s: the export says %d rows, it held %d: the file is damaged", schema, l.Table, *r.Rows, n)
+					}
+					break
+				}
+				if r.Row == nil {
+					return fmt.Errorf("%s.%s: the export ends inside the table: the file is damaged", schema, l.Table)
+				}
+				if err := ins.Insert(ctx, r.Row); err != nil {
+					return fmt.Errorf("%s.%s row %d: %w", schema, l.Table, n+1, err)
+				}
+				n++
+			}
+			if progress != nil {
+				progress(schema, l.Table, n)
+			}
+		}
+		return tx.ResetSequences(ctx, tables)
+	})
+	if err != nil {
+		return line{}, err
+	}
+	if after.Schema == "" && !after.End {
+		return line{}, errors.New("read the export: it ends without its last line: the file is damaged or cut short")
+	}
+	return after, nil
+}
