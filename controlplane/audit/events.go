@@ -6,6 +6,7 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"embed"
 	"fmt"
 	"io/fs"
@@ -176,19 +177,32 @@ func (s *Store) Count(ctx context.Context) (int64, error) {
 // Consumer takes the services' events off the bus into the store.
 type Consumer struct {
 	store  *Store
+	log    *Log
 	bus    bus.Bus
 	logger *zap.Logger
 }
 
-// NewConsumer builds the audit service's consumer.
-func NewConsumer(st *Store, b bus.Bus, logger *zap.Logger) *Consumer {
-	return &Consumer{store: st, bus: b, logger: logger.Named("audit")}
+// NewConsumer builds the audit service's consumer. Call records other
+// processes forward (split mode) are appended to log.
+func NewConsumer(st *Store, log *Log, b bus.Bus, logger *zap.Logger) *Consumer {
+	return &Consumer{store: st, log: log, bus: b, logger: logger.Named("audit")}
 }
 
 // Declare makes sure the audit group exists before anything is
 // published (on RabbitMQ a queue only gets what comes after it).
 func (c *Consumer) Declare(ctx context.Context) error {
 	return c.bus.Declare(ctx, Group, Families)
+}
+
+// DeclareGroups makes sure the audit and notification groups exist on b
+// before anything is published: every process does it, whichever runs
+// the audit service (split mode), since on RabbitMQ a queue only gets
+// what is published after it exists.
+func DeclareGroups(ctx context.Context, b bus.Bus) error {
+	if err := b.Declare(ctx, Group, Families); err != nil {
+		return err
+	}
+	return b.Declare(ctx, NotifyGroup, notifyFamilies())
 }
 
 // Run consumes until ctx ends. Every replica runs one: they share the
@@ -198,6 +212,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 	return c.bus.Consume(ctx, Group, Families, func(ctx context.Context, e bus.Event) error {
 		if skipped[e.Type] {
 			return nil
+		}
+		if e.Type == ForwardedTopic {
+			var r Record
+			if err := json.Unmarshal(e.Payload, &r); err != nil {
+				return fmt.Errorf("decode forwarded call record %s: %w", e.ID, err)
+			}
+			_, err := c.log.AppendForwarded(ctx, e.ID, r)
+			return err
 		}
 		_, err := c.store.Record(ctx, e)
 		return err

@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 
 	"golang.org/x/mod/sumdb/tlog"
 
+	"github.com/opsconductor/opsconductor/controlplane/outbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 )
 
@@ -67,11 +70,43 @@ const logColumns = `seq, at, actor, actor_kind, roles, action, resource, outcome
 // Append adds a record at the end of the chain and returns it as stored
 // (numbered and hashed). Appends are serialised on the chain's head.
 func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
+	out, _, err := l.appendOnce(ctx, "", r)
+	return out, err
+}
+
+// AppendForwarded appends a record that came over the event bus as the
+// event eventID, once: a redelivered event appends nothing and reports
+// false.
+func (l *Log) AppendForwarded(ctx context.Context, eventID string, r Record) (bool, error) {
+	_, appended, err := l.appendOnce(ctx, eventID, r)
+	return appended, err
+}
+
+// Ping checks that the log's database answers (the recorder's gate).
+func (l *Log) Ping(ctx context.Context) error { return l.db.Ping(ctx) }
+
+func (l *Log) appendOnce(ctx context.Context, eventID string, r Record) (Record, bool, error) {
+	appended := false
 	err := l.db.InTx(ctx, func(tx *store.Tx) error {
 		var seq int64
 		var prev string
 		if err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`+store.ForUpdate(tx)).Scan(&seq, &prev); err != nil {
 			return fmt.Errorf("read the audit log's head: %w", err)
+		}
+		if eventID != "" {
+			// Under the head's lock: two consumers of one redelivered
+			// event cannot both pass.
+			var done int64
+			err := tx.QueryRowContext(ctx, `SELECT seq FROM audit_forwarded WHERE event_id = $1`, eventID).Scan(&done)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("look up forwarded record %s: %w", eventID, err)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO audit_forwarded (event_id, seq) VALUES ($1, $2)`, eventID, seq+1); err != nil {
+				return fmt.Errorf("note forwarded record %s: %w", eventID, err)
+			}
 		}
 		// Stamped under the head's lock, so times follow the order of
 		// the records (on one clock); the database keeps microseconds, so
@@ -87,13 +122,45 @@ func (l *Log) Append(ctx context.Context, r Record) (Record, error) {
 		if _, err := tx.ExecContext(ctx, `UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1`, r.Seq, r.Hash); err != nil {
 			return fmt.Errorf("move the audit log's head: %w", err)
 		}
+		appended = true
 		return addLeaf(ctx, tx, r.Seq-1, r.Hash)
 	})
 	if err != nil {
-		return Record{}, err
+		return Record{}, false, err
 	}
-	return r, nil
+	return r, appended, nil
 }
+
+// CallLog is where the recorder writes a call's record: the Log itself
+// where the audit service runs, or (split mode) the outbox of the
+// process's own database, which carries the record over the event bus to
+// the audit service (ForwardingLog). Either way a call whose record
+// cannot be stored fails.
+type CallLog interface {
+	Append(ctx context.Context, r Record) (Record, error)
+	Ping(ctx context.Context) error
+}
+
+// ForwardedTopic is the event type of a call record on its way to the
+// audit service.
+const ForwardedTopic = "audit.call"
+
+// ForwardingLog writes call records to a service's outbox for the audit
+// service to append to the chain (split mode).
+type ForwardingLog struct{ DB *store.DB }
+
+// Append stores the record in the outbox; it is numbered and hashed when
+// the audit service appends it.
+func (f ForwardingLog) Append(ctx context.Context, r Record) (Record, error) {
+	err := f.DB.InTx(ctx, func(tx *store.Tx) error {
+		_, err := outbox.Append(ctx, tx, ForwardedTopic, r.Action, 0, r)
+		return err
+	})
+	return r, err
+}
+
+// Ping checks that the outbox's database answers.
+func (f ForwardingLog) Ping(ctx context.Context) error { return f.DB.Ping(ctx) }
 
 func scanRecord(row interface{ Scan(...any) error }) (Record, error) {
 	var r Record

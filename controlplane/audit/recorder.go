@@ -35,13 +35,13 @@ import (
 // It sits outside the authorization interceptor (so it sees refusals)
 // and learns the caller from auth's caller note.
 type Recorder struct {
-	log    *Log
+	log    CallLog
 	key    []byte
 	logger *zap.Logger
 }
 
 // NewRecorder builds the recorder; key keys the hashes of secret values.
-func NewRecorder(log *Log, key []byte, logger *zap.Logger) *Recorder {
+func NewRecorder(log CallLog, key []byte, logger *zap.Logger) *Recorder {
 	return &Recorder{log: log, key: key, logger: logger.Named("audit")}
 }
 
@@ -76,7 +76,7 @@ func (r *Recorder) gate(ctx context.Context, acc *opsconductorv1.Access) error {
 	if !recorded(acc, nil) {
 		return nil
 	}
-	if err := r.log.db.Ping(ctx); err != nil {
+	if err := r.log.Ping(ctx); err != nil {
 		r.logger.Error("audit log unavailable: refusing a call that changes state", zap.Error(err))
 		return connect.NewError(connect.CodeUnavailable, errors.New("the audit log cannot be written, so calls that change state are refused; try again later"))
 	}
@@ -98,6 +98,8 @@ func (r *Recorder) write(ctx context.Context, spec connect.Spec, header interfac
 		}
 	} else if acc != nil && acc.GetCaller() == opsconductorv1.Caller_CALLER_AGENT {
 		rec.ActorKind = "agent"
+	} else if acc != nil && acc.GetCaller() == opsconductorv1.Caller_CALLER_SERVICE {
+		rec.ActorKind = "service"
 	} else {
 		rec.ActorKind = "anonymous"
 	}

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net"
@@ -53,10 +54,25 @@ func CheckServices(services ...protoreflect.ServiceDescriptor) error {
 // trail. Agent RPCs pass through to the agent gateway, which checks the
 // agent's own credential; public RPCs pass through.
 type Interceptor struct {
-	authn   *Authenticator
-	store   *Store
+	authn   PrincipalSource
+	denials Denials
 	limiter ratelimit.Limiter
 	logger  *zap.Logger
+	// serviceToken is what the control plane's other services present in
+	// split mode; empty: service RPCs are refused.
+	serviceToken string
+}
+
+// PrincipalSource authenticates a bearer token: the Authenticator in the
+// process that keeps the users and tokens, the jobs service's internal
+// API in the others (split mode).
+type PrincipalSource interface {
+	Authenticate(ctx context.Context, bearer string) (Principal, error)
+}
+
+// Denials records refused calls for the audit trail.
+type Denials interface {
+	Denied(ctx context.Context, rec DeniedCall) error
 }
 
 var _ connect.Interceptor = (*Interceptor)(nil)
@@ -64,9 +80,13 @@ var _ connect.Interceptor = (*Interceptor)(nil)
 // NewInterceptor builds the interceptor. limiter bounds each principal's
 // call rate, and the rate of failed authentications per peer address; nil
 // means no limit.
-func NewInterceptor(authn *Authenticator, st *Store, limiter ratelimit.Limiter, logger *zap.Logger) *Interceptor {
-	return &Interceptor{authn: authn, store: st, limiter: limiter, logger: logger.Named("authz")}
+func NewInterceptor(authn PrincipalSource, denials Denials, limiter ratelimit.Limiter, logger *zap.Logger) *Interceptor {
+	return &Interceptor{authn: authn, denials: denials, limiter: limiter, logger: logger.Named("authz")}
 }
+
+// AcceptServiceToken lets the control plane's other services call the
+// service RPCs with token (split mode).
+func (i *Interceptor) AcceptServiceToken(token string) { i.serviceToken = token }
 
 // limit applies the rate limit to key.
 func (i *Interceptor) limit(ctx context.Context, key, who string) error {
@@ -93,6 +113,8 @@ func (i *Interceptor) authorize(ctx context.Context, spec connect.Spec, header i
 	switch acc.GetCaller() {
 	case opsconductorv1.Caller_CALLER_PUBLIC, opsconductorv1.Caller_CALLER_AGENT:
 		return ctx, nil
+	case opsconductorv1.Caller_CALLER_SERVICE:
+		return ctx, i.checkService(ctx, spec.Procedure, header, peer)
 	}
 	return i.Check(ctx, spec.Procedure, acc.GetPermission(), header, peer)
 }
@@ -125,6 +147,17 @@ func (i *Interceptor) Check(ctx context.Context, what, perm string, header inter
 	return WithPrincipal(ctx, p), nil
 }
 
+// checkService admits a call from another service of the control plane.
+func (i *Interceptor) checkService(ctx context.Context, procedure string, header interface{ Get(string) string }, peer string) error {
+	bearer, _ := strings.CutPrefix(header.Get("Authorization"), "Bearer ")
+	if i.serviceToken == "" || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(bearer)), []byte(i.serviceToken)) != 1 {
+		err := apperr.Unauthenticated("%s is for the control plane's own services (the service token)", procedure)
+		i.deny(ctx, procedure, "", err, "unauthenticated", peer)
+		return err
+	}
+	return nil
+}
+
 // deny records a refused call; the outbox carries it to the audit trail.
 func (i *Interceptor) deny(ctx context.Context, procedure, principal string, reason error, code, peer string) {
 	var ae *apperr.Error
@@ -133,7 +166,7 @@ func (i *Interceptor) deny(ctx context.Context, procedure, principal string, rea
 	}
 	rec := DeniedCall{Procedure: procedure, Principal: principal, Reason: ae.Message, Code: code,
 		CorrelationID: correlation.ID(ctx), Peer: peer, Time: time.Now().UTC()}
-	if err := i.store.Denied(context.WithoutCancel(ctx), rec); err != nil {
+	if err := i.denials.Denied(context.WithoutCancel(ctx), rec); err != nil {
 		i.logger.Error("record denied call", zap.Error(err), zap.String("procedure", procedure))
 	}
 	i.logger.Info("call denied", zap.String("procedure", procedure), zap.String("principal", principal),

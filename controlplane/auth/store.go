@@ -154,7 +154,17 @@ func (s *Store) TokenTouch(ctx context.Context, id string, now time.Time) error 
 
 // Denied records a refused call in the outbox, for the audit trail.
 func (s *Store) Denied(ctx context.Context, rec DeniedCall) error {
-	return s.db.InTx(ctx, func(tx *store.Tx) error {
+	return OutboxDenials{DB: s.db}.Denied(ctx, rec)
+}
+
+// OutboxDenials records refused calls in the outbox of any service's
+// database: a process without the auth store (split mode) records its
+// refusals in its own.
+type OutboxDenials struct{ DB *store.DB }
+
+// Denied appends rec as an audit.denied event.
+func (d OutboxDenials) Denied(ctx context.Context, rec DeniedCall) error {
+	return d.DB.InTx(ctx, func(tx *store.Tx) error {
 		_, err := outbox.Append(ctx, tx, "audit.denied", rec.Procedure, 0, rec)
 		return err
 	})

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"golang.org/x/mod/sumdb/note"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -125,6 +126,77 @@ type Config struct {
 	// CORSOrigins are the browser origins (the dashboard's) allowed to call
 	// the API, comma-separated; "*" allows any.
 	CORSOrigins string
+
+	// Services are the services this process runs, comma-separated, of
+	// jobs, executions, scheduling and audit ("all" or empty: every one).
+	// The others are reached at their URLs below (split mode).
+	Services string
+	// Per-service database URLs (empty: DatabaseURL).
+	JobsDatabaseURL, ExecutionsDatabaseURL, SchedulingDatabaseURL, AuditDatabaseURL string
+	// Where the services this process does not run are (split mode).
+	JobsURL, ExecutionsURL, SchedulingURL, AuditURL string
+	// ServiceToken is the shared secret the services present to each
+	// other in split mode.
+	ServiceToken string
+}
+
+// Service names, as --services takes them.
+const (
+	ServiceJobs       = "jobs"
+	ServiceExecutions = "executions"
+	ServiceScheduling = "scheduling"
+	ServiceAudit      = "audit"
+)
+
+// AllServices are every service, in the order they are listed.
+var AllServices = []string{ServiceJobs, ServiceExecutions, ServiceScheduling, ServiceAudit}
+
+// Runs reports whether this process runs service.
+func (c Config) Runs(service string) bool {
+	if c.Services == "" || c.Services == "all" {
+		return true
+	}
+	for _, s := range strings.Split(c.Services, ",") {
+		if strings.TrimSpace(s) == service {
+			return true
+		}
+	}
+	return false
+}
+
+// Split reports whether some service runs in another process.
+func (c Config) Split() bool {
+	for _, s := range AllServices {
+		if !c.Runs(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// ServiceDatabaseURL is the database of service.
+func (c Config) ServiceDatabaseURL(service string) string {
+	u := map[string]string{ServiceJobs: c.JobsDatabaseURL, ServiceExecutions: c.ExecutionsDatabaseURL,
+		ServiceScheduling: c.SchedulingDatabaseURL, ServiceAudit: c.AuditDatabaseURL}[service]
+	if u == "" {
+		return c.DatabaseURL
+	}
+	return u
+}
+
+// ServiceURL is where service runs when not in this process.
+func (c Config) ServiceURL(service string) string {
+	return map[string]string{ServiceJobs: c.JobsURL, ServiceExecutions: c.ExecutionsURL,
+		ServiceScheduling: c.SchedulingURL, ServiceAudit: c.AuditURL}[service]
+}
+
+// Needs are the services each service calls (split mode): the jobs
+// service keeps the users and tokens every process authenticates with.
+var Needs = map[string][]string{
+	ServiceJobs:       {ServiceExecutions},
+	ServiceExecutions: {ServiceJobs},
+	ServiceScheduling: {ServiceJobs, ServiceExecutions},
+	ServiceAudit:      {ServiceJobs, ServiceExecutions, ServiceScheduling},
 }
 
 // Default returns the configuration of a single node on the embedded store.
@@ -210,6 +282,16 @@ func (c *Config) settings() []setting {
 		{flag: "safety-rules", env: "OPSCONDUCTOR_SAFETY_RULES", help: "YAML/JSON file of extra dangerous-command rules and allow-lists", str: &c.SafetyRules},
 		{flag: "cors-origins", env: "OPSCONDUCTOR_CORS_ORIGINS", help: "browser origins allowed to call the API, comma-separated", str: &c.CORSOrigins},
 		{flag: "bootstrap-token-file", env: "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE", help: "also write the first admin token to this file (0600)", str: &c.BootstrapTokenFile},
+		{flag: "services", env: "OPSCONDUCTOR_SERVICES", help: "services this process runs: all, or some of jobs,executions,scheduling,audit (split mode; the others are reached at --jobs-url and the rest)", str: &c.Services},
+		{flag: "jobs-database-url", env: "OPSCONDUCTOR_JOBS_DATABASE_URL", help: "the jobs service's database (default --database-url)", str: &c.JobsDatabaseURL},
+		{flag: "executions-database-url", env: "OPSCONDUCTOR_EXECUTIONS_DATABASE_URL", help: "the executions service's database (default --database-url)", str: &c.ExecutionsDatabaseURL},
+		{flag: "scheduling-database-url", env: "OPSCONDUCTOR_SCHEDULING_DATABASE_URL", help: "the scheduling service's database (default --database-url)", str: &c.SchedulingDatabaseURL},
+		{flag: "audit-database-url", env: "OPSCONDUCTOR_AUDIT_DATABASE_URL", help: "the audit service's database (default --database-url)", str: &c.AuditDatabaseURL},
+		{flag: "jobs-url", env: "OPSCONDUCTOR_JOBS_URL", help: "where the jobs service runs, when not in this process", str: &c.JobsURL},
+		{flag: "executions-url", env: "OPSCONDUCTOR_EXECUTIONS_URL", help: "where the executions service runs, when not in this process", str: &c.ExecutionsURL},
+		{flag: "scheduling-url", env: "OPSCONDUCTOR_SCHEDULING_URL", help: "where the scheduling service runs, when not in this process", str: &c.SchedulingURL},
+		{flag: "audit-url", env: "OPSCONDUCTOR_AUDIT_URL", help: "where the audit service runs, when not in this process", str: &c.AuditURL},
+		{flag: "service-token", env: "OPSCONDUCTOR_SERVICE_TOKEN", help: "shared secret the services present to each other in split mode (use the _FILE variant); at least 32 characters", str: &c.ServiceToken, secret: true},
 	}
 }
 
@@ -410,6 +492,45 @@ func (c Config) Validate() error {
 	}
 	if c.AgentOnlineWindow <= 0 {
 		bad("agent-online-window", "must be positive")
+	}
+	if c.Services != "" && c.Services != "all" {
+		named := false
+		for _, s := range strings.Split(c.Services, ",") {
+			if s = strings.TrimSpace(s); !slices.Contains(AllServices, s) {
+				bad("services", "%q is not a service: want all, or some of %s", s, strings.Join(AllServices, ","))
+			}
+			named = true
+		}
+		if !named {
+			bad("services", "names no service")
+		}
+	}
+	for _, s := range AllServices {
+		if u := c.ServiceDatabaseURL(s); u != c.DatabaseURL && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.HasPrefix(u, "sqlite:") {
+			bad(s+"-database-url", "must start with postgres://, postgresql:// or sqlite:")
+		}
+	}
+	if c.Split() {
+		for _, s := range AllServices {
+			if !c.Runs(s) {
+				continue
+			}
+			for _, need := range Needs[s] {
+				u := c.ServiceURL(need)
+				if c.Runs(need) {
+					continue
+				}
+				if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+					bad(need+"-url", "the %s service runs elsewhere and %s needs it: give its http(s):// URL", need, s)
+				}
+			}
+		}
+		if len(c.ServiceToken) < 32 {
+			bad("service-token", "split mode needs a service token of at least 32 characters, the same in every process")
+		}
+		if c.EventBus() == "memory" {
+			bad("bus", "split mode needs a shared event bus (redis or rabbitmq): the memory bus does not leave the process")
+		}
 	}
 	return errors.Join(errs...)
 }

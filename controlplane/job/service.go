@@ -59,6 +59,11 @@ type HostChecker interface {
 // construction because the executions service is built on this one.
 func (s *Service) SetHostChecker(c HostChecker) { s.checker = c }
 
+// SetTargets gives the service its target resolver (the agent registry,
+// in this process or, in split mode, the executions service's): like the
+// host checker it is made after this service.
+func (s *Service) SetTargets(r TargetResolver) { s.resolver = r }
+
 var _ opsconductorv1connect.JobServiceHandler = (*Service)(nil)
 
 // NewService builds the jobs service. warner may be nil (no warnings);

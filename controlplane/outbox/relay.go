@@ -56,6 +56,9 @@ type Relay struct {
 	handlers []Handler
 }
 
+// DB is the database whose outbox the relay reads.
+func (r *Relay) DB() *store.DB { return r.db }
+
 // NewRelay builds a relay over db's outbox table.
 func NewRelay(db *store.DB, logger *zap.Logger, cfg RelayConfig) *Relay {
 	cfg = cfg.withDefaults()

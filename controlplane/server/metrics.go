@@ -96,7 +96,7 @@ func (c *redisCollector) Collect(ch chan<- prometheus.Metric) {
 
 // registerInfraMetrics registers the collectors above and the gauges read
 // at scrape time.
-func (a *App) registerInfraMetrics(reg prometheus.Registerer, queued func(context.Context) (int64, error)) {
+func (a *App) registerInfraMetrics(reg prometheus.Registerer, queued func(context.Context) (int64, error), tasks bool) {
 	reg.MustRegister(newPoolCollector(a.dbs))
 	if a.redis != nil {
 		reg.MustRegister(newRedisCollector(a.redis))
@@ -112,16 +112,18 @@ func (a *App) registerInfraMetrics(reg prometheus.Registerer, queued func(contex
 			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "opsconductor_rabbitmq_connections_total", Help: "Connections made to RabbitMQ (more than one: it was lost and dialled again)."},
 				func() float64 { return float64(r.Dials()) }))
 	}
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsconductor_tasks_queued", Help: "Tasks waiting for an agent (the queue depth)."},
-		func() float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
-			defer cancel()
-			n, err := queued(ctx)
-			if err != nil {
-				return -1
-			}
-			return float64(n)
-		}))
+	if tasks { // the executions service runs here
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsconductor_tasks_queued", Help: "Tasks waiting for an agent (the queue depth)."},
+			func() float64 {
+				ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+				defer cancel()
+				n, err := queued(ctx)
+				if err != nil {
+					return -1
+				}
+				return float64(n)
+			}))
+	}
 	for _, p := range a.publishers {
 		labels := prometheus.Labels{"schema": p.Schema()}
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opsconductor_outbox_unpublished", ConstLabels: labels,

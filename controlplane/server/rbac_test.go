@@ -212,9 +212,9 @@ func TestRBACMatrix(t *testing.T) {
 						if status != 0 && status != http.StatusForbidden {
 							t.Errorf("%s over REST: HTTP %d, want 403", r, status)
 						}
-					case "agent":
+					case "agent", "service":
 						if code != "unauthenticated" {
-							t.Errorf("%s (a user) calling an agent RPC: code %q, want unauthenticated", r, code)
+							t.Errorf("%s (a user) calling an %s RPC: code %q, want unauthenticated", r, want[r], code)
 						}
 					default:
 						t.Fatalf("matrix: unknown expectation %q", want[r])

@@ -54,19 +54,24 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/outbox"
 	"github.com/opsconductor/opsconductor/controlplane/ratelimit"
 	"github.com/opsconductor/opsconductor/controlplane/registry"
+	"github.com/opsconductor/opsconductor/controlplane/remote"
 	"github.com/opsconductor/opsconductor/controlplane/retention"
 	"github.com/opsconductor/opsconductor/controlplane/safety"
 	"github.com/opsconductor/opsconductor/controlplane/schedule"
 	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
+	interservicev1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/interservice/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/interservice/v1/interservicev1connect"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
 	"github.com/opsconductor/opsconductor/proto/protocol"
 )
 
-// App is a running control plane: every service in one process.
+// App is a running control plane: every service in one process, or
+// (split mode) the services --services names, with the others reached
+// through their internal API.
 type App struct {
 	cfg    config.Config
 	tls    *tls.Config
@@ -78,15 +83,16 @@ type App struct {
 	// The services' events go from their outboxes (publishers) over the
 	// bus to the audit service's store (auditor).
 	publishers []*outbox.Publisher
-	auditor    *audit.Consumer
-	auditLog   *audit.Log
-	retention  *retention.Purger
-	notifier   *audit.Notifier
+	auditor    *audit.Consumer   // nil unless the audit service runs here
+	auditLog   *audit.Log        // nil unless the audit service runs here
+	retention  *retention.Purger // nil when nothing here is kept for a time
+	notifier   *audit.Notifier   // nil unless the audit service runs here
 	eventBus   bus.Bus
-	rabbit     *bus.Rabbit // nil unless --bus rabbitmq
-	gateway    *dispatch.Gateway
-	sync       *inventory.Syncer // nil: no external inventory
-	scheduler  *schedule.Scheduler
+	rabbit     *bus.Rabbit        // nil unless --bus rabbitmq
+	gateway    *dispatch.Gateway  // nil unless the executions service runs here
+	sync       *inventory.Syncer  // nil: no external inventory
+	scheduler  *schedule.Scheduler // nil unless the scheduling service runs here
+	remotes    []*remote.Service  // the services reached over the network
 	handler    http.Handler
 }
 
@@ -110,52 +116,24 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 			a.Close()
 		}
 	}()
-
-	jobsDB, err := a.openStore(ctx, job.Schema, job.Migrations())
-	if err != nil {
-		return nil, err
+	runs := cfg.Runs
+	// remoteOf is the client of a service that runs elsewhere.
+	remotes := map[string]*remote.Service{}
+	remoteOf := func(name string) *remote.Service {
+		if r, ok := remotes[name]; ok {
+			return r
+		}
+		r := remote.NewService(name, strings.TrimRight(cfg.ServiceURL(name), "/"), remote.Options{Token: cfg.ServiceToken}, logger)
+		remotes[name] = r
+		a.remotes = append(a.remotes, r)
+		return r
 	}
-	execDB, err := a.openStore(ctx, execution.Schema, execution.Migrations())
-	if err != nil {
-		return nil, err
-	}
-	agentsDB, err := a.openStore(ctx, registry.Schema, registry.Migrations())
-	if err != nil {
-		return nil, err
-	}
-	authDB, err := a.openStore(ctx, auth.Schema, auth.Migrations())
-	if err != nil {
-		return nil, err
-	}
-	credDB, err := a.openStore(ctx, credential.Schema, credential.Migrations())
-	if err != nil {
-		return nil, err
-	}
-	var credKeys *secretbox.Keyring
-	if cfg.CredentialKeys != "" {
-		credKeys, _ = secretbox.ParseKeyring(cfg.CredentialKeys) // checked by Validate
-	}
-	creds := credential.NewService(credential.NewStore(credDB), credKeys, logger)
-	invDB, err := a.openStore(ctx, inventory.Schema, inventory.Migrations())
-	if err != nil {
-		return nil, err
-	}
-	invStore := inventory.NewStore(invDB)
-	if cfg.InventoryURL != "" {
-		a.sync = inventory.NewSyncer(invStore, inventory.SyncConfig{URL: cfg.InventoryURL, Interval: cfg.InventoryInterval, Token: cfg.InventoryToken}, nil, logger)
-	}
-	inv := inventory.NewService(invStore, a.sync, logger)
-	authStore := auth.NewStore(authDB)
-	if _, err := auth.Bootstrap(ctx, authStore, cfg.BootstrapTokenFile, logger); err != nil {
-		return nil, fmt.Errorf("bootstrap admin token: %w", err)
-	}
-	jwtCfg := auth.JWTConfig{Secret: []byte(cfg.JWTSecret), Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience}
-	if cfg.JWTJWKS != "" {
-		if jwtCfg.JWKS, err = auth.NewJWKS(ctx, cfg.JWTJWKS, nil, logger); err != nil {
-			return nil, err
+	var plugins []string
+	for _, p := range strings.Split(cfg.Plugins, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			plugins = append(plugins, p)
 		}
 	}
-	authn := auth.NewAuthenticator(authStore, jwtCfg, logger)
 
 	if cfg.RedisURL != "" {
 		opts, err := redis.ParseURL(cfg.RedisURL)
@@ -168,11 +146,6 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		}
 	}
 	a.hub = notify.New(a.redis, logger)
-
-	auditDB, err := a.openStore(ctx, audit.Schema, audit.Migrations())
-	if err != nil {
-		return nil, err
-	}
 	metricsReg := prometheus.NewRegistry()
 	metricsReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var eventBus bus.Bus
@@ -186,34 +159,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		eventBus = bus.NewMemory(bus.Options{})
 	}
 	eventBus = bus.Instrument(eventBus, cfg.EventBus(), metricsReg)
-	auditEvents := audit.NewStore(auditDB)
-	auditLog := audit.NewLog(auditDB)
-	a.auditLog = auditLog
-	a.auditor = audit.NewConsumer(auditEvents, eventBus, logger)
 	a.eventBus = eventBus
-
-	execStore := execution.NewStore(execDB)
-	var nudgeExecRelay func() // set below, once the relays exist
-	loseTasks := func(ctx context.Context, agentID, reason string) (int, error) {
-		return execStore.TaskLoseByAgent(ctx, agentID, reason, func() { nudgeExecRelay() })
-	}
-	reg := registry.New(registry.NewStore(agentsDB), loseTasks, logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow, Inventory: inv})
-	safetyCfg, err := safety.LoadConfig(cfg.SafetyRules)
-	if err != nil {
-		return nil, err
-	}
-	checker, err := agentsafety.New(safetyCfg)
-	if err != nil {
-		return nil, fmt.Errorf("safety rules: %w", err)
-	}
-	safetySvc := safety.NewService(checker)
-	var plugins []string
-	for _, p := range strings.Split(cfg.Plugins, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			plugins = append(plugins, p)
-		}
-	}
-	jobs := job.NewService(job.NewStore(jobsDB), reg, safetySvc, logger, plugins...)
 	key := secretbox.NewKey()
 	if cfg.SecretKey != "" {
 		key, _ = base64.StdEncoding.DecodeString(cfg.SecretKey) // checked by Validate
@@ -224,28 +170,174 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	if err != nil {
 		return nil, err
 	}
-	protected, _ := label.ParseSelector(cfg.ProtectedLabels) // checked by Validate
-	execs := execution.NewService(execStore, jobs, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected, Secrets: box,
-		Credentials: creds, Nudge: func() { nudgeExecRelay() }})
-	jobs.SetHostChecker(execs)
-	schedDB, err := a.openStore(ctx, schedule.Schema, schedule.Migrations())
+	safetyCfg, err := safety.LoadConfig(cfg.SafetyRules)
 	if err != nil {
 		return nil, err
 	}
-	schedStore := schedule.NewStore(schedDB)
-	a.notifier = audit.NewNotifier(auditDB, box, logger, audit.NotifierConfig{})
-	auditSvc := audit.NewService(auditEvents, auditLog, eventBus, audit.MetricSources{
-		Executions: func(ctx context.Context, from, to time.Time) ([]audit.Execution, error) {
+	checker, err := agentsafety.New(safetyCfg)
+	if err != nil {
+		return nil, fmt.Errorf("safety rules: %w", err)
+	}
+	safetySvc := safety.NewService(checker)
+
+	type mount struct {
+		path    string
+		handler http.Handler
+	}
+	var mounts []mount
+	add := func(path string, h http.Handler) { mounts = append(mounts, mount{path, h}) }
+	// handlers are filled in once the interceptors exist (below); each
+	// service that runs here adds its own.
+	var handlers []func(opts connect.HandlerOption)
+	// home is the first database of this process: where refusals and
+	// (without the audit service) call records are written.
+	var home *store.DB
+
+	// The jobs service, with the users and tokens.
+	var (
+		jobs      *job.Service
+		authStore *auth.Store
+		authn     auth.PrincipalSource
+	)
+	if runs(config.ServiceJobs) {
+		url := cfg.ServiceDatabaseURL(config.ServiceJobs)
+		jobsDB, err := a.openStore(ctx, url, job.Schema, job.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		authDB, err := a.openStore(ctx, url, auth.Schema, auth.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		home = jobsDB
+		authStore = auth.NewStore(authDB)
+		if _, err := auth.Bootstrap(ctx, authStore, cfg.BootstrapTokenFile, logger); err != nil {
+			return nil, fmt.Errorf("bootstrap admin token: %w", err)
+		}
+		jwtCfg := auth.JWTConfig{Secret: []byte(cfg.JWTSecret), Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience}
+		if cfg.JWTJWKS != "" {
+			if jwtCfg.JWKS, err = auth.NewJWKS(ctx, cfg.JWTJWKS, nil, logger); err != nil {
+				return nil, err
+			}
+		}
+		local := auth.NewAuthenticator(authStore, jwtCfg, logger)
+		authn = local
+		jobs = job.NewService(job.NewStore(jobsDB), nil, safetySvc, logger, plugins...)
+		handlers = append(handlers, func(opts connect.HandlerOption) {
+			add(opsconductorv1connect.NewJobServiceHandler(jobs, opts))
+			add(opsconductorv1connect.NewAuthServiceHandler(auth.NewService(authStore, logger), opts))
+			add(opsconductorv1connect.NewSafetyServiceHandler(safetySvc, opts))
+			add(interservicev1connect.NewAuthInternalServiceHandler(remote.AuthHandler{Authn: local}, opts))
+			add(interservicev1connect.NewJobsInternalServiceHandler(remote.JobsHandler{Jobs: jobs}, opts))
+		})
+	} else {
+		authn = remote.NewAuth(remoteOf(config.ServiceJobs))
+	}
+
+	// The executions service, with the agent registry and gateway.
+	var (
+		execs     *execution.Service
+		execStore *execution.Store
+		reg       *registry.Registry
+	)
+	if runs(config.ServiceExecutions) {
+		url := cfg.ServiceDatabaseURL(config.ServiceExecutions)
+		execDB, err := a.openStore(ctx, url, execution.Schema, execution.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		if home == nil {
+			home = execDB
+		}
+		agentsDB, err := a.openStore(ctx, url, registry.Schema, registry.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		credDB, err := a.openStore(ctx, url, credential.Schema, credential.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		invDB, err := a.openStore(ctx, url, inventory.Schema, inventory.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		var credKeys *secretbox.Keyring
+		if cfg.CredentialKeys != "" {
+			credKeys, _ = secretbox.ParseKeyring(cfg.CredentialKeys) // checked by Validate
+		}
+		creds := credential.NewService(credential.NewStore(credDB), credKeys, logger)
+		invStore := inventory.NewStore(invDB)
+		if cfg.InventoryURL != "" {
+			a.sync = inventory.NewSyncer(invStore, inventory.SyncConfig{URL: cfg.InventoryURL, Interval: cfg.InventoryInterval, Token: cfg.InventoryToken}, nil, logger)
+		}
+		inv := inventory.NewService(invStore, a.sync, logger)
+		execStore = execution.NewStore(execDB)
+		var nudgeExecRelay func() // set below, once the relays exist
+		loseTasks := func(ctx context.Context, agentID, reason string) (int, error) {
+			return execStore.TaskLoseByAgent(ctx, agentID, reason, func() { nudgeExecRelay() })
+		}
+		reg = registry.New(registry.NewStore(agentsDB), loseTasks, logger, registry.Config{OnlineWindow: cfg.AgentOnlineWindow, Inventory: inv})
+		var jobReader execution.JobReader = jobs
+		if jobs == nil {
+			jobReader = remote.NewJobs(remoteOf(config.ServiceJobs), plugins)
+		}
+		protected, _ := label.ParseSelector(cfg.ProtectedLabels) // checked by Validate
+		execs = execution.NewService(execStore, jobReader, reg, safetySvc, a.hub, logger, execution.Config{OutputLimit: cfg.OutputLimit, Protected: protected, Secrets: box,
+			Credentials: creds, Nudge: func() { nudgeExecRelay() }})
+		// The executions relay wakes an execution's watchers on this replica.
+		execRelay := outbox.NewRelay(execDB, logger, outbox.RelayConfig{})
+		execRelay.Subscribe(func(e outbox.Event) { a.hub.PublishLocal(notify.ExecutionKey(e.AggregateID)) })
+		a.relays = append(a.relays, execRelay)
+		nudgeExecRelay = execRelay.Nudge
+		gwCfg := dispatch.Config{
+			Secrets:       box,
+			Credentials:   creds,
+			LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
+		}
+		if cfg.AgentMTLS {
+			gwCfg.ClientCertVerified = hasClientCert
+		}
+		a.gateway = dispatch.New(reg, execStore, a.hub, execRelay.Nudge, metricsReg, logger, gwCfg)
+		handlers = append(handlers, func(opts connect.HandlerOption) {
+			add(opsconductorv1connect.NewExecutionServiceHandler(execs, opts))
+			add(opsconductorv1connect.NewAgentRegistryServiceHandler(reg, opts))
+			add(agentv1connect.NewAgentServiceHandler(a.gateway, opts))
+			add(opsconductorv1connect.NewCredentialServiceHandler(creds, opts))
+			add(opsconductorv1connect.NewInventoryServiceHandler(inv, opts))
+			add(interservicev1connect.NewExecutionsInternalServiceHandler(remote.ExecutionsHandler{Executions: execs, Store: execStore, Registry: reg}, opts))
+		})
+	}
+	if jobs != nil {
+		// The jobs service checks targets and hosts with the executions
+		// service, here or elsewhere.
+		if execs != nil {
+			jobs.SetTargets(reg)
+			jobs.SetHostChecker(execs)
+		} else {
+			rexec := remote.NewExecutions(remoteOf(config.ServiceExecutions))
+			jobs.SetTargets(rexec)
+			jobs.SetHostChecker(rexec)
+		}
+	}
+	// What the scheduling and audit services use of the executions service.
+	var (
+		planner    schedule.Planner
+		firer      schedule.Firer
+		summaries  func(ctx context.Context, from, to time.Time) ([]audit.Execution, error)
+		runsOf     func(ctx context.Context, from, to time.Time) ([]audit.Run, error)
+		agentCount func(ctx context.Context) (int64, int64, error)
+	)
+	if execs != nil {
+		planner, firer, agentCount = execs, execs, reg.AgentCounts
+		summaries = func(ctx context.Context, from, to time.Time) ([]audit.Execution, error) {
 			sums, err := execStore.Summaries(ctx, from, to)
 			out := make([]audit.Execution, len(sums))
 			for i, e := range sums {
 				out[i] = audit.Execution{JobID: e.JobID, JobName: e.JobName, Status: e.Status, StartedAt: e.StartedAt, FinishedAt: e.FinishedAt}
 			}
 			return out, err
-		},
-		Agents: reg.AgentCounts,
-		Fires:  schedStore.FireStats,
-		Runs: func(ctx context.Context, from, to time.Time) ([]audit.Run, error) {
+		}
+		runsOf = func(ctx context.Context, from, to time.Time) ([]audit.Run, error) {
 			runs, err := execStore.Runs(ctx, from, to)
 			out := make([]audit.Run, len(runs))
 			for i, r := range runs {
@@ -253,58 +345,111 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 					DangerousReason: r.DangerousReason}
 			}
 			return out, err
-		},
-	}, a.notifier, logger)
-	schedules := schedule.NewService(schedStore, execs, nil, logger)
-	lateness := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "opsconductor_schedule_lateness_seconds",
-		Help:    "From a schedule's nominal fire time to its execution's creation, as this replica fired them.",
-		Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}})
-	metricsReg.MustRegister(lateness)
-	a.scheduler = schedule.NewScheduler(schedDB, schedStore, execs, nil, logger, schedule.SchedulerConfig{Lateness: lateness})
+		}
+	} else if runs(config.ServiceScheduling) || runs(config.ServiceAudit) {
+		rexec := remote.NewExecutions(remoteOf(config.ServiceExecutions))
+		planner, firer, summaries, runsOf, agentCount = rexec, rexec, rexec.Summaries, rexec.Runs, rexec.AgentCounts
+	}
+
+	// The scheduling service.
+	var fireStats func(ctx context.Context, from, to time.Time) (map[string]int64, []time.Duration, error)
+	if runs(config.ServiceScheduling) {
+		schedDB, err := a.openStore(ctx, cfg.ServiceDatabaseURL(config.ServiceScheduling), schedule.Schema, schedule.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		if home == nil {
+			home = schedDB
+		}
+		schedStore := schedule.NewStore(schedDB)
+		fireStats = schedStore.FireStats
+		schedules := schedule.NewService(schedStore, planner, nil, logger)
+		lateness := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "opsconductor_schedule_lateness_seconds",
+			Help:    "From a schedule's nominal fire time to its execution's creation, as this replica fired them.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}})
+		metricsReg.MustRegister(lateness)
+		a.scheduler = schedule.NewScheduler(schedDB, schedStore, firer, nil, logger, schedule.SchedulerConfig{Lateness: lateness})
+		handlers = append(handlers, func(opts connect.HandlerOption) {
+			add(opsconductorv1connect.NewScheduleServiceHandler(schedules, opts))
+			add(interservicev1connect.NewSchedulingInternalServiceHandler(remote.SchedulingHandler{Store: schedStore}, opts))
+		})
+	} else if runs(config.ServiceAudit) {
+		fireStats = remote.NewScheduling(remoteOf(config.ServiceScheduling)).FireStats
+	}
+
+	// The audit service: the events, the hash-chained log, the webhooks.
+	var (
+		auditDB     *store.DB
+		auditEvents *audit.Store
+		callLog     audit.CallLog
+	)
+	if runs(config.ServiceAudit) {
+		auditDB, err = a.openStore(ctx, cfg.ServiceDatabaseURL(config.ServiceAudit), audit.Schema, audit.Migrations())
+		if err != nil {
+			return nil, err
+		}
+		if home == nil {
+			home = auditDB
+		}
+		auditEvents = audit.NewStore(auditDB)
+		a.auditLog = audit.NewLog(auditDB)
+		callLog = a.auditLog
+		a.auditor = audit.NewConsumer(auditEvents, a.auditLog, eventBus, logger)
+		a.notifier = audit.NewNotifier(auditDB, box, logger, audit.NotifierConfig{})
+		auditSvc := audit.NewService(auditEvents, a.auditLog, eventBus, audit.MetricSources{
+			Executions: summaries, Agents: agentCount, Fires: fireStats, Runs: runsOf,
+		}, a.notifier, logger)
+		handlers = append(handlers, func(opts connect.HandlerOption) {
+			add(opsconductorv1connect.NewAuditServiceHandler(auditSvc, opts))
+		})
+	} else {
+		// Call records travel in this process's outbox to the audit service.
+		callLog = audit.ForwardingLog{DB: home}
+	}
+	var denials auth.Denials = auth.OutboxDenials{DB: home}
+	if authStore != nil {
+		denials = authStore
+	}
+
 	// Each service's outbox relay hands its committed events to in-process
-	// subscribers: a wake-up for an execution's watchers on this replica,
-	// and a counter. Audit and notifications subscribe here later.
+	// subscribers (a counter; the executions relay, made above, also wakes
+	// watchers), and its publisher puts them on the bus.
 	relayed := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "opsconductor_events_relayed_total", Help: "Outbox events relayed to this replica's subscribers, by schema and topic.",
 	}, []string{"schema", "topic"})
 	metricsReg.MustRegister(relayed)
-	var execRelay *outbox.Relay
 	for _, db := range a.dbs {
-		r := outbox.NewRelay(db, logger, outbox.RelayConfig{})
 		schema := db.Schema()
-		r.Subscribe(func(e outbox.Event) { relayed.WithLabelValues(schema, e.Topic).Inc() })
-		if schema == execution.Schema {
-			r.Subscribe(func(e outbox.Event) { a.hub.PublishLocal(notify.ExecutionKey(e.AggregateID)) })
-			execRelay = r
-		}
-		a.relays = append(a.relays, r)
-	}
-	nudgeExecRelay = execRelay.Nudge
-	for _, db := range a.dbs {
-		a.publishers = append(a.publishers, outbox.NewPublisher(db, eventBus, db.Schema(), logger, outbox.RelayConfig{}))
-	}
-	a.registerInfraMetrics(metricsReg, execStore.QueuedTasks)
-	var execPublisher *outbox.Publisher
-	for _, p := range a.publishers {
-		if p.Schema() == execution.Schema {
-			execPublisher = p
-		}
-	}
-	targets := []retention.Target{
-		{Name: "executions", Keep: cfg.RetainExecutions, Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
-			published, err := execPublisher.Position(ctx)
-			if err != nil {
-				return 0, err
+		var r *outbox.Relay
+		for _, existing := range a.relays {
+			if existing.DB() == db {
+				r = existing
 			}
-			return execStore.PurgeFinished(ctx, before, published, batch)
-		}},
-		{Name: "events", Keep: cfg.RetainEvents, Purge: auditEvents.PurgeEvents},
-		{Name: "audit", Keep: cfg.RetainAudit, Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
-			return auditLog.PurgeBefore(ctx, before, batch, cfg.AuditExportDir)
-		}},
+		}
+		if r == nil {
+			r = outbox.NewRelay(db, logger, outbox.RelayConfig{})
+			a.relays = append(a.relays, r)
+		}
+		r.Subscribe(func(e outbox.Event) { relayed.WithLabelValues(schema, e.Topic).Inc() })
+		a.publishers = append(a.publishers, outbox.NewPublisher(db, eventBus, schema, logger, outbox.RelayConfig{}))
 	}
+	queued := func(context.Context) (int64, error) { return 0, nil }
+	if execStore != nil {
+		queued = execStore.QueuedTasks
+	}
+	a.registerInfraMetrics(metricsReg, queued, execStore != nil)
+
+	// Retention: what this process keeps for a time.
+	var targets []retention.Target
 	for _, p := range a.publishers {
 		if p.Schema() == execution.Schema {
+			targets = append(targets, retention.Target{Name: "executions", Keep: cfg.RetainExecutions, Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
+				published, err := p.Position(ctx)
+				if err != nil {
+					return 0, err
+				}
+				return execStore.PurgeFinished(ctx, before, published, batch)
+			}})
 			continue // an execution's events are its history: they go with it
 		}
 		db := p.DB()
@@ -317,23 +462,22 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 				return outbox.Purge(ctx, db, upTo, before, batch)
 			}})
 	}
-	a.retention = retention.New(auditDB, targets, retention.Config{Interval: cfg.RetentionInterval}, metricsReg, logger)
-	gwCfg := dispatch.Config{
-		Secrets:       box,
-		Credentials:   creds,
-		LeaseDuration: cfg.LeaseDuration, MaxPollWait: cfg.PollMaxWait, Recheck: cfg.PollRecheck, ReapInterval: cfg.ReapInterval,
+	if a.auditLog != nil {
+		targets = append(targets,
+			retention.Target{Name: "events", Keep: cfg.RetainEvents, Purge: auditEvents.PurgeEvents},
+			retention.Target{Name: "audit", Keep: cfg.RetainAudit, Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
+				return a.auditLog.PurgeBefore(ctx, before, batch, cfg.AuditExportDir)
+			}})
 	}
-	if cfg.AgentMTLS {
-		gwCfg.ClientCertVerified = hasClientCert
-	}
-	a.gateway = dispatch.New(reg, execStore, a.hub, execRelay.Nudge, metricsReg, logger, gwCfg)
+	a.retention = retention.New(home, targets, retention.Config{Interval: cfg.RetentionInterval}, metricsReg, logger)
 
-	authz := auth.NewInterceptor(authn, authStore, a.limiter(), logger)
+	authz := auth.NewInterceptor(authn, denials, a.limiter(), logger)
+	authz.AcceptServiceToken(cfg.ServiceToken)
 	// The audit log's keyed hashes of secret values use a key derived from
 	// the secret key (a key per process when none is set: hashes then only
 	// compare within one run).
 	auditKey := sha256.Sum256(append([]byte("opsconductor audit hmac\x00"), key...))
-	recorder := audit.NewRecorder(auditLog, auditKey[:], logger)
+	recorder := audit.NewRecorder(callLog, auditKey[:], logger)
 	opts := connect.WithHandlerOptions(
 		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), recorder, authz),
 		connect.WithReadMaxBytes(int(cfg.MaxRequestBytes)),
@@ -343,22 +487,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 			return connect.NewError(connect.CodeInternal, errors.New("internal error"))
 		}),
 	)
-	type mount struct {
-		path    string
-		handler http.Handler
+	for _, h := range handlers {
+		h(opts)
 	}
-	var mounts []mount
-	add := func(path string, h http.Handler) { mounts = append(mounts, mount{path, h}) }
-	add(opsconductorv1connect.NewJobServiceHandler(jobs, opts))
-	add(opsconductorv1connect.NewExecutionServiceHandler(execs, opts))
-	add(opsconductorv1connect.NewAgentRegistryServiceHandler(reg, opts))
-	add(agentv1connect.NewAgentServiceHandler(a.gateway, opts))
-	add(opsconductorv1connect.NewAuthServiceHandler(auth.NewService(authStore, logger), opts))
-	add(opsconductorv1connect.NewSafetyServiceHandler(safetySvc, opts))
-	add(opsconductorv1connect.NewCredentialServiceHandler(creds, opts))
-	add(opsconductorv1connect.NewInventoryServiceHandler(inv, opts))
-	add(opsconductorv1connect.NewScheduleServiceHandler(schedules, opts))
-	add(opsconductorv1connect.NewAuditServiceHandler(auditSvc, opts))
 	var services []*vanguard.Service
 	for _, m := range mounts {
 		services = append(services, vanguard.NewService(m.path, m.handler))
@@ -373,7 +504,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 
 	mux := http.NewServeMux()
 	mux.Handle("/", transcoder)
-	mux.Handle("GET /api/v1/executions/{id}/events", eventStream(authz, execs, logger))
+	if execs != nil {
+		mux.Handle("GET /api/v1/executions/{id}/events", eventStream(authz, execs, logger))
+	}
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /version", version)
 	mountDownloads(mux, cfg.DistDir)
@@ -403,21 +536,27 @@ func Services() []protoreflect.ServiceDescriptor {
 		opsconductorv1.File_opsconductor_v1_schedule_proto.Services().ByName("ScheduleService"),
 		opsconductorv1.File_opsconductor_v1_audit_proto.Services().ByName("AuditService"),
 		agentv1.File_opsconductor_agent_v1_agent_proto.Services().ByName("AgentService"),
+		interservicev1.File_opsconductor_interservice_v1_interservice_proto.Services().ByName("AuthInternalService"),
+		interservicev1.File_opsconductor_interservice_v1_interservice_proto.Services().ByName("JobsInternalService"),
+		interservicev1.File_opsconductor_interservice_v1_interservice_proto.Services().ByName("ExecutionsInternalService"),
+		interservicev1.File_opsconductor_interservice_v1_interservice_proto.Services().ByName("SchedulingInternalService"),
 	}
 }
 
-// Schema is one service's schema and its migrations.
+// Schema is one schema, its migrations and the service that keeps it.
 type Schema struct {
 	Name       string
 	Migrations fs.FS
+	Service    string // config.ServiceJobs, ...
 }
 
 // Schemas are every service's schema with its migrations.
 func Schemas() []Schema {
 	return []Schema{
-		{job.Schema, job.Migrations()}, {execution.Schema, execution.Migrations()}, {registry.Schema, registry.Migrations()},
-		{auth.Schema, auth.Migrations()}, {credential.Schema, credential.Migrations()}, {inventory.Schema, inventory.Migrations()},
-		{audit.Schema, audit.Migrations()}, {schedule.Schema, schedule.Migrations()},
+		{job.Schema, job.Migrations(), config.ServiceJobs}, {execution.Schema, execution.Migrations(), config.ServiceExecutions},
+		{registry.Schema, registry.Migrations(), config.ServiceExecutions}, {auth.Schema, auth.Migrations(), config.ServiceJobs},
+		{credential.Schema, credential.Migrations(), config.ServiceExecutions}, {inventory.Schema, inventory.Migrations(), config.ServiceExecutions},
+		{audit.Schema, audit.Migrations(), config.ServiceAudit}, {schedule.Schema, schedule.Migrations(), config.ServiceScheduling},
 	}
 }
 
@@ -435,7 +574,10 @@ func Migrate(ctx context.Context, cfg config.Config, logger *zap.Logger) error {
 	a := &App{cfg: cfg, logger: logger}
 	defer a.Close()
 	for _, s := range Schemas() {
-		if _, err := a.openStore(ctx, s.Name, s.Migrations); err != nil {
+		if !cfg.Runs(s.Service) {
+			continue
+		}
+		if _, err := a.openStore(ctx, cfg.ServiceDatabaseURL(s.Service), s.Name, s.Migrations); err != nil {
 			return err
 		}
 		logger.Info("schema migrated", zap.String("schema", s.Name))
@@ -452,8 +594,8 @@ func MigrateSchema(ctx context.Context, db *store.DB, migrations fs.FS) error {
 	return outbox.EnsureTables(ctx, db)
 }
 
-func (a *App) openStore(ctx context.Context, schema string, migrations fs.FS) (*store.DB, error) {
-	db, err := store.Open(ctx, a.cfg.DatabaseURL, schema, store.Options{})
+func (a *App) openStore(ctx context.Context, url, schema string, migrations fs.FS) (*store.DB, error) {
+	db, err := store.Open(ctx, url, schema, store.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("open %s store: %w", schema, err)
 	}
@@ -500,19 +642,19 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		}()
 	}
 	background("notify", a.hub.Run)
-	background("reaper", a.gateway.RunReaper)
+	if a.gateway != nil {
+		background("reaper", a.gateway.RunReaper)
+	}
 	for _, r := range a.relays {
 		background("outbox", r.Run)
 	}
 	// The audit and notification groups exist before anything is
-	// published (on RabbitMQ a queue only gets what comes after it).
+	// published (on RabbitMQ a queue only gets what comes after it):
+	// every process declares them, whichever runs the audit service.
 	declared := make(chan struct{})
-	background("audit", func(ctx context.Context) error {
+	background("declare", func(ctx context.Context) error {
 		for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 5*time.Second) {
-			err := a.auditor.Declare(ctx)
-			if err == nil {
-				err = a.notifier.Declare(ctx, a.eventBus)
-			}
+			err := audit.DeclareGroups(ctx, a.eventBus)
 			if err == nil {
 				break
 			}
@@ -524,39 +666,40 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 			}
 		}
 		close(declared)
-		return a.auditor.Run(ctx)
+		return nil
 	})
-	background("webhooks", func(ctx context.Context) error {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-declared:
-		}
-		return a.notifier.Consume(ctx, a.eventBus)
-	})
-	background("webhook-deliveries", a.notifier.Run)
-	background("retention", a.retention.Run)
-	if a.cfg.AuditSigningKey != "" {
-		background("audit-checkpoints", func(ctx context.Context) error {
-			return a.auditLog.RunCheckpoints(ctx, a.cfg.AuditSigningKey, a.cfg.AuditCheckpointInterval, a.logger)
-		})
-	} else {
-		a.logger.Warn("no --audit-signing-key: the audit log is hash-chained but no signed checkpoints are made")
-	}
-	for _, p := range a.publishers {
-		background("publisher", func(ctx context.Context) error {
+	afterDeclared := func(run func(context.Context) error) func(context.Context) error {
+		return func(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-declared:
 			}
-			return p.Run(ctx)
-		})
+			return run(ctx)
+		}
+	}
+	if a.auditor != nil {
+		background("audit", afterDeclared(a.auditor.Run))
+		background("webhooks", afterDeclared(func(ctx context.Context) error { return a.notifier.Consume(ctx, a.eventBus) }))
+		background("webhook-deliveries", a.notifier.Run)
+		if a.cfg.AuditSigningKey != "" {
+			background("audit-checkpoints", func(ctx context.Context) error {
+				return a.auditLog.RunCheckpoints(ctx, a.cfg.AuditSigningKey, a.cfg.AuditCheckpointInterval, a.logger)
+			})
+		} else {
+			a.logger.Warn("no --audit-signing-key: the audit log is hash-chained but no signed checkpoints are made")
+		}
+	}
+	background("retention", a.retention.Run)
+	for _, p := range a.publishers {
+		background("publisher", afterDeclared(p.Run))
 	}
 	if a.sync != nil {
 		background("inventory-sync", a.sync.Loop)
 	}
-	background("scheduler", a.scheduler.Run)
+	if a.scheduler != nil {
+		background("scheduler", a.scheduler.Run)
+	}
 
 	errc := make(chan error, 1)
 	go func() {
@@ -567,7 +710,8 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		}
 	}()
 	a.logger.Info("control plane listening", zap.String("addr", ln.Addr().String()), zap.String("version", protocol.Version),
-		zap.String("database", string(a.dbs[0].Dialect())), zap.Bool("redis", a.redis != nil), zap.Bool("tls", a.tls != nil))
+		zap.String("services", a.servicesLabel()), zap.String("database", string(a.dbs[0].Dialect())), zap.Bool("redis", a.redis != nil),
+		zap.Bool("tls", a.tls != nil))
 
 	var err error
 	select {
@@ -586,6 +730,17 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+// servicesLabel names the services this process runs.
+func (a *App) servicesLabel() string {
+	var here []string
+	for _, s := range config.AllServices {
+		if a.cfg.Runs(s) {
+			here = append(here, s)
+		}
+	}
+	return strings.Join(here, ",")
 }
 
 // limiter is the per-principal rate limiter: shared through Redis when
@@ -657,6 +812,15 @@ func (a *App) health(w http.ResponseWriter, r *http.Request) {
 		} else {
 			checks["redis"] = "ok"
 		}
+	}
+	// Services elsewhere are reported, not required: a process stays up
+	// (and serves what does not need them) while another is down.
+	for _, r := range a.remotes {
+		state := "breaker " + r.State()
+		if e := r.LastError(); e != "" {
+			state += "; last error: " + e
+		}
+		checks["remote."+r.Name] = state
 	}
 	status, code := "ok", http.StatusOK
 	if !healthy {

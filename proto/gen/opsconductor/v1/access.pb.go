@@ -82,6 +82,9 @@ const (
 	Caller_CALLER_PUBLIC Caller = 1
 	// An enrolled agent, with its own credential.
 	Caller_CALLER_AGENT Caller = 2
+	// Another service of the control plane in split mode (opsconductor
+	// server --services=...), with the shared service token.
+	Caller_CALLER_SERVICE Caller = 3
 )
 
 // Enum value maps for Caller.
@@ -90,11 +93,13 @@ var (
 		0: "CALLER_UNSPECIFIED",
 		1: "CALLER_PUBLIC",
 		2: "CALLER_AGENT",
+		3: "CALLER_SERVICE",
 	}
 	Caller_value = map[string]int32{
 		"CALLER_UNSPECIFIED": 0,
 		"CALLER_PUBLIC":      1,
 		"CALLER_AGENT":       2,
+		"CALLER_SERVICE":     3,
 	}
 )
 
@@ -233,11 +238,12 @@ const file_opsconductor_v1_access_proto_rawDesc = "" +
 	"\x05audit\x18\x04 \x01(\x0e2\x1a.opsconductor.v1.AuditModeR\x05audit*C\n" +
 	"\tAuditMode\x12\x1a\n" +
 	"\x16AUDIT_MODE_UNSPECIFIED\x10\x00\x12\x1a\n" +
-	"\x16AUDIT_MODE_EVENTS_ONLY\x10\x01*E\n" +
+	"\x16AUDIT_MODE_EVENTS_ONLY\x10\x01*Y\n" +
 	"\x06Caller\x12\x16\n" +
 	"\x12CALLER_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rCALLER_PUBLIC\x10\x01\x12\x10\n" +
-	"\fCALLER_AGENT\x10\x02:Q\n" +
+	"\fCALLER_AGENT\x10\x02\x12\x12\n" +
+	"\x0eCALLER_SERVICE\x10\x03:Q\n" +
 	"\x06access\x12\x1e.google.protobuf.MethodOptions\x18ц\x03 \x01(\v2\x17.opsconductor.v1.AccessR\x06accessBOZMgithub.com/opsconductor/opsconductor/proto/gen/opsconductor/v1;opsconductorv1b\x06proto3"
 
 var (

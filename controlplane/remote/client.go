@@ -1,0 +1,199 @@
+// Package remote connects the control plane's services when they run in
+// separate processes (opsconductor server --services=...): the internal
+// API each service serves to the others (handlers.go), and the clients
+// that implement, over that API, the same Go interfaces the services use
+// of each other in one process (adapters.go).
+//
+// Every call to another service carries the shared service token and the
+// caller's correlation id, ends after a timeout, is retried with
+// exponential backoff when it is idempotent and failed on the way
+// (unavailable, timed out), and goes through a circuit breaker per
+// service (github.com/sony/gobreaker/v2): after repeated failures calls
+// fail at once with a clear error instead of piling up behind a dead
+// service, until a trial call succeeds again.
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/sony/gobreaker/v2"
+	"go.uber.org/zap"
+
+	"github.com/opsconductor/opsconductor/controlplane/correlation"
+)
+
+// Options tune the clients of one service. Zero values take defaults.
+type Options struct {
+	// Token is the service token the other services accept.
+	Token string
+	// Timeout bounds one attempt of one call (default 10s), within the
+	// caller's own deadline.
+	Timeout time.Duration
+	// Retries is how many times an idempotent call is tried again after a
+	// failure on the way (default 3), waiting Backoff, then twice as long
+	// each time (default 100ms), with jitter.
+	Retries int
+	Backoff time.Duration
+	// Failures in a row that open the breaker (default 5); it stays open
+	// OpenFor (default 10s), then lets one trial call through.
+	Failures uint32
+	OpenFor  time.Duration
+	// HTTPClient carries the calls (default: one with HTTP/1.1 and h2c
+	// keep-alive suited to many small calls).
+	HTTPClient connect.HTTPClient
+}
+
+func (o Options) withDefaults() Options {
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.Retries < 0 {
+		o.Retries = 0
+	} else if o.Retries == 0 {
+		o.Retries = 3
+	}
+	if o.Backoff <= 0 {
+		o.Backoff = 100 * time.Millisecond
+	}
+	if o.Failures == 0 {
+		o.Failures = 5
+	}
+	if o.OpenFor <= 0 {
+		o.OpenFor = 10 * time.Second
+	}
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}}
+	}
+	return o
+}
+
+// Service is another service of the control plane, at a URL.
+type Service struct {
+	Name    string // jobs, executions, scheduling, audit
+	URL     string
+	opts    Options
+	breaker *gobreaker.CircuitBreaker[connect.AnyResponse]
+	logger  *zap.Logger
+
+	mu      sync.Mutex
+	lastErr error // the last failure, for the breaker's error and /health
+}
+
+// NewService describes the service name at url.
+func NewService(name, url string, opts Options, logger *zap.Logger) *Service {
+	s := &Service{Name: name, URL: url, opts: opts.withDefaults(), logger: logger.Named("remote").With(zap.String("service", name))}
+	s.breaker = gobreaker.NewCircuitBreaker[connect.AnyResponse](gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1,
+		Timeout:     s.opts.OpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= s.opts.Failures },
+		// Only failures on the way count: a NotFound is an answer.
+		IsSuccessful: func(err error) bool { return !transient(err) },
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			s.logger.Warn("circuit breaker changed state", zap.String("from", from.String()), zap.String("to", to.String()))
+		},
+	})
+	return s
+}
+
+// State is the breaker's state: closed, half-open or open.
+func (s *Service) State() string { return s.breaker.State().String() }
+
+// LastError is the last failure on the way to the service, "" when none.
+func (s *Service) LastError() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lastErr == nil {
+		return ""
+	}
+	return s.lastErr.Error()
+}
+
+// ClientOptions are what every Connect client of the service needs.
+func (s *Service) ClientOptions() []connect.ClientOption {
+	return []connect.ClientOption{connect.WithInterceptors(s)}
+}
+
+// HTTPClient is the client the calls go through.
+func (s *Service) HTTPClient() connect.HTTPClient { return s.opts.HTTPClient }
+
+// transient reports whether err is a failure on the way to the service
+// (worth a retry and counted by the breaker), not an answer from it.
+func transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeUnknown:
+		return true
+	}
+	return false
+}
+
+var _ connect.Interceptor = (*Service)(nil)
+
+// WrapUnary adds the token, the correlation id, the timeout, the retries
+// and the breaker to a unary call.
+func (s *Service) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
+	return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+		req.Header().Set("Authorization", "Bearer "+s.opts.Token)
+		if id := correlation.ID(ctx); id != "" {
+			req.Header().Set(correlation.Header, id)
+		}
+		attempts := 1
+		if req.Spec().IdempotencyLevel != connect.IdempotencyUnknown {
+			attempts += s.opts.Retries
+		}
+		wait := s.opts.Backoff
+		for attempt := 1; ; attempt++ {
+			resp, err := s.breaker.Execute(func() (connect.AnyResponse, error) {
+				callCtx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+				defer cancel()
+				return next(callCtx, req)
+			})
+			if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+				return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf(
+					"the %s service is unavailable: its circuit breaker is open after %d failed calls in a row (last: %s); calls are tried again every %s",
+					s.Name, s.opts.Failures, s.LastError(), s.opts.OpenFor))
+			}
+			if !transient(err) {
+				return resp, err
+			}
+			s.mu.Lock()
+			s.lastErr = err
+			s.mu.Unlock()
+			if attempt >= attempts || ctx.Err() != nil {
+				return nil, connect.NewError(connect.CodeOf(err), fmt.Errorf("the %s service (%s): %w", s.Name, s.URL, err))
+			}
+			jitter := time.Duration(rand.Int64N(int64(wait)/2 + 1))
+			select {
+			case <-ctx.Done():
+				return nil, connect.NewError(connect.CodeOf(err), fmt.Errorf("the %s service (%s): %w", s.Name, s.URL, err))
+			case <-time.After(wait + jitter):
+			}
+			wait *= 2
+		}
+	}
+}
+
+// WrapStreamingClient passes streams through with the token (no internal
+// call streams).
+func (s *Service) WrapStreamingClient(next connect.StreamingClientFunc) connect.StreamingClientFunc {
+	return func(ctx context.Context, spec connect.Spec) connect.StreamingClientConn {
+		conn := next(ctx, spec)
+		conn.RequestHeader().Set("Authorization", "Bearer "+s.opts.Token)
+		return conn
+	}
+}
+
+// WrapStreamingHandler is not used on the client side.
+func (s *Service) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
+	return next
+}
