@@ -61,9 +61,9 @@ import (
 	"github.com/opsconductor/opsconductor/controlplane/secretbox"
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	agentv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1"
+	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
 	interservicev1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/interservice/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/interservice/v1/interservicev1connect"
-	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/agent/v1/agentv1connect"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
 	"github.com/opsconductor/opsconductor/proto/protocol"
@@ -88,11 +88,11 @@ type App struct {
 	retention  *retention.Purger // nil when nothing here is kept for a time
 	notifier   *audit.Notifier   // nil unless the audit service runs here
 	eventBus   bus.Bus
-	rabbit     *bus.Rabbit        // nil unless --bus rabbitmq
-	gateway    *dispatch.Gateway  // nil unless the executions service runs here
-	sync       *inventory.Syncer  // nil: no external inventory
+	rabbit     *bus.Rabbit         // nil unless --bus rabbitmq
+	gateway    *dispatch.Gateway   // nil unless the executions service runs here
+	sync       *inventory.Syncer   // nil: no external inventory
 	scheduler  *schedule.Scheduler // nil unless the scheduling service runs here
-	remotes    []*remote.Service  // the services reached over the network
+	remotes    []*remote.Service   // the services reached over the network
 	handler    http.Handler
 }
 
