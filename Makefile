@@ -97,7 +97,7 @@ test-deploy: ## The deployment files: kustomize render + strict k8s decoding, do
 
 .PHONY: test-race
 test-race: ## The race detector on the concurrent packages.
-	go test -race -count=1 -timeout 15m ./controlplane/dispatch/... ./controlplane/notify/... ./controlplane/bus/... ./controlplane/audit/... ./controlplane/execution/... ./controlplane/schedule/... ./controlplane/server/... ./agent/...
+	go test -race -count=1 -timeout 15m ./controlplane/dispatch/... ./controlplane/notify/... ./controlplane/bus/... ./controlplane/audit/... ./controlplane/execution/... ./controlplane/schedule/... ./controlplane/server/... ./controlplane/remote/... ./controlplane/router/... ./agent/...
 
 .PHONY: fuzz
 fuzz: ## Run the fuzz targets briefly (FUZZTIME, default 10s each).

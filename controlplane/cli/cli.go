@@ -183,6 +183,6 @@ See what it did:                            opsconductor execution results EXECU
 	root.PersistentFlags().StringVar(&g.caFile, "ca-file", os.Getenv("OPSCONDUCTOR_CA_FILE"), "PEM CA bundle for an HTTPS server (env OPSCONDUCTOR_CA_FILE)")
 	root.PersistentFlags().StringVar(&g.pin, "server-fingerprint", os.Getenv("OPSCONDUCTOR_SERVER_FINGERPRINT"), "hex SHA-256 of the server certificate to pin (env OPSCONDUCTOR_SERVER_FINGERPRINT)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
-	root.AddCommand(newServerCmd(), newMigrateCmd(), newHealthCmd(g), newStoreCmd(g), newDevCmd(g), newJobCmd(g), newRunCmd(g), newExecutionCmd(g), newAgentCmd(g), newTokenCmd(g), newWhoAmICmd(g), newSafetyCmd(g), newRoleCmd(g), newUserCmd(g), newExecCmd(g), newScheduleCmd(g), newAuditCmd(g), newEventsCmd(g))
+	root.AddCommand(newServerCmd(), newMigrateCmd(), newHealthCmd(g), newStoreCmd(g), newGatewayCmd(), newDevCmd(g), newJobCmd(g), newRunCmd(g), newExecutionCmd(g), newAgentCmd(g), newTokenCmd(g), newWhoAmICmd(g), newSafetyCmd(g), newRoleCmd(g), newUserCmd(g), newExecCmd(g), newScheduleCmd(g), newAuditCmd(g), newEventsCmd(g))
 	return root
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +22,8 @@ import (
 	"github.com/opsconductor/opsconductor/agent/logging"
 	"github.com/opsconductor/opsconductor/agent/state"
 	"github.com/opsconductor/opsconductor/controlplane/config"
+	"github.com/opsconductor/opsconductor/controlplane/remote"
+	"github.com/opsconductor/opsconductor/controlplane/router"
 	"github.com/opsconductor/opsconductor/controlplane/server"
 	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 	"github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1/opsconductorv1connect"
@@ -230,4 +233,77 @@ func newHealthCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// newGatewayCmd runs the front door of a split deployment.
+func newGatewayCmd() *cobra.Command {
+	var addr, logLevel, tlsCert, tlsKey string
+	var insecure bool
+	urls := map[string]*string{}
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Route API calls to the services of a split deployment (opsconductor server --services=...)",
+		Long: `Serve the API of a split deployment as one control plane: each call goes to
+the process that runs its service (REST paths by the API's HTTP rules),
+through a circuit breaker per service, so a service that is down fails its
+own calls at once with a clear error while the others go on. Agents, the
+CLI and browsers point at the gateway. Every setting has an environment
+variable (OPSCONDUCTOR_JOBS_URL, ...).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := logging.New("json", logLevel)
+			if err != nil {
+				return err
+			}
+			defer func() { _ = logger.Sync() }()
+			targets := map[string]string{}
+			for name, u := range urls {
+				targets[name] = *u
+			}
+			r, err := router.New(server.Services(), targets, remote.Options{}, logger)
+			if err != nil {
+				return err
+			}
+			if tlsCert == "" && !insecure {
+				return fmt.Errorf("--tls-cert: set --tls-cert and --tls-key to serve HTTPS, or --insecure-http to allow plain HTTP")
+			}
+			ln, err := net.Listen("tcp", addr)
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w", addr, err)
+			}
+			srv := &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+			go func() {
+				<-cmd.Context().Done()
+				ctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Second)
+				defer cancel()
+				_ = srv.Shutdown(ctx)
+			}()
+			logger.Info("gateway listening", zap.String("addr", ln.Addr().String()), zap.Any("services", targets))
+			if tlsCert != "" {
+				err = srv.ServeTLS(ln, tlsCert, tlsKey)
+			} else {
+				err = srv.Serve(ln)
+			}
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil
+			}
+			return err
+		},
+	}
+	envOr := func(name, def string) string {
+		if v := os.Getenv(name); v != "" {
+			return v
+		}
+		return def
+	}
+	cmd.Flags().StringVar(&addr, "addr", envOr("OPSCONDUCTOR_ADDR", "127.0.0.1:8080"), "listen address (env OPSCONDUCTOR_ADDR)")
+	for _, name := range config.AllServices {
+		env := "OPSCONDUCTOR_" + strings.ToUpper(name) + "_URL"
+		urls[name] = cmd.Flags().String(name+"-url", os.Getenv(env), "where the "+name+" service runs (env "+env+")")
+	}
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", os.Getenv("OPSCONDUCTOR_TLS_CERT"), "PEM certificate to serve HTTPS with (env OPSCONDUCTOR_TLS_CERT)")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", os.Getenv("OPSCONDUCTOR_TLS_KEY"), "PEM key of --tls-cert (env OPSCONDUCTOR_TLS_KEY)")
+	cmd.Flags().BoolVar(&insecure, "insecure-http", os.Getenv("OPSCONDUCTOR_INSECURE_HTTP") == "true", "allow plain HTTP (env OPSCONDUCTOR_INSECURE_HTTP)")
+	cmd.Flags().StringVar(&logLevel, "log-level", envOr("OPSCONDUCTOR_LOG_LEVEL", "info"), "debug, info, warn or error (env OPSCONDUCTOR_LOG_LEVEL)")
+	return cmd
 }

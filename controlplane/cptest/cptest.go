@@ -205,7 +205,10 @@ func StartServerTLS(t testing.TB, name string, env map[string]string, f TLSFiles
 
 func startServer(t testing.TB, name string, env map[string]string, tlsFiles *TLSFiles) *Server {
 	t.Helper()
-	addr := FreeAddr(t)
+	addr := env["OPSCONDUCTOR_ADDR"] // a test that must know it in advance (split mode) sets it
+	if addr == "" {
+		addr = FreeAddr(t)
+	}
 	tokenFile := filepath.Join(t.TempDir(), "admin-token")
 	full := map[string]string{"OPSCONDUCTOR_ADDR": addr, "OPSCONDUCTOR_LOG_LEVEL": "debug", "OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE": tokenFile,
 		// Tests poll the API fast; the rate limit has tests of its own.
@@ -392,6 +395,10 @@ func Eventually(t testing.TB, timeout time.Duration, check func() error) {
 }
 
 // dropRedisKeys removes a test's event bus keys from a shared Redis.
+// DropRedisKeys removes the keys (the event bus's streams) under prefix,
+// for tests that set OPSCONDUCTOR_BUS_PREFIX themselves.
+func DropRedisKeys(url, prefix string) { dropRedisKeys(url, prefix) }
+
 func dropRedisKeys(url, prefix string) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {

@@ -79,7 +79,7 @@ type Service struct {
 	Name    string // jobs, executions, scheduling, audit
 	URL     string
 	opts    Options
-	breaker *gobreaker.CircuitBreaker[connect.AnyResponse]
+	breaker *gobreaker.CircuitBreaker[any]
 	logger  *zap.Logger
 
 	mu      sync.Mutex
@@ -89,7 +89,7 @@ type Service struct {
 // NewService describes the service name at url.
 func NewService(name, url string, opts Options, logger *zap.Logger) *Service {
 	s := &Service{Name: name, URL: url, opts: opts.withDefaults(), logger: logger.Named("remote").With(zap.String("service", name))}
-	s.breaker = gobreaker.NewCircuitBreaker[connect.AnyResponse](gobreaker.Settings{
+	s.breaker = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{
 		Name:        name,
 		MaxRequests: 1,
 		Timeout:     s.opts.OpenFor,
@@ -153,17 +153,16 @@ func (s *Service) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		}
 		wait := s.opts.Backoff
 		for attempt := 1; ; attempt++ {
-			resp, err := s.breaker.Execute(func() (connect.AnyResponse, error) {
+			out, err := s.breaker.Execute(func() (any, error) {
 				callCtx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 				defer cancel()
 				return next(callCtx, req)
 			})
-			if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-				return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf(
-					"the %s service is unavailable: its circuit breaker is open after %d failed calls in a row (last: %s); calls are tried again every %s",
-					s.Name, s.opts.Failures, s.LastError(), s.opts.OpenFor))
+			if s.isOpen(err) {
+				return nil, s.openError()
 			}
 			if !transient(err) {
+				resp, _ := out.(connect.AnyResponse)
 				return resp, err
 			}
 			s.mu.Lock()
@@ -181,6 +180,75 @@ func (s *Service) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 			wait *= 2
 		}
 	}
+}
+
+func (s *Service) isOpen(err error) bool {
+	return errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests)
+}
+
+// openError is what a call gets while the breaker is open.
+func (s *Service) openError() *connect.Error {
+	return connect.NewError(connect.CodeUnavailable, fmt.Errorf(
+		"the %s service is unavailable: its circuit breaker is open after %d failed calls in a row (last: %s); calls are tried again every %s",
+		s.Name, s.opts.Failures, s.LastError(), s.opts.OpenFor))
+}
+
+// Transport sends plain HTTP requests to the service through its breaker
+// (the gateway's proxy): a request that cannot reach the service, or
+// that a proxy in front of it answers 502, 503 or 504, counts as a
+// failure. While the breaker is open it fails at once with an error
+// IsOpenError recognises. Requests are not retried: the gateway cannot
+// know which are safe to send twice.
+func (s *Service) Transport(base http.RoundTripper) http.RoundTripper {
+	return breakerTransport{s: s, base: base}
+}
+
+type breakerTransport struct {
+	s    *Service
+	base http.RoundTripper
+}
+
+// errUpstream marks a response that counts as a failure of the service.
+type errUpstream struct{ status int }
+
+func (e errUpstream) Error() string { return fmt.Sprintf("HTTP %d", e.status) }
+
+func (t breakerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	out, err := t.s.breaker.Execute(func() (any, error) {
+		resp, err := t.base.RoundTrip(req)
+		if err != nil {
+			return nil, connect.NewError(connect.CodeUnavailable, err)
+		}
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return resp, connect.NewError(connect.CodeUnavailable, errUpstream{resp.StatusCode})
+		}
+		return resp, nil
+	})
+	if t.s.isOpen(err) {
+		return nil, openError{cause: t.s.openError()}
+	}
+	if err != nil {
+		t.s.mu.Lock()
+		t.s.lastErr = err
+		t.s.mu.Unlock()
+	}
+	if resp, ok := out.(*http.Response); ok && resp != nil {
+		return resp, nil // the service's (or its proxy's) own answer
+	}
+	return nil, err
+}
+
+// openError is the error of a request refused by an open breaker.
+type openError struct{ cause *connect.Error }
+
+func (e openError) Error() string { return e.cause.Message() }
+func (e openError) Unwrap() error { return e.cause }
+
+// IsOpenError reports whether err is a request refused by an open breaker.
+func IsOpenError(err error) bool {
+	var o openError
+	return errors.As(err, &o)
 }
 
 // WrapStreamingClient passes streams through with the token (no internal

@@ -497,7 +497,7 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	if err := auth.CheckServices(Services()...); err != nil {
 		return nil, err
 	}
-	transcoder, err := vanguard.NewTranscoder(services, vanguard.WithCodec(newJSONCodec))
+	transcoder, err := vanguard.NewTranscoder(services, vanguard.WithCodec(newJSONCodec), vanguard.WithUnknownHandler(http.HandlerFunc(a.notServedHere)))
 	if err != nil {
 		return nil, fmt.Errorf("build REST transcoder: %w", err)
 	}
@@ -730,6 +730,20 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 		err = nil
 	}
 	return err
+}
+
+// notServedHere answers a call to no API this process serves: in split
+// mode, a service that runs in another process. The body is a Connect
+// error (code unimplemented, HTTP 404), which REST callers read as well.
+func (a *App) notServedHere(w http.ResponseWriter, r *http.Request) {
+	msg := fmt.Sprintf("%s %s: no such API here", r.Method, r.URL.Path)
+	if a.cfg.Split() {
+		msg = fmt.Sprintf("%s %s: not served by this process, which runs the %s service(s); call the gateway or the process that runs it",
+			r.Method, r.URL.Path, a.servicesLabel())
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusNotFound)
+	_ = json.NewEncoder(w).Encode(map[string]string{"code": "unimplemented", "message": msg})
 }
 
 // servicesLabel names the services this process runs.
