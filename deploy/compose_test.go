@@ -9,7 +9,8 @@ import (
 )
 
 // TestComposeFile: docker-compose (Debian's package) accepts the lab's
-// compose file, and gen-certs.sh makes the files it mounts, in a copy of
+// compose files (one control plane with two replicas, and the split
+// services), and gen-certs.sh makes the files they mount, in a copy of
 // the folder (the real one keeps its certs out of git). The gateway's
 // configuration runs for real in the main module's e2e tests
 // (TestComposeGateway).
@@ -26,7 +27,7 @@ func TestComposeFile(t *testing.T) {
 	if out, err := exec.Command("sh", filepath.Join(dir, "gen-certs.sh")).CombinedOutput(); err != nil {
 		t.Fatalf("gen-certs.sh: %v\n%s", err, out)
 	}
-	for _, f := range []string{"ca.crt", "tls.crt", "tls.key", "secret-key"} {
+	for _, f := range []string{"ca.crt", "tls.crt", "tls.key", "secret-key", "service-token"} {
 		if _, err := os.Stat(filepath.Join(dir, "certs", f)); err != nil {
 			t.Fatalf("gen-certs.sh made no %s: %v", f, err)
 		}
@@ -37,15 +38,31 @@ func TestComposeFile(t *testing.T) {
 		t.Fatalf("gateway certificate SANs: %v %s", err, out)
 	}
 
-	cmd := exec.Command(compose, "--project-directory", dir, "-f", filepath.Join(dir, "docker-compose.yml"), "config")
-	cmd.Env = append(os.Environ(), "COMPOSE_PROJECT_NAME=opsconductor-test")
-	rendered, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("docker-compose config: %v\n%s", err, rendered)
+	for file, services := range map[string][]string{
+		"docker-compose.yml":       {"cp1", "cp2", "gateway", "agent1", "agent2", "postgres", "redis", "migrate", "bootstrap"},
+		"split/docker-compose.yml": {"jobs", "executions", "scheduling", "audit", "router", "gateway", "agent1", "postgres", "redis", "bootstrap"},
+	} {
+		path := filepath.Join(dir, file)
+		cmd := exec.Command(compose, "--project-directory", filepath.Dir(path), "-f", path, "config")
+		cmd.Env = append(os.Environ(), "COMPOSE_PROJECT_NAME=opsconductor-test")
+		rendered, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("docker-compose config %s: %v\n%s", file, err, rendered)
+		}
+		for _, want := range services {
+			if !strings.Contains(string(rendered), "\n  "+want+":\n") {
+				t.Errorf("%s: the rendered file has no service %s", file, want)
+			}
+		}
 	}
-	for _, want := range []string{"cp1:", "cp2:", "gateway:", "agent1:", "agent2:", "postgres:", "redis:", "migrate:", "bootstrap:"} {
-		if !strings.Contains(string(rendered), "  "+want) {
-			t.Errorf("the rendered compose file has no service %s", strings.TrimSuffix(want, ":"))
+	// Split mode: the four services on the seed's ports.
+	raw, err := os.ReadFile(filepath.Join(dir, "split/docker-compose.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`OPSCONDUCTOR_ADDR: ":8001"`, `OPSCONDUCTOR_ADDR: ":8002"`, `OPSCONDUCTOR_ADDR: ":8003"`, `OPSCONDUCTOR_ADDR: ":8004"`} {
+		if !strings.Contains(string(raw), want) {
+			t.Errorf("split/docker-compose.yml lacks %s", want)
 		}
 	}
 

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Makes the compose lab's secrets in ./certs: a CA, the gateway's TLS
 # certificate signed by it (for localhost and the in-network name
-# "gateway") and the control plane's secret key. Re-running keeps what
-# exists. Needs openssl.
+# "gateway"), the control plane's secret key and (split mode) the
+# service token. Re-running keeps what exists. Needs openssl.
 set -eu
 cd "$(dirname "$0")"
 mkdir -p certs
@@ -20,6 +20,8 @@ if [ ! -f certs/tls.crt ]; then
 	rm -f certs/tls.csr certs/tls.ext
 fi
 [ -f certs/secret-key ] || openssl rand -base64 32 >certs/secret-key
+# Split mode (split/): the secret the services present to each other.
+[ -f certs/service-token ] || openssl rand -hex 32 >certs/service-token
 # The files are read inside the containers by other users.
-chmod 0644 certs/ca.crt certs/tls.crt certs/tls.key certs/secret-key
+chmod 0644 certs/ca.crt certs/tls.crt certs/tls.key certs/secret-key certs/service-token
 echo "certs ready in $(pwd)/certs"
