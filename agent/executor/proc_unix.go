@@ -3,6 +3,7 @@
 package executor
 
 import (
+	"os"
 	"os/exec"
 	"syscall"
 )
@@ -20,6 +21,19 @@ func newCredential(uid, gid uint32, groups []uint32) *credential {
 func procAttr(cred *credential) *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 }
+
+// procTree is an action's process and everything it starts: on Unix its
+// process group.
+type procTree struct{ pid int }
+
+// trackTree follows the tree of a started action's process.
+func trackTree(p *os.Process) procTree { return procTree{pid: p.Pid} }
+
+// signal sends sig to the whole tree.
+func (t procTree) signal(sig syscall.Signal) { signalGroup(t.pid, sig) }
+
+// release lets go of what tracking needed (nothing on Unix).
+func (t procTree) release() {}
 
 // signalGroup sends sig to the process group led by pid.
 func signalGroup(pid int, sig syscall.Signal) { _ = syscall.Kill(-pid, sig) }

@@ -151,6 +151,8 @@ func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sa
 	if err := cmd.Start(); err != nil {
 		return Result{Status: StatusFailed, ExitCode: -1, Error: fmt.Sprintf("start: %v", err)}
 	}
+	tree := trackTree(cmd.Process)
+	defer tree.release()
 
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -166,13 +168,13 @@ func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sa
 	case reason := <-tripped:
 		// A limit was hit: stop everything now rather than let a fork
 		// bomb spin against its ceiling until the timeout.
-		signalGroup(cmd.Process.Pid, syscall.SIGKILL)
+		tree.signal(syscall.SIGKILL)
 		sb.Kill()
 		<-done
 		return Result{Status: StatusFailed, ExitCode: -1, Error: "stopped by the sandbox: " + reason}
 	case err := <-done:
 		// The action's leftovers (background children) go with it.
-		signalGroup(cmd.Process.Pid, syscall.SIGKILL)
+		tree.signal(syscall.SIGKILL)
 		if sb != nil {
 			sb.Kill()
 			if reason := sb.Tripped(); reason != "" {
@@ -191,7 +193,7 @@ func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sa
 		return exitResult(err)
 	case <-runCtx.Done():
 	}
-	s.stopGroup(cmd.Process.Pid, done)
+	s.stopGroup(tree, done)
 	if sb != nil {
 		sb.Kill()
 	}
@@ -201,21 +203,21 @@ func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sa
 	return Result{Status: StatusTimedOut, ExitCode: -1, Error: fmt.Sprintf("timed out after %s; its process group was killed", a.Timeout)}
 }
 
-// stopGroup sends SIGTERM to the process group, then SIGKILL after the
-// grace period, and waits for the process to be reaped.
-func (s *Shell) stopGroup(pid int, done <-chan error) {
+// stopGroup sends SIGTERM to the action's process tree, then SIGKILL
+// after the grace period, and waits for the process to be reaped.
+func (s *Shell) stopGroup(tree procTree, done <-chan error) {
 	grace := s.KillGrace
 	if grace <= 0 {
 		grace = 3 * time.Second
 	}
-	signalGroup(pid, syscall.SIGTERM)
+	tree.signal(syscall.SIGTERM)
 	select {
 	case <-done:
-		signalGroup(pid, syscall.SIGKILL)
+		tree.signal(syscall.SIGKILL)
 		return
 	case <-time.After(grace):
 	}
-	signalGroup(pid, syscall.SIGKILL)
+	tree.signal(syscall.SIGKILL)
 	<-done
 }
 

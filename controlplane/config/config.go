@@ -535,12 +535,25 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Reference lists every setting as "flag, env, help" rows, for docs.
-func Reference() [][3]string {
+// Reference lists every setting as "flag, env, default, help" rows, for
+// docs (docs/operations.md has them all; a test keeps it so).
+func Reference() [][4]string {
 	c := Default()
-	var rows [][3]string
+	var rows [][4]string
 	for _, s := range c.settings() {
-		rows = append(rows, [3]string{"--" + s.flag, s.env, s.help})
+		def := ""
+		switch {
+		case s.secret:
+		case s.str != nil:
+			def = *s.str
+		case s.dur != nil:
+			def = s.dur.String()
+		case s.i64 != nil:
+			def = strconv.FormatInt(*s.i64, 10)
+		case s.boolean != nil:
+			def = strconv.FormatBool(*s.boolean)
+		}
+		rows = append(rows, [4]string{"--" + s.flag, s.env, def, s.help})
 	}
 	return rows
 }

@@ -63,3 +63,16 @@ func TestValidateReportsEverything(t *testing.T) {
 		t.Fatalf("bad duration in env: %v", err)
 	}
 }
+
+// TestReferenceDocumented: docs/operations.md lists every setting.
+func TestReferenceDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range Reference() {
+		if !strings.Contains(string(doc), "| `"+r[0]+"` | `"+r[1]+"` |") {
+			t.Errorf("docs/operations.md's configuration reference lacks %s (%s)", r[0], r[1])
+		}
+	}
+}
