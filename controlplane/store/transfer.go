@@ -64,50 +64,46 @@ func (db *DB) Tables(ctx context.Context) ([]Table, error) {
 		if name == "schema_migrations" {
 			continue
 		}
-		t := Table{Name: name}
+		// The engines' catalogs answer the same two questions: the
+		// columns with their types, and the tables foreign keys point at.
+		columnsQ := `SELECT name, type FROM pragma_table_info($1) ORDER BY cid`
+		refsQ := `SELECT DISTINCT "table" FROM pragma_foreign_key_list($1)`
 		if db.dialect == Postgres {
-			rows, err := db.QueryContext(ctx, `SELECT column_name, data_type FROM information_schema.columns
-				WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position`, name)
-			if err != nil {
-				return nil, err
-			}
-			for rows.Next() {
-				var c Column
-				if err := rows.Scan(&c.Name, &c.Type); err != nil {
-					rows.Close()
-					return nil, err
-				}
-				c.Type = strings.ToLower(c.Type)
-				t.Columns = append(t.Columns, c)
-			}
-			rows.Close()
-			if t.refs, err = db.strings(ctx, `SELECT DISTINCT ccu.table_name FROM information_schema.table_constraints tc
+			columnsQ = `SELECT column_name, data_type FROM information_schema.columns
+				WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position`
+			refsQ = `SELECT DISTINCT ccu.table_name FROM information_schema.table_constraints tc
 				JOIN information_schema.constraint_column_usage ccu ON ccu.constraint_name = tc.constraint_name AND ccu.table_schema = tc.table_schema
-				WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() AND tc.table_name = $1`, name); err != nil {
-				return nil, err
-			}
-		} else {
-			rows, err := db.QueryContext(ctx, `SELECT name, type FROM pragma_table_info($1) ORDER BY cid`, name)
-			if err != nil {
-				return nil, err
-			}
-			for rows.Next() {
-				var c Column
-				if err := rows.Scan(&c.Name, &c.Type); err != nil {
-					rows.Close()
-					return nil, err
-				}
-				c.Type = strings.ToLower(c.Type)
-				t.Columns = append(t.Columns, c)
-			}
-			rows.Close()
-			if t.refs, err = db.strings(ctx, `SELECT DISTINCT "table" FROM pragma_foreign_key_list($1)`, name); err != nil {
-				return nil, err
-			}
+				WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() AND tc.table_name = $1`
+		}
+		t := Table{Name: name}
+		if t.Columns, err = db.columns(ctx, columnsQ, name); err != nil {
+			return nil, fmt.Errorf("read the columns of %s.%s: %w", db.schema, name, err)
+		}
+		if t.refs, err = db.strings(ctx, refsQ, name); err != nil {
+			return nil, fmt.Errorf("read the foreign keys of %s.%s: %w", db.schema, name, err)
 		}
 		tables = append(tables, t)
 	}
 	return orderByReferences(tables)
+}
+
+// columns reads (name, type) rows.
+func (db *DB) columns(ctx context.Context, q string, args ...any) ([]Column, error) {
+	rows, err := db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Column
+	for rows.Next() {
+		var c Column
+		if err := rows.Scan(&c.Name, &c.Type); err != nil {
+			return nil, err
+		}
+		c.Type = strings.ToLower(c.Type)
+		out = append(out, c)
+	}
+	return out, rows.Err()
 }
 
 func (db *DB) strings(ctx context.Context, q string, args ...any) ([]string, error) {
