@@ -123,7 +123,9 @@ fetch() { # URL DEST
 	fi
 }
 
-tmp="$(mktemp -d)"
+# The downloaded agent runs from here (to install itself): not /tmp,
+# which hardened hosts mount noexec. TMPDIR chooses another place.
+tmp="$(mktemp -d "${TMPDIR:-/var/tmp}/opsconductor-install.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT INT TERM
 
 say "downloading $file from $SERVER"

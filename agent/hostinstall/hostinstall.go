@@ -209,14 +209,30 @@ func exists(path string) bool {
 	return err == nil
 }
 
-// writeFile writes body to path through a temporary file and a rename,
-// so a crash leaves the old file or the new one, never half of one.
+// writeFile writes body to path through a new temporary file (created
+// 0600, so a secret is never readable by others on the way), synced,
+// then renamed: a crash or power loss leaves the old file or the new one,
+// never half of one.
 func writeFile(path string, body []byte, mode os.FileMode) error {
-	tmp := path + ".new"
-	if err := os.WriteFile(tmp, body, mode); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(tmp, mode); err != nil { // WriteFile keeps an existing file's mode
+	tmp := f.Name()
+	defer os.Remove(tmp) // after the rename there is nothing left to remove
+	if _, err := f.Write(body); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Chmod(mode); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)
@@ -235,13 +251,24 @@ func (in *Installer) Install(ctx context.Context) error {
 		}
 		src = self
 	}
+	// An upgrade keeps a configuration the agent has enrolled with. One
+	// it has not (the first install failed, or the token was wrong) is
+	// rewritten when a token is given: a re-run is how to fix it.
+	_, idErr := AgentID(p.StateDir)
+	enrolled := idErr == nil
 	upgrade := exists(p.EnvFile)
-	writeConfig := !upgrade || in.opts.Reconfigure
+	writeConfig := !upgrade || in.opts.Reconfigure || (!enrolled && in.opts.Config.JoinToken != "")
 	if writeConfig && in.opts.Config.Server == "" {
 		return errors.New("--server is required for the first install")
 	}
 	if !upgrade && in.opts.Config.JoinToken == "" {
 		return errors.New("--token is required for the first install (a join token: opsconductor agent token create)")
+	}
+	// An agent installed to run as root stays so on an upgrade that does
+	// not say (a self-upgrade job, say); --reconfigure decides anew.
+	if !in.opts.RunAsRoot && !in.opts.Reconfigure && runsAsRoot(p.Unit) {
+		in.say("keeping the agent running as root (installed with --run-as-root; --reconfigure without it changes that)")
+		in.opts.RunAsRoot = true
 	}
 
 	if in.onHost() && !in.opts.RunAsRoot {
@@ -283,6 +310,7 @@ func (in *Installer) Install(ctx context.Context) error {
 	} else {
 		in.say("keeping the configuration in %s (upgrade; --reconfigure rewrites it)", p.EnvFile)
 	}
+	upgrade = upgrade && enrolled
 	in.say("writing the systemd unit %s", p.Unit)
 	if err := in.do("write "+p.Unit, func() error { return writeFile(p.Unit, Unit(in.opts.RunAsRoot), 0o644) }); err != nil {
 		return err
@@ -292,22 +320,30 @@ func (in *Installer) Install(ctx context.Context) error {
 		in.say("no systemctl here: start %s with the environment in %s", DefaultPaths.Bin, DefaultPaths.EnvFile)
 		return nil
 	}
+	if !in.onHost() {
+		// An image being built: enable the unit in it (offline); the
+		// running system's systemd is not this one's business.
+		in.say("enabling the agent in %s (it starts with that system)", in.opts.Root)
+		return in.command(ctx, "systemctl", "--root="+in.opts.Root, "enable", ServiceName)
+	}
 	if err := in.command(ctx, "systemctl", "daemon-reload"); err != nil {
+		return err
+	}
+	// Enabled either way: a first install that failed before it was
+	// enabled is finished by the re-run.
+	if err := in.command(ctx, "systemctl", "enable", ServiceName); err != nil {
 		return err
 	}
 	if upgrade {
 		in.say("restarting the agent (upgrade: it keeps its identity)")
-		if err := in.command(ctx, "systemctl", "restart", ServiceName); err != nil {
-			return err
-		}
 	} else {
 		in.say("starting the agent")
-		if err := in.command(ctx, "systemctl", "enable", "--now", ServiceName); err != nil {
-			return err
-		}
 	}
-	if in.opts.DryRun || !in.onHost() {
-		return nil // under Root the agent starts with the system it is installed in
+	if err := in.command(ctx, "systemctl", "restart", ServiceName); err != nil {
+		return err
+	}
+	if in.opts.DryRun {
+		return nil
 	}
 	return in.waitEnrolled(ctx)
 }
@@ -335,6 +371,21 @@ func (in *Installer) waitEnrolled(ctx context.Context) error {
 	return nil
 }
 
+// runsAsRoot reports whether the unit at path was written for an agent
+// running as root (it has no User= line).
+func runsAsRoot(path string) bool {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "User=") {
+			return false
+		}
+	}
+	return true
+}
+
 // AgentID reads the id the agent was given when it enrolled.
 func AgentID(stateDir string) (string, error) {
 	raw, err := os.ReadFile(filepath.Join(stateDir, "identity.json"))
@@ -350,8 +401,8 @@ func AgentID(stateDir string) (string, error) {
 	return id.AgentID, nil
 }
 
-// copyBinary installs src at dst through dst.new and a rename: the
-// running agent keeps its old file until it restarts. Copying a binary
+// copyBinary installs src at dst through a temporary file and a rename:
+// the running agent keeps its old file until it restarts. Copying a binary
 // onto itself is a no-op.
 func copyBinary(src, dst string) error {
 	if a, err := os.Stat(src); err == nil {
@@ -359,26 +410,11 @@ func copyBinary(src, dst string) error {
 			return nil
 		}
 	}
-	in, err := os.Open(src)
+	body, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst+".new", os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(dst+".new", 0o755); err != nil {
-		return err
-	}
-	return os.Rename(dst+".new", dst)
+	return writeFile(dst, body, 0o755)
 }
 
 func (in *Installer) ensureUser(ctx context.Context) error {
@@ -404,8 +440,12 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 	p := in.paths
 	in.say("stopping and removing the agent")
 	if haveSystemctl() && exists(p.Unit) {
+		args := []string{"disable", "--now", ServiceName}
+		if !in.onHost() {
+			args = []string{"--root=" + in.opts.Root, "disable", ServiceName} // the image's, not this system's
+		}
 		// A unit that is not loaded cannot be disabled: not an error here.
-		if err := in.command(ctx, "systemctl", "disable", "--now", ServiceName); err != nil {
+		if err := in.command(ctx, "systemctl", args...); err != nil {
 			fmt.Fprintf(in.out, "    (ignored: %v)\n", err)
 		}
 	}
@@ -428,7 +468,7 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 			}
 		}
 	}
-	if haveSystemctl() {
+	if haveSystemctl() && in.onHost() {
 		if err := in.command(ctx, "systemctl", "daemon-reload"); err != nil {
 			fmt.Fprintf(in.out, "    (ignored: %v)\n", err)
 		}

@@ -79,8 +79,10 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 	if !bytes.Equal(unit, Unit(false)) || !strings.Contains(string(unit), "User="+UserName) {
 		t.Fatalf("unit:\n%s", unit)
 	}
-	if got := calls(); got != "daemon-reload\nenable --now "+ServiceName+"\n" {
-		t.Fatalf("systemctl calls: %q", got)
+	// Under --root only the image's systemd is touched, offline.
+	enable := "--root=" + root + " enable " + ServiceName + "\n"
+	if got := calls(); got != enable {
+		t.Fatalf("systemctl calls: %q, want %q", got, enable)
 	}
 	if err := os.WriteFile(filepath.Join(root, DefaultPaths.StateDir, "identity.json"), []byte(`{"agent_id":"agt_1"}`), 0o600); err != nil {
 		t.Fatal(err)
@@ -93,7 +95,7 @@ func TestInstallUpgradeUninstall(t *testing.T) {
 	if again, _ := os.ReadFile(env); !bytes.Equal(again, conf) {
 		t.Fatalf("the upgrade rewrote the configuration:\n%s", again)
 	}
-	if !strings.HasSuffix(calls(), "restart "+ServiceName+"\n") {
+	if calls() != enable+enable {
 		t.Fatalf("systemctl calls after the upgrade: %q", calls())
 	}
 	// Reconfigure rewrites it.
@@ -140,6 +142,44 @@ func mustInstall(t *testing.T, ctx context.Context, opts Options) {
 	}
 	if err := in.Install(ctx); err != nil {
 		t.Fatalf("install: %v\n%s", err, opts.Out)
+	}
+}
+
+// TestRerunKeepsRootAndFixesAFailedEnrollment: an upgrade that does not
+// say --run-as-root keeps an agent installed to run as root so; a re-run
+// with a new token before the agent ever enrolled rewrites the
+// configuration (the first token may have been wrong).
+func TestRerunKeepsRootAndFixesAFailedEnrollment(t *testing.T) {
+	stubSystemctl(t)
+	ctx := context.Background()
+	root := t.TempDir()
+	var out bytes.Buffer
+	opts := Options{Root: root, Binary: "/bin/true", Out: &out, RunAsRoot: true, Config: Config{Server: "https://cp", JoinToken: "ocj_wrong"}}
+	mustInstall(t, ctx, opts)
+	opts.RunAsRoot, opts.Config.JoinToken = false, "ocj_right"
+	mustInstall(t, ctx, opts)
+	unit, _ := os.ReadFile(filepath.Join(root, DefaultPaths.Unit))
+	if strings.Contains(string(unit), "User=") {
+		t.Fatalf("an upgrade without --run-as-root dropped root:\n%s", unit)
+	}
+	conf, _ := os.ReadFile(filepath.Join(root, DefaultPaths.EnvFile))
+	if !strings.Contains(string(conf), "OPSCONDUCTOR_JOIN_TOKEN=ocj_right\n") {
+		t.Fatalf("a re-run before enrollment kept the old token:\n%s", conf)
+	}
+	// Once enrolled, a re-run keeps the configuration; --reconfigure
+	// without --run-as-root goes back to the agent's own user.
+	if err := os.WriteFile(filepath.Join(root, DefaultPaths.StateDir, "identity.json"), []byte(`{"agent_id":"a"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts.Config.JoinToken = "ocj_other"
+	mustInstall(t, ctx, opts)
+	if again, _ := os.ReadFile(filepath.Join(root, DefaultPaths.EnvFile)); !bytes.Equal(again, conf) {
+		t.Fatalf("an upgrade of an enrolled agent rewrote its configuration:\n%s", again)
+	}
+	opts.Reconfigure = true
+	mustInstall(t, ctx, opts)
+	if unit, _ := os.ReadFile(filepath.Join(root, DefaultPaths.Unit)); !strings.Contains(string(unit), "User="+UserName) {
+		t.Fatalf("--reconfigure without --run-as-root:\n%s", unit)
 	}
 }
 

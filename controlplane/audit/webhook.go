@@ -221,6 +221,9 @@ func (n *Notifier) EnableWebhook(ctx context.Context, id string) error {
 // Enqueue queues an event for every active subscription that wants it
 // (once per subscription and event, however often the bus delivers it).
 func (n *Notifier) Enqueue(ctx context.Context, e bus.Event) error {
+	if e.Type == ForwardedTopic {
+		return nil // a call record on its way to the log (split mode), not an event
+	}
 	hooks, err := n.Webhooks(ctx)
 	if err != nil {
 		return err

@@ -128,6 +128,13 @@ func (i *Interceptor) Check(ctx context.Context, what, perm string, header inter
 	bearer, _ := strings.CutPrefix(header.Get("Authorization"), "Bearer ")
 	p, err := i.authn.Authenticate(ctx, strings.TrimSpace(bearer))
 	if err != nil {
+		var refused *apperr.Error
+		if !errors.As(err, &refused) {
+			// The credential could not be checked (a store or, in split
+			// mode, the jobs service is down): not a refusal to record,
+			// nor a failed attempt to count against the caller's address.
+			return ctx, err
+		}
 		i.deny(ctx, spec.Procedure, "", err, "unauthenticated", peer)
 		// Guessing tokens is slowed down per address.
 		if lerr := i.limit(ctx, "authfail:"+peerHost(peer), "failed authentications from "+peerHost(peer)); lerr != nil {
@@ -153,6 +160,10 @@ func (i *Interceptor) checkService(ctx context.Context, procedure string, header
 	if i.serviceToken == "" || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(bearer)), []byte(i.serviceToken)) != 1 {
 		err := apperr.Unauthenticated("%s is for the control plane's own services (the service token)", procedure)
 		i.deny(ctx, procedure, "", err, "unauthenticated", peer)
+		// Guessing the service token is slowed down like guessing any.
+		if lerr := i.limit(ctx, "authfail:"+peerHost(peer), "failed authentications from "+peerHost(peer)); lerr != nil {
+			return lerr
+		}
 		return err
 	}
 	return nil

@@ -271,7 +271,15 @@ variable (OPSCONDUCTOR_JOBS_URL, ...).`,
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", addr, err)
 			}
-			srv := &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+			srv := &http.Server{Handler: r, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute, Protocols: new(http.Protocols)}
+			// HTTP/1.1 and HTTP/2 (gRPC): over TLS, or h2c when plain.
+			srv.Protocols.SetHTTP1(true)
+			if tlsCert != "" {
+				srv.Protocols.SetHTTP2(true)
+			} else {
+				srv.Protocols.SetUnencryptedHTTP2(true)
+				logger.Warn("serving plain HTTP (--insecure-http): tokens cross the network in clear")
+			}
 			go func() {
 				<-cmd.Context().Done()
 				ctx, cancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), 10*time.Second)

@@ -494,16 +494,14 @@ func (c Config) Validate() error {
 		bad("agent-online-window", "must be positive")
 	}
 	if c.Services != "" && c.Services != "all" {
-		named := false
 		for _, s := range strings.Split(c.Services, ",") {
 			if s = strings.TrimSpace(s); !slices.Contains(AllServices, s) {
 				bad("services", "%q is not a service: want all, or some of %s", s, strings.Join(AllServices, ","))
 			}
-			named = true
 		}
-		if !named {
-			bad("services", "names no service")
-		}
+	}
+	if c.ServiceToken != "" && len(c.ServiceToken) < 32 {
+		bad("service-token", "must be at least 32 characters (openssl rand -hex 32)")
 	}
 	for _, s := range AllServices {
 		if u := c.ServiceDatabaseURL(s); u != c.DatabaseURL && !strings.HasPrefix(u, "postgres://") && !strings.HasPrefix(u, "postgresql://") && !strings.HasPrefix(u, "sqlite:") {
@@ -525,8 +523,11 @@ func (c Config) Validate() error {
 				}
 			}
 		}
-		if len(c.ServiceToken) < 32 {
+		if c.ServiceToken == "" {
 			bad("service-token", "split mode needs a service token of at least 32 characters, the same in every process")
+		}
+		if c.SecretKey == "" {
+			bad("secret-key", "split mode needs the same --secret-key in every process (secret values sealed by one are opened by another)")
 		}
 		if c.EventBus() == "memory" {
 			bad("bus", "split mode needs a shared event bus (redis or rabbitmq): the memory bus does not leave the process")

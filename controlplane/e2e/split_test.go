@@ -86,6 +86,7 @@ func connectCode(t *testing.T, base, token, procedure string) string {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, base+"/"+procedure, bytes.NewReader([]byte("{}")))
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Connect-Protocol-Version", "1") // or the transcoder takes it for REST
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -181,13 +182,17 @@ func TestSplitMode(t *testing.T) {
 	}
 
 	// Each process answers for its own services only.
-	for service, foreign := range map[string]string{
-		"jobs":       "opsconductor.v1.ExecutionService/ListExecutions",
-		"executions": "opsconductor.v1.JobService/ListJobs",
-		"scheduling": "opsconductor.v1.AuditService/ListEvents",
-		"audit":      "opsconductor.v1.ScheduleService/ListSchedules",
+	for service, calls := range map[string][2]string{
+		"jobs":       {"opsconductor.v1.JobService/ListJobs", "opsconductor.v1.ExecutionService/ListExecutions"},
+		"executions": {"opsconductor.v1.ExecutionService/ListExecutions", "opsconductor.v1.JobService/ListJobs"},
+		"scheduling": {"opsconductor.v1.ScheduleService/ListSchedules", "opsconductor.v1.AuditService/ListEvents"},
+		"audit":      {"opsconductor.v1.AuditService/ListEvents", "opsconductor.v1.ScheduleService/ListSchedules"},
 	} {
 		p := d.procs[service]
+		own, foreign := calls[0], calls[1]
+		if code := connectCode(t, p.URL, gw.Token, own); code != "" {
+			t.Errorf("the %s process asked for its own %s: %q, want success", service, own, code)
+		}
 		if code := connectCode(t, p.URL, gw.Token, foreign); code != "unimplemented" {
 			t.Errorf("the %s process asked for %s: %q, want unimplemented", service, foreign, code)
 		}

@@ -99,8 +99,15 @@ func MaxSeq(ctx context.Context, q store.Querier) (int64, error) {
 // below upTo (what the publisher has sent: nothing unpublished goes), and
 // says how many.
 func Purge(ctx context.Context, q store.Querier, upTo int64, before time.Time, batch int) (int, error) {
-	res, err := q.ExecContext(ctx, `DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= $1 AND created_at < $2 ORDER BY seq LIMIT $3)`,
-		upTo, before.UTC(), batch)
+	return PurgeTopics(ctx, q, "", upTo, before, batch)
+}
+
+// PurgeTopics is Purge limited to the topics that start with prefix (""
+// for all): the executions outbox, whose execution events go with their
+// executions, still sheds the audit records a split process writes there.
+func PurgeTopics(ctx context.Context, q store.Querier, prefix string, upTo int64, before time.Time, batch int) (int, error) {
+	res, err := q.ExecContext(ctx, `DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= $1 AND created_at < $2 AND topic LIKE $4
+		ORDER BY seq LIMIT $3)`, upTo, before.UTC(), batch, prefix+"%")
 	if err != nil {
 		return 0, fmt.Errorf("purge outbox: %w", err)
 	}

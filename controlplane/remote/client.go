@@ -34,17 +34,21 @@ type Options struct {
 	// Token is the service token the other services accept.
 	Token string
 	// Timeout bounds one attempt of one call (default 10s), within the
-	// caller's own deadline.
+	// caller's own deadline; Slow sets longer ones by procedure (a
+	// connection check waits for its hosts).
 	Timeout time.Duration
+	Slow    map[string]time.Duration
 	// Retries is how many times an idempotent call is tried again after a
 	// failure on the way (default 3), waiting Backoff, then twice as long
 	// each time (default 100ms), with jitter.
 	Retries int
 	Backoff time.Duration
 	// Failures in a row that open the breaker (default 5); it stays open
-	// OpenFor (default 10s), then lets one trial call through.
-	Failures uint32
-	OpenFor  time.Duration
+	// OpenFor (default 10s), then lets TrialCalls calls through (default
+	// 1), and closes once that many have succeeded.
+	Failures   uint32
+	OpenFor    time.Duration
+	TrialCalls uint32
 	// HTTPClient carries the calls (default: one with HTTP/1.1 and h2c
 	// keep-alive suited to many small calls).
 	HTTPClient connect.HTTPClient
@@ -67,6 +71,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.OpenFor <= 0 {
 		o.OpenFor = 10 * time.Second
+	}
+	if o.TrialCalls == 0 {
+		o.TrialCalls = 1
 	}
 	if o.HTTPClient == nil {
 		o.HTTPClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}}
@@ -91,13 +98,22 @@ func NewService(name, url string, opts Options, logger *zap.Logger) *Service {
 	s := &Service{Name: name, URL: url, opts: opts.withDefaults(), logger: logger.Named("remote").With(zap.String("service", name))}
 	s.breaker = gobreaker.NewCircuitBreaker[any](gobreaker.Settings{
 		Name:        name,
-		MaxRequests: 1,
+		MaxRequests: s.opts.TrialCalls,
 		Timeout:     s.opts.OpenFor,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= s.opts.Failures },
-		// Only failures on the way count: a NotFound is an answer.
-		IsSuccessful: func(err error) bool { return !transient(err) },
+		// Only failures on the way count: a NotFound is an answer, and
+		// so is a caller that gave up.
+		IsSuccessful: func(err error) bool {
+			var gone callerGone
+			return errors.As(err, &gone) || !transient(err)
+		},
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			s.logger.Warn("circuit breaker changed state", zap.String("from", from.String()), zap.String("to", to.String()))
+			if to == gobreaker.StateClosed {
+				s.mu.Lock()
+				s.lastErr = nil
+				s.mu.Unlock()
+			}
 		},
 	})
 	return s
@@ -131,11 +147,18 @@ func transient(err error) bool {
 		return false
 	}
 	switch connect.CodeOf(err) {
-	case connect.CodeUnavailable, connect.CodeDeadlineExceeded, connect.CodeUnknown:
+	case connect.CodeUnavailable, connect.CodeDeadlineExceeded:
 		return true
 	}
 	return false
 }
+
+// callerGone wraps the error of a call whose caller went away (cancelled,
+// or its own deadline passed): not the service's failure.
+type callerGone struct{ err error }
+
+func (c callerGone) Error() string { return c.err.Error() }
+func (c callerGone) Unwrap() error { return c.err }
 
 var _ connect.Interceptor = (*Service)(nil)
 
@@ -151,15 +174,27 @@ func (s *Service) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		if req.Spec().IdempotencyLevel != connect.IdempotencyUnknown {
 			attempts += s.opts.Retries
 		}
+		timeout := s.opts.Timeout
+		if d, ok := s.opts.Slow[req.Spec().Procedure]; ok {
+			timeout = d
+		}
 		wait := s.opts.Backoff
 		for attempt := 1; ; attempt++ {
 			out, err := s.breaker.Execute(func() (any, error) {
-				callCtx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+				callCtx, cancel := context.WithTimeout(ctx, timeout)
 				defer cancel()
-				return next(callCtx, req)
+				resp, err := next(callCtx, req)
+				if err != nil && ctx.Err() != nil {
+					return resp, callerGone{err}
+				}
+				return resp, err
 			})
 			if s.isOpen(err) {
 				return nil, s.openError()
+			}
+			var gone callerGone
+			if errors.As(err, &gone) {
+				return nil, gone.err
 			}
 			if !transient(err) {
 				resp, _ := out.(connect.AnyResponse)
@@ -194,11 +229,12 @@ func (s *Service) openError() *connect.Error {
 }
 
 // Transport sends plain HTTP requests to the service through its breaker
-// (the gateway's proxy): a request that cannot reach the service, or
-// that a proxy in front of it answers 502, 503 or 504, counts as a
-// failure. While the breaker is open it fails at once with an error
-// IsOpenError recognises. Requests are not retried: the gateway cannot
-// know which are safe to send twice.
+// (the gateway's proxy): a request that cannot reach the service counts
+// as a failure; any answer from it, errors included (an Unavailable the
+// service returns because one of *its* dependencies is down is its
+// answer), does not, nor does a caller that went away. While the breaker
+// is open it fails at once with an error IsOpenError recognises. Requests
+// are not retried: the gateway cannot know which are safe to send twice.
 func (s *Service) Transport(base http.RoundTripper) http.RoundTripper {
 	return breakerTransport{s: s, base: base}
 }
@@ -208,25 +244,23 @@ type breakerTransport struct {
 	base http.RoundTripper
 }
 
-// errUpstream marks a response that counts as a failure of the service.
-type errUpstream struct{ status int }
-
-func (e errUpstream) Error() string { return fmt.Sprintf("HTTP %d", e.status) }
-
 func (t breakerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	out, err := t.s.breaker.Execute(func() (any, error) {
 		resp, err := t.base.RoundTrip(req)
+		if err != nil && req.Context().Err() != nil {
+			return nil, callerGone{err}
+		}
 		if err != nil {
 			return nil, connect.NewError(connect.CodeUnavailable, err)
-		}
-		switch resp.StatusCode {
-		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-			return resp, connect.NewError(connect.CodeUnavailable, errUpstream{resp.StatusCode})
 		}
 		return resp, nil
 	})
 	if t.s.isOpen(err) {
 		return nil, openError{cause: t.s.openError()}
+	}
+	var gone callerGone
+	if errors.As(err, &gone) {
+		return nil, gone.err
 	}
 	if err != nil {
 		t.s.mu.Lock()
@@ -234,7 +268,7 @@ func (t breakerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		t.s.mu.Unlock()
 	}
 	if resp, ok := out.(*http.Response); ok && resp != nil {
-		return resp, nil // the service's (or its proxy's) own answer
+		return resp, nil // the service's own answer
 	}
 	return nil, err
 }

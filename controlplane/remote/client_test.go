@@ -28,10 +28,11 @@ type flakyExecutions struct {
 }
 
 func (f *flakyExecutions) fail(h http.Header) error {
+	n := f.calls.Add(1)
 	if h.Get("Authorization") != "Bearer token-of-the-test" {
 		return connect.NewError(connect.CodeUnauthenticated, errors.New("no service token"))
 	}
-	if f.calls.Add(1) <= f.failures.Load() {
+	if n <= f.failures.Load() {
 		return connect.NewError(connect.CodeUnavailable, errors.New("not yet"))
 	}
 	return nil
@@ -68,7 +69,7 @@ func serve(t *testing.T, h interservicev1connect.ExecutionsInternalServiceHandle
 }
 
 func testOptions() Options {
-	return Options{Token: "token-of-the-test", Backoff: time.Millisecond, Retries: 3, Failures: 3, OpenFor: 200 * time.Millisecond}
+	return Options{Token: "token-of-the-test", Backoff: time.Millisecond, Retries: 3, Failures: 3, OpenFor: 2 * time.Second}
 }
 
 // TestRetriesIdempotentCallsOnly: a read that fails on the way is tried
@@ -122,7 +123,7 @@ func TestBreaker(t *testing.T) {
 	}
 
 	f.failures.Store(0) // the service is back
-	time.Sleep(250 * time.Millisecond)
+	time.Sleep(2100 * time.Millisecond)
 	if _, err := e.JobLabels(ctx, "job"); err != nil || svc.State() != "closed" {
 		t.Fatalf("trial call after OpenFor: %v, breaker %s", err, svc.State())
 	}
@@ -145,8 +146,8 @@ func TestServiceTokenRequired(t *testing.T) {
 	opts := testOptions()
 	opts.Token = "wrong"
 	e := NewExecutions(NewService("executions", serve(t, f), opts, zap.NewNop()))
-	if _, err := e.JobLabels(context.Background(), "job"); connect.CodeOf(err) != connect.CodeUnauthenticated || f.calls.Load() != 0 {
-		t.Fatalf("wrong token: %v after %d counted calls", err, f.calls.Load())
+	if _, err := e.JobLabels(context.Background(), "job"); connect.CodeOf(err) != connect.CodeUnauthenticated || f.calls.Load() != 1 {
+		t.Fatalf("wrong token: %v after %d calls, want Unauthenticated after exactly 1", err, f.calls.Load())
 	}
 }
 

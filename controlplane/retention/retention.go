@@ -32,6 +32,10 @@ type Config struct {
 	// (default 500); Pause between batches (default 50ms).
 	Interval time.Duration
 	Batch    int
+	// LockName names the advisory lock runs take (default
+	// opsconductor.retention): processes with different targets on one
+	// database (split mode) each use their own.
+	LockName string
 	Pause    time.Duration
 }
 
@@ -92,7 +96,11 @@ func (p *Purger) Run(ctx context.Context) error {
 // Once runs every target to the end if this replica holds the lock
 // (another one purging meanwhile is fine: it is skipped).
 func (p *Purger) Once(ctx context.Context) error {
-	lock, ok, err := p.db.TryLock(ctx, "opsconductor.retention")
+	name := p.cfg.LockName
+	if name == "" {
+		name = "opsconductor.retention"
+	}
+	lock, ok, err := p.db.TryLock(ctx, name)
 	if err != nil || !ok {
 		return err
 	}

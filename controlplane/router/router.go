@@ -65,7 +65,13 @@ func New(apis []protoreflect.ServiceDescriptor, urls map[string]string, opts rem
 		if err != nil || (target.Scheme != "http" && target.Scheme != "https") || target.Host == "" {
 			return nil, fmt.Errorf("--%s-url: want the http(s):// URL of the %s service, not %q", name, name, raw)
 		}
-		svc := remote.NewService(name, raw, opts, logger)
+		// Several trial calls when the breaker half-opens: one of them
+		// may be an agent's long poll, which holds its slot for a minute.
+		svcOpts := opts
+		if svcOpts.TrialCalls == 0 {
+			svcOpts.TrialCalls = 5
+		}
+		svc := remote.NewService(name, raw, svcOpts, logger)
 		r.services[name] = svc
 		proxy := httputil.NewSingleHostReverseProxy(target)
 		base := http.DefaultTransport.(*http.Transport).Clone()
@@ -98,6 +104,10 @@ func New(apis []protoreflect.ServiceDescriptor, urls map[string]string, opts rem
 	for _, path := range []string{"GET /api/v1/executions/{id}/events", "GET /install.sh", "GET /install.ps1", "GET /downloads/"} {
 		mux.Handle(path, proxies[config.ServiceExecutions])
 	}
+	// Browsers' CORS preflights and /version: every process answers them
+	// alike (they share the configuration); the jobs process does.
+	mux.Handle("OPTIONS /", proxies[config.ServiceJobs])
+	mux.Handle("GET /version", proxies[config.ServiceJobs])
 	mux.HandleFunc("GET /health", r.health)
 	r.handler = mux
 	return r, nil

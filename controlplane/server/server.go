@@ -123,7 +123,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 		if r, ok := remotes[name]; ok {
 			return r
 		}
-		r := remote.NewService(name, strings.TrimRight(cfg.ServiceURL(name), "/"), remote.Options{Token: cfg.ServiceToken}, logger)
+		r := remote.NewService(name, strings.TrimRight(cfg.ServiceURL(name), "/"), remote.Options{Token: cfg.ServiceToken,
+			// A connection check waits for its hosts (up to 90s).
+			Slow: map[string]time.Duration{interservicev1connect.ExecutionsInternalServiceCheckHostsProcedure: 2 * time.Minute}}, logger)
 		remotes[name] = r
 		a.remotes = append(a.remotes, r)
 		return r
@@ -450,7 +452,19 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 				}
 				return execStore.PurgeFinished(ctx, before, published, batch)
 			}})
-			continue // an execution's events are its history: they go with it
+			// An execution's events are its history: they go with it. The
+			// records of calls and refusals a process without the audit
+			// service writes here (split mode) go like any outbox row.
+			db := p.DB()
+			targets = append(targets, retention.Target{Name: "outbox.executions.audit", Keep: cfg.RetainOutbox,
+				Purge: func(ctx context.Context, before time.Time, batch int) (int, error) {
+					upTo, err := p.Position(ctx)
+					if err != nil {
+						return 0, err
+					}
+					return outbox.PurgeTopics(ctx, db, "audit.", upTo, before, batch)
+				}})
+			continue
 		}
 		db := p.DB()
 		targets = append(targets, retention.Target{Name: "outbox." + p.Schema(), Keep: cfg.RetainOutbox,
@@ -469,10 +483,18 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 				return a.auditLog.PurgeBefore(ctx, before, batch, cfg.AuditExportDir)
 			}})
 	}
-	a.retention = retention.New(home, targets, retention.Config{Interval: cfg.RetentionInterval}, metricsReg, logger)
+	lockName := "opsconductor.retention"
+	if cfg.Split() {
+		lockName += "." + a.servicesLabel() // its own targets: its own lock
+	}
+	a.retention = retention.New(home, targets, retention.Config{Interval: cfg.RetentionInterval, LockName: lockName}, metricsReg, logger)
 
 	authz := auth.NewInterceptor(authn, denials, a.limiter(), logger)
-	authz.AcceptServiceToken(cfg.ServiceToken)
+	if cfg.Split() {
+		// The internal API is mounted everywhere (so every RPC has one
+		// answer) but only split processes accept the service token.
+		authz.AcceptServiceToken(cfg.ServiceToken)
+	}
 	// The audit log's keyed hashes of secret values use a key derived from
 	// the secret key (a key per process when none is set: hashes then only
 	// compare within one run).
@@ -567,8 +589,11 @@ func Schemas() []Schema {
 // (tables, columns with defaults, indexes), so replicas of the previous
 // version keep working on a migrated schema.
 func Migrate(ctx context.Context, cfg config.Config, logger *zap.Logger) error {
-	cfg.InsecureHTTP = true // it serves nothing: no certificate needed
-	if err := cfg.Validate(); err != nil {
+	// It serves nothing and calls no other service: only the database
+	// settings matter (no certificate, service token or peer URLs).
+	check := cfg
+	check.InsecureHTTP, check.Services = true, ""
+	if err := check.Validate(); err != nil {
 		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
 	a := &App{cfg: cfg, logger: logger}
