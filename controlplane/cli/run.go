@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -554,15 +555,24 @@ func newExecutionListCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// writeSecretFile writes body to path with mode 0600 through a temporary
-// file and a rename.
+// writeSecretFile writes body to path with mode 0600 through a new
+// temporary file (0600 from the start), synced, then renamed.
 func writeSecretFile(path, body string) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(body), 0o600); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(tmp, 0o600); err != nil {
+	defer os.Remove(f.Name()) // nothing left after the rename
+	if _, err := f.WriteString(body); err != nil {
+		f.Close()
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
 
@@ -37,6 +38,9 @@ the audit log, sealed secrets and token hashes: keep it as you keep the
 database (it is written with mode 0600).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if fromURL == "" {
+				fromURL = dbURL()
+			}
 			if fromURL == "" || out == "" {
 				return fmt.Errorf("--database-url (or DATABASE_URL) and --out are required")
 			}
@@ -44,27 +48,32 @@ database (it is written with mode 0600).`,
 			for _, s := range server.Schemas() {
 				names = append(names, s.Name)
 			}
-			tmp := out + ".tmp"
-			f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+			// Written 0600 to a new temporary file, synced, then renamed.
+			f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
 			if err != nil {
 				return fmt.Errorf("--out: %w", err)
 			}
+			defer os.Remove(f.Name()) // nothing left after the rename
 			if err := transfer.Export(cmd.Context(), fromURL, names, f, progress); err != nil {
 				f.Close()
-				os.Remove(tmp)
 				return err
+			}
+			if err := f.Sync(); err != nil {
+				f.Close()
+				return fmt.Errorf("--out: %w", err)
 			}
 			if err := f.Close(); err != nil {
 				return fmt.Errorf("--out: %w", err)
 			}
-			if err := os.Rename(tmp, out); err != nil {
+			if err := os.Rename(f.Name(), out); err != nil {
 				return fmt.Errorf("--out: %w", err)
 			}
 			fmt.Fprintf(g.stdout, "exported to %s\n", out)
 			return nil
 		},
 	}
-	export.Flags().StringVar(&fromURL, "database-url", dbURL(), "the database to export: postgres://... or sqlite:DIR (env DATABASE_URL)")
+	// Not shown as a default: the URL may hold a password.
+	export.Flags().StringVar(&fromURL, "database-url", "", "the database to export: postgres://... or sqlite:DIR (default: env DATABASE_URL)")
 	export.Flags().StringVarP(&out, "out", "f", "", "the file to write")
 
 	var toURL, in string
@@ -77,6 +86,9 @@ the first server starts on it. Each service's schema is written in one
 transaction; the export must come from the same OpsConductor version.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if toURL == "" {
+				toURL = dbURL()
+			}
 			if toURL == "" || in == "" {
 				return fmt.Errorf("--database-url (or DATABASE_URL) and --in are required")
 			}
@@ -106,7 +118,7 @@ transaction; the export must come from the same OpsConductor version.`,
 			return nil
 		},
 	}
-	imp.Flags().StringVar(&toURL, "database-url", dbURL(), "the database to load into: postgres://... or sqlite:DIR (env DATABASE_URL)")
+	imp.Flags().StringVar(&toURL, "database-url", "", "the database to load into: postgres://... or sqlite:DIR (default: env DATABASE_URL)")
 	imp.Flags().StringVarP(&in, "in", "f", "", "the export file")
 	cmd.AddCommand(export, imp)
 	return cmd

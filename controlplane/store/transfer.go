@@ -35,29 +35,46 @@ type Table struct {
 	refs []string
 }
 
-// MigrationVersion is the highest migration applied to this schema (0:
-// none).
-func (db *DB) MigrationVersion(ctx context.Context) (int, error) {
+// MigrationVersion is the highest migration applied to the schema q is
+// in (0: none).
+func MigrationVersion(ctx context.Context, q Querier) (int, error) {
 	var v sql.NullInt64
-	if err := db.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v); err != nil {
-		return 0, fmt.Errorf("read the %s schema's migration version: %w", db.schema, err)
+	if err := q.QueryRowContext(ctx, `SELECT MAX(version) FROM schema_migrations`).Scan(&v); err != nil {
+		return 0, fmt.Errorf("read the migration version: %w", err)
 	}
 	return int(v.Int64), nil
 }
 
-// Tables lists the service's tables (not schema_migrations), each after
-// the tables its foreign keys point at, so rows can be inserted in order.
-func (db *DB) Tables(ctx context.Context) ([]Table, error) {
+// InReadTx runs fn in a transaction that sees one snapshot of the
+// schema (REPEATABLE READ on Postgres; on SQLite the transaction holds
+// the database's lock), so what fn reads holds together.
+func (db *DB) InReadTx(ctx context.Context, fn func(tx *Tx) error) error {
+	opts := &sql.TxOptions{}
+	if db.dialect == Postgres {
+		opts = &sql.TxOptions{Isolation: sql.LevelRepeatableRead, ReadOnly: true}
+	}
+	sqlTx, err := db.sql.BeginTx(ctx, opts)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	defer func() { _ = sqlTx.Rollback() }() // read only: nothing to commit
+	return fn(&Tx{tx: sqlTx, dialect: db.dialect})
+}
+
+// Tables lists the tables of the schema q is in (not schema_migrations),
+// each after the tables its foreign keys point at, so rows can be
+// inserted in order.
+func Tables(ctx context.Context, q Querier) ([]Table, error) {
 	var names []string
 	var err error
-	if db.dialect == Postgres {
-		names, err = db.strings(ctx, `SELECT table_name FROM information_schema.tables
+	if q.Dialect() == Postgres {
+		names, err = queryStrings(ctx, q, `SELECT table_name FROM information_schema.tables
 			WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name`)
 	} else {
-		names, err = db.strings(ctx, `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
+		names, err = queryStrings(ctx, q, `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list the %s schema's tables: %w", db.schema, err)
+		return nil, fmt.Errorf("list the tables: %w", err)
 	}
 	var tables []Table
 	for _, name := range names {
@@ -68,7 +85,7 @@ func (db *DB) Tables(ctx context.Context) ([]Table, error) {
 		// columns with their types, and the tables foreign keys point at.
 		columnsQ := `SELECT name, type FROM pragma_table_info($1) ORDER BY cid`
 		refsQ := `SELECT DISTINCT "table" FROM pragma_foreign_key_list($1)`
-		if db.dialect == Postgres {
+		if q.Dialect() == Postgres {
 			columnsQ = `SELECT column_name, data_type FROM information_schema.columns
 				WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position`
 			refsQ = `SELECT DISTINCT ccu.table_name FROM information_schema.table_constraints tc
@@ -76,20 +93,20 @@ func (db *DB) Tables(ctx context.Context) ([]Table, error) {
 				WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_schema = current_schema() AND tc.table_name = $1`
 		}
 		t := Table{Name: name}
-		if t.Columns, err = db.columns(ctx, columnsQ, name); err != nil {
-			return nil, fmt.Errorf("read the columns of %s.%s: %w", db.schema, name, err)
+		if t.Columns, err = queryColumns(ctx, q, columnsQ, name); err != nil {
+			return nil, fmt.Errorf("read the columns of %s: %w", name, err)
 		}
-		if t.refs, err = db.strings(ctx, refsQ, name); err != nil {
-			return nil, fmt.Errorf("read the foreign keys of %s.%s: %w", db.schema, name, err)
+		if t.refs, err = queryStrings(ctx, q, refsQ, name); err != nil {
+			return nil, fmt.Errorf("read the foreign keys of %s: %w", name, err)
 		}
 		tables = append(tables, t)
 	}
 	return orderByReferences(tables)
 }
 
-// columns reads (name, type) rows.
-func (db *DB) columns(ctx context.Context, q string, args ...any) ([]Column, error) {
-	rows, err := db.QueryContext(ctx, q, args...)
+// queryColumns reads (name, type) rows.
+func queryColumns(ctx context.Context, q Querier, query string, args ...any) ([]Column, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -106,8 +123,8 @@ func (db *DB) columns(ctx context.Context, q string, args ...any) ([]Column, err
 	return out, rows.Err()
 }
 
-func (db *DB) strings(ctx context.Context, q string, args ...any) ([]string, error) {
-	rows, err := db.QueryContext(ctx, q, args...)
+func queryStrings(ctx context.Context, q Querier, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -150,17 +167,16 @@ func orderByReferences(tables []Table) ([]Table, error) {
 	return out, nil
 }
 
-// EachRow calls fn with every row of table (in primary-key order where
-// the engine keeps one: rowid on SQLite, the physical order on Postgres),
-// its values in portable form (see Portable).
-func (db *DB) EachRow(ctx context.Context, t Table, fn func(row []any) error) error {
+// EachRow calls fn with every row of table t, its values in portable
+// form (see Portable).
+func EachRow(ctx context.Context, q Querier, t Table, fn func(row []any) error) error {
 	cols := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
 		cols[i] = quoteIdent(c.Name)
 	}
-	rows, err := db.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+quoteIdent(t.Name))
+	rows, err := q.QueryContext(ctx, `SELECT `+strings.Join(cols, ", ")+` FROM `+quoteIdent(t.Name))
 	if err != nil {
-		return fmt.Errorf("read %s.%s: %w", db.schema, t.Name, err)
+		return fmt.Errorf("read %s: %w", t.Name, err)
 	}
 	defer rows.Close()
 	for rows.Next() {
@@ -170,7 +186,7 @@ func (db *DB) EachRow(ctx context.Context, t Table, fn func(row []any) error) er
 			ptrs[i] = &vals[i]
 		}
 		if err := rows.Scan(ptrs...); err != nil {
-			return fmt.Errorf("read %s.%s: %w", db.schema, t.Name, err)
+			return fmt.Errorf("read %s: %w", t.Name, err)
 		}
 		for i, v := range vals {
 			vals[i] = Portable(v)
@@ -224,7 +240,7 @@ var insertInto = regexp.MustCompile(`(?i)INSERT\s+INTO\s+"?([a-z_0-9]+)"?`)
 // IsEmpty reports whether every table of the schema but the seeded ones
 // is empty, and if not, names one that is not.
 func (db *DB) IsEmpty(ctx context.Context, seeded []string) (bool, string, error) {
-	tables, err := db.Tables(ctx)
+	tables, err := Tables(ctx, db)
 	if err != nil {
 		return false, "", err
 	}

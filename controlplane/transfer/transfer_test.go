@@ -122,7 +122,8 @@ func TestRoundTrip(t *testing.T) {
 			gotP, gotC, gotH := readAll(t, dst)
 			if len(gotP) != 2 || gotP[0].n != math.MaxInt64 || gotP[1].n != math.MinInt64 || !gotP[0].ok || gotP[1].ok ||
 				gotP[0].at == nil || !gotP[0].at.Equal(*wantP[0].at) || !bytes.Equal(gotP[0].raw, []byte{0, 1, 255}) ||
-				gotP[1].at != nil || gotP[1].raw != nil || gotP[1].doc != nil || gotP[1].id != "b ünïcode" {
+				gotP[1].at != nil || gotP[1].raw != nil || gotP[1].doc != nil || gotP[1].id != "b ünïcode" ||
+				gotP[0].doc == nil || strings.ReplaceAll(*gotP[0].doc, " ", "") != `{"k":"v"}` {
 				t.Fatalf("parents: got %+v, want %+v", gotP, wantP)
 			}
 			if strings.Join(gotC, "|") != strings.Join(wantC, "|") || gotH != wantH || gotH != 42 {
@@ -172,6 +173,23 @@ func TestDamagedFile(t *testing.T) {
 	}
 	if err := Import(ctx, dstURL, bytes.NewReader([]byte("not gzip")), migrator, nil); err == nil || !strings.Contains(err.Error(), "not an export file") {
 		t.Fatalf("garbage: %v", err)
+	}
+
+	// A file one of whose schemas is of another version is refused before
+	// any schema is written.
+	raw := decompress(t, file.Bytes())
+	other := bytes.Replace(raw, []byte(`"schemas":{"things":1}`), []byte(`"schemas":{"things":1,"zz_other":99}`), 1)
+	if bytes.Equal(other, raw) {
+		t.Fatalf("no schemas in the header: %.200s", raw)
+	}
+	var mixed bytes.Buffer
+	recompress(t, &mixed, other)
+	fresh := storetest.NewURL(t, store.Postgres)
+	if err := Import(ctx, fresh, &mixed, migrator, nil); err == nil || !strings.Contains(err.Error(), "zz_other: the export is at migration 99") {
+		t.Fatalf("a schema of another version: %v", err)
+	}
+	if ps, _, _ := readAll(t, storetest.OpenURL(t, fresh, "things", migrations)); len(ps) != 0 {
+		t.Fatalf("a refused import wrote %d rows", len(ps))
 	}
 }
 
