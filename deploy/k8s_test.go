@@ -99,7 +99,7 @@ func TestKubernetesManifests(t *testing.T) {
 		dir       string
 		namespace string
 		external  []string // Secrets created outside kustomize (documented in the overlay)
-		replicas  int32
+		replicas  int32 // the autoscaler's minimum
 	}{
 		{"k8s/base", "", []string{"opsconductor-secrets", "opsconductor-agent-join"}, 2},
 		{"k8s/overlays/dev", "opsconductor-dev", nil, 1},
@@ -118,8 +118,8 @@ func TestKubernetesManifests(t *testing.T) {
 				t.Fatalf("want the control plane's Deployment, got %v", r.names("Deployment"))
 			}
 			cp := deployments[0].(*appsv1.Deployment)
-			if cp.Spec.Replicas == nil || *cp.Spec.Replicas != tc.replicas {
-				t.Errorf("control plane replicas %v, want %d", cp.Spec.Replicas, tc.replicas)
+			if cp.Spec.Replicas != nil {
+				t.Errorf("the control plane's Deployment sets replicas (%d): the autoscaler owns the count", *cp.Spec.Replicas)
 			}
 			if len(r.byKind["DaemonSet"]) != 1 || len(r.byKind["Job"]) != 1 {
 				t.Errorf("want the agent DaemonSet and the migrations Job, got %v and %v", r.names("DaemonSet"), r.names("Job"))
@@ -229,8 +229,8 @@ func TestKubernetesManifests(t *testing.T) {
 				if hpa.Spec.ScaleTargetRef.Kind != "Deployment" || hpa.Spec.ScaleTargetRef.Name != cp.Name {
 					t.Errorf("HorizontalPodAutoscaler %s scales %+v, want Deployment %s", hpa.Name, hpa.Spec.ScaleTargetRef, cp.Name)
 				}
-				if hpa.Spec.MinReplicas == nil || *hpa.Spec.MinReplicas > tc.replicas {
-					t.Errorf("HorizontalPodAutoscaler %s: minReplicas %v above the Deployment's %d", hpa.Name, hpa.Spec.MinReplicas, tc.replicas)
+				if hpa.Spec.MinReplicas == nil || *hpa.Spec.MinReplicas != tc.replicas || hpa.Spec.MaxReplicas < tc.replicas {
+					t.Errorf("HorizontalPodAutoscaler %s: replicas %v..%d, want from %d", hpa.Name, hpa.Spec.MinReplicas, hpa.Spec.MaxReplicas, tc.replicas)
 				}
 			}
 			// The control plane's settings are ones it knows.

@@ -22,6 +22,9 @@ fi
 [ -f certs/secret-key ] || openssl rand -base64 32 >certs/secret-key
 # Split mode (split/): the secret the services present to each other.
 [ -f certs/service-token ] || openssl rand -hex 32 >certs/service-token
-# The files are read inside the containers by other users.
-chmod 0644 certs/ca.crt certs/tls.crt certs/tls.key certs/secret-key certs/service-token
+# nginx's master (root in its container) reads the key; the control
+# plane's containers (user 65532) read the secret key and service token
+# through compose secrets, so those two stay readable: a lab's trade-off.
+chmod 0600 certs/tls.key certs/ca.key
+chmod 0644 certs/ca.crt certs/tls.crt certs/secret-key certs/service-token
 echo "certs ready in $(pwd)/certs"
