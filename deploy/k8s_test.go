@@ -99,7 +99,7 @@ func TestKubernetesManifests(t *testing.T) {
 		dir       string
 		namespace string
 		external  []string // Secrets created outside kustomize (documented in the overlay)
-		replicas  int32 // the autoscaler's minimum
+		replicas  int32    // the autoscaler's minimum
 	}{
 		{"k8s/base", "", []string{"opsconductor-secrets", "opsconductor-agent-join"}, 2},
 		{"k8s/overlays/dev", "opsconductor-dev", nil, 1},
