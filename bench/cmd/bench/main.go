@@ -3,9 +3,10 @@
 // bench-results.json. `-size tiny` runs each part once, small, so `make
 // test` keeps the harness from rotting; `-size full` is the real run.
 //
-// Parts so far: b6 (scheduler lateness). The others of issue 9 (SSH
-// fan-out against Ansible and friends, dispatch latency, throughput,
-// footprints) are still to come.
+// Parts so far: b4 (idle agent footprint) and b6 (scheduler lateness).
+// The others of issue 9 (SSH fan-out against Ansible and friends,
+// dispatch latency, throughput, control-plane memory per agent) are still
+// to come.
 package main
 
 import (
@@ -40,10 +41,16 @@ type Results struct {
 }
 
 var parts = map[string]func(ctx context.Context, size string) ([]Row, error){
+	"b4": runB4,
 	"b6": runB6,
 }
 
 func main() {
+	// The benchmark's own helper processes (B4's baseline client).
+	if len(os.Args) == 3 && os.Args[1] == longPollClientArg {
+		longPollClient(os.Args[2])
+		return
+	}
 	part := flag.String("part", "all", "which part: all, or one of "+strings.Join(partNames(), ", "))
 	size := flag.String("size", "full", "full (the real run) or tiny (each part once, small: for make test)")
 	out := flag.String("out", "bench-results.json", "where to write the results")

@@ -1,0 +1,315 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// B4: the footprint of an idle agent (resident memory of its process and
+// the plugin processes it keeps, CPU over a window) once it has enrolled
+// and long-polls a real control plane, against a minimal Go long-poll
+// client doing the same against a plain net/http server. Both run side
+// by side, in the same window; the median of the runs is reported.
+
+// longPollClientArg re-runs this binary as the minimal long-poll client.
+const longPollClientArg = "-longpoll-client"
+
+// longPollClient is the baseline: GET url in a loop, as an agent's poll.
+func longPollClient(url string) {
+	client := &http.Client{Timeout: 2 * time.Minute}
+	for {
+		resp, err := client.Get(url)
+		if err != nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		_ = resp.Body.Close()
+	}
+}
+
+// holdingServer answers each GET after hold, like a long poll with no work.
+func holdingServer(hold time.Duration) (string, func(), error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(hold):
+		case <-r.Context().Done():
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return "http://" + ln.Addr().String() + "/poll", func() { _ = srv.Close() }, nil
+}
+
+// buildBinaries builds the control plane and the agent into dir.
+func buildBinaries(ctx context.Context, dir string) error {
+	for pkg, name := range map[string]string{"./controlplane/cmd/opsconductor": "opsconductor", "./agent/cmd/opsconductor-agent": "opsconductor-agent"} {
+		out, err := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, name), pkg).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return nil
+}
+
+// process is a started child, stopped (with its process group) by stop.
+type process struct{ cmd *exec.Cmd }
+
+func start(ctx context.Context, name string, args []string, env []string, logTo string) (*process, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	log, err := os.Create(logTo)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stdout, cmd.Stderr = log, log
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	return &process{cmd: cmd}, nil
+}
+
+func (p *process) stop() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// tree is pid and its descendants, from /proc.
+func tree(pid int) []int {
+	parent := map[int]int{}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// Fields after the command (in parentheses, which may hold spaces).
+		rest := string(raw[bytes.LastIndexByte(raw, ')')+2:])
+		f := strings.Fields(rest)
+		if len(f) > 1 {
+			parent[n], _ = strconv.Atoi(f[1])
+		}
+	}
+	out := []int{pid}
+	for changed := true; changed; {
+		changed = false
+		for child, p := range parent {
+			if slices.Contains(out, p) && !slices.Contains(out, child) {
+				out, changed = append(out, child), true
+			}
+		}
+	}
+	return out
+}
+
+// usage is the resident memory (bytes) and CPU time (seconds) of pids.
+func usage(pids []int) (rss int64, cpu float64) {
+	const clockTicks = 100 // USER_HZ on Linux
+	for _, pid := range pids {
+		if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+			for _, line := range strings.Split(string(raw), "\n") {
+				if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+					kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+					rss += kb * 1024
+				}
+			}
+		}
+		if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+			f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
+			if len(f) > 12 {
+				ut, _ := strconv.ParseFloat(f[11], 64)
+				st, _ := strconv.ParseFloat(f[12], 64)
+				cpu += (ut + st) / clockTicks
+			}
+		}
+	}
+	return rss, cpu
+}
+
+// controlPlane starts `opsconductor server` on the embedded store and
+// returns its URL and admin token.
+func controlPlane(ctx context.Context, bin, dir string) (*process, string, string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, "", "", err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	tokenFile := filepath.Join(dir, "admin-token")
+	p, err := start(ctx, filepath.Join(bin, "opsconductor"), []string{"server"}, []string{
+		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=sqlite:" + filepath.Join(dir, "db"), "OPSCONDUCTOR_INSECURE_HTTP=true",
+		"OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE=" + tokenFile, "OPSCONDUCTOR_RATE_LIMIT=0", "OPSCONDUCTOR_LOG_LEVEL=warn",
+	}, filepath.Join(dir, "server.log"))
+	if err != nil {
+		return nil, "", "", err
+	}
+	url := "http://" + addr
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if resp, err := http.Get(url + "/health"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return nil, "", "", fmt.Errorf("the control plane did not start (see %s)", filepath.Join(dir, "server.log"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	raw, err := os.ReadFile(tokenFile)
+	if err != nil {
+		p.stop()
+		return nil, "", "", err
+	}
+	return p, url, strings.TrimSpace(string(raw)), nil
+}
+
+func apiJSON(method, url, token string, body, out any) error {
+	raw, _ := json.Marshal(body)
+	req, err := http.NewRequest(method, url, bytes.NewReader(raw))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: HTTP %d", method, url, resp.StatusCode)
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
+	}
+	return nil
+}
+
+// listedAgent is an agent as GET /api/v1/agents lists it.
+type listedAgent struct {
+	Name   string `json:"name"`
+	Status string `json:"status"`
+}
+
+func runB4(ctx context.Context, size string) ([]Row, error) {
+	window, runs := 60*time.Second, 3
+	if size == "tiny" {
+		window, runs = 2*time.Second, 1
+	}
+	dir, err := os.MkdirTemp("", "opsconductor-b4-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if err := buildBinaries(ctx, dir); err != nil {
+		return nil, err
+	}
+	cp, url, admin, err := controlPlane(ctx, dir, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer cp.stop()
+	pollURL, stopHolder, err := holdingServer(30 * time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer stopHolder()
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+
+	var agentRSS, agentCPU, baseRSS, baseCPU []float64
+	for run := 0; run < runs; run++ {
+		var tok struct {
+			Token string `json:"token"`
+		}
+		if err := apiJSON("POST", url+"/api/v1/agents/tokens", admin, map[string]any{"description": "b4"}, &tok); err != nil {
+			return nil, err
+		}
+		agent, err := start(ctx, filepath.Join(dir, "opsconductor-agent"), []string{"--server", url, "--join-token", tok.Token,
+			"--state-dir", filepath.Join(dir, fmt.Sprintf("agent-%d", run)), "--name", fmt.Sprintf("b4-%d", run), "--log-level", "warn"},
+			nil, filepath.Join(dir, fmt.Sprintf("agent-%d.log", run)))
+		if err != nil {
+			return nil, err
+		}
+		base, err := start(ctx, self, []string{longPollClientArg, pollURL}, nil, filepath.Join(dir, "client.log"))
+		if err != nil {
+			agent.stop()
+			return nil, err
+		}
+		// Connected and idle: the agent has enrolled and waits in a poll.
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			var list struct {
+				Agents []listedAgent `json:"agents"`
+			}
+			_ = apiJSON("GET", url+"/api/v1/agents", admin, nil, &list)
+			if slices.Contains(list.Agents, listedAgent{Name: fmt.Sprintf("b4-%d", run), Status: "online"}) {
+				break
+			}
+			if time.Now().After(deadline) {
+				agent.stop()
+				base.stop()
+				return nil, fmt.Errorf("the agent did not come online (see %s)", filepath.Join(dir, fmt.Sprintf("agent-%d.log", run)))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(time.Second) // past start-up work
+		_, aCPU0 := usage(tree(agent.cmd.Process.Pid))
+		_, bCPU0 := usage(tree(base.cmd.Process.Pid))
+		time.Sleep(window)
+		aRSS, aCPU1 := usage(tree(agent.cmd.Process.Pid))
+		bRSS, bCPU1 := usage(tree(base.cmd.Process.Pid))
+		agent.stop()
+		base.stop()
+		agentRSS, agentCPU = append(agentRSS, float64(aRSS)/(1<<20)), append(agentCPU, 100*(aCPU1-aCPU0)/window.Seconds())
+		baseRSS, baseCPU = append(baseRSS, float64(bRSS)/(1<<20)), append(baseCPU, 100*(bCPU1-bCPU0)/window.Seconds())
+	}
+	median := func(v []float64) float64 {
+		s := slices.Clone(v)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	spread := func(v []float64) string {
+		return fmt.Sprintf("median of %d (min %.2f, max %.2f), %s window", len(v), slices.Min(v), slices.Max(v), window)
+	}
+	rows := []Row{
+		{Part: "b4", Case: "agent idle, long-polling", Metric: "rss", Value: median(agentRSS), Unit: "MiB", Note: spread(agentRSS) + "; agent and its plugin processes; target <= 15 MiB"},
+		{Part: "b4", Case: "agent idle, long-polling", Metric: "cpu", Value: median(agentCPU), Unit: "% of a core", Note: spread(agentCPU)},
+		{Part: "b4", Case: "minimal Go long-poll client", Metric: "rss", Value: median(baseRSS), Unit: "MiB", Note: spread(baseRSS)},
+		{Part: "b4", Case: "minimal Go long-poll client", Metric: "cpu", Value: median(baseCPU), Unit: "% of a core", Note: spread(baseCPU)},
+	}
+	if b := median(baseRSS); b > 0 {
+		rows = append(rows, Row{Part: "b4", Case: "agent / minimal client", Metric: "rss ratio", Value: median(agentRSS) / b, Unit: "x"})
+	}
+	return rows, nil
+}
