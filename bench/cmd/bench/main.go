@@ -46,11 +46,6 @@ var parts = map[string]func(ctx context.Context, size string) ([]Row, error){
 }
 
 func main() {
-	// The benchmark's own helper processes (B4's baseline client).
-	if len(os.Args) == 3 && os.Args[1] == longPollClientArg {
-		longPollClient(os.Args[2])
-		return
-	}
 	part := flag.String("part", "all", "which part: all, or one of "+strings.Join(partNames(), ", "))
 	size := flag.String("size", "full", "full (the real run) or tiny (each part once, small: for make test)")
 	out := flag.String("out", "bench-results.json", "where to write the results")
