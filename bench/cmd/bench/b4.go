@@ -161,6 +161,13 @@ func tree(pid int) []int {
 
 // usage is the resident memory (bytes) and CPU time (seconds) of pids.
 func usage(pids []int) (rss int64, cpu float64) {
+	rss, _, cpu = usageSplit(pids)
+	return rss, cpu
+}
+
+// usageSplit is usage with the resident memory's anonymous part (heap,
+// stacks) apart from the file-backed rest (the binary's pages).
+func usageSplit(pids []int) (rss, anon int64, cpu float64) {
 	const clockTicks = 100 // USER_HZ on Linux
 	for _, pid := range pids {
 		if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
@@ -168,6 +175,10 @@ func usage(pids []int) (rss int64, cpu float64) {
 				if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
 					kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
 					rss += kb * 1024
+				}
+				if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+					kb, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+					anon += kb * 1024
 				}
 			}
 		}
@@ -180,7 +191,7 @@ func usage(pids []int) (rss int64, cpu float64) {
 			}
 		}
 	}
-	return rss, cpu
+	return rss, anon, cpu
 }
 
 // controlPlane starts `opsconductor server` on the embedded store and
@@ -287,7 +298,7 @@ func runB4(ctx context.Context, size string) ([]Row, error) {
 		return nil, err
 	}
 
-	var agentRSS, agentCPU, baseRSS, baseCPU []float64
+	var agentRSS, agentCPU, baseRSS, baseCPU, agentAnon, baseAnon []float64
 	procs := 0
 	for run := 0; run < runs; run++ {
 		var tok struct {
@@ -330,8 +341,9 @@ func runB4(ctx context.Context, size string) ([]Row, error) {
 		time.Sleep(window)
 		agentTree := tree(agent.cmd.Process.Pid)
 		procs = len(agentTree)
-		aRSS, aCPU1 := usage(agentTree)
-		bRSS, bCPU1 := usage(tree(base.cmd.Process.Pid))
+		aRSS, aAnon, aCPU1 := usageSplit(agentTree)
+		bRSS, bAnon, bCPU1 := usageSplit(tree(base.cmd.Process.Pid))
+		agentAnon, baseAnon = append(agentAnon, float64(aAnon)/(1<<20)), append(baseAnon, float64(bAnon)/(1<<20))
 		agent.stop()
 		base.stop()
 		agentRSS, agentCPU = append(agentRSS, float64(aRSS)/(1<<20)), append(agentCPU, 100*(aCPU1-aCPU0)/window.Seconds())
@@ -347,8 +359,10 @@ func runB4(ctx context.Context, size string) ([]Row, error) {
 	}
 	rows := []Row{
 		{Part: "b4", Case: "agent idle, long-polling", Metric: "rss", Value: median(agentRSS), Unit: "MiB", Note: spread(agentRSS) + fmt.Sprintf("; %d processes (the agent and its plugins); target <= 15 MiB", procs)},
+		{Part: "b4", Case: "agent idle, long-polling", Metric: "rss anonymous", Value: median(agentAnon), Unit: "MiB", Note: "heap and stacks; the rest is the binary's pages"},
 		{Part: "b4", Case: "agent idle, long-polling", Metric: "cpu", Value: median(agentCPU), Unit: "% of a core", Note: spread(agentCPU)},
 		{Part: "b4", Case: "minimal Go long-poll client", Metric: "rss", Value: median(baseRSS), Unit: "MiB", Note: spread(baseRSS)},
+		{Part: "b4", Case: "minimal Go long-poll client", Metric: "rss anonymous", Value: median(baseAnon), Unit: "MiB"},
 		{Part: "b4", Case: "minimal Go long-poll client", Metric: "cpu", Value: median(baseCPU), Unit: "% of a core", Note: spread(baseCPU)},
 	}
 	if b := median(baseRSS); b > 0 {
