@@ -85,7 +85,7 @@ type App struct {
 	publishers []*outbox.Publisher
 	auditor    *audit.Consumer   // nil unless the audit service runs here
 	auditLog   *audit.Log        // nil unless the audit service runs here
-	retention  *retention.Purger // nil when nothing here is kept for a time
+	retention  *retention.Purger // what this process keeps for a time
 	notifier   *audit.Notifier   // nil unless the audit service runs here
 	eventBus   bus.Bus
 	rabbit     *bus.Rabbit         // nil unless --bus rabbitmq
