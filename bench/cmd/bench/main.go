@@ -3,10 +3,10 @@
 // bench-results.json. `-size tiny` runs each part once, small, so `make
 // test` keeps the harness from rotting; `-size full` is the real run.
 //
-// Parts so far: b4 (idle agent footprint) and b6 (scheduler lateness).
-// The others of issue 9 (SSH fan-out against Ansible and friends,
-// dispatch latency, throughput, control-plane memory per agent) are still
-// to come.
+// Parts so far: b4 (idle agent footprint), b5 (control-plane memory per
+// agent) and b6 (scheduler lateness). The others of issue 9 (SSH fan-out
+// against Ansible and friends, dispatch latency, throughput) are still to
+// come.
 package main
 
 import (
@@ -42,6 +42,7 @@ type Results struct {
 
 var parts = map[string]func(ctx context.Context, size string) ([]Row, error){
 	"b4": runB4,
+	"b5": runB5,
 	"b6": runB6,
 }
 

@@ -1,0 +1,318 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/opsconductor/opsconductor/agent"
+	"github.com/opsconductor/opsconductor/agent/executor"
+	"github.com/opsconductor/opsconductor/agent/state"
+)
+
+// B5: the control plane's resident memory per connected agent, at 0,
+// 1,000 and 5,000 agents long-polling it (on PostgreSQL), against plain
+// net/http servers holding as many long polls over HTTP/1.1 and h2c.
+// The agents are real agent.Agent values run inside this harness (one
+// process, many agents: the control plane cannot tell), each with its
+// own connection.
+
+// memoryIdentity keeps a simulated agent's identity in memory.
+type memoryIdentity struct {
+	mu sync.Mutex
+	id *state.Identity
+}
+
+func (m *memoryIdentity) Load() (state.Identity, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.id == nil {
+		return state.Identity{}, state.ErrNoIdentity
+	}
+	return *m.id, nil
+}
+
+func (m *memoryIdentity) Save(id state.Identity) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.id = &id
+	return nil
+}
+
+// holdServer is the baseline: a net/http server holding each request
+// until it is told to stop, over HTTP/1.1 and (same port) h2c. GET
+// /count answers how many it holds.
+const holdServer = `package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync/atomic"
+)
+
+func main() {
+	var held atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/count", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, held.Load()) })
+	mux.HandleFunc("/poll", func(w http.ResponseWriter, r *http.Request) {
+		held.Add(1)
+		defer held.Add(-1)
+		<-r.Context().Done()
+	})
+	srv := &http.Server{Handler: mux, Protocols: new(http.Protocols)}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Fprintln(os.Stdout, ln.Addr().String())
+	panic(srv.Serve(ln))
+}
+`
+
+// buildProgram builds a one-file program (no dependencies) into dir.
+func buildProgram(ctx context.Context, dir, name, source string) (string, error) {
+	src := filepath.Join(dir, name+"-src")
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(src, "main.go"), []byte(source), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(src, "go.mod"), []byte("module "+name+"\n\ngo 1.26\n"), 0o644); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
+	cmd.Dir = src
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s: %v\n%s", name, err, out)
+	}
+	return bin, nil
+}
+
+// metricValue reads one unlabelled metric from a Prometheus text page.
+func metricValue(url, name string) (float64, error) {
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	return 0, fmt.Errorf("no metric %s", name)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(deadline time.Duration, what string, cond func() (bool, error)) error {
+	end := time.Now().Add(deadline)
+	var last error
+	for time.Now().Before(end) {
+		ok, err := cond()
+		if ok {
+			return nil
+		}
+		last = err
+		time.Sleep(200 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: gave up after %s (%v)", what, deadline, last)
+}
+
+// controlPlaneRSS starts a control plane on a fresh PostgreSQL database,
+// connects n agents and returns its resident memory once all of them wait
+// in a poll.
+func controlPlaneRSS(ctx context.Context, bin, dir string, n int) (float64, error) {
+	dbURL, drop, err := freshDatabase(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer drop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	tokenFile := filepath.Join(dir, fmt.Sprintf("admin-token-%d", n))
+	cp, err := start(ctx, filepath.Join(bin, "opsconductor"), []string{"server"}, []string{
+		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=" + dbURL, "OPSCONDUCTOR_INSECURE_HTTP=true",
+		"OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE=" + tokenFile, "OPSCONDUCTOR_RATE_LIMIT=0", "OPSCONDUCTOR_LOG_LEVEL=warn",
+	}, filepath.Join(dir, fmt.Sprintf("server-%d.log", n)))
+	if err != nil {
+		return 0, err
+	}
+	defer cp.stop()
+	url := "http://" + addr
+	if err := waitFor(30*time.Second, "control plane start", func() (bool, error) {
+		resp, err := http.Get(url + "/health")
+		if err != nil {
+			return false, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	}); err != nil {
+		return 0, err
+	}
+	raw, err := os.ReadFile(tokenFile)
+	if err != nil {
+		return 0, err
+	}
+	var tok struct {
+		Token string `json:"token"`
+	}
+	if err := apiJSON("POST", url+"/api/v1/agents/tokens", strings.TrimSpace(string(raw)), map[string]any{"description": "b5"}, &tok); err != nil {
+		return 0, err
+	}
+
+	agentsCtx, stopAgents := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stopAgents(); wg.Wait() }()
+	// Each agent its own connection, as separate hosts would have.
+	enrolling := make(chan struct{}, 50) // enrollments at once
+	for i := 0; i < n; i++ {
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+		a, err := agent.New(agent.Config{ServerURL: url, JoinToken: tok.Token, Name: fmt.Sprintf("b5-%05d", i), PollWait: 30 * time.Second},
+			&memoryIdentity{}, &executor.Shell{}, client, zap.NewNop())
+		if err != nil {
+			return 0, err
+		}
+		wg.Add(1)
+		enrolling <- struct{}{}
+		go func() {
+			defer wg.Done()
+			time.AfterFunc(2*time.Second, func() { <-enrolling })
+			_ = a.Run(agentsCtx)
+		}()
+	}
+	if err := waitFor(5*time.Minute, fmt.Sprintf("%d agents waiting in a poll", n), func() (bool, error) {
+		v, err := metricValue(url, "opsconductor_agent_polls_waiting")
+		return err == nil && int(v) >= n, fmt.Errorf("%v waiting (%v)", v, err)
+	}); err != nil {
+		return 0, err
+	}
+	time.Sleep(2 * time.Second)
+	rss, _ := usage([]int{cp.cmd.Process.Pid})
+	return float64(rss) / (1 << 20), nil
+}
+
+// baselineRSS starts the plain server and holds n long polls on it over
+// HTTP/1.1 (a connection each) or h2c (streams on shared connections).
+func baselineRSS(ctx context.Context, bin string, n int, h2c bool) (float64, error) {
+	cmd := exec.CommandContext(ctx, bin)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		return 0, err
+	}
+	url := "http://" + strings.TrimSpace(line)
+	pollCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	var started atomic.Int64
+	transport := &http.Transport{MaxIdleConnsPerHost: 1, Protocols: new(http.Protocols)}
+	if h2c {
+		transport.Protocols.SetUnencryptedHTTP2(true)
+	} else {
+		transport.Protocols.SetHTTP1(true)
+	}
+	for i := 0; i < n; i++ {
+		client := &http.Client{Transport: transport}
+		if !h2c {
+			client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}} // a connection each
+		}
+		go func() {
+			req, _ := http.NewRequestWithContext(pollCtx, http.MethodGet, url+"/poll", nil)
+			started.Add(1)
+			if resp, err := client.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	if err := waitFor(2*time.Minute, fmt.Sprintf("%d polls held", n), func() (bool, error) {
+		resp, err := http.Get(url + "/count")
+		if err != nil {
+			return false, err
+		}
+		defer resp.Body.Close()
+		var held int
+		_, err = fmt.Fscan(resp.Body, &held)
+		return err == nil && held >= n, fmt.Errorf("%d held", held)
+	}); err != nil {
+		return 0, err
+	}
+	time.Sleep(2 * time.Second)
+	rss, _ := usage([]int{cmd.Process.Pid})
+	return float64(rss) / (1 << 20), nil
+}
+
+func runB5(ctx context.Context, size string) ([]Row, error) {
+	counts := []int{0, 1000, 5000}
+	if size == "tiny" {
+		counts = []int{0, 20}
+	}
+	dir, err := os.MkdirTemp("", "opsconductor-b5-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	if err := buildBinaries(ctx, dir); err != nil {
+		return nil, err
+	}
+	holder, err := buildProgram(ctx, dir, "hold-server", holdServer)
+	if err != nil {
+		return nil, err
+	}
+	var rows []Row
+	rss := map[string]map[int]float64{"opsconductor": {}, "net/http HTTP/1.1": {}, "net/http h2c": {}}
+	for _, n := range counts {
+		fmt.Fprintf(os.Stderr, "bench: b5: %d agents\n", n)
+		if rss["opsconductor"][n], err = controlPlaneRSS(ctx, dir, dir, n); err != nil {
+			return nil, err
+		}
+		if rss["net/http HTTP/1.1"][n], err = baselineRSS(ctx, holder, n, false); err != nil {
+			return nil, err
+		}
+		if rss["net/http h2c"][n], err = baselineRSS(ctx, holder, n, true); err != nil {
+			return nil, err
+		}
+	}
+	for _, who := range []string{"opsconductor", "net/http HTTP/1.1", "net/http h2c"} {
+		for _, n := range counts {
+			rows = append(rows, Row{Part: "b5", Case: fmt.Sprintf("%s, %d long polls", who, n), Metric: "rss", Value: rss[who][n], Unit: "MiB"})
+		}
+		top := counts[len(counts)-1]
+		perAgent := (rss[who][top] - rss[who][0]) * 1024 / float64(top)
+		rows = append(rows, Row{Part: "b5", Case: who, Metric: "per long poll", Value: perAgent, Unit: "KiB", Note: fmt.Sprintf("(rss at %d - rss at 0) / %d", top, top)})
+	}
+	top := counts[len(counts)-1]
+	if base := rss["net/http HTTP/1.1"][top] - rss["net/http HTTP/1.1"][0]; base > 0 {
+		rows = append(rows, Row{Part: "b5", Case: "opsconductor / net/http HTTP/1.1", Metric: "per-agent ratio",
+			Value: (rss["opsconductor"][top] - rss["opsconductor"][0]) / base, Unit: "x", Note: "target <= 2"})
+	}
+	return rows, nil
+}
