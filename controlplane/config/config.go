@@ -138,6 +138,9 @@ type Config struct {
 	// ServiceToken is the shared secret the services present to each
 	// other in split mode.
 	ServiceToken string
+	// DebugAddr, when set, serves Go's profiler (net/http/pprof) there:
+	// keep it on loopback.
+	DebugAddr string
 }
 
 // Service names, as --services takes them.
@@ -291,6 +294,7 @@ func (c *Config) settings() []setting {
 		{flag: "executions-url", env: "OPSCONDUCTOR_EXECUTIONS_URL", help: "where the executions service runs, when not in this process", str: &c.ExecutionsURL},
 		{flag: "scheduling-url", env: "OPSCONDUCTOR_SCHEDULING_URL", help: "where the scheduling service runs, when not in this process", str: &c.SchedulingURL},
 		{flag: "audit-url", env: "OPSCONDUCTOR_AUDIT_URL", help: "where the audit service runs, when not in this process", str: &c.AuditURL},
+		{flag: "debug-addr", env: "OPSCONDUCTOR_DEBUG_ADDR", help: "serve Go's profiler (/debug/pprof/) at this address, e.g. 127.0.0.1:6060; empty: off. Keep it on loopback: it is not authenticated", str: &c.DebugAddr},
 		{flag: "service-token", env: "OPSCONDUCTOR_SERVICE_TOKEN", help: "shared secret the services present to each other in split mode (use the _FILE variant); at least 32 characters", str: &c.ServiceToken, secret: true},
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"runtime"
 	"strings"
@@ -666,6 +667,13 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 			}
 		}()
 	}
+	if a.cfg.DebugAddr != "" {
+		debug, err := a.debugServer()
+		if err != nil {
+			return err
+		}
+		defer debug.Close()
+	}
 	background("notify", a.hub.Run)
 	if a.gateway != nil {
 		background("reaper", a.gateway.RunReaper)
@@ -769,6 +777,25 @@ func (a *App) notServedHere(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusNotFound)
 	_ = json.NewEncoder(w).Encode(map[string]string{"code": "unimplemented", "message": msg})
+}
+
+// debugServer serves Go's profiler at --debug-addr, apart from the API
+// (it is not authenticated: keep it on loopback).
+func (a *App) debugServer() (*http.Server, error) {
+	ln, err := net.Listen("tcp", a.cfg.DebugAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--debug-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	a.logger.Warn("serving the Go profiler (not authenticated)", zap.String("addr", ln.Addr().String()))
+	return srv, nil
 }
 
 // servicesLabel names the services this process runs.

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -139,8 +140,8 @@ func waitFor(deadline time.Duration, what string, cond func() (bool, error)) err
 
 // controlPlaneRSS starts a control plane on a fresh PostgreSQL database,
 // connects n agents and returns its resident memory once all of them wait
-// in a poll.
-func controlPlaneRSS(ctx context.Context, bin, dir string, n int) (float64, error) {
+// in a poll. With profile set it also prints the top of its heap profile.
+func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) (float64, error) {
 	dbURL, drop, err := freshDatabase(ctx)
 	if err != nil {
 		return 0, err
@@ -152,9 +153,15 @@ func controlPlaneRSS(ctx context.Context, bin, dir string, n int) (float64, erro
 	}
 	addr := ln.Addr().String()
 	ln.Close()
+	dln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	debugAddr := dln.Addr().String()
+	dln.Close()
 	tokenFile := filepath.Join(dir, fmt.Sprintf("admin-token-%d", n))
 	cp, err := start(ctx, filepath.Join(bin, "opsconductor"), []string{"server"}, []string{
-		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=" + dbURL, "OPSCONDUCTOR_INSECURE_HTTP=true",
+		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=" + dbURL, "OPSCONDUCTOR_INSECURE_HTTP=true", "OPSCONDUCTOR_DEBUG_ADDR=" + debugAddr,
 		"OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE=" + tokenFile, "OPSCONDUCTOR_RATE_LIMIT=0", "OPSCONDUCTOR_LOG_LEVEL=warn",
 	}, filepath.Join(dir, fmt.Sprintf("server-%d.log", n)))
 	if err != nil {
@@ -211,7 +218,37 @@ func controlPlaneRSS(ctx context.Context, bin, dir string, n int) (float64, erro
 	}
 	time.Sleep(2 * time.Second)
 	rss, _ := usage([]int{cp.cmd.Process.Pid})
+	if profile {
+		if err := heapTop(ctx, "http://"+debugAddr, filepath.Join(dir, fmt.Sprintf("heap-%d.pb.gz", n)), n); err != nil {
+			return 0, err
+		}
+	}
 	return float64(rss) / (1 << 20), nil
+}
+
+// heapTop fetches the control plane's heap profile and prints the top of
+// it (in-use space) to standard error, for docs/benchmarks.md.
+func heapTop(ctx context.Context, debugURL, file string, n int) error {
+	resp, err := http.Get(debugURL + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return fmt.Errorf("heap profile: %w", err)
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	f.Close()
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-inuse_space", "-nodecount=15", file).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go tool pprof: %v\n%s", err, out)
+	}
+	fmt.Fprintf(os.Stderr, "bench: b5: heap of the control plane with %d agents (go tool pprof -top -inuse_space):\n%s", n, out)
+	return nil
 }
 
 // baselineRSS starts the plain server and holds n long polls on it over
@@ -291,7 +328,7 @@ func runB5(ctx context.Context, size string) ([]Row, error) {
 	rss := map[string]map[int]float64{"opsconductor": {}, "net/http HTTP/1.1": {}, "net/http h2c": {}}
 	for _, n := range counts {
 		fmt.Fprintf(os.Stderr, "bench: b5: %d agents\n", n)
-		if rss["opsconductor"][n], err = controlPlaneRSS(ctx, dir, dir, n); err != nil {
+		if rss["opsconductor"][n], err = controlPlaneRSS(ctx, dir, dir, n, n == counts[len(counts)-1]); err != nil {
 			return nil, err
 		}
 		if rss["net/http HTTP/1.1"][n], err = baselineRSS(ctx, holder, n, false); err != nil {
