@@ -141,21 +141,21 @@ func waitFor(deadline time.Duration, what string, cond func() (bool, error)) err
 // controlPlaneRSS starts a control plane on a fresh PostgreSQL database,
 // connects n agents and returns its resident memory once all of them wait
 // in a poll. With profile set it also prints the top of its heap profile.
-func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) (float64, error) {
+func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) (float64, map[string]float64, error) {
 	dbURL, drop, err := freshDatabase(ctx)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer drop()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	addr := ln.Addr().String()
 	ln.Close()
 	dln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	debugAddr := dln.Addr().String()
 	dln.Close()
@@ -165,7 +165,7 @@ func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) 
 		"OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE=" + tokenFile, "OPSCONDUCTOR_RATE_LIMIT=0", "OPSCONDUCTOR_LOG_LEVEL=warn",
 	}, filepath.Join(dir, fmt.Sprintf("server-%d.log", n)))
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer cp.stop()
 	url := "http://" + addr
@@ -177,17 +177,17 @@ func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) 
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, nil
 	}); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	raw, err := os.ReadFile(tokenFile)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	var tok struct {
 		Token string `json:"token"`
 	}
 	if err := apiJSON("POST", url+"/api/v1/agents/tokens", strings.TrimSpace(string(raw)), map[string]any{"description": "b5"}, &tok); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 
 	agentsCtx, stopAgents := context.WithCancel(ctx)
@@ -200,7 +200,7 @@ func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) 
 		a, err := agent.New(agent.Config{ServerURL: url, JoinToken: tok.Token, Name: fmt.Sprintf("b5-%05d", i), PollWait: 30 * time.Second},
 			&memoryIdentity{}, &executor.Shell{}, client, zap.NewNop())
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		wg.Add(1)
 		enrolling <- struct{}{}
@@ -214,16 +214,23 @@ func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) 
 		v, err := metricValue(url, "opsconductor_agent_polls_waiting")
 		return err == nil && int(v) >= n, fmt.Errorf("%v waiting (%v)", v, err)
 	}); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	time.Sleep(2 * time.Second)
 	rss, _ := usage([]int{cp.cmd.Process.Pid})
-	if profile {
-		if err := heapTop(ctx, "http://"+debugAddr, filepath.Join(dir, fmt.Sprintf("heap-%d.pb.gz", n)), n); err != nil {
-			return 0, err
+	// What the Go runtime says the memory is (the Prometheus Go collector).
+	runtimeMem := map[string]float64{}
+	for _, m := range []string{"go_memstats_stack_inuse_bytes", "go_memstats_heap_inuse_bytes", "go_goroutines"} {
+		if v, err := metricValue(url, m); err == nil {
+			runtimeMem[m] = v
 		}
 	}
-	return float64(rss) / (1 << 20), nil
+	if profile {
+		if err := heapTop(ctx, "http://"+debugAddr, filepath.Join(dir, fmt.Sprintf("heap-%d.pb.gz", n)), n); err != nil {
+			return 0, nil, err
+		}
+	}
+	return float64(rss) / (1 << 20), runtimeMem, nil
 }
 
 // heapTop fetches the control plane's heap profile and prints the top of
@@ -326,9 +333,10 @@ func runB5(ctx context.Context, size string) ([]Row, error) {
 	}
 	var rows []Row
 	rss := map[string]map[int]float64{"opsconductor": {}, "net/http HTTP/1.1": {}, "net/http h2c": {}}
+	runtimeMem := map[int]map[string]float64{}
 	for _, n := range counts {
 		fmt.Fprintf(os.Stderr, "bench: b5: %d agents\n", n)
-		if rss["opsconductor"][n], err = controlPlaneRSS(ctx, dir, dir, n, n == counts[len(counts)-1]); err != nil {
+		if rss["opsconductor"][n], runtimeMem[n], err = controlPlaneRSS(ctx, dir, dir, n, n == counts[len(counts)-1]); err != nil {
 			return nil, err
 		}
 		if rss["net/http HTTP/1.1"][n], err = baselineRSS(ctx, holder, n, false); err != nil {
@@ -347,6 +355,16 @@ func runB5(ctx context.Context, size string) ([]Row, error) {
 		rows = append(rows, Row{Part: "b5", Case: who, Metric: "per long poll", Value: perAgent, Unit: "KiB", Note: fmt.Sprintf("(rss at %d - rss at 0) / %d", top, top)})
 	}
 	top := counts[len(counts)-1]
+	// Where the control plane's memory per agent goes, as its runtime sees it.
+	for _, m := range []struct{ name, label string }{
+		{"go_memstats_stack_inuse_bytes", "goroutine stacks per agent"},
+		{"go_memstats_heap_inuse_bytes", "heap in use per agent"},
+	} {
+		per := (runtimeMem[top][m.name] - runtimeMem[0][m.name]) / 1024 / float64(top)
+		rows = append(rows, Row{Part: "b5", Case: "opsconductor", Metric: m.label, Value: per, Unit: "KiB", Note: m.name})
+	}
+	rows = append(rows, Row{Part: "b5", Case: "opsconductor", Metric: "goroutines per agent",
+		Value: (runtimeMem[top]["go_goroutines"] - runtimeMem[0]["go_goroutines"]) / float64(top), Unit: ""})
 	if base := rss["net/http HTTP/1.1"][top] - rss["net/http HTTP/1.1"][0]; base > 0 {
 		rows = append(rows, Row{Part: "b5", Case: "opsconductor / net/http HTTP/1.1", Metric: "per-agent ratio",
 			Value: (rss["opsconductor"][top] - rss["opsconductor"][0]) / base, Unit: "x", Note: "target <= 2"})
