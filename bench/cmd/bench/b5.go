@@ -138,69 +138,82 @@ func waitFor(deadline time.Duration, what string, cond func() (bool, error)) err
 	return fmt.Errorf("%s: gave up after %s (%v)", what, deadline, last)
 }
 
-// controlPlaneRSS starts a control plane on a fresh PostgreSQL database,
-// connects n agents and returns its resident memory once all of them wait
-// in a poll. With profile set it also prints the top of its heap profile.
-func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) (float64, map[string]float64, error) {
+// fleet is a control plane on a fresh PostgreSQL database with n agents
+// connected to it, each waiting in its long poll.
+type fleet struct {
+	url, admin, debugURL string
+	pid                  int
+	stop                 func()
+}
+
+// startFleet starts the control plane and n agents; agentOf gives agent
+// i its executor and labels (nil: a shell, no labels).
+func startFleet(ctx context.Context, bin, dir string, n int, agentOf func(i int) (executor.Executor, map[string]string)) (_ *fleet, err error) {
+	var cleanups []func()
+	f := &fleet{stop: func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}}
+	defer func() {
+		if err != nil {
+			f.stop()
+		}
+	}()
 	dbURL, drop, err := freshDatabase(ctx)
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
-	defer drop()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, nil, err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	dln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, nil, err
-	}
-	debugAddr := dln.Addr().String()
-	dln.Close()
-	tokenFile := filepath.Join(dir, fmt.Sprintf("admin-token-%d", n))
+	cleanups = append(cleanups, drop)
+	addr, debugAddr := freeAddr(), freeAddr()
+	tokenFile := filepath.Join(dir, fmt.Sprintf("admin-token-%d-%d", n, time.Now().UnixNano()))
 	cp, err := start(ctx, filepath.Join(bin, "opsconductor"), []string{"server"}, []string{
 		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=" + dbURL, "OPSCONDUCTOR_INSECURE_HTTP=true", "OPSCONDUCTOR_DEBUG_ADDR=" + debugAddr,
 		"OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE=" + tokenFile, "OPSCONDUCTOR_RATE_LIMIT=0", "OPSCONDUCTOR_LOG_LEVEL=warn",
 	}, filepath.Join(dir, fmt.Sprintf("server-%d.log", n)))
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
-	defer cp.stop()
-	url := "http://" + addr
+	cleanups = append(cleanups, cp.stop)
+	f.url, f.debugURL, f.pid = "http://"+addr, "http://"+debugAddr, cp.cmd.Process.Pid
 	if err := waitFor(30*time.Second, "control plane start", func() (bool, error) {
-		resp, err := http.Get(url + "/health")
+		resp, err := http.Get(f.url + "/health")
 		if err != nil {
 			return false, err
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, nil
 	}); err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	raw, err := os.ReadFile(tokenFile)
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
+	f.admin = strings.TrimSpace(string(raw))
 	var tok struct {
 		Token string `json:"token"`
 	}
-	if err := apiJSON("POST", url+"/api/v1/agents/tokens", strings.TrimSpace(string(raw)), map[string]any{"description": "b5"}, &tok); err != nil {
-		return 0, nil, err
+	if err := apiJSON("POST", f.url+"/api/v1/agents/tokens", f.admin, map[string]any{"description": "bench"}, &tok); err != nil {
+		return nil, err
 	}
 
 	agentsCtx, stopAgents := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer func() { stopAgents(); wg.Wait() }()
-	// Each agent its own connection, as separate hosts would have.
+	cleanups = append(cleanups, func() { stopAgents(); wg.Wait() })
 	enrolling := make(chan struct{}, 50) // enrollments at once
 	for i := 0; i < n; i++ {
+		var exec executor.Executor = &executor.Shell{}
+		var labels map[string]string
+		if agentOf != nil {
+			exec, labels = agentOf(i)
+		}
+		// Each agent its own connection, as separate hosts would have.
 		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
-		a, err := agent.New(agent.Config{ServerURL: url, JoinToken: tok.Token, Name: fmt.Sprintf("b5-%05d", i), PollWait: 30 * time.Second},
-			&memoryIdentity{}, &executor.Shell{}, client, zap.NewNop())
+		a, err := agent.New(agent.Config{ServerURL: f.url, JoinToken: tok.Token, Name: fmt.Sprintf("bench-%05d", i), Labels: labels,
+			PollWait: 30 * time.Second}, &memoryIdentity{}, exec, client, zap.NewNop())
 		if err != nil {
-			return 0, nil, err
+			return nil, err
 		}
 		wg.Add(1)
 		enrolling <- struct{}{}
@@ -211,22 +224,45 @@ func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) 
 		}()
 	}
 	if err := waitFor(5*time.Minute, fmt.Sprintf("%d agents waiting in a poll", n), func() (bool, error) {
-		v, err := metricValue(url, "opsconductor_agent_polls_waiting")
+		v, err := metricValue(f.url, "opsconductor_agent_polls_waiting")
 		return err == nil && int(v) >= n, fmt.Errorf("%v waiting (%v)", v, err)
 	}); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// freeAddr is a loopback address with a port free right now.
+func freeAddr() string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// controlPlaneRSS connects n agents and returns the control plane's
+// resident memory once all of them wait in a poll, with what its Go
+// runtime says of its memory. With profile set it also prints the top of
+// its heap profile.
+func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) (float64, map[string]float64, error) {
+	f, err := startFleet(ctx, bin, dir, n, nil)
+	if err != nil {
 		return 0, nil, err
 	}
+	defer f.stop()
 	time.Sleep(2 * time.Second)
-	rss, _ := usage([]int{cp.cmd.Process.Pid})
+	rss, _ := usage([]int{f.pid})
 	// What the Go runtime says the memory is (the Prometheus Go collector).
 	runtimeMem := map[string]float64{}
 	for _, m := range []string{"go_memstats_stack_inuse_bytes", "go_memstats_heap_inuse_bytes", "go_goroutines"} {
-		if v, err := metricValue(url, m); err == nil {
+		if v, err := metricValue(f.url, m); err == nil {
 			runtimeMem[m] = v
 		}
 	}
 	if profile {
-		if err := heapTop(ctx, "http://"+debugAddr, filepath.Join(dir, fmt.Sprintf("heap-%d.pb.gz", n)), n); err != nil {
+		if err := heapTop(ctx, f.debugURL, filepath.Join(dir, fmt.Sprintf("heap-%d.pb.gz", n)), n); err != nil {
 			return 0, nil, err
 		}
 	}
