@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -83,6 +85,31 @@ func latencies(r *receipts, sent map[int]time.Time, timeout time.Duration) ([]ti
 	return out, missing
 }
 
+// cpuTop takes the control plane's CPU profile for seconds and prints its
+// top (by cumulative time) to standard error, for docs/benchmarks.md.
+func cpuTop(ctx context.Context, debugURL, file string, seconds, n int) error {
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", debugURL, seconds))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	f.Close()
+	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=25", file).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go tool pprof: %v\n%s", err, out)
+	}
+	fmt.Fprintf(os.Stderr, "bench: b2: CPU of the control plane with %d agents, steady phase (go tool pprof -top -cum):\n%s", n, out)
+	return nil
+}
+
 // floor measures a PostgreSQL commit and a loopback HTTP round trip.
 func floor(ctx context.Context, url string, samples int) (commit, rtt time.Duration, err error) {
 	dbURL, drop, err := freshDatabase(ctx)
@@ -151,7 +178,19 @@ func runB2(ctx context.Context, size string) ([]Row, error) {
 		seq++
 		time.Sleep(time.Second)
 
-		// A steady trickle: rate executions a second.
+		// A steady trickle: rate executions a second. At the largest size
+		// the control plane's CPU profile is taken meanwhile.
+		var profiled sync.WaitGroup
+		if n == counts[len(counts)-1] {
+			profiled.Add(1)
+			go func() {
+				defer profiled.Done()
+				seconds := max(1, trickle/rate-1)
+				if err := cpuTop(ctx, f.debugURL, filepath.Join(dir, "cpu.pb.gz"), seconds, n); err != nil {
+					fmt.Fprintf(os.Stderr, "bench: b2: cpu profile: %v\n", err)
+				}
+			}()
+		}
 		sent := map[int]time.Time{}
 		tick := time.NewTicker(time.Second / time.Duration(rate))
 		for i := 0; i < trickle; i++ {
@@ -166,6 +205,7 @@ func runB2(ctx context.Context, size string) ([]Row, error) {
 			seq++
 		}
 		tick.Stop()
+		profiled.Wait()
 		steady, lostSteady := latencies(r, sent, 30*time.Second)
 
 		// Bursts: burst executions sent at once, a few times.
