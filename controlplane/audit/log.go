@@ -42,7 +42,12 @@ type Record struct {
 	// Request is a summary of the request (JSON), secret values replaced
 	// by keyed hashes.
 	Request  string `json:"request"`
-	PrevHash string `json:"prev_hash"`
+	// CalledAt is when the call was made, for a record that waited in
+	// another process's outbox before the audit service appended it
+	// (split mode); Time is when it joined the chain. Absent (and so out
+	// of the hash) otherwise.
+	CalledAt *time.Time `json:"called_at,omitempty"`
+	PrevHash string     `json:"prev_hash"`
 	Hash     string `json:"-"`
 }
 
@@ -65,7 +70,7 @@ type Log struct {
 // NewLog wraps a migrated audit database.
 func NewLog(db *store.DB) *Log { return &Log{db: db, now: time.Now} }
 
-const logColumns = `seq, at, actor, actor_kind, roles, action, resource, outcome, reason, peer, user_agent, correlation_id, request, prev_hash, hash`
+const logColumns = `seq, at, actor, actor_kind, roles, action, resource, outcome, reason, peer, user_agent, correlation_id, request, prev_hash, hash, called_at`
 
 // Append adds a record at the end of the chain and returns it as stored
 // (numbered and hashed). Appends are serialised on the chain's head.
@@ -113,10 +118,14 @@ func (l *Log) appendOnce(ctx context.Context, eventID string, r Record) (Record,
 		// hash what will be read back.
 		r.Time = l.now().UTC().Truncate(time.Microsecond)
 		r.Seq, r.PrevHash = seq+1, prev
+		if r.CalledAt != nil {
+			at := r.CalledAt.UTC().Truncate(time.Microsecond) // as it will be read back
+			r.CalledAt = &at
+		}
 		r.Hash = chainHash(r)
-		if _, err := tx.ExecContext(ctx, `INSERT INTO audit_log (`+logColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+		if _, err := tx.ExecContext(ctx, `INSERT INTO audit_log (`+logColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
 			r.Seq, r.Time, r.Actor, r.ActorKind, r.Roles, r.Action, r.Resource, r.Outcome, r.Reason, r.Peer, r.UserAgent, r.CorrelationID,
-			r.Request, r.PrevHash, r.Hash); err != nil {
+			r.Request, r.PrevHash, r.Hash, r.CalledAt); err != nil {
 			return fmt.Errorf("write audit record %d: %w", r.Seq, err)
 		}
 		if _, err := tx.ExecContext(ctx, `UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1`, r.Seq, r.Hash); err != nil {
@@ -149,9 +158,12 @@ const ForwardedTopic = "audit.call"
 // service to append to the chain (split mode).
 type ForwardingLog struct{ DB *store.DB }
 
-// Append stores the record in the outbox; it is numbered and hashed when
-// the audit service appends it.
+// Append stores the record in the outbox; it is numbered, stamped and
+// hashed when the audit service appends it, and keeps the time of the
+// call as CalledAt.
 func (f ForwardingLog) Append(ctx context.Context, r Record) (Record, error) {
+	now := time.Now().UTC()
+	r.CalledAt = &now
 	err := f.DB.InTx(ctx, func(tx *store.Tx) error {
 		_, err := outbox.Append(ctx, tx, ForwardedTopic, r.Action, 0, r)
 		return err
@@ -164,9 +176,14 @@ func (f ForwardingLog) Ping(ctx context.Context) error { return f.DB.Ping(ctx) }
 
 func scanRecord(row interface{ Scan(...any) error }) (Record, error) {
 	var r Record
+	var calledAt sql.NullTime
 	err := row.Scan(&r.Seq, &r.Time, &r.Actor, &r.ActorKind, &r.Roles, &r.Action, &r.Resource, &r.Outcome, &r.Reason, &r.Peer,
-		&r.UserAgent, &r.CorrelationID, &r.Request, &r.PrevHash, &r.Hash)
+		&r.UserAgent, &r.CorrelationID, &r.Request, &r.PrevHash, &r.Hash, &calledAt)
 	r.Time = r.Time.UTC()
+	if calledAt.Valid {
+		at := calledAt.Time.UTC()
+		r.CalledAt = &at
+	}
 	return r, err
 }
 

@@ -53,7 +53,7 @@ func TestLogTamperEvident(t *testing.T) {
 				switch col {
 				case "seq":
 					changed = int64(1000)
-				case "at":
+				case "at", "called_at":
 					changed = time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
 				default:
 					changed = "tampered"
@@ -109,7 +109,46 @@ func all(t *testing.T, log *Log) []Record {
 
 func reinsert(t *testing.T, db *store.DB, r Record) {
 	t.Helper()
-	exec(t, db, `INSERT INTO audit_log (`+logColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
+	exec(t, db, `INSERT INTO audit_log (`+logColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)`,
 		r.Seq, r.Time, r.Actor, r.ActorKind, r.Roles, r.Action, r.Resource, r.Outcome, r.Reason, r.Peer, r.UserAgent, r.CorrelationID,
-		r.Request, r.PrevHash, r.Hash)
+		r.Request, r.PrevHash, r.Hash, r.CalledAt)
+}
+
+// TestAppendForwarded: a record forwarded over the bus (split mode) is
+// appended once however often it is delivered, keeps the time of its
+// call beside the time it joined the chain, and the chain verifies.
+func TestAppendForwarded(t *testing.T) {
+	for _, d := range storetest.Dialects() {
+		t.Run(string(d), func(t *testing.T) {
+			ctx := context.Background()
+			log := NewLog(storetest.Open(t, d, Schema, Migrations()))
+			if _, err := log.Append(ctx, Record{Actor: "alice", ActorKind: "user", Action: "/a", Outcome: "ok"}); err != nil {
+				t.Fatal(err)
+			}
+			called := time.Now().Add(-time.Hour).UTC()
+			rec := Record{Actor: "bob", ActorKind: "user", Action: "/opsconductor.v1.ExecutionService/ExecuteJob", Outcome: "ok", CalledAt: &called}
+			for i, want := range []bool{true, false, false} {
+				appended, err := log.AppendForwarded(ctx, "executions-7", rec)
+				if err != nil || appended != want {
+					t.Fatalf("delivery %d: appended %v (%v), want %v", i+1, appended, err, want)
+				}
+			}
+			recs, _, err := log.List(ctx, LogFilter{})
+			if err != nil || len(recs) != 2 {
+				t.Fatalf("list: %d records (%v), want 2", len(recs), err)
+			}
+			var fwd Record
+			for _, r := range recs {
+				if r.Actor == "bob" {
+					fwd = r
+				}
+			}
+			if fwd.CalledAt == nil || !fwd.CalledAt.Equal(called.Truncate(time.Microsecond)) || !fwd.Time.After(*fwd.CalledAt) {
+				t.Fatalf("forwarded record: called %v, joined %v; want called %v, before joining", fwd.CalledAt, fwd.Time, called)
+			}
+			if v, err := log.Verify(ctx); err != nil || !v.OK || v.Records != 2 {
+				t.Fatalf("verify: %+v (%v)", v, err)
+			}
+		})
+	}
 }

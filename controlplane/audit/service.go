@@ -164,9 +164,13 @@ func toAuditRecord(r Record) *opsconductorv1.AuditRecord {
 	if r.Roles != "" {
 		roles = strings.Split(r.Roles, ",")
 	}
-	return &opsconductorv1.AuditRecord{Seq: r.Seq, Time: timestamppb.New(r.Time), Actor: r.Actor, ActorKind: r.ActorKind,
+	out := &opsconductorv1.AuditRecord{Seq: r.Seq, Time: timestamppb.New(r.Time), Actor: r.Actor, ActorKind: r.ActorKind,
 		Roles: roles, Action: r.Action, Resource: r.Resource, Outcome: r.Outcome, Reason: r.Reason, Peer: r.Peer, UserAgent: r.UserAgent,
 		CorrelationId: r.CorrelationID, Request: r.Request, PrevHash: r.PrevHash, Hash: r.Hash}
+	if r.CalledAt != nil {
+		out.CalledAt = timestamppb.New(*r.CalledAt)
+	}
+	return out
 }
 
 // ExportAudit is the compliance report of a time range.

@@ -273,7 +273,9 @@ func TestSplitModeAuditOutage(t *testing.T) {
 		}
 		var records struct {
 			Records []struct {
-				Action string `json:"action"`
+				Action   string    `json:"action"`
+				Time     time.Time `json:"time"`
+				CalledAt time.Time `json:"calledAt"`
 			} `json:"records"`
 		}
 		if code := gw.Do(t, "GET", "/api/v1/audit?action="+url.QueryEscape("/opsconductor.v1.ExecutionService/ExecuteJob"), nil, &records); code != http.StatusOK {
@@ -281,6 +283,11 @@ func TestSplitModeAuditOutage(t *testing.T) {
 		}
 		if len(records.Records) != 1 {
 			return fmt.Errorf("the record of the ExecuteJob made during the outage: %+v", records.Records)
+		}
+		// It keeps the time of the call, from before the audit service
+		// came back and appended it.
+		if r := records.Records[0]; r.CalledAt.IsZero() || !r.CalledAt.Before(r.Time) {
+			t.Fatalf("the record made during the outage: called at %v, appended at %v", r.CalledAt, r.Time)
 		}
 		return nil
 	})

@@ -5,3 +5,7 @@ CREATE TABLE audit_forwarded (
     event_id TEXT PRIMARY KEY,
     seq      BIGINT NOT NULL
 );
+
+-- When a forwarded call was made (audit_log.at is when it joined the
+-- chain); NULL for calls recorded where they were made.
+ALTER TABLE audit_log ADD COLUMN called_at TIMESTAMPTZ;

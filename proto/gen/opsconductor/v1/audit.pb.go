@@ -428,9 +428,13 @@ type AuditRecord struct {
 	UserAgent     string `protobuf:"bytes,11,opt,name=user_agent,json=userAgent,proto3" json:"user_agent,omitempty"`
 	CorrelationId string `protobuf:"bytes,12,opt,name=correlation_id,json=correlationId,proto3" json:"correlation_id,omitempty"`
 	// The request as JSON, secret values as keyed hashes (hmac-sha256:...).
-	Request       string `protobuf:"bytes,13,opt,name=request,proto3" json:"request,omitempty"`
-	PrevHash      string `protobuf:"bytes,14,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
-	Hash          string `protobuf:"bytes,15,opt,name=hash,proto3" json:"hash,omitempty"`
+	Request  string `protobuf:"bytes,13,opt,name=request,proto3" json:"request,omitempty"`
+	PrevHash string `protobuf:"bytes,14,opt,name=prev_hash,json=prevHash,proto3" json:"prev_hash,omitempty"`
+	Hash     string `protobuf:"bytes,15,opt,name=hash,proto3" json:"hash,omitempty"`
+	// When the call was made, for a record that waited in another
+	// process's outbox (split mode) before it joined the log at time;
+	// unset for calls recorded where they were made.
+	CalledAt      *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=called_at,json=calledAt,proto3" json:"called_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -568,6 +572,13 @@ func (x *AuditRecord) GetHash() string {
 		return x.Hash
 	}
 	return ""
+}
+
+func (x *AuditRecord) GetCalledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CalledAt
+	}
+	return nil
 }
 
 type ListAuditRecordsRequest struct {
@@ -2667,7 +2678,7 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\apayload\x18\x04 \x01(\v2\x16.google.protobuf.ValueR\apayload\x12\x18\n" +
 	"\aversion\x18\x05 \x01(\x05R\aversion\"&\n" +
 	"\x14PublishEventResponse\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xa5\x03\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xde\x03\n" +
 	"\vAuditRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
@@ -2686,7 +2697,8 @@ const file_opsconductor_v1_audit_proto_rawDesc = "" +
 	"\x0ecorrelation_id\x18\f \x01(\tR\rcorrelationId\x12\x18\n" +
 	"\arequest\x18\r \x01(\tR\arequest\x12\x1b\n" +
 	"\tprev_hash\x18\x0e \x01(\tR\bprevHash\x12\x12\n" +
-	"\x04hash\x18\x0f \x01(\tR\x04hash\"\xd2\x02\n" +
+	"\x04hash\x18\x0f \x01(\tR\x04hash\x127\n" +
+	"\tcalled_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\bcalledAt\"\xd2\x02\n" +
 	"\x17ListAuditRecordsRequest\x12\x14\n" +
 	"\x05actor\x18\x01 \x01(\tR\x05actor\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x1a\n" +
@@ -2975,72 +2987,73 @@ var file_opsconductor_v1_audit_proto_depIdxs = []int32{
 	0,  // 4: opsconductor.v1.ListEventsResponse.events:type_name -> opsconductor.v1.Event
 	42, // 5: opsconductor.v1.PublishEventRequest.payload:type_name -> google.protobuf.Value
 	41, // 6: opsconductor.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	41, // 7: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
-	41, // 8: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 9: opsconductor.v1.ListAuditRecordsResponse.records:type_name -> opsconductor.v1.AuditRecord
-	41, // 10: opsconductor.v1.GetAuditCheckpointResponse.time:type_name -> google.protobuf.Timestamp
-	41, // 11: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
-	41, // 12: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
-	38, // 13: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
-	13, // 14: opsconductor.v1.JobMetrics.duration:type_name -> opsconductor.v1.DurationStats
-	39, // 15: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
-	41, // 16: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
-	41, // 17: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
-	40, // 18: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
-	13, // 19: opsconductor.v1.GetMetricsResponse.duration:type_name -> opsconductor.v1.DurationStats
-	14, // 20: opsconductor.v1.GetMetricsResponse.jobs:type_name -> opsconductor.v1.JobMetrics
-	15, // 21: opsconductor.v1.GetMetricsResponse.schedules:type_name -> opsconductor.v1.ScheduleMetrics
-	41, // 22: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
-	17, // 23: opsconductor.v1.CreateWebhookRequest.webhook:type_name -> opsconductor.v1.Webhook
-	17, // 24: opsconductor.v1.CreateWebhookResponse.webhook:type_name -> opsconductor.v1.Webhook
-	17, // 25: opsconductor.v1.ListWebhooksResponse.webhooks:type_name -> opsconductor.v1.Webhook
-	41, // 26: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
-	26, // 27: opsconductor.v1.ListWebhookDeliveriesResponse.attempts:type_name -> opsconductor.v1.WebhookAttempt
-	0,  // 28: opsconductor.v1.DeadLetter.event:type_name -> opsconductor.v1.Event
-	41, // 29: opsconductor.v1.DeadLetter.dead_time:type_name -> google.protobuf.Timestamp
-	29, // 30: opsconductor.v1.ListDeadLettersResponse.dead_letters:type_name -> opsconductor.v1.DeadLetter
-	41, // 31: opsconductor.v1.ExportAuditRequest.start_time:type_name -> google.protobuf.Timestamp
-	41, // 32: opsconductor.v1.ExportAuditRequest.end_time:type_name -> google.protobuf.Timestamp
-	41, // 33: opsconductor.v1.ExecutionRun.create_time:type_name -> google.protobuf.Timestamp
-	41, // 34: opsconductor.v1.OverrideRecord.create_time:type_name -> google.protobuf.Timestamp
-	41, // 35: opsconductor.v1.ExportAuditResponse.start_time:type_name -> google.protobuf.Timestamp
-	41, // 36: opsconductor.v1.ExportAuditResponse.end_time:type_name -> google.protobuf.Timestamp
-	5,  // 37: opsconductor.v1.ExportAuditResponse.records:type_name -> opsconductor.v1.AuditRecord
-	35, // 38: opsconductor.v1.ExportAuditResponse.executions:type_name -> opsconductor.v1.ExecutionRun
-	36, // 39: opsconductor.v1.ExportAuditResponse.dangerous_overrides:type_name -> opsconductor.v1.OverrideRecord
-	1,  // 40: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
-	3,  // 41: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
-	30, // 42: opsconductor.v1.AuditService.ListDeadLetters:input_type -> opsconductor.v1.ListDeadLettersRequest
-	32, // 43: opsconductor.v1.AuditService.ReplayDeadLetter:input_type -> opsconductor.v1.ReplayDeadLetterRequest
-	6,  // 44: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
-	12, // 45: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
-	18, // 46: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
-	20, // 47: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
-	22, // 48: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
-	24, // 49: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
-	27, // 50: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
-	10, // 51: opsconductor.v1.AuditService.GetAuditCheckpoint:input_type -> opsconductor.v1.GetAuditCheckpointRequest
-	34, // 52: opsconductor.v1.AuditService.ExportAudit:input_type -> opsconductor.v1.ExportAuditRequest
-	8,  // 53: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
-	2,  // 54: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
-	4,  // 55: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
-	31, // 56: opsconductor.v1.AuditService.ListDeadLetters:output_type -> opsconductor.v1.ListDeadLettersResponse
-	33, // 57: opsconductor.v1.AuditService.ReplayDeadLetter:output_type -> opsconductor.v1.ReplayDeadLetterResponse
-	7,  // 58: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
-	16, // 59: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
-	19, // 60: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
-	21, // 61: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
-	23, // 62: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
-	25, // 63: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
-	28, // 64: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
-	11, // 65: opsconductor.v1.AuditService.GetAuditCheckpoint:output_type -> opsconductor.v1.GetAuditCheckpointResponse
-	37, // 66: opsconductor.v1.AuditService.ExportAudit:output_type -> opsconductor.v1.ExportAuditResponse
-	9,  // 67: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
-	54, // [54:68] is the sub-list for method output_type
-	40, // [40:54] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	41, // 7: opsconductor.v1.AuditRecord.called_at:type_name -> google.protobuf.Timestamp
+	41, // 8: opsconductor.v1.ListAuditRecordsRequest.start_time:type_name -> google.protobuf.Timestamp
+	41, // 9: opsconductor.v1.ListAuditRecordsRequest.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 10: opsconductor.v1.ListAuditRecordsResponse.records:type_name -> opsconductor.v1.AuditRecord
+	41, // 11: opsconductor.v1.GetAuditCheckpointResponse.time:type_name -> google.protobuf.Timestamp
+	41, // 12: opsconductor.v1.GetMetricsRequest.start_time:type_name -> google.protobuf.Timestamp
+	41, // 13: opsconductor.v1.GetMetricsRequest.end_time:type_name -> google.protobuf.Timestamp
+	38, // 14: opsconductor.v1.JobMetrics.by_status:type_name -> opsconductor.v1.JobMetrics.ByStatusEntry
+	13, // 15: opsconductor.v1.JobMetrics.duration:type_name -> opsconductor.v1.DurationStats
+	39, // 16: opsconductor.v1.ScheduleMetrics.fires_by_outcome:type_name -> opsconductor.v1.ScheduleMetrics.FiresByOutcomeEntry
+	41, // 17: opsconductor.v1.GetMetricsResponse.start_time:type_name -> google.protobuf.Timestamp
+	41, // 18: opsconductor.v1.GetMetricsResponse.end_time:type_name -> google.protobuf.Timestamp
+	40, // 19: opsconductor.v1.GetMetricsResponse.executions_by_status:type_name -> opsconductor.v1.GetMetricsResponse.ExecutionsByStatusEntry
+	13, // 20: opsconductor.v1.GetMetricsResponse.duration:type_name -> opsconductor.v1.DurationStats
+	14, // 21: opsconductor.v1.GetMetricsResponse.jobs:type_name -> opsconductor.v1.JobMetrics
+	15, // 22: opsconductor.v1.GetMetricsResponse.schedules:type_name -> opsconductor.v1.ScheduleMetrics
+	41, // 23: opsconductor.v1.Webhook.create_time:type_name -> google.protobuf.Timestamp
+	17, // 24: opsconductor.v1.CreateWebhookRequest.webhook:type_name -> opsconductor.v1.Webhook
+	17, // 25: opsconductor.v1.CreateWebhookResponse.webhook:type_name -> opsconductor.v1.Webhook
+	17, // 26: opsconductor.v1.ListWebhooksResponse.webhooks:type_name -> opsconductor.v1.Webhook
+	41, // 27: opsconductor.v1.WebhookAttempt.time:type_name -> google.protobuf.Timestamp
+	26, // 28: opsconductor.v1.ListWebhookDeliveriesResponse.attempts:type_name -> opsconductor.v1.WebhookAttempt
+	0,  // 29: opsconductor.v1.DeadLetter.event:type_name -> opsconductor.v1.Event
+	41, // 30: opsconductor.v1.DeadLetter.dead_time:type_name -> google.protobuf.Timestamp
+	29, // 31: opsconductor.v1.ListDeadLettersResponse.dead_letters:type_name -> opsconductor.v1.DeadLetter
+	41, // 32: opsconductor.v1.ExportAuditRequest.start_time:type_name -> google.protobuf.Timestamp
+	41, // 33: opsconductor.v1.ExportAuditRequest.end_time:type_name -> google.protobuf.Timestamp
+	41, // 34: opsconductor.v1.ExecutionRun.create_time:type_name -> google.protobuf.Timestamp
+	41, // 35: opsconductor.v1.OverrideRecord.create_time:type_name -> google.protobuf.Timestamp
+	41, // 36: opsconductor.v1.ExportAuditResponse.start_time:type_name -> google.protobuf.Timestamp
+	41, // 37: opsconductor.v1.ExportAuditResponse.end_time:type_name -> google.protobuf.Timestamp
+	5,  // 38: opsconductor.v1.ExportAuditResponse.records:type_name -> opsconductor.v1.AuditRecord
+	35, // 39: opsconductor.v1.ExportAuditResponse.executions:type_name -> opsconductor.v1.ExecutionRun
+	36, // 40: opsconductor.v1.ExportAuditResponse.dangerous_overrides:type_name -> opsconductor.v1.OverrideRecord
+	1,  // 41: opsconductor.v1.AuditService.ListEvents:input_type -> opsconductor.v1.ListEventsRequest
+	3,  // 42: opsconductor.v1.AuditService.PublishEvent:input_type -> opsconductor.v1.PublishEventRequest
+	30, // 43: opsconductor.v1.AuditService.ListDeadLetters:input_type -> opsconductor.v1.ListDeadLettersRequest
+	32, // 44: opsconductor.v1.AuditService.ReplayDeadLetter:input_type -> opsconductor.v1.ReplayDeadLetterRequest
+	6,  // 45: opsconductor.v1.AuditService.ListAuditRecords:input_type -> opsconductor.v1.ListAuditRecordsRequest
+	12, // 46: opsconductor.v1.AuditService.GetMetrics:input_type -> opsconductor.v1.GetMetricsRequest
+	18, // 47: opsconductor.v1.AuditService.CreateWebhook:input_type -> opsconductor.v1.CreateWebhookRequest
+	20, // 48: opsconductor.v1.AuditService.ListWebhooks:input_type -> opsconductor.v1.ListWebhooksRequest
+	22, // 49: opsconductor.v1.AuditService.DeleteWebhook:input_type -> opsconductor.v1.DeleteWebhookRequest
+	24, // 50: opsconductor.v1.AuditService.EnableWebhook:input_type -> opsconductor.v1.EnableWebhookRequest
+	27, // 51: opsconductor.v1.AuditService.ListWebhookDeliveries:input_type -> opsconductor.v1.ListWebhookDeliveriesRequest
+	10, // 52: opsconductor.v1.AuditService.GetAuditCheckpoint:input_type -> opsconductor.v1.GetAuditCheckpointRequest
+	34, // 53: opsconductor.v1.AuditService.ExportAudit:input_type -> opsconductor.v1.ExportAuditRequest
+	8,  // 54: opsconductor.v1.AuditService.VerifyAuditLog:input_type -> opsconductor.v1.VerifyAuditLogRequest
+	2,  // 55: opsconductor.v1.AuditService.ListEvents:output_type -> opsconductor.v1.ListEventsResponse
+	4,  // 56: opsconductor.v1.AuditService.PublishEvent:output_type -> opsconductor.v1.PublishEventResponse
+	31, // 57: opsconductor.v1.AuditService.ListDeadLetters:output_type -> opsconductor.v1.ListDeadLettersResponse
+	33, // 58: opsconductor.v1.AuditService.ReplayDeadLetter:output_type -> opsconductor.v1.ReplayDeadLetterResponse
+	7,  // 59: opsconductor.v1.AuditService.ListAuditRecords:output_type -> opsconductor.v1.ListAuditRecordsResponse
+	16, // 60: opsconductor.v1.AuditService.GetMetrics:output_type -> opsconductor.v1.GetMetricsResponse
+	19, // 61: opsconductor.v1.AuditService.CreateWebhook:output_type -> opsconductor.v1.CreateWebhookResponse
+	21, // 62: opsconductor.v1.AuditService.ListWebhooks:output_type -> opsconductor.v1.ListWebhooksResponse
+	23, // 63: opsconductor.v1.AuditService.DeleteWebhook:output_type -> opsconductor.v1.DeleteWebhookResponse
+	25, // 64: opsconductor.v1.AuditService.EnableWebhook:output_type -> opsconductor.v1.EnableWebhookResponse
+	28, // 65: opsconductor.v1.AuditService.ListWebhookDeliveries:output_type -> opsconductor.v1.ListWebhookDeliveriesResponse
+	11, // 66: opsconductor.v1.AuditService.GetAuditCheckpoint:output_type -> opsconductor.v1.GetAuditCheckpointResponse
+	37, // 67: opsconductor.v1.AuditService.ExportAudit:output_type -> opsconductor.v1.ExportAuditResponse
+	9,  // 68: opsconductor.v1.AuditService.VerifyAuditLog:output_type -> opsconductor.v1.VerifyAuditLogResponse
+	55, // [55:69] is the sub-list for method output_type
+	41, // [41:55] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_v1_audit_proto_init() }
