@@ -41,14 +41,14 @@ type Record struct {
 	CorrelationID string `json:"correlation_id"`
 	// Request is a summary of the request (JSON), secret values replaced
 	// by keyed hashes.
-	Request  string `json:"request"`
+	Request string `json:"request"`
 	// CalledAt is when the call was made, for a record that waited in
 	// another process's outbox before the audit service appended it
 	// (split mode); Time is when it joined the chain. Absent (and so out
 	// of the hash) otherwise.
 	CalledAt *time.Time `json:"called_at,omitempty"`
 	PrevHash string     `json:"prev_hash"`
-	Hash     string `json:"-"`
+	Hash     string     `json:"-"`
 }
 
 // chainHash is the hash a record must carry: SHA-256 over its JSON form
