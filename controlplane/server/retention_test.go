@@ -38,11 +38,23 @@ func TestRetention(t *testing.T) {
 				finished any
 				status   string
 			}{{"old-done", old, "succeeded"}, {"new-done", now, "succeeded"}, {"old-running", nil, "running"}} {
-				exec(execDB, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at)
-					VALUES ($1, 'j', 'job', 1, '{}', $2, '', $3, $3, $4)`, e.id, e.status, old, e.finished)
-				exec(execDB, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at) VALUES ($1, $2, 'a', 'agent', $3, 1024, $4)`,
-					"t-"+e.id, e.id, e.status, old)
-				exec(execDB, `INSERT INTO task_output (task_id, chunk, action_index, stream, data) VALUES ($1, 1, 0, 'stdout', $2)`, "t-"+e.id, []byte("hello"))
+				// One transaction: the purger, already running, sees the
+				// execution with its task and output or not at all.
+				err := execDB.InTx(ctx, func(tx *store.Tx) error {
+					if _, err := tx.ExecContext(ctx, `INSERT INTO executions (id, job_id, job_name, job_version, snapshot, status, correlation_id, created_at, started_at, finished_at)
+						VALUES ($1, 'j', 'job', 1, '{}', $2, '', $3, $3, $4)`, e.id, e.status, old, e.finished); err != nil {
+						return err
+					}
+					if _, err := tx.ExecContext(ctx, `INSERT INTO tasks (id, execution_id, agent_id, agent_name, status, output_limit, created_at) VALUES ($1, $2, 'a', 'agent', $3, 1024, $4)`,
+						"t-"+e.id, e.id, e.status, old); err != nil {
+						return err
+					}
+					_, err := tx.ExecContext(ctx, `INSERT INTO task_output (task_id, chunk, action_index, stream, data) VALUES ($1, 1, 0, 'stdout', $2)`, "t-"+e.id, []byte("hello"))
+					return err
+				})
+				if err != nil {
+					t.Fatalf("insert execution %s: %v", e.id, err)
+				}
 			}
 			exec(auditDB, `INSERT INTO events (id, type, source, subject, occurred_at, version, payload, received_at) VALUES ('old-event', 'job.created', 'jobs', 's', $1, 1, '{}', $1)`, old)
 			exec(jobsDB, `INSERT INTO outbox (topic, aggregate_id, aggregate_seq, payload, created_at) VALUES ('job.created', 'old-job', 0, '{}', $1)`, old)

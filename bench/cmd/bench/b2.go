@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -88,26 +87,8 @@ func latencies(r *receipts, sent map[int]time.Time, timeout time.Duration) ([]ti
 // cpuTop takes the control plane's CPU profile for seconds and prints its
 // top (by cumulative time) to standard error, for docs/benchmarks.md.
 func cpuTop(ctx context.Context, debugURL, file string, seconds, n int) error {
-	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", debugURL, seconds))
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	f, err := os.Create(file)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, resp.Body); err != nil {
-		f.Close()
-		return err
-	}
-	f.Close()
-	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-cum", "-nodecount=25", file).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("go tool pprof: %v\n%s", err, out)
-	}
-	fmt.Fprintf(os.Stderr, "bench: b2: CPU of the control plane with %d agents, steady phase (go tool pprof -top -cum):\n%s", n, out)
-	return nil
+	return profileTop(ctx, fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", debugURL, seconds), file, []string{"-top", "-cum", "-nodecount=25"},
+		fmt.Sprintf("b2: CPU of the control plane with %d agents, steady phase (go tool pprof -top -cum)", n))
 }
 
 // floor measures a PostgreSQL commit and a loopback HTTP round trip.

@@ -272,9 +272,16 @@ func controlPlaneRSS(ctx context.Context, bin, dir string, n int, profile bool) 
 // heapTop fetches the control plane's heap profile and prints the top of
 // it (in-use space) to standard error, for docs/benchmarks.md.
 func heapTop(ctx context.Context, debugURL, file string, n int) error {
-	resp, err := http.Get(debugURL + "/debug/pprof/heap?gc=1")
+	return profileTop(ctx, debugURL+"/debug/pprof/heap?gc=1", file, []string{"-top", "-inuse_space", "-nodecount=15"},
+		fmt.Sprintf("b5: heap of the control plane with %d agents (go tool pprof -top -inuse_space)", n))
+}
+
+// profileTop fetches a profile from url into file and prints what `go
+// tool pprof` says of it (with args) to standard error under title.
+func profileTop(ctx context.Context, url, file string, args []string, title string) error {
+	resp, err := http.Get(url)
 	if err != nil {
-		return fmt.Errorf("heap profile: %w", err)
+		return fmt.Errorf("%s: %w", title, err)
 	}
 	defer resp.Body.Close()
 	f, err := os.Create(file)
@@ -286,11 +293,11 @@ func heapTop(ctx context.Context, debugURL, file string, n int) error {
 		return err
 	}
 	f.Close()
-	out, err := exec.CommandContext(ctx, "go", "tool", "pprof", "-top", "-inuse_space", "-nodecount=15", file).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "go", append(append([]string{"tool", "pprof"}, args...), file)...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("go tool pprof: %v\n%s", err, out)
 	}
-	fmt.Fprintf(os.Stderr, "bench: b5: heap of the control plane with %d agents (go tool pprof -top -inuse_space):\n%s", n, out)
+	fmt.Fprintf(os.Stderr, "bench: %s:\n%s", title, out)
 	return nil
 }
 
