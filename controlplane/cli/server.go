@@ -42,17 +42,9 @@ database configured it keeps its state in SQLite under ./opsconductor-data;
 set DATABASE_URL=postgres://... for production and REDIS_URL when several
 replicas share the database.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := cfg.ApplyEnv(os.LookupEnv, cmd.Flags().Changed); err != nil {
-				return fmt.Errorf("environment: %w", err)
-			}
-			logger, err := logging.New(cfg.LogFormat, cfg.LogLevel)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = logger.Sync() }()
+		RunE: withServerConfig(&cfg, func(cmd *cobra.Command, logger *zap.Logger) error {
 			return serve(cmd.Context(), cfg, logger, nil)
-		},
+		}),
 	}
 	cfg.BindFlags(cmd.Flags())
 	return cmd
@@ -69,20 +61,28 @@ Job, a deploy step) so a rollout does not wait on it. It takes the
 server's settings (DATABASE_URL above all) and is safe to run while older
 replicas serve: migrations only add.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := cfg.ApplyEnv(os.LookupEnv, cmd.Flags().Changed); err != nil {
-				return fmt.Errorf("environment: %w", err)
-			}
-			logger, err := logging.New(cfg.LogFormat, cfg.LogLevel)
-			if err != nil {
-				return err
-			}
-			defer func() { _ = logger.Sync() }()
+		RunE: withServerConfig(&cfg, func(cmd *cobra.Command, logger *zap.Logger) error {
 			return server.Migrate(cmd.Context(), cfg, logger)
-		},
+		}),
 	}
 	cfg.BindFlags(cmd.Flags())
 	return cmd
+}
+
+// withServerConfig completes cfg from the environment (flags win) and
+// runs fn with a logger made from it: what server and migrate share.
+func withServerConfig(cfg *config.Config, fn func(cmd *cobra.Command, logger *zap.Logger) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, _ []string) error {
+		if err := cfg.ApplyEnv(os.LookupEnv, cmd.Flags().Changed); err != nil {
+			return fmt.Errorf("environment: %w", err)
+		}
+		logger, err := logging.New(cfg.LogFormat, cfg.LogLevel)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = logger.Sync() }()
+		return fn(cmd, logger)
+	}
 }
 
 // serve runs the control plane until ctx ends. ready, when not nil, is

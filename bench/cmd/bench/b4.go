@@ -195,36 +195,29 @@ func usageSplit(pids []int) (rss, anon int64, cpu float64) {
 	return rss, anon, cpu
 }
 
-// controlPlane starts `opsconductor server` on the embedded store and
-// returns its URL and admin token.
-func controlPlane(ctx context.Context, bin, dir string) (*process, string, string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, "", "", err
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	tokenFile := filepath.Join(dir, "admin-token")
-	p, err := start(ctx, filepath.Join(bin, "opsconductor"), []string{"server"}, []string{
-		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=sqlite:" + filepath.Join(dir, "db"), "OPSCONDUCTOR_INSECURE_HTTP=true",
+// startControlPlane starts `opsconductor server` on dbURL (plus env)
+// and returns it with its URL and admin token once it is healthy.
+func startControlPlane(ctx context.Context, bin, dir, dbURL string, env ...string) (*process, string, string, error) {
+	addr := freeAddr()
+	tokenFile := filepath.Join(dir, fmt.Sprintf("admin-token-%d", time.Now().UnixNano()))
+	p, err := start(ctx, filepath.Join(bin, "opsconductor"), []string{"server"}, append([]string{
+		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=" + dbURL, "OPSCONDUCTOR_INSECURE_HTTP=true",
 		"OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE=" + tokenFile, "OPSCONDUCTOR_RATE_LIMIT=0", "OPSCONDUCTOR_LOG_LEVEL=warn",
-	}, filepath.Join(dir, "server.log"))
+	}, env...), filepath.Join(dir, fmt.Sprintf("server-%s.log", filepath.Base(tokenFile))))
 	if err != nil {
 		return nil, "", "", err
 	}
 	url := "http://" + addr
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if resp, err := http.Get(url + "/health"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
+	if err := waitFor(30*time.Second, "control plane start", func() (bool, error) {
+		resp, err := http.Get(url + "/health")
+		if err != nil {
+			return false, err
 		}
-		if time.Now().After(deadline) {
-			p.stop()
-			return nil, "", "", fmt.Errorf("the control plane did not start (see %s)", filepath.Join(dir, "server.log"))
-		}
-		time.Sleep(100 * time.Millisecond)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	}); err != nil {
+		p.stop()
+		return nil, "", "", err
 	}
 	raw, err := os.ReadFile(tokenFile)
 	if err != nil {
@@ -285,7 +278,7 @@ func runB4(ctx context.Context, size string) ([]Row, error) {
 	if err := buildBinaries(ctx, dir); err != nil {
 		return nil, err
 	}
-	cp, url, admin, err := controlPlane(ctx, dir, dir)
+	cp, url, admin, err := startControlPlane(ctx, dir, dir, "sqlite:"+filepath.Join(dir, "db"))
 	if err != nil {
 		return nil, err
 	}

@@ -165,32 +165,13 @@ func startFleet(ctx context.Context, bin, dir string, n int, agentOf func(i int)
 		return nil, err
 	}
 	cleanups = append(cleanups, drop)
-	addr, debugAddr := freeAddr(), freeAddr()
-	tokenFile := filepath.Join(dir, fmt.Sprintf("admin-token-%d-%d", n, time.Now().UnixNano()))
-	cp, err := start(ctx, filepath.Join(bin, "opsconductor"), []string{"server"}, []string{
-		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=" + dbURL, "OPSCONDUCTOR_INSECURE_HTTP=true", "OPSCONDUCTOR_DEBUG_ADDR=" + debugAddr,
-		"OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE=" + tokenFile, "OPSCONDUCTOR_RATE_LIMIT=0", "OPSCONDUCTOR_LOG_LEVEL=warn",
-	}, filepath.Join(dir, fmt.Sprintf("server-%d.log", n)))
+	debugAddr := freeAddr()
+	cp, url, admin, err := startControlPlane(ctx, bin, dir, dbURL, "OPSCONDUCTOR_DEBUG_ADDR="+debugAddr)
 	if err != nil {
 		return nil, err
 	}
 	cleanups = append(cleanups, cp.stop)
-	f.url, f.debugURL, f.pid = "http://"+addr, "http://"+debugAddr, cp.cmd.Process.Pid
-	if err := waitFor(30*time.Second, "control plane start", func() (bool, error) {
-		resp, err := http.Get(f.url + "/health")
-		if err != nil {
-			return false, err
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	}); err != nil {
-		return nil, err
-	}
-	raw, err := os.ReadFile(tokenFile)
-	if err != nil {
-		return nil, err
-	}
-	f.admin = strings.TrimSpace(string(raw))
+	f.url, f.admin, f.debugURL, f.pid = url, admin, "http://"+debugAddr, cp.cmd.Process.Pid
 	var tok struct {
 		Token string `json:"token"`
 	}
