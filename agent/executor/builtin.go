@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -28,10 +29,14 @@ const builtinConfigEnv = "OPSCONDUCTOR_BUILTIN_CONFIG"
 // BuiltinNames are the executors the agent binary serves itself.
 var BuiltinNames = []string{"shell", "ssh", "winrm"}
 
-// ShellConfig is what the shell plugin needs of the agent's settings.
-type ShellConfig struct {
-	Sandbox  *sandbox.Limits `json:"sandbox,omitempty"`
-	Defaults *sandbox.Limits `json:"defaults,omitempty"`
+// BuiltinConfig is what the built-in plugins need of the agent's
+// settings.
+type BuiltinConfig struct {
+	Sandbox  *sandbox.Limits `json:"sandbox,omitempty"`  // shell: confine every action
+	Defaults *sandbox.Limits `json:"defaults,omitempty"` // shell: limits of a sandboxed action
+	// SSHPersist keeps an SSH connection open this long after its task
+	// ends, for the next task on the same host and login (0: close it).
+	SSHPersist time.Duration `json:"sshPersist,omitempty"`
 }
 
 // Builtins runs the built-in executors (shell, ssh, winrm) as plugins:
@@ -40,8 +45,8 @@ type ShellConfig struct {
 // or hangs fails its action, not the agent. Executor returns each one's
 // handle.
 type Builtins struct {
-	Self  string // the agent binary (os.Executable)
-	Shell ShellConfig
+	Self   string // the agent binary (os.Executable)
+	Config BuiltinConfig
 
 	pool pool
 }
@@ -55,7 +60,7 @@ func (b *Builtins) Executor(name string) Executor { return builtinExecutor{b: b,
 func (b *Builtins) client(name string) (*sdk.Client, error) {
 	return b.pool.client(name, func() *plugin.ClientConfig {
 		cmd := exec.Command(b.Self, BuiltinArg, name)
-		cfg, _ := json.Marshal(b.Shell)
+		cfg, _ := json.Marshal(b.Config)
 		// The join token is the agent's alone; actions never see it.
 		for _, kv := range os.Environ() {
 			if !strings.HasPrefix(kv, "OPSCONDUCTOR_JOIN_TOKEN") {
@@ -124,7 +129,7 @@ func (e builtinExecutor) EndTask(ctx context.Context, taskID string) {
 // agent stops it. The agent calls it, first thing, when run with
 // BuiltinArg.
 func ServeBuiltin(name string) {
-	var cfg ShellConfig
+	var cfg BuiltinConfig
 	_ = json.Unmarshal([]byte(os.Getenv(builtinConfigEnv)), &cfg)
 	var exec Executor
 	switch name {
@@ -142,14 +147,21 @@ func ServeBuiltin(name string) {
 		fmt.Fprintf(os.Stderr, "no built-in executor %q (have %s)\n", name, strings.Join(BuiltinNames, ", "))
 		os.Exit(2)
 	}
-	sdk.Serve(&builtinServer{name: name, exec: exec, conns: map[string]*ConnCache{}})
+	var idle *IdleConns
+	if name == "ssh" && cfg.SSHPersist > 0 {
+		idle = NewIdleConns(cfg.SSHPersist)
+		defer idle.Close()
+	}
+	sdk.Serve(&builtinServer{name: name, exec: exec, idle: idle, conns: map[string]*ConnCache{}})
 }
 
 // builtinServer is the plugin side of a built-in executor. It keeps one
-// connection cache per task until EndTask.
+// connection cache per task until EndTask, which hands the task's
+// connections to idle (when set) for the next task to reuse.
 type builtinServer struct {
 	name string
 	exec Executor
+	idle *IdleConns
 
 	mu    sync.Mutex
 	conns map[string]*ConnCache
@@ -208,6 +220,7 @@ func (s *builtinServer) cache(task string) *ConnCache {
 	c := s.conns[task]
 	if c == nil {
 		c = NewConnCache()
+		c.idle = s.idle
 		s.conns[task] = c
 	}
 	return c

@@ -2,6 +2,8 @@ package executor
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"strings"
 	"sync"
 
@@ -10,9 +12,12 @@ import (
 
 // ConnCache keeps SSH connections open across the actions of one task, so
 // a ten-action job on a host logs in once. The runner makes one per task
-// (WithConnCache) and closes it when the task ends. A nil *ConnCache
-// caches nothing.
+// (WithConnCache) and closes it when the task ends; with idle set, it
+// takes connections from there and gives them back on Close instead of
+// closing them. A nil *ConnCache caches nothing.
 type ConnCache struct {
+	idle *IdleConns
+
 	mu      sync.Mutex
 	clients map[string]*ssh.Client
 }
@@ -34,15 +39,17 @@ func connCacheFrom(ctx context.Context) *ConnCache {
 }
 
 // connKey identifies a login: same host, same user, same credentials and
-// host-key settings.
+// host-key settings. It is a digest, so the pool of idle connections does
+// not hold passwords and keys in its map.
 func connKey(spec map[string]string) string {
-	fields := []string{"host", "port", "user", "key_file", "password", "agent_socket", "known_hosts",
+	fields := []string{"host", "port", "user", "key_file", "private_key", "password", "agent_socket", "known_hosts",
 		"host_key_policy", "host_key_fingerprint", "connect_timeout", "proxy_jump", "proxy_jump_fingerprint"}
 	parts := make([]string, len(fields))
 	for i, f := range fields {
 		parts[i] = spec[f]
 	}
-	return strings.Join(parts, "\x00")
+	sum := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return hex.EncodeToString(sum[:])
 }
 
 func (c *ConnCache) get(key string) *ssh.Client {
@@ -51,7 +58,13 @@ func (c *ConnCache) get(key string) *ssh.Client {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.clients[key]
+	client := c.clients[key]
+	if client == nil {
+		if client = c.idle.take(key); client != nil {
+			c.clients[key] = client
+		}
+	}
+	return client
 }
 
 func (c *ConnCache) put(key string, client *ssh.Client) {
@@ -78,12 +91,12 @@ func (c *ConnCache) drop(key string, client *ssh.Client) {
 	}
 }
 
-// Close closes every cached connection.
+// Close closes every cached connection, or gives it to the idle pool.
 func (c *ConnCache) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for key, client := range c.clients {
-		client.Close()
+		c.idle.put(key, client)
 		delete(c.clients, key)
 	}
 }

@@ -86,8 +86,9 @@ func (SSH) Execute(ctx context.Context, a Action, stdout, stderr io.Writer) Resu
 	client := cache.get(cacheKey)
 	var session *ssh.Session
 	if client != nil {
-		if session, err = client.NewSession(); err != nil {
+		if session, err = newSessionWithin(client, timeout); err != nil {
 			cache.drop(cacheKey, client)
+			client.Close()
 			client = nil
 		}
 	}
@@ -239,6 +240,32 @@ func (c closeBoth) Close() error {
 	err := c.Conn.Close()
 	c.bastion.Close()
 	return err
+}
+
+// newSessionWithin opens a session on a connection that was already open
+// (kept for this task or idle since an earlier one), within timeout: a
+// host that vanished while the connection sat idle never answers, and the
+// action then dials afresh instead of waiting.
+func newSessionWithin(client *ssh.Client, timeout time.Duration) (*ssh.Session, error) {
+	type opened struct {
+		s   *ssh.Session
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		s, err := client.NewSession()
+		done <- opened{s, err}
+	}()
+	select {
+	case o := <-done:
+		return o.s, o.err
+	case <-time.After(timeout):
+		client.Close() // unblocks NewSession
+		if o := <-done; o.s != nil {
+			o.s.Close()
+		}
+		return nil, fmt.Errorf("no answer to a new session within %s", timeout)
+	}
 }
 
 func cmpOr(v, def string) string {

@@ -393,6 +393,82 @@ func TestSSHConnectionReuse(t *testing.T) {
 	}
 }
 
+// TestSSHIdleConnections: with an idle pool (--ssh-persist), the next task
+// on the same host and login reuses the connection an earlier task left;
+// another login does not; a pooled connection that died is replaced; one
+// idle longer than the period is closed; and a host gone silent while its
+// connection sat idle costs the connect timeout, not a hang.
+func TestSSHIdleConnections(t *testing.T) {
+	srv := sshtest.Start(t)
+	proxy := startCountingProxy(t, srv.Port)
+	spec := srv.Spec("root", "port", proxy.port(), "known_hosts", "", "host_key_fingerprint", ssh.FingerprintSHA256(srv.HostKey),
+		"connect_timeout", "2s")
+	idle := NewIdleConns(time.Hour)
+	defer idle.Close()
+	task := func(spec map[string]string, n int) {
+		t.Helper()
+		conns := NewConnCache()
+		conns.idle = idle
+		var stdout, stderr syncBuffer
+		res := SSH{}.Execute(WithConnCache(context.Background(), conns), Action{Command: fmt.Sprintf("echo %d", n), Spec: spec}, &stdout, &stderr)
+		conns.Close()
+		if res.Status != StatusSucceeded || stdout.String() != fmt.Sprintf("%d\n", n) {
+			t.Fatalf("task %d = %+v, stdout %q", n, res, stdout.String())
+		}
+	}
+	for i := range 3 {
+		task(spec, i)
+	}
+	if got := proxy.count(); got != 1 {
+		t.Fatalf("3 tasks with an idle pool made %d connections, want 1", got)
+	}
+	if idle.Len() != 1 {
+		t.Fatalf("idle connections = %d, want 1", idle.Len())
+	}
+
+	other := srv.Spec(sshtest.User, "port", proxy.port(), "known_hosts", "", "host_key_fingerprint", ssh.FingerprintSHA256(srv.HostKey))
+	task(other, 3)
+	if got := proxy.count(); got != 2 {
+		t.Fatalf("a task with another login: %d connections in all, want 2 (its own)", got)
+	}
+
+	proxy.cut()
+	task(spec, 4)
+	if got := proxy.count(); got != 3 {
+		t.Fatalf("after the pooled connection broke: %d connections, want 3 (one new)", got)
+	}
+
+	short := NewIdleConns(50 * time.Millisecond)
+	conns := NewConnCache()
+	conns.idle = short
+	var out, errOut syncBuffer
+	if res := (SSH{}).Execute(WithConnCache(context.Background(), conns), Action{Command: "true", Spec: spec}, &out, &errOut); res.Status != StatusSucceeded {
+		t.Fatalf("task = %+v", res)
+	}
+	client := conns.get(connKey(spec))
+	conns.Close()
+	waited := make(chan error, 1)
+	go func() { waited <- client.Wait() }()
+	select {
+	case <-waited: // closed when its period ran out
+	case <-time.After(10 * time.Second):
+		t.Fatal("a connection idle past its period was not closed")
+	}
+	if short.Len() != 0 {
+		t.Fatalf("expired connections still pooled: %d", short.Len())
+	}
+
+	proxy.freeze()
+	start := time.Now()
+	conns = NewConnCache()
+	conns.idle = idle
+	res := SSH{}.Execute(WithConnCache(context.Background(), conns), Action{Command: "true", Spec: spec}, &out, &errOut)
+	conns.Close()
+	if res.Status != StatusFailed || time.Since(start) > 30*time.Second {
+		t.Fatalf("a silent host behind a pooled connection: %+v after %s, want a failure within the timeouts", res, time.Since(start))
+	}
+}
+
 // TestSSHProxyJump: an action reaches its host through a bastion (the
 // same sshd serves as both: the bastion forwards to its own port); a
 // bastion with the wrong pinned key is refused as such.

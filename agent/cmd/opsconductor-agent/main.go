@@ -95,6 +95,8 @@ func run(args []string) error {
 	capacity := fs.Int("capacity", envInt("OPSCONDUCTOR_CAPACITY", 4), "tasks run at once on this host (env OPSCONDUCTOR_CAPACITY)")
 	remoteCapacity := fs.Int("remote-capacity", envInt("OPSCONDUCTOR_REMOTE_CAPACITY", 256),
 		"remote-host tasks (over SSH, as a jump host) run at once (env OPSCONDUCTOR_REMOTE_CAPACITY)")
+	sshPersist := fs.Duration("ssh-persist", envDuration("OPSCONDUCTOR_SSH_PERSIST", 0),
+		"keep an SSH connection open this long after its task, for the next task on the same host and login, like OpenSSH's ControlPersist (0: close it) (env OPSCONDUCTOR_SSH_PERSIST)")
 	keyMaxAge := fs.Duration("key-max-age", envDuration("OPSCONDUCTOR_KEY_MAX_AGE", 30*24*time.Hour), "rotate the agent key at start when it is older (0: never) (env OPSCONDUCTOR_KEY_MAX_AGE)")
 	pollWait := fs.Duration("poll-wait", envDuration("OPSCONDUCTOR_POLL_WAIT", 30*time.Second), "longest wait of one long-poll (env OPSCONDUCTOR_POLL_WAIT)")
 	logFormat := fs.String("log-format", env("OPSCONDUCTOR_LOG_FORMAT", "json"), "json or console (env OPSCONDUCTOR_LOG_FORMAT)")
@@ -185,15 +187,18 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("find the agent binary (to run its built-in executors): %w", err)
 	}
-	builtins := &executor.Builtins{Self: self}
+	if *sshPersist < 0 {
+		return fmt.Errorf("--ssh-persist %s: must be 0 (off) or a positive duration", *sshPersist)
+	}
+	builtins := &executor.Builtins{Self: self, Config: executor.BuiltinConfig{SSHPersist: *sshPersist}}
 	defer builtins.Close()
 	if *sandboxAll {
-		builtins.Shell.Sandbox = limits
+		builtins.Config.Sandbox = limits
 		logger.Sugar().Infof("every local action runs in a sandbox: %s", limits.Describe())
 	} else {
 		// An action that asks for a sandbox gets the agent's user and
 		// limits unless it sets others.
-		builtins.Shell.Defaults = limits
+		builtins.Config.Defaults = limits
 	}
 	// What the agent tells the control plane it can run.
 	have := []string{"shell", "ssh", "winrm"}
