@@ -41,6 +41,7 @@ type Results struct {
 }
 
 var parts = map[string]func(ctx context.Context, size string) ([]Row, error){
+	"b1": runB1,
 	"b2": runB2,
 	"b4": runB4,
 	"b5": runB5,
