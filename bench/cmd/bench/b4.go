@@ -266,7 +266,7 @@ type listedAgent struct {
 }
 
 func runB4(ctx context.Context, size string) ([]Row, error) {
-	window, runs := 60*time.Second, 3
+	window, runs := 60*time.Second, 5
 	if size == "tiny" {
 		window, runs = 2*time.Second, 1
 	}
