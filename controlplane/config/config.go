@@ -64,8 +64,8 @@ type Config struct {
 	LeaseDuration time.Duration
 	// PollMaxWait caps an agent's long-poll.
 	PollMaxWait time.Duration
-	// PollRecheck is how often a waiting poll looks for work without a
-	// wake-up (the safety net when a wake-up is lost).
+	// PollRecheck is how often one query looks for agents with work and
+	// wakes their waiting polls (the safety net when a wake-up is lost).
 	PollRecheck time.Duration
 	// ReapInterval is how often expired leases are looked for.
 	ReapInterval time.Duration
@@ -258,7 +258,7 @@ func (c *Config) settings() []setting {
 		{flag: "log-level", env: "OPSCONDUCTOR_LOG_LEVEL", help: "debug, info, warn or error", str: &c.LogLevel},
 		{flag: "lease-duration", env: "OPSCONDUCTOR_LEASE_DURATION", help: "how long a task stays an agent's without news", dur: &c.LeaseDuration},
 		{flag: "poll-max-wait", env: "OPSCONDUCTOR_POLL_MAX_WAIT", help: "longest agent long-poll", dur: &c.PollMaxWait},
-		{flag: "poll-recheck", env: "OPSCONDUCTOR_POLL_RECHECK", help: "how often a waiting poll looks for work without a wake-up", dur: &c.PollRecheck},
+		{flag: "poll-recheck", env: "OPSCONDUCTOR_POLL_RECHECK", help: "how often one query looks for agents with work whose waiting polls were not woken", dur: &c.PollRecheck},
 		{flag: "reap-interval", env: "OPSCONDUCTOR_REAP_INTERVAL", help: "how often expired task leases are looked for", dur: &c.ReapInterval},
 		{flag: "output-limit", env: "OPSCONDUCTOR_OUTPUT_LIMIT", help: "bytes of output kept per task; more is cut with a visible marker", i64: &c.OutputLimit},
 		{flag: "agent-online-window", env: "OPSCONDUCTOR_AGENT_ONLINE_WINDOW", help: "an agent seen within it is online", dur: &c.AgentOnlineWindow},

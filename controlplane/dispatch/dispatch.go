@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -46,8 +45,10 @@ type Config struct {
 	// MaxPollWait caps what an agent may ask for (default 60s). The HTTP
 	// server's write timeout must exceed it.
 	MaxPollWait time.Duration
-	// Recheck is how often a waiting poll looks at the database without a
-	// wake-up (default 5s).
+	// Recheck is how often the gateway looks, in one query for all its
+	// waiting polls, for agents with work whose wake-up may have been
+	// lost or never sent (a retry's backoff ending, a batch's pause),
+	// and wakes their polls (default 5s).
 	Recheck time.Duration
 	// ReapInterval is how often expired leases are looked for (default 5s).
 	ReapInterval time.Duration
@@ -251,19 +252,50 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 		if len(tasks) > 0 || len(cancels) > 0 {
 			return connect.NewResponse(&agentv1.PollResponse{Tasks: tasks, CancelTaskIds: cancels}), nil
 		}
-		// Jitter keeps the re-checks of many agents from lining up.
-		recheck := time.NewTimer(g.cfg.Recheck + rand.N(g.cfg.Recheck/5+1))
+		// Nothing for now: wait for a wake-up (a new task, a cancel, or
+		// RunRecheck finding work this poll was not told of). A waiting
+		// poll costs the database nothing.
 		select {
 		case <-ctx.Done():
-			recheck.Stop()
 			return connect.NewResponse(&agentv1.PollResponse{}), nil
 		case <-deadline.C:
-			recheck.Stop()
 			return connect.NewResponse(&agentv1.PollResponse{}), nil
 		case <-wake:
-		case <-recheck.C:
 		}
-		recheck.Stop()
+	}
+}
+
+// RunRecheck wakes, every Recheck, the waiting polls on this replica of
+// the agents that have work: queued tasks of their own or that they may
+// take as a jump agent, or cancels to hear of. It is the safety net of the
+// wake-ups (one lost on the way between replicas) and what wakes an agent
+// when a task becomes claimable with nobody to say so (a retry's backoff
+// or a batch pause ends). One query a round, however many polls wait.
+func (g *Gateway) RunRecheck(ctx context.Context) error {
+	tick := time.NewTicker(g.cfg.Recheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		agents, err := g.store.AgentsWithWork(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				g.logger.Error("look for agents with work", zap.Error(err))
+			}
+			continue
+		}
+		if len(agents) == 0 {
+			continue
+		}
+		keys := make([]string, len(agents))
+		for i, a := range agents {
+			keys[i] = notify.AgentKey(a)
+		}
+		// Every replica runs its own round for its own polls.
+		g.hub.PublishLocal(keys...)
 	}
 }
 

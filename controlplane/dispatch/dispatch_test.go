@@ -388,3 +388,64 @@ func TestUndeliverableTaskFailsAlone(t *testing.T) {
 		t.Fatalf("undeliverable task = %+v, want failed with the reason", bad)
 	}
 }
+
+// TestRecheckWakesAgentsWithWork: a task queued with no wake-up (one lost
+// between replicas) wakes its agent at RunRecheck's next round; an agent
+// with nothing to do is not woken.
+func TestRecheckWakesAgentsWithWork(t *testing.T) {
+	b := setup(t)
+	idleID, _ := b.enroll(t, "idle", b.joinToken(t, 0))
+	g := New(b.gateway.registry, b.execs, b.hub, func() {}, prometheus.NewRegistry(), zaptest.NewLogger(t), Config{Recheck: 20 * time.Millisecond, LeaseDuration: time.Minute})
+	busy, stopBusy := b.hub.Subscribe(notify.AgentKey(b.agentID))
+	defer stopBusy()
+	idle, stopIdle := b.hub.Subscribe(notify.AgentKey(idleID))
+	defer stopIdle()
+
+	_, err := b.execs.ExecutionCreate(context.Background(), execution.ExecutionRecord{
+		ID: "e-unheard", JobID: "j", JobName: "job", JobVersion: 1, CreatedAt: time.Now(),
+		Snapshot: []byte(`{"name":"job","actions":[{"command":"true"}]}`),
+	}, []execution.TaskRecord{{ID: "e-unheard-task", AgentID: b.agentID, AgentName: "agent-a1", OutputLimit: 1024}}, execution.ConcurrencyAllow, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-busy:
+		t.Fatal("woken before any round: the test would prove nothing")
+	default:
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.RunRecheck(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-busy:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the agent with a queued task was not woken by the rounds")
+	}
+	// Several rounds later, the agent without work has heard nothing.
+	for range 3 {
+		select {
+		case <-busy:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the rounds stopped waking the agent with a queued task")
+		}
+	}
+	select {
+	case <-idle:
+		t.Fatal("an agent without work was woken")
+	default:
+	}
+	// Taken: nothing left to wake it for.
+	if resp, err := b.poll(context.Background(), 1, time.Second); err != nil || len(resp.GetTasks()) != 1 {
+		t.Fatalf("poll = %v, %v; want the task", resp, err)
+	}
+	agents, err := b.execs.AgentsWithWork(context.Background())
+	if err != nil || len(agents) != 0 {
+		t.Fatalf("agents with work after the claim = %v, %v; want none", agents, err)
+	}
+}

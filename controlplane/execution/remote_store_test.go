@@ -2,6 +2,7 @@ package execution
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -66,6 +67,36 @@ func TestRemoteTasksContract(t *testing.T) {
 				if err != nil || len(queued) != 0 {
 					t.Fatalf("queued agents after all claimed = %v (%v)", queued, err)
 				}
+			})
+
+			t.Run("agents with work: own queue, remote candidates, cancels to hear of", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeRemote(t, "e1", 1, "j1", "j2")
+				if _, err := b.st.ExecutionCreate(b.ctx, ExecutionRecord{ID: "e2", JobID: "job-e2", JobName: "job", JobVersion: 1,
+					Snapshot: []byte(`{"name":"job"}`), CreatedAt: time.Now().UTC()},
+					[]TaskRecord{{ID: "e2-a", AgentID: "a1", OutputLimit: 64}, {ID: "e2-b", AgentID: "a2", OutputLimit: 64}}, ConcurrencyAllow, nil); err != nil {
+					t.Fatal(err)
+				}
+				want := func(stage string, ids ...string) {
+					t.Helper()
+					got, err := b.st.AgentsWithWork(b.ctx)
+					slices.Sort(got)
+					if err != nil || !slices.Equal(got, ids) {
+						t.Fatalf("%s: agents with work = %v (%v), want %v", stage, got, err, ids)
+					}
+				}
+				want("queued", "a1", "a2", "j1", "j2")
+				if c, err := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Minute); err != nil || len(c) != 1 {
+					t.Fatalf("a1 claimed %d (%v)", len(c), err)
+				}
+				if c, err := b.st.TaskClaimRemote(b.ctx, "j1", 1, time.Minute); err != nil || len(c) != 1 {
+					t.Fatalf("j1 claimed %d (%v)", len(c), err)
+				}
+				want("claimed: running tasks are no work", "a2")
+				if _, err := b.st.ExecutionCancel(b.ctx, "e2", "tester", "", nil); err != nil {
+					t.Fatal(err)
+				}
+				want("cancelled: a1 must hear of it, a2's queued task ended", "a1")
 			})
 
 			t.Run("queued agents are the candidates", func(t *testing.T) {

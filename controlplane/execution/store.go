@@ -758,6 +758,29 @@ func (s *Store) TaskExtendLease(ctx context.Context, agentID, taskID string, gen
 	return until, cancel, nil
 }
 
+// AgentsWithWork lists the agents that have queued tasks of their own,
+// are candidates (jump agents) for a queued remote-host task, or have a
+// running task whose cancel they have to hear of. Whether each task can be
+// claimed now is the claim's business.
+func (s *Store) AgentsWithWork(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT agent_id FROM tasks WHERE status = $1 AND agent_id <> ''
+		UNION SELECT c.agent_id FROM task_candidates c JOIN tasks t ON t.id = c.task_id WHERE t.status = $1 AND t.agent_id = ''
+		UNION SELECT agent_id FROM tasks WHERE status = $2 AND cancel_requested = TRUE`, TaskQueued, TaskRunning)
+	if err != nil {
+		return nil, fmt.Errorf("find agents with work: %w", err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, rows.Err()
+}
+
 // TaskCancelsForAgent lists the agent's running tasks that were cancelled
 // and not yet completed.
 func (s *Store) TaskCancelsForAgent(ctx context.Context, agentID string) ([]string, error) {

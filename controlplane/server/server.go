@@ -677,6 +677,7 @@ func (a *App) Run(ctx context.Context, ln net.Listener) error {
 	background("notify", a.hub.Run)
 	if a.gateway != nil {
 		background("reaper", a.gateway.RunReaper)
+		background("poll recheck", a.gateway.RunRecheck)
 	}
 	for _, r := range a.relays {
 		background("outbox", r.Run)
