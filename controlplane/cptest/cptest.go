@@ -150,6 +150,9 @@ func (p *Process) Exited() bool {
 	}
 }
 
+// Pid is the process id.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Kill ends the process at once with SIGKILL (a crash, not a shutdown) and
 // waits for it. Processes it started in their own process groups live on.
 func (p *Process) Kill() {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -53,8 +54,21 @@ func TestLostAgent(t *testing.T) {
 		_, err := os.Stat(filepath.Join(dir, "victim.started"))
 		return err
 	})
+	plugins := childrenOf(victim.Pid())
+	if len(plugins) == 0 {
+		t.Fatal("the victim agent runs no plugin process; the task should run in its shell plugin")
+	}
 	victim.Kill()
 	killOrphan(t, filepath.Join(dir, "victim.started"))
+	// Its plugin processes see their agent gone and end.
+	cptest.Eventually(t, 15*time.Second, func() error {
+		for _, pid := range plugins {
+			if running(pid) {
+				return fmt.Errorf("plugin process %d of the killed agent still runs", pid)
+			}
+		}
+		return nil
+	})
 
 	r := waitFinished(t, s, e.ID, 60*time.Second)
 	if r.Execution.Status != "succeeded" || len(r.Results) != 2 {
@@ -119,4 +133,39 @@ func killOrphan(t *testing.T, pidFile string) {
 	}
 	_ = syscall.Kill(-pid, syscall.SIGKILL)
 	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// childrenOf lists the processes whose parent is pid, from /proc.
+func childrenOf(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := procStat(child); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+// running reports whether pid is a live process (a zombie is not).
+func running(pid int) bool {
+	f := procStat(pid)
+	return len(f) > 0 && f[0] != "Z"
+}
+
+// procStat is /proc/PID/stat's fields after the command: state, parent, ...
+func procStat(pid int) []string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	i := strings.LastIndexByte(string(raw), ')')
+	if i < 0 || i+2 > len(raw) {
+		return nil
+	}
+	return strings.Fields(string(raw[i+2:]))
 }

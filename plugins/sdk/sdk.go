@@ -11,6 +11,8 @@ package sdk
 import (
 	"context"
 	"io"
+	"os"
+	"time"
 
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
@@ -62,11 +64,25 @@ type TaskEnder interface {
 
 // Serve runs impl as a plugin until the agent stops it. Call it from main.
 func Serve(impl Executor) {
+	go exitWithParent(os.Getppid(), time.Second)
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
 		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: impl}},
 		GRPCServer:      plugin.DefaultGRPCServer,
 	})
+}
+
+// exitWithParent ends the plugin once the agent that started it is gone
+// (killed, crashed: a stopping agent stops its plugins itself), which on
+// Unix shows as a new parent process. Without it an orphaned plugin would
+// run on, unseen, for ever. (On Windows a process keeps its parent's id
+// when the parent dies, so this does nothing there.)
+func exitWithParent(parent int, every time.Duration) {
+	for range time.Tick(every) {
+		if os.Getppid() != parent {
+			os.Exit(2)
+		}
+	}
 }
 
 // GRPCPlugin adapts an Executor to go-plugin's gRPC transport, both ways.
