@@ -248,5 +248,10 @@ func runB2(ctx context.Context, size string) ([]Row, error) {
 		rows = append(rows, Row{Part: "b2", Case: fmt.Sprintf("%d agents: floor", n), Metric: "commit + loopback RTT", Value: ms(fl), Unit: "ms",
 			Note: fmt.Sprintf("PostgreSQL commit %.2f ms + HTTP round trip %.2f ms (medians of 50)", ms(commit), ms(rtt))})
 	}
-	return rows, nil
+	// River's pickup latency on the same Postgres, to compare with.
+	river, err := riverPickup(ctx, size)
+	if err != nil {
+		return nil, err
+	}
+	return append(rows, river...), nil
 }

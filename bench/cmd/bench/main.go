@@ -3,10 +3,10 @@
 // bench-results.json. `-size tiny` runs each part once, small, so `make
 // test` keeps the harness from rotting; `-size full` is the real run.
 //
-// Parts so far: b4 (idle agent footprint), b5 (control-plane memory per
-// agent) and b6 (scheduler lateness). The others of issue 9 (SSH fan-out
-// against Ansible and friends, dispatch latency, throughput) are still to
-// come.
+// Parts: b1 (SSH fan-out against Ansible and friends), b2 (dispatch
+// latency, with River's pickup latency), b3 (throughput against River and
+// the fork/exec ceiling), b4 (idle agent footprint), b5 (control-plane
+// memory per agent) and b6 (scheduler lateness).
 package main
 
 import (
@@ -17,6 +17,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -43,6 +44,7 @@ type Results struct {
 var parts = map[string]func(ctx context.Context, size string) ([]Row, error){
 	"b1": runB1,
 	"b2": runB2,
+	"b3": runB3,
 	"b4": runB4,
 	"b5": runB5,
 	"b6": runB6,
@@ -65,8 +67,15 @@ func main() {
 		}
 		names = []string{*part}
 	}
+	// GOMAXPROCS is pinned, for the harness and every Go process it
+	// starts (they inherit it), so runs on machines of one size compare.
+	if os.Getenv("GOMAXPROCS") == "" {
+		_ = os.Setenv("GOMAXPROCS", strconv.Itoa(runtime.NumCPU()))
+	}
+	runtime.GOMAXPROCS(atoi(os.Getenv("GOMAXPROCS"), runtime.NumCPU()))
 	ctx := context.Background()
-	res := Results{When: time.Now().UTC(), Size: *size, Machine: fmt.Sprintf("%s/%s, %d CPUs, %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version())}
+	res := Results{When: time.Now().UTC(), Size: *size, Machine: fmt.Sprintf("%s/%s, %d CPUs, GOMAXPROCS=%d, %s", runtime.GOOS, runtime.GOARCH,
+		runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())}
 	for _, name := range names {
 		start := time.Now()
 		fmt.Fprintf(os.Stderr, "bench: %s (%s)...\n", name, *size)
@@ -89,6 +98,13 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench: write %s: %v\n", *out, err)
 		os.Exit(1)
 	}
+}
+
+func atoi(s string, def int) int {
+	if n, err := strconv.Atoi(s); err == nil && n > 0 {
+		return n
+	}
+	return def
 }
 
 func partNames() []string {
