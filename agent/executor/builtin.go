@@ -35,8 +35,10 @@ type BuiltinConfig struct {
 	Sandbox  *sandbox.Limits `json:"sandbox,omitempty"`  // shell: confine every action
 	Defaults *sandbox.Limits `json:"defaults,omitempty"` // shell: limits of a sandboxed action
 	// SSHPersist keeps an SSH connection open this long after its task
-	// ends, for the next task on the same host and login (0: close it).
-	SSHPersist time.Duration `json:"sshPersist,omitempty"`
+	// ends, for the next task on the same host and login (0: close it),
+	// up to SSHPersistMax connections (the oldest idle one goes first).
+	SSHPersist    time.Duration `json:"sshPersist,omitempty"`
+	SSHPersistMax int           `json:"sshPersistMax,omitempty"`
 }
 
 // Builtins runs the built-in executors (shell, ssh, winrm) as plugins:
@@ -67,7 +69,7 @@ func (b *Builtins) client(name string) (*sdk.Client, error) {
 				cmd.Env = append(cmd.Env, kv)
 			}
 		}
-		cmd.Env = append(cmd.Env, builtinConfigEnv+"="+string(cfg))
+		cmd.Env = append(cmd.Env, builtinConfigEnv+"="+string(cfg), fmt.Sprintf("%s=%d", sdk.ParentEnv, os.Getpid()))
 		return &plugin.ClientConfig{
 			HandshakeConfig:  sdk.Handshake,
 			Plugins:          plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
@@ -138,7 +140,7 @@ func ServeBuiltin(name string) {
 		sandbox.SweepCgroups()
 		// go-plugin's own settings (its client certificate among them)
 		// are not the actions' business.
-		exec = &Shell{Sandbox: cfg.Sandbox, Defaults: cfg.Defaults, DropEnv: []string{builtinConfigEnv, "OPSCONDUCTOR_PLUGIN", "PLUGIN_"}}
+		exec = &Shell{Sandbox: cfg.Sandbox, Defaults: cfg.Defaults, DropEnv: []string{builtinConfigEnv, "OPSCONDUCTOR_PLUGIN", sdk.ParentEnv, "PLUGIN_"}}
 	case "ssh":
 		exec = SSH{}
 	case "winrm":
@@ -149,7 +151,7 @@ func ServeBuiltin(name string) {
 	}
 	var idle *IdleConns
 	if name == "ssh" && cfg.SSHPersist > 0 {
-		idle = NewIdleConns(cfg.SSHPersist)
+		idle = NewIdleConns(cfg.SSHPersist, cfg.SSHPersistMax)
 		defer idle.Close()
 	}
 	sdk.Serve(&builtinServer{name: name, exec: exec, idle: idle, conns: map[string]*ConnCache{}})
@@ -219,8 +221,7 @@ func (s *builtinServer) cache(task string) *ConnCache {
 	defer s.mu.Unlock()
 	c := s.conns[task]
 	if c == nil {
-		c = NewConnCache()
-		c.idle = s.idle
+		c = NewConnCache(s.idle)
 		s.conns[task] = c
 	}
 	return c

@@ -22,8 +22,11 @@ type ConnCache struct {
 	clients map[string]*ssh.Client
 }
 
-// NewConnCache returns an empty cache.
-func NewConnCache() *ConnCache { return &ConnCache{clients: map[string]*ssh.Client{}} }
+// NewConnCache returns an empty cache that takes from and gives back to
+// idle (nil: connections are closed with the cache).
+func NewConnCache(idle *IdleConns) *ConnCache {
+	return &ConnCache{idle: idle, clients: map[string]*ssh.Client{}}
+}
 
 type connCacheCtxKey struct{}
 
@@ -39,8 +42,8 @@ func connCacheFrom(ctx context.Context) *ConnCache {
 }
 
 // connKey identifies a login: same host, same user, same credentials and
-// host-key settings. It is a digest, so the pool of idle connections does
-// not hold passwords and keys in its map.
+// host-key settings. It is a digest: a short map key, whatever the size
+// of the credentials.
 func connKey(spec map[string]string) string {
 	fields := []string{"host", "port", "user", "key_file", "private_key", "password", "agent_socket", "known_hosts",
 		"host_key_policy", "host_key_fingerprint", "connect_timeout", "proxy_jump", "proxy_jump_fingerprint"}

@@ -142,7 +142,7 @@ func (p *Plugins) client(name string) (*sdk.Client, error) {
 		return &plugin.ClientConfig{
 			HandshakeConfig:  sdk.Handshake,
 			Plugins:          plugin.PluginSet{sdk.PluginName: &sdk.GRPCPlugin{}},
-			Cmd:              exec.Command(path),
+			Cmd:              withParent(exec.Command(path)),
 			AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 			// go-plugin hashes the file before starting it: a binary
 			// that is not the pinned one never runs.
@@ -260,3 +260,10 @@ type TaskEnder interface {
 // hangGuard is how long past an action's own timeout the agent waits for a
 // built-in plugin to answer before giving up on it.
 const hangGuard = 30 * time.Second
+
+// withParent gives the plugin started by cmd this agent's process id
+// (sdk.ParentEnv): a plugin ends when its agent is gone.
+func withParent(cmd *exec.Cmd) *exec.Cmd {
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", sdk.ParentEnv, os.Getpid()))
+	return cmd
+}

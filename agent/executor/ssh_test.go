@@ -371,7 +371,7 @@ func TestSSHConnectionReuse(t *testing.T) {
 			t.Fatalf("action %d = %+v, stdout %q", n, res, stdout.String())
 		}
 	}
-	conns := NewConnCache()
+	conns := NewConnCache(nil)
 	ctx := WithConnCache(context.Background(), conns)
 	for i := range 3 {
 		run(ctx, i)
@@ -403,12 +403,11 @@ func TestSSHIdleConnections(t *testing.T) {
 	proxy := startCountingProxy(t, srv.Port)
 	spec := srv.Spec("root", "port", proxy.port(), "known_hosts", "", "host_key_fingerprint", ssh.FingerprintSHA256(srv.HostKey),
 		"connect_timeout", "2s")
-	idle := NewIdleConns(time.Hour)
+	idle := NewIdleConns(time.Hour, 100)
 	defer idle.Close()
 	task := func(spec map[string]string, n int) {
 		t.Helper()
-		conns := NewConnCache()
-		conns.idle = idle
+		conns := NewConnCache(idle)
 		var stdout, stderr syncBuffer
 		res := SSH{}.Execute(WithConnCache(context.Background(), conns), Action{Command: fmt.Sprintf("echo %d", n), Spec: spec}, &stdout, &stderr)
 		conns.Close()
@@ -432,15 +431,40 @@ func TestSSHIdleConnections(t *testing.T) {
 		t.Fatalf("a task with another login: %d connections in all, want 2 (its own)", got)
 	}
 
-	proxy.cut()
-	task(spec, 4)
-	if got := proxy.count(); got != 3 {
-		t.Fatalf("after the pooled connection broke: %d connections, want 3 (one new)", got)
+	// Past the limit, the connection idle longest is closed.
+	one := NewIdleConns(time.Hour, 1)
+	defer one.Close()
+	first := NewConnCache(one)
+	var out1, err1 syncBuffer
+	if res := (SSH{}).Execute(WithConnCache(context.Background(), first), Action{Command: "true", Spec: spec}, &out1, &err1); res.Status != StatusSucceeded {
+		t.Fatalf("task = %+v", res)
+	}
+	evicted := first.get(connKey(spec))
+	first.Close()
+	second := NewConnCache(one)
+	if res := (SSH{}).Execute(WithConnCache(context.Background(), second), Action{Command: "true", Spec: other}, &out1, &err1); res.Status != StatusSucceeded {
+		t.Fatalf("task = %+v", res)
+	}
+	second.Close()
+	if one.Len() != 1 {
+		t.Fatalf("a pool of at most 1 holds %d", one.Len())
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- evicted.Wait() }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connection idle longest was not closed past the limit")
 	}
 
-	short := NewIdleConns(50 * time.Millisecond)
-	conns := NewConnCache()
-	conns.idle = short
+	proxy.cut()
+	task(spec, 4)
+	if got := proxy.count(); got != 5 { // 2 for the limit's check
+		t.Fatalf("after the pooled connection broke: %d connections, want 5 (one new)", got)
+	}
+
+	short := NewIdleConns(50*time.Millisecond, 100)
+	conns := NewConnCache(short)
 	var out, errOut syncBuffer
 	if res := (SSH{}).Execute(WithConnCache(context.Background(), conns), Action{Command: "true", Spec: spec}, &out, &errOut); res.Status != StatusSucceeded {
 		t.Fatalf("task = %+v", res)
@@ -460,8 +484,7 @@ func TestSSHIdleConnections(t *testing.T) {
 
 	proxy.freeze()
 	start := time.Now()
-	conns = NewConnCache()
-	conns.idle = idle
+	conns = NewConnCache(idle)
 	res := SSH{}.Execute(WithConnCache(context.Background(), conns), Action{Command: "true", Spec: spec}, &out, &errOut)
 	conns.Close()
 	if res.Status != StatusFailed || time.Since(start) > 30*time.Second {

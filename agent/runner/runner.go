@@ -138,7 +138,7 @@ func (r *Runner) Run(ctx context.Context, t *agentv1.TaskAssignment) {
 	}
 	note(nil, -1)
 	// Remote executors keep their connections for the task's later actions.
-	conns := executor.NewConnCache()
+	conns := executor.NewConnCache(nil)
 	status, errMsg, outcomes := r.runActions(executor.WithConnCache(taskCtx, conns), t, buf, log, note)
 	conns.Close()
 	if te, ok := r.executor.(executor.TaskEnder); ok {

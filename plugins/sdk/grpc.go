@@ -17,7 +17,8 @@ import (
 // server runs on the plugin side.
 type server struct {
 	pluginv1.UnimplementedExecutorServer
-	impl Executor
+	impl     Executor
+	inflight *sync.WaitGroup // Execute calls under way
 }
 
 func (s *server) Describe(ctx context.Context, _ *pluginv1.DescribeRequest) (*pluginv1.DescribeResponse, error) {
@@ -47,6 +48,8 @@ func (w streamWriter) Write(p []byte) (int, error) {
 }
 
 func (s *server) Execute(req *pluginv1.ExecuteRequest, stream pluginv1.Executor_ExecuteServer) error {
+	s.inflight.Add(1)
+	defer s.inflight.Done()
 	mu := &sync.Mutex{}
 	res := s.impl.Execute(stream.Context(), req.GetAction(), req.GetTarget(),
 		streamWriter{mu, stream, "stdout"}, streamWriter{mu, stream, "stderr"})

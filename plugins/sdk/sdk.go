@@ -10,8 +10,11 @@ package sdk
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"os"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
@@ -62,12 +65,21 @@ type TaskEnder interface {
 	EndTask(ctx context.Context, taskID string)
 }
 
+// ParentEnv names the variable in which the agent gives a plugin its
+// process id, so that a plugin whose agent died before it started knows.
+const ParentEnv = "OPSCONDUCTOR_PLUGIN_PARENT"
+
 // Serve runs impl as a plugin until the agent stops it. Call it from main.
 func Serve(impl Executor) {
-	go exitWithParent(os.Getppid(), time.Second)
+	parent := os.Getppid()
+	if v, err := strconv.Atoi(os.Getenv(ParentEnv)); err == nil && v > 0 {
+		parent = v
+	}
+	inflight := &sync.WaitGroup{}
+	go exitWithParent(parent, time.Second, inflight, 10*time.Second)
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig: Handshake,
-		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: impl}},
+		Plugins:         plugin.PluginSet{PluginName: &GRPCPlugin{Impl: impl, inflight: inflight}},
 		GRPCServer:      plugin.DefaultGRPCServer,
 	})
 }
@@ -75,13 +87,24 @@ func Serve(impl Executor) {
 // exitWithParent ends the plugin once the agent that started it is gone
 // (killed, crashed: a stopping agent stops its plugins itself), which on
 // Unix shows as a new parent process. Without it an orphaned plugin would
-// run on, unseen, for ever. (On Windows a process keeps its parent's id
-// when the parent dies, so this does nothing there.)
-func exitWithParent(parent int, every time.Duration) {
+// run on, unseen, for ever. The actions running then had their contexts
+// cancelled when the agent's connection broke; they get grace to stop
+// what they started (a process group, a remote command) before the exit.
+// (On Windows a process keeps its parent's id when the parent dies, so
+// this does nothing there.)
+func exitWithParent(parent int, every time.Duration, inflight *sync.WaitGroup, grace time.Duration) {
 	for range time.Tick(every) {
-		if os.Getppid() != parent {
-			os.Exit(2)
+		if os.Getppid() == parent {
+			continue
 		}
+		stopped := make(chan struct{})
+		go func() { inflight.Wait(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(grace):
+		}
+		fmt.Fprintf(os.Stderr, "the agent (process %d) is gone: this plugin exits\n", parent)
+		os.Exit(2)
 	}
 }
 
@@ -89,11 +112,17 @@ func exitWithParent(parent int, every time.Duration) {
 type GRPCPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
 	Impl Executor // set on the plugin side
+
+	inflight *sync.WaitGroup // the actions running (plugin side; nil: not counted)
 }
 
 // GRPCServer registers the executor (plugin side).
 func (p *GRPCPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	pluginv1.RegisterExecutorServer(s, &server{impl: p.Impl})
+	inflight := p.inflight
+	if inflight == nil {
+		inflight = &sync.WaitGroup{}
+	}
+	pluginv1.RegisterExecutorServer(s, &server{impl: p.Impl, inflight: inflight})
 	return nil
 }
 

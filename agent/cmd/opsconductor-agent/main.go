@@ -97,6 +97,8 @@ func run(args []string) error {
 		"remote-host tasks (over SSH, as a jump host) run at once (env OPSCONDUCTOR_REMOTE_CAPACITY)")
 	sshPersist := fs.Duration("ssh-persist", envDuration("OPSCONDUCTOR_SSH_PERSIST", 0),
 		"keep an SSH connection open this long after its task, for the next task on the same host and login, like OpenSSH's ControlPersist (0: close it) (env OPSCONDUCTOR_SSH_PERSIST)")
+	sshPersistMax := fs.Int("ssh-persist-max", envInt("OPSCONDUCTOR_SSH_PERSIST_MAX", 1000),
+		"most SSH connections kept open by --ssh-persist; past it the one idle longest is closed (env OPSCONDUCTOR_SSH_PERSIST_MAX)")
 	keyMaxAge := fs.Duration("key-max-age", envDuration("OPSCONDUCTOR_KEY_MAX_AGE", 30*24*time.Hour), "rotate the agent key at start when it is older (0: never) (env OPSCONDUCTOR_KEY_MAX_AGE)")
 	pollWait := fs.Duration("poll-wait", envDuration("OPSCONDUCTOR_POLL_WAIT", 30*time.Second), "longest wait of one long-poll (env OPSCONDUCTOR_POLL_WAIT)")
 	logFormat := fs.String("log-format", env("OPSCONDUCTOR_LOG_FORMAT", "json"), "json or console (env OPSCONDUCTOR_LOG_FORMAT)")
@@ -190,7 +192,10 @@ func run(args []string) error {
 	if *sshPersist < 0 {
 		return fmt.Errorf("--ssh-persist %s: must be 0 (off) or a positive duration", *sshPersist)
 	}
-	builtins := &executor.Builtins{Self: self, Config: executor.BuiltinConfig{SSHPersist: *sshPersist}}
+	if *sshPersistMax < 1 {
+		return fmt.Errorf("--ssh-persist-max %d: must be at least 1", *sshPersistMax)
+	}
+	builtins := &executor.Builtins{Self: self, Config: executor.BuiltinConfig{SSHPersist: *sshPersist, SSHPersistMax: *sshPersistMax}}
 	defer builtins.Close()
 	if *sandboxAll {
 		builtins.Config.Sandbox = limits
