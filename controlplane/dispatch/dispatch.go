@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -294,8 +295,24 @@ func (g *Gateway) RunRecheck(ctx context.Context) error {
 		for i, a := range agents {
 			keys[i] = notify.AgentKey(a)
 		}
-		// Every replica runs its own round for its own polls.
-		g.hub.PublishLocal(keys...)
+		// Every replica runs its own round for its own polls. Many agents
+		// woken at one instant would all claim at once: they are woken in
+		// slices spread over the first half of the interval, in an order
+		// that changes every round.
+		rand.Shuffle(len(keys), func(i, j int) { keys[i], keys[j] = keys[j], keys[i] })
+		const slice = 64
+		parts := (len(keys) + slice - 1) / slice
+		pause := g.cfg.Recheck / 2 / time.Duration(parts)
+		for i := 0; i < len(keys); i += slice {
+			if i > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(pause):
+				}
+			}
+			g.hub.PublishLocal(keys[i:min(i+slice, len(keys))]...)
+		}
 	}
 }
 

@@ -760,12 +760,16 @@ func (s *Store) TaskExtendLease(ctx context.Context, agentID, taskID string, gen
 
 // AgentsWithWork lists the agents that have queued tasks of their own,
 // are candidates (jump agents) for a queued remote-host task, or have a
-// running task whose cancel they have to hear of. Whether each task can be
-// claimed now is the claim's business.
+// running task whose cancel they have to hear of. A queued task counts
+// once its execution may start it (not waiting for another execution, its
+// batch started and past its pause); the rest (max_parallel, exclusive
+// targets) is the claim's business.
 func (s *Store) AgentsWithWork(ctx context.Context) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT agent_id FROM tasks WHERE status = $1 AND agent_id <> ''
-		UNION SELECT c.agent_id FROM task_candidates c JOIN tasks t ON t.id = c.task_id WHERE t.status = $1 AND t.agent_id = ''
-		UNION SELECT agent_id FROM tasks WHERE status = $2 AND cancel_requested = TRUE`, TaskQueued, TaskRunning)
+	startable := `EXISTS (SELECT 1 FROM executions e WHERE e.id = t.execution_id AND e.waiting_for = ''
+		AND t.batch <= e.current_batch AND (e.batch_ready_at IS NULL OR e.batch_ready_at <= $3))`
+	rows, err := s.db.QueryContext(ctx, `SELECT t.agent_id FROM tasks t WHERE t.status = $1 AND t.agent_id <> '' AND `+startable+`
+		UNION SELECT c.agent_id FROM task_candidates c JOIN tasks t ON t.id = c.task_id WHERE t.status = $1 AND t.agent_id = '' AND `+startable+`
+		UNION SELECT agent_id FROM tasks WHERE status = $2 AND cancel_requested = TRUE`, TaskQueued, TaskRunning, now())
 	if err != nil {
 		return nil, fmt.Errorf("find agents with work: %w", err)
 	}
@@ -774,7 +778,7 @@ func (s *Store) AgentsWithWork(ctx context.Context) ([]string, error) {
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("read agents with work: %w", err)
 		}
 		ids = append(ids, id)
 	}

@@ -1,7 +1,8 @@
 // Package notify wakes waiters anywhere in the control plane: the poll of an
 // agent when work is queued for it, the watchers of an execution when it
 // changes. A wake-up carries no data, only "look again": losing one costs
-// latency, never state, because every waiter also re-checks on a timer.
+// latency, never state, because the waiters have a safety net (the
+// dispatch gateway's recheck round for polls, a timer for watchers).
 //
 // With a Redis client the wake-ups reach every replica through Redis
 // pub/sub; without one they stay in the process (a single node).
