@@ -31,10 +31,13 @@ import (
 // each figure is the median of the rounds.
 //
 // The outer process installs what is missing from Debian, makes sure the
-// remote user exists and builds our binaries; then it runs itself again
-// under `unshare -n` (b1InsideEnv set), where the control plane uses its
-// embedded store: the machine's PostgreSQL is not on the namespace's
-// loopback.
+// remote user exists and builds our binaries; then it runs itself again in
+// network, PID and mount namespaces of its own (`unshare --net --pid
+// --fork --kill-child --mount-proc`, b1InsideEnv set), where the control
+// plane uses its embedded store (the machine's PostgreSQL is not on the
+// namespace's loopback) and where the kernel ends every process left
+// (Ansible's master connections, sshd's children) when the run ends.
+// It needs root.
 
 const (
 	b1InsideEnv = "OPSCONDUCTOR_B1_INSIDE" // the work directory, set in the namespace
@@ -54,7 +57,13 @@ var b1Packages = []struct{ command, pkg string }{
 
 func runB1(ctx context.Context, size string) ([]Row, error) {
 	if dir := os.Getenv(b1InsideEnv); dir != "" {
+		if os.Getpid() != 1 {
+			return nil, fmt.Errorf("%s is set but this is not the namespaces B1 makes (pid %d, not 1)", b1InsideEnv, os.Getpid())
+		}
 		return runB1Inside(ctx, dir, size)
+	}
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("b1 needs root: it makes namespaces (unshare), starts sshd and may install packages and create the user %s", b1User)
 	}
 	var missing []string
 	for _, p := range b1Packages {
@@ -95,7 +104,7 @@ func runB1(ctx context.Context, size string) ([]Row, error) {
 		return nil, err
 	}
 	out := filepath.Join(dir, "b1-results.json")
-	cmd := exec.CommandContext(ctx, "unshare", "--net", "--", self, "-part", "b1", "-size", size, "-out", out)
+	cmd := exec.CommandContext(ctx, "unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "--", self, "-part", "b1", "-size", size, "-out", out)
 	cmd.Env = append(os.Environ(), b1InsideEnv+"="+dir)
 	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr // its rows come back through out
 	if err := cmd.Run(); err != nil {
@@ -152,6 +161,20 @@ func runB1Inside(ctx context.Context, dir, size string) ([]Row, error) {
 	if size == "tiny" {
 		sizes, rounds, roundsAt500 = []int{3}, 1, 1
 	}
+	// For a closer look at one tool: BENCH_B1_SIZES=50,200 runs those
+	// sizes, BENCH_B1_ONLY=mitogen the contenders whose name holds it
+	// (ours always run: the ratios need them).
+	if v := os.Getenv("BENCH_B1_SIZES"); v != "" {
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 || n > 60000 {
+				return nil, fmt.Errorf("BENCH_B1_SIZES: %q is not a number of targets", f)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	only := os.Getenv("BENCH_B1_ONLY")
 	if out, err := exec.CommandContext(ctx, "ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("b1: bring up the namespace's loopback: %v: %s", err, out)
 	}
@@ -161,9 +184,6 @@ func runB1Inside(ctx context.Context, dir, size string) ([]Row, error) {
 	if err != nil {
 		return nil, err
 	}
-	// What outlives its tool here (Ansible's master connections, sshd's
-	// children) goes with the namespace.
-	defer killNamespace()
 	cp, url, admin, err := startControlPlane(ctx, dir, dir, "sqlite:"+filepath.Join(dir, "db"))
 	if err != nil {
 		return nil, err
@@ -181,7 +201,9 @@ func runB1Inside(ctx context.Context, dir, size string) ([]Row, error) {
 	}
 	defer reuse.stop()
 
-	contenders := lab.contenders(url, admin, cp, fresh, reuse)
+	contenders := slices.DeleteFunc(lab.contenders(url, admin, cp, fresh, reuse), func(c contender) bool {
+		return only != "" && !strings.HasPrefix(c.name, "opsconductor") && !strings.Contains(c.name, only)
+	})
 	// Which key exchange each negotiated, from sshd's own log, one
 	// target each, before the timed runs.
 	kex, err := lab.probeKex(ctx, contenders)
@@ -193,7 +215,7 @@ func runB1Inside(ctx context.Context, dir, size string) ([]Row, error) {
 	}
 	defer func() { lab.sshd.stop() }()
 
-	var rows []Row
+	rows := toolVersions(ctx)
 	for _, n := range sizes {
 		hosts := make([]string, n)
 		for i := range hosts {
@@ -254,7 +276,7 @@ func b1Rows(n int, contenders []contender, results map[string][]outcome, kex map
 			Row{Part: "b1", Case: name, Metric: "wall", Value: w, Unit: "s", Note: fmt.Sprintf("median of %d (min %.2f, max %.2f); key exchange %s", len(walls), slices.Min(walls), slices.Max(walls), kex[c.name])},
 			Row{Part: "b1", Case: name, Metric: "hosts/s", Value: float64(n) / w, Unit: "/s"},
 			Row{Part: "b1", Case: name, Metric: "controller cpu", Value: medianOf(cpu), Unit: "s"},
-			Row{Part: "b1", Case: name, Metric: "controller peak rss", Value: medianOf(rss), Unit: "MiB"},
+			Row{Part: "b1", Case: name, Metric: "controller peak rss", Value: medianOf(rss), Unit: "MiB", Note: "its largest process"},
 			Row{Part: "b1", Case: name, Metric: "machine cpu per host", Value: 1000 * medianOf(machine) / float64(n), Unit: "ms", Note: "every process, sshd included"},
 			Row{Part: "b1", Case: name, Metric: "successes", Value: slices.Min(ok), Unit: "hosts", Note: fmt.Sprintf("fewest of %d runs, of %d", len(ok), n)},
 		)
@@ -417,14 +439,23 @@ func (l *b1Lab) contenders(url, admin string, cp, fresh, reuse *process) []conte
 			env := []string{
 				"ANSIBLE_HOME=" + home, "ANSIBLE_LOCAL_TEMP=" + filepath.Join(home, "tmp"),
 				"ANSIBLE_SSH_CONTROL_PATH_DIR=" + cpDir, "ANSIBLE_PIPELINING=True",
-				"ANSIBLE_SSH_ARGS=-F " + l.sshConfig + " -o ControlMaster=auto -o ControlPersist=60s",
+				// Long enough that no master expires between a cold run at
+				// 500 targets and the warm run after it; they are stopped
+				// after the warm run.
+				"ANSIBLE_SSH_ARGS=-F " + l.sshConfig + " -o ControlMaster=auto -o ControlPersist=600s",
 				"ANSIBLE_HOST_KEY_CHECKING=True", "ANSIBLE_PYTHON_INTERPRETER=/usr/bin/python3",
 				"ANSIBLE_NOCOLOR=1", "ANSIBLE_FORCE_COLOR=0", "ANSIBLE_TIMEOUT=60",
 			}
 			if mitogen {
 				env = append(env, "ANSIBLE_STRATEGY_PLUGINS=/usr/lib/python3/dist-packages/ansible_mitogen/plugins/strategy", "ANSIBLE_STRATEGY=mitogen_linear")
 			}
-			return runTool(ctx, "ansible", []string{"targets", "-i", inv, "-u", b1User, "-m", "raw", "-a", "uptime", "-f", strconv.Itoa(b1Fanout)}, env, "rc=0")
+			o, err := runTool(ctx, "ansible", []string{"targets", "-i", inv, "-u", b1User, "-m", "raw", "-a", "uptime", "-f", strconv.Itoa(b1Fanout)}, env, "rc=0")
+			if !cold || mitogen {
+				// The warm run is over: its masters go, so that they do not
+				// sit beside the other tools' runs.
+				stopMasters(cpDir)
+			}
+			return o, err
 		}
 	}
 	var cs []contender
@@ -462,11 +493,51 @@ func (l *b1Lab) contenders(url, admin string, cp, fresh, reuse *process) []conte
 			contender{name: "ansible raw, warm", run: ansible(false, false)}, // right after the cold run
 		)
 		if have("/usr/lib/python3/dist-packages/ansible_mitogen") {
-			// ~130 s a run at 500 targets: up to 200 only.
-			cs = append(cs, contender{name: "ansible + mitogen", maxTargets: 200, run: ansible(true, true)})
+			// About 1 s of wall and 3.5 s of machine CPU per host here
+			// (a Python interpreter bootstrapped on each target): at 50
+			// targets only, or the part would not fit its hour.
+			cs = append(cs, contender{name: "ansible + mitogen", maxTargets: 50, run: ansible(true, true)})
 		}
 	}
 	return cs
+}
+
+// toolVersions are rows naming the version of every tool compared.
+func toolVersions(ctx context.Context) []Row {
+	var rows []Row
+	for _, t := range []struct {
+		name string
+		cmd  []string
+	}{
+		{"OpenSSH (client and sshd)", []string{"ssh", "-V"}},
+		{"ansible-core", []string{"ansible", "--version"}},
+		{"ansible-mitogen", []string{"dpkg-query", "-W", "-f", "${Version}", "ansible-mitogen"}},
+		{"parallel-ssh", []string{"parallel-ssh", "--version"}},
+		{"clush", []string{"clush", "--version"}},
+	} {
+		out, err := exec.CommandContext(ctx, t.cmd[0], t.cmd[1:]...).CombinedOutput()
+		v, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		if err != nil {
+			v = "not installed"
+		}
+		rows = append(rows, Row{Part: "b1", Case: "version", Metric: t.name, Note: v})
+	}
+	return rows
+}
+
+// stopMasters ends the OpenSSH master connections under dir (the
+// process titles of ControlPersist masters name their socket).
+func stopMasters(dir string) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); err == nil && bytes.Contains(raw, []byte("ssh: "+dir+"/")) {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+		}
+	}
 }
 
 func have(path string) bool {
@@ -511,13 +582,15 @@ func machineCPU() float64 {
 	}
 	line, _, _ := strings.Cut(string(raw), "\n")
 	f := strings.Fields(line)
+	// user nice system idle iowait irq softirq steal guest guest_nice:
+	// busy is user, nice, system, irq and softirq (guest time is already
+	// in user; steal is another machine's).
 	var busy float64
-	for i, v := range f[1:] {
-		if i == 3 || i == 4 { // idle, iowait
-			continue
+	for _, i := range []int{1, 2, 3, 6, 7} {
+		if i < len(f) {
+			x, _ := strconv.ParseFloat(f[i], 64)
+			busy += x
 		}
-		x, _ := strconv.ParseFloat(v, 64)
-		busy += x
 	}
 	return busy / 100 // USER_HZ
 }
@@ -642,27 +715,9 @@ func waitExecutionEnd(ctx context.Context, url, admin, id string) error {
 	return fmt.Errorf("execution %s: its event stream ended before its final status: %v", id, sc.Err())
 }
 
-// killNamespace kills every other process in this network namespace: the
-// harness made it, so all of them are the harness's.
-func killNamespace() {
-	self, err := os.Readlink("/proc/self/ns/net")
-	if err != nil {
-		return
-	}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if ns, err := os.Readlink(filepath.Join("/proc", e.Name(), "ns/net")); err == nil && ns == self {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-	}
-}
-
-// peakRSS is the sum of the processes' peak resident sets (VmHWM), MiB:
-// each one's peak over its life so far.
+// peakRSS is the largest peak resident set (VmHWM) of the processes, MiB:
+// each one's peak over its life so far. (The other tools' figure is the
+// kernel's ru_maxrss: their largest process too.)
 func peakRSS(pids []int) float64 {
 	var kb int64
 	for _, pid := range pids {
@@ -673,7 +728,7 @@ func peakRSS(pids []int) float64 {
 		for _, line := range strings.Split(string(raw), "\n") {
 			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
 				n, _ := strconv.ParseInt(strings.Fields(v)[0], 10, 64)
-				kb += n
+				kb = max(kb, n)
 			}
 		}
 	}

@@ -67,8 +67,9 @@ func main() {
 		}
 		names = []string{*part}
 	}
-	// GOMAXPROCS is pinned, for the harness and every Go process it
-	// starts (they inherit it), so runs on machines of one size compare.
+	// GOMAXPROCS is set explicitly (the CPU count unless the caller gives
+	// one) for the harness and every Go process it starts (they inherit
+	// it), and recorded with the results.
 	if os.Getenv("GOMAXPROCS") == "" {
 		_ = os.Setenv("GOMAXPROCS", strconv.Itoa(runtime.NumCPU()))
 	}
