@@ -430,12 +430,17 @@ func (l *b1Lab) probeKex(ctx context.Context, contenders []contender) (map[strin
 	re := regexp.MustCompile(`kex: algorithm: (\S+)`)
 	kex := map[string]string{}
 	for _, c := range contenders {
+		if c.warmUp { // the timed run is the one after
+			if _, err := c.run(ctx, []string{"127.1.0.1"}); err != nil {
+				return nil, fmt.Errorf("b1: %s on one target: %w", c.name, err)
+			}
+		}
 		before, _ := os.ReadFile(logFile)
 		if _, err := c.run(ctx, []string{"127.1.0.1"}); err != nil {
 			return nil, fmt.Errorf("b1: %s on one target: %w", c.name, err)
 		}
 		after, _ := os.ReadFile(logFile)
-		kex[c.name] = "(none seen)"
+		kex[c.name] = "none (no new connection)"
 		if m := re.FindAllSubmatch(after[len(before):], -1); len(m) > 0 {
 			kex[c.name] = string(m[len(m)-1][1])
 		}
