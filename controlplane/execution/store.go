@@ -767,22 +767,13 @@ func (s *Store) TaskExtendLease(ctx context.Context, agentID, taskID string, gen
 func (s *Store) AgentsWithWork(ctx context.Context) ([]string, error) {
 	startable := `EXISTS (SELECT 1 FROM executions e WHERE e.id = t.execution_id AND e.waiting_for = ''
 		AND t.batch <= e.current_batch AND (e.batch_ready_at IS NULL OR e.batch_ready_at <= $3))`
-	rows, err := s.db.QueryContext(ctx, `SELECT t.agent_id FROM tasks t WHERE t.status = $1 AND t.agent_id <> '' AND `+startable+`
+	ids, err := store.QueryStrings(ctx, s.db, `SELECT t.agent_id FROM tasks t WHERE t.status = $1 AND t.agent_id <> '' AND `+startable+`
 		UNION SELECT c.agent_id FROM task_candidates c JOIN tasks t ON t.id = c.task_id WHERE t.status = $1 AND t.agent_id = '' AND `+startable+`
 		UNION SELECT agent_id FROM tasks WHERE status = $2 AND cancel_requested = TRUE`, TaskQueued, TaskRunning, now())
 	if err != nil {
 		return nil, fmt.Errorf("find agents with work: %w", err)
 	}
-	defer rows.Close()
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, fmt.Errorf("read agents with work: %w", err)
-		}
-		ids = append(ids, id)
-	}
-	return ids, rows.Err()
+	return ids, nil
 }
 
 // TaskCancelsForAgent lists the agent's running tasks that were cancelled

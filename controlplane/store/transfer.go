@@ -68,10 +68,10 @@ func Tables(ctx context.Context, q Querier) ([]Table, error) {
 	var names []string
 	var err error
 	if q.Dialect() == Postgres {
-		names, err = queryStrings(ctx, q, `SELECT table_name FROM information_schema.tables
+		names, err = QueryStrings(ctx, q, `SELECT table_name FROM information_schema.tables
 			WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name`)
 	} else {
-		names, err = queryStrings(ctx, q, `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
+		names, err = QueryStrings(ctx, q, `SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list the tables: %w", err)
@@ -96,7 +96,7 @@ func Tables(ctx context.Context, q Querier) ([]Table, error) {
 		if t.Columns, err = queryColumns(ctx, q, columnsQ, name); err != nil {
 			return nil, fmt.Errorf("read the columns of %s: %w", name, err)
 		}
-		if t.refs, err = queryStrings(ctx, q, refsQ, name); err != nil {
+		if t.refs, err = QueryStrings(ctx, q, refsQ, name); err != nil {
 			return nil, fmt.Errorf("read the foreign keys of %s: %w", name, err)
 		}
 		tables = append(tables, t)
@@ -123,7 +123,9 @@ func queryColumns(ctx context.Context, q Querier, query string, args ...any) ([]
 	return out, rows.Err()
 }
 
-func queryStrings(ctx context.Context, q Querier, query string, args ...any) ([]string, error) {
+// QueryStrings runs a query whose rows are one text column and returns
+// them.
+func QueryStrings(ctx context.Context, q Querier, query string, args ...any) ([]string, error) {
 	rows, err := q.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
