@@ -405,14 +405,39 @@ func TestSSHIdleConnections(t *testing.T) {
 		"connect_timeout", "2s")
 	idle := NewIdleConns(time.Hour, 100)
 	defer idle.Close()
+	// run is one task of one action through pool: its result, its output
+	// and the connection it used (now given back to the pool).
+	run := func(pool *IdleConns, spec map[string]string, command string) (Result, string, *ssh.Client) {
+		t.Helper()
+		conns := NewConnCache(pool)
+		var stdout, stderr syncBuffer
+		res := SSH{}.Execute(WithConnCache(context.Background(), conns), Action{Command: command, Spec: spec}, &stdout, &stderr)
+		client := conns.get(connKey(spec))
+		conns.Close()
+		return res, stdout.String(), client
+	}
 	task := func(spec map[string]string, n int) {
 		t.Helper()
-		conns := NewConnCache(idle)
-		var stdout, stderr syncBuffer
-		res := SSH{}.Execute(WithConnCache(context.Background(), conns), Action{Command: fmt.Sprintf("echo %d", n), Spec: spec}, &stdout, &stderr)
-		conns.Close()
-		if res.Status != StatusSucceeded || stdout.String() != fmt.Sprintf("%d\n", n) {
-			t.Fatalf("task %d = %+v, stdout %q", n, res, stdout.String())
+		if res, out, _ := run(idle, spec, fmt.Sprintf("echo %d", n)); res.Status != StatusSucceeded || out != fmt.Sprintf("%d\n", n) {
+			t.Fatalf("task %d = %+v, stdout %q", n, res, out)
+		}
+	}
+	succeed := func(pool *IdleConns, spec map[string]string) *ssh.Client {
+		t.Helper()
+		res, _, client := run(pool, spec, "true")
+		if res.Status != StatusSucceeded {
+			t.Fatalf("task = %+v", res)
+		}
+		return client
+	}
+	waitClosed := func(client *ssh.Client, failure string) {
+		t.Helper()
+		closed := make(chan error, 1)
+		go func() { closed <- client.Wait() }()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal(failure)
 		}
 	}
 	for i := range 3 {
@@ -434,28 +459,12 @@ func TestSSHIdleConnections(t *testing.T) {
 	// Past the limit, the connection idle longest is closed.
 	one := NewIdleConns(time.Hour, 1)
 	defer one.Close()
-	first := NewConnCache(one)
-	var out1, err1 syncBuffer
-	if res := (SSH{}).Execute(WithConnCache(context.Background(), first), Action{Command: "true", Spec: spec}, &out1, &err1); res.Status != StatusSucceeded {
-		t.Fatalf("task = %+v", res)
-	}
-	evicted := first.get(connKey(spec))
-	first.Close()
-	second := NewConnCache(one)
-	if res := (SSH{}).Execute(WithConnCache(context.Background(), second), Action{Command: "true", Spec: other}, &out1, &err1); res.Status != StatusSucceeded {
-		t.Fatalf("task = %+v", res)
-	}
-	second.Close()
+	evicted := succeed(one, spec)
+	succeed(one, other)
 	if one.Len() != 1 {
 		t.Fatalf("a pool of at most 1 holds %d", one.Len())
 	}
-	closed := make(chan error, 1)
-	go func() { closed <- evicted.Wait() }()
-	select {
-	case <-closed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the connection idle longest was not closed past the limit")
-	}
+	waitClosed(evicted, "the connection idle longest was not closed past the limit")
 
 	proxy.cut()
 	task(spec, 4)
@@ -463,31 +472,16 @@ func TestSSHIdleConnections(t *testing.T) {
 		t.Fatalf("after the pooled connection broke: %d connections, want 5 (one new)", got)
 	}
 
+	// Closed when its period ran out.
 	short := NewIdleConns(50*time.Millisecond, 100)
-	conns := NewConnCache(short)
-	var out, errOut syncBuffer
-	if res := (SSH{}).Execute(WithConnCache(context.Background(), conns), Action{Command: "true", Spec: spec}, &out, &errOut); res.Status != StatusSucceeded {
-		t.Fatalf("task = %+v", res)
-	}
-	client := conns.get(connKey(spec))
-	conns.Close()
-	waited := make(chan error, 1)
-	go func() { waited <- client.Wait() }()
-	select {
-	case <-waited: // closed when its period ran out
-	case <-time.After(10 * time.Second):
-		t.Fatal("a connection idle past its period was not closed")
-	}
+	waitClosed(succeed(short, spec), "a connection idle past its period was not closed")
 	if short.Len() != 0 {
 		t.Fatalf("expired connections still pooled: %d", short.Len())
 	}
 
 	proxy.freeze()
 	start := time.Now()
-	conns = NewConnCache(idle)
-	res := SSH{}.Execute(WithConnCache(context.Background(), conns), Action{Command: "true", Spec: spec}, &out, &errOut)
-	conns.Close()
-	if res.Status != StatusFailed || time.Since(start) > 30*time.Second {
+	if res, _, _ := run(idle, spec, "true"); res.Status != StatusFailed || time.Since(start) > 30*time.Second {
 		t.Fatalf("a silent host behind a pooled connection: %+v after %s, want a failure within the timeouts", res, time.Since(start))
 	}
 }
