@@ -331,12 +331,6 @@ func b1Rows(n int, contenders []contender, results map[string][]outcome, kex map
 	return rows
 }
 
-func medianOf(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 // newB1Lab writes the keys, known_hosts and ssh_config every tool uses.
 func newB1Lab(ctx context.Context, dir string) (*b1Lab, error) {
 	lab := &b1Lab{dir: dir, key: filepath.Join(dir, "id_ed25519"), knownHost: filepath.Join(dir, "known_hosts"), sshConfig: filepath.Join(dir, "ssh_config")}

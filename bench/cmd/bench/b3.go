@@ -433,23 +433,18 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 			rates[c.name] = append(rates[c.name], r)
 		}
 	}
-	median := func(v []float64) float64 {
-		s := slices.Clone(v)
-		slices.Sort(s)
-		return s[len(s)/2]
-	}
 	spread := func(v []float64) string {
 		return fmt.Sprintf("median of %d (min %.0f, max %.0f)", len(v), slices.Min(v), slices.Max(v))
 	}
 	n := sz.tasks()
 	where := fmt.Sprintf("%s tasks, %d agents (capacity 4)", thousands(n), sz.agents)
 	rows := []Row{
-		{Part: "b3", Case: noop, Metric: "throughput", Value: median(rates[noop]), Unit: "tasks/s", Note: spread(rates[noop]) + "; " + where + "; target >= 5,000"},
-		{Part: "b3", Case: trueCmd, Metric: "throughput", Value: median(rates[trueCmd]), Unit: "tasks/s", Note: spread(rates[trueCmd]) + "; " + where + ", shell executor"},
-		{Part: "b3", Case: rv, Metric: "throughput", Value: median(rates[rv]), Unit: "jobs/s",
+		{Part: "b3", Case: noop, Metric: "throughput", Value: medianOf(rates[noop]), Unit: "tasks/s", Note: spread(rates[noop]) + "; " + where + "; target >= 5,000"},
+		{Part: "b3", Case: trueCmd, Metric: "throughput", Value: medianOf(rates[trueCmd]), Unit: "tasks/s", Note: spread(rates[trueCmd]) + "; " + where + ", shell executor"},
+		{Part: "b3", Case: rv, Metric: "throughput", Value: medianOf(rates[rv]), Unit: "jobs/s",
 			Note: spread(rates[rv]) + fmt.Sprintf("; v0.51.2, %s jobs pre-inserted, 100 workers, FetchCooldown 2 ms, FetchPollInterval 20 ms (as `river bench`)", thousands(n))},
-		{Part: "b3", Case: ceil, Metric: "throughput", Value: median(rates[ceil]), Unit: "runs/s", Note: spread(rates[ceil]) + fmt.Sprintf("; os/exec, %s runs from 100 goroutines", thousands(n))},
-		{Part: "b3", Case: ceilSh, Metric: "throughput", Value: median(rates[ceilSh]), Unit: "runs/s", Note: spread(rates[ceilSh]) + "; what the shell executor runs"},
+		{Part: "b3", Case: ceil, Metric: "throughput", Value: medianOf(rates[ceil]), Unit: "runs/s", Note: spread(rates[ceil]) + fmt.Sprintf("; os/exec, %s runs from 100 goroutines", thousands(n))},
+		{Part: "b3", Case: ceilSh, Metric: "throughput", Value: medianOf(rates[ceilSh]), Unit: "runs/s", Note: spread(rates[ceilSh]) + "; what the shell executor runs"},
 	}
 	for _, c := range []string{noop, trueCmd} {
 		cpu := func(pick func(b3Run) float64) float64 {
@@ -457,7 +452,7 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 			for _, r := range ours[c] {
 				v = append(v, pick(r))
 			}
-			return median(v)
+			return medianOf(v)
 		}
 		rows = append(rows,
 			Row{Part: "b3", Case: c, Metric: "CPU per task: control plane", Value: cpu(func(r b3Run) float64 { return r.cpuCP }), Unit: "µs", Note: "median of the runs"},
@@ -467,18 +462,18 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 		)
 	}
 	rows = append(rows,
-		Row{Part: "b3", Case: rv, Metric: "CPU per job: River", Value: median(riverCPU), Unit: "µs", Note: "median of the runs; the program's whole life: migrations and inserts included"},
-		Row{Part: "b3", Case: rv, Metric: "CPU per job: PostgreSQL", Value: median(riverPG), Unit: "µs", Note: "the same"},
+		Row{Part: "b3", Case: rv, Metric: "CPU per job: River", Value: medianOf(riverCPU), Unit: "µs", Note: "median of the runs; the program's whole life: migrations and inserts included"},
+		Row{Part: "b3", Case: rv, Metric: "CPU per job: PostgreSQL", Value: medianOf(riverPG), Unit: "µs", Note: "the same"},
 	)
-	if r := median(rates[rv]); r > 0 {
-		ratio := median(rates[noop]) / r
+	if r := medianOf(rates[rv]); r > 0 {
+		ratio := medianOf(rates[noop]) / r
 		rows = append(rows, Row{Part: "b3", Case: "ours no-op / River", Metric: "throughput ratio", Value: ratio, Unit: "x",
 			Note: fmt.Sprintf("%.3gx; target >= 0.3 (our task: a claim, output and a completion; River's job: a claim and a completion)", ratio)})
 	}
-	if r := median(rates[ceil]); r > 0 {
-		ratio := median(rates[trueCmd]) / r
+	if r := medianOf(rates[ceil]); r > 0 {
+		ratio := medianOf(rates[trueCmd]) / r
 		rows = append(rows, Row{Part: "b3", Case: "ours /bin/true / fork/exec ceiling", Metric: "throughput ratio", Value: ratio, Unit: "x",
-			Note: fmt.Sprintf("%.3gx; target >= 0.8; against /bin/sh -c /bin/true: %.3gx", ratio, median(rates[trueCmd])/median(rates[ceilSh]))})
+			Note: fmt.Sprintf("%.3gx; target >= 0.8; against /bin/sh -c /bin/true: %.3gx", ratio, medianOf(rates[trueCmd])/medianOf(rates[ceilSh]))})
 	}
 	return rows, nil
 }

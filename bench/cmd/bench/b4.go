@@ -344,24 +344,19 @@ func runB4(ctx context.Context, size string) ([]Row, error) {
 		agentRSS, agentCPU = append(agentRSS, float64(aRSS)/(1<<20)), append(agentCPU, 100*(aCPU1-aCPU0)/window.Seconds())
 		baseRSS, baseCPU = append(baseRSS, float64(bRSS)/(1<<20)), append(baseCPU, 100*(bCPU1-bCPU0)/window.Seconds())
 	}
-	median := func(v []float64) float64 {
-		s := slices.Clone(v)
-		slices.Sort(s)
-		return s[len(s)/2]
-	}
 	spread := func(v []float64) string {
 		return fmt.Sprintf("median of %d (min %.2f, max %.2f), %s window", len(v), slices.Min(v), slices.Max(v), window)
 	}
 	rows := []Row{
-		{Part: "b4", Case: "agent idle, long-polling", Metric: "rss", Value: median(agentRSS), Unit: "MiB", Note: spread(agentRSS) + fmt.Sprintf("; %d processes (the agent and its plugins); target <= 15 MiB", procs)},
-		{Part: "b4", Case: "agent idle, long-polling", Metric: "rss anonymous", Value: median(agentAnon), Unit: "MiB", Note: "heap and stacks; the rest is the binary's pages"},
-		{Part: "b4", Case: "agent idle, long-polling", Metric: "cpu", Value: median(agentCPU), Unit: "% of a core", Note: spread(agentCPU)},
-		{Part: "b4", Case: "minimal Go long-poll client", Metric: "rss", Value: median(baseRSS), Unit: "MiB", Note: spread(baseRSS)},
-		{Part: "b4", Case: "minimal Go long-poll client", Metric: "rss anonymous", Value: median(baseAnon), Unit: "MiB"},
-		{Part: "b4", Case: "minimal Go long-poll client", Metric: "cpu", Value: median(baseCPU), Unit: "% of a core", Note: spread(baseCPU)},
+		{Part: "b4", Case: "agent idle, long-polling", Metric: "rss", Value: medianOf(agentRSS), Unit: "MiB", Note: spread(agentRSS) + fmt.Sprintf("; %d processes (the agent and its plugins); target <= 15 MiB", procs)},
+		{Part: "b4", Case: "agent idle, long-polling", Metric: "rss anonymous", Value: medianOf(agentAnon), Unit: "MiB", Note: "heap and stacks; the rest is the binary's pages"},
+		{Part: "b4", Case: "agent idle, long-polling", Metric: "cpu", Value: medianOf(agentCPU), Unit: "% of a core", Note: spread(agentCPU)},
+		{Part: "b4", Case: "minimal Go long-poll client", Metric: "rss", Value: medianOf(baseRSS), Unit: "MiB", Note: spread(baseRSS)},
+		{Part: "b4", Case: "minimal Go long-poll client", Metric: "rss anonymous", Value: medianOf(baseAnon), Unit: "MiB"},
+		{Part: "b4", Case: "minimal Go long-poll client", Metric: "cpu", Value: medianOf(baseCPU), Unit: "% of a core", Note: spread(baseCPU)},
 	}
-	if b := median(baseRSS); b > 0 {
-		rows = append(rows, Row{Part: "b4", Case: "agent / minimal client", Metric: "rss ratio", Value: median(agentRSS) / b, Unit: "x"})
+	if b := medianOf(baseRSS); b > 0 {
+		rows = append(rows, Row{Part: "b4", Case: "agent / minimal client", Metric: "rss ratio", Value: medianOf(agentRSS) / b, Unit: "x"})
 	}
 	return rows, nil
 }

@@ -101,6 +101,13 @@ func main() {
 	}
 }
 
+// medianOf is the median of v (the upper one of an even count).
+func medianOf(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
 func atoi(s string, def int) int {
 	if n, err := strconv.Atoi(s); err == nil && n > 0 {
 		return n
