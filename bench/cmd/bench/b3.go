@@ -171,11 +171,7 @@ func executionsEnded(f *fleet, t0 time.Time, n, want int, timeout time.Duration)
 // with children that it has waited for.
 func cpuTicks(pid int) (own, children float64) {
 	const clockTicks = 100 // USER_HZ on Linux
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0
-	}
-	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
+	f := statFields(pid)
 	if len(f) < 15 {
 		return 0, 0
 	}
@@ -208,11 +204,7 @@ func postgresCPU() float64 {
 
 // parentComm is the command name of pid's parent.
 func parentComm(pid int) string {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
+	f := statFields(pid)
 	if len(f) < 2 {
 		return ""
 	}

@@ -137,14 +137,7 @@ func tree(pid int) []int {
 		if err != nil {
 			continue
 		}
-		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// Fields after the command (in parentheses, which may hold spaces).
-		rest := string(raw[bytes.LastIndexByte(raw, ')')+2:])
-		f := strings.Fields(rest)
-		if len(f) > 1 {
+		if f := statFields(n); len(f) > 1 {
 			parent[n], _ = strconv.Atoi(f[1])
 		}
 	}
@@ -158,6 +151,18 @@ func tree(pid int) []int {
 		}
 	}
 	return out
+}
+
+// statFields are the fields of /proc/PID/stat after the command (which
+// is in parentheses and may hold spaces): state, parent, ...; nil when
+// the process is gone.
+func statFields(pid int) []string {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	i := bytes.LastIndexByte(raw, ')')
+	if err != nil || i < 0 || i+2 > len(raw) {
+		return nil
+	}
+	return strings.Fields(string(raw[i+2:]))
 }
 
 // usage is the resident memory (bytes) and CPU time (seconds) of pids.
@@ -183,13 +188,10 @@ func usageSplit(pids []int) (rss, anon int64, cpu float64) {
 				}
 			}
 		}
-		if raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
-			f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
-			if len(f) > 12 {
-				ut, _ := strconv.ParseFloat(f[11], 64)
-				st, _ := strconv.ParseFloat(f[12], 64)
-				cpu += (ut + st) / clockTicks
-			}
+		if f := statFields(pid); len(f) > 12 {
+			ut, _ := strconv.ParseFloat(f[11], 64)
+			st, _ := strconv.ParseFloat(f[12], 64)
+			cpu += (ut + st) / clockTicks
 		}
 	}
 	return rss, anon, cpu
