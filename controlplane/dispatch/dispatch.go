@@ -578,7 +578,7 @@ func timePtr(t *timestamppb.Timestamp) *time.Time {
 func (g *Gateway) reassign(ctx context.Context, lt execution.LostTask) {
 	if lt.Remote {
 		// Back in its jump agents' pool; wake them.
-		g.wakeQueued(ctx, lt.TaskID)
+		g.wakeExecutionQueue(ctx, lt.ExecutionID)
 		return
 	}
 	e, err := g.store.ExecutionGet(ctx, lt.ExecutionID)
@@ -614,17 +614,29 @@ func (g *Gateway) reassign(ctx context.Context, lt execution.LostTask) {
 	g.logger.Info("lost task waits for its agent to return", zap.String("task_id", lt.TaskID), zap.String("agent_id", lt.AgentID))
 }
 
-// wakeQueued wakes the agents still waiting in the task's execution: the
-// task's end may have freed a max_parallel slot or opened a batch.
-func (g *Gateway) wakeQueued(ctx context.Context, taskID string) {
-	ctx = context.WithoutCancel(ctx)
-	t, err := g.store.TaskGet(ctx, taskID)
-	if err != nil {
-		return
-	}
-	agents, err := g.store.QueuedAgents(ctx, t.ExecutionID)
+// wakeExecutionQueue wakes the agents with queued tasks in the execution.
+func (g *Gateway) wakeExecutionQueue(ctx context.Context, executionID string) {
+	agents, err := g.store.QueuedAgents(context.WithoutCancel(ctx), executionID)
 	if err != nil {
 		g.logger.Warn("find agents to wake", zap.Error(err))
+		return
+	}
+	keys := make([]string, len(agents))
+	for i, a := range agents {
+		keys[i] = notify.AgentKey(a)
+	}
+	g.hub.Publish(ctx, keys...)
+}
+
+// wakeQueued wakes the agents still waiting in the task's execution when
+// the task's end may have freed a max_parallel slot or opened a batch.
+func (g *Gateway) wakeQueued(ctx context.Context, taskID string) {
+	agents, err := g.store.AgentsWaitingOnTask(context.WithoutCancel(ctx), taskID)
+	if err != nil {
+		g.logger.Warn("find agents to wake", zap.Error(err))
+		return
+	}
+	if len(agents) == 0 {
 		return
 	}
 	keys := make([]string, len(agents))

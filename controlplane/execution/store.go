@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strings"
 	"time"
 
@@ -131,6 +132,7 @@ type TaskRecord struct {
 	OutputLimit     int64
 	OutputBytes     int64
 	OutputTruncated bool
+	OutputChunks    int64 // how many output chunks are stored
 	// QueueTimeout is how long the task may wait for its agent once it
 	// may be claimed; then it ends expired.
 	QueueTimeout time.Duration
@@ -448,19 +450,42 @@ func (s *Store) ExecutionIDByIdempotencyKey(ctx context.Context, key string) (st
 	return id, nil
 }
 
-// appendEvent bumps the execution's event counter (which locks its row, so
-// one execution's events commit in counter order) and writes the event.
+// appendEvent writes one event of an execution; see appendEvents.
 func appendEvent(ctx context.Context, tx *store.Tx, ev *opsconductorv1.ExecutionEvent) error {
-	var seq int64
-	if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq`, ev.GetExecutionId()).Scan(&seq); err != nil {
-		return fmt.Errorf("number event of execution %s: %w", ev.GetExecutionId(), store.Translate(err))
+	return appendEvents(ctx, tx, ev.GetExecutionId(), ev)
+}
+
+// appendEvents numbers events of one execution and writes them to the
+// outbox. Bumping the execution's event counter locks its row until
+// commit, so one execution's events commit in counter order; it is also
+// what serialises the tasks of one execution, so the hot paths (claim,
+// output, completion) append as late in their transaction as they can:
+// the lock is then held for little more than the commit.
+func appendEvents(ctx context.Context, tx *store.Tx, executionID string, evs ...*opsconductorv1.ExecutionEvent) error {
+	if len(evs) == 0 {
+		return nil
 	}
-	body, err := protojson.Marshal(ev)
-	if err != nil {
-		return fmt.Errorf("encode %s event: %w", ev.GetType(), err)
+	var last int64
+	if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq`, executionID, len(evs)).Scan(&last); err != nil {
+		return fmt.Errorf("number events of execution %s: %w", executionID, store.Translate(err))
 	}
-	_, err = outbox.Append(ctx, tx, ev.GetType(), ev.GetExecutionId(), seq, json.RawMessage(body))
-	return err
+	return writeEvents(ctx, tx, last, evs)
+}
+
+// writeEvents writes events numbered up to last (the execution's counter,
+// already bumped by len(evs)) to the outbox.
+func writeEvents(ctx context.Context, tx *store.Tx, last int64, evs []*opsconductorv1.ExecutionEvent) error {
+	for i, ev := range evs {
+		body, err := protojson.Marshal(ev)
+		if err != nil {
+			return fmt.Errorf("encode %s event: %w", ev.GetType(), err)
+		}
+		seq := last - int64(len(evs)-1-i)
+		if _, err := outbox.Append(ctx, tx, ev.GetType(), ev.GetExecutionId(), seq, json.RawMessage(body)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ExecutionGet returns one execution.
@@ -482,15 +507,18 @@ func (s *Store) ExecutionGet(ctx context.Context, id string) (ExecutionRecord, e
 	return e, nil
 }
 
-const taskColumns = `SELECT id, execution_id, agent_id, agent_name, status, error, lease_generation, lease_expires_at,
-	output_limit, output_bytes, output_truncated, created_at, started_at, finished_at, host, remote, target_key FROM tasks`
+// taskFields are the columns scanTask reads, for a SELECT or a RETURNING.
+const taskFields = `id, execution_id, agent_id, agent_name, status, error, lease_generation, lease_expires_at,
+	output_limit, output_bytes, output_truncated, output_chunks, created_at, started_at, finished_at, host, remote, target_key`
+
+const taskColumns = `SELECT ` + taskFields + ` FROM tasks`
 
 func scanTask(row interface{ Scan(...any) error }) (TaskRecord, error) {
 	var t TaskRecord
 	var lease, started, finished sql.NullTime
 	var remote string
 	if err := row.Scan(&t.ID, &t.ExecutionID, &t.AgentID, &t.AgentName, &t.Status, &t.Error, &t.LeaseGeneration, &lease,
-		&t.OutputLimit, &t.OutputBytes, &t.OutputTruncated, &t.CreatedAt, &started, &finished, &t.Host, &remote, &t.TargetKey); err != nil {
+		&t.OutputLimit, &t.OutputBytes, &t.OutputTruncated, &t.OutputChunks, &t.CreatedAt, &started, &finished, &t.Host, &remote, &t.TargetKey); err != nil {
 		return TaskRecord{}, store.Translate(err)
 	}
 	if remote != "" {
@@ -626,7 +654,7 @@ func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease
 	err := s.db.InTx(ctx, func(tx *store.Tx) error {
 		t := now()
 		until := t.Add(lease)
-		args := []any{TaskRunning, until, t, agentID, TaskQueued}
+		args := []any{TaskRunning, until, t, agentID}
 		skip := ""
 		for _, id := range exclude {
 			args = append(args, id)
@@ -638,56 +666,24 @@ func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease
 			whose = `tk.agent_id = '' AND EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tk.id AND c.agent_id = $4)`
 			order = `(SELECT COUNT(*) FROM tasks f WHERE f.execution_id = tk.execution_id AND f.agent_id = $4 AND f.status = $1), ` + order
 		}
-		var taskID string
-		err := tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, lease_generation = lease_generation + 1, lease_expires_at = $2, started_at = $3`+set+`
-			WHERE id = (SELECT tk.id FROM tasks tk WHERE `+whose+` AND tk.status = $5`+skip+`
+		task, err := scanTask(tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, lease_generation = lease_generation + 1, lease_expires_at = $2, started_at = $3`+set+`
+			WHERE id = (SELECT tk.id FROM tasks tk WHERE `+whose+` AND tk.status = '`+TaskQueued+`'`+skip+`
 				AND EXISTS (SELECT 1 FROM executions e WHERE e.id = tk.execution_id
 					AND e.waiting_for = ''
 					AND tk.batch <= e.current_batch
 					AND (e.batch_ready_at IS NULL OR e.batch_ready_at <= $3)
-					AND (e.max_parallel = 0 OR e.max_parallel > (SELECT COUNT(*) FROM tasks r WHERE r.execution_id = e.id AND r.status = $1))
-					AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.target_key = tk.target_key AND o.status = $1 AND o.exclusive = TRUE
+					AND (e.max_parallel = 0 OR e.max_parallel > (SELECT COUNT(*) FROM tasks r WHERE r.execution_id = e.id AND r.status = '`+TaskRunning+`'))
+					AND NOT EXISTS (SELECT 1 FROM tasks o WHERE o.target_key = tk.target_key AND o.status = '`+TaskRunning+`' AND o.exclusive = TRUE
 						AND o.execution_id <> tk.execution_id)
-					AND (tk.exclusive = FALSE OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.target_key = tk.target_key AND o.status = $1
+					AND (tk.exclusive = FALSE OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.target_key = tk.target_key AND o.status = '`+TaskRunning+`'
 						AND o.execution_id <> tk.execution_id)))
 				ORDER BY `+order+` LIMIT 1`+store.SkipLocked(tx)+`)
-			RETURNING id`, args...).Scan(&taskID)
-		if errors.Is(err, sql.ErrNoRows) {
+			RETURNING `+taskFields, args...))
+		if errors.Is(err, store.ErrNotFound) {
 			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("claim task for agent %s: %w", agentID, err)
-		}
-		task, err := scanTask(tx.QueryRowContext(ctx, taskColumns+` WHERE id = $1`, taskID))
-		if err != nil {
-			return fmt.Errorf("read claimed task %s: %w", taskID, err)
-		}
-		var snapshot string
-		var execStatus string
-		var paramsJSON string
-		var taskTimeoutMS int64
-		if err := tx.QueryRowContext(ctx, `SELECT job_name, snapshot, correlation_id, status, allow_dangerous, parameters, task_timeout_ms FROM executions WHERE id = $1`, task.ExecutionID).
-			Scan(&c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous, &paramsJSON, &taskTimeoutMS); err != nil {
-			return fmt.Errorf("read execution %s: %w", task.ExecutionID, store.Translate(err))
-		}
-		c.Task, c.Snapshot, c.Parameters, found = task, []byte(snapshot), []byte(paramsJSON), true
-		c.TaskTimeout = time.Duration(taskTimeoutMS) * time.Millisecond
-		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
-			Type: "task.status", ExecutionId: task.ExecutionID, TaskId: task.ID, AgentName: task.AgentName, Status: TaskRunning, Time: timestamppb.New(t),
-		}); err != nil {
-			return err
-		}
-		// appendEvent locked the execution row: claims of one execution are
-		// serialised here, so this count is exact. Two claimers may have
-		// passed the check in the query together; the later one backs off.
-		var maxParallel, running int
-		if err := tx.QueryRowContext(ctx, `SELECT max_parallel, (SELECT COUNT(*) FROM tasks WHERE execution_id = $1 AND status = $2) FROM executions WHERE id = $1`,
-			task.ExecutionID, TaskRunning).Scan(&maxParallel, &running); err != nil {
-			return fmt.Errorf("count running tasks of %s: %w", task.ExecutionID, err)
-		}
-		if maxParallel > 0 && running > maxParallel {
-			found = false
-			return &overParallel{execution: task.ExecutionID}
 		}
 		if remote && tx.Dialect() == store.Postgres {
 			// Several jump agents claim tasks on one host at once: the
@@ -703,10 +699,40 @@ func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease
 				return fmt.Errorf("check exclusive runs on %s: %w", task.TargetKey, err)
 			}
 			if clash > 0 {
-				found = false
 				return &overParallel{execution: task.ExecutionID}
 			}
 		}
+		// Numbering the claim's event locks the execution's row (see
+		// appendEvents), as late as possible; the same statement reads
+		// what the agent needs of the execution.
+		var seq int64
+		var snapshot, execStatus, paramsJSON string
+		var taskTimeoutMS int64
+		var maxParallel int
+		if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + 1 WHERE id = $1
+			RETURNING event_seq, job_name, snapshot, correlation_id, status, allow_dangerous, parameters, task_timeout_ms, max_parallel`, task.ExecutionID).
+			Scan(&seq, &c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous, &paramsJSON, &taskTimeoutMS, &maxParallel); err != nil {
+			return fmt.Errorf("read execution %s: %w", task.ExecutionID, store.Translate(err))
+		}
+		// Claims of one execution are serialised by that lock, so this
+		// count is exact. Two claimers may have passed the check in the
+		// query together; the later one backs off.
+		if maxParallel > 0 {
+			var running int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM tasks WHERE execution_id = $1 AND status = $2`, task.ExecutionID, TaskRunning).Scan(&running); err != nil {
+				return fmt.Errorf("count running tasks of %s: %w", task.ExecutionID, err)
+			}
+			if running > maxParallel {
+				return &overParallel{execution: task.ExecutionID}
+			}
+		}
+		if err := writeEvents(ctx, tx, seq, []*opsconductorv1.ExecutionEvent{{
+			Type: "task.status", ExecutionId: task.ExecutionID, TaskId: task.ID, AgentName: task.AgentName, Status: TaskRunning, Time: timestamppb.New(t),
+		}}); err != nil {
+			return err
+		}
+		c.Task, c.Snapshot, c.Parameters, found = task, []byte(snapshot), []byte(paramsJSON), true
+		c.TaskTimeout = time.Duration(taskTimeoutMS) * time.Millisecond
 		if execStatus == ExecQueued {
 			if _, err := tx.ExecContext(ctx, `UPDATE executions SET status = $1, started_at = $2 WHERE id = $3 AND status = $4`,
 				ExecRunning, t, task.ExecutionID, ExecQueued); err != nil {
@@ -726,17 +752,21 @@ func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease
 func holdTask(ctx context.Context, tx *store.Tx, agentID, taskID string, gen int64) (TaskRecord, error) {
 	// A no-op update takes the row lock on Postgres; SQLite's transaction
 	// already holds the write lock.
-	res, err := tx.ExecContext(ctx, `UPDATE tasks SET lease_generation = lease_generation
-		WHERE id = $1 AND agent_id = $2 AND lease_generation = $3 AND status = $4`, taskID, agentID, gen, TaskRunning)
-	if err != nil {
-		return TaskRecord{}, fmt.Errorf("lock task %s: %w", taskID, err)
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
+	return updateHeldTask(ctx, tx, agentID, taskID, gen, `lease_generation = lease_generation`)
+}
+
+// updateHeldTask applies set (with args from $5 on) to a running task the
+// agent holds at generation gen, locking it, and returns the task as
+// updated, or ErrLeaseLost.
+func updateHeldTask(ctx context.Context, tx *store.Tx, agentID, taskID string, gen int64, set string, args ...any) (TaskRecord, error) {
+	t, err := scanTask(tx.QueryRowContext(ctx, `UPDATE tasks SET `+set+`
+		WHERE id = $1 AND agent_id = $2 AND lease_generation = $3 AND status = $4 RETURNING `+taskFields,
+		append([]any{taskID, agentID, gen, TaskRunning}, args...)...))
+	if errors.Is(err, store.ErrNotFound) {
 		return TaskRecord{}, fmt.Errorf("task %s generation %d: %w", taskID, gen, ErrLeaseLost)
 	}
-	t, err := scanTask(tx.QueryRowContext(ctx, taskColumns+` WHERE id = $1`, taskID))
 	if err != nil {
-		return TaskRecord{}, fmt.Errorf("read task %s: %w", taskID, err)
+		return TaskRecord{}, fmt.Errorf("lock task %s: %w", taskID, err)
 	}
 	return t, nil
 }
@@ -921,11 +951,9 @@ func (s *Store) TaskAppendOutput(ctx context.Context, agentID, taskID string, ge
 		if truncated {
 			return nil
 		}
-		var chunkNo int64
-		if err := tx.QueryRowContext(ctx, `SELECT output_chunks FROM tasks WHERE id = $1`, taskID).Scan(&chunkNo); err != nil {
-			return fmt.Errorf("read output position of task %s: %w", taskID, err)
-		}
+		chunkNo := t.OutputChunks
 		used := t.OutputBytes
+		var events []*opsconductorv1.ExecutionEvent
 		for _, c := range chunks {
 			if len(c.Data) == 0 {
 				continue
@@ -940,12 +968,10 @@ func (s *Store) TaskAppendOutput(ctx context.Context, agentID, taskID string, ge
 				taskID, chunkNo, c.ActionIndex, c.Stream, data); err != nil {
 				return fmt.Errorf("store output of task %s: %w", taskID, err)
 			}
-			if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+			events = append(events, &opsconductorv1.ExecutionEvent{
 				Type: "task.output", ExecutionId: t.ExecutionID, TaskId: taskID, AgentName: t.AgentName,
 				ActionIndex: int32(c.ActionIndex), Stream: c.Stream, Data: data, Time: timestamppb.New(now()),
-			}); err != nil {
-				return err
-			}
+			})
 			used += int64(len(c.Data))
 			if truncated {
 				used = t.OutputLimit
@@ -959,7 +985,7 @@ func (s *Store) TaskAppendOutput(ctx context.Context, agentID, taskID string, ge
 		if afterCommit != nil {
 			tx.AfterCommit(afterCommit)
 		}
-		return nil
+		return appendEvents(ctx, tx, t.ExecutionID, events...)
 	})
 	return truncated, err
 }
@@ -969,14 +995,10 @@ func (s *Store) TaskAppendOutput(ctx context.Context, agentID, taskID string, ge
 // afterCommit (may be nil) runs once it committed.
 func (s *Store) TaskComplete(ctx context.Context, agentID, taskID string, gen int64, status, errMsg string, results []ActionResult, afterCommit func()) error {
 	return s.db.InTx(ctx, func(tx *store.Tx) error {
-		t, err := holdTask(ctx, tx, agentID, taskID, gen)
+		end := now()
+		t, err := updateHeldTask(ctx, tx, agentID, taskID, gen, `status = $5, error = $6, finished_at = $7, lease_expires_at = NULL`, status, errMsg, end)
 		if err != nil {
 			return err
-		}
-		end := now()
-		if _, err := tx.ExecContext(ctx, `UPDATE tasks SET status = $1, error = $2, finished_at = $3, lease_expires_at = NULL WHERE id = $4`,
-			status, errMsg, end, taskID); err != nil {
-			return fmt.Errorf("complete task %s: %w", taskID, err)
 		}
 		for _, r := range results {
 			attempts := string(r.Attempts)
@@ -1156,9 +1178,11 @@ func (s *Store) TaskLoseByAgent(ctx context.Context, agentID, reason string, aft
 	// It no longer takes remote-host tasks. Those queued stay for the
 	// other jump agents; those it was the only one for end with it rather
 	// than wait for no one.
-	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tasks WHERE (agent_id = $1 AND status IN ($2, $3))
-		OR (agent_id = '' AND status = $2 AND EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tasks.id AND c.agent_id = $1)
-			AND NOT EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tasks.id AND c.agent_id <> $1))`, agentID, TaskQueued, TaskRunning)
+	// (A UNION, not an OR: SQLite's planner fails on the OR beside the
+	// partial indexes of tasks.)
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM tasks WHERE agent_id = $1 AND status IN ($2, $3)
+		UNION SELECT id FROM tasks WHERE agent_id = '' AND status = $2 AND EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tasks.id AND c.agent_id = $1)
+			AND NOT EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tasks.id AND c.agent_id <> $1)`, agentID, TaskQueued, TaskRunning)
 	if err != nil {
 		return 0, fmt.Errorf("find tasks of agent %s: %w", agentID, err)
 	}
@@ -1222,15 +1246,22 @@ func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end t
 		Scan(&maxFailures, &batchSize, &pauseMS, &currentBatch, &reason); err != nil {
 		return fmt.Errorf("read policy of %s: %w", executionID, err)
 	}
+	// One count serves the threshold and the end of the execution, unless
+	// the threshold changes it.
+	counts, err := countTasks(ctx, tx, executionID)
+	if err != nil {
+		return err
+	}
 	if maxFailures >= 0 && reason == "" {
-		var failed, total int
-		if err := tx.QueryRowContext(ctx, `SELECT
-			(SELECT COUNT(*) FROM tasks WHERE execution_id = $1 AND status IN ($2, $3, $4, $5, $6)),
-			(SELECT COUNT(*) FROM tasks WHERE execution_id = $1)`,
-			executionID, failedStatuses[0], failedStatuses[1], failedStatuses[2], failedStatuses[3], failedStatuses[4]).Scan(&failed, &total); err != nil {
-			return fmt.Errorf("count failures of %s: %w", executionID, err)
+		failed, total := 0, 0
+		for st, n := range counts {
+			total += n
+			if slices.Contains(failedStatuses, st) {
+				failed += n
+			}
 		}
 		if failed > maxFailures {
+			counts = nil // queued tasks are skipped below: count again
 			why := fmt.Sprintf("failure threshold reached: %d of %d targets failed (max_failures %d); targets not yet started were skipped", failed, total, maxFailures)
 			if _, err := tx.ExecContext(ctx, `UPDATE executions SET reason = $1 WHERE id = $2`, why, executionID); err != nil {
 				return fmt.Errorf("record reason of %s: %w", executionID, err)
@@ -1271,7 +1302,26 @@ func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end t
 		}
 		currentBatch++
 	}
-	return finishIfDone(ctx, tx, executionID, end)
+	return finishWithCounts(ctx, tx, executionID, end, counts)
+}
+
+// countTasks counts an execution's tasks by status.
+func countTasks(ctx context.Context, tx *store.Tx, executionID string) (map[string]int, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT status, COUNT(*) FROM tasks WHERE execution_id = $1 GROUP BY status`, executionID)
+	if err != nil {
+		return nil, fmt.Errorf("count tasks of execution %s: %w", executionID, err)
+	}
+	defer rows.Close()
+	counts := map[string]int{}
+	for rows.Next() {
+		var st string
+		var n int
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count tasks of execution %s: %w", executionID, err)
+		}
+		counts[st] = n
+	}
+	return counts, rows.Err()
 }
 
 // QueuedAgents lists the agents with queued tasks in the execution: after a
@@ -1296,24 +1346,40 @@ func (s *Store) QueuedAgents(ctx context.Context, executionID string) ([]string,
 	return out, rows.Err()
 }
 
+// AgentsWaitingOnTask lists the agents with queued tasks in taskID's
+// execution when that execution limits how many of its tasks run
+// (max_parallel or rolling batches): the task's end may have made room for
+// them. Without such a limit their tasks never waited on this one, and the
+// answer is empty at the cost of one lookup.
+func (s *Store) AgentsWaitingOnTask(ctx context.Context, taskID string) ([]string, error) {
+	ids, err := store.QueryStrings(ctx, s.db, `SELECT q.agent_id FROM tasks t JOIN executions e ON e.id = t.execution_id
+			JOIN tasks q ON q.execution_id = e.id AND q.status = '`+TaskQueued+`' AND q.agent_id <> ''
+			WHERE t.id = $1 AND (e.max_parallel > 0 OR e.batch_size > 0)
+		UNION SELECT c.agent_id FROM tasks t JOIN executions e ON e.id = t.execution_id
+			JOIN tasks q ON q.execution_id = e.id AND q.status = '`+TaskQueued+`' AND q.agent_id = ''
+			JOIN task_candidates c ON c.task_id = q.id
+			WHERE t.id = $1 AND (e.max_parallel > 0 OR e.batch_size > 0)`, taskID)
+	if err != nil {
+		return nil, fmt.Errorf("find agents waiting on task %s: %w", taskID, err)
+	}
+	return ids, nil
+}
+
 // finishIfDone ends the execution when none of its tasks is queued or
 // running: succeeded when every task succeeded, failed otherwise.
 func finishIfDone(ctx context.Context, tx *store.Tx, executionID string, end time.Time) error {
-	rows, err := tx.QueryContext(ctx, `SELECT status, COUNT(*) FROM tasks WHERE execution_id = $1 GROUP BY status`, executionID)
-	if err != nil {
-		return fmt.Errorf("count tasks of execution %s: %w", executionID, err)
-	}
-	counts := map[string]int{}
-	for rows.Next() {
-		var st string
-		var n int
-		if err := rows.Scan(&st, &n); err != nil {
-			rows.Close()
+	return finishWithCounts(ctx, tx, executionID, end, nil)
+}
+
+// finishWithCounts is finishIfDone with the execution's task counts read
+// already under the execution's lock (nil: read them).
+func finishWithCounts(ctx context.Context, tx *store.Tx, executionID string, end time.Time, counts map[string]int) error {
+	if counts == nil {
+		var err error
+		if counts, err = countTasks(ctx, tx, executionID); err != nil {
 			return err
 		}
-		counts[st] = n
 	}
-	rows.Close()
 	if counts[TaskQueued] > 0 || counts[TaskRunning] > 0 {
 		return nil
 	}
@@ -1359,12 +1425,14 @@ func releaseWaiting(ctx context.Context, tx *store.Tx, executionID string, at ti
 	case err != nil:
 		return fmt.Errorf("read what %s waited for: %w", executionID, err)
 	case predecessorStatus == ExecQueued || predecessorStatus == ExecRunning:
-		if _, err := tx.ExecContext(ctx, `UPDATE executions SET waiting_for = $1 WHERE waiting_for = $2`, predecessor, executionID); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE executions SET waiting_for = $1 WHERE waiting_for = $2 AND waiting_for <> ''`, predecessor, executionID); err != nil {
 			return fmt.Errorf("pass the waiters of %s on to %s: %w", executionID, predecessor, err)
 		}
 		return nil
 	}
-	rows, err := tx.QueryContext(ctx, `UPDATE executions SET waiting_for = '' WHERE waiting_for = $1 RETURNING id`, executionID)
+	// (waiting_for <> '' lets the partial index executions_waiting serve
+	// these updates.)
+	rows, err := tx.QueryContext(ctx, `UPDATE executions SET waiting_for = '' WHERE waiting_for = $1 AND waiting_for <> '' RETURNING id`, executionID)
 	if err != nil {
 		return fmt.Errorf("release executions waiting for %s: %w", executionID, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -171,6 +172,11 @@ func TestStoreContract(t *testing.T) {
 				}
 				if e, _ := b.st.ExecutionGet(b.ctx, "e1"); e.Status != ExecRunning {
 					t.Fatalf("execution with a queued task = %s, want running", e.Status)
+				}
+				// No max_parallel, no batches: a2's task never waited on
+				// this one, so nobody needs waking.
+				if waiting, err := b.st.AgentsWaitingOnTask(b.ctx, c.Task.ID); err != nil || len(waiting) != 0 {
+					t.Fatalf("agents waiting on a task of an unlimited execution = %v (%v), want none", waiting, err)
 				}
 				c2, _ := b.st.TaskClaimNext(b.ctx, "a2", 1, time.Minute)
 				if err := b.st.TaskComplete(b.ctx, "a2", c2[0].Task.ID, 1, TaskSucceeded, "", nil, nil); err != nil {
@@ -362,6 +368,9 @@ func TestStoreContract(t *testing.T) {
 					t.Fatal("max_parallel 2 let a third task start (or blocked the first two)")
 				}
 				complete("a1", t1, TaskSucceeded)
+				if waiting, err := b.st.AgentsWaitingOnTask(b.ctx, t1); err != nil || !slices.Equal(waiting, []string{"a3"}) {
+					t.Fatalf("agents waiting on a max_parallel task = %v (%v), want a3", waiting, err)
+				}
 				t3 := claim("a3")
 				if t3 == "" {
 					t.Fatal("a freed slot was not reused")
@@ -376,6 +385,9 @@ func TestStoreContract(t *testing.T) {
 					t.Fatal("the second batch started with the first")
 				}
 				complete("b1", u1, TaskSucceeded)
+				if waiting, err := b.st.AgentsWaitingOnTask(b.ctx, u1); err != nil || !slices.Equal(waiting, []string{"b3"}) {
+					t.Fatalf("agents waiting on a batched task = %v (%v), want b3", waiting, err)
+				}
 				if claim("b3") != "" {
 					t.Fatal("the second batch started before the first ended")
 				}

@@ -353,6 +353,12 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 	if size == "tiny" {
 		sz = b3Size{agents: 2, executions: 25, runs: 1}
 	}
+	// For a closer look while working on throughput:
+	// BENCH_B3_EXECUTIONS=20 runs fewer tasks, BENCH_B3_RUNS=1 one round,
+	// BENCH_B3_ONLY=noop only ours with the no-op executor.
+	sz.executions = atoi(os.Getenv("BENCH_B3_EXECUTIONS"), sz.executions)
+	sz.runs = atoi(os.Getenv("BENCH_B3_RUNS"), sz.runs)
+	onlyNoop := os.Getenv("BENCH_B3_ONLY") == "noop"
 	dir, err := os.MkdirTemp("", "opsconductor-b3-")
 	if err != nil {
 		return nil, err
@@ -397,6 +403,9 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 			exec    executor.Executor
 			command string
 		}{{noop, b3Noop{}, "b3-noop"}, {trueCmd, shell, "/bin/true"}} {
+			if onlyNoop && c.name != noop {
+				continue
+			}
 			r, err := oursThroughput(ctx, dir, sz, c.exec, c.command, profile)
 			profile = 0
 			if err != nil {
@@ -404,6 +413,9 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 			}
 			fmt.Fprintf(os.Stderr, "bench: b3: %s: %.0f tasks/s\n", c.name, r.perSecond)
 			rates[c.name], ours[c.name] = append(rates[c.name], r.perSecond), append(ours[c.name], r)
+		}
+		if onlyNoop {
+			continue
 		}
 		var rt riverThroughput
 		rCPU, pgCPU, err := riverRun(ctx, river, &rt, "-mode", "throughput", "-jobs", strconv.Itoa(sz.tasks()), "-workers", "100")
@@ -430,6 +442,25 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 	}
 	n := sz.tasks()
 	where := fmt.Sprintf("%s tasks, %d agents (capacity 4)", thousands(n), sz.agents)
+	cpuRows := func(c string) []Row {
+		cpu := func(pick func(b3Run) float64) float64 {
+			var v []float64
+			for _, r := range ours[c] {
+				v = append(v, pick(r))
+			}
+			return medianOf(v)
+		}
+		return []Row{
+			{Part: "b3", Case: c, Metric: "CPU per task: control plane", Value: cpu(func(r b3Run) float64 { return r.cpuCP }), Unit: "µs", Note: "median of the runs"},
+			{Part: "b3", Case: c, Metric: "CPU per task: agents", Value: cpu(func(r b3Run) float64 { return r.cpuAgents }), Unit: "µs", Note: "the harness: agents, executor, child processes"},
+			{Part: "b3", Case: c, Metric: "CPU per task: PostgreSQL", Value: cpu(func(r b3Run) float64 { return r.cpuPG }), Unit: "µs",
+				Note: "all of the server's processes during the run"},
+		}
+	}
+	if onlyNoop {
+		return append([]Row{{Part: "b3", Case: noop, Metric: "throughput", Value: medianOf(rates[noop]), Unit: "tasks/s", Note: spread(rates[noop]) + "; " + where}},
+			cpuRows(noop)...), nil
+	}
 	rows := []Row{
 		{Part: "b3", Case: noop, Metric: "throughput", Value: medianOf(rates[noop]), Unit: "tasks/s", Note: spread(rates[noop]) + "; " + where + "; target >= 5,000"},
 		{Part: "b3", Case: trueCmd, Metric: "throughput", Value: medianOf(rates[trueCmd]), Unit: "tasks/s", Note: spread(rates[trueCmd]) + "; " + where + ", shell executor"},
@@ -439,19 +470,7 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 		{Part: "b3", Case: ceilSh, Metric: "throughput", Value: medianOf(rates[ceilSh]), Unit: "runs/s", Note: spread(rates[ceilSh]) + "; what the shell executor runs"},
 	}
 	for _, c := range []string{noop, trueCmd} {
-		cpu := func(pick func(b3Run) float64) float64 {
-			var v []float64
-			for _, r := range ours[c] {
-				v = append(v, pick(r))
-			}
-			return medianOf(v)
-		}
-		rows = append(rows,
-			Row{Part: "b3", Case: c, Metric: "CPU per task: control plane", Value: cpu(func(r b3Run) float64 { return r.cpuCP }), Unit: "µs", Note: "median of the runs"},
-			Row{Part: "b3", Case: c, Metric: "CPU per task: agents", Value: cpu(func(r b3Run) float64 { return r.cpuAgents }), Unit: "µs", Note: "the harness: agents, executor, child processes"},
-			Row{Part: "b3", Case: c, Metric: "CPU per task: PostgreSQL", Value: cpu(func(r b3Run) float64 { return r.cpuPG }), Unit: "µs",
-				Note: "all of the server's processes during the run"},
-		)
+		rows = append(rows, cpuRows(c)...)
 	}
 	rows = append(rows,
 		Row{Part: "b3", Case: rv, Metric: "CPU per job: River", Value: medianOf(riverCPU), Unit: "µs", Note: "median of the runs; the program's whole life: migrations and inserts included"},
