@@ -147,7 +147,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	signer := identity.NewSigner(id.AgentID, id.PrivateKey)
-	client := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL, connect.WithInterceptors(signer.Interceptor()))
+	// Small messages (a poll, a completion) go uncompressed: gzip's set-up
+	// costs more than it saves below a kilobyte or so.
+	client := agentv1connect.NewAgentServiceClient(a.http, a.cfg.ServerURL, connect.WithInterceptors(signer.Interceptor()),
+		connect.WithCompressMinBytes(1024))
 	// A pending key is finished whatever the age: the control plane may
 	// already hold it as the current one.
 	if len(id.PendingKey) > 0 || (a.cfg.KeyMaxAge > 0 && time.Since(id.KeyCreatedAt) > a.cfg.KeyMaxAge) {

@@ -12,6 +12,7 @@
 package registry
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -65,6 +66,7 @@ type Registry struct {
 	cfg       Config
 	logger    *zap.Logger
 	now       func() time.Time
+	verified  *verifiedTokens
 }
 
 var _ opsconductorv1connect.AgentRegistryServiceHandler = (*Registry)(nil)
@@ -83,7 +85,8 @@ func New(st *Store, loseTasks TaskLoser, logger *zap.Logger, cfg Config) *Regist
 	if loseTasks == nil {
 		loseTasks = func(context.Context, string, string) (int, error) { return 0, nil }
 	}
-	return &Registry{store: st, loseTasks: loseTasks, cfg: cfg, logger: logger.Named("registry"), now: time.Now}
+	return &Registry{store: st, loseTasks: loseTasks, cfg: cfg, logger: logger.Named("registry"), now: time.Now,
+		verified: newVerifiedTokens(100_000)}
 }
 
 func (r *Registry) CreateJoinToken(ctx context.Context, req *connect.Request[opsconductorv1.CreateJoinTokenRequest]) (*connect.Response[opsconductorv1.CreateJoinTokenResponse], error) {
@@ -240,11 +243,17 @@ const AgentTokenAudience = "opsconductor-agent"
 // token is worth little.
 const MaxAgentTokenLifetime = 10 * time.Minute
 
+// agentTokenLeeway is the clock skew allowed between agent and server.
+const agentTokenLeeway = 30 * time.Second
+
 // Authenticate checks an agent token (an EdDSA JWT signed by the agent's
 // key) and returns the agent.
 func (r *Registry) Authenticate(ctx context.Context, token string) (AgentRecord, error) {
 	if token == "" {
 		return AgentRecord{}, apperr.Unauthenticated("agent token missing: send Authorization: Bearer TOKEN signed with the agent key")
+	}
+	if v, ok := r.verified.get(token); ok {
+		return r.authenticateVerified(ctx, token, v)
 	}
 	var agent AgentRecord
 	var lookupErr error
@@ -263,7 +272,7 @@ func (r *Registry) Authenticate(ctx context.Context, token string) (AgentRecord,
 		}
 		return jwt.VerificationKeySet{Keys: keys}, nil
 	}, jwt.WithValidMethods([]string{jwt.SigningMethodEdDSA.Alg()}), jwt.WithAudience(AgentTokenAudience),
-		jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithLeeway(30*time.Second), jwt.WithTimeFunc(r.now))
+		jwt.WithExpirationRequired(), jwt.WithIssuedAt(), jwt.WithLeeway(agentTokenLeeway), jwt.WithTimeFunc(r.now))
 	switch {
 	case errors.Is(lookupErr, store.ErrNotFound):
 		return AgentRecord{}, apperr.Unauthenticated("unknown agent: enroll it again")
@@ -282,6 +291,43 @@ func (r *Registry) Authenticate(ctx context.Context, token string) (AgentRecord,
 	// signed; outside it, skip the second verification on this hot path.
 	inGrace := agent.PreviousKeyExpiresAt != nil && r.now().Before(*agent.PreviousKeyExpiresAt)
 	agent.SignedWithPreviousKey = inGrace && !signedWith(token, agent.PublicKey)
+	key := agent.PublicKey
+	if agent.SignedWithPreviousKey {
+		key = agent.PreviousPublicKey
+	}
+	r.verified.put(token, verifiedToken{agentID: agent.ID, key: key, expires: claims.ExpiresAt.Time}, r.now())
+	return agent, nil
+}
+
+// authenticateVerified is Authenticate for a token verified before: what
+// may have changed since is checked again.
+func (r *Registry) authenticateVerified(ctx context.Context, token string, v verifiedToken) (AgentRecord, error) {
+	now := r.now()
+	if now.After(v.expires.Add(agentTokenLeeway)) {
+		r.verified.forget(token)
+		return AgentRecord{}, apperr.Unauthenticated("agent token refused: expired")
+	}
+	agent, err := r.store.AgentGet(ctx, v.agentID)
+	if errors.Is(err, store.ErrNotFound) {
+		r.verified.forget(token)
+		return AgentRecord{}, apperr.Unauthenticated("unknown agent: enroll it again")
+	}
+	if err != nil {
+		return AgentRecord{}, err
+	}
+	inGrace := agent.PreviousKeyExpiresAt != nil && now.Before(*agent.PreviousKeyExpiresAt)
+	switch {
+	case bytes.Equal(v.key, agent.PublicKey):
+	case inGrace && bytes.Equal(v.key, agent.PreviousPublicKey):
+		agent.SignedWithPreviousKey = true
+	default:
+		// Signed with a key the agent no longer has.
+		r.verified.forget(token)
+		return AgentRecord{}, apperr.Unauthenticated("agent token refused: bad signature or algorithm")
+	}
+	if agent.Revoked {
+		return AgentRecord{}, apperr.PermissionDenied("agent %s (%s) is revoked", agent.Name, agent.ID)
+	}
 	return agent, nil
 }
 

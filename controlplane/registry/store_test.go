@@ -305,3 +305,66 @@ func TestRegistry(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentTokenReuse: a token verified once is not verified again, but
+// what may change after the first check still counts on every use: its
+// expiry, the end of a key rotation's grace, revocation.
+func TestAgentTokenReuse(t *testing.T) {
+	st := NewStore(storetest.Open(t, store.SQLite, Schema, Migrations()))
+	reg := New(st, nil, zaptest.NewLogger(t), Config{KeyGrace: time.Minute})
+	ctx := context.Background()
+	now := time.Now().UTC()
+	if err := st.TokenCreate(ctx, TokenRecord{ID: "t", TokenHash: hashSecret("secret"), CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	enroll := func(name string) (AgentRecord, string) {
+		key, err := identity.NewKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := reg.Enroll(ctx, "ocj_secret", name, nil, Facts{Hostname: name}, key.Public().(ed25519.PublicKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := identity.NewSigner(a.ID, key).Token()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 2 { // the second use is answered from what the first found
+			if got, err := reg.Authenticate(ctx, tok); err != nil || got.ID != a.ID {
+				t.Fatalf("authenticate %s = %+v, %v", name, got, err)
+			}
+		}
+		return a, tok
+	}
+	at := func(d time.Duration) { reg.now = func() time.Time { return time.Now().Add(d) } }
+	defer func() { reg.now = time.Now }()
+
+	expiring, expiringTok := enroll("expiring")
+	at(identity.TokenLifetime + time.Minute) // past exp and the leeway
+	if _, err := reg.Authenticate(ctx, expiringTok); err == nil {
+		t.Fatalf("an expired token of %s was accepted again", expiring.ID)
+	}
+	reg.now = time.Now
+
+	revoked, revokedTok := enroll("revoked")
+	if err := st.AgentRevoke(ctx, revoked.ID, "test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.Authenticate(ctx, revokedTok); err == nil {
+		t.Fatal("a revoked agent's token was accepted again")
+	}
+
+	rotated, oldTok := enroll("rotated")
+	newKey, _ := identity.NewKey()
+	if err := reg.RotateKey(ctx, rotated, newKey.Public().(ed25519.PublicKey)); err != nil {
+		t.Fatal(err)
+	}
+	if a, err := reg.Authenticate(ctx, oldTok); err != nil || !a.SignedWithPreviousKey {
+		t.Fatalf("old key in its grace = %+v, %v; want accepted, marked signed with the previous key", a, err)
+	}
+	at(2 * time.Minute) // past the grace, the token itself still valid
+	if _, err := reg.Authenticate(ctx, oldTok); err == nil {
+		t.Fatal("a token signed with the old key was accepted after the grace")
+	}
+}

@@ -504,6 +504,9 @@ func New(ctx context.Context, cfg config.Config, logger *zap.Logger) (*App, erro
 	opts := connect.WithHandlerOptions(
 		connect.WithInterceptors(interceptor.New(logger, interceptor.NewMetrics(metricsReg)), recorder, authz),
 		connect.WithReadMaxBytes(int(cfg.MaxRequestBytes)),
+		// Most messages (polls, acknowledgements) are a few bytes: setting
+		// up gzip for them cost more CPU than it saved bytes.
+		connect.WithCompressMinBytes(1024),
 		connect.WithRecover(func(ctx context.Context, spec connect.Spec, _ http.Header, p any) error {
 			logger.Error("handler panic", zap.String("procedure", spec.Procedure), zap.Any("panic", p),
 				zap.String("correlation_id", correlation.ID(ctx)), zap.Stack("stack"))
