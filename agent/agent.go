@@ -167,6 +167,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		zap.String("server_version", hello.Msg.GetServerVersion()), zap.Int("capacity", a.cfg.Capacity), zap.Int("remote_capacity", a.cfg.RemoteCapacity))
 	run := runner.New(client, a.executor, a.cfg.Safety, a.logger.With(zap.String("agent_id", id.AgentID)), runner.Config{
 		LeaseDuration: hello.Msg.GetLeaseDuration().AsDuration(), AgentName: a.cfg.Name, Journal: a.journal,
+		OutputOnComplete: hello.Msg.GetAcceptsOutputOnComplete(),
 	})
 	// What a previous run of this agent left unreported goes first.
 	run.Recover(ctx)

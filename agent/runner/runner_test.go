@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -101,6 +102,33 @@ func TestRunReportsActionsInOrder(t *testing.T) {
 	}
 	if c.output.String() != "a1\n" {
 		t.Fatalf("output = %q", c.output.String())
+	}
+}
+
+// TestOutputWithCompletion: when the control plane takes output with the
+// completion, a short task's output goes there and no output call is
+// made; when it does not, the output has a call of its own.
+func TestOutputWithCompletion(t *testing.T) {
+	for _, onComplete := range []bool{true, false} {
+		t.Run(fmt.Sprintf("accepted=%v", onComplete), func(t *testing.T) {
+			c := &fakeClient{}
+			r := New(c, &executor.Shell{}, nil, zaptest.NewLogger(t), Config{LeaseDuration: time.Minute, FlushInterval: time.Hour, OutputOnComplete: onComplete})
+			r.Run(context.Background(), task(&opsconductorv1.Action{Name: "one", Command: "echo hello"}))
+			if c.complete == nil || c.complete.GetStatus() != "succeeded" {
+				t.Fatalf("completion = %v", c.complete)
+			}
+			var withCompletion strings.Builder
+			for _, ch := range c.complete.GetOutput() {
+				withCompletion.Write(ch.GetData())
+			}
+			reported, sent := c.output.String(), withCompletion.String()
+			if onComplete && (sent != "hello\n" || reported != "") {
+				t.Fatalf("with the completion %q, in an output call %q; want all with the completion", sent, reported)
+			}
+			if !onComplete && (sent != "" || reported != "hello\n") {
+				t.Fatalf("with the completion %q, in an output call %q; want all in an output call", sent, reported)
+			}
+		})
 	}
 }
 

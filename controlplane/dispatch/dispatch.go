@@ -197,7 +197,8 @@ func (g *Gateway) Hello(ctx context.Context, req *connect.Request[agentv1.HelloR
 		return nil, err
 	}
 	g.logger.Info("agent connected", zap.String("agent_id", a.ID), zap.String("agent_name", a.Name), zap.String("agent_version", req.Msg.GetFacts().GetAgentVersion()))
-	return connect.NewResponse(&agentv1.HelloResponse{ServerVersion: protocol.Version, LeaseDuration: durationpb.New(g.cfg.LeaseDuration)}), nil
+	return connect.NewResponse(&agentv1.HelloResponse{ServerVersion: protocol.Version, LeaseDuration: durationpb.New(g.cfg.LeaseDuration),
+		AcceptsOutputOnComplete: true}), nil
 }
 
 func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollRequest]) (*connect.Response[agentv1.PollResponse], error) {
@@ -507,18 +508,27 @@ func (g *Gateway) ReportOutput(ctx context.Context, req *connect.Request[agentv1
 	if err != nil {
 		return nil, err
 	}
-	chunks := make([]execution.OutputChunk, 0, len(req.Msg.GetChunks()))
-	for i, c := range req.Msg.GetChunks() {
-		if c.GetStream() != "stdout" && c.GetStream() != "stderr" {
-			return nil, apperr.InvalidField(fmt.Sprintf("chunks[%d].stream", i), "must be stdout or stderr")
-		}
-		chunks = append(chunks, execution.OutputChunk{ActionIndex: int(c.GetActionIndex()), Stream: c.GetStream(), Data: c.GetData()})
+	chunks, err := outputChunks("chunks", req.Msg.GetChunks())
+	if err != nil {
+		return nil, err
 	}
 	truncated, err := g.store.TaskAppendOutput(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), chunks, g.nudge)
 	if err != nil {
 		return nil, leaseErr(err)
 	}
 	return connect.NewResponse(&agentv1.ReportOutputResponse{Truncated: truncated}), nil
+}
+
+// outputChunks checks the chunks of a request's field and converts them.
+func outputChunks(field string, in []*agentv1.OutputChunk) ([]execution.OutputChunk, error) {
+	chunks := make([]execution.OutputChunk, 0, len(in))
+	for i, c := range in {
+		if c.GetStream() != "stdout" && c.GetStream() != "stderr" {
+			return nil, apperr.InvalidField(fmt.Sprintf("%s[%d].stream", field, i), "must be stdout or stderr")
+		}
+		chunks = append(chunks, execution.OutputChunk{ActionIndex: int(c.GetActionIndex()), Stream: c.GetStream(), Data: c.GetData()})
+	}
+	return chunks, nil
 }
 
 var finalTaskStatus = map[string]bool{
@@ -553,8 +563,12 @@ func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1
 			StartedAt: timePtr(r.GetStartTime()), FinishedAt: timePtr(r.GetEndTime()), Attempts: attempts,
 		})
 	}
-	err = g.store.TaskComplete(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), req.Msg.GetStatus(), req.Msg.GetError(), results,
-		g.nudge)
+	output, err := outputChunks("output", req.Msg.GetOutput())
+	if err != nil {
+		return nil, err
+	}
+	err = g.store.TaskCompleteWithOutput(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), req.Msg.GetStatus(), req.Msg.GetError(), results,
+		output, g.nudge)
 	if err != nil {
 		return nil, leaseErr(err)
 	}

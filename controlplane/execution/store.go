@@ -947,40 +947,9 @@ func (s *Store) TaskAppendOutput(ctx context.Context, agentID, taskID string, ge
 		if err != nil {
 			return err
 		}
-		truncated = t.OutputTruncated
-		if truncated {
-			return nil
-		}
-		chunkNo := t.OutputChunks
-		used := t.OutputBytes
 		var events []*opsconductorv1.ExecutionEvent
-		for _, c := range chunks {
-			if len(c.Data) == 0 {
-				continue
-			}
-			data := c.Data
-			if room := t.OutputLimit - used; int64(len(data)) > room {
-				data = append(append([]byte(nil), data[:max(room, 0)]...), TruncationMarker(t.OutputLimit)...)
-				truncated = true
-			}
-			chunkNo++
-			if _, err := tx.ExecContext(ctx, `INSERT INTO task_output (task_id, chunk, action_index, stream, data) VALUES ($1, $2, $3, $4, $5)`,
-				taskID, chunkNo, c.ActionIndex, c.Stream, data); err != nil {
-				return fmt.Errorf("store output of task %s: %w", taskID, err)
-			}
-			events = append(events, &opsconductorv1.ExecutionEvent{
-				Type: "task.output", ExecutionId: t.ExecutionID, TaskId: taskID, AgentName: t.AgentName,
-				ActionIndex: int32(c.ActionIndex), Stream: c.Stream, Data: data, Time: timestamppb.New(now()),
-			})
-			used += int64(len(c.Data))
-			if truncated {
-				used = t.OutputLimit
-				break
-			}
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE tasks SET output_bytes = $1, output_chunks = $2, output_truncated = $3 WHERE id = $4`,
-			used, chunkNo, truncated, taskID); err != nil {
-			return fmt.Errorf("update output of task %s: %w", taskID, err)
+		if truncated, events, err = storeOutput(ctx, tx, t, chunks); err != nil {
+			return err
 		}
 		if afterCommit != nil {
 			tx.AfterCommit(afterCommit)
@@ -990,13 +959,69 @@ func (s *Store) TaskAppendOutput(ctx context.Context, agentID, taskID string, ge
 	return truncated, err
 }
 
+// storeOutput stores output of task t (held by the caller's transaction)
+// up to its output limit, and returns whether the output is now truncated
+// and the events the caller appends.
+func storeOutput(ctx context.Context, tx *store.Tx, t TaskRecord, chunks []OutputChunk) (bool, []*opsconductorv1.ExecutionEvent, error) {
+	if t.OutputTruncated {
+		return true, nil, nil
+	}
+	truncated := false
+	chunkNo, used := t.OutputChunks, t.OutputBytes
+	var events []*opsconductorv1.ExecutionEvent
+	for _, c := range chunks {
+		if len(c.Data) == 0 {
+			continue
+		}
+		data := c.Data
+		if room := t.OutputLimit - used; int64(len(data)) > room {
+			data = append(append([]byte(nil), data[:max(room, 0)]...), TruncationMarker(t.OutputLimit)...)
+			truncated = true
+		}
+		chunkNo++
+		if _, err := tx.ExecContext(ctx, `INSERT INTO task_output (task_id, chunk, action_index, stream, data) VALUES ($1, $2, $3, $4, $5)`,
+			t.ID, chunkNo, c.ActionIndex, c.Stream, data); err != nil {
+			return false, nil, fmt.Errorf("store output of task %s: %w", t.ID, err)
+		}
+		events = append(events, &opsconductorv1.ExecutionEvent{
+			Type: "task.output", ExecutionId: t.ExecutionID, TaskId: t.ID, AgentName: t.AgentName,
+			ActionIndex: int32(c.ActionIndex), Stream: c.Stream, Data: data, Time: timestamppb.New(now()),
+		})
+		used += int64(len(c.Data))
+		if truncated {
+			used = t.OutputLimit
+			break
+		}
+	}
+	if len(events) == 0 {
+		return false, nil, nil
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE tasks SET output_bytes = $1, output_chunks = $2, output_truncated = $3 WHERE id = $4`,
+		used, chunkNo, truncated, t.ID); err != nil {
+		return false, nil, fmt.Errorf("update output of task %s: %w", t.ID, err)
+	}
+	return truncated, events, nil
+}
+
 // TaskComplete ends a task the agent holds with a final status and its
 // action results, and ends the execution when it was the last task.
 // afterCommit (may be nil) runs once it committed.
 func (s *Store) TaskComplete(ctx context.Context, agentID, taskID string, gen int64, status, errMsg string, results []ActionResult, afterCommit func()) error {
+	return s.TaskCompleteWithOutput(ctx, agentID, taskID, gen, status, errMsg, results, nil, afterCommit)
+}
+
+// TaskCompleteWithOutput is TaskComplete storing the task's last output
+// first (as TaskAppendOutput would), in the same transaction: a short
+// task then costs the agent one call less.
+func (s *Store) TaskCompleteWithOutput(ctx context.Context, agentID, taskID string, gen int64, status, errMsg string, results []ActionResult,
+	output []OutputChunk, afterCommit func()) error {
 	return s.db.InTx(ctx, func(tx *store.Tx) error {
 		end := now()
 		t, err := updateHeldTask(ctx, tx, agentID, taskID, gen, `status = $5, error = $6, finished_at = $7, lease_expires_at = NULL`, status, errMsg, end)
+		if err != nil {
+			return err
+		}
+		_, events, err := storeOutput(ctx, tx, t, output)
 		if err != nil {
 			return err
 		}
@@ -1010,9 +1035,10 @@ func (s *Store) TaskComplete(ctx context.Context, agentID, taskID string, gen in
 				return fmt.Errorf("store result of action %d of task %s: %w", r.Index, taskID, store.Translate(err))
 			}
 		}
-		if err := appendEvent(ctx, tx, &opsconductorv1.ExecutionEvent{
+		events = append(events, &opsconductorv1.ExecutionEvent{
 			Type: "task.status", ExecutionId: t.ExecutionID, TaskId: taskID, AgentName: t.AgentName, Status: status, Error: errMsg, Time: timestamppb.New(end),
-		}); err != nil {
+		})
+		if err := appendEvents(ctx, tx, t.ExecutionID, events...); err != nil {
 			return err
 		}
 		if err := afterTaskEnded(ctx, tx, t.ExecutionID, end); err != nil {

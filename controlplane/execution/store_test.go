@@ -291,6 +291,53 @@ func TestStoreContract(t *testing.T) {
 				}
 			})
 
+			t.Run("output with the completion", func(t *testing.T) {
+				b := setup(t, d)
+				b.makeExecution(t, "e1", "a1")
+				c, _ := b.st.TaskClaimNext(b.ctx, "a1", 1, time.Minute)
+				if _, err := b.st.TaskAppendOutput(b.ctx, "a1", c[0].Task.ID, 1, []OutputChunk{{Stream: "stdout", Data: []byte("one ")}}, nil); err != nil {
+					t.Fatal(err)
+				}
+				last := []OutputChunk{{Stream: "stdout", Data: []byte("two ")}, {Stream: "stderr", Data: []byte("three")}}
+				if err := b.st.TaskCompleteWithOutput(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, last, nil); err != nil {
+					t.Fatal(err)
+				}
+				evs, err := b.st.EventsAfter(b.ctx, "e1", 0, 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var got []string
+				for i, ev := range evs {
+					if ev.GetSequence() != int64(i+1) {
+						t.Fatalf("event %d has sequence %d", i, ev.GetSequence())
+					}
+					got = append(got, ev.GetType()+":"+ev.GetStatus()+string(ev.GetData()))
+				}
+				want := "execution.created:queued task.status:running execution.status:running task.output:one  task.output:two  task.output:three " +
+					"task.status:succeeded execution.status:succeeded"
+				if strings.Join(got, " ") != want {
+					t.Fatalf("events = %q, want %q", strings.Join(got, " "), want)
+				}
+				out, err := b.st.OutputByExecution(b.ctx, "e1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var text []string
+				for _, ch := range out[c[0].Task.ID] {
+					text = append(text, ch.Stream+":"+string(ch.Data))
+				}
+				if strings.Join(text, ",") != "stdout:one ,stdout:two ,stderr:three" {
+					t.Fatalf("stored output = %q", text)
+				}
+				// A completion that lost its lease stores none of its output.
+				if err := b.st.TaskCompleteWithOutput(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, last, nil); !errors.Is(err, ErrLeaseLost) {
+					t.Fatalf("second completion = %v, want ErrLeaseLost", err)
+				}
+				if again, _ := b.st.OutputByExecution(b.ctx, "e1"); len(again[c[0].Task.ID]) != 3 {
+					t.Fatalf("output after a refused completion = %d chunks, want 3", len(again[c[0].Task.ID]))
+				}
+			})
+
 			t.Run("cancel", func(t *testing.T) {
 				b := setup(t, d)
 				b.makeExecution(t, "e1", "a1", "a2")

@@ -395,8 +395,13 @@ type HelloResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ServerVersion string                 `protobuf:"bytes,1,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
 	LeaseDuration *durationpb.Duration   `protobuf:"bytes,2,opt,name=lease_duration,json=leaseDuration,proto3" json:"lease_duration,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The server stores CompleteTaskRequest.output: an agent may send a
+	// task's last output with its completion instead of a ReportOutput call
+	// of its own. Servers before this field ignore that output, so an agent
+	// sends it there only when this is set.
+	AcceptsOutputOnComplete bool `protobuf:"varint,3,opt,name=accepts_output_on_complete,json=acceptsOutputOnComplete,proto3" json:"accepts_output_on_complete,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *HelloResponse) Reset() {
@@ -441,6 +446,13 @@ func (x *HelloResponse) GetLeaseDuration() *durationpb.Duration {
 		return x.LeaseDuration
 	}
 	return nil
+}
+
+func (x *HelloResponse) GetAcceptsOutputOnComplete() bool {
+	if x != nil {
+		return x.AcceptsOutputOnComplete
+	}
+	return false
 }
 
 type PollRequest struct {
@@ -1099,9 +1111,12 @@ type CompleteTaskRequest struct {
 	TaskId          string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	LeaseGeneration int64                  `protobuf:"varint,2,opt,name=lease_generation,json=leaseGeneration,proto3" json:"lease_generation,omitempty"`
 	// succeeded, failed, timed_out or cancelled.
-	Status        string           `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
-	Error         string           `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	Actions       []*ActionOutcome `protobuf:"bytes,5,rep,name=actions,proto3" json:"actions,omitempty"`
+	Status  string           `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Error   string           `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Actions []*ActionOutcome `protobuf:"bytes,5,rep,name=actions,proto3" json:"actions,omitempty"`
+	// Output not yet reported, stored before the task ends (as by
+	// ReportOutput) when the server accepts it (HelloResponse).
+	Output        []*OutputChunk `protobuf:"bytes,6,rep,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1167,6 +1182,13 @@ func (x *CompleteTaskRequest) GetError() string {
 func (x *CompleteTaskRequest) GetActions() []*ActionOutcome {
 	if x != nil {
 		return x.Actions
+	}
+	return nil
+}
+
+func (x *CompleteTaskRequest) GetOutput() []*OutputChunk {
+	if x != nil {
+		return x.Output
 	}
 	return nil
 }
@@ -1248,10 +1270,11 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\x10protocol_version\x18\x03 \x01(\x05R\x0fprotocolVersion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"x\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb5\x01\n" +
 	"\rHelloResponse\x12%\n" +
 	"\x0eserver_version\x18\x01 \x01(\tR\rserverVersion\x12@\n" +
-	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\"\xb7\x01\n" +
+	"\x0elease_duration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rleaseDuration\x12;\n" +
+	"\x1aaccepts_output_on_complete\x18\x03 \x01(\bR\x17acceptsOutputOnComplete\"\xb7\x01\n" +
 	"\vPollRequest\x12\x1d\n" +
 	"\n" +
 	"free_slots\x18\x01 \x01(\x05R\tfreeSlots\x12-\n" +
@@ -1307,13 +1330,14 @@ const file_opsconductor_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x124\n" +
-	"\battempts\x18\b \x03(\v2\x18.opsconductor.v1.AttemptR\battempts\"\xc7\x01\n" +
+	"\battempts\x18\b \x03(\v2\x18.opsconductor.v1.AttemptR\battempts\"\x83\x02\n" +
 	"\x13CompleteTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12)\n" +
 	"\x10lease_generation\x18\x02 \x01(\x03R\x0fleaseGeneration\x12\x16\n" +
 	"\x06status\x18\x03 \x01(\tR\x06status\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12>\n" +
-	"\aactions\x18\x05 \x03(\v2$.opsconductor.agent.v1.ActionOutcomeR\aactions\"\x16\n" +
+	"\aactions\x18\x05 \x03(\v2$.opsconductor.agent.v1.ActionOutcomeR\aactions\x12:\n" +
+	"\x06output\x18\x06 \x03(\v2\".opsconductor.agent.v1.OutputChunkR\x06output\"\x16\n" +
 	"\x14CompleteTaskResponse2\xec\x05\n" +
 	"\fAgentService\x12_\n" +
 	"\x06Enroll\x12$.opsconductor.agent.v1.EnrollRequest\x1a%.opsconductor.agent.v1.EnrollResponse\"\b\x8a\xb5\x18\x04\x10\x01\x18\x01\x12\\\n" +
@@ -1387,25 +1411,26 @@ var file_opsconductor_agent_v1_agent_proto_depIdxs = []int32{
 	23, // 15: opsconductor.agent.v1.ActionOutcome.end_time:type_name -> google.protobuf.Timestamp
 	25, // 16: opsconductor.agent.v1.ActionOutcome.attempts:type_name -> opsconductor.v1.Attempt
 	15, // 17: opsconductor.agent.v1.CompleteTaskRequest.actions:type_name -> opsconductor.agent.v1.ActionOutcome
-	1,  // 18: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
-	5,  // 19: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
-	7,  // 20: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
-	10, // 21: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
-	13, // 22: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
-	3,  // 23: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
-	16, // 24: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
-	2,  // 25: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
-	6,  // 26: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
-	8,  // 27: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
-	11, // 28: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
-	14, // 29: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
-	4,  // 30: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
-	17, // 31: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	12, // 18: opsconductor.agent.v1.CompleteTaskRequest.output:type_name -> opsconductor.agent.v1.OutputChunk
+	1,  // 19: opsconductor.agent.v1.AgentService.Enroll:input_type -> opsconductor.agent.v1.EnrollRequest
+	5,  // 20: opsconductor.agent.v1.AgentService.Hello:input_type -> opsconductor.agent.v1.HelloRequest
+	7,  // 21: opsconductor.agent.v1.AgentService.Poll:input_type -> opsconductor.agent.v1.PollRequest
+	10, // 22: opsconductor.agent.v1.AgentService.ExtendLease:input_type -> opsconductor.agent.v1.ExtendLeaseRequest
+	13, // 23: opsconductor.agent.v1.AgentService.ReportOutput:input_type -> opsconductor.agent.v1.ReportOutputRequest
+	3,  // 24: opsconductor.agent.v1.AgentService.RotateKey:input_type -> opsconductor.agent.v1.RotateKeyRequest
+	16, // 25: opsconductor.agent.v1.AgentService.CompleteTask:input_type -> opsconductor.agent.v1.CompleteTaskRequest
+	2,  // 26: opsconductor.agent.v1.AgentService.Enroll:output_type -> opsconductor.agent.v1.EnrollResponse
+	6,  // 27: opsconductor.agent.v1.AgentService.Hello:output_type -> opsconductor.agent.v1.HelloResponse
+	8,  // 28: opsconductor.agent.v1.AgentService.Poll:output_type -> opsconductor.agent.v1.PollResponse
+	11, // 29: opsconductor.agent.v1.AgentService.ExtendLease:output_type -> opsconductor.agent.v1.ExtendLeaseResponse
+	14, // 30: opsconductor.agent.v1.AgentService.ReportOutput:output_type -> opsconductor.agent.v1.ReportOutputResponse
+	4,  // 31: opsconductor.agent.v1.AgentService.RotateKey:output_type -> opsconductor.agent.v1.RotateKeyResponse
+	17, // 32: opsconductor.agent.v1.AgentService.CompleteTask:output_type -> opsconductor.agent.v1.CompleteTaskResponse
+	26, // [26:33] is the sub-list for method output_type
+	19, // [19:26] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_opsconductor_agent_v1_agent_proto_init() }
