@@ -177,7 +177,7 @@ func (s *Shell) run(ctx, runCtx context.Context, a Action, cmd *exec.Cmd, sb *sa
 		tree.signal(syscall.SIGKILL)
 		if sb != nil {
 			sb.Kill()
-			if reason := sb.Tripped(); reason != "" {
+			if reason := trippedAfterExit(sb, cmd.ProcessState); reason != "" {
 				return Result{Status: StatusFailed, ExitCode: -1, Error: "stopped by the sandbox: " + reason}
 			}
 		}
@@ -342,4 +342,32 @@ func lookupRunAs(name string) (runAs, error) {
 	}
 	return runAs{name: name, home: u.HomeDir, uid: int(uid), gid: int(gid),
 		cred: newCredential(uint32(uid), uint32(gid), groups)}, nil
+}
+
+// trippedAfterExit is sb.Tripped for an action that exited. The kernel's
+// OOM killer sends its SIGKILL before it counts the kill in the cgroup,
+// so a process it killed can be reaped before the count shows: a SIGKILL
+// exit is given up to 100 ms for it (seen under load in CI).
+func trippedAfterExit(sb *sandbox.Sandbox, ps *os.ProcessState) string {
+	reason := sb.Tripped()
+	ws, ok := sysWaitStatus(ps)
+	if reason != "" || !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
+		return reason
+	}
+	for range 10 {
+		time.Sleep(10 * time.Millisecond)
+		if reason = sb.Tripped(); reason != "" {
+			break
+		}
+	}
+	return reason
+}
+
+func sysWaitStatus(ps *os.ProcessState) (syscall.WaitStatus, bool) {
+	var ws syscall.WaitStatus
+	if ps == nil {
+		return ws, false
+	}
+	ws, ok := ps.Sys().(syscall.WaitStatus)
+	return ws, ok
 }
