@@ -206,7 +206,7 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 	if err != nil {
 		return nil, err
 	}
-	if err := g.registry.Touch(ctx, a.ID); err != nil {
+	if err := g.registry.Touch(ctx, a); err != nil {
 		g.logger.Warn("record agent poll", zap.String("agent_id", a.ID), zap.Error(err))
 	}
 	wait := g.cfg.DefaultPollWait
@@ -224,7 +224,8 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 	defer deadline.Stop()
 	g.pollsWaiting.Inc()
 	defer g.pollsWaiting.Dec()
-	for {
+	state := a.State // read with the agent's record: the first look needs no lookup
+	for first := true; ; first = false {
 		// Cancels first: a busy agent (no free slots) still polls for them.
 		pending, err := g.store.TaskCancelsForAgent(ctx, a.ID)
 		if err != nil {
@@ -239,9 +240,12 @@ func (g *Gateway) Poll(ctx context.Context, req *connect.Request[agentv1.PollReq
 		// A draining or paused agent finishes what runs and takes nothing
 		// new; the state is read on every look, so a resume is seen soon.
 		slots, remote := freeSlots, freeRemote
-		if st, err := g.registry.AgentState(ctx, a.ID); err != nil {
-			return nil, err
-		} else if st != registry.StateActive {
+		if !first {
+			if state, err = g.registry.AgentState(ctx, a.ID); err != nil {
+				return nil, err
+			}
+		}
+		if state != registry.StateActive {
 			slots, remote = 0, 0
 		}
 		var tasks []*agentv1.TaskAssignment
@@ -567,14 +571,17 @@ func (g *Gateway) CompleteTask(ctx context.Context, req *connect.Request[agentv1
 	if err != nil {
 		return nil, err
 	}
-	err = g.store.TaskCompleteWithOutput(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), req.Msg.GetStatus(), req.Msg.GetError(), results,
+	limited, err := g.store.TaskCompleteWithOutput(ctx, a.ID, req.Msg.GetTaskId(), req.Msg.GetLeaseGeneration(), req.Msg.GetStatus(), req.Msg.GetError(), results,
 		output, g.nudge)
 	if err != nil {
 		return nil, leaseErr(err)
 	}
 	g.tasksDone.WithLabelValues(req.Msg.GetStatus()).Inc()
 	g.logger.Info("task completed", zap.String("task_id", req.Msg.GetTaskId()), zap.String("agent_id", a.ID), zap.String("status", req.Msg.GetStatus()))
-	g.wakeQueued(ctx, req.Msg.GetTaskId())
+	if limited {
+		// Its end may have made room for tasks the execution held back.
+		g.wakeQueued(ctx, req.Msg.GetTaskId())
+	}
 	return connect.NewResponse(&agentv1.CompleteTaskResponse{}), nil
 }
 

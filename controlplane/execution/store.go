@@ -475,17 +475,22 @@ func appendEvents(ctx context.Context, tx *store.Tx, executionID string, evs ...
 // writeEvents writes events numbered up to last (the execution's counter,
 // already bumped by len(evs)) to the outbox.
 func writeEvents(ctx context.Context, tx *store.Tx, last int64, evs []*opsconductorv1.ExecutionEvent) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	records := make([]outbox.Record, len(evs))
 	for i, ev := range evs {
-		body, err := protojson.Marshal(ev)
+		pj, err := protojson.Marshal(ev)
 		if err != nil {
 			return fmt.Errorf("encode %s event: %w", ev.GetType(), err)
 		}
-		seq := last - int64(len(evs)-1-i)
-		if _, err := outbox.Append(ctx, tx, ev.GetType(), ev.GetExecutionId(), seq, json.RawMessage(body)); err != nil {
-			return err
+		body, err := json.Marshal(json.RawMessage(pj)) // compact: protojson's spacing varies
+		if err != nil {
+			return fmt.Errorf("encode %s event: %w", ev.GetType(), err)
 		}
+		records[i] = outbox.Record{Topic: ev.GetType(), AggregateSeq: last - int64(len(evs)-1-i), Payload: body}
 	}
-	return nil
+	return outbox.AppendAll(ctx, tx, evs[0].GetExecutionId(), records)
 }
 
 // ExecutionGet returns one execution.
@@ -660,14 +665,20 @@ func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease
 			args = append(args, id)
 			skip += fmt.Sprintf(" AND tk.execution_id <> $%d", len(args))
 		}
-		set, whose, order := "", `tk.agent_id = $4`, `tk.created_at, tk.id`
+		from, set, whose, order := `tasks tk`, "", `tk.agent_id = $4`, `tk.created_at, tk.id`
 		if remote {
+			// Fair share: the execution the agent runs fewest tasks of
+			// first. Its running tasks are counted once per claim (a join),
+			// not once per candidate task: with 500 queued tasks that was
+			// 500 counts for every claim.
+			from = `tasks tk LEFT JOIN (SELECT f.execution_id, COUNT(*) AS n FROM tasks f WHERE f.agent_id = $4 AND f.status = '` + TaskRunning + `'
+				GROUP BY f.execution_id) mine ON mine.execution_id = tk.execution_id`
 			set = `, agent_id = $4, agent_name = COALESCE((SELECT c.agent_name FROM task_candidates c WHERE c.task_id = tasks.id AND c.agent_id = $4), '')`
 			whose = `tk.agent_id = '' AND EXISTS (SELECT 1 FROM task_candidates c WHERE c.task_id = tk.id AND c.agent_id = $4)`
-			order = `(SELECT COUNT(*) FROM tasks f WHERE f.execution_id = tk.execution_id AND f.agent_id = $4 AND f.status = $1), ` + order
+			order = `COALESCE(mine.n, 0), ` + order
 		}
 		task, err := scanTask(tx.QueryRowContext(ctx, `UPDATE tasks SET status = $1, lease_generation = lease_generation + 1, lease_expires_at = $2, started_at = $3`+set+`
-			WHERE id = (SELECT tk.id FROM tasks tk WHERE `+whose+` AND tk.status = '`+TaskQueued+`'`+skip+`
+			WHERE id = (SELECT tk.id FROM `+from+` WHERE `+whose+` AND tk.status = '`+TaskQueued+`'`+skip+`
 				AND EXISTS (SELECT 1 FROM executions e WHERE e.id = tk.execution_id
 					AND e.waiting_for = ''
 					AND tk.batch <= e.current_batch
@@ -677,7 +688,7 @@ func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease
 						AND o.execution_id <> tk.execution_id)
 					AND (tk.exclusive = FALSE OR NOT EXISTS (SELECT 1 FROM tasks o WHERE o.target_key = tk.target_key AND o.status = '`+TaskRunning+`'
 						AND o.execution_id <> tk.execution_id)))
-				ORDER BY `+order+` LIMIT 1`+store.SkipLocked(tx)+`)
+				ORDER BY `+order+` LIMIT 1`+store.SkipLocked(tx, "tk")+`)
 			RETURNING `+taskFields, args...))
 		if errors.Is(err, store.ErrNotFound) {
 			return nil
@@ -1007,15 +1018,19 @@ func storeOutput(ctx context.Context, tx *store.Tx, t TaskRecord, chunks []Outpu
 // action results, and ends the execution when it was the last task.
 // afterCommit (may be nil) runs once it committed.
 func (s *Store) TaskComplete(ctx context.Context, agentID, taskID string, gen int64, status, errMsg string, results []ActionResult, afterCommit func()) error {
-	return s.TaskCompleteWithOutput(ctx, agentID, taskID, gen, status, errMsg, results, nil, afterCommit)
+	_, err := s.TaskCompleteWithOutput(ctx, agentID, taskID, gen, status, errMsg, results, nil, afterCommit)
+	return err
 }
 
 // TaskCompleteWithOutput is TaskComplete storing the task's last output
 // first (as TaskAppendOutput would), in the same transaction: a short
-// task then costs the agent one call less.
+// task then costs the agent one call less. It also says whether the
+// execution holds tasks back (max_parallel, batches), so that agents may
+// be waiting on this task's end (see AgentsWaitingOnTask).
 func (s *Store) TaskCompleteWithOutput(ctx context.Context, agentID, taskID string, gen int64, status, errMsg string, results []ActionResult,
-	output []OutputChunk, afterCommit func()) error {
-	return s.db.InTx(ctx, func(tx *store.Tx) error {
+	output []OutputChunk, afterCommit func()) (bool, error) {
+	var p rollout
+	err := s.db.InTx(ctx, func(tx *store.Tx) error {
 		end := now()
 		t, err := updateHeldTask(ctx, tx, agentID, taskID, gen, `status = $5, error = $6, finished_at = $7, lease_expires_at = NULL`, status, errMsg, end)
 		if err != nil {
@@ -1038,10 +1053,17 @@ func (s *Store) TaskCompleteWithOutput(ctx context.Context, agentID, taskID stri
 		events = append(events, &opsconductorv1.ExecutionEvent{
 			Type: "task.status", ExecutionId: t.ExecutionID, TaskId: taskID, AgentName: t.AgentName, Status: status, Error: errMsg, Time: timestamppb.New(end),
 		})
-		if err := appendEvents(ctx, tx, t.ExecutionID, events...); err != nil {
+		// Numbering the events locks the execution (see appendEvents);
+		// the same statement reads its rollout.
+		var last int64
+		if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq, `+rolloutColumns,
+			t.ExecutionID, len(events)).Scan(append([]any{&last}, p.fields()...)...); err != nil {
+			return fmt.Errorf("number events of execution %s: %w", t.ExecutionID, store.Translate(err))
+		}
+		if err := writeEvents(ctx, tx, last, events); err != nil {
 			return err
 		}
-		if err := afterTaskEnded(ctx, tx, t.ExecutionID, end); err != nil {
+		if err := afterTaskEndedWith(ctx, tx, t.ExecutionID, end, p); err != nil {
 			return err
 		}
 		if afterCommit != nil {
@@ -1049,6 +1071,7 @@ func (s *Store) TaskCompleteWithOutput(ctx context.Context, agentID, taskID stri
 		}
 		return nil
 	})
+	return p.limited(), err
 }
 
 // LostTask is a task whose agent stopped reporting.
@@ -1265,13 +1288,36 @@ var failedStatuses = []string{TaskFailed, TaskTimedOut, TaskLost, TaskExpired, T
 // failed), opens the next rolling batch when the current one is done, and
 // ends the execution when nothing is left.
 func afterTaskEnded(ctx context.Context, tx *store.Tx, executionID string, end time.Time) error {
-	var maxFailures, batchSize, currentBatch int
-	var pauseMS int64
-	var reason string
-	if err := tx.QueryRowContext(ctx, `SELECT max_failures, batch_size, batch_pause_ms, current_batch, reason FROM executions WHERE id = $1`, executionID).
-		Scan(&maxFailures, &batchSize, &pauseMS, &currentBatch, &reason); err != nil {
+	var p rollout
+	if err := tx.QueryRowContext(ctx, `SELECT `+rolloutColumns+` FROM executions WHERE id = $1`, executionID).Scan(p.fields()...); err != nil {
 		return fmt.Errorf("read policy of %s: %w", executionID, err)
 	}
+	return afterTaskEndedWith(ctx, tx, executionID, end, p)
+}
+
+// rollout is how an execution goes through its tasks, as afterTaskEnded
+// needs it.
+type rollout struct {
+	maxFailures, batchSize, currentBatch, maxParallel int
+	pauseMS                                           int64
+	reason                                            string
+}
+
+// rolloutColumns are the executions columns rollout.fields scans.
+const rolloutColumns = `max_failures, batch_size, batch_pause_ms, current_batch, reason, max_parallel`
+
+func (p *rollout) fields() []any {
+	return []any{&p.maxFailures, &p.batchSize, &p.pauseMS, &p.currentBatch, &p.reason, &p.maxParallel}
+}
+
+// limited says whether the execution holds tasks back (max_parallel or
+// batches): a task's end may then let others start.
+func (p rollout) limited() bool { return p.maxParallel > 0 || p.batchSize > 0 }
+
+// afterTaskEndedWith is afterTaskEnded with the execution's rollout read
+// already, under its lock.
+func afterTaskEndedWith(ctx context.Context, tx *store.Tx, executionID string, end time.Time, p rollout) error {
+	maxFailures, batchSize, pauseMS, currentBatch, reason := p.maxFailures, p.batchSize, p.pauseMS, p.currentBatch, p.reason
 	// One count serves the threshold and the end of the execution, unless
 	// the threshold changes it.
 	counts, err := countTasks(ctx, tx, executionID)

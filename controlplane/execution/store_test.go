@@ -299,8 +299,8 @@ func TestStoreContract(t *testing.T) {
 					t.Fatal(err)
 				}
 				last := []OutputChunk{{Stream: "stdout", Data: []byte("two ")}, {Stream: "stderr", Data: []byte("three")}}
-				if err := b.st.TaskCompleteWithOutput(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, last, nil); err != nil {
-					t.Fatal(err)
+				if limited, err := b.st.TaskCompleteWithOutput(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, last, nil); err != nil || limited {
+					t.Fatalf("complete = %v (limited %v), want done and not limited (no max_parallel, no batches)", err, limited)
 				}
 				evs, err := b.st.EventsAfter(b.ctx, "e1", 0, 100)
 				if err != nil {
@@ -330,7 +330,7 @@ func TestStoreContract(t *testing.T) {
 					t.Fatalf("stored output = %q", text)
 				}
 				// A completion that lost its lease stores none of its output.
-				if err := b.st.TaskCompleteWithOutput(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, last, nil); !errors.Is(err, ErrLeaseLost) {
+				if _, err := b.st.TaskCompleteWithOutput(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, last, nil); !errors.Is(err, ErrLeaseLost) {
 					t.Fatalf("second completion = %v, want ErrLeaseLost", err)
 				}
 				if again, _ := b.st.OutputByExecution(b.ctx, "e1"); len(again[c[0].Task.ID]) != 3 {
@@ -414,7 +414,9 @@ func TestStoreContract(t *testing.T) {
 				if t1 == "" || t2 == "" || claim("a3") != "" {
 					t.Fatal("max_parallel 2 let a third task start (or blocked the first two)")
 				}
-				complete("a1", t1, TaskSucceeded)
+				if limited, err := b.st.TaskCompleteWithOutput(b.ctx, "a1", t1, 1, TaskSucceeded, "", nil, nil, nil); err != nil || !limited {
+					t.Fatalf("complete = %v (limited %v), want done and limited by max_parallel", err, limited)
+				}
 				if waiting, err := b.st.AgentsWaitingOnTask(b.ctx, t1); err != nil || !slices.Equal(waiting, []string{"a3"}) {
 					t.Fatalf("agents waiting on a max_parallel task = %v (%v), want a3", waiting, err)
 				}

@@ -19,6 +19,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/opsconductor/opsconductor/controlplane/correlation"
@@ -52,6 +53,37 @@ func Append(ctx context.Context, q store.Querier, topic, aggregateID string, agg
 		return 0, fmt.Errorf("append %s event: %w", topic, err)
 	}
 	return seq, nil
+}
+
+// Record is an event to append: AppendAll's input.
+type Record struct {
+	Topic        string
+	AggregateSeq int64
+	Payload      []byte // JSON
+}
+
+// AppendAll writes events of one aggregate in the caller's transaction,
+// in one statement, in order.
+func AppendAll(ctx context.Context, q store.Querier, aggregateID string, records []Record) error {
+	if len(records) == 0 {
+		return nil
+	}
+	at, corr := time.Now().UTC(), correlation.ID(ctx)
+	var values strings.Builder
+	args := make([]any, 0, 3+3*len(records))
+	args = append(args, aggregateID, at, corr)
+	for i, r := range records {
+		if i > 0 {
+			values.WriteString(", ")
+		}
+		n := len(args)
+		fmt.Fprintf(&values, "($%d, $1, $%d, $%d, $2, $3)", n+1, n+2, n+3)
+		args = append(args, r.Topic, r.AggregateSeq, string(r.Payload))
+	}
+	if _, err := q.ExecContext(ctx, `INSERT INTO outbox (topic, aggregate_id, aggregate_seq, payload, created_at, correlation_id) VALUES `+values.String(), args...); err != nil {
+		return fmt.Errorf("append %d events of %s: %w", len(records), aggregateID, err)
+	}
+	return nil
 }
 
 // ListAfter returns up to limit events with seq > after, in order.

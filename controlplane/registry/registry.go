@@ -463,9 +463,19 @@ func (r *Registry) UpdateFacts(ctx context.Context, a AgentRecord, labels map[st
 	return r.store.AgentUpdateFacts(ctx, a)
 }
 
-// Touch records that an agent polled.
-func (r *Registry) Touch(ctx context.Context, id string) error {
-	return r.store.AgentTouch(ctx, id, r.now(), 5*time.Second)
+// touchGranularity is how stale an agent's last-seen time may get: it is
+// written at most this often.
+const touchGranularity = 5 * time.Second
+
+// Touch records that agent a (as just read) polled. Nothing is written
+// when its record was seen within touchGranularity: the common case,
+// decided without a statement.
+func (r *Registry) Touch(ctx context.Context, a AgentRecord) error {
+	now := r.now()
+	if now.Sub(a.LastSeenAt) < touchGranularity {
+		return nil
+	}
+	return r.store.AgentTouch(ctx, a.ID, now, touchGranularity)
 }
 
 // Resolve maps targets to enrolled, non-revoked agents (offline ones

@@ -368,3 +368,35 @@ func TestAgentTokenReuse(t *testing.T) {
 		t.Fatal("a token signed with the old key was accepted after the grace")
 	}
 }
+
+// TestTouchFromRecord: a poll's touch is decided from the agent's record
+// as the call read it; only a stale record costs a write.
+func TestTouchFromRecord(t *testing.T) {
+	st := NewStore(storetest.Open(t, store.SQLite, Schema, Migrations()))
+	reg := New(st, nil, zaptest.NewLogger(t), Config{})
+	ctx := context.Background()
+	seen := time.Now().UTC().Truncate(time.Millisecond)
+	if err := st.TokenCreate(ctx, TokenRecord{ID: "t", TokenHash: "h", CreatedAt: seen, ExpiresAt: seen.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.AgentEnroll(ctx, "h", AgentRecord{ID: "a1", Name: "a1", Labels: map[string]string{}, PublicKey: []byte("k"), EnrolledAt: seen, LastSeenAt: seen}, seen); err != nil {
+		t.Fatal(err)
+	}
+	later := seen.Add(time.Minute)
+	reg.now = func() time.Time { return later }
+	rec, _ := st.AgentGet(ctx, "a1")
+	fresh := rec
+	fresh.LastSeenAt = later.Add(-time.Second)
+	if err := reg.Touch(ctx, fresh); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.AgentGet(ctx, "a1"); !got.LastSeenAt.Equal(seen) {
+		t.Fatalf("a touch with a fresh record wrote %v", got.LastSeenAt)
+	}
+	if err := reg.Touch(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.AgentGet(ctx, "a1"); !got.LastSeenAt.Equal(later) {
+		t.Fatalf("a touch with a stale record wrote %v, want %v", got.LastSeenAt, later)
+	}
+}

@@ -201,11 +201,12 @@ func (db *DB) InTx(ctx context.Context, fn func(tx *Tx) error) error {
 }
 
 // SkipLocked is the row-locking clause a claim query appends to its inner
-// SELECT: FOR UPDATE SKIP LOCKED on Postgres; nothing on SQLite, whose
+// SELECT, locking the rows of table (an alias; the query may join others):
+// FOR UPDATE OF table SKIP LOCKED on Postgres; nothing on SQLite, whose
 // single writer already serialises claims.
-func SkipLocked(q Querier) string {
+func SkipLocked(q Querier, table string) string {
 	if q.Dialect() == Postgres {
-		return " FOR UPDATE SKIP LOCKED"
+		return " FOR UPDATE OF " + table + " SKIP LOCKED"
 	}
 	return ""
 }
