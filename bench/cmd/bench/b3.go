@@ -383,7 +383,7 @@ func runB3(ctx context.Context, size string) ([]Row, error) {
 	ours := map[string][]b3Run{}
 	var riverCPU, riverPG []float64 // CPU per job, µs: the River program, PostgreSQL
 	// Five rounds, or as many as fit in the part's share of `make bench`
-	// (at least three): at ~100 tasks/s a run of ours takes 90 s.
+	// (at least three): a round of this part takes about 90 s here.
 	const budget = 9 * time.Minute
 	start := time.Now()
 	for run := 0; run < sz.runs; run++ {
