@@ -199,16 +199,37 @@ func usageSplit(pids []int) (rss, anon int64, cpu float64) {
 }
 
 // startControlPlane starts `opsconductor server` on dbURL (plus env)
-// and returns it with its URL and admin token once it is healthy.
+// and returns it with its URL and admin token once it is healthy. The
+// address is picked free and then bound by the server, so another
+// process (an outgoing connection of the fleet's, from the same
+// ephemeral range) can take it in between: a start that fails is tried
+// again on a new address, twice, and the last failure carries the tail
+// of the server's log.
 func startControlPlane(ctx context.Context, bin, dir, dbURL string, env ...string) (*process, string, string, error) {
+	var err error
+	for range 3 {
+		var p *process
+		var url, token, logFile string
+		if p, url, token, logFile, err = startControlPlaneOnce(ctx, bin, dir, dbURL, env...); err == nil {
+			return p, url, token, nil
+		}
+		log, _ := os.ReadFile(logFile)
+		err = fmt.Errorf("%w; the server's log ends:\n%s", err, tail(log, 2000))
+		fmt.Fprintf(os.Stderr, "bench: control plane did not start, trying again: %v\n", err)
+	}
+	return nil, "", "", err
+}
+
+func startControlPlaneOnce(ctx context.Context, bin, dir, dbURL string, env ...string) (*process, string, string, string, error) {
 	addr := freeAddr()
 	tokenFile := filepath.Join(dir, fmt.Sprintf("admin-token-%d", time.Now().UnixNano()))
+	logFile := filepath.Join(dir, fmt.Sprintf("server-%s.log", filepath.Base(tokenFile)))
 	p, err := start(ctx, filepath.Join(bin, "opsconductor"), []string{"server"}, append([]string{
 		"OPSCONDUCTOR_ADDR=" + addr, "DATABASE_URL=" + dbURL, "OPSCONDUCTOR_INSECURE_HTTP=true",
 		"OPSCONDUCTOR_BOOTSTRAP_TOKEN_FILE=" + tokenFile, "OPSCONDUCTOR_RATE_LIMIT=0", "OPSCONDUCTOR_LOG_LEVEL=warn",
-	}, env...), filepath.Join(dir, fmt.Sprintf("server-%s.log", filepath.Base(tokenFile))))
+	}, env...), logFile)
 	if err != nil {
-		return nil, "", "", err
+		return nil, "", "", logFile, err
 	}
 	url := "http://" + addr
 	if err := waitFor(30*time.Second, "control plane start", func() (bool, error) {
@@ -220,14 +241,14 @@ func startControlPlane(ctx context.Context, bin, dir, dbURL string, env ...strin
 		return resp.StatusCode == http.StatusOK, nil
 	}); err != nil {
 		p.stop()
-		return nil, "", "", err
+		return nil, "", "", logFile, err
 	}
 	raw, err := os.ReadFile(tokenFile)
 	if err != nil {
 		p.stop()
-		return nil, "", "", err
+		return nil, "", "", logFile, err
 	}
-	return p, url, strings.TrimSpace(string(raw)), nil
+	return p, url, strings.TrimSpace(string(raw)), logFile, nil
 }
 
 func apiJSON(method, url, token string, body, out any) error {
