@@ -12,6 +12,7 @@ import (
 
 	"github.com/opsconductor/opsconductor/controlplane/store"
 	"github.com/opsconductor/opsconductor/controlplane/storetest"
+	opsconductorv1 "github.com/opsconductor/opsconductor/proto/gen/opsconductor/v1"
 )
 
 type testBundle struct {
@@ -28,6 +29,22 @@ func setup(t *testing.T, d store.Dialect) testBundle {
 func (b testBundle) makeExecution(t *testing.T, id string, agents ...string) []TaskRecord {
 	t.Helper()
 	return b.makeExecutionWith(t, ExecutionRecord{}, id, agents...)
+}
+
+// numberedEvents returns an execution's events, checking that they are
+// numbered 1, 2, 3... without a gap.
+func (b testBundle) numberedEvents(t *testing.T, executionID string) []*opsconductorv1.ExecutionEvent {
+	t.Helper()
+	evs, err := b.st.EventsAfter(b.ctx, executionID, 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ev := range evs {
+		if ev.GetSequence() != int64(i+1) {
+			t.Fatalf("event %d of %s has sequence %d", i, executionID, ev.GetSequence())
+		}
+	}
+	return evs
 }
 
 // makeExecutionWith is makeExecution with fan-out settings from base.
@@ -263,15 +280,9 @@ func TestStoreContract(t *testing.T) {
 				if err := b.st.TaskComplete(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, nil); err != nil {
 					t.Fatal(err)
 				}
-				evs, err := b.st.EventsAfter(b.ctx, "e1", 0, 100)
-				if err != nil {
-					t.Fatal(err)
-				}
+				evs := b.numberedEvents(t, "e1")
 				var got []string
-				for i, ev := range evs {
-					if ev.GetSequence() != int64(i+1) {
-						t.Fatalf("event %d has sequence %d", i, ev.GetSequence())
-					}
+				for _, ev := range evs {
 					got = append(got, ev.GetType()+":"+ev.GetStatus())
 				}
 				want := "execution.created:queued task.status:running execution.status:running task.output: task.status:succeeded execution.status:succeeded"
@@ -302,15 +313,8 @@ func TestStoreContract(t *testing.T) {
 				if limited, err := b.st.TaskCompleteWithOutput(b.ctx, "a1", c[0].Task.ID, 1, TaskSucceeded, "", nil, last, nil); err != nil || limited {
 					t.Fatalf("complete = %v (limited %v), want done and not limited (no max_parallel, no batches)", err, limited)
 				}
-				evs, err := b.st.EventsAfter(b.ctx, "e1", 0, 100)
-				if err != nil {
-					t.Fatal(err)
-				}
 				var got []string
-				for i, ev := range evs {
-					if ev.GetSequence() != int64(i+1) {
-						t.Fatalf("event %d has sequence %d", i, ev.GetSequence())
-					}
+				for _, ev := range b.numberedEvents(t, "e1") {
 					got = append(got, ev.GetType()+":"+ev.GetStatus()+string(ev.GetData()))
 				}
 				want := "execution.created:queued task.status:running execution.status:running task.output:one  task.output:two  task.output:three " +
