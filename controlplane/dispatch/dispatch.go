@@ -638,26 +638,20 @@ func (g *Gateway) reassign(ctx context.Context, lt execution.LostTask) {
 // wakeExecutionQueue wakes the agents with queued tasks in the execution.
 func (g *Gateway) wakeExecutionQueue(ctx context.Context, executionID string) {
 	agents, err := g.store.QueuedAgents(context.WithoutCancel(ctx), executionID)
-	if err != nil {
-		g.logger.Warn("find agents to wake", zap.Error(err))
-		return
-	}
-	keys := make([]string, len(agents))
-	for i, a := range agents {
-		keys[i] = notify.AgentKey(a)
-	}
-	g.hub.Publish(ctx, keys...)
+	g.wakeAgents(ctx, agents, err)
 }
 
 // wakeQueued wakes the agents still waiting in the task's execution when
 // the task's end may have freed a max_parallel slot or opened a batch.
 func (g *Gateway) wakeQueued(ctx context.Context, taskID string) {
 	agents, err := g.store.AgentsWaitingOnTask(context.WithoutCancel(ctx), taskID)
+	g.wakeAgents(ctx, agents, err)
+}
+
+// wakeAgents wakes the polls of agents, as found (err: they could not be).
+func (g *Gateway) wakeAgents(ctx context.Context, agents []string, err error) {
 	if err != nil {
 		g.logger.Warn("find agents to wake", zap.Error(err))
-		return
-	}
-	if len(agents) == 0 {
 		return
 	}
 	keys := make([]string, len(agents))

@@ -465,11 +465,24 @@ func appendEvents(ctx context.Context, tx *store.Tx, executionID string, evs ...
 	if len(evs) == 0 {
 		return nil
 	}
-	var last int64
-	if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq`, executionID, len(evs)).Scan(&last); err != nil {
-		return fmt.Errorf("number events of execution %s: %w", executionID, store.Translate(err))
+	last, err := numberEvents(ctx, tx, executionID, len(evs), "")
+	if err != nil {
+		return err
 	}
 	return writeEvents(ctx, tx, last, evs)
+}
+
+// numberEvents bumps the execution's event counter by n, which locks its
+// row until commit (see appendEvents), and returns the counter's new
+// value. columns (", a, b" or "") are further columns of the execution
+// the same statement returns into dest.
+func numberEvents(ctx context.Context, tx *store.Tx, executionID string, n int, columns string, dest ...any) (int64, error) {
+	var last int64
+	if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq`+columns,
+		executionID, n).Scan(append([]any{&last}, dest...)...); err != nil {
+		return 0, fmt.Errorf("number events of execution %s: %w", executionID, store.Translate(err))
+	}
+	return last, nil
 }
 
 // writeEvents writes events numbered up to last (the execution's counter,
@@ -716,14 +729,13 @@ func (s *Store) claimOne(ctx context.Context, agentID string, remote bool, lease
 		// Numbering the claim's event locks the execution's row (see
 		// appendEvents), as late as possible; the same statement reads
 		// what the agent needs of the execution.
-		var seq int64
 		var snapshot, execStatus, paramsJSON string
 		var taskTimeoutMS int64
 		var maxParallel int
-		if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + 1 WHERE id = $1
-			RETURNING event_seq, job_name, snapshot, correlation_id, status, allow_dangerous, parameters, task_timeout_ms, max_parallel`, task.ExecutionID).
-			Scan(&seq, &c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous, &paramsJSON, &taskTimeoutMS, &maxParallel); err != nil {
-			return fmt.Errorf("read execution %s: %w", task.ExecutionID, store.Translate(err))
+		seq, err := numberEvents(ctx, tx, task.ExecutionID, 1, `, job_name, snapshot, correlation_id, status, allow_dangerous, parameters, task_timeout_ms, max_parallel`,
+			&c.JobName, &snapshot, &c.CorrelationID, &execStatus, &c.AllowDangerous, &paramsJSON, &taskTimeoutMS, &maxParallel)
+		if err != nil {
+			return err
 		}
 		// Claims of one execution are serialised by that lock, so this
 		// count is exact. Two claimers may have passed the check in the
@@ -1055,10 +1067,9 @@ func (s *Store) TaskCompleteWithOutput(ctx context.Context, agentID, taskID stri
 		})
 		// Numbering the events locks the execution (see appendEvents);
 		// the same statement reads its rollout.
-		var last int64
-		if err := tx.QueryRowContext(ctx, `UPDATE executions SET event_seq = event_seq + $2 WHERE id = $1 RETURNING event_seq, `+rolloutColumns,
-			t.ExecutionID, len(events)).Scan(append([]any{&last}, p.fields()...)...); err != nil {
-			return fmt.Errorf("number events of execution %s: %w", t.ExecutionID, store.Translate(err))
+		last, err := numberEvents(ctx, tx, t.ExecutionID, len(events), ", "+rolloutColumns, p.fields()...)
+		if err != nil {
+			return err
 		}
 		if err := writeEvents(ctx, tx, last, events); err != nil {
 			return err
