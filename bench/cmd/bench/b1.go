@@ -158,10 +158,7 @@ func b1Init() error {
 			return fmt.Errorf("reap: %w", err)
 		}
 		if pid == child.Pid {
-			if ws.ExitStatus() != 0 {
-				os.Exit(ws.ExitStatus())
-			}
-			os.Exit(0) // the worker wrote the results
+			os.Exit(ws.ExitStatus()) // 0: the worker wrote the results
 		}
 	}
 }
